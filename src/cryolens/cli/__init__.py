@@ -1,0 +1,1 @@
+"""Command-line front: one module per command, each with ``add_args`` and ``main``."""

@@ -1,0 +1,54 @@
+"""``cryolens``: cryo-EM reconstruction, simulation and evaluation.
+
+Each command lives in its own module of this package with a docstring (its help),
+``add_args(parser)`` and ``main(args) -> int``. Bad input ends with one line on stderr
+naming the file and the problem and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import InputError
+
+COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryolens", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"cryolens.cli.{name}")
+        doc = (module.__doc__ or name).strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_args(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` in-process; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except InputError as e:
+        print(f"cryolens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cryolens {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: still one line unless asked for more
+        if os.environ.get("CRYOLENS_DEBUG"):
+            raise
+        print(f"cryolens {args.command}: internal error: {type(e).__name__}: {e} "
+              "(set CRYOLENS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())

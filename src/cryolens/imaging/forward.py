@@ -1,0 +1,66 @@
+"""The image formation model: ``X̃ = CTF ⊙ shift(slice_R(Ṽ)) + N`` (review Eq. 9) and its
+real-space twin ``X = PSF * shift(Π_2D(R·V)) + ε`` (Eq. 1).
+
+Both paths return the same images up to interpolation error: the Fourier path slices an
+oversampled transform; the real path rotates and sums the volume, then applies shift and
+CTF in Fourier space (the PSF convolution). Noise is added by the caller
+(:mod:`cryolens.imaging.noise`) so the noiseless images stay available.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .ctf import CTFParams, ctf_2d
+from .fft import fft2_centered, ifft2_centered
+from .project import project_real
+from .shift import phase_shift
+from .slice import extract_slices, prepare_volume_ft
+
+
+def forward_fourier(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int,
+                    shifts: torch.Tensor | None = None, ctf: CTFParams | None = None,
+                    pixel_size: float | None = None) -> torch.Tensor:
+    """Predicted image transforms ``(N, D, D)`` complex, centered layout.
+
+    volume_ft: ``(Dp, Dp, Dp)`` from :func:`~cryolens.imaging.slice.prepare_volume_ft`.
+    rotations: ``(N, 3, 3)`` image → volume frame. shifts: ``(N, 2)`` px ``(x, y)``.
+    ctf: per-image parameters (needs ``pixel_size`` in Å/px).
+    """
+    f = extract_slices(volume_ft, rotations, size)
+    if shifts is not None:
+        f = phase_shift(f, shifts)
+    if ctf is not None:
+        if pixel_size is None:
+            raise ValueError("pixel_size is needed to apply a CTF")
+        f = f * ctf_2d(ctf, size, pixel_size, device=f.device, dtype=f.real.dtype)
+    return f
+
+
+def render_images(volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+                  ctf: CTFParams | None = None, pixel_size: float | None = None,
+                  projector: Literal["fourier", "real"] = "fourier", pad: int = 2,
+                  volume_ft: torch.Tensor | None = None) -> torch.Tensor:
+    """Noiseless real-space images ``(N, D, D)`` float of a real ``(D, D, D)`` volume.
+
+    projector: ``"fourier"`` (oversampled slice, ``pad``; pass a precomputed ``volume_ft`` to
+    reuse it across batches) or ``"real"`` (rotate + sum). Shifts and CTF as in
+    :func:`forward_fourier`.
+    """
+    d = volume.shape[-1]
+    if projector == "fourier":
+        vft = prepare_volume_ft(volume, pad=pad) if volume_ft is None else volume_ft
+        f = forward_fourier(vft, rotations, d, shifts, ctf, pixel_size)
+    elif projector == "real":
+        f = fft2_centered(project_real(volume, rotations))
+        if shifts is not None:
+            f = phase_shift(f, shifts)
+        if ctf is not None:
+            if pixel_size is None:
+                raise ValueError("pixel_size is needed to apply a CTF")
+            f = f * ctf_2d(ctf, d, pixel_size, device=f.device, dtype=f.real.dtype)
+    else:
+        raise ValueError(f"unknown projector {projector!r}")
+    return ifft2_centered(f).real

@@ -1,0 +1,104 @@
+"""Frequency and real-space grids, Fourier shells, soft masks.
+
+Frequencies are in cycles/pixel in the centered layout: index ``i`` ↔ ``(i - D//2) / D``.
+Coordinate vectors are ordered ``(x, y[, z])`` while arrays are indexed ``[(z,) y, x]``.
+Fourier shell ``k`` holds the frequencies with ``round(|f| * D) == k``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _axis(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    return (torch.arange(d, device=device, dtype=dtype) - d // 2) / d
+
+
+def freq_grid_2d(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(D, D, 2)`` frequencies ``(kx, ky)`` in cycles/px, indexed ``[y, x]``."""
+    a = _axis(d, device, dtype)
+    ky, kx = torch.meshgrid(a, a, indexing="ij")
+    return torch.stack([kx, ky], dim=-1)
+
+
+def freq_grid_3d(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(D, D, D, 3)`` frequencies ``(kx, ky, kz)`` in cycles/px, indexed ``[z, y, x]``."""
+    a = _axis(d, device, dtype)
+    kz, ky, kx = torch.meshgrid(a, a, a, indexing="ij")
+    return torch.stack([kx, ky, kz], dim=-1)
+
+
+def coord_grid_2d(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(D, D, 2)`` pixel coordinates ``(x, y)`` relative to the centre ``D//2``, indexed ``[y, x]``."""
+    return freq_grid_2d(d, device, dtype) * d
+
+
+def coord_grid_3d(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(D, D, D, 3)`` voxel coordinates ``(x, y, z)`` relative to the centre, indexed ``[z, y, x]``."""
+    return freq_grid_3d(d, device, dtype) * d
+
+
+def shell_index_2d(d: int, device=None) -> torch.Tensor:
+    """``(D, D)`` integer Fourier shell ``round(|f| * D)`` of each pixel (long)."""
+    r = coord_grid_2d(d, device, torch.float64).norm(dim=-1)
+    return torch.round(r).long()
+
+
+def shell_index_3d(d: int, device=None) -> torch.Tensor:
+    """``(D, D, D)`` integer Fourier shell ``round(|f| * D)`` of each voxel (long)."""
+    r = coord_grid_3d(d, device, torch.float64).norm(dim=-1)
+    return torch.round(r).long()
+
+
+def shell_sum(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
+    """Sum ``values (..., *S)`` over each shell of ``shells (*S)`` → ``(..., n_shells)``.
+
+    Entries with a shell index ``>= n_shells`` are dropped.
+    """
+    flat_s = shells.reshape(-1)
+    keep = flat_s < n_shells
+    lead = values.shape[: values.dim() - shells.dim()]
+    v = values.reshape(*lead, -1)[..., keep]
+    idx = flat_s[keep].expand(*lead, -1)
+    out = torch.zeros(*lead, n_shells, dtype=values.dtype, device=values.device)
+    return out.scatter_add_(-1, idx, v)
+
+
+def radial_average(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
+    """Mean of ``values`` over each shell → ``(..., n_shells)`` (0 for empty shells)."""
+    s = shell_sum(values, shells, n_shells)
+    count = shell_sum(torch.ones_like(shells, dtype=values.real.dtype), shells, n_shells)
+    return s / count.clamp_min(1)
+
+
+def soft_edge(r: torch.Tensor, radius: float, width: float) -> torch.Tensor:
+    """1 inside ``radius``, a raised-cosine fall to 0 over ``width``, 0 beyond (same units as r)."""
+    if width <= 0:
+        return (r <= radius).to(r.dtype)
+    t = ((r - radius) / width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * t))
+
+
+def circular_mask(d: int, radius: float | None = None, width: float = 3.0, device=None) -> torch.Tensor:
+    """``(D, D)`` soft circular mask in pixels (default radius ``D/2 - width``)."""
+    radius = d / 2 - width if radius is None else radius
+    return soft_edge(coord_grid_2d(d, device).norm(dim=-1), radius, width)
+
+
+def spherical_mask(d: int, radius: float | None = None, width: float = 3.0, device=None) -> torch.Tensor:
+    """``(D, D, D)`` soft spherical mask in voxels (default radius ``D/2 - width``)."""
+    radius = d / 2 - width if radius is None else radius
+    return soft_edge(coord_grid_3d(d, device).norm(dim=-1), radius, width)
+
+
+def lowpass_filter_2d(d: int, cutoff: float, width: float = 0.02, device=None) -> torch.Tensor:
+    """``(D, D)`` soft low-pass filter in the centered Fourier layout; ``cutoff`` and
+    ``width`` in cycles/px."""
+    return soft_edge(freq_grid_2d(d, device).norm(dim=-1), cutoff, width)
+
+
+def lowpass_filter_3d(d: int, cutoff: float, width: float = 0.02, device=None) -> torch.Tensor:
+    """``(D, D, D)`` soft low-pass filter in the centered Fourier layout; cycles/px."""
+    return soft_edge(freq_grid_3d(d, device).norm(dim=-1), cutoff, width)

@@ -1,0 +1,136 @@
+"""Rotations: matrices, RELION Euler angles, quaternions, rotation vectors, uniform sampling.
+
+A rotation matrix ``R`` maps image-frame (slice) coordinates into the volume frame:
+``image(x, y) = ∫ V(R · [x, y, z]ᵀ) dz``. Angles are radians inside the code.
+
+RELION angles ``(rot, tilt, psi)`` give ``R = Rz(rot) · Ry(tilt) · Rz(psi)`` (intrinsic ZYZ,
+scipy's ``Rotation.from_euler("ZYZ", ...)``); RELION's own matrix ``A`` is ``Rᵀ``.
+cryoSPARC poses are rotation vectors (axis · angle, radians) of ``R``.
+Quaternions are ``(w, x, y, z)``, scalar first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _rz(a: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(a), torch.sin(a)
+    o, z = torch.ones_like(a), torch.zeros_like(a)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], dim=-1).reshape(*a.shape, 3, 3)
+
+
+def _ry(a: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(a), torch.sin(a)
+    o, z = torch.ones_like(a), torch.zeros_like(a)
+    return torch.stack([c, z, s, z, o, z, -s, z, c], dim=-1).reshape(*a.shape, 3, 3)
+
+
+def euler_to_matrix(rot: torch.Tensor, tilt: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+    """RELION Euler angles (radians, shape ``(...)``) → ``(..., 3, 3)`` rotations
+    ``R = Rz(rot) Ry(tilt) Rz(psi)`` (image frame → volume frame)."""
+    return _rz(rot) @ _ry(tilt) @ _rz(psi)
+
+
+def matrix_to_euler(r: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`euler_to_matrix`: ``(..., 3, 3)`` → ``(rot, tilt, psi)`` radians,
+    ``tilt ∈ [0, π]``; at ``tilt ∈ {0, π}`` (gimbal lock) ``psi = 0``."""
+    r = r.to(torch.float64) if r.dtype == torch.float64 else r
+    tilt = torch.acos(r[..., 2, 2].clamp(-1, 1))
+    sin_t = torch.sqrt(r[..., 0, 2] ** 2 + r[..., 1, 2] ** 2)
+    rot = torch.atan2(r[..., 1, 2], r[..., 0, 2])
+    psi = torch.atan2(r[..., 2, 1], -r[..., 2, 0])
+    lock = sin_t < eps
+    up = r[..., 2, 2] > 0
+    rot_lock = torch.where(up, torch.atan2(r[..., 1, 0], r[..., 0, 0]), torch.atan2(-r[..., 1, 0], -r[..., 0, 0]))
+    rot = torch.where(lock, rot_lock, rot)
+    psi = torch.where(lock, torch.zeros_like(psi), psi)
+    return rot, tilt, psi
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions ``(..., 4)`` as ``(w, x, y, z)`` → ``(..., 3, 3)``; q and −q give the same R."""
+    q = q / q.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    m = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(m, dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def matrix_to_quaternion(r: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, 3)`` rotations → unit quaternions ``(..., 4)`` ``(w, x, y, z)`` with ``w ≥ 0``."""
+    m = r
+    t = [
+        1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2],
+        1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+        1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+        1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+    ]
+    # four candidate solutions (Shepperd); keep the best-conditioned one per rotation
+    cands = torch.stack([
+        torch.stack([t[0], m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], t[1], m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], t[2], m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], t[3]], -1),
+    ], dim=-2)
+    best = torch.stack(t, -1).argmax(-1)
+    q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    q = q / q.norm(dim=-1, keepdim=True)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def rotvec_to_matrix(v: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors ``(..., 3)`` (axis × angle, radians; cryoSPARC) → ``(..., 3, 3)``."""
+    angle = v.norm(dim=-1, keepdim=True)
+    half = angle / 2
+    # sin(θ/2)/θ, with its limit 1/2 at θ → 0
+    scale = torch.where(angle > 1e-8, torch.sin(half) / angle.clamp_min(1e-12), 0.5 - angle**2 / 48)
+    q = torch.cat([torch.cos(half), v * scale], dim=-1)
+    return quaternion_to_matrix(q)
+
+
+def matrix_to_rotvec(r: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, 3)`` rotations → rotation vectors ``(..., 3)`` with angle in ``[0, π]``."""
+    q = matrix_to_quaternion(r)
+    w, xyz = q[..., :1], q[..., 1:]
+    s = xyz.norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(s, w)
+    scale = torch.where(s > 1e-8, angle / s.clamp_min(1e-12), 2.0 + 0 * s)
+    return xyz * scale
+
+
+def random_rotations(n: int, generator: torch.Generator | None = None, device=None,
+                     dtype=torch.float32) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations drawn uniformly (Haar measure) on SO(3)."""
+    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    return quaternion_to_matrix(q).to(device=device, dtype=dtype)
+
+
+def geodesic_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """Angle (radians, ``[0, π]``) of ``r1ᵀ r2`` for ``(..., 3, 3)`` rotation batches."""
+    tr = (r1.transpose(-1, -2) @ r2).diagonal(dim1=-2, dim2=-1).sum(-1)
+    # acos is ill-conditioned near 0; use atan2 of the sine and cosine parts
+    rel = r1.transpose(-1, -2) @ r2
+    skew = torch.stack([rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0],
+                        rel[..., 1, 0] - rel[..., 0, 1]], -1)
+    return torch.atan2(skew.norm(dim=-1) / 2, (tr - 1) / 2)
+
+
+def inplane_rotation(angle: torch.Tensor) -> torch.Tensor:
+    """Rotation by ``angle`` (radians) about the z (beam) axis, ``(..., 3, 3)``."""
+    return _rz(angle)
+
+
+def degrees(x: torch.Tensor) -> torch.Tensor:
+    """Radians → degrees (for file and CLI boundaries)."""
+    return x * (180.0 / math.pi)
+
+
+def radians(x: torch.Tensor) -> torch.Tensor:
+    """Degrees → radians (for file and CLI boundaries)."""
+    return x * (math.pi / 180.0)

@@ -1,0 +1,150 @@
+"""Fourier-slice extraction (trilinear) and its exact adjoint, insertion with weights.
+
+By the Fourier slice theorem the 2D transform of ``image(x, y) = ∫ V(R·[x, y, z]ᵀ) dz`` is
+the central slice of ``Ṽ`` sampled at ``R · [kx, ky, 0]ᵀ``. Volumes in Fourier space are in
+the centered layout of :mod:`cryolens.imaging.fft`, indexed ``[z, y, x]``; they may be
+oversampled: a ``(Dp, Dp, Dp)`` transform of a volume zero-padded from ``D`` to ``Dp = p·D``
+is sampled at the ``D × D`` slice frequencies ``(i − D//2) / D`` cycles/px, which land on
+padded-grid coordinates ``f · Dp + Dp//2``. Frequencies beyond Nyquist (``|f| > 0.5``) are
+zero in both directions, so :func:`insert_slices` is the exact adjoint of
+:func:`extract_slices`: ``<extract(V), S> = <V, insert(S)>``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fft import fft3_centered, ifft3_centered
+from .grids import coord_grid_3d, freq_grid_2d
+
+
+def _slice_points(rotations: torch.Tensor, size: int, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded-grid coordinates ``(N, D, D, 3)`` (x, y, z) of each slice pixel and the
+    ``(D, D)`` mask of frequencies inside Nyquist."""
+    f = freq_grid_2d(size, device=rotations.device, dtype=rotations.dtype)
+    mask = f.norm(dim=-1) <= 0.5
+    f3 = torch.cat([f, torch.zeros_like(f[..., :1])], dim=-1)  # (D, D, 3)
+    # points in the volume frame: p = R · f  (row vectors: f @ Rᵀ)
+    pts = torch.einsum("yxj,nij->nyxi", f3, rotations)
+    return pts * padded + padded // 2, mask
+
+
+def _trilinear(points: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat corner indices ``(..., 8)`` and weights ``(..., 8)`` of trilinear interpolation at
+    ``points (..., 3)`` (x, y, z) on a ``padded³`` grid. Indices wrap around: the discrete
+    transform is periodic, so the +Nyquist edge reads the −Nyquist samples."""
+    base = torch.floor(points)
+    frac = points - base
+    base = base.long()
+    idx, wts = [], []
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                cx = (base[..., 0] + dx) % padded
+                cy = (base[..., 1] + dy) % padded
+                cz = (base[..., 2] + dz) % padded
+                w = ((frac[..., 0] if dx else 1 - frac[..., 0])
+                     * (frac[..., 1] if dy else 1 - frac[..., 1])
+                     * (frac[..., 2] if dz else 1 - frac[..., 2]))
+                idx.append((cz * padded + cy) * padded + cx)
+                wts.append(w)
+    return torch.stack(idx, -1), torch.stack(wts, -1)
+
+
+def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int | None = None,
+                   chunk: int = 256) -> torch.Tensor:
+    """Central slices of a 3D transform.
+
+    volume_ft: ``(Dp, Dp, Dp)`` complex or real (e.g. Hartley), centered layout, ``[z, y, x]``.
+    rotations: ``(N, 3, 3)``, image frame → volume frame.
+    size: slice box ``D`` (default ``Dp``; ``Dp / D`` is the oversampling factor).
+    Returns ``(N, D, D)`` in ``volume_ft``'s dtype, centered layout, zero beyond Nyquist.
+    """
+    padded = volume_ft.shape[-1]
+    size = padded if size is None else size
+    rdtype = volume_ft.real.dtype
+    is_complex = volume_ft.is_complex()
+    flat = torch.view_as_real(volume_ft).reshape(-1, 2) if is_complex else volume_ft.reshape(-1, 1)
+    outs = []
+    for start in range(0, rotations.shape[0], chunk):
+        rot = rotations[start:start + chunk].to(rdtype)
+        pts, mask = _slice_points(rot, size, padded)
+        idx, w = _trilinear(pts, padded)
+        w = w * mask[..., None]
+        vals = flat[idx.reshape(-1)].reshape(*idx.shape, flat.shape[-1])  # (n, D, D, 8, c)
+        out = (vals * w[..., None]).sum(-2)
+        outs.append(torch.view_as_complex(out.contiguous()) if is_complex else out[..., 0])
+    return torch.cat(outs) if outs else volume_ft.new_zeros((0, size, size))
+
+
+def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, padded: int | None = None,
+                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjoint of :func:`extract_slices`: scatter slices into a 3D transform.
+
+    slices: ``(N, D, D)`` complex or real, centered layout. rotations: ``(N, 3, 3)``.
+    padded: size ``Dp`` of the 3D grid (default ``D``). weights: optional ``(N, D, D)`` real,
+    accumulated the same way (e.g. CTF² for a Wiener filter; default 1).
+    Returns ``(data (Dp, Dp, Dp), weight (Dp, Dp, Dp) real)``; ``data = Σ_n Pᵀ_n slices_n``.
+    """
+    size = slices.shape[-1]
+    padded = size if padded is None else padded
+    rdtype = slices.real.dtype
+    is_complex = slices.is_complex()
+    pts, mask = _slice_points(rotations.to(rdtype), size, padded)
+    idx, w = _trilinear(pts, padded)
+    w = w * mask[..., None]
+    idx = idx.reshape(-1)
+    vals = torch.view_as_real(slices) if is_complex else slices[..., None]
+    contrib = (vals[..., None, :] * w[..., None]).reshape(-1, vals.shape[-1])
+    data = torch.zeros(padded ** 3, vals.shape[-1], dtype=rdtype, device=slices.device)
+    data.index_add_(0, idx, contrib)
+    wt = torch.ones_like(slices.real) if weights is None else weights.to(rdtype)
+    weight = torch.zeros(padded ** 3, dtype=rdtype, device=slices.device)
+    weight.index_add_(0, idx, (wt[..., None] * w).reshape(-1))
+    shape = (padded, padded, padded)
+    data = torch.view_as_complex(data.reshape(*shape, 2)) if is_complex else data.reshape(shape)
+    return data, weight.reshape(shape)
+
+
+def gridding_kernel(size: int, padded: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(D, D, D)`` real-space apodisation ``sinc²(r / Dp)`` that trilinear interpolation on
+    a ``Dp³`` Fourier grid imposes on a ``D³`` volume (r in voxels from the centre)."""
+    r = coord_grid_3d(size, device=device, dtype=torch.float64).norm(dim=-1) / padded
+    return (torch.sinc(r) ** 2).to(dtype)
+
+
+def pad_volume(volume: torch.Tensor, padded: int) -> torch.Tensor:
+    """Zero-pad a ``(D, D, D)`` volume to ``(Dp, Dp, Dp)`` keeping the centre voxel centred."""
+    d = volume.shape[-1]
+    lo = padded // 2 - d // 2
+    out = volume.new_zeros((padded, padded, padded))
+    out[lo:lo + d, lo:lo + d, lo:lo + d] = volume
+    return out
+
+
+def crop_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
+    """Central ``(D, D, D)`` crop of a ``(Dp, Dp, Dp)`` volume (inverse of :func:`pad_volume`)."""
+    padded = volume.shape[-1]
+    lo = padded // 2 - size // 2
+    return volume[lo:lo + size, lo:lo + size, lo:lo + size]
+
+
+def prepare_volume_ft(volume: torch.Tensor, pad: int = 2, gridding_correction: bool = True) -> torch.Tensor:
+    """Real ``(D, D, D)`` volume → oversampled centered transform ``(pD, pD, pD)`` complex,
+    ready for :func:`extract_slices`. With ``gridding_correction`` the volume is first divided
+    by :func:`gridding_kernel` so trilinear slices are not apodised (as RELION's projector)."""
+    d = volume.shape[-1]
+    padded = pad * d
+    if gridding_correction:
+        volume = volume / gridding_kernel(d, padded, device=volume.device, dtype=volume.dtype)
+    return fft3_centered(pad_volume(volume, padded))
+
+
+def volume_from_ft(volume_ft: torch.Tensor, size: int, gridding_correction: bool = True) -> torch.Tensor:
+    """Oversampled centered transform ``(Dp, Dp, Dp)`` → real ``(D, D, D)`` volume (inverse
+    transform, central crop, and division by the trilinear :func:`gridding_kernel`)."""
+    padded = volume_ft.shape[-1]
+    vol = crop_volume(ifft3_centered(volume_ft).real, size)
+    if gridding_correction:
+        vol = vol / gridding_kernel(size, padded, device=vol.device, dtype=vol.dtype)
+    return vol

@@ -13,6 +13,7 @@ zero in both directions, so :func:`insert_slices` is the exact adjoint of
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .fft import fft3_centered, ifft3_centered
 from .grids import coord_grid_3d, freq_grid_2d
@@ -51,8 +52,35 @@ def _trilinear(points: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.T
     return torch.stack(idx, -1), torch.stack(wts, -1)
 
 
-def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int | None = None,
-                   chunk: int = 256) -> torch.Tensor:
+def sampling_volume(volume_ft: torch.Tensor) -> torch.Tensor:
+    """Lay out a centered 3D transform ``(Dp, Dp, Dp)`` for :func:`extract_from_sampling_volume`:
+    channels first (real, imag — or one channel for a real array such as a Hartley transform)
+    and one extra wrapped voxel on the high side of each axis, ``(1, C, Dp+1, Dp+1, Dp+1)``, so
+    that trilinear sampling up to ``+Nyquist`` reads the periodic ``−Nyquist`` samples. Make it
+    once per volume when extracting many batches."""
+    v = torch.view_as_real(volume_ft).permute(3, 0, 1, 2) if volume_ft.is_complex() else volume_ft[None]
+    return F.pad(v[None], (0, 1, 0, 1, 0, 1), mode="circular")
+
+
+def extract_from_sampling_volume(sv: torch.Tensor, rotations: torch.Tensor, size: int,
+                                 complex_output: bool = True) -> torch.Tensor:
+    """Low-level slice extraction from :func:`sampling_volume`'s layout ``(1, C, Dp+1, …)``.
+
+    rotations: ``(N, 3, 3)``. Returns ``(N, D, D)`` complex (``C = 2``) or real (``C = 1``),
+    centered layout, zero beyond Nyquist. Trilinear (``grid_sample``), differentiable.
+    """
+    padded = sv.shape[-1] - 1
+    pts, mask = _slice_points(rotations.to(sv.dtype), size, padded)
+    # padded-grid coordinate c ∈ [0, Dp] → grid_sample's [−1, 1] with align_corners=True on Dp+1 samples
+    grid = (2.0 / padded) * pts - 1
+    out = F.grid_sample(sv, grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    out = out * mask  # (C, N, D, D)
+    if complex_output and sv.shape[1] == 2:
+        return torch.complex(out[0], out[1])
+    return out[0]
+
+
+def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """Central slices of a 3D transform.
 
     volume_ft: ``(Dp, Dp, Dp)`` complex or real (e.g. Hartley), centered layout, ``[z, y, x]``.
@@ -60,21 +88,8 @@ def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int |
     size: slice box ``D`` (default ``Dp``; ``Dp / D`` is the oversampling factor).
     Returns ``(N, D, D)`` in ``volume_ft``'s dtype, centered layout, zero beyond Nyquist.
     """
-    padded = volume_ft.shape[-1]
-    size = padded if size is None else size
-    rdtype = volume_ft.real.dtype
-    is_complex = volume_ft.is_complex()
-    flat = torch.view_as_real(volume_ft).reshape(-1, 2) if is_complex else volume_ft.reshape(-1, 1)
-    outs = []
-    for start in range(0, rotations.shape[0], chunk):
-        rot = rotations[start:start + chunk].to(rdtype)
-        pts, mask = _slice_points(rot, size, padded)
-        idx, w = _trilinear(pts, padded)
-        w = w * mask[..., None]
-        vals = flat[idx.reshape(-1)].reshape(*idx.shape, flat.shape[-1])  # (n, D, D, 8, c)
-        out = (vals * w[..., None]).sum(-2)
-        outs.append(torch.view_as_complex(out.contiguous()) if is_complex else out[..., 0])
-    return torch.cat(outs) if outs else volume_ft.new_zeros((0, size, size))
+    size = volume_ft.shape[-1] if size is None else size
+    return extract_from_sampling_volume(sampling_volume(volume_ft), rotations, size, volume_ft.is_complex())
 
 
 def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, padded: int | None = None,

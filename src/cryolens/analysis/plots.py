@@ -1,0 +1,89 @@
+"""PNG plots a practitioner reads: FSC curves, central sections, particles with their CTFs.
+
+Every plot function takes plain arrays and a path, writes the PNG atomically and returns the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..io.files import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_fsc(curves: dict[str, np.ndarray], pixel_size: float, box: int, path: str | os.PathLike,
+             thresholds: dict[str, float] | None = None, title: str = "Fourier shell correlation") -> Path:
+    """FSC curves (each ``(D//2+1,)`` over shells) against resolution; dashed threshold lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, c in curves.items():
+        k = np.arange(len(c)) / (box * pixel_size)  # 1/Å
+        ax.plot(k, c, label=label, lw=1.6)
+    for label, t in (thresholds or {"0.143": 0.143, "0.5": 0.5}).items():
+        ax.axhline(t, ls="--", lw=0.8, color="gray")
+        ax.text(0, t + 0.01, label, fontsize=7, color="gray")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_title(title)
+    sec = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-9), lambda r: 1 / np.maximum(r, 1e-9)))
+    sec.set_xlabel("resolution (Å)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_sections(volumes: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Central z, y and x sections (rows) of each volume (columns); each volume ``(D, D, D)`` ``[z, y, x]``."""
+    n = len(volumes)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    for row, (label, v) in enumerate(volumes.items()):
+        v = np.asarray(v)
+        c = v.shape[0] // 2
+        for col, (name, sec) in enumerate((("z", v[c]), ("y", v[:, c]), ("x", v[:, :, c]))):
+            ax = axes[row, col]
+            ax.imshow(sec, cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label}: central {name} section", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_particles(images: np.ndarray, ctfs: np.ndarray | None, path: str | os.PathLike,
+                   titles: list[str] | None = None) -> Path:
+    """A few particles (top row) and their CTFs (bottom row); ``images, ctfs: (n, D, D)``."""
+    n = len(images)
+    rows = 2 if ctfs is not None else 1
+    fig, axes = plt.subplots(rows, n, figsize=(2.0 * n, 2.1 * rows), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(images[i], cmap="gray", origin="lower")
+        axes[0, i].set_title(titles[i] if titles else f"particle {i}", fontsize=7)
+        if ctfs is not None:
+            axes[1, i].imshow(ctfs[i], cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
+            axes[1, i].set_title("CTF", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_histogram(values: np.ndarray, path: str | os.PathLike, xlabel: str, title: str = "") -> Path:
+    """A histogram of per-image values (e.g. pose errors in degrees)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(np.asarray(values), bins=50, color="#3a6ea5")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    return _save(fig, path)

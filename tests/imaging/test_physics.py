@@ -68,6 +68,17 @@ def test_slice_insert_adjoint():
     assert abs(lhs - rhs) < 1e-9 * abs(lhs)
 
 
+def test_hermitian_half_slice_equals_full_slice():
+    """For a real volume, interpolating the kx ≥ 0 half and filling by Friedel symmetry gives
+    exactly the fully interpolated slice (float64)."""
+    v = torch.randn(D, D, D, dtype=torch.float64)
+    vft = prepare_volume_ft(v)
+    rots = random_rotations(9, dtype=torch.float64)
+    full = extract_slices(vft, rots, D)
+    half = extract_slices(vft, rots, D, hermitian=True)
+    assert float((full - half).abs().max()) < 1e-9 * float(full.abs().max())
+
+
 def test_centred_delta_is_rotation_invariant(device):
     """A delta at the box centre has a flat transform: every central slice is 1 (100 rotations)."""
     vol = torch.zeros(D, D, D, device=device)

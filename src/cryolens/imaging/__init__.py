@@ -17,6 +17,9 @@ from .project import project_real
 from .rotations import (euler_to_matrix, geodesic_distance, matrix_to_euler, matrix_to_quaternion,
                         matrix_to_rotvec, quaternion_to_matrix, random_rotations, rotvec_to_matrix)
 from .shift import phase_ramp, phase_shift, shift_images
-from .slice import extract_slices, insert_slices, prepare_volume_ft, volume_from_ft
+from .slice import (extract_from_sampling_volume, extract_slices, insert_slices, prepare_volume_ft, sampling_volume,
+                    volume_from_ft)
+from .so3_grid import (angular_step, children, grid_euler, grid_size, healpix_pix2ang, local_grid, n_pixels, n_psi,
+                       nearest, parent, so3_grid)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

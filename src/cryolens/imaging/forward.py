@@ -22,14 +22,15 @@ from .slice import extract_slices, prepare_volume_ft
 
 def forward_fourier(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int,
                     shifts: torch.Tensor | None = None, ctf: CTFParams | None = None,
-                    pixel_size: float | None = None) -> torch.Tensor:
+                    pixel_size: float | None = None, hermitian: bool = True) -> torch.Tensor:
     """Predicted image transforms ``(N, D, D)`` complex, centered layout.
 
     volume_ft: ``(Dp, Dp, Dp)`` from :func:`~cryolens.imaging.slice.prepare_volume_ft`.
     rotations: ``(N, 3, 3)`` image → volume frame. shifts: ``(N, 2)`` px ``(x, y)``.
     ctf: per-image parameters (needs ``pixel_size`` in Å/px).
+    hermitian: ``volume_ft`` is the transform of a real volume (the default; halves the work).
     """
-    f = extract_slices(volume_ft, rotations, size)
+    f = extract_slices(volume_ft, rotations, size, hermitian=hermitian and volume_ft.is_complex())
     if shifts is not None:
         f = phase_shift(f, shifts)
     if ctf is not None:

@@ -19,12 +19,15 @@ from .fft import fft3_centered, ifft3_centered
 from .grids import coord_grid_3d, freq_grid_2d
 
 
-def _slice_points(rotations: torch.Tensor, size: int, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded-grid coordinates ``(N, D, D, 3)`` (x, y, z) of each slice pixel and the
-    ``(D, D)`` mask of frequencies inside Nyquist."""
+def _slice_points(rotations: torch.Tensor, size: int, padded: int,
+                  columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded-grid coordinates ``(N, D, C, 3)`` (x, y, z) of the slice pixels (all ``D`` columns,
+    or the given ``columns``) and their ``(D, C)`` mask of frequencies inside Nyquist."""
     f = freq_grid_2d(size, device=rotations.device, dtype=rotations.dtype)
+    if columns is not None:
+        f = f[:, columns]
     mask = f.norm(dim=-1) <= 0.5
-    f3 = torch.cat([f, torch.zeros_like(f[..., :1])], dim=-1)  # (D, D, 3)
+    f3 = torch.cat([f, torch.zeros_like(f[..., :1])], dim=-1)  # (D, C, 3)
     # points in the volume frame: p = R · f  (row vectors: f @ Rᵀ)
     pts = torch.einsum("yxj,nij->nyxi", f3, rotations)
     return pts * padded + padded // 2, mask
@@ -62,34 +65,60 @@ def sampling_volume(volume_ft: torch.Tensor) -> torch.Tensor:
     return F.pad(v[None], (0, 1, 0, 1, 0, 1), mode="circular")
 
 
+def _half_columns(size: int, device) -> torch.Tensor:
+    """Columns with ``kx ≥ 0`` plus the ``−Nyquist`` column 0: ``[0, D/2, …, D−1]``."""
+    return torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(size // 2, size)]).to(device)
+
+
+def _friedel_fill(half: torch.Tensor, size: int) -> torch.Tensor:
+    """Full ``(…, D, D)`` centered slice from the :func:`_half_columns` part of a Hermitian one,
+    ``F(−k) = conj(F(k))`` (indices wrap: ``−Nyquist`` is its own partner)."""
+    full = half.new_zeros(*half.shape[:-1], size)
+    full[..., 0] = half[..., 0]
+    full[..., size // 2:] = half[..., 1:]
+    x = torch.arange(1, size // 2, device=half.device)
+    y = torch.arange(size, device=half.device)
+    src = full[..., (size - y) % size, :][..., size - x]
+    full[..., 1:size // 2] = src.conj()
+    return full
+
+
 def extract_from_sampling_volume(sv: torch.Tensor, rotations: torch.Tensor, size: int,
-                                 complex_output: bool = True) -> torch.Tensor:
+                                 complex_output: bool = True, hermitian: bool = False) -> torch.Tensor:
     """Low-level slice extraction from :func:`sampling_volume`'s layout ``(1, C, Dp+1, …)``.
 
     rotations: ``(N, 3, 3)``. Returns ``(N, D, D)`` complex (``C = 2``) or real (``C = 1``),
     centered layout, zero beyond Nyquist. Trilinear (``grid_sample``), differentiable.
+    hermitian: the transform is that of a real volume (``Ṽ(−k) = conj Ṽ(k)``): only the
+    ``kx ≥ 0`` half of each slice is interpolated and the rest filled by symmetry (≈2× faster).
     """
     padded = sv.shape[-1] - 1
-    pts, mask = _slice_points(rotations.to(sv.dtype), size, padded)
+    hermitian = hermitian and complex_output and sv.shape[1] == 2
+    cols = _half_columns(size, sv.device) if hermitian else None
+    pts, mask = _slice_points(rotations.to(sv.dtype), size, padded, cols)
     # padded-grid coordinate c ∈ [0, Dp] → grid_sample's [−1, 1] with align_corners=True on Dp+1 samples
     grid = (2.0 / padded) * pts - 1
     out = F.grid_sample(sv, grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
-    out = out * mask  # (C, N, D, D)
+    out = out * mask  # (C, N, D, D or D/2+1)
     if complex_output and sv.shape[1] == 2:
-        return torch.complex(out[0], out[1])
+        c = torch.complex(out[0], out[1])
+        return _friedel_fill(c, size) if hermitian else c
     return out[0]
 
 
-def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int | None = None) -> torch.Tensor:
+def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int | None = None,
+                   hermitian: bool = False) -> torch.Tensor:
     """Central slices of a 3D transform.
 
     volume_ft: ``(Dp, Dp, Dp)`` complex or real (e.g. Hartley), centered layout, ``[z, y, x]``.
     rotations: ``(N, 3, 3)``, image frame → volume frame.
     size: slice box ``D`` (default ``Dp``; ``Dp / D`` is the oversampling factor).
+    hermitian: ``volume_ft`` is the transform of a real volume; halves the interpolation work.
     Returns ``(N, D, D)`` in ``volume_ft``'s dtype, centered layout, zero beyond Nyquist.
     """
     size = volume_ft.shape[-1] if size is None else size
-    return extract_from_sampling_volume(sampling_volume(volume_ft), rotations, size, volume_ft.is_complex())
+    return extract_from_sampling_volume(sampling_volume(volume_ft), rotations, size, volume_ft.is_complex(),
+                                        hermitian)
 
 
 def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, padded: int | None = None,

@@ -38,10 +38,14 @@ def plot_fsc(curves: dict[str, np.ndarray], pixel_size: float, box: int, path: s
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
-    ax.set_title(title)
-    sec = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-9), lambda r: 1 / np.maximum(r, 1e-9)))
-    sec.set_xlabel("resolution (Å)")
+    top = ax.twiny()  # resolution labels (Å) over the frequency ticks
+    top.set_xlim(ax.get_xlim())
+    ticks = [t for t in ax.get_xticks() if t > 0 and ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    top.set_xticks(ticks)
+    top.set_xticklabels([f"{1 / t:.1f}" for t in ticks])
+    top.set_xlabel("resolution (Å)")
     ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10, y=1.06)
     return _save(fig, path)
 
 

@@ -29,7 +29,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..analysis.report import write_report
     from ..io.runfolder import RunFolder
-    from ..methods.demo import run_demo
+    from ..bench.demo import run_demo
     from .common import pick_device
 
     run = RunFolder(args.out)

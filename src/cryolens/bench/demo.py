@@ -10,8 +10,10 @@ from ..io.mrc import read_volume
 from ..io.runfolder import RunFolder
 from ..io.star import read_star
 from ..methods.backprojection import backproject, write_outputs
+from ..io.atomic import read_atoms
+from ..simulate import bundled_model
 from ..simulate.dataset import simulate_dataset
-from ..simulate.density import bundled_model, volume_from_model
+from ..simulate.density import atoms_to_volume
 
 
 def run_demo(run: RunFolder, model: str = "4E43", n_images: int = 2000, box: int = 64, pixel_size: float = 1.5,
@@ -19,10 +21,12 @@ def run_demo(run: RunFolder, model: str = "4E43", n_images: int = 2000, box: int
     """Simulate ``n_images`` particles of ``model`` (a bundled name or a .pdb/.cif path) into
     ``run/dataset``, back-project them from their known poses and CTFs, and write the maps,
     ``metrics.json`` and plots into ``run``. Returns the metrics."""
-    path = bundled_model(model) if not Path(model).exists() else Path(model)
-    volume = volume_from_model(path, box=box, pixel_size=pixel_size, device=device)
-    data_dir = simulate_dataset(run.path("dataset"), [volume], n_images, pixel_size, snr, seed=seed,
-                                device=device, progress=progress)
+    path = Path(model) if Path(model).suffix else bundled_model(model)
+    atoms = read_atoms(path)
+    volume = atoms_to_volume(atoms, box, pixel_size, device=device)
+    data_dir = simulate_dataset(run.path("dataset"), [volume], n_images, pixel_size, snr, shift_std=1.5,
+                                shift_max=3.0, models=[atoms], seed=seed, device=device, progress=progress,
+                                overwrite=True)
     particles = read_star(Path(data_dir) / "particles.star")
     truth, _ = read_volume(Path(data_dir) / "ground_truth" / "volume_000.mrc")
     result = backproject(particles, device=device, seed=seed, progress=progress)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.grids import shell_index_3d
@@ -114,7 +115,8 @@ def accumulate(particles: Particles, pad: int = 2, batch_size: int = 256, device
                progress: bool = True) -> tuple[FourierAccumulator, FourierAccumulator]:
     """Stream every image once and fill the two half-set accumulators."""
     if particles.rotations is None:
-        raise ValueError("back-projection needs poses: the particle metadata has no angles")
+        raise InputError(f"{particles.source or 'particles'}: no poses (e.g. rlnAngleRot/Tilt/Psi); "
+                         "back-projection needs known poses")
     device = torch.device(device or "cpu")
     d = particles.box_size
     labels = torch.as_tensor(half_set_labels(particles, seed))

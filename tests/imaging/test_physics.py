@@ -224,6 +224,14 @@ def test_noise_hits_target_snr():
     assert measured == pytest.approx(0.1, rel=0.02)
 
 
+def test_colored_noise_at_snr():
+    """Coloured noise added at a target SNR has the variance that SNR asks for."""
+    sig = torch.randn(300, D, D) * 2
+    spec = torch.linspace(3.0, 0.5, D // 2 + 1)
+    noisy, sigma = add_noise_at_snr(sig, 0.05, generator=torch.Generator().manual_seed(1), spectrum=spec)
+    assert float(sig.var() / (noisy - sig).var()) == pytest.approx(0.05, rel=0.03)
+
+
 def test_colored_noise_has_requested_spectrum():
     """Coloured noise: per-shell power follows the given shape and the variance is σ²."""
     spec = torch.linspace(4.0, 0.25, D // 2 + 1)

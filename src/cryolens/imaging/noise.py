@@ -43,11 +43,17 @@ def colored_noise(n: int, size: int, sigma: float, spectrum: torch.Tensor,
 
 
 def add_noise_at_snr(images: torch.Tensor, snr: float, generator: torch.Generator | None = None,
-                     signal_variance: float | None = None) -> tuple[torch.Tensor, float]:
-    """Add white noise to ``images (N, D, D)`` at ``snr``; the signal variance is measured on
-    these images unless given (give the dataset's when simulating in chunks). Returns
-    ``(noisy images, σ)``."""
+                     signal_variance: float | None = None,
+                     spectrum: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Add Gaussian noise to ``images (N, D, D)`` at ``snr``: white, or coloured with the per-shell
+    power shape ``spectrum (D//2+1,)``. The signal variance is measured on these images unless
+    given (give the dataset's when simulating in chunks). Returns ``(noisy images, σ)`` where σ
+    is the noise's real-space standard deviation."""
     var = float(images.var()) if signal_variance is None else signal_variance
     sigma = noise_sigma_for_snr(var, snr)
-    noise = white_noise(tuple(images.shape), sigma, generator, images.device, images.dtype)
+    if spectrum is None:
+        noise = white_noise(tuple(images.shape), sigma, generator, images.device, images.dtype)
+    else:
+        noise = colored_noise(images.shape[0], images.shape[-1], sigma, spectrum, generator, images.device,
+                              images.dtype)
     return images + noise, sigma

@@ -1,7 +1,15 @@
+"""Shared fixtures: the device parametrisation, seeding, and the one gate for RELION tests.
+
+A test marked ``@pytest.mark.relion`` is skipped, with the reason, when a RELION program is
+missing — unless ``CRYOLENS_REQUIRE_RELION=1`` (CI), where a missing program fails it.
+"""
+
 import os
 
 import pytest
 import torch
+
+from cryolens.bench.relion import INSTALL_HINT, missing_programs
 
 
 def _devices():
@@ -22,14 +30,15 @@ def _seed():
     torch.manual_seed(0)
 
 
-def require_program(name: str) -> str:
-    """Path of an outside program, or skip — unless CRYOLENS_REQUIRE_RELION=1 (CI), then fail."""
-    import shutil
 
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} not found (install Debian's relion: apt-get install -y --no-install-recommends relion)"
+@pytest.fixture(autouse=True)
+def _require_relion(request):
+    """Skip (or, with CRYOLENS_REQUIRE_RELION=1, fail) a relion-marked test when RELION is missing."""
+    if request.node.get_closest_marker("relion") is None:
+        return
+    missing = missing_programs()
+    if missing:
+        msg = f"RELION programs not found: {', '.join(missing)} ({INSTALL_HINT})"
         if os.environ.get("CRYOLENS_REQUIRE_RELION") == "1":
-            pytest.fail(msg)
+            pytest.fail(msg + "; CRYOLENS_REQUIRE_RELION=1 makes this a failure")
         pytest.skip(msg)
-    return path

@@ -6,7 +6,6 @@ Poses come from scipy (``Rotation.random``), an implementation independent of cr
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -83,12 +82,8 @@ def write_star_by_hand(path, blocks: dict[str, dict]) -> Path:
 
 
 def require_program(name: str) -> str:
-    """Path of an outside program, or skip — unless CRYOLENS_REQUIRE_RELION=1 (CI), then fail
-    (the same rule as tests/conftest.py)."""
+    """Path of a RELION program; the test using it carries ``@pytest.mark.relion``, whose gate in
+    tests/conftest.py skips (or in CI fails) it when RELION is missing."""
     path = shutil.which(name)
-    if path is None:
-        msg = f"{name} not found (install Debian's relion: apt-get install -y --no-install-recommends relion)"
-        if os.environ.get("CRYOLENS_REQUIRE_RELION") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    assert path is not None, f"{name} not found"
     return path

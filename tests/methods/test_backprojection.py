@@ -2,7 +2,6 @@
 linear-algebra identities of the Wiener filter."""
 
 import numpy as np
-import pytest
 import torch
 
 from cryolens.imaging import CTFParams, gaussian_volume, random_rotations, render_images

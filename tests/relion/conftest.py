@@ -1,33 +1,16 @@
 """Tests against RELION 3.1 programs (relion_project, relion_reconstruct, relion_image_handler).
 
-Every test module here sets ``pytestmark = pytest.mark.relion``. A marked test is skipped, with the
-reason, when a RELION program is missing — unless ``CRYOLENS_REQUIRE_RELION=1`` (CI), where a
-missing program fails it.
+Every test module here sets ``pytestmark = pytest.mark.relion``; the gate that skips or fails
+them without RELION is in ``tests/conftest.py``.
 """
-
-import os
 
 import pytest
 import torch
 
-from cryolens.bench.relion import INSTALL_HINT, missing_programs
 from cryolens.imaging import gaussian_volume
 
 D = 32
 PIXEL_SIZE = 1.5
-
-
-@pytest.fixture(autouse=True)
-def _require_relion(request):
-    """Skip (or, with CRYOLENS_REQUIRE_RELION=1, fail) a relion-marked test when RELION is missing."""
-    if request.node.get_closest_marker("relion") is None:
-        return
-    missing = missing_programs()
-    if missing:
-        msg = f"RELION programs not found: {', '.join(missing)} ({INSTALL_HINT})"
-        if os.environ.get("CRYOLENS_REQUIRE_RELION") == "1":
-            pytest.fail(msg + "; CRYOLENS_REQUIRE_RELION=1 makes this a failure")
-        pytest.skip(msg)
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ figcaption {{ font-size: 0.85em; color: #555; }}
 <h2>Metrics</h2>{_table(flat_metrics)}
 <h2>Plots</h2>{''.join(figs) or '<p>no plots</p>'}
 <h2>Configuration</h2>{_table(config.get('arguments', {}))}
-<p>command: <code>{html.escape(str(config.get('command', '')))}</code>, cryolens {html.escape(str(config.get('cryolens_version', '')))}</p>
+<p>command: <code>{html.escape(str(config.get('command', '')))}</code>,
+cryolens {html.escape(str(config.get('cryolens_version', '')))}</p>
 <h2>Files</h2><ul>{files}</ul>
 </body></html>
 """

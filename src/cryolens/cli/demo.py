@@ -37,7 +37,8 @@ def main(args: argparse.Namespace) -> int:
     metrics = run_demo(run, model=args.model, n_images=args.n, box=args.box, pixel_size=args.apix, snr=args.snr,
                        seed=args.seed, device=pick_device(args.device), progress=not args.quiet)
     report = write_report(run.root, "cryolens demo: simulate → back-project → FSC")
-    print(f"simulated {metrics['n_images']} particles from {args.model} (D={args.box}, {args.apix} Å/px, SNR {args.snr})")
+    print(f"simulated {metrics['n_images']} particles from {args.model} "
+          f"(D={args.box}, {args.apix} Å/px, SNR {args.snr})")
     print(f"half-map resolution (FSC 0.143): {metrics['resolution_halfmap_0143_A']:.2f} Å")
     print(f"resolution against the ground truth (FSC 0.5): {metrics['resolution_vs_ground_truth_05_A']:.2f} Å")
     print(f"report: {report}")

@@ -44,7 +44,7 @@ class CTFParams:
     @classmethod
     def create(cls, defocus_u, defocus_v=None, defocus_angle=0.0, voltage=300.0, cs=2.7,
                amplitude_contrast=0.1, phase_shift=0.0, bfactor=0.0, device=None,
-               dtype=torch.float32) -> "CTFParams":
+               dtype=torch.float32) -> CTFParams:
         """Build from scalars or arrays, broadcasting every field to ``defocus_u``'s shape."""
         du = torch.as_tensor(defocus_u, dtype=dtype, device=device).reshape(-1)
         dv = du if defocus_v is None else defocus_v
@@ -56,17 +56,17 @@ class CTFParams:
     def __len__(self) -> int:
         return int(self.defocus_u.shape[0])
 
-    def __getitem__(self, idx) -> "CTFParams":
+    def __getitem__(self, idx) -> CTFParams:
         return CTFParams(*[getattr(self, f.name)[idx] for f in fields(self)])
 
-    def to(self, device=None, dtype=None) -> "CTFParams":
+    def to(self, device=None, dtype=None) -> CTFParams:
         return CTFParams(*[getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)])
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @staticmethod
-    def cat(items: list["CTFParams"]) -> "CTFParams":
+    def cat(items: list[CTFParams]) -> CTFParams:
         return CTFParams(*[torch.cat([getattr(c, f.name) for c in items]) for f in fields(CTFParams)])
 
 

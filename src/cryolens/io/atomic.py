@@ -68,7 +68,7 @@ class Atoms:
     def __len__(self) -> int:
         return int(self.coords.shape[0])
 
-    def subset(self, mask) -> "Atoms":
+    def subset(self, mask) -> Atoms:
         """The atoms at ``mask`` (boolean ``(M,)`` or integer indices), copied."""
         idx = np.asarray(mask)
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -77,7 +77,7 @@ class Atoms:
                 out[k] = v[idx].copy()
         return Atoms(**out)
 
-    def with_coords(self, coords) -> "Atoms":
+    def with_coords(self, coords) -> Atoms:
         """A copy with new ``(M, 3)`` coordinates (Å); everything else unchanged."""
         coords = np.asarray(coords, dtype=np.float64)
         if coords.shape != self.coords.shape:

@@ -76,7 +76,7 @@ class FourierAccumulator:
         self.weight += w
         self.count += images_ft.shape[0]
 
-    def merged(self, other: "FourierAccumulator") -> "FourierAccumulator":
+    def merged(self, other: FourierAccumulator) -> FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded = self.size, self.padded
         out.data, out.weight, out.count = self.data + other.data, self.weight + other.weight, self.count + other.count

@@ -31,12 +31,19 @@ def forward_fourier(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int,
     hermitian: ``volume_ft`` is the transform of a real volume (the default; halves the work).
     """
     f = extract_slices(volume_ft, rotations, size, hermitian=hermitian and volume_ft.is_complex())
+    return shift_and_ctf(f, shifts, ctf, pixel_size)
+
+
+def shift_and_ctf(projections_ft: torch.Tensor, shifts: torch.Tensor | None = None, ctf: CTFParams | None = None,
+                  pixel_size: float | None = None) -> torch.Tensor:
+    """Apply the shift phase ramps and the CTF to centered projection transforms ``(N, D, D)``."""
+    f = projections_ft
     if shifts is not None:
         f = phase_shift(f, shifts)
     if ctf is not None:
         if pixel_size is None:
             raise ValueError("pixel_size is needed to apply a CTF")
-        f = f * ctf_2d(ctf, size, pixel_size, device=f.device, dtype=f.real.dtype)
+        f = f * ctf_2d(ctf, f.shape[-1], pixel_size, device=f.device, dtype=f.real.dtype)
     return f
 
 
@@ -55,13 +62,7 @@ def render_images(volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.T
         vft = prepare_volume_ft(volume, pad=pad) if volume_ft is None else volume_ft
         f = forward_fourier(vft, rotations, d, shifts, ctf, pixel_size)
     elif projector == "real":
-        f = fft2_centered(project_real(volume, rotations))
-        if shifts is not None:
-            f = phase_shift(f, shifts)
-        if ctf is not None:
-            if pixel_size is None:
-                raise ValueError("pixel_size is needed to apply a CTF")
-            f = f * ctf_2d(ctf, d, pixel_size, device=f.device, dtype=f.real.dtype)
+        f = shift_and_ctf(fft2_centered(project_real(volume, rotations)), shifts, ctf, pixel_size)
     else:
         raise ValueError(f"unknown projector {projector!r}")
     return ifft2_centered(f).real

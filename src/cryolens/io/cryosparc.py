@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..imaging.ctf import CTFParams
 from ..imaging.rotations import matrix_to_rotvec, rotvec_to_matrix
 from .files import atomic_path, require_file
-from .particles import Particles, relative_or_absolute, resolve_stack_path, stack_info_for
+from .particles import Particles, relative_or_absolute, resolve_stacks, stack_info_for
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,8 @@ def read_cs(path: str | os.PathLike) -> Particles:
         raise InputError(f"{path}: no particles in the file")
 
     stack_names = [_decode(s).lstrip(">") for s in cs["blob/path"]]
-    unique, file_index = np.unique(np.asarray(stack_names, dtype=object), return_inverse=True)
     bases = [path.parent.resolve(), path.parent.resolve().parent, Path.cwd().resolve()]
-    image_files = []
-    for k, name in enumerate(unique):
-        try:
-            image_files.append(str(resolve_stack_path(str(name), bases, str(path), log)))
-        except InputError as e:
-            row = int(np.nonzero(file_index == k)[0][0])
-            raise InputError(f"{e} (row {row + 1})") from None
+    image_files, file_index = resolve_stacks(stack_names, bases, str(path), log)
     image_index = np.asarray(cs["blob/idx"], dtype=np.int64)
 
     if "blob/psize_A" in names:

@@ -226,3 +226,21 @@ def resolve_stack_path(name: str, bases: list[Path], source: str, logger=None) -
                                        "metadata file)", source, name, cand, others[0])
             return cand.resolve()
     raise InputError(f"{source}: stack {name} not found (looked in {', '.join(dict.fromkeys(tried))})")
+
+
+def resolve_stacks(names, bases: list[Path], source: str, logger=None) -> tuple[list[str], np.ndarray]:
+    """Resolve the stack name of every row (``(N,)`` strings) against ``bases`` in order.
+
+    Returns ``(image_files, file_index)``: the unique stacks as absolute paths and each row's index
+    into them. A missing stack raises :class:`InputError` naming ``source`` and the first row
+    (1-based) that refers to it.
+    """
+    unique, file_index = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+    image_files = []
+    for k, name in enumerate(unique):
+        try:
+            image_files.append(str(resolve_stack_path(str(name), bases, source, logger)))
+        except InputError as e:
+            row = int(np.nonzero(file_index == k)[0][0])
+            raise InputError(f"{e} (row {row + 1})") from None
+    return image_files, file_index

@@ -32,7 +32,7 @@ import torch
 from ..errors import InputError
 from ..imaging.rotations import euler_to_matrix, matrix_to_euler
 from .files import atomic_path, require_file
-from .particles import Particles, ctf_from_columns, relative_or_absolute, resolve_stack_path, stack_info_for
+from .particles import Particles, ctf_from_columns, relative_or_absolute, resolve_stacks, stack_info_for
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,8 @@ def read_star(path: str | os.PathLike) -> Particles:
 
     # stacks: STAR file's folder first, then the current folder
     stack_names, image_index = _parse_image_names(path, df["rlnImageName"])
-    unique, file_index = np.unique(np.asarray(stack_names, dtype=object), return_inverse=True)
     bases = [path.parent.resolve(), Path.cwd().resolve()]
-    image_files = []
-    for k, name in enumerate(unique):
-        try:
-            image_files.append(str(resolve_stack_path(str(name), bases, str(path), log)))
-        except InputError as e:
-            row = int(np.nonzero(file_index == k)[0][0])
-            raise InputError(f"{e} (row {row + 1})") from None
+    image_files, file_index = resolve_stacks(stack_names, bases, str(path), log)
 
     # pixel size and box
     if cols.has("rlnImagePixelSize"):

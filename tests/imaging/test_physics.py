@@ -14,7 +14,7 @@ from cryolens.imaging import (CTFParams, ctf_2d, extract_slices, fft2_centered, 
                               random_rotations, render_images, rotvec_to_matrix, shift_images,
                               geodesic_distance, colored_noise, add_noise_at_snr, rfft2_centered,
                               irfft2_centered, fft3_centered, ifft3_centered)
-from cryolens.imaging.grids import freq_grid_2d, shell_index_2d
+from cryolens.imaging.grids import coord_grid_3d, freq_grid_2d, shell_index_2d
 from cryolens.imaging.ctf import electron_wavelength
 
 D = 32
@@ -77,6 +77,23 @@ def test_hermitian_half_slice_equals_full_slice():
     full = extract_slices(vft, rots, D)
     half = extract_slices(vft, rots, D, hermitian=True)
     assert float((full - half).abs().max()) < 1e-9 * float(full.abs().max())
+
+
+def test_hermitian_half_insertion_equals_full_insertion():
+    """Transforms of real images: scattering the kx ≥ 0 half and completing by symmetry gives the
+    same data and weights as scattering every pixel (float64), everywhere inside the Nyquist sphere.
+    (On the sphere itself the two differ by design: the −Nyquist samples (0, −½) and (−½, 0) have no
+    +Nyquist partner in a D×D slice; the half path spreads them symmetrically over ±k.)"""
+    g = torch.Generator().manual_seed(4)
+    imgs = torch.randn(6, D, D, dtype=torch.float64, generator=g)
+    sl = fft2_centered(imgs)
+    w = ctf_2d(CTFParams.create([9000.0] * 6, [8000.0] * 6, 0.4), D, 1.5, dtype=torch.float64) ** 2
+    rots = random_rotations(6, generator=g, dtype=torch.float64)
+    d_full, w_full = insert_slices(sl, rots, 2 * D, weights=w)
+    d_half, w_half = insert_slices(sl, rots, 2 * D, weights=w, hermitian=True)
+    inside = coord_grid_3d(2 * D).norm(dim=-1) < D - 2  # padded-grid voxels clear of the Nyquist shell
+    assert float((d_full - d_half)[inside].abs().max()) < 1e-9 * float(d_full.abs().max())
+    assert float((w_full - w_half)[inside].abs().max()) < 1e-9 * float(w_full.abs().max())
 
 
 def test_centred_delta_is_rotation_invariant(device):

@@ -9,6 +9,7 @@ naming the stack and the 0-based image index.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 from collections.abc import Iterator
@@ -46,8 +47,41 @@ def _check_finite(images: np.ndarray, path: str, image_index: np.ndarray) -> Non
         raise InputError(f"{path}: image {int(image_index[k])} (0-based) has NaN or infinite pixels")
 
 
+def _release_pages(mm: np.ndarray, lo: int, hi: int) -> None:
+    """Tell the kernel the mapped pages of rows ``lo..hi-1`` are no longer needed by this process.
+
+    Streaming a stack through a memory map would otherwise leave every page read in the process's
+    resident set (file-backed, reclaimable, but counted in RSS), so RSS would grow with the dataset.
+    The pages stay in the system's page cache; a later read maps them again.
+    """
+    base = mm
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = getattr(base, "base", None)
+    handle = getattr(base, "_mmap", None)
+    if handle is None or not hasattr(handle, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    row = mm.strides[0]
+    start = int(getattr(base, "offset", 0)) + (mm.__array_interface__["data"][0]
+                                               - base.__array_interface__["data"][0]) + lo * row
+    page = mmap.PAGESIZE
+    first = (start // page) * page
+    length = start + (hi - lo) * row - first
+    try:
+        handle.madvise(mmap.MADV_DONTNEED, first - int(getattr(base, "offset", 0)) // page * page * 0, length) \
+            if False else handle.madvise(mmap.MADV_DONTNEED, first - _map_start(base), length)
+    except (ValueError, OSError):
+        pass
+
+
+def _map_start(base: np.ndarray) -> int:
+    """File offset where numpy's mmap of ``base`` begins (numpy maps from a page-aligned offset)."""
+    offset = int(getattr(base, "offset", 0))
+    return offset - offset % mmap.ALLOCATIONGRANULARITY
+
+
 def _read_rows(mm: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of a memmap as float32: one slice when they are dense, else a gather."""
+    """Rows ``idx`` of a memmap as a float32 copy: one slice when they are dense, else a gather;
+    the mapped pages read are released afterwards (see :func:`_release_pages`)."""
     if idx.size == 0:
         return np.empty((0,) + mm.shape[1:], dtype=np.float32)
     lo, hi = int(idx.min()), int(idx.max()) + 1
@@ -56,7 +90,9 @@ def _read_rows(mm: np.ndarray, idx: np.ndarray) -> np.ndarray:
         out = block if (idx.size == hi - lo and np.all(np.diff(idx) == 1)) else block[idx - lo]
     else:
         out = mm[np.sort(idx)][np.argsort(np.argsort(idx))]  # sorted gather reads the file forwards
-    return np.asarray(out, dtype=np.float32)
+    out = np.array(out, dtype=np.float32, copy=True)
+    _release_pages(mm, lo, hi)
+    return out
 
 
 class ParticleDataset(Dataset):

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
-from ..imaging.grids import shell_index_3d
+from ..imaging.grids import shell_index_3d, spherical_mask
 from ..imaging.shift import phase_shift
-from ..imaging.slice import insert_slices, volume_from_ft
+from ..imaging.slice import finish_staging, scatter_slices, staging_grid, volume_from_ft
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from ..metrics.fsc import fsc, resolution_at
@@ -56,41 +56,60 @@ def half_set_labels(particles: Particles, seed: int = 0) -> np.ndarray:
 
 
 class FourierAccumulator:
-    """Running sums ``Σ c X̃`` and ``Σ c²`` on a ``(Dp, Dp, Dp)`` grid for one half-set."""
+    """Running sums ``Σ c X̃`` and ``Σ c²`` of one half-set, kept in a staging grid (half slices,
+    see :func:`~cryolens.imaging.slice.scatter_slices`) and completed once when read."""
 
     def __init__(self, size: int, pad: int, device, dtype=torch.float32):
         self.size, self.padded = size, pad * size
-        shape = (self.padded,) * 3
-        self.data = torch.zeros(shape, dtype=torch.complex64 if dtype == torch.float32 else torch.complex128,
-                                device=device)
-        self.weight = torch.zeros(shape, dtype=dtype, device=device)
+        self.staging = staging_grid(self.padded, 3, device, dtype)
         self.count = 0
+        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None) -> None:
-        """Insert CTF-weighted transforms ``(B, D, D)`` complex (shifts already undone)."""
-        if ctf is None:
-            d, w = insert_slices(images_ft, rotations, self.padded)
+    def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
+            scale: torch.Tensor | None = None) -> None:
+        """Insert transforms ``(B, D, D)`` complex of real images (shifts already undone) along
+        ``rotations``, weighted by their CTFs ``(B, D, D)`` (or none) and optional per-image
+        ``scale (B,)`` (e.g. posterior weights)."""
+        c = torch.ones_like(images_ft.real) if ctf is None else ctf
+        if scale is not None:
+            s = scale.to(c.dtype)[:, None, None]
+            scatter_slices(self.staging, images_ft * c * s, rotations, self.padded, c * c * s, hermitian=True)
         else:
-            d, w = insert_slices(images_ft * ctf, rotations, self.padded, weights=ctf * ctf)
-        self.data += d
-        self.weight += w
+            scatter_slices(self.staging, images_ft * c, rotations, self.padded, c * c, hermitian=True)
         self.count += images_ft.shape[0]
+        self._done = None
 
-    def merged(self, other: FourierAccumulator) -> FourierAccumulator:
+    @property
+    def data(self) -> torch.Tensor:
+        return self._finished()[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._finished()[1]
+
+    def _finished(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._done is None:
+            self._done = finish_staging(self.staging, self.padded, is_complex=True, hermitian=True)
+        return self._done
+
+    def merged(self, other: "FourierAccumulator") -> "FourierAccumulator":
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded = self.size, self.padded
-        out.data, out.weight, out.count = self.data + other.data, self.weight + other.weight, self.count + other.count
+        out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
         return out
 
     def reconstruct(self, reg_per_shell: torch.Tensor) -> torch.Tensor:
-        """Real ``(D, D, D)`` map of ``data / (weight + λ(k))`` for ``λ: (D//2+1,)`` per output shell."""
+        """Real ``(D, D, D)`` map of ``data / (weight + λ(k))`` for ``λ: (D//2+1,)`` per output shell,
+        with the box corners beyond radius ``D/2`` faded out over 3 voxels (as RELION's reconstruction
+        does: the gridding correction amplifies noise there)."""
         pad = self.padded // self.size
         shells = torch.round(shell_index_3d(self.padded, device=self.data.device).double() / pad).long()
         nyq = self.size // 2
         lam = reg_per_shell.to(self.weight.device, self.weight.dtype)[shells.clamp_max(nyq)]
         vft = self.data / (self.weight + lam)
         vft = torch.where(shells <= nyq, vft, torch.zeros_like(vft))
-        return volume_from_ft(vft, self.size)
+        vol = volume_from_ft(vft, self.size)
+        return vol * spherical_mask(self.size, radius=self.size / 2, width=3.0, device=vol.device).to(vol.dtype)
 
     def shell_weight(self) -> torch.Tensor:
         """Mean of ``Σ c²`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""

@@ -92,7 +92,7 @@ class FourierAccumulator:
             self._done = finish_staging(self.staging, self.padded, is_complex=True, hermitian=True)
         return self._done
 
-    def merged(self, other: "FourierAccumulator") -> "FourierAccumulator":
+    def merged(self, other: FourierAccumulator) -> FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded = self.size, self.padded
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None

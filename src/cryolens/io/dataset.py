@@ -58,25 +58,17 @@ def _release_pages(mm: np.ndarray, lo: int, hi: int) -> None:
     while base is not None and getattr(base, "_mmap", None) is None:
         base = getattr(base, "base", None)
     handle = getattr(base, "_mmap", None)
-    if handle is None or not hasattr(handle, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+    if handle is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
+    offset = int(base.offset)  # file offset of base[0]; numpy maps from offset − offset % ALLOCATIONGRANULARITY
+    map_start = offset - offset % mmap.ALLOCATIONGRANULARITY
     row = mm.strides[0]
-    start = int(getattr(base, "offset", 0)) + (mm.__array_interface__["data"][0]
-                                               - base.__array_interface__["data"][0]) + lo * row
-    page = mmap.PAGESIZE
-    first = (start // page) * page
-    length = start + (hi - lo) * row - first
+    start = offset + (mm.__array_interface__["data"][0] - base.__array_interface__["data"][0]) + lo * row
+    first = start - start % mmap.PAGESIZE
     try:
-        handle.madvise(mmap.MADV_DONTNEED, first - int(getattr(base, "offset", 0)) // page * page * 0, length) \
-            if False else handle.madvise(mmap.MADV_DONTNEED, first - _map_start(base), length)
-    except (ValueError, OSError):
+        handle.madvise(mmap.MADV_DONTNEED, first - map_start, start + (hi - lo) * row - first)
+    except (ValueError, OSError):  # no madvise for file maps here: nothing to release
         pass
-
-
-def _map_start(base: np.ndarray) -> int:
-    """File offset where numpy's mmap of ``base`` begins (numpy maps from a page-aligned offset)."""
-    offset = int(getattr(base, "offset", 0))
-    return offset - offset % mmap.ALLOCATIONGRANULARITY
 
 
 def _read_rows(mm: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -64,6 +64,7 @@ class FourierAccumulator:
         self.staging = staging_grid(self.padded, 3, device, dtype)
         self.count = 0
         self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._shell_cache: torch.Tensor | None = None
 
     def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
             scale: torch.Tensor | None = None) -> None:
@@ -96,14 +97,22 @@ class FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded = self.size, self.padded
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
+        out._shell_cache = getattr(self, "_shell_cache", None)
         return out
+
+    def _shells(self) -> torch.Tensor:
+        """``(Dp, Dp, Dp)`` output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (cached)."""
+        if getattr(self, "_shell_cache", None) is None:
+            pad = self.padded // self.size
+            grid = shell_index_3d(self.padded, device=self.staging.device).double()
+            self._shell_cache = torch.round(grid / pad).long()
+        return self._shell_cache
 
     def reconstruct(self, reg_per_shell: torch.Tensor) -> torch.Tensor:
         """Real ``(D, D, D)`` map of ``data / (weight + λ(k))`` for ``λ: (D//2+1,)`` per output shell,
         with the box corners beyond radius ``D/2`` faded out over 3 voxels (as RELION's reconstruction
         does: the gridding correction amplifies noise there)."""
-        pad = self.padded // self.size
-        shells = torch.round(shell_index_3d(self.padded, device=self.data.device).double() / pad).long()
+        shells = self._shells()
         nyq = self.size // 2
         lam = reg_per_shell.to(self.weight.device, self.weight.dtype)[shells.clamp_max(nyq)]
         vft = self.data / (self.weight + lam)
@@ -113,14 +122,13 @@ class FourierAccumulator:
 
     def shell_weight(self) -> torch.Tensor:
         """Mean of ``Σ c²`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
-        pad = self.padded // self.size
-        shells = torch.round(shell_index_3d(self.padded, device=self.weight.device).double() / pad).long()
+        shells = self._shells().reshape(-1)
         n = self.size // 2 + 1
         keep = shells < n
-        s = torch.zeros(n, dtype=torch.float64, device=self.weight.device)
-        c = torch.zeros(n, dtype=torch.float64, device=self.weight.device)
-        s.index_add_(0, shells[keep], self.weight[keep].double())
-        c.index_add_(0, shells[keep], torch.ones_like(self.weight[keep], dtype=torch.float64))
+        s = torch.zeros(n, dtype=torch.float64, device=shells.device)
+        c = torch.zeros(n, dtype=torch.float64, device=shells.device)
+        s.index_add_(0, shells[keep], self.weight.reshape(-1)[keep].double())
+        c.index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=shells.device))
         return s / c.clamp_min(1)
 
 

@@ -6,5 +6,8 @@ from .likelihood import (ImageTerms, SliceFn, as_slicer, ctf_images, estimate_no
                          shell_weights, used_pixels, volume_slicer)
 from .pose_search import PoseSearchResult, frequency_schedule, grid_search, hierarchical_search
 from .posterior import PosePosterior, default_rotation_chunk, pose_posterior, translation_grid
+from .em import EMResult, em_iteration, exact_m_step, insert_weighted
+
+from .reconstruct import FourierAccumulator, wiener_regularisation
 
 __all__ = [name for name in dir() if not name.startswith("_")]

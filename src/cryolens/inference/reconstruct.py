@@ -1,0 +1,98 @@
+"""Reconstruction from weighted central slices: the Fourier accumulator every M-step shares.
+
+``Σ w c X̃`` and ``Σ w c²`` are scattered along each slice's rotation into an oversampled grid
+(Friedel half, completed once); the map is ``data / (weight + λ(k))`` with a per-shell
+regulariser ``λ(k) = W(k) (1 − FSC) / FSC`` (Wiener / MAP with a Gaussian prior whose power is read
+off the half-map FSC). Used by known-pose back-projection and by the EM M-step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..imaging.grids import shell_index_3d, spherical_mask
+from ..imaging.slice import finish_staging, scatter_slices, staging_grid, volume_from_ft
+
+
+class FourierAccumulator:
+    """Running sums ``Σ c X̃`` and ``Σ c²`` of one half-set, kept in a staging grid (half slices,
+    see :func:`~cryolens.imaging.slice.scatter_slices`) and completed once when read."""
+
+    def __init__(self, size: int, pad: int, device, dtype=torch.float32):
+        self.size, self.padded = size, pad * size
+        self.staging = staging_grid(self.padded, 3, device, dtype)
+        self.count = 0
+        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._shell_cache: torch.Tensor | None = None
+
+    def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
+            scale: torch.Tensor | None = None) -> None:
+        """Insert transforms ``(B, D, D)`` complex of real images (shifts already undone) along
+        ``rotations``, weighted by their CTFs ``(B, D, D)`` (or none) and optional per-image
+        ``scale (B,)`` (e.g. posterior weights)."""
+        c = torch.ones_like(images_ft.real) if ctf is None else ctf
+        if scale is not None:
+            s = scale.to(c.dtype)[:, None, None]
+            scatter_slices(self.staging, images_ft * c * s, rotations, self.padded, c * c * s, hermitian=True)
+        else:
+            scatter_slices(self.staging, images_ft * c, rotations, self.padded, c * c, hermitian=True)
+        self.count += images_ft.shape[0]
+        self._done = None
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self._finished()[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._finished()[1]
+
+    def _finished(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._done is None:
+            self._done = finish_staging(self.staging, self.padded, is_complex=True, hermitian=True)
+        return self._done
+
+    def merged(self, other: FourierAccumulator) -> FourierAccumulator:
+        out = FourierAccumulator.__new__(FourierAccumulator)
+        out.size, out.padded = self.size, self.padded
+        out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
+        out._shell_cache = getattr(self, "_shell_cache", None)
+        return out
+
+    def _shells(self) -> torch.Tensor:
+        """``(Dp, Dp, Dp)`` output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (cached)."""
+        if getattr(self, "_shell_cache", None) is None:
+            pad = self.padded // self.size
+            grid = shell_index_3d(self.padded, device=self.staging.device).double()
+            self._shell_cache = torch.round(grid / pad).long()
+        return self._shell_cache
+
+    def reconstruct(self, reg_per_shell: torch.Tensor) -> torch.Tensor:
+        """Real ``(D, D, D)`` map of ``data / (weight + λ(k))`` for ``λ: (D//2+1,)`` per output shell,
+        with the box corners beyond radius ``D/2`` faded out over 3 voxels (as RELION's reconstruction
+        does: the gridding correction amplifies noise there)."""
+        shells = self._shells()
+        nyq = self.size // 2
+        lam = reg_per_shell.to(self.weight.device, self.weight.dtype)[shells.clamp_max(nyq)]
+        vft = self.data / (self.weight + lam)
+        vft = torch.where(shells <= nyq, vft, torch.zeros_like(vft))
+        vol = volume_from_ft(vft, self.size)
+        return vol * spherical_mask(self.size, radius=self.size / 2, width=3.0, device=vol.device).to(vol.dtype)
+
+    def shell_weight(self) -> torch.Tensor:
+        """Mean of ``Σ c²`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
+        shells = self._shells().reshape(-1)
+        n = self.size // 2 + 1
+        keep = shells < n
+        s = torch.zeros(n, dtype=torch.float64, device=shells.device)
+        c = torch.zeros(n, dtype=torch.float64, device=shells.device)
+        s.index_add_(0, shells[keep], self.weight.reshape(-1)[keep].double())
+        c.index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=shells.device))
+        return s / c.clamp_min(1)
+
+
+def wiener_regularisation(shell_weight: torch.Tensor, fsc_curve: np.ndarray, floor: float = 1e-3) -> torch.Tensor:
+    """``λ(k) = W(k) (1 − FSC) / FSC`` with FSC clipped to ``[floor, 1 − floor]`` (per shell)."""
+    f = torch.as_tensor(np.clip(fsc_curve, floor, 1 - floor), dtype=torch.float64, device=shell_weight.device)
+    return shell_weight * (1 - f) / f

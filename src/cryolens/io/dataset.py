@@ -9,6 +9,7 @@ naming the stack and the 0-based image index.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from pathlib import Path
@@ -65,10 +66,8 @@ def _release_pages(mm: np.ndarray, lo: int, hi: int) -> None:
     row = mm.strides[0]
     start = offset + (mm.__array_interface__["data"][0] - base.__array_interface__["data"][0]) + lo * row
     first = start - start % mmap.PAGESIZE
-    try:
+    with contextlib.suppress(ValueError, OSError):  # no madvise for file maps here: nothing to release
         handle.madvise(mmap.MADV_DONTNEED, first - map_start, start + (hi - lo) * row - first)
-    except (ValueError, OSError):  # no madvise for file maps here: nothing to release
-        pass
 
 
 def _read_rows(mm: np.ndarray, idx: np.ndarray) -> np.ndarray:

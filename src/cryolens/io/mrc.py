@@ -9,6 +9,8 @@ or odd box. Stacks are opened read-only and memory-mapped, never loaded whole.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import warnings
@@ -250,17 +252,14 @@ class StackWriter:
         self._max = max(self._max, float(arr.max()))
 
     def _abort(self) -> None:
+        # cleanup after a failure: the original error is the one to report, not a second one from here
         if self._mrc is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._mrc.close()
-            except Exception:
-                pass
             self._mrc = None
         if self._atomic is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # removes the temporary file, leaves `path` as it was
                 self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
-            except RuntimeError:
-                pass
             self._atomic = None
 
     def close(self) -> None:

@@ -155,3 +155,14 @@ def write_outputs(result: BackprojectionResult, particles: Particles, run, refer
     plot_particles(images.numpy(), ctfs, run.path("particles.png"), [f"particle {i}" for i in idx])
     run.write_metrics(metrics)
     return metrics
+
+
+def fit(particles: Particles, known, run, config: dict, device=None, progress: bool = True):
+    """Registry entry point (:mod:`cryolens.methods.registry`): back-project with the known poses and CTFs."""
+    from .registry import MethodOutputs
+
+    result = backproject(particles, pad=int(config["pad"]), batch_size=int(config["batch_size"]), device=device,
+                         seed=int(config["seed"]), progress=progress)
+    return MethodOutputs(pixel_size=result.pixel_size, volume=result.volume, half_maps=(result.half1, result.half2),
+                         metrics={"resolution_halfmap_0143_A": result.resolution,
+                                  "fsc_halfmaps": np.asarray(result.fsc).tolist()})

@@ -140,3 +140,16 @@ def test_resolution_edge_cases():
     c = CURVE.copy()
     c[3] = np.nan
     assert resolution_at(c, 0.6, 2.0, 16) == pytest.approx(32 / 2)  # cut at shell 2
+
+
+def test_fsc_auc_self_is_half_and_unrelated_is_near_zero():
+    """FSC-AUC (CryoBench): a map with itself has FSC ≡ 1 → area 0.5 cycles/px; independent noise maps ≈ 0."""
+    from cryolens.metrics import fsc_auc
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(32, 32, 32, generator=g), torch.randn(32, 32, 32, generator=g)
+    assert fsc_auc(fsc(a, a), 32) == pytest.approx(0.5, abs=1e-9)
+    assert abs(fsc_auc(fsc(a, b), 32)) < 0.04  # shell 0 (one voxel) alone can give ±0.5/32
+    # a step curve: FSC 1 up to shell 8 then 0 → area 8/32 − half a trapezoid step (0.5/32)
+    step = np.r_[np.ones(9), np.zeros(8)]
+    assert fsc_auc(step, 32) == pytest.approx((8 + 0.5) / 32)

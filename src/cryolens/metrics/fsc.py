@@ -119,3 +119,17 @@ def resolution_at(curve: torch.Tensor | np.ndarray, threshold: float, pixel_size
     frac = 0.0 if not np.isfinite(lo) else (1.0 if hi == lo else (hi - threshold) / (hi - lo))
     f = (k - 1) + min(max(frac, 0.0), 1.0)
     return float(box_size * pixel_size / f)
+
+
+def fsc_auc(curve: torch.Tensor | np.ndarray, box_size: int) -> float:
+    """Area under an FSC curve against spatial frequency in cycles/px (CryoBench's FSC-AUC).
+
+    ``curve``: ``(D//2+1,)`` FSC per shell ``k``, at frequency ``k / D`` cycles/px; trapezoid rule over
+    ``[0, 0.5]``. The signed curve is integrated, as CryoBench does (``sklearn.metrics.auc`` on the
+    curve), so a map against itself gives 0.5 and unrelated maps give ≈ 0 (noise shells cancel).
+    """
+    c = np.asarray(curve.detach().cpu() if isinstance(curve, torch.Tensor) else curve, dtype=np.float64)
+    if c.ndim != 1 or c.shape[0] != box_size // 2 + 1:
+        raise ValueError(f"fsc_auc: expected a curve of {box_size // 2 + 1} shells for D={box_size}, got {c.shape}")
+    freq = np.arange(c.shape[0], dtype=np.float64) / box_size
+    return float(np.sum(0.5 * (c[1:] + c[:-1]) * np.diff(freq)))

@@ -14,7 +14,8 @@ def test_round_trip_and_errors(tmp_path):
     state = {"epoch": 3, "weights": torch.arange(5.0), "nested": {"lr": 1e-4, "hist": [1.0, 2.0]}}
     p = save_checkpoint(tmp_path / "ckpt.pt", state)
     back = load_checkpoint(p)
-    assert back["epoch"] == 3 and torch.equal(back["weights"], state["weights"]) and back["nested"]["hist"] == [1.0, 2.0]
+    assert back["epoch"] == 3 and torch.equal(back["weights"], state["weights"])
+    assert back["nested"]["hist"] == [1.0, 2.0]
     assert [f.name for f in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")

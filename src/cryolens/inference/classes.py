@@ -1,0 +1,337 @@
+"""Discrete heterogeneity: the posterior over (class, rotation, shift) and one Class3D EM iteration.
+
+RELION's Class3D (Scheres 2012, J. Struct. Biol. 180:519; METHODS.md) with ``K`` volumes ``V_k``: for
+image ``Y_i`` and every class ``k`` and grid pose ``(R_m, t_j)``, with the Gaussian log-likelihood
+``ℓ_ikmj`` of :mod:`cryolens.inference.likelihood` (per-shell ``σ²``),
+
+    w_ikmj = exp(ℓ_ikmj + log π_k + log π_m + log π_j − log Z_i),   log Z_i = logsumexp_{k,m,j}(…)
+
+(uniform pose priors ``π_m = 1/M``, ``π_j = 1/T`` by default; ``π_k`` the class priors).
+The class posterior ``P(k | Y_i) = Σ_{m,j} w_ikmj`` is computed exactly (a running log-sum-exp per
+class), the pose weights pruned to the significant set as in :mod:`~cryolens.inference.posterior`
+(``mass``, ``max_significant``) — now over ``(k, m, j)`` jointly, so a class that explains an image
+badly contributes no insertions.
+
+**Memory**: classes × rotation chunks are scored one chunk at a time with a running log-sum-exp per
+class and a running top ``max_significant``; the image terms are built once and shared by all
+classes. Peak memory as :func:`~cryolens.inference.posterior.pose_posterior` plus ``B·K`` reals; no
+``B × K × M × T`` table is ever held.
+
+**M-step** (:func:`class_em_iteration`), per class as RELION's:
+
+- volumes: per-class weighted back-projection (per-rotation sums ``Σ w C Y'``, ``Σ w C²`` inserted
+  once per used rotation, as :mod:`~cryolens.inference.em`), map ``data / (weight + λ_k(s))`` with
+  ``λ_k(s) = σ²(s) / (pad³ · T · τ²_k(s))`` — RELION's ``1 / (oversampling_correction · tau2_fudge ·
+  τ²)`` in our un-whitened units (``backprojector.cpp``; ``T`` = ``--tau2_fudge``, RELION's default 4
+  for single particles; the ``pad³`` factor is RELION's ``oversampling_correction``, read from its
+  source, not re-derived). Without half-maps, ``τ²_k(s)`` is the per-shell power ``⟨|Ṽ_k(f)|²⟩`` of
+  class ``k``'s current map (:func:`power_spectrum`), re-estimated from each new map — our choice,
+  stated because RELION's classification path derives ``τ²`` from the data in more steps;
+- class priors: ``π_k = (1/N) Σ_i P(k | Y_i)`` (the mean posterior class mass);
+- noise: ``σ²(s)`` the posterior-weighted mean residual power with the current references (em.py).
+
+**Modal variant** (``modal=True``): each image is assigned only its best ``(k, m, j)`` (the mode of
+the posterior, weight 1); class priors are then the fraction of images assigned to each class
+(hard-EM / "classification EM").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..imaging.ctf import CTFParams
+from ..imaging.fft import fft2_centered, fft3_centered
+from ..imaging.grids import shell_index_2d, shell_index_3d, shell_sum
+from ..imaging.shift import phase_shift
+from ..imaging.slice import prepare_volume_ft
+from ..io.particles import Particles
+from .em import _batches, _insert_aggregates
+from .likelihood import SliceFn, as_slicer, ctf_images, log_likelihood_table, log_normaliser, prepare_image_terms
+from .posterior import _log_prior, default_rotation_chunk
+from .reconstruct import FourierAccumulator
+
+
+@dataclass
+class ClassPosePosterior:
+    """Significant (class, rotation, shift) triples of ``B`` images, sorted by decreasing weight.
+
+    class_index, rotation_index, shift_index: ``(B, S)`` int64 (``−1`` past ``count``). weight: ``(B, S)``
+    posterior probabilities (0 past ``count``; not renormalised). count: ``(B,)``. log_evidence: ``(B,)``
+    ``log Z_i``. kept_mass: ``(B,)``. class_probability: ``(B, K)`` exact ``P(k | Y_i)`` (all poses).
+    map_log_likelihood: ``(B,)`` log-likelihood (no prior) of the MAP triple.
+    """
+
+    class_index: torch.Tensor
+    rotation_index: torch.Tensor
+    shift_index: torch.Tensor
+    weight: torch.Tensor
+    count: torch.Tensor
+    log_evidence: torch.Tensor
+    kept_mass: torch.Tensor
+    class_probability: torch.Tensor
+    map_log_likelihood: torch.Tensor
+
+    def dense(self, n_classes: int, n_rotations: int, n_shifts: int) -> torch.Tensor:
+        """``(B, K, M, T)`` table of the significant weights (0 elsewhere) — for tests and small grids."""
+        b = self.weight.shape[0]
+        out = self.weight.new_zeros(b, n_classes * n_rotations * n_shifts)
+        valid = self.rotation_index >= 0
+        flat = ((self.class_index * n_rotations + self.rotation_index) * n_shifts + self.shift_index).clamp_min(0)
+        out.scatter_add_(1, flat, torch.where(valid, self.weight, torch.zeros_like(self.weight)))
+        return out.reshape(b, n_classes, n_rotations, n_shifts)
+
+
+def _log_class_prior(log_class_prior: torch.Tensor | None, k: int, device, dtype) -> torch.Tensor:
+    if log_class_prior is None:
+        return torch.full((k,), -math.log(k), device=device, dtype=dtype)
+    lp = log_class_prior.to(device=device, dtype=dtype).reshape(-1)
+    if lp.shape[0] != k:
+        raise ValueError(f"log_class_prior must have {k} entries, got {lp.shape[0]}")
+    return lp
+
+
+@torch.no_grad()
+def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | torch.Tensor], rotations: torch.Tensor,
+                         shifts: torch.Tensor, sigma2: torch.Tensor, *, ctf: torch.Tensor | CTFParams | None = None,
+                         pixel_size: float | None = None, k_max: int | None = None,
+                         log_class_prior: torch.Tensor | None = None,
+                         log_prior_rotation: torch.Tensor | None = None, log_prior_shift: torch.Tensor | None = None,
+                         mass: float = 0.999, max_significant: int = 1000,
+                         rotation_chunk: int | None = None) -> ClassPosePosterior:
+    """Posterior over every (class, rotation, shift) for a batch of images (module docstring).
+
+    images_ft: ``(B, D, D)`` complex centered transforms. slices: one per class, a
+    :data:`~cryolens.inference.likelihood.SliceFn` or an oversampled volume transform ``(Dp, Dp, Dp)``.
+    rotations: ``(M, 3, 3)`` image → volume frame. shifts: ``(T, 2)`` or ``(B, T, 2)`` px ``(x, y)``.
+    sigma2: ``(D//2+1,)`` noise power per Fourier component. ctf: ``(B, D, D)`` or :class:`CTFParams`
+    (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` ``log π_k`` (uniform when ``None``).
+    log_prior_rotation ``(M,)``/``(B, M)``, log_prior_shift ``(T,)``/``(B, T)``: as ``pose_posterior``.
+    mass, max_significant: the significant set over ``(k, m, j)``. rotation_chunk: ``M_c``.
+    """
+    b, size = images_ft.shape[0], images_ft.shape[-1]
+    dev, rdt = images_ft.device, images_ft.real.dtype
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    if max_significant < 1:
+        raise ValueError(f"max_significant must be >= 1, got {max_significant}")
+    slicers = [as_slicer(s, size) for s in slices]
+    n_cls = len(slicers)
+    rot = rotations.to(dev, rdt)
+    m, t = rot.shape[0], shifts.shape[-2]
+    c = ctf_images(ctf, b, size, pixel_size, dev, rdt)
+    terms = prepare_image_terms(images_ft, sigma2, shifts, c, k_max)
+    lp_k = _log_class_prior(log_class_prior, n_cls, dev, rdt)
+    lp_r = _log_prior(log_prior_rotation, m, b, "log_prior_rotation", dev, rdt)
+    lp_t = _log_prior(log_prior_shift, t, b, "log_prior_shift", dev, rdt)
+    chunk = default_rotation_chunk(b, t, size) if rotation_chunk is None else int(rotation_chunk)
+    keep_n = min(max_significant, n_cls * m * t)
+
+    lse_k = torch.full((b, n_cls), -math.inf, device=dev, dtype=rdt)
+    top_v = torch.empty(b, 0, device=dev, dtype=rdt)
+    top_k = torch.empty(b, 0, device=dev, dtype=torch.long)
+    top_r = torch.empty(b, 0, device=dev, dtype=torch.long)
+    top_t = torch.empty(b, 0, device=dev, dtype=torch.long)
+    for kc in range(n_cls):
+        for start in range(0, m, chunk):
+            stop = min(m, start + chunk)
+            mc = stop - start
+            ll = log_likelihood_table(terms, slicers[kc](rot[start:stop]))  # (B, T, M_c)
+            lp = (ll + lp_t[:, :, None] + lp_r[:, None, start:stop] + lp_k[kc]).reshape(b, t * mc)
+            lse_k[:, kc] = torch.logaddexp(lse_k[:, kc], torch.logsumexp(lp, dim=1))
+            v, i = lp.topk(min(keep_n, t * mc), dim=1)
+            top_v = torch.cat([top_v, v], 1)
+            top_k = torch.cat([top_k, torch.full_like(i, kc)], 1)
+            top_r = torch.cat([top_r, start + i % mc], 1)
+            top_t = torch.cat([top_t, torch.div(i, mc, rounding_mode="floor")], 1)
+            if top_v.shape[1] > keep_n:
+                v, sel = top_v.topk(keep_n, dim=1)
+                top_v, top_k, top_r, top_t = v, top_k.gather(1, sel), top_r.gather(1, sel), top_t.gather(1, sel)
+    order = top_v.argsort(dim=1, descending=True)
+    top_v, top_k, top_r, top_t = (x.gather(1, order) for x in (top_v, top_k, top_r, top_t))
+    lse = torch.logsumexp(lse_k, dim=1)
+
+    w = torch.exp(top_v - lse[:, None])
+    count = ((torch.cumsum(w, dim=1) < mass).sum(1) + 1).clamp(max=keep_n)
+    keep = torch.arange(keep_n, device=dev)[None] < count[:, None]
+    w = torch.where(keep, w, torch.zeros_like(w))
+    map_prior = (lp_k[top_k[:, 0]] + lp_r.expand(b, m).gather(1, top_r[:, :1])[:, 0]
+                 + lp_t.expand(b, t).gather(1, top_t[:, :1])[:, 0])
+    minus = torch.full_like(top_r, -1)
+    return ClassPosePosterior(class_index=torch.where(keep, top_k, minus),
+                              rotation_index=torch.where(keep, top_r, minus),
+                              shift_index=torch.where(keep, top_t, minus), weight=w, count=count,
+                              log_evidence=lse, kept_mass=w.sum(1), class_probability=torch.exp(lse_k - lse[:, None]),
+                              map_log_likelihood=top_v[:, 0] - map_prior)
+
+
+def power_spectrum(volume: torch.Tensor) -> torch.Tensor:
+    """``(D//2+1,)`` float64 per-shell mean power ``⟨|Ṽ(f)|²⟩`` of a real ``(D, D, D)`` volume's
+    unnormalised centered transform (shells ``round(|f|·D)``; the units of central-slice values, so
+    that it is directly a prior variance ``τ²`` of the values the likelihood compares)."""
+    size = volume.shape[-1]
+    nsh = size // 2 + 1
+    p = fft3_centered(volume.double()).abs().square()
+    shells = shell_index_3d(size, device=volume.device).reshape(-1)
+    keep = shells < nsh
+    s = torch.zeros(nsh, dtype=torch.float64, device=volume.device).index_add_(0, shells[keep], p.reshape(-1)[keep])
+    n = torch.zeros(nsh, dtype=torch.float64, device=volume.device).index_add_(
+        0, shells[keep], torch.ones_like(p.reshape(-1)[keep]))
+    return s / n.clamp_min(1)
+
+
+def class_regularisation(sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float = 4.0,
+                         pad: int = 2) -> torch.Tensor:
+    """``(…, D//2+1)`` float64 ``λ(s) = σ²(s) / (pad³ · T · τ²(s))`` (module docstring); ``∞`` where ``τ² = 0``."""
+    t2 = tau2.double() * (tau2_fudge * pad ** 3)
+    s2 = sigma2.to(device=t2.device, dtype=torch.float64)
+    return torch.where(t2 > 0, s2 / t2.clamp_min(1e-300), torch.full_like(t2, float("inf")))
+
+
+@dataclass
+class ClassEMResult:
+    """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
+
+    volumes: ``(K, D, D, D)`` new maps. class_prior: ``(K,)`` new ``π_k``. sigma2: ``(D//2+1,)`` new noise
+    power. tau2: ``(K, D//2+1)`` power spectra of the new maps (the next ``τ²``). regularisation:
+    ``(K, D//2+1)`` the ``λ_k`` used. log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
+    *input* volumes, priors and σ². class_probability: ``(N, K)``. labels: ``(N,)`` most probable class.
+    map_rotation_index, map_shift_index: ``(N,)`` the MAP pose; map_shift: ``(N, 2)`` px;
+    max_weight: ``(N,)``; n_significant: ``(N,)``.
+    """
+
+    volumes: torch.Tensor
+    class_prior: torch.Tensor
+    sigma2: torch.Tensor
+    tau2: torch.Tensor
+    regularisation: torch.Tensor
+    log_likelihood: float
+    class_probability: torch.Tensor
+    labels: torch.Tensor
+    map_class: torch.Tensor
+    map_rotation_index: torch.Tensor
+    map_shift_index: torch.Tensor
+    map_shift: torch.Tensor
+    max_weight: torch.Tensor
+    n_significant: torch.Tensor
+
+
+def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, sigma2: torch.Tensor,
+                       rotations: torch.Tensor, shifts: torch.Tensor, class_prior: torch.Tensor | None = None, *,
+                       tau2: torch.Tensor | None = None, tau2_fudge: float = 4.0,
+                       ctf: CTFParams | torch.Tensor | None = None, pixel_size: float | None = None,
+                       k_max: int | None = None, pad: int = 2, batch_size: int = 64, device=None,
+                       mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
+                       modal: bool = False, pair_chunk: int = 2048, rotation_chunk: int | None = None,
+                       progress=None) -> ClassEMResult:
+    """One Class3D E-step + M-step over all images (module docstring).
+
+    data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
+    ``ctf`` as in :func:`~cryolens.inference.em.em_iteration`. volumes: ``(K, D, D, D)`` real current
+    maps; their dtype is the compute dtype. sigma2: ``(D//2+1,)``. rotations: ``(M, 3, 3)``. shifts:
+    ``(T, 2)`` px (or ``(N, T, 2)``). class_prior: ``(K,)`` ``π_k`` (uniform when ``None``).
+    tau2: ``(K, D//2+1)`` prior power per class (default: :func:`power_spectrum` of ``volumes``).
+    tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard assignment of the
+    best (class, pose). progress: an optional tqdm bar, advanced by the images of each batch.
+    """
+    dev = torch.device(device) if device is not None else volumes.device
+    dt = volumes.dtype
+    n_cls, size = volumes.shape[0], volumes.shape[-1]
+    nsh = size // 2 + 1
+    if isinstance(data, Particles):
+        pixel_size = data.pixel_size if pixel_size is None else pixel_size
+    vols = volumes.to(dev)
+    s2 = sigma2.to(device=dev, dtype=dt)
+    rot = rotations.to(device=dev, dtype=dt)
+    sh = shifts.to(device=dev, dtype=dt)
+    prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
+             else class_prior.double().reshape(-1))
+    if prior.shape[0] != n_cls:
+        raise ValueError(f"class_prior must have {n_cls} entries, got {prior.shape[0]}")
+    log_prior = torch.log(prior.clamp_min(1e-300)).to(device=dev, dtype=dt)
+    if tau2 is None:
+        tau2 = torch.stack([power_spectrum(v) for v in vols])
+    slicers = [as_slicer(prepare_volume_ft(v, pad), size) for v in vols]
+    accs = [FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)]
+    shells = shell_index_2d(size, device=dev)
+    pixels_per_shell = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shells, nsh)
+    num = torch.zeros(nsh, device=dev, dtype=torch.float64)
+    total_w = torch.zeros((), device=dev, dtype=torch.float64)
+    class_mass = torch.zeros(n_cls, device=dev, dtype=torch.float64)
+    out = {k: [] for k in ("idx", "lz", "p", "k", "r", "t", "ts", "w", "n")}
+
+    for idx, images, c_b in _batches(data, ctf, batch_size):
+        b = images.shape[0]
+        y = fft2_centered(images.to(device=dev, dtype=dt))
+        c = ctf_images(c_b, b, size, pixel_size, dev, dt)
+        sh_b = sh[idx.to(dev)] if sh.dim() == 3 else sh
+        post = class_pose_posterior(y, slicers, rot, sh_b, s2, ctf=c, k_max=k_max, log_class_prior=log_prior,
+                                    mass=mass, max_significant=1 if modal else max_significant,
+                                    rotation_chunk=rotation_chunk)
+        if modal:
+            keep = post.rotation_index[:, :1] >= 0
+            w_all = torch.ones_like(post.weight[:, :1])
+            cls_i, rot_i, sh_i = post.class_index[:, :1], post.rotation_index[:, :1], post.shift_index[:, :1]
+            p_cls = torch.nn.functional.one_hot(cls_i[:, 0], n_cls).to(dt)
+        else:
+            keep = (post.rotation_index >= 0) & (post.weight >= weight_floor * post.weight[:, :1])
+            w_all = torch.where(keep, post.weight, torch.zeros_like(post.weight))
+            w_all = w_all / w_all.sum(1, keepdim=True)
+            cls_i, rot_i, sh_i = post.class_index, post.rotation_index, post.shift_index
+            p_cls = post.class_probability
+        class_mass += p_cls.double().sum(0)
+        bi, ki = keep.nonzero(as_tuple=True)
+        kk, r, t, w = cls_i[bi, ki], rot_i[bi, ki], sh_i[bi, ki], w_all[bi, ki]
+        pair_shifts = sh_b[bi, t] if sh_b.dim() == 3 else sh_b[t]
+        power = (y.abs().square() * w_all.sum(1)[:, None, None]).sum(0)
+        for kc in range(n_cls):
+            sel = kk == kc
+            if not bool(sel.any()):
+                continue
+            bs, rs, ws, ps = bi[sel], r[sel], w[sel], pair_shifts[sel]
+            used, inv = torch.unique(rs, return_inverse=True)
+            s1 = torch.zeros(used.shape[0], size, size, dtype=y.dtype, device=dev)
+            s2w = torch.zeros(used.shape[0], size, size, dtype=dt, device=dev)
+            for s in range(0, bs.shape[0], pair_chunk):
+                i, wc = bs[s:s + pair_chunk], ws[s:s + pair_chunk, None, None]
+                yu = phase_shift(y[i], -ps[s:s + pair_chunk])
+                ci = torch.ones_like(yu.real) if c is None else c[i]
+                s1.index_add_(0, inv[s:s + pair_chunk], wc * ci * yu)
+                s2w.index_add_(0, inv[s:s + pair_chunk], wc * ci * ci)
+            _insert_aggregates(accs[kc], s1, s2w, rot[used])
+            for s in range(0, used.shape[0], pair_chunk):
+                p = slicers[kc](rot[used[s:s + pair_chunk]])
+                power = power + (-2 * (s1[s:s + pair_chunk].conj() * p).real
+                                 + s2w[s:s + pair_chunk] * p.abs().square()).sum(0)
+        num += shell_sum(power, shells, nsh).double()
+        total_w += w.sum().double()
+        out["idx"].append(idx)
+        out["lz"].append(post.log_evidence)
+        out["p"].append(p_cls)
+        out["k"].append(post.class_index[:, 0])
+        out["r"].append(post.rotation_index[:, 0])
+        out["t"].append(post.shift_index[:, 0])
+        out["ts"].append(sh_b[post.shift_index[:, 0]] if sh_b.dim() == 2
+                         else sh_b[torch.arange(b, device=dev), post.shift_index[:, 0]])
+        out["w"].append(post.weight[:, 0])
+        out["n"].append(keep.sum(1))
+        if progress is not None:
+            progress.update(b)
+
+    order = torch.argsort(torch.cat(out["idx"]))
+    cat = {k: torch.cat(v).to(dev)[order.to(dev)] for k, v in out.items() if k != "idx"}
+    n_images = order.shape[0]
+    log_lik = float(cat["lz"].double().sum() + n_images * log_normaliser(s2.double(), size, k_max))
+    new_sigma2 = (num / (total_w * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
+    lam = class_regularisation(s2, tau2.to(dev), tau2_fudge, pad)
+    new_vols = torch.stack([accs[kc].reconstruct(lam[kc]) if accs[kc].count > 0 else vols[kc]
+                            for kc in range(n_cls)])
+    new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
+    new_tau2 = torch.stack([power_spectrum(v) for v in new_vols])
+    return ClassEMResult(volumes=new_vols, class_prior=new_prior.cpu(), sigma2=new_sigma2, tau2=new_tau2,
+                         regularisation=lam, log_likelihood=log_lik, class_probability=cat["p"],
+                         labels=cat["p"].argmax(1), map_class=cat["k"], map_rotation_index=cat["r"],
+                         map_shift_index=cat["t"], map_shift=cat["ts"], max_weight=cat["w"], n_significant=cat["n"])

@@ -85,12 +85,15 @@ class ClassPosePosterior:
         return out.reshape(b, n_classes, n_rotations, n_shifts)
 
 
-def _log_class_prior(log_class_prior: torch.Tensor | None, k: int, device, dtype) -> torch.Tensor:
+def _log_class_prior(log_class_prior: torch.Tensor | None, k: int, b: int, device, dtype) -> torch.Tensor:
+    """``(1 or B, K)`` log class prior; uniform by default."""
     if log_class_prior is None:
-        return torch.full((k,), -math.log(k), device=device, dtype=dtype)
-    lp = log_class_prior.to(device=device, dtype=dtype).reshape(-1)
-    if lp.shape[0] != k:
-        raise ValueError(f"log_class_prior must have {k} entries, got {lp.shape[0]}")
+        return torch.full((1, k), -math.log(k), device=device, dtype=dtype)
+    lp = log_class_prior.to(device=device, dtype=dtype)
+    if lp.dim() == 1:
+        lp = lp[None]
+    if lp.shape[-1] != k or lp.shape[0] not in (1, b):
+        raise ValueError(f"log_class_prior must be ({k},) or ({b}, {k}), got {tuple(log_class_prior.shape)}")
     return lp
 
 
@@ -108,7 +111,8 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     :data:`~cryolens.inference.likelihood.SliceFn` or an oversampled volume transform ``(Dp, Dp, Dp)``.
     rotations: ``(M, 3, 3)`` image → volume frame. shifts: ``(T, 2)`` or ``(B, T, 2)`` px ``(x, y)``.
     sigma2: ``(D//2+1,)`` noise power per Fourier component. ctf: ``(B, D, D)`` or :class:`CTFParams`
-    (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` ``log π_k`` (uniform when ``None``).
+    (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` ``log π_k``, or ``(B, K)`` per image
+    (e.g. RELION's random class assignment of the first iteration); uniform when ``None``.
     log_prior_rotation ``(M,)``/``(B, M)``, log_prior_shift ``(T,)``/``(B, T)``: as ``pose_posterior``.
     mass, max_significant: the significant set over ``(k, m, j)``. rotation_chunk: ``M_c``.
     """
@@ -124,7 +128,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     m, t = rot.shape[0], shifts.shape[-2]
     c = ctf_images(ctf, b, size, pixel_size, dev, rdt)
     terms = prepare_image_terms(images_ft, sigma2, shifts, c, k_max)
-    lp_k = _log_class_prior(log_class_prior, n_cls, dev, rdt)
+    lp_k = _log_class_prior(log_class_prior, n_cls, b, dev, rdt)
     lp_r = _log_prior(log_prior_rotation, m, b, "log_prior_rotation", dev, rdt)
     lp_t = _log_prior(log_prior_shift, t, b, "log_prior_shift", dev, rdt)
     chunk = default_rotation_chunk(b, t, size) if rotation_chunk is None else int(rotation_chunk)
@@ -140,7 +144,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
             stop = min(m, start + chunk)
             mc = stop - start
             ll = log_likelihood_table(terms, slicers[kc](rot[start:stop]))  # (B, T, M_c)
-            lp = (ll + lp_t[:, :, None] + lp_r[:, None, start:stop] + lp_k[kc]).reshape(b, t * mc)
+            lp = (ll + lp_t[:, :, None] + lp_r[:, None, start:stop] + lp_k[:, kc, None, None]).reshape(b, t * mc)
             lse_k[:, kc] = torch.logaddexp(lse_k[:, kc], torch.logsumexp(lp, dim=1))
             v, i = lp.topk(min(keep_n, t * mc), dim=1)
             top_v = torch.cat([top_v, v], 1)
@@ -158,7 +162,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     count = ((torch.cumsum(w, dim=1) < mass).sum(1) + 1).clamp(max=keep_n)
     keep = torch.arange(keep_n, device=dev)[None] < count[:, None]
     w = torch.where(keep, w, torch.zeros_like(w))
-    map_prior = (lp_k[top_k[:, 0]] + lp_r.expand(b, m).gather(1, top_r[:, :1])[:, 0]
+    map_prior = (lp_k.expand(b, n_cls).gather(1, top_k[:, :1])[:, 0] + lp_r.expand(b, m).gather(1, top_r[:, :1])[:, 0]
                  + lp_t.expand(b, t).gather(1, top_t[:, :1])[:, 0])
     minus = torch.full_like(top_r, -1)
     return ClassPosePosterior(class_index=torch.where(keep, top_k, minus),
@@ -197,7 +201,9 @@ class ClassEMResult:
 
     volumes: ``(K, D, D, D)`` new maps. class_prior: ``(K,)`` new ``π_k``. sigma2: ``(D//2+1,)`` new noise
     power. tau2: ``(K, D//2+1)`` power spectra of the new maps (the next ``τ²``). regularisation:
-    ``(K, D//2+1)`` the ``λ_k`` used. log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
+    ``(K, D//2+1)`` the ``λ_k`` used. data_vs_prior: ``(K, D//2+1)`` shell mean of the accumulated
+    weight ``Σ w C²`` over ``λ_k`` (RELION's ``data_vs_prior``: where it falls below 1 the prior
+    dominates — RELION's resolution estimate of a class). log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
     *input* volumes, priors and σ². class_probability: ``(N, K)``. labels: ``(N,)`` most probable class.
     map_rotation_index, map_shift_index: ``(N,)`` the MAP pose; map_shift: ``(N, 2)`` px;
     max_weight: ``(N,)``; n_significant: ``(N,)``.
@@ -208,6 +214,7 @@ class ClassEMResult:
     sigma2: torch.Tensor
     tau2: torch.Tensor
     regularisation: torch.Tensor
+    data_vs_prior: torch.Tensor
     log_likelihood: float
     class_probability: torch.Tensor
     labels: torch.Tensor
@@ -232,7 +239,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
     ``ctf`` as in :func:`~cryolens.inference.em.em_iteration`. volumes: ``(K, D, D, D)`` real current
     maps; their dtype is the compute dtype. sigma2: ``(D//2+1,)``. rotations: ``(M, 3, 3)``. shifts:
-    ``(T, 2)`` px (or ``(N, T, 2)``). class_prior: ``(K,)`` ``π_k`` (uniform when ``None``).
+    ``(T, 2)`` px (or ``(N, T, 2)``). class_prior: ``(K,)`` ``π_k`` (uniform when ``None``), or
+    ``(N, K)`` per image (rows summing to 1; zeros allowed, e.g. a one-hot random first assignment).
     tau2: ``(K, D//2+1)`` prior power per class (default: :func:`power_spectrum` of ``volumes``).
     tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard assignment of the
     best (class, pose). progress: an optional tqdm bar, advanced by the images of each batch.
@@ -248,10 +256,11 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     rot = rotations.to(device=dev, dtype=dt)
     sh = shifts.to(device=dev, dtype=dt)
     prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
-             else class_prior.double().reshape(-1))
-    if prior.shape[0] != n_cls:
-        raise ValueError(f"class_prior must have {n_cls} entries, got {prior.shape[0]}")
-    log_prior = torch.log(prior.clamp_min(1e-300)).to(device=dev, dtype=dt)
+             else class_prior.double())
+    if prior.shape[-1] != n_cls or prior.dim() > 2:
+        raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
+    log_prior = torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
+                            torch.full_like(prior, -math.inf)).to(device=dev, dtype=dt)
     if tau2 is None:
         tau2 = torch.stack([power_spectrum(v) for v in vols])
     slicers = [as_slicer(prepare_volume_ft(v, pad), size) for v in vols]
@@ -268,7 +277,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
         y = fft2_centered(images.to(device=dev, dtype=dt))
         c = ctf_images(c_b, b, size, pixel_size, dev, dt)
         sh_b = sh[idx.to(dev)] if sh.dim() == 3 else sh
-        post = class_pose_posterior(y, slicers, rot, sh_b, s2, ctf=c, k_max=k_max, log_class_prior=log_prior,
+        lp_b = log_prior[idx.to(dev)] if log_prior.dim() == 2 else log_prior
+        post = class_pose_posterior(y, slicers, rot, sh_b, s2, ctf=c, k_max=k_max, log_class_prior=lp_b,
                                     mass=mass, max_significant=1 if modal else max_significant,
                                     rotation_chunk=rotation_chunk)
         if modal:
@@ -329,9 +339,10 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     lam = class_regularisation(s2, tau2.to(dev), tau2_fudge, pad)
     new_vols = torch.stack([accs[kc].reconstruct(lam[kc]) if accs[kc].count > 0 else vols[kc]
                             for kc in range(n_cls)])
+    dvp = torch.stack([accs[kc].shell_weight() / lam[kc] for kc in range(n_cls)])
     new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
     new_tau2 = torch.stack([power_spectrum(v) for v in new_vols])
     return ClassEMResult(volumes=new_vols, class_prior=new_prior.cpu(), sigma2=new_sigma2, tau2=new_tau2,
-                         regularisation=lam, log_likelihood=log_lik, class_probability=cat["p"],
+                         regularisation=lam, data_vs_prior=dvp, log_likelihood=log_lik, class_probability=cat["p"],
                          labels=cat["p"].argmax(1), map_class=cat["k"], map_rotation_index=cat["r"],
                          map_shift_index=cat["t"], map_shift=cat["ts"], max_weight=cat["w"], n_significant=cat["n"])

@@ -2,6 +2,9 @@
 registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchmark read it).
 
 - ``backprojection`` (:mod:`~cryolens.methods.backprojection`): homogeneous map from known poses and CTFs.
+- ``relion-class3d`` (:mod:`~cryolens.methods.class3d`): K classes, poses searched (RELION Class3D).
+- ``cryosparc-abinit``, ``cryosparc-abinit-hetero`` (:mod:`~cryolens.methods.abinit`): ab initio from
+  random starts, then refinement (homogeneous) or Class3D (K classes).
 """
 
 from . import backprojection
@@ -12,3 +15,26 @@ register(Recipe(
     summary="CTF-weighted Fourier insertion with a per-shell Wiener/MAP filter, gold-standard half-maps",
     defaults={"pad": 2, "batch_size": 256, "seed": 0}, needs=frozenset({"poses", "ctf"}),
     heterogeneity="homogeneous", learned=False, reference="RELION relion_reconstruct (Scheres 2012)"), replace=True)
+
+from . import class3d  # noqa: E402
+
+register(Recipe(
+    name="relion-class3d", fit=class3d.fit,
+    summary="K-class EM over class × rotation × shift, class priors, T-scaled tau2 prior (RELION Class3D)",
+    defaults=dict(class3d.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="discrete", learned=False,
+    reference="Scheres 2012 (J. Struct. Biol. 180:519); RELION 3.1 relion_refine --K"), replace=True)
+
+from . import abinit  # noqa: E402
+
+register(Recipe(
+    name="cryosparc-abinit", fit=abinit.fit,
+    summary="ab initio from a random start (SGD/online EM, poses marginalised per mini-batch), then auto-refine",
+    defaults=dict(abinit.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=False,
+    reference="Punjani et al. 2017 (Nat. Methods 14:290), cryoSPARC ab initio; refinement as RELION auto-refine"),
+    replace=True)
+register(Recipe(
+    name="cryosparc-abinit-hetero", fit=abinit.fit,
+    summary="multi-class ab initio from K random starts, then Class3D from the K maps",
+    defaults={**abinit.DEFAULTS, "n_classes": 2}, needs=frozenset({"ctf"}), heterogeneity="discrete",
+    learned=False, reference="Punjani et al. 2017 (Nat. Methods 14:290), cryoSPARC multi-class ab initio"),
+    replace=True)

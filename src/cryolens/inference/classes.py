@@ -50,7 +50,8 @@ from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..io.particles import Particles
 from .em import _batches, _insert_aggregates
-from .likelihood import SliceFn, as_slicer, ctf_images, log_likelihood_table, log_normaliser, prepare_image_terms
+from .likelihood import (SliceFn, as_slicer, ctf_images, log_likelihood_table, log_normaliser, prepare_image_terms,
+                         used_pixels)
 from .posterior import _log_prior, default_rotation_chunk
 from .reconstruct import FourierAccumulator
 
@@ -108,7 +109,10 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     """Posterior over every (class, rotation, shift) for a batch of images (module docstring).
 
     images_ft: ``(B, D, D)`` complex centered transforms. slices: one per class, a
-    :data:`~cryolens.inference.likelihood.SliceFn` or an oversampled volume transform ``(Dp, Dp, Dp)``.
+    :data:`~cryolens.inference.likelihood.SliceFn`, an oversampled volume transform ``(Dp, Dp, Dp)``,
+    or the slice values ``(M, N_p)`` complex of every rotation on the pixels of
+    :func:`~cryolens.inference.likelihood.used_pixels` ``(D, k_max)`` (precomputed once and reused
+    across batches: :func:`slice_values`).
     rotations: ``(M, 3, 3)`` image → volume frame. shifts: ``(T, 2)`` or ``(B, T, 2)`` px ``(x, y)``.
     sigma2: ``(D//2+1,)`` noise power per Fourier component. ctf: ``(B, D, D)`` or :class:`CTFParams`
     (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` ``log π_k``, or ``(B, K)`` per image
@@ -122,7 +126,8 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
         raise ValueError(f"mass must be in (0, 1], got {mass}")
     if max_significant < 1:
         raise ValueError(f"max_significant must be >= 1, got {max_significant}")
-    slicers = [as_slicer(s, size) for s in slices]
+    pre = [s if isinstance(s, torch.Tensor) and s.dim() == 2 else None for s in slices]
+    slicers = [None if p is not None else as_slicer(s, size) for s, p in zip(slices, pre, strict=True)]
     n_cls = len(slicers)
     rot = rotations.to(dev, rdt)
     m, t = rot.shape[0], shifts.shape[-2]
@@ -143,7 +148,10 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
         for start in range(0, m, chunk):
             stop = min(m, start + chunk)
             mc = stop - start
-            ll = log_likelihood_table(terms, slicers[kc](rot[start:stop]))  # (B, T, M_c)
+            if pre[kc] is not None:
+                ll = log_likelihood_table(terms, pre[kc][start:stop], on_pixels=True)  # (B, T, M_c)
+            else:
+                ll = log_likelihood_table(terms, slicers[kc](rot[start:stop]))
             lp = (ll + lp_t[:, :, None] + lp_r[:, None, start:stop] + lp_k[:, kc, None, None]).reshape(b, t * mc)
             lse_k[:, kc] = torch.logaddexp(lse_k[:, kc], torch.logsumexp(lp, dim=1))
             v, i = lp.topk(min(keep_n, t * mc), dim=1)
@@ -170,6 +178,16 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
                               shift_index=torch.where(keep, top_t, minus), weight=w, count=count,
                               log_evidence=lse, kept_mass=w.sum(1), class_probability=torch.exp(lse_k - lse[:, None]),
                               map_log_likelihood=top_v[:, 0] - map_prior)
+
+
+def slice_values(slicer: SliceFn, rotations: torch.Tensor, size: int, k_max: int | None = None,
+                 chunk: int = 512) -> torch.Tensor:
+    """``(M, N_p)`` complex values of the central slices of every rotation ``(M, 3, 3)`` on the pixels
+    of :func:`~cryolens.inference.likelihood.used_pixels` ``(size, k_max)`` — the form
+    :func:`class_pose_posterior` accepts to skip re-rendering the slices for every batch."""
+    pixels = used_pixels(size, k_max, rotations.device)
+    return torch.cat([slicer(rotations[a:a + chunk]).reshape(-1, size * size)[:, pixels]
+                      for a in range(0, rotations.shape[0], chunk)])
 
 
 def power_spectrum(volume: torch.Tensor) -> torch.Tensor:
@@ -233,7 +251,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        k_max: int | None = None, pad: int = 2, batch_size: int = 64, device=None,
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
                        modal: bool = False, pair_chunk: int = 2048, rotation_chunk: int | None = None,
-                       progress=None) -> ClassEMResult:
+                       cache_bytes: int = 1 << 30, progress=None) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -243,7 +261,9 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     ``(N, K)`` per image (rows summing to 1; zeros allowed, e.g. a one-hot random first assignment).
     tau2: ``(K, D//2+1)`` prior power per class (default: :func:`power_spectrum` of ``volumes``).
     tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard assignment of the
-    best (class, pose). progress: an optional tqdm bar, advanced by the images of each batch.
+    best (class, pose). cache_bytes: when the slice values of all classes × rotations on the pixels
+    inside ``k_max`` fit in this many bytes they are rendered once (:func:`slice_values`) instead of
+    once per batch. progress: an optional tqdm bar, advanced by the images of each batch.
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
@@ -264,6 +284,10 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     if tau2 is None:
         tau2 = torch.stack([power_spectrum(v) for v in vols])
     slicers = [as_slicer(prepare_volume_ft(v, pad), size) for v in vols]
+    n_pix = used_pixels(size, k_max, dev).numel()
+    itemsize = 16 if dt == torch.float64 else 8
+    scorers = ([slice_values(sl, rot, size, k_max) for sl in slicers]
+               if n_cls * rot.shape[0] * n_pix * itemsize <= cache_bytes else slicers)
     accs = [FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)]
     shells = shell_index_2d(size, device=dev)
     pixels_per_shell = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shells, nsh)
@@ -278,7 +302,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
         c = ctf_images(c_b, b, size, pixel_size, dev, dt)
         sh_b = sh[idx.to(dev)] if sh.dim() == 3 else sh
         lp_b = log_prior[idx.to(dev)] if log_prior.dim() == 2 else log_prior
-        post = class_pose_posterior(y, slicers, rot, sh_b, s2, ctf=c, k_max=k_max, log_class_prior=lp_b,
+        post = class_pose_posterior(y, scorers, rot, sh_b, s2, ctf=c, k_max=k_max, log_class_prior=lp_b,
                                     mass=mass, max_significant=1 if modal else max_significant,
                                     rotation_chunk=rotation_chunk)
         if modal:

@@ -55,40 +55,12 @@ from ..imaging.slice import prepare_volume_ft
 from ..imaging.so3_grid import so3_grid
 from ..io.dataset import read_images
 from ..io.particles import Particles
-from .classes import class_pose_posterior, class_regularisation, power_spectrum
+from .classes import (class_pose_posterior, class_regularisation, fourier_crop_images, power_spectrum,  # noqa: F401
+                      resize_volume)
 from .em import _insert_aggregates
 from .likelihood import as_slicer
 from .posterior import translation_grid
 from .reconstruct import FourierAccumulator
-
-
-def fourier_crop_images(images_ft: torch.Tensor, size: int) -> torch.Tensor:
-    """Centered transforms ``(B, D, D)`` → ``(B, d, d)`` (the central ``d × d`` frequencies), scaled by
-    ``(d/D)²`` so that the real-space images keep their values (a down-sampling to pixel ``px·D/d``)."""
-    d0 = images_ft.shape[-1]
-    lo = d0 // 2 - size // 2
-    return images_ft[..., lo:lo + size, lo:lo + size] * (size / d0) ** 2
-
-
-def resize_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
-    """Fourier crop or zero-pad a real ``(D, D, D)`` volume to ``(d, d, d)`` keeping voxel values
-    (the map at pixel ``px·D/d``). The unpaired Nyquist planes (index 0 of each axis) of the smaller
-    box are dropped, so the result stays the transform of a real map."""
-    d0 = volume.shape[-1]
-    if size == d0:
-        return volume.clone()
-    f = fft3_centered(volume)
-    if size > d0:
-        f[0], f[:, 0], f[:, :, 0] = 0, 0, 0
-    if size < d0:
-        lo = d0 // 2 - size // 2
-        g = f[lo:lo + size, lo:lo + size, lo:lo + size].clone()
-        g[0], g[:, 0], g[:, :, 0] = 0, 0, 0
-    else:
-        g = f.new_zeros((size, size, size))
-        lo = size // 2 - d0 // 2
-        g[lo:lo + d0, lo:lo + d0, lo:lo + d0] = f
-    return ifft3_centered(g).real * (size / d0) ** 3
 
 
 def shell_of(resolution: float, size: int, pixel_size: float) -> int:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from ..imaging.ctf import CTFParams
-from ..imaging.fft import fft2_centered, fft3_centered
+from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import shell_index_2d, shell_index_3d, shell_sum
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
@@ -190,6 +190,37 @@ def slice_values(slicer: SliceFn, rotations: torch.Tensor, size: int, k_max: int
                       for a in range(0, rotations.shape[0], chunk)])
 
 
+def fourier_crop_images(images_ft: torch.Tensor, size: int) -> torch.Tensor:
+    """Centered transforms ``(B, D, D)`` → ``(B, d, d)`` (the central ``d × d`` frequencies), scaled by
+    ``(d/D)²`` so that the real-space images keep their values (a down-sampling to pixel ``px·D/d``)."""
+    d0 = images_ft.shape[-1]
+    lo = d0 // 2 - size // 2
+    return images_ft[..., lo:lo + size, lo:lo + size] * (size / d0) ** 2
+
+
+def resize_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
+    """Fourier crop or zero-pad a real ``(D, D, D)`` volume to ``(d, d, d)``: the map at pixel
+    ``px·D/d``, its transform scaled by ``(d/D)²`` so that its projections match images cropped by
+    :func:`fourier_crop_images` (voxel values scale by ``D/d``: a projection sums ``d`` voxels of
+    ``D/d`` times the length). The unpaired Nyquist planes (index 0 of each axis) of the smaller box
+    are dropped, so the result stays the transform of a real map."""
+    d0 = volume.shape[-1]
+    if size == d0:
+        return volume.clone()
+    f = fft3_centered(volume)
+    if size > d0:
+        f[0], f[:, 0], f[:, :, 0] = 0, 0, 0
+    if size < d0:
+        lo = d0 // 2 - size // 2
+        g = f[lo:lo + size, lo:lo + size, lo:lo + size].clone()
+        g[0], g[:, 0], g[:, :, 0] = 0, 0, 0
+    else:
+        g = f.new_zeros((size, size, size))
+        lo = size // 2 - d0 // 2
+        g[lo:lo + d0, lo:lo + d0, lo:lo + d0] = f
+    return ifft3_centered(g).real * (size / d0) ** 2
+
+
 def power_spectrum(volume: torch.Tensor) -> torch.Tensor:
     """``(D//2+1,)`` float64 per-shell mean power ``⟨|Ṽ(f)|²⟩`` of a real ``(D, D, D)`` volume's
     unnormalised centered transform (shells ``round(|f|·D)``; the units of central-slice values, so
@@ -251,7 +282,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        k_max: int | None = None, pad: int = 2, batch_size: int = 64, device=None,
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
                        modal: bool = False, pair_chunk: int = 2048, rotation_chunk: int | None = None,
-                       cache_bytes: int = 1 << 30, progress=None) -> ClassEMResult:
+                       work_size: int | None = None, cache_bytes: int = 1 << 30, progress=None) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -259,30 +290,41 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     maps; their dtype is the compute dtype. sigma2: ``(D//2+1,)``. rotations: ``(M, 3, 3)``. shifts:
     ``(T, 2)`` px (or ``(N, T, 2)``). class_prior: ``(K,)`` ``π_k`` (uniform when ``None``), or
     ``(N, K)`` per image (rows summing to 1; zeros allowed, e.g. a one-hot random first assignment).
-    tau2: ``(K, D//2+1)`` prior power per class (default: :func:`power_spectrum` of ``volumes``).
-    tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard assignment of the
-    best (class, pose). cache_bytes: when the slice values of all classes × rotations on the pixels
-    inside ``k_max`` fit in this many bytes they are rendered once (:func:`slice_values`) instead of
-    once per batch. progress: an optional tqdm bar, advanced by the images of each batch.
+    tau2: ``(K, D//2+1)`` prior power per class (default: :func:`power_spectrum` of ``volumes``, at the
+    working box). tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard
+    assignment of the best (class, pose). work_size: even box ``d ≤ D`` (≥ ``2·k_max``) the iteration
+    works in — images Fourier-cropped (:func:`fourier_crop_images`), maps resized
+    (:func:`resize_volume`), as RELION's ``current_size``; the posterior is unchanged (the same
+    frequencies, σ² scaled by ``(d/D)⁴``), the new maps hold no frequency above ``d/2`` and σ² is updated
+    up to shell ``d/2`` (default ``D``: no cropping). cache_bytes: when the slice values of all classes ×
+    rotations on the pixels inside ``k_max`` fit in this many bytes they are rendered once
+    (:func:`slice_values`) instead of once per batch. progress: an optional tqdm bar, advanced by the
+    images of each batch.
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
-    n_cls, size = volumes.shape[0], volumes.shape[-1]
+    n_cls, full = volumes.shape[0], volumes.shape[-1]
+    size = full if work_size is None else int(work_size)
+    k_max = full // 2 if k_max is None else int(k_max)
+    if size % 2 or size > full or k_max > size // 2:
+        raise ValueError(f"work_size must be even, <= {full} and >= 2 k_max = {2 * k_max}; got {size}")
+    ratio = size / full
     nsh = size // 2 + 1
     if isinstance(data, Particles):
         pixel_size = data.pixel_size if pixel_size is None else pixel_size
-    vols = volumes.to(dev)
-    s2 = sigma2.to(device=dev, dtype=dt)
+    px_work = None if pixel_size is None else pixel_size / ratio
+    vols = torch.stack([resize_volume(v, size) for v in volumes.to(dev)])
+    s2 = (sigma2.to(device=dev, dtype=dt)[:nsh] * ratio ** 4)
     rot = rotations.to(device=dev, dtype=dt)
-    sh = shifts.to(device=dev, dtype=dt)
+    sh = shifts.to(device=dev, dtype=dt) * ratio
     prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
              else class_prior.double())
     if prior.shape[-1] != n_cls or prior.dim() > 2:
         raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
     log_prior = torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
                             torch.full_like(prior, -math.inf)).to(device=dev, dtype=dt)
-    if tau2 is None:
-        tau2 = torch.stack([power_spectrum(v) for v in vols])
+    tau2 = (torch.stack([power_spectrum(v) for v in vols]) if tau2 is None
+            else tau2.to(dev)[:, :nsh] * ratio ** 4)
     slicers = [as_slicer(prepare_volume_ft(v, pad), size) for v in vols]
     n_pix = used_pixels(size, k_max, dev).numel()
     itemsize = 16 if dt == torch.float64 else 8
@@ -299,7 +341,12 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     for idx, images, c_b in _batches(data, ctf, batch_size):
         b = images.shape[0]
         y = fft2_centered(images.to(device=dev, dtype=dt))
-        c = ctf_images(c_b, b, size, pixel_size, dev, dt)
+        if size != full:
+            y = fourier_crop_images(y, size)
+            if isinstance(c_b, torch.Tensor):  # CTF images: the same frequencies, no rescaling
+                lo = full // 2 - size // 2
+                c_b = c_b[..., lo:lo + size, lo:lo + size]
+        c = ctf_images(c_b, b, size, px_work, dev, dt)
         sh_b = sh[idx.to(dev)] if sh.dim() == 3 else sh
         lp_b = log_prior[idx.to(dev)] if log_prior.dim() == 2 else log_prior
         post = class_pose_posterior(y, scorers, rot, sh_b, s2, ctf=c, k_max=k_max, log_class_prior=lp_b,
@@ -319,22 +366,27 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
         class_mass += p_cls.double().sum(0)
         bi, ki = keep.nonzero(as_tuple=True)
         kk, r, t, w = cls_i[bi, ki], rot_i[bi, ki], sh_i[bi, ki], w_all[bi, ki]
-        pair_shifts = sh_b[bi, t] if sh_b.dim() == 3 else sh_b[t]
+        # every (image, shift) that occurs: C·Y' = C·phase_shift(Y, −t) and C², computed once each
+        n_t = sh_b.shape[-2]
+        pair_it, inv_it = torch.unique(bi * n_t + t, return_inverse=True)
+        i_img = torch.div(pair_it, n_t, rounding_mode="floor")
+        t_val = sh_b[i_img, pair_it % n_t] if sh_b.dim() == 3 else sh_b[pair_it % n_t]
+        ci = torch.ones(i_img.shape[0], size, size, dtype=dt, device=dev) if c is None else c[i_img]
+        cy = phase_shift(y[i_img], -t_val) * ci  # (U, d, d)
+        c2 = ci * ci
         power = (y.abs().square() * w_all.sum(1)[:, None, None]).sum(0)
         for kc in range(n_cls):
             sel = kk == kc
             if not bool(sel.any()):
                 continue
-            bs, rs, ws, ps = bi[sel], r[sel], w[sel], pair_shifts[sel]
+            rs, ws, us = r[sel], w[sel], inv_it[sel]
             used, inv = torch.unique(rs, return_inverse=True)
             s1 = torch.zeros(used.shape[0], size, size, dtype=y.dtype, device=dev)
             s2w = torch.zeros(used.shape[0], size, size, dtype=dt, device=dev)
-            for s in range(0, bs.shape[0], pair_chunk):
-                i, wc = bs[s:s + pair_chunk], ws[s:s + pair_chunk, None, None]
-                yu = phase_shift(y[i], -ps[s:s + pair_chunk])
-                ci = torch.ones_like(yu.real) if c is None else c[i]
-                s1.index_add_(0, inv[s:s + pair_chunk], wc * ci * yu)
-                s2w.index_add_(0, inv[s:s + pair_chunk], wc * ci * ci)
+            for s in range(0, rs.shape[0], pair_chunk):
+                wc, u = ws[s:s + pair_chunk, None, None], us[s:s + pair_chunk]
+                s1.index_add_(0, inv[s:s + pair_chunk], wc * cy[u])
+                s2w.index_add_(0, inv[s:s + pair_chunk], wc * c2[u])
             _insert_aggregates(accs[kc], s1, s2w, rot[used])
             for s in range(0, used.shape[0], pair_chunk):
                 p = slicers[kc](rot[used[s:s + pair_chunk]])
@@ -348,8 +400,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
         out["k"].append(post.class_index[:, 0])
         out["r"].append(post.rotation_index[:, 0])
         out["t"].append(post.shift_index[:, 0])
-        out["ts"].append(sh_b[post.shift_index[:, 0]] if sh_b.dim() == 2
-                         else sh_b[torch.arange(b, device=dev), post.shift_index[:, 0]])
+        out["ts"].append((sh_b[post.shift_index[:, 0]] if sh_b.dim() == 2
+                          else sh_b[torch.arange(b, device=dev), post.shift_index[:, 0]]) / ratio)
         out["w"].append(post.weight[:, 0])
         out["n"].append(keep.sum(1))
         if progress is not None:
@@ -359,11 +411,13 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     cat = {k: torch.cat(v).to(dev)[order.to(dev)] for k, v in out.items() if k != "idx"}
     n_images = order.shape[0]
     log_lik = float(cat["lz"].double().sum() + n_images * log_normaliser(s2.double(), size, k_max))
-    new_sigma2 = (num / (total_w * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
-    lam = class_regularisation(s2, tau2.to(dev), tau2_fudge, pad)
-    new_vols = torch.stack([accs[kc].reconstruct(lam[kc]) if accs[kc].count > 0 else vols[kc]
-                            for kc in range(n_cls)])
+    new_s2_work = (num / (total_w * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
+    new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
+    new_sigma2[:nsh] = new_s2_work / ratio ** 4
+    lam = class_regularisation(s2, tau2, tau2_fudge, pad)
+    work_vols = [accs[kc].reconstruct(lam[kc]) if accs[kc].count > 0 else vols[kc] for kc in range(n_cls)]
     dvp = torch.stack([accs[kc].shell_weight() / lam[kc] for kc in range(n_cls)])
+    new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
     new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
     new_tau2 = torch.stack([power_spectrum(v) for v in new_vols])
     return ClassEMResult(volumes=new_vols, class_prior=new_prior.cpu(), sigma2=new_sigma2, tau2=new_tau2,

@@ -15,7 +15,9 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
   ``offset_range`` px (circular, RELION's) in steps of ``offset_step``;
 - frequency limit: the E-step uses shells up to the current resolution + ``incr_size`` (10); the
   current resolution of a class is where its ``data_vs_prior`` falls below 1;
-- ``tau2_fudge`` T = 4; ``modal``: hard assignments (the modal variant).
+- working box: each iteration works on images and maps Fourier-cropped to ``2·(k_max + work_margin)``
+  (RELION's ``current_size``), so its cost follows the resolution, not the box;
+- ``tau2_fudge`` T = 4 (``τ²`` from the current maps' power); ``modal``: hard assignments (the modal variant).
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. Outputs: ``class_001.mrc`` …,
@@ -36,7 +38,7 @@ from ..errors import InputError
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import lowpass_filter_3d, shell_index_2d, shell_sum
 from ..imaging.so3_grid import so3_grid
-from ..inference.classes import class_em_iteration, power_spectrum
+from ..inference.classes import class_em_iteration
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
@@ -45,7 +47,7 @@ from ..inference.posterior import translation_grid
 DEFAULTS = {"n_classes": 2, "n_iterations": 25, "tau2_fudge": 4.0, "healpix_order": 3, "offset_range": 5.0,
             "offset_step": 1.0, "initial_lowpass": 60.0, "incr_size": 10, "mass": 0.999, "max_significant": 200,
             "modal": False, "pad": 2, "batch_size": 64, "seed": 0, "init_map": None, "abinit_iterations": 150,
-            "resume": False}
+            "work_margin": 4, "resume": False}
 
 
 @dataclass
@@ -144,22 +146,23 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, config: dic
             first[torch.arange(n), torch.as_tensor(rng.integers(0, k, n))] = 1.0
         k0 = min(d // 2, round(d * particles.pixel_size / float(cfg["initial_lowpass"])) + int(cfg["incr_size"]))
         st = {"iteration": 0, "n_images": n, "volumes": vols, "sigma2": image_power_spectrum(particles, seed=int(
-            cfg["seed"]), device=dev), "tau2": torch.stack([power_spectrum(v) for v in vols]), "class_prior": first,
+            cfg["seed"]), device=dev), "class_prior": first,
             "k_max": int(k0), "history": [], "labels": None, "elapsed_s": 0.0}
     n_it = int(cfg["n_iterations"])
     bar = tqdm(total=n_it * n, initial=int(st["iteration"]) * n, desc="Class3D", unit="img", disable=not progress)
     res = st.get("last")
     while st["iteration"] < n_it:
         t0, k_used = time.time(), int(st["k_max"])
+        work = min(d, 2 * (k_used + int(cfg["work_margin"])))
         res = class_em_iteration(particles, st["volumes"], st["sigma2"], rot, shifts, st["class_prior"],
-                                 tau2=st["tau2"], tau2_fudge=float(cfg["tau2_fudge"]), k_max=int(st["k_max"]),
+                                 tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used, work_size=work,
                                  pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
                                  mass=float(cfg["mass"]), max_significant=int(cfg["max_significant"]),
                                  modal=bool(cfg["modal"]), progress=bar)
         labels = res.map_class.cpu()
         changed = None if st["labels"] is None else float((labels != st["labels"]).double().mean())
         res_shell = _resolution_shell(res.data_vs_prior)
-        st.update(iteration=st["iteration"] + 1, volumes=res.volumes, sigma2=res.sigma2, tau2=res.tau2,
+        st.update(iteration=st["iteration"] + 1, volumes=res.volumes, sigma2=res.sigma2,
                   class_prior=res.class_prior, labels=labels,
                   k_max=int(min(d // 2, res_shell + int(cfg["incr_size"]))),
                   elapsed_s=float(st["elapsed_s"]) + time.time() - t0)

@@ -72,15 +72,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--no-cryolens", action="store_true")
     ap.add_argument("--modal", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from cryolens.imaging.so3_grid import angular_step
     from cryolens.io.dataset import read_particles
     from cryolens.io.mrc import read_volume, write_volume
     from cryolens.io.star import write_star
-    from cryolens.methods.class3d import classify
     from cryolens.simulate import read_ground_truth
 
     data = ensure_dataset("hinge")
@@ -98,6 +97,24 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "populations_true": np.bincount(truth).tolist()}
 
+    wall = None
+    if not args.no_cryolens:
+        wall = run_cryolens(blind, gt_vols, truth, args, result)
+    if not args.no_relion:
+        labels, wall_r = run_relion(star, start, work, args.iterations, args.threads, args.seed)
+        result["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r,
+                            "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
+        print(f"RELION:   accuracy {result['relion']['accuracy']:.4f}, {wall_r:.0f} s", flush=True)
+        if wall is not None:
+            result["time_ratio_cryolens_over_relion"] = wall / wall_r
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def run_cryolens(blind, gt_vols, truth, args, result) -> float:
+    from cryolens.imaging.so3_grid import angular_step
+    from cryolens.methods.class3d import classify
+
     t0 = time.perf_counter()
     res = classify(blind, torch.stack(gt_vols).mean(0), {"n_classes": 2, "n_iterations": args.iterations,
                                                          "healpix_order": 2, "offset_range": 3.0, "offset_step": 1.0,
@@ -109,14 +126,7 @@ def main() -> None:
                           "history": res.history}
     print(f"cryolens: accuracy {result['cryolens']['accuracy']:.4f}, {wall:.0f} s, "
           f"populations {np.round(res.class_prior.numpy(), 3).tolist()}", flush=True)
-    if not args.no_relion:
-        labels, wall_r = run_relion(star, start, work, args.iterations, args.threads, args.seed)
-        result["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r,
-                            "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
-        print(f"RELION:   accuracy {result['relion']['accuracy']:.4f}, {wall_r:.0f} s", flush=True)
-        result["time_ratio_cryolens_over_relion"] = wall / wall_r
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    return wall
 
 
 if __name__ == "__main__":

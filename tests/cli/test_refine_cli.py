@@ -23,17 +23,18 @@ D, PX = 24, 4.0
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """80 images of 4E43 (D = 24, 4 Å/px, SNR 10, CTF, shifts ≤ 1.5 px) and the true map as start."""
+    """60 images of 4E43 (D = 24, 4 Å/px, SNR 10, CTF, shifts ≤ 1.5 px) and the true map as start."""
     root = tmp_path_factory.mktemp("refine_cli")
     vol = atoms_to_volume(read_atoms(bundled_model("4E43")), D, PX)
-    ds = simulate_dataset(root / "ds", vol, 80, PX, 10.0, shift_std=0.8, shift_max=1.5, seed=5, progress=False)
+    ds = simulate_dataset(root / "ds", vol, 60, PX, 10.0, shift_std=0.8, shift_max=1.5, seed=5, progress=False)
     init = root / "init.mrc"
     write_volume(init, vol.numpy(), PX)
     return ds / "particles.star", init, vol
 
 
 def _args(star, init, out, *extra):
-    return ["refine", str(star), "--init-map", str(init), "--out", str(out), "--lowpass", "30", "--quiet", *extra]
+    return ["refine", str(star), "--init-map", str(init), "--out", str(out), "--lowpass", "30", "--quiet",
+            "--set", "healpix_order=1", "--set", "local_order=2", "--set", "max_order=2", *extra]
 
 
 def test_refine_writes_run_folder_and_star(small, tmp_path, capsys):
@@ -63,7 +64,7 @@ def test_relion_reconstructs_the_final_star(small, tmp_path):
     (FSC ≥ 0.8 over shells 1–6: the same poses give the same map)."""
     star, init, _ = small
     out = tmp_path / "run"
-    assert main(_args(star, init, out, "--max-iterations", "2")) == 0
+    assert main(_args(star, init, out, "--max-iterations", "1")) == 0
     rel = reconstruct_star((out / "particles.star").resolve(), star.parent, ctf=True, output=str(tmp_path / "r.mrc"))
     ours = torch.from_numpy(np.asarray(__import__("mrcfile").read(out / "map.mrc"), dtype=np.float32))
     assert float(np.min(fsc(torch.from_numpy(rel), ours)[1:7])) >= 0.8

@@ -12,6 +12,7 @@ from cryolens.imaging.fft import fft2_centered
 from cryolens.imaging.rotations import random_rotations
 from cryolens.imaging.slice import extract_slices, prepare_volume_ft
 from cryolens.inference import autorefine as A
+from cryolens.inference.likelihood import log_likelihood_table, prepare_image_terms
 from cryolens.inference.reconstruct import FourierAccumulator, wiener_regularisation
 from cryolens.io.atomic import read_atoms
 from cryolens.io.dataset import read_particles
@@ -68,6 +69,22 @@ def test_add_points_equals_full_insertion():
     assert torch.allclose(part.weight, full.weight, atol=1e-5 * float(full.weight.abs().max()))
 
 
+def test_half_plane_likelihood_equals_full_plane():
+    """The half-plane likelihood table (each pixel with its Friedel multiplicity) equals the full-plane
+    table of likelihood.prepare_image_terms for real images and a real map, with CTF and shifts (float64)."""
+    torch.manual_seed(2)
+    d = 16
+    y = fft2_centered(torch.randn(3, d, d, dtype=torch.float64))
+    c = fft2_centered(torch.randn(3, d, d, dtype=torch.float64)).abs()  # real and Friedel-symmetric, as a CTF
+    s2 = torch.rand(d // 2 + 1, dtype=torch.float64) + 0.5
+    shifts = torch.randn(5, 2, dtype=torch.float64)
+    slices = extract_slices(prepare_volume_ft(torch.randn(d, d, d, dtype=torch.float64)), random_rotations(
+        4, dtype=torch.float64), d, hermitian=True)
+    full = log_likelihood_table(prepare_image_terms(y, s2, shifts, c, 6), slices)
+    half = log_likelihood_table(prepare_image_terms(y, s2, shifts, c, 6, half_plane=True), slices)
+    assert torch.allclose(half, full, rtol=1e-12, atol=1e-9)
+
+
 def test_pixel_values_equal_extracted_slices():
     """The E-step's slice values on the used pixels (half sampled, half by Friedel symmetry) equal
     the full trilinear extraction (imaging.slice.extract_slices) at those pixels, in float64."""
@@ -80,7 +97,8 @@ def test_pixel_values_equal_extracted_slices():
 
 
 def _refine(particles, vol, run=None, resume=False, **kw):
-    cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=2, local_order=3, max_order=3, offset_range=2.0,
+    order = kw.pop("healpix_order", 2)
+    cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=order, local_order=3, max_order=3, offset_range=2.0,
                          offset_step=1.0, max_iterations=kw.pop("max_iterations", 5), batch_size=100, max_coarse=8,
                          max_significant=16, **kw)
     return A.auto_refine(particles, vol, config=cfg, run=run, progress=False, resume=resume)
@@ -105,8 +123,8 @@ def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
     """A run killed during its second iteration and resumed from the checkpoint ends with exactly the
     maps, poses and history of an uninterrupted run."""
     p, vol, _ = dataset
-    sub = p.subset(np.arange(80))
-    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=3)
+    sub = p.subset(np.arange(50))
+    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=3, healpix_order=1)
     real = A._iteration
     calls = {"n": 0}
 
@@ -119,9 +137,9 @@ def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(A, "_iteration", dying)
     run = RunFolder(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        _refine(sub, vol, run=run, max_iterations=3)
+        _refine(sub, vol, run=run, max_iterations=3, healpix_order=1)
     monkeypatch.setattr(A, "_iteration", real)
-    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=3)
+    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=3, healpix_order=1)
     assert len(resumed.history) == len(whole.history)
     assert torch.equal(resumed.volume, whole.volume)
     assert torch.equal(resumed.rotations, whole.rotations)
@@ -135,7 +153,7 @@ def test_star_output_round_trips(dataset, tmp_path):
     p, vol, _ = dataset
     sub = p.subset(np.arange(40))
     run = RunFolder(tmp_path / "r")
-    res = _refine(sub, vol, run=run, max_iterations=1)
+    res = _refine(sub, vol, run=run, max_iterations=1, healpix_order=1)
     back = read_star(run.path("iter001_particles.star"))
     assert torch.allclose(back.rotations, res.rotations, atol=1e-5)
     assert torch.allclose(back.shifts, res.shifts, atol=1e-5)

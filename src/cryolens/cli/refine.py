@@ -16,6 +16,7 @@ sections.png and report.html into --out.
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
@@ -29,6 +30,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=RECIPES, default="relion-refine3d")
     p.add_argument("--lowpass", type=float, help="initial low-pass in Å (recipe default: 60 RELION, 30 cryoSPARC)")
     p.add_argument("--max-iterations", type=int, help="cap on iterations (default 30)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe option, e.g. --set healpix_order=3 --set max_order=4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--reference", help="ground-truth map (.mrc) to compute the FSC against")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -57,6 +60,14 @@ def main(args: argparse.Namespace) -> int:
         overrides["lowpass"] = args.lowpass
     if args.max_iterations is not None:
         overrides["max_iterations"] = args.max_iterations
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in recipe.defaults:
+            raise InputError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(recipe.defaults))}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     config = recipe.config(overrides)
     reference = None
     if args.reference:

@@ -62,12 +62,12 @@ from ..imaging.grids import freq_grid_2d, freq_grid_3d, shell_index_2d, shell_su
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft, sampling_volume
-from ..imaging.so3_grid import angular_step, children, local_grid, so3_grid
+from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
-from .likelihood import log_likelihood_table, prepare_image_terms, used_pixels, volume_slicer
+from .likelihood import half_plane_pixels, log_likelihood_table, prepare_image_terms, used_pixels, volume_slicer
 from .pose_search import frequency_schedule, hierarchical_search
 from .posterior import translation_grid
 from .reconstruct import FourierAccumulator
@@ -105,8 +105,8 @@ class RefineConfig:
     incr_size: int = 10
     tau2_fudge: float = 1.0
     mass: float = 0.999
-    max_coarse: int = 32
-    max_significant: int = 64
+    max_coarse: int = 16
+    max_significant: int = 48
     max_iterations: int = 30
     min_gain_shells: float = 0.5
     pad: int = 2
@@ -208,45 +208,42 @@ def _pixel_values(sv: torch.Tensor, rotations: torch.Tensor, freqs: torch.Tensor
 class _Reference:
     """One half's map prepared for the E-step: its sampling volume, and the likelihood's pixels."""
 
-    def __init__(self, volume: torch.Tensor, pad: int, k_max: int):
+    def __init__(self, volume: torch.Tensor, pad: int, k_max: int, n_images: int = 0):
         self.size = volume.shape[-1]
+        self.n_images = n_images
         ft = prepare_volume_ft(volume, pad)
         self.sv = sampling_volume(ft)
         self.slicer = volume_slicer(ft, self.size)
         self.k_max = k_max
-        self.pixels = used_pixels(self.size, k_max, volume.device)
-        # Friedel halving: a real map's slice has P(−f) = conj P(f); the used pixels are closed under
-        # f → −f (shells are symmetric), so only the pixels with flat index ≤ their partner's are sampled
-        d = self.size
-        iy, ix = torch.div(self.pixels, d, rounding_mode="floor"), self.pixels % d
-        partner = ((d - iy) % d) * d + (d - ix) % d
-        lookup = torch.full((d * d,), -1, dtype=torch.long, device=volume.device)
-        lookup[self.pixels] = torch.arange(self.pixels.numel(), device=volume.device)
-        pos_partner = lookup[partner]
-        self.half = torch.nonzero(self.pixels <= partner).reshape(-1)  # positions (into pixels) sampled
-        slot = torch.full((self.pixels.numel(),), -1, dtype=torch.long, device=volume.device)
-        slot[self.half] = torch.arange(self.half.numel(), device=volume.device)
-        direct = slot >= 0
-        self.source = torch.where(direct, slot, slot[pos_partner.clamp_min(0)])  # (N_p,) into the half
-        self.sign = torch.stack([torch.ones_like(slot), torch.where(direct, 1, -1)], -1).to(volume.dtype)  # (N_p, 2)
-        f = freq_grid_2d(d, device=volume.device, dtype=volume.dtype).reshape(-1, 2)[self.pixels[self.half]]
+        # half-plane likelihood: only the pixels with flat index ≤ their Friedel partner's are used
+        self.pixels, _ = half_plane_pixels(self.size, k_max, volume.device)
+        f = freq_grid_2d(self.size, device=volume.device, dtype=volume.dtype).reshape(-1, 2)[self.pixels]
         self.freqs, self.inside = f, f.norm(dim=-1) <= 0.5
         self._cache: dict[int, torch.Tensor] = {}
 
     def values(self, rotations: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """``(M, N_p)`` slice values of ``rotations (M, 3, 3)`` on the used pixels."""
+        """``(M, N_h)`` slice values of ``rotations (M, 3, 3)`` on the half-plane pixels."""
         if rotations.shape[0] == 0:
             return torch.zeros(0, self.pixels.numel(), dtype=torch.complex64 if self.sv.dtype == torch.float32
                                else torch.complex128, device=self.sv.device)
-        half = torch.cat([_pixel_values(self.sv, rotations[s:s + chunk], self.freqs, self.inside)
+        return torch.cat([_pixel_values(self.sv, rotations[s:s + chunk], self.freqs, self.inside)
                           for s in range(0, rotations.shape[0], chunk)])
-        return torch.view_as_complex(torch.view_as_real(half)[:, self.source] * self.sign)
 
     def level_values(self, level: int) -> torch.Tensor:
-        """All rotations of ``so3_grid(level)`` (cached): ``(M, N_p)``."""
+        """All rotations of ``so3_grid(level)`` (cached): ``(M, N_h)``."""
         if level not in self._cache:
             self._cache[level] = self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype))
         return self._cache[level]
+
+    def grid_values(self, level: int, indices: torch.Tensor, cache_bytes: float = 6e8) -> torch.Tensor:
+        """``(len(indices), N_h)`` values of grid points ``indices`` of ``level``: from the whole level,
+        rendered once and cached, when it fits in ``cache_bytes`` (levels ≤ 3 at D = 64: 36,864
+        rotations) and is smaller than 16 renders per image of the half-set (else rendering the
+        children image by image is cheaper); otherwise rendered for these rotations only."""
+        m = grid_size(level)
+        if m * self.pixels.numel() * 8 <= cache_bytes and m <= 16 * self.n_images:
+            return self.level_values(level)[indices]
+        return self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype, indices=indices))
 
 
 @dataclass
@@ -280,7 +277,7 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
     shifts = prev_shift[:, None, :] + translation_grid(stage.offset_range, stage.offset_step, circular=True,
                                                        device=dev, dtype=rdt)  # (B, T, 2)
     t = shifts.shape[1]
-    terms = prepare_image_terms(y, s2, shifts, c, stage.k_max)
+    terms = prepare_image_terms(y, s2, shifts, c, stage.k_max, half_plane=True)
     if not stage.local:
         level = min(stage.order, 2)
         vals = ref.level_values(level)
@@ -351,9 +348,8 @@ def _child_pass(y, c, s2, ref: _Reference, stage: _Stage, level, rot_idx, shift,
     cand_shift = shift[:, :, None, :] + offs  # (B, K, S, 2)
     rep = lambda x: x.repeat_interleave(kk, dim=0)  # noqa: E731
     terms = prepare_image_terms(rep(y), s2, cand_shift.reshape(b * kk, n_s, 2), None if c is None else rep(c),
-                                stage.k_max)
-    rots = so3_grid(level + 1, device=dev, dtype=rdt, indices=child.reshape(-1))
-    vals = ref.values(rots).reshape(b * kk, 8, -1)
+                                stage.k_max, half_plane=True)
+    vals = ref.grid_values(level + 1, child.reshape(-1)).reshape(b * kk, 8, -1)
     ll = log_likelihood_table(terms, vals, on_pixels=True).reshape(b, kk, n_s, 8).transpose(2, 3)  # (B, K, 8, S)
     pr = prior[:, :, None, None].expand(-1, -1, 8, n_s)
     ll = torch.where(kept[:, :, None, None], ll + pr, torch.full_like(ll, -math.inf))
@@ -468,16 +464,17 @@ def half_labels(particles: Particles, seed: int = 0) -> np.ndarray:
 
 
 def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1000, device=None) -> torch.Tensor:
-    """``(D//2+1,)`` starting ``σ²``: the mean per-shell power of up to ``n`` of the images (float32),
-    RELION's start (the signal is a small part of it at low SNR)."""
+    """``(D//2+1,)`` starting ``σ²`` (float32): the mean per-shell power of up to ``n`` of the images,
+    RELION's start. It includes the signal power, so the first E-step is tempered (broad posteriors)
+    at high SNR; scaling it down by a background-variance estimate was tried and made the first
+    iteration overconfident and lock onto the start map's noise (D = 24 test set, SNR 10)."""
     size = particles.box_size
     shells = shell_index_2d(size, device=device)
     nsh = size // 2 + 1
     num = torch.zeros(nsh, dtype=torch.float64, device=device)
     cnt = 0
     for _, images in iterate_batches(particles, 256, indices[:n]):
-        f = fft2_centered(images.to(device))
-        num += shell_sum(f.abs().square().sum(0), shells, nsh).double()
+        num += shell_sum(fft2_centered(images.to(device).double()).abs().square().sum(0), shells, nsh)
         cnt += images.shape[0]
     per_shell = shell_sum(torch.ones(size, size, device=device), shells, nsh).double()
     return (num / (cnt * per_shell)).float()
@@ -532,7 +529,7 @@ def _iteration(particles: Particles, state: dict, cfg: RefineConfig, dev, progre
     bar = tqdm(total=len(particles), desc=f"iter {state['iteration'] + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
     for h in (0, 1):
-        ref = _Reference(state["volumes"][h].to(dev), cfg.pad, stage.k_max)
+        ref = _Reference(state["volumes"][h].to(dev), cfg.pad, stage.k_max, int((half == h).sum()))
         s2 = state["sigma2"][h].to(dev)
         acc = FourierAccumulator(size, cfg.pad, dev)
         where = _InsertPixels(size, stage.k_max, dev, torch.float32)

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 RELION_DEFAULTS = {"init_map": None, "lowpass": 60.0, "pose_inference": "posterior", "healpix_order": 2,
                    "local_order": 4, "max_order": 5, "offset_range": 5.0, "offset_step": 2.0, "tau2_fudge": 1.0,
-                   "incr_size": 10, "mass": 0.999, "max_coarse": 32, "max_significant": 64, "max_iterations": 30,
+                   "incr_size": 10, "mass": 0.999, "max_coarse": 16, "max_significant": 48, "max_iterations": 30,
                    "pad": 2, "batch_size": 64, "seed": 0, "resume": False}
 CRYOSPARC_DEFAULTS = {**RELION_DEFAULTS, "lowpass": 30.0, "pose_inference": "modal", "keep": 8}
 

@@ -101,3 +101,19 @@ def test_abinit_warm_start_and_bad_input(data, tmp_path, capsys):
     write_volume(bad, np.zeros((8, 8, 8), np.float32), 3.0)
     assert main(["abinit", str(star), "--out", str(tmp_path / "b"), "--init-map", str(bad), *ARGS]) == 2
     assert "bad.mrc" in capsys.readouterr().err
+
+
+def test_abinit_hands_over_to_refinement(data, tmp_path):
+    """Without --no-refine, one-class ab initio hands its map to auto_refine (em-refine): the run folder
+    gains the refined map, half maps, the FSC plot and the refinement's own folder; metrics carry the
+    half-map resolution; particles.star holds the refinement's poses (read back, one per particle)."""
+    star, _ = data
+    out = tmp_path / "ref"
+    args = [a for a in ARGS if a != "--no-refine"]
+    assert main(["abinit", str(star), "--out", str(out), *args, "--refine-max-iterations", "1"]) == 0
+    for name in ("map.mrc", "half1.mrc", "half2.mrc", "fsc.png", "refine/checkpoint.pt", "abinit_class_001.mrc"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["refine_iterations"] == 1 and metrics["resolution_halfmap_0143_A"] > 0
+    back = read_star(out / "particles.star")
+    assert len(back) == 150 and back.rotations is not None

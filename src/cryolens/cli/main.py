@@ -14,7 +14,7 @@ import sys
 
 from ..errors import InputError
 
-COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo"]
+COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo", "refine"]
 COMMANDS += ["classify", "abinit"]
 
 

@@ -197,6 +197,19 @@ def used_pixels(size: int, k_max: int | None = None, device=None) -> torch.Tenso
     return torch.nonzero(shell_index_2d(size, device=device).reshape(-1) <= _k_max(k_max, size)).reshape(-1)
 
 
+def half_plane_pixels(size: int, k_max: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The used pixels (shell ≤ ``k_max``) with flat index ≤ their Friedel partner's ``−f``, and each
+    one's multiplicity ``(N_h,)`` real (2, or 1 for a pixel that is its own partner). For real images
+    and maps ``Y(−f) = conj Y(f)`` and ``P(−f) = conj P(f)``, so a full-plane sum of
+    ``w |Y − C·ramp·P|²`` equals the multiplicity-weighted sum over these pixels (the shell set is
+    closed under ``f → −f``): the half-plane form of the likelihood, at half the cost."""
+    flat = used_pixels(size, k_max, device)
+    iy, ix = torch.div(flat, size, rounding_mode="floor"), flat % size
+    partner = ((size - iy) % size) * size + (size - ix) % size
+    keep = flat <= partner
+    return flat[keep], torch.where(flat[keep] == partner[keep], 1.0, 2.0)
+
+
 @dataclass
 class ImageTerms:
     """Per-image precomputations of the expanded likelihood for ``B`` images × ``T`` shifts.
@@ -228,21 +241,28 @@ class ImageTerms:
 
 
 def prepare_image_terms(images_ft: torch.Tensor, sigma2: torch.Tensor, shifts: torch.Tensor | None = None,
-                        ctf: torch.Tensor | None = None, k_max: int | None = None) -> ImageTerms:
+                        ctf: torch.Tensor | None = None, k_max: int | None = None,
+                        half_plane: bool = False) -> ImageTerms:
     """Precompute the image side of the expanded likelihood (module docstring).
 
     images_ft: ``(B, D, D)`` complex, centered. sigma2: ``(D//2+1,)``. shifts: candidate shifts in
     px ``(x, y)`` (the particle centre relative to the image centre, as in the forward model),
     ``(T, 2)`` shared by all images or ``(B, T, 2)`` per image (default: one zero shift).
     ctf: ``(B, D, D)`` real or ``None``. Memory: ``(2T + 1)·B·N_p`` reals.
+    half_plane: use only the pixels of :func:`half_plane_pixels` with their multiplicities (same
+    log-likelihoods for real images and maps, half the pixels; slices then need values only there).
     """
     size = images_ft.shape[-1]
     b = images_ft.shape[0]
     dev, rdt = images_ft.device, images_ft.real.dtype
     k = _k_max(k_max, size)
     w_full = shell_weights(sigma2.to(device=dev, dtype=rdt), size, k)
-    pixels = used_pixels(size, k, dev)
-    w = w_full.reshape(-1)[pixels]  # (N_p,)
+    if half_plane:
+        pixels, mult = half_plane_pixels(size, k, dev)
+        w = w_full.reshape(-1)[pixels] * mult.to(rdt)  # (N_h,)
+    else:
+        pixels = used_pixels(size, k, dev)
+        w = w_full.reshape(-1)[pixels]  # (N_p,)
     y = images_ft.reshape(b, -1)[:, pixels]  # (B, N_p)
     if shifts is None:
         shifts = torch.zeros(1, 2, dtype=rdt, device=dev)

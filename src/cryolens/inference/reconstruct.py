@@ -40,6 +40,38 @@ class FourierAccumulator:
         self.count += images_ft.shape[0]
         self._done = None
 
+    def add_points(self, values: torch.Tensor, weights: torch.Tensor, rotations: torch.Tensor,
+                   freqs: torch.Tensor, multiplicity: torch.Tensor) -> None:
+        """Insert values at a subset of slice pixels: ``values (B, P)`` complex (``Σ c X̃``) and
+        ``weights (B, P)`` real (``Σ c²``) at 2D frequencies ``freqs (P, 2)`` (cycles/px, ``(x, y)``) of
+        slices along ``rotations (B, 3, 3)``, each scaled by ``multiplicity (P,)``. For the Hermitian
+        completion of :meth:`add` the pixels must be a subset of the ``kx ≥ 0`` half-columns with
+        multiplicity ½ on the ``kx = 0`` and ``kx = −Nyquist`` columns, 1 elsewhere (0 beyond Nyquist):
+        then it adds exactly what :meth:`add` adds for slices that are zero off those pixels."""
+        rdt = self.staging.dtype
+        padded, g = self.padded, self.padded + 2
+        f3 = torch.cat([freqs, torch.zeros_like(freqs[:, :1])], -1).to(rdt)  # (P, 3)
+        pts = torch.einsum("pj,nij->npi", f3, rotations.to(rdt)) * padded + padded // 2  # (B, P, 3)
+        inside = (freqs.norm(dim=-1) <= 0.5)[None, :, None]
+        pts = torch.where(inside, pts, torch.full_like(pts, padded // 2))  # keep dropped points in range
+        base = torch.floor(pts)
+        frac = pts - base
+        base = base.long()
+        flat = (base[..., 2] * g + base[..., 1]) * g + base[..., 0]
+        offsets = torch.tensor([dz * g * g + dy * g + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
+                               device=flat.device)
+        wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)
+        wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
+        wz = torch.stack([1 - frac[..., 2], frac[..., 2]], -1)
+        w8 = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).flatten(-3)  # (B, P, 8)
+        idx = (flat[..., None] + offsets).reshape(-1)
+        m = multiplicity.to(rdt) * inside[0, :, 0].to(rdt)
+        for c, v in enumerate((values.real, values.imag, weights)):
+            self.staging[c] += torch.bincount(idx, weights=(w8 * (v.to(rdt) * m)[..., None]).reshape(-1),
+                                              minlength=g ** 3)
+        self.count += values.shape[0]
+        self._done = None
+
     @property
     def data(self) -> torch.Tensor:
         return self._finished()[0]

@@ -38,3 +38,17 @@ register(Recipe(
     defaults={**abinit.DEFAULTS, "n_classes": 2}, needs=frozenset({"ctf"}), heterogeneity="discrete",
     learned=False, reference="Punjani et al. 2017 (Nat. Methods 14:290), cryoSPARC multi-class ab initio"),
     replace=True)
+
+from . import refine3d  # noqa: E402
+
+register(Recipe(
+    name="relion-refine3d", fit=refine3d.fit,
+    summary="gold-standard auto-refinement, full pose posterior (adaptive oversampling), MAP with tau2 from the FSC",
+    defaults=dict(refine3d.RELION_DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=False,
+    reference="RELION 3.1 relion_refine --auto_refine (Scheres 2012)"), replace=True)
+register(Recipe(
+    name="cryosparc-refine", fit=refine3d.fit,
+    summary="gold-standard homogeneous refinement, modal poses by hierarchical search with frequency marching",
+    defaults=dict(refine3d.CRYOSPARC_DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous",
+    learned=False, reference="cryoSPARC homogeneous refinement (Punjani 2017); cryoDRGN2 pose search (Zhong 2021)"),
+    replace=True)

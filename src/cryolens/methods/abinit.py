@@ -6,10 +6,11 @@ Composition (no physics here), after Punjani et al. 2017 (cryoSPARC; METHODS.md)
    resolution schedules): K seeded random starts — or ``init_map`` (a warm start) — and stochastic
    MAP optimisation over mini-batches with poses and classes marginalised on a grid;
 2. hand-over: homogeneous (K = 1) → gold-standard auto-refinement
-   (:func:`cryolens.inference.autorefine.auto_refine`, RELION-style, from the ab initio map; its own
-   low-pass of the start applies); heterogeneous (K > 1, ``cryosparc-abinit-hetero``) → Class3D
-   (:mod:`cryolens.methods.class3d`) from the K ab initio maps, ``class3d_iterations`` iterations at
-   15°. ``refine = False`` stops after step 1 (poses and classes from one last pass over all images).
+   (:func:`cryolens.inference.autorefine.auto_refine`, RELION-style, from the ab initio map low-passed
+   to 30 Å, cryoSPARC's refinement default; ``refine_options`` override its :class:`RefineConfig`);
+   heterogeneous (K > 1, ``cryosparc-abinit-hetero``) → Class3D (:mod:`cryolens.methods.class3d`)
+   from the K ab initio maps, ``class3d_iterations`` iterations at 15°.
+   ``refine = False`` stops after step 1 (poses and classes from one last pass over all images).
 
 Checkpoints: the ab initio state every ``checkpoint_every`` iterations (``abinit_checkpoint.pt``), the
 refinement's and the classification's their own in ``refine/`` and ``class3d/``; ``resume`` continues
@@ -119,8 +120,9 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
         from ..io.mrc import write_volume
 
         sub = RunFolder(run.path("refine"))
+        # cryoSPARC's refinement starts from its ab initio map low-passed to 30 Å
         rcfg = RefineConfig.from_dict({"seed": cfg["seed"], "offset_range": cfg["max_shift"],
-                                       **dict(cfg["refine_options"])})
+                                       "initial_lowpass": 30.0, **dict(cfg["refine_options"])})
         res = auto_refine(particles, vols[0], config=rcfg, run=sub, device=device, progress=progress,
                           resume=resume and sub.path("checkpoint.pt").is_file())
         out.volume, out.half_maps = res.volume, res.half_maps

@@ -7,11 +7,11 @@ poses. The first --n images are used (a STAR file of that subset; the same for b
 
 Same start for both: the mean of the two ground-truth maps, low-passed to 60 Å by each program
 (`--ini_high 60`; ours `initial_lowpass` 60), one copy per class; CTF known, poses searched.
-  cryolens — `methods.class3d.classify`: SO(3) level 2 (15°, exhaustive), offsets ≤ 3 px step 1
+  cryolens — `methods.class3d.classify`: SO(3) level --healpix-order (2: 15°, exhaustive), offsets ≤ 3 px step 1
              (circular), T = 4, --iterations iterations, random first class split (seeded).
-  RELION   — `relion_refine --K 2 --tau2_fudge 4 --healpix_order 2 --offset_range 3 --offset_step 1
+  RELION   — `relion_refine --K 2 --tau2_fudge 4 --healpix_order H --offset_range 3 --offset_step 1
              --ini_high 60 --ctf --particle_diameter 80 --iter N --j T` (its default adaptive
-             oversampling 1: 15° coarse, 7.5° fine; no --norm/--scale: the data have none).
+             oversampling 1: H = 2 is 15° coarse, 7.5° fine; no --norm/--scale: the data have none).
 Reported: class accuracy (best of the two label matchings, against the simulated state), the
 populations and the wall time of each.
 
@@ -42,8 +42,8 @@ def accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
     return max(a, 1.0 - a)
 
 
-def run_relion(star: Path, start: Path, work: Path, iterations: int, threads: int,
-               seed: int) -> tuple[np.ndarray, float]:
+def run_relion(star: Path, start: Path, work: Path, iterations: int, threads: int, seed: int,
+               healpix_order: int = 2) -> tuple[np.ndarray, float]:
     """relion_refine Class3D; returns (0-based class of each particle in input order, wall seconds)."""
     import starfile
 
@@ -52,7 +52,7 @@ def run_relion(star: Path, start: Path, work: Path, iterations: int, threads: in
     out = work / "relion"
     out.mkdir(parents=True, exist_ok=True)
     args = ["--i", star, "--o", out / "run", "--ref", start, "--ini_high", 60, "--K", 2, "--iter", iterations,
-            "--tau2_fudge", 4, "--healpix_order", 2, "--offset_range", 3, "--offset_step", 1, "--ctf",
+            "--tau2_fudge", 4, "--healpix_order", healpix_order, "--offset_range", 3, "--offset_step", 1, "--ctf",
             "--particle_diameter", 80, "--sym", "C1", "--pad", 2, "--j", threads, "--pool", 3,
             "--dont_combine_weights_via_disc", "--random_seed", seed]
     t0 = time.perf_counter()
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--no-cryolens", action="store_true")
+    ap.add_argument("--healpix-order", type=int, default=2, help="both programs (RELION: + 1 oversampled level)")
     ap.add_argument("--modal", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -94,6 +95,7 @@ def main() -> None:
     start = work / "start.mrc"
     write_volume(start, torch.stack(gt_vols).mean(0).numpy(), particles.pixel_size)
     result = {"n": args.n, "iterations": args.iterations, "threads": args.threads, "work": str(work),
+              "healpix_order": args.healpix_order,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "populations_true": np.bincount(truth).tolist()}
 
@@ -101,7 +103,8 @@ def main() -> None:
     if not args.no_cryolens:
         wall = run_cryolens(blind, gt_vols, truth, args, result)
     if not args.no_relion:
-        labels, wall_r = run_relion(star, start, work, args.iterations, args.threads, args.seed)
+        labels, wall_r = run_relion(star, start, work, args.iterations, args.threads, args.seed,
+                                    args.healpix_order)
         result["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r,
                             "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
         print(f"RELION:   accuracy {result['relion']['accuracy']:.4f}, {wall_r:.0f} s", flush=True)
@@ -117,12 +120,13 @@ def run_cryolens(blind, gt_vols, truth, args, result) -> float:
 
     t0 = time.perf_counter()
     res = classify(blind, torch.stack(gt_vols).mean(0), {"n_classes": 2, "n_iterations": args.iterations,
-                                                         "healpix_order": 2, "offset_range": 3.0, "offset_step": 1.0,
+                                                         "healpix_order": args.healpix_order, "offset_range": 3.0,
+                                                         "offset_step": 1.0,
                                                          "batch_size": args.batch_size, "seed": args.seed,
                                                          "modal": args.modal}, progress=False)
     wall = time.perf_counter() - t0
     result["cryolens"] = {"accuracy": accuracy(res.labels, truth), "wall_s": wall,
-                          "class_prior": res.class_prior.tolist(), "angular_step_deg": angular_step(2),
+                          "class_prior": res.class_prior.tolist(), "angular_step_deg": angular_step(args.healpix_order),
                           "history": res.history}
     print(f"cryolens: accuracy {result['cryolens']['accuracy']:.4f}, {wall:.0f} s, "
           f"populations {np.round(res.class_prior.numpy(), 3).tolist()}", flush=True)

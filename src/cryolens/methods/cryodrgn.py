@@ -217,6 +217,9 @@ def fit_mode(particles: Particles, known, run, config: dict, device, progress: b
         write_model_json(run, model, particles, config, recipe)
     trainer = Trainer(model, particles, train_config(config), run.root, device, progress)
     trainer.fit(resume=bool(config.get("resume")))
+    if not is_main():  # the other DDP ranks write nothing
+        from .registry import MethodOutputs
+        return MethodOutputs(pixel_size=particles.pixel_size)
     return finish(model, particles, run, config, device, trainer)
 
 

@@ -14,6 +14,7 @@ Every dataset is simulated once into --data (cached). Results go to --out/<part>
 
   .venv/bin/python benchmarks/bench_train.py continuous --n 4000 --box 32 --apix 3.0 --epochs 20 \
       --set enc_dim=256 --set dec_dim=256
+  .venv/bin/python benchmarks/bench_train.py continuous --dataset DATA --run RUN   (evaluate a run)
   .venv/bin/python benchmarks/bench_train.py abinit --n 2000 --box 32 --apix 3.0 --epochs 30
 """
 
@@ -69,19 +70,26 @@ def images_per_s(run: Path) -> float:
 def continuous(a) -> dict:
     from scipy.stats import spearmanr
 
+    from cryolens.io.checkpoint import load_checkpoint
     from cryolens.io.mrc import read_volume
-    from cryolens.methods.cryodrgn import load_trained
+    from cryolens.io.star import read_star
+    from cryolens.methods.cryodrgn import infer_latents, load_trained
     from cryolens.metrics.fsc import fsc, fsc_auc
     from cryolens.simulate import read_ground_truth
 
-    data = simulate(Path(a.data) / f"hinge_n{a.n}_D{a.box}_apix{a.apix:g}_snr{a.snr:g}", a.n, a.box, a.apix, a.snr,
-                    True, a.seed)
-    run = Path(a.out) / f"cryodrgn_hinge_n{a.n}_D{a.box}"
-    wall = train("cryodrgn", data / "particles.star", run, a.epochs, a.set, a.resume)
+    data = Path(a.dataset) if a.dataset else simulate(
+        Path(a.data) / f"hinge_n{a.n}_D{a.box}_apix{a.apix:g}_snr{a.snr:g}", a.n, a.box, a.apix, a.snr, True, a.seed)
+    run = Path(a.run) if a.run else Path(a.out) / f"cryodrgn_hinge_n{a.n}_D{a.box}"
+    wall = None
+    if not a.run:  # --run: evaluate an existing run (its z.npy, or the latents of its last checkpoint)
+        wall = train("cryodrgn", data / "particles.star", run, a.epochs, a.set, a.resume)
     gt = read_ground_truth(data)
     angle, labels = gt["hinge_angle_deg"], gt["labels"]
     trained = load_trained(run)
     z = trained.latents
+    epochs_done = load_checkpoint(run / "checkpoint.pt")["epoch"]
+    if z is None:
+        z = infer_latents(trained.model, read_star(data / "particles.star"), "cpu")
     zc = z - z.mean(0)
     pc1 = zc @ np.linalg.svd(zc, full_matrices=False)[2][0]
     rho = abs(float(spearmanr(pc1, angle).correlation))
@@ -94,7 +102,7 @@ def continuous(a) -> dict:
         for m, i in zip(maps, pick[s:s + 8]):
             aucs.append(fsc_auc(fsc(m, vols[int(labels[i])]), a.box))
     return {"part": "continuous", "dataset": str(data), "n": a.n, "box": a.box, "apix": a.apix, "snr": a.snr,
-            "epochs": a.epochs, "set": a.set, "spearman_pc1_vs_hinge_angle": rho,
+            "epochs": int(epochs_done), "set": a.set, "spearman_pc1_vs_hinge_angle": rho,
             "per_image_fsc_auc_mean": float(np.mean(aucs)), "per_image_fsc_auc_n": len(aucs),
             "train_images_per_s": images_per_s(run), "train_wall_s": wall, "run": str(run)}
 
@@ -139,6 +147,8 @@ def main() -> None:
     ap.add_argument("--n-fsc", type=int, default=200, help="images for the per-image FSC-AUC")
     ap.add_argument("--set", action="append", default=[], help="recipe option KEY=VALUE (repeatable)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--dataset", help="continuous: an existing hinge dataset folder instead of simulating one")
+    ap.add_argument("--run", help="continuous: evaluate this existing run folder instead of training one")
     ap.add_argument("--data", default=str(HERE / "_data"))
     ap.add_argument("--out", default=str(HERE / "_data" / "runs"))
     ap.add_argument("--threads", type=int, default=1)

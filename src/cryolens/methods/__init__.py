@@ -5,6 +5,10 @@ registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchma
 - ``relion-class3d`` (:mod:`~cryolens.methods.class3d`): K classes, poses searched (RELION Class3D).
 - ``cryosparc-abinit``, ``cryosparc-abinit-hetero`` (:mod:`~cryolens.methods.abinit`): ab initio from
   random starts, then refinement (homogeneous) or Class3D (K classes).
+- ``relion-refine3d``, ``cryosparc-refine`` (:mod:`~cryolens.methods.refine3d`): gold-standard refinement
+  from an initial map, full pose posterior (RELION) or modal poses by hierarchical search (cryoSPARC).
+- ``cryodrgn``, ``cryodrgn-homo``, ``cryodrgn-autodecoder`` (:mod:`~cryolens.methods.cryodrgn`) and
+  ``cryodrgn2`` (:mod:`~cryolens.methods.cryodrgn2`): neural volumes, amortized or per-image z, ab initio.
 """
 
 from . import backprojection
@@ -52,3 +56,35 @@ register(Recipe(
     defaults=dict(refine3d.CRYOSPARC_DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous",
     learned=False, reference="cryoSPARC homogeneous refinement (Punjani 2017); cryoDRGN2 pose search (Zhong 2021)"),
     replace=True)
+
+# --- cryoDRGN family (methods/cryodrgn.py, methods/cryodrgn2.py) ---
+from . import cryodrgn  # noqa: E402
+
+_DRGN_REF = "Zhong et al. 2021, Nat. Methods (cryoDRGN 4.3 train_vae / train_nn / train_dec)"
+register(Recipe(
+    name="cryodrgn", fit=cryodrgn.fit,
+    summary="neural volume V(k, z) + amortized MLP encoder q(z|image), β-VAE in Hartley space; poses, CTF known",
+    defaults=dict(cryodrgn.DEFAULTS), needs=frozenset({"poses", "ctf"}), heterogeneity="continuous",
+    learned=True, reference=_DRGN_REF), replace=True)
+register(Recipe(
+    name="cryodrgn-homo", fit=cryodrgn.fit_homo,
+    summary="neural volume without z (cryoDRGN train_nn); poses, CTF known",
+    defaults={k: v for k, v in cryodrgn.DEFAULTS.items() if k not in ("zdim", "enc_layers", "enc_dim", "encoder",
+                                                                          "beta", "z_lr")},
+    needs=frozenset({"poses", "ctf"}), heterogeneity="homogeneous", learned=True, reference=_DRGN_REF),
+    replace=True)
+register(Recipe(
+    name="cryodrgn-autodecoder", fit=cryodrgn.fit_autodecoder,
+    summary="neural volume + one free z per image (train_dec); variational=true: mean + variance per image",
+    defaults={**{k: v for k, v in cryodrgn.DEFAULTS.items() if k not in ("enc_layers", "enc_dim", "encoder")},
+              "variational": False},
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True, reference=_DRGN_REF),
+    replace=True)
+
+from . import cryodrgn2  # noqa: E402
+
+register(Recipe(
+    name="cryodrgn2", fit=cryodrgn2.fit,
+    summary="ab initio: neural volume + frequency-marching hierarchical pose search (heterogeneous=true adds z)",
+    defaults=dict(cryodrgn2.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Zhong et al. 2021, ICCV (cryoDRGN2; cryoDRGN abinit_homo_old / abinit_het_old)"), replace=True)

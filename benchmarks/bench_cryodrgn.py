@@ -1,0 +1,186 @@
+"""Side by side with cryoDRGN 4.3.1 on the continuous (hinge) dataset: training speed, peak memory
+and accuracy of the heterogeneous VAE (`train_vae` / cryolens `cryodrgn`) and of the homogeneous
+neural volume (`train_nn` / cryolens `cryodrgn-homo`), same data, same architecture, same epochs.
+
+Dataset: `continuous_dataset.py` (4E43 hinge, 50 states over 0–25°, N = 10,000, D = 64, 1.5 Å/px,
+SNR 0.1, poses and CTF known, no shifts). cryoDRGN runs in its own venv (`CRYOLENS_CRYODRGN`, see
+`cryolens.bench.cryodrgn`), cryolens through its CLI in a subprocess; both measured the same way
+(`run_measured`: wall clock, the child's own peak RSS and CPU time), one thread each.
+
+Parts (each adds its numbers to the JSON, so they can run at different times):
+  cryodrgn-vae / cryodrgn-nn   cryoDRGN train_vae / train_nn
+  ours-vae / ours-nn           cryolens train cryodrgn / cryodrgn-homo
+  score                        Spearman(PC1 of z, hinge angle); per-image FSC-AUC (CryoBench:
+                               `fsc_auc(fsc(map of z_i, ground-truth map of image i))`, mean over
+                               --n-eval images drawn once with seed 0); the homogeneous maps' FSC
+                               against the middle state's map.
+
+  .venv/bin/python benchmarks/bench_cryodrgn.py cryodrgn-vae cryodrgn-nn ours-vae ours-nn score \
+      --epochs 2 --nn-epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from continuous_dataset import ensure_continuous_dataset, ground_truth_maps  # noqa: E402
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def save(path: Path, results: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def arch(a) -> dict:
+    return {"zdim": a.zdim, "enc": f"{a.layers}x{a.dim}", "dec": f"{a.layers}x{a.dim}", "batch_size": a.batch_size}
+
+
+def run_cryodrgn_part(kind: str, a, ds: Path, work: Path) -> dict:
+    from cryolens.bench import cryodrgn as C
+    from cryolens.io import read_star
+
+    particles = read_star(ds / "particles.star")
+    inp = C.prepare_inputs(particles, work / "cryodrgn_inputs")
+    load0 = load_average()
+    if kind == "vae":
+        r = C.train_vae(inp, work / "cryodrgn_vae", zdim=a.zdim, epochs=a.epochs, enc_layers=a.layers,
+                        enc_dim=a.dim, dec_layers=a.layers, dec_dim=a.dim, batch_size=a.batch_size,
+                        threads=a.threads)
+    else:
+        r = C.train_nn(inp, work / "cryodrgn_nn", epochs=a.nn_epochs, layers=a.layers, dim=a.dim,
+                       batch_size=a.batch_size, threads=a.threads)
+    n = len(particles)
+    return {"command": " ".join(r.command), "version": C.cryodrgn_version(), "outdir": str(r.outdir),
+            "wall_s": r.wall_s, "cpu_s": r.cpu_s, "peak_rss_mib": r.peak_rss_mib, "epoch_s": r.epoch_s,
+            "images_per_s_epochs": r.images_per_s(n), "images_per_s_wall": n * len(r.epoch_s) / r.wall_s,
+            "images_per_cpu_s": n * len(r.epoch_s) / r.cpu_s, "load_before": load0, "load_after": load_average(),
+            "threads": a.threads, **arch(a)}
+
+
+def spearman_pc1(z: np.ndarray, values: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    from cryolens.analysis.latent import pca
+
+    return abs(float(spearmanr(pca(z).scores[:, 0], values)[0]))
+
+
+def per_image_fsc_auc(maps: np.ndarray, gt_maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(M,)`` FSC-AUC of each decoded map ``(M, D, D, D)`` against the ground-truth map of its image."""
+    from cryolens.metrics import fsc, fsc_auc
+
+    d = maps.shape[-1]
+    return np.array([fsc_auc(fsc(torch.from_numpy(m), torch.from_numpy(gt_maps[k])), d)
+                     for m, k in zip(maps, labels)])
+
+
+def score(a, ds: Path, work: Path, results: dict) -> dict:
+    from cryolens.bench import cryodrgn as C
+    from cryolens.metrics import fsc, fsc_auc, resolution_at
+
+    gt_maps, labels, angles, px = ground_truth_maps(ds)
+    d = gt_maps.shape[-1]
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(labels), a.n_eval, replace=False))
+    out: dict = {"n_eval": int(a.n_eval), "eval_images": pick.tolist()}
+    mid = gt_maps[len(gt_maps) // 2]
+    if "cryodrgn_vae" in results:
+        vdir = Path(results["cryodrgn_vae"]["outdir"])
+        z = C.read_latents(vdir)
+        t0 = time.perf_counter()
+        maps = C.read_maps(C.eval_vol(vdir, z[pick], work / "cryodrgn_eval", px, threads=a.threads))
+        auc = per_image_fsc_auc(maps, gt_maps, labels[pick])
+        out["cryodrgn_vae"] = {"spearman_pc1_hinge": spearman_pc1(z, angles), "fsc_auc_mean": float(auc.mean()),
+                               "fsc_auc_std": float(auc.std()), "eval_s": time.perf_counter() - t0}
+    if "cryodrgn_nn" in results:
+        v = C.read_maps(Path(results["cryodrgn_nn"]["outdir"]) / "reconstruct.mrc")[0]
+        curve = fsc(torch.from_numpy(v), torch.from_numpy(mid))
+        auc = per_image_fsc_auc(np.broadcast_to(v, (len(pick),) + v.shape), gt_maps, labels[pick])
+        out["cryodrgn_nn"] = {"fsc_auc_middle_state": fsc_auc(curve, d),
+                              "resolution_0.5_A": resolution_at(curve, 0.5, px, d),
+                              "fsc_auc_per_image_mean": float(auc.mean())}
+    if "ours_vae" in results:
+        from cryolens.methods.cryodrgn import load_trained
+
+        m = load_trained(results["ours_vae"]["outdir"])
+        z = np.asarray(m.latents)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            maps = np.concatenate([m.decode(torch.as_tensor(z[pick[s:s + 4]], dtype=torch.float32)).cpu().numpy()
+                                   for s in range(0, len(pick), 4)])
+        auc = per_image_fsc_auc(maps, gt_maps, labels[pick])
+        out["ours_vae"] = {"spearman_pc1_hinge": spearman_pc1(z, angles), "fsc_auc_mean": float(auc.mean()),
+                           "fsc_auc_std": float(auc.std()), "eval_s": time.perf_counter() - t0}
+    if "ours_nn" in results:
+        from cryolens.io.mrc import read_volume
+
+        v = read_volume(results["ours_nn"]["map"])[0]
+        curve = fsc(torch.from_numpy(v), torch.from_numpy(mid))
+        auc = per_image_fsc_auc(np.broadcast_to(v, (len(pick),) + v.shape), gt_maps, labels[pick])
+        out["ours_nn"] = {"fsc_auc_middle_state": fsc_auc(curve, d),
+                          "resolution_0.5_A": resolution_at(curve, 0.5, px, d),
+                          "fsc_auc_per_image_mean": float(auc.mean())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("parts", nargs="+", choices=["cryodrgn-vae", "cryodrgn-nn", "ours-vae", "ours-nn", "score"])
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--states", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=2, help="train_vae / cryodrgn epochs")
+    ap.add_argument("--nn-epochs", type=int, default=1, help="train_nn / cryodrgn-homo epochs")
+    ap.add_argument("--zdim", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=3, help="hidden layers of encoder and decoder")
+    ap.add_argument("--dim", type=int, default=256, help="hidden width of encoder and decoder")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-eval", type=int, default=100, help="images for the per-image FSC-AUC")
+    ap.add_argument("--json", default=None, help="results file (default: beside the dataset)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    ds = ensure_continuous_dataset(n=a.n, n_states=a.states)
+    work = ds / "bench_cryodrgn"
+    work.mkdir(exist_ok=True)
+    path = Path(a.json) if a.json else work / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results["dataset"] = str(ds)
+    for part in a.parts:
+        t0 = time.strftime("%Y-%m-%d %H:%M:%S")
+        if part == "cryodrgn-vae":
+            results["cryodrgn_vae"] = run_cryodrgn_part("vae", a, ds, work)
+        elif part == "cryodrgn-nn":
+            results["cryodrgn_nn"] = run_cryodrgn_part("nn", a, ds, work)
+        elif part == "ours-vae":
+            results["ours_vae"] = run_ours("cryodrgn", a, ds, work)
+        elif part == "ours-nn":
+            results["ours_nn"] = run_ours("cryodrgn-homo", a, ds, work)
+        else:
+            results["score"] = score(a, ds, work, results)
+        results.setdefault("started", {})[part] = t0
+        save(path, results)
+        print(json.dumps({k: v for k, v in results.items() if k != "score"} | {"score": results.get("score")},
+                         indent=1)[:6000])
+
+
+def run_ours(recipe: str, a, ds: Path, work: Path) -> dict:
+    raise SystemExit("the cryolens side needs the neural branch's `cryolens train`; merge it first")
+
+
+if __name__ == "__main__":
+    main()

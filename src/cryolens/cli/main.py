@@ -15,13 +15,14 @@ import sys
 from ..errors import InputError
 
 COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo"]
+COMMANDS += ["train", "eval-vol", "analyze"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryolens", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"cryolens.cli.{name}")
+        module = importlib.import_module(f"cryolens.cli.{name.replace('-', '_')}")
         doc = (module.__doc__ or name).strip()
         p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,78 @@
+"""Analyse the latent space of a trained run: PCA, UMAP, k-means centres decoded to maps, maps along
+principal components and along a graph path, plots coloured by per-image values, particle subsets.
+
+Everything goes into RUN/analysis/ and RUN's report.html (see cryolens.analysis.latent).
+
+  cryolens analyze run/
+  cryolens analyze run/ --values data/ground_truth/ground_truth.npz:hinge_angle_deg --clusters 10
+  cryolens analyze run/ --particles data/particles.star --subset-clusters 0,3
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder written by cryolens train")
+    p.add_argument("--values", action="append", default=[], metavar="FILE[:KEY]",
+                   help="per-image values to colour by: .npy, or .npz with :KEY (repeatable)")
+    p.add_argument("--particles", help="the particles of the run (default: the input recorded in config.json)")
+    p.add_argument("--clusters", type=int, default=20, help="k-means clusters (default 20)")
+    p.add_argument("--pcs", type=int, default=2, help="principal components to traverse (default 2)")
+    p.add_argument("--subset-clusters", action="append", default=[], metavar="K1,K2,...",
+                   help="write the particles of these k-means clusters as a STAR/.cs subset (repeatable)")
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP embedding")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+
+
+def _values(specs: list[str], n: int) -> dict:
+    import numpy as np
+
+    from ..errors import InputError
+    from ..io.files import require_file
+
+    out = {}
+    for spec in specs:
+        path, _, key = spec.partition(":")
+        p = require_file(path, "values file")
+        data = np.load(p)
+        if p.suffix == ".npz":
+            if not key or key not in data:
+                raise InputError(f"{p}: give a key, one of {', '.join(data.files)} (as {p}:KEY)")
+            v = data[key]
+        else:
+            v, key = data, key or p.stem
+        if v.shape[0] != n:
+            raise InputError(f"{p}: {v.shape[0]} values for {n} particles")
+        out[key] = np.asarray(v, dtype=float)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..analysis.latent import analyze_latents
+    from ..errors import InputError
+    from ..io.dataset import read_particles
+    from ..io.runfolder import RunFolder
+    from ..methods.cryodrgn import load_trained
+    from .common import pick_device
+
+    device = pick_device(args.device)
+    trained = load_trained(args.run, device)
+    if trained.latents is None:
+        raise InputError(f"{args.run}: no z.npy (a homogeneous run has no latent space)")
+    run = RunFolder(args.run)
+    particles = None
+    source = args.particles or run.read_json("config.json").get("arguments", {}).get("input")
+    if args.subset_clusters or args.particles:
+        if not source:
+            raise InputError(f"{args.run}: give --particles (config.json names no input)")
+        particles = read_particles(source)
+    subsets = [[int(k) for k in s.split(",") if k] for s in args.subset_clusters] or None
+    analyze_latents(trained.latents, trained.decode, run, trained.pixel_size,
+                              values=_values(args.values, len(trained.latents)) or None, particles=particles,
+                              n_clusters=args.clusters, n_pcs=args.pcs, umap=not args.no_umap,
+                              subset_clusters=subsets, device=device)
+    print(f"analysed {len(trained.latents)} latents of {args.run}: maps, plots and subsets in "
+          f"{run.path('analysis')}/, report.html updated")
+    return 0

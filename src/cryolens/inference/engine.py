@@ -1,0 +1,224 @@
+"""The one training engine of every learned method.
+
+Contract: a model is an ``nn.Module`` whose ``forward(batch) -> dict[str, Tensor]`` returns its loss
+terms, ``"loss"`` (the scalar optimised) first; every term is logged. A batch is a dict (see
+:class:`ParticleBatches`): ``index (B,)`` int64, ``image (B, D, D)`` float32 real space ``[n, y, x]``,
+``shift (B, 2)`` px, and when known ``rotation (B, 3, 3)`` (image → volume frame) and ``ctf``
+(:class:`~cryolens.imaging.ctf.CTFParams`). A model may define ``param_groups()`` (per-group
+learning rates) and ``on_epoch_start(epoch, trainer)`` (e.g. a pose search between epochs).
+
+What the engine does (nanoGPT style, the inner loop is :meth:`Trainer.fit`): streams batches from the
+memory-mapped stack with ``DataLoader`` workers; Adam / AdamW; autocast (bf16, or fp16 with a gradient
+scaler) on CUDA; a checkpoint every epoch through :mod:`cryolens.io.checkpoint` holding the model,
+optimiser, scaler, RNG states and the sampler's (seed, epoch); ``resume=True`` continues from it
+bit-for-bit on the CPU (the log is cut back to the checkpoint); one JSON line per step with every loss
+term (``log.jsonl``); a tqdm bar with images/s; DDP when a process group is initialised
+(:mod:`~cryolens.inference.distributed`), each rank taking ``batch_size / world`` images of every
+global batch through a ``DistributedSampler``, so K processes follow the same trajectory as one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..imaging.ctf import CTFParams
+from ..io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..io.dataset import _Stacks, read_images
+from ..io.particles import Particles
+from .distributed import world
+
+
+class ParticleBatches(Dataset):
+    """``dataset[list of indices]`` → one batch dict (engine docstring), read with
+    :func:`~cryolens.io.dataset.read_images` (contiguous runs of the memory map as single slices).
+    Safe in ``DataLoader`` workers (the memory maps are reopened after pickling)."""
+
+    def __init__(self, particles: Particles):
+        self.particles = particles
+        self._stacks = _Stacks(particles.image_files)
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    def __getitem__(self, indices) -> dict:
+        p = self.particles
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        batch = {"index": idx, "image": read_images(p, idx.numpy(), self._stacks),
+                 "shift": p.shifts[idx] if p.shifts is not None else torch.zeros(len(idx), 2)}
+        if p.rotations is not None:
+            batch["rotation"] = p.rotations[idx]
+        if p.ctf is not None:
+            batch["ctf"] = p.ctf[idx]
+        return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move every tensor (and :class:`CTFParams`) of a batch to ``device``."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, (torch.Tensor, CTFParams)):
+            v = v.to(device)
+        out[k] = v
+    return out
+
+
+@dataclass
+class TrainConfig:
+    """Engine settings. batch_size: the *global* batch (split over DDP ranks). optimizer: ``adam`` or
+    ``adamw``. amp: autocast on CUDA (``bf16`` when supported, else ``fp16`` with a gradient scaler;
+    ignored on the CPU). grad_clip: max gradient norm (0 = none)."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: float = 0.0
+
+
+class Trainer:
+    """Train ``model`` (engine docstring) on ``particles``, writing ``checkpoint.pt`` and ``log.jsonl``
+    into ``out_dir``. ``progress``: show the tqdm bar."""
+
+    def __init__(self, model: nn.Module, particles: Particles, config: TrainConfig, out_dir: str | Path,
+                 device: torch.device | str | None = None, progress: bool = True):
+        self.model, self.particles, self.cfg = model, particles, config
+        self.out = Path(out_dir)
+        self.device = torch.device(device or "cpu")
+        self.progress = progress
+        self.rank, self.world = world()
+        if config.batch_size % self.world:
+            raise InputError(f"batch size {config.batch_size} is not divisible by the {self.world} processes")
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        self.log_path = self.out / "log.jsonl"
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.model.to(self.device)
+        groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+        opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(config.optimizer.lower())
+        if opt is None:
+            raise InputError(f"optimizer {config.optimizer!r}: expected adam or adamw")
+        self.optimizer = opt(groups, lr=config.lr, weight_decay=config.weight_decay)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = None
+        if cuda and config.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.sampler = DistributedSampler(range(len(particles)), num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=config.seed, drop_last=False)
+        self.net = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if cuda else None)
+
+    # --- checkpoint / resume ---
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "rng": rng_state(),
+                "sampler": {"seed": self.cfg.seed, "epoch": self.epoch}, "train_config": asdict(self.cfg)}
+
+    def save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_path, self.state())
+
+    def resume(self) -> bool:
+        """Load ``checkpoint.pt`` if present (returns whether it was) and cut the log back to it."""
+        if not self.checkpoint_path.exists():
+            return False
+        ck = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
+        set_rng_state(ck["rng"])
+        if self.rank == 0 and self.log_path.exists():
+            lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+            self.log_path.write_text("".join(ln + "\n" for ln in keep))
+        return True
+
+    def loader(self) -> DataLoader:
+        batches = BatchSampler(self.sampler, self.cfg.batch_size // self.world, drop_last=False)
+        return DataLoader(ParticleBatches(self.particles), sampler=batches, batch_size=None,
+                          num_workers=self.cfg.num_workers, persistent_workers=False)
+
+    # --- the loop ---
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train until ``config.epochs`` epochs are complete; returns the log records of this call."""
+        if not (resume and self.resume()):
+            torch.manual_seed(self.cfg.seed + self.rank)
+            np.random.seed(self.cfg.seed + self.rank)
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.log_path.write_text("")
+        records = []
+        autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        log = self.log_path.open("a") if self.rank == 0 else None
+        try:
+            while self.epoch < self.cfg.epochs:
+                if hasattr(self.model, "on_epoch_start"):
+                    self.model.on_epoch_start(self.epoch, self)
+                self.sampler.set_epoch(self.epoch)
+                bar = tqdm(total=len(self.sampler) * self.world, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                           unit="img", disable=not self.progress or self.rank != 0, leave=False)
+                t0 = time.time()
+                for batch in self.loader():
+                    batch = to_device(batch, self.device)
+                    with autocast:
+                        terms = self.net(batch)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(terms["loss"]).backward()
+                    if self.cfg.grad_clip > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.step += 1
+                    n = len(batch["index"]) * self.world
+                    rec = {"epoch": self.epoch + 1, "step": self.step,
+                           **{k: float(v.detach()) for k, v in terms.items()}}
+                    if not math.isfinite(rec["loss"]):
+                        raise FloatingPointError(f"loss became {rec['loss']} at step {self.step}: lower the "
+                                                 "learning rate or turn off amp")
+                    records.append(rec)
+                    if log is not None:
+                        log.write(json.dumps(rec) + "\n")
+                    bar.update(n)
+                    bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+                bar.close()
+                self.epoch += 1
+                if log is not None:
+                    log.write(json.dumps({"epoch": self.epoch, "step": self.step, "epoch_end": True,
+                                          "seconds": time.time() - t0,
+                                          "images_per_s": len(self.sampler) * self.world / max(time.time() - t0,
+                                                                                              1e-9)}) + "\n")
+                    log.flush()
+                self.save()
+        finally:
+            if log is not None:
+                log.close()
+        return records
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a ``log.jsonl`` (per-step records and per-epoch ``epoch_end`` records)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]

@@ -1,0 +1,20 @@
+"""Parametrizations of the volume ``V(z)``.
+
+- :mod:`~cryolens.volumes.encoding`: positional encodings of 3D frequency coordinates (geometric
+  sin/cos up to Nyquist; Gaussian random features).
+- :mod:`~cryolens.volumes.mlp`: the residual MLP shared by decoders and encoders.
+- :mod:`~cryolens.volumes.lattice`: the 2D slice lattice inside the Nyquist circle split into Friedel
+  halves, and Hartley ↔ Fourier conversions.
+- :mod:`~cryolens.volumes.neural`: the implicit neural field ``(B, M, 3) coords, (B, L) z → (B, M)``
+  Hartley values, central slices, and ``render(z, D) → (D, D, D)`` real-space maps.
+- :mod:`~cryolens.volumes.voxel`: a learnable voxel grid answering the same interface.
+"""
+
+from .encoding import PositionalEncoding
+from .lattice import SliceLattice, flip_frequencies, fourier_to_hartley, hartley_to_fourier
+from .mlp import ResidualMLP
+from .neural import NeuralField
+from .voxel import VoxelVolume
+
+__all__ = ["NeuralField", "PositionalEncoding", "ResidualMLP", "SliceLattice", "VoxelVolume", "flip_frequencies",
+           "fourier_to_hartley", "hartley_to_fourier"]

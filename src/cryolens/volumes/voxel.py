@@ -1,0 +1,49 @@
+"""A learnable voxel grid in Fourier space answering the neural field's interface.
+
+``forward(coords (B, M, 3) cycles/px, z=None) → (B, M)`` Hartley values, trilinearly interpolated from
+a complex ``(D, D, D)`` centered transform (the :func:`~cryolens.imaging.slice.sampling_volume` layout);
+queries are folded onto the canonical half-space and conjugated (Friedel), so the map stays real.
+Homogeneous only (``z`` is ignored).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..imaging.fft import fft3_centered, ifft3_centered
+from ..imaging.slice import sampling_volume
+from .neural import canonical_half
+
+
+class VoxelVolume(nn.Module):
+    """``(D, D, D)`` complex Fourier coefficients as a parameter (``(D, D, D, 2)`` real), initialised from
+    ``volume`` (a real-space map ``[z, y, x]``) or zeros."""
+
+    def __init__(self, box_size: int, volume: torch.Tensor | None = None):
+        super().__init__()
+        d = int(box_size)
+        ft = torch.zeros(d, d, d, dtype=torch.complex64) if volume is None else fft3_centered(volume.float())
+        self.box_size, self.zdim = d, 0
+        self.ft = nn.Parameter(torch.view_as_real(ft.to(torch.complex64)).clone())
+
+    def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Complex values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px; zero at ``|k| ≥ ½``."""
+        d = self.box_size
+        up = canonical_half(coords)
+        c = torch.where(up[..., None], coords, -coords)
+        sv = sampling_volume(torch.view_as_complex(self.ft))  # (1, 2, D+1, D+1, D+1)
+        grid = (2.0 / d) * (c * d + d // 2) - 1  # grid index c·D + D/2 → [−1, 1] over D+1 samples
+        out = F.grid_sample(sv, grid.reshape(1, 1, 1, -1, 3).to(sv.dtype), mode="bilinear",
+                            padding_mode="border", align_corners=True)[0, :, 0, 0].reshape(2, *coords.shape[:-1])
+        inside = coords.norm(dim=-1) < 0.5
+        return torch.complex(out[0] * inside, torch.where(up, out[1], -out[1]) * inside)
+
+    def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.fourier(coords, z)
+        return f.real - f.imag
+
+    def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+        """The real-space map ``(1, D, D, D)`` (real part of the inverse centered transform)."""
+        return ifft3_centered(torch.view_as_complex(self.ft.detach()))[None].real.float()

@@ -7,7 +7,8 @@ SNR 0.1, poses and CTF known, no shifts). cryoDRGN runs in its own venv (`CRYOLE
 `cryolens.bench.cryodrgn`), cryolens through its CLI in a subprocess; both measured the same way
 (`run_measured`: wall clock, the child's own peak RSS and CPU time), one thread each.
 
-Parts (each adds its numbers to the JSON, so they can run at different times):
+Parts (each writes its numbers to its own JSON in the results folder, so parts can run at
+different times or at the same time; `score` reads them all):
   cryodrgn-vae / cryodrgn-nn   cryoDRGN train_vae / train_nn
   ours-vae / ours-nn           cryolens train cryodrgn / cryodrgn-homo
   score                        Spearman(PC1 of z, hinge angle); per-image FSC-AUC (CryoBench:
@@ -151,35 +152,58 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-eval", type=int, default=100, help="images for the per-image FSC-AUC")
-    ap.add_argument("--json", default=None, help="results file (default: beside the dataset)")
+    ap.add_argument("--results", default=None, help="results folder (default: bench_cryodrgn/ beside the dataset)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ds = ensure_continuous_dataset(n=a.n, n_states=a.states)
     work = ds / "bench_cryodrgn"
     work.mkdir(exist_ok=True)
-    path = Path(a.json) if a.json else work / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results["dataset"] = str(ds)
-    for part in a.parts:
-        t0 = time.strftime("%Y-%m-%d %H:%M:%S")
-        if part == "cryodrgn-vae":
-            results["cryodrgn_vae"] = run_cryodrgn_part("vae", a, ds, work)
-        elif part == "cryodrgn-nn":
-            results["cryodrgn_nn"] = run_cryodrgn_part("nn", a, ds, work)
-        elif part == "ours-vae":
-            results["ours_vae"] = run_ours("cryodrgn", a, ds, work)
-        elif part == "ours-nn":
-            results["ours_nn"] = run_ours("cryodrgn-homo", a, ds, work)
+    res_dir = Path(a.results) if a.results else work
+    res_dir.mkdir(parents=True, exist_ok=True)
+    for part in a.parts:  # one file per part, so that parts can run at the same time
+        key = part.replace("-", "_")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        if part == "score":
+            results = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("*.json")) if p.stem != "score"}
+            out = score(a, ds, work, results)
+        elif part.startswith("cryodrgn"):
+            out = run_cryodrgn_part(part.split("-")[1], a, ds, work)
         else:
-            results["score"] = score(a, ds, work, results)
-        results.setdefault("started", {})[part] = t0
-        save(path, results)
-        print(json.dumps({k: v for k, v in results.items() if k != "score"} | {"score": results.get("score")},
-                         indent=1)[:6000])
+            out = run_ours("cryodrgn" if part == "ours-vae" else "cryodrgn-homo", a, ds, work)
+        out["started"] = started
+        save(res_dir / f"{key}.json", out)
+        print(json.dumps({key: {k: v for k, v in out.items() if k != "eval_images"}}, indent=1))
 
 
 def run_ours(recipe: str, a, ds: Path, work: Path) -> dict:
-    raise SystemExit("the cryolens side needs the neural branch's `cryolens train`; merge it first")
+    """``cryolens train RECIPE`` in a subprocess (one thread), measured like cryoDRGN's commands."""
+    from cryolens.bench.cryodrgn import run_measured
+    from cryolens.inference.engine import read_log
+
+    vae = recipe == "cryodrgn"
+    out = work / ("ours_vae" if vae else "ours_nn")
+    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from cryolens.cli.main import main; "
+           "sys.exit(main(sys.argv[1:]))", "train", recipe, str(ds / "particles.star"), "--out", str(out),
+           "--epochs", str(a.epochs if vae else a.nn_epochs), "--batch-size", str(a.batch_size), "--seed", "0",
+           "--device", "cpu", "--quiet", "--set", f"dec_layers={a.layers}", "--set", f"dec_dim={a.dim}"]
+    if vae:
+        cmd += ["--zdim", str(a.zdim), "--set", f"enc_layers={a.layers}", "--set", f"enc_dim={a.dim}"]
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # a fresh run, not a resume
+    load0 = load_average()
+    wall, rss, cpu, rc, log = run_measured(cmd, work / f"{out.name}.log", a.threads)
+    if rc != 0:
+        raise SystemExit(f"cryolens train {recipe} failed ({rc}):\n" + "\n".join(log.splitlines()[-15:]))
+    n = int(json.loads((out / "metrics.json").read_text())["n_images"])
+    ends = [r for r in read_log(out / "log.jsonl") if r.get("epoch_end")]
+    epoch_s = [n / r["images_per_s"] for r in ends]
+    return {"command": " ".join(cmd[:1] + ["-c", "'...cli main'"] + cmd[3:]), "outdir": str(out),
+            "map": str(out / "map.mrc"), "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, "epoch_s": epoch_s,
+            "images_per_s_epochs": n * len(epoch_s) / sum(epoch_s), "images_per_s_wall": n * len(epoch_s) / wall,
+            "images_per_cpu_s": n * len(epoch_s) / cpu, "load_before": load0, "load_after": load_average(),
+            "threads": a.threads, **arch(a)}
 
 
 if __name__ == "__main__":

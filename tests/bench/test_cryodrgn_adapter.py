@@ -81,7 +81,8 @@ np.savez(out, images=imgs, rot=pt.rots.numpy(), trans=pt.trans.numpy(), ctf=c)
 
 def test_cryodrgn_reads_prepared_inputs(tmp_path):
     """cryoDRGN's own readers on the prepared inputs: image i = particle i's image, its rot = our Rᵀ,
-    its translation (px, RELION's origin sign) = −our shift, its CTF rows = our Apix, defocus U/V, angle (°), kV, Cs, Q0."""
+    its translation (px, RELION's origin sign) = −our shift, its CTF rows = our Apix, defocus U/V,
+    angle (°), kV, Cs, Q0."""
     try:
         exe = cryodrgn_program()
     except CryoDRGNNotFound as e:

@@ -106,3 +106,20 @@ def test_cryodrgn_reads_prepared_inputs(tmp_path):
     np.testing.assert_allclose(c[:, 2], p.ctf.defocus_v.numpy(), rtol=1e-6)
     np.testing.assert_allclose(c[:, 3], np.rad2deg(p.ctf.defocus_angle.numpy()), atol=1e-4)
     np.testing.assert_allclose(c[:, 4:7], np.tile([300.0, 2.7, 0.1], (N, 1)), rtol=1e-6)
+
+
+def test_run_measured_reports_the_child_peak_memory(tmp_path):
+    """A child that touches a 300 MiB array reports a peak RSS of at least 300 MiB, one that does not
+    far less (though this parent is large: the parent's memory must not count); its output goes to the
+    log and its exit code comes back."""
+    import sys
+
+    from cryolens.bench.cryodrgn import run_measured
+
+    big = [sys.executable, "-c", "import time, numpy as np; a = np.ones(300 * 2**20 // 8); print('sum', a.sum()); "
+           "time.sleep(0.5)"]
+    wall, rss, cpu, rc, log = run_measured(big, tmp_path / "big.log")
+    assert rc == 0 and "sum" in log and rss >= 300 and wall > 0 and cpu >= 0
+    _, rss_small, _, rc, _ = run_measured([sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"],
+                                       tmp_path / "small.log")
+    assert rc == 3 and rss_small < 100

@@ -117,8 +117,8 @@ def prepare_inputs(particles: Particles, folder: str | os.PathLike, batch_size: 
 # ------------------------------------------------------------------------------------------ training
 @dataclass
 class CryoDRGNRun:
-    """One cryoDRGN command: its output folder, wall-clock seconds, peak resident memory (MiB, the
-    child's own ``ru_maxrss``), CPU seconds, the seconds of each epoch (from its log), the command
+    """One cryoDRGN command: its output folder, wall-clock seconds, peak resident memory (MiB,
+    :func:`run_measured`), CPU seconds, the seconds of each epoch (from its log), the command
     line and its output."""
 
     outdir: Path
@@ -147,32 +147,49 @@ def parse_epoch_times(log: str) -> list[float]:
     return out
 
 
+def _hwm_mib(pid: int) -> float:
+    """``VmHWM`` (peak resident set of the process's own address space) in MiB, 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
 def run_measured(cmd: list[str], log_path: str | os.PathLike, threads: int = 1,
-                 timeout: float | None = None) -> tuple[float, float, float, int, str]:
+                 timeout: float | None = None, poll_s: float = 0.1) -> tuple[float, float, float, int, str]:
     """Run ``cmd`` with ``threads`` torch/OpenMP threads, its output to ``log_path``; returns
-    ``(wall s, peak RSS MiB, CPU s, exit code, output)``. The RSS and CPU time are the child's own
-    (``os.wait4``), so any program can be measured the same way (cryoDRGN's and cryolens' commands)."""
+    ``(wall s, peak RSS MiB, CPU s, exit code, output)``, the same way for any program (cryoDRGN's
+    and cryolens' commands).
+
+    Peak RSS: the largest ``VmHWM`` of the child read every ``poll_s`` seconds (``/proc``). Not the
+    ``ru_maxrss`` of ``wait4``: on Linux that also counts the parent's resident set copied at fork,
+    so a child of a large parent would report the parent's size. CPU s: user + system time of the
+    child and its children (``wait4``)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                NUMEXPR_NUM_THREADS=str(threads))
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    peak = 0.0
     with open(log_path, "w") as logf:
         proc = subprocess.Popen([str(c) for c in cmd], stdout=logf, stderr=subprocess.STDOUT, env=env)
         deadline = None if timeout is None else t0 + timeout
-        while True:  # reap with wait4: it gives this child's own resource usage
-            pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
+        while True:  # reap with wait4 (CPU times of this child); sample its memory until it ends
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            peak = max(peak, _hwm_mib(proc.pid))
+            if deadline is not None and time.perf_counter() > deadline:
                 proc.kill()
                 deadline = None
-            else:
-                time.sleep(0.2)
+            time.sleep(poll_s)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    return (wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, proc.returncode,
-            log_path.read_text(errors="replace"))
+    return (wall, peak, usage.ru_utime + usage.ru_stime, proc.returncode, log_path.read_text(errors="replace"))
 
 
 def run_cryodrgn(args: list[str], outdir: str | os.PathLike, threads: int = 1,

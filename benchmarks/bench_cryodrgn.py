@@ -17,7 +17,7 @@ different times or at the same time; `score` reads them all):
                                against the middle state's map.
 
   .venv/bin/python benchmarks/bench_cryodrgn.py cryodrgn-vae cryodrgn-nn ours-vae ours-nn score \
-      --epochs 2 --nn-epochs 1
+      --epochs 1 --nn-epochs 1 --nn-images 2000
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def run_cryodrgn_part(kind: str, a, ds: Path, work: Path) -> dict:
     from cryolens.io import read_star
 
     particles = read_star(ds / "particles.star")
-    inp = C.prepare_inputs(particles, work / "cryodrgn_inputs")
+    if kind == "nn" and a.nn_images:
+        particles = particles.subset(np.arange(a.nn_images))
+    inp = C.prepare_inputs(particles, work / ("cryodrgn_inputs" if kind == "vae" else "cryodrgn_inputs_nn"))
     load0 = load_average()
     if kind == "vae":
         r = C.train_vae(inp, work / "cryodrgn_vae", zdim=a.zdim, epochs=a.epochs, enc_layers=a.layers,
@@ -144,8 +146,10 @@ def main() -> None:
     ap.add_argument("parts", nargs="+", choices=["cryodrgn-vae", "cryodrgn-nn", "ours-vae", "ours-nn", "score"])
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--states", type=int, default=50)
-    ap.add_argument("--epochs", type=int, default=2, help="train_vae / cryodrgn epochs")
+    ap.add_argument("--epochs", type=int, default=1, help="train_vae / cryodrgn epochs")
     ap.add_argument("--nn-epochs", type=int, default=1, help="train_nn / cryodrgn-homo epochs")
+    ap.add_argument("--nn-images", type=int, default=0,
+                    help="train_nn / cryodrgn-homo on the first K images only (0: all)")
     ap.add_argument("--zdim", type=int, default=8)
     ap.add_argument("--layers", type=int, default=3, help="hidden layers of encoder and decoder")
     ap.add_argument("--dim", type=int, default=256, help="hidden width of encoder and decoder")
@@ -182,8 +186,13 @@ def run_ours(recipe: str, a, ds: Path, work: Path) -> dict:
 
     vae = recipe == "cryodrgn"
     out = work / ("ours_vae" if vae else "ours_nn")
+    star = ds / "particles.star"
+    if not vae and a.nn_images:
+        from cryolens.io import read_star, write_star
+
+        star = write_star(work / f"first{a.nn_images}.star", read_star(star).subset(np.arange(a.nn_images)))
     cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from cryolens.cli.main import main; "
-           "sys.exit(main(sys.argv[1:]))", "train", recipe, str(ds / "particles.star"), "--out", str(out),
+           "sys.exit(main(sys.argv[1:]))", "train", recipe, str(star), "--out", str(out),
            "--epochs", str(a.epochs if vae else a.nn_epochs), "--batch-size", str(a.batch_size), "--seed", "0",
            "--device", "cpu", "--quiet", "--set", f"dec_layers={a.layers}", "--set", f"dec_dim={a.dim}"]
     if vae:

@@ -36,21 +36,24 @@ def _particles(tmp_path: Path, order: np.ndarray) -> tuple[Particles, np.ndarray
     return p, images
 
 
-@pytest.mark.parametrize("permuted", [False, True])
-def test_prepare_inputs_read_back(tmp_path, permuted):
-    """Stack image i is particle i's image (a link to the stack when it is already in order, a copy in
-    particle order otherwise); the pickles read back as the particles' R, shift (px) and CTF."""
-    order = np.random.default_rng(1).permutation(N) if permuted else np.arange(N)
+@pytest.mark.parametrize("case", ["in order", "permuted", "first half"])
+def test_prepare_inputs_read_back(tmp_path, case):
+    """Stack image i is particle i's image (a link to the stack when it holds exactly the particles in
+    order, a copy in particle order otherwise); the pickles read back as the particles' R, shift (px)
+    and CTF."""
+    order = np.random.default_rng(1).permutation(N) if case == "permuted" else np.arange(N)
     p, images = _particles(tmp_path, order)
+    if case == "first half":
+        p, order = p.subset(np.arange(N // 2)), order[:N // 2]
     inp = prepare_inputs(p, tmp_path / "drgn")
-    assert inp.particles.is_symlink() != permuted
+    assert inp.particles.is_symlink() == (case == "in order")
     np.testing.assert_array_equal(np.asarray(open_stack(inp.particles)), images[order])
     q = read_cryodrgn(inp.particles, inp.poses, inp.ctf)
     torch.testing.assert_close(q.rotations, p.rotations, atol=1e-6, rtol=0)
     torch.testing.assert_close(q.shifts, p.shifts, atol=1e-5, rtol=0)
     torch.testing.assert_close(q.ctf.defocus_u, p.ctf.defocus_u)
     torch.testing.assert_close(q.ctf.defocus_angle, p.ctf.defocus_angle, atol=1e-6, rtol=0)
-    assert q.pixel_size == pytest.approx(1.5) and (inp.n, inp.box_size) == (N, D)
+    assert q.pixel_size == pytest.approx(1.5) and (inp.n, inp.box_size) == (len(p), D)
 
 
 def test_epoch_times_and_missing_program(tmp_path, monkeypatch):

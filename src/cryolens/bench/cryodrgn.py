@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.cryodrgn import load_pickle, write_cryodrgn_ctf, write_cryodrgn_poses
 from ..io.dataset import iterate_batches
-from ..io.mrc import StackWriter, read_volume
+from ..io.mrc import StackWriter, read_volume, stack_info
 from ..io.particles import Particles
 
 ENV_VAR = "CRYOLENS_CRYODRGN"
@@ -87,14 +87,15 @@ class CryoDRGNInputs:
 
 
 def _is_plain_stack(particles: Particles) -> bool:
-    """True when the particles are the images 0..N−1 of one stack, in order (usable as they are)."""
+    """True when the particles are all the images of one stack, in order (usable as they are)."""
     return (len(particles.image_files) == 1 and bool((particles.image_file_index == 0).all())
-            and np.array_equal(particles.image_index, np.arange(len(particles))))
+            and np.array_equal(particles.image_index, np.arange(len(particles)))
+            and stack_info(particles.image_files[0])[0] == len(particles))
 
 
 def prepare_inputs(particles: Particles, folder: str | os.PathLike, batch_size: int = 1000) -> CryoDRGNInputs:
     """Write cryoDRGN's inputs for ``particles`` into ``folder``: ``particles.mrcs`` (a link to the
-    stack when it already holds the particles in order, else the images copied in particle order),
+    stack when it holds exactly the particles, in order; else the images copied in particle order),
     ``poses.pkl`` and ``ctf.pkl`` (when the particles have a CTF)."""
     if particles.rotations is None:
         raise InputError(f"{particles.name}: cryoDRGN's train_vae / train_nn need poses; these particles have none")

@@ -15,6 +15,7 @@ different times or at the same time; `score` reads them all):
                                `fsc_auc(fsc(map of z_i, ground-truth map of image i))`, mean over
                                --n-eval images drawn once with seed 0); the homogeneous maps' FSC
                                against the middle state's map.
+  analyze                      the latent analysis of both VAEs coloured by the hinge angle.
 
   .venv/bin/python benchmarks/bench_cryodrgn.py cryodrgn-vae cryodrgn-nn ours-vae ours-nn score \
       --epochs 1 --nn-epochs 1 --nn-images 2000
@@ -141,9 +142,35 @@ def score(a, ds: Path, work: Path, results: dict) -> dict:
     return out
 
 
+def analyze(a, ds: Path, work: Path, results: dict) -> dict:
+    """The latent analysis (`analyze_latents`) of both VAEs' latents coloured by the hinge angle:
+    cryolens' with its maps (10 k-means centres, 8 maps along PC1, 6 along the graph path) into its
+    run folder; cryoDRGN's without maps (plots and numbers only) into `analysis_cryodrgn/`."""
+    from cryolens.analysis.latent import analyze_latents
+    from cryolens.bench import cryodrgn as C
+
+    _, _, angles, px = ground_truth_maps(ds)
+    out = {}
+    if "cryodrgn_vae" in results:
+        z = C.read_latents(results["cryodrgn_vae"]["outdir"])
+        s = analyze_latents(z, None, work / "analysis_cryodrgn", px, values={"hinge_angle_deg": angles},
+                            n_clusters=10, n_pcs=1, seed=0, title="cryoDRGN 4.3.1 train_vae latents")
+        out["cryodrgn_vae"] = {"spearman": s["spearman"], "folder": str(work / "analysis_cryodrgn")}
+    if "ours_vae" in results:
+        from cryolens.methods.cryodrgn import load_trained
+
+        m = load_trained(results["ours_vae"]["outdir"])
+        s = analyze_latents(m.latents, m.decode, results["ours_vae"]["outdir"], m.pixel_size,
+                            values={"hinge_angle_deg": angles}, n_clusters=10, n_pcs=1, n_traversal=8,
+                            n_path_maps=6, seed=0)
+        out["ours_vae"] = {"spearman": s["spearman"], "folder": results["ours_vae"]["outdir"]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=["cryodrgn-vae", "cryodrgn-nn", "ours-vae", "ours-nn", "score"])
+    ap.add_argument("parts", nargs="+",
+                    choices=["cryodrgn-vae", "cryodrgn-nn", "ours-vae", "ours-nn", "score", "analyze"])
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--states", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=1, help="train_vae / cryodrgn epochs")
@@ -167,9 +194,10 @@ def main() -> None:
     for part in a.parts:  # one file per part, so that parts can run at the same time
         key = part.replace("-", "_")
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        if part == "score":
-            results = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("*.json")) if p.stem != "score"}
-            out = score(a, ds, work, results)
+        if part in ("score", "analyze"):
+            results = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("*.json"))
+                       if p.stem not in ("score", "analyze")}
+            out = (score if part == "score" else analyze)(a, ds, work, results)
         elif part.startswith("cryodrgn"):
             out = run_cryodrgn_part(part.split("-")[1], a, ds, work)
         else:

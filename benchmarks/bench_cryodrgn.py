@@ -183,6 +183,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-eval", type=int, default=100, help="images for the per-image FSC-AUC")
+    ap.add_argument("--methods", default="",
+                    help="score / analyze only these (comma-separated: cryodrgn_vae, ours_vae, ...); "
+                         "results go to score_<methods>.json, so two can run at once")
     ap.add_argument("--results", default=None, help="results folder (default: bench_cryodrgn/ beside the dataset)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -196,8 +199,11 @@ def main() -> None:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         if part in ("score", "analyze"):
             results = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("*.json"))
-                       if p.stem not in ("score", "analyze")}
+                       if not p.stem.startswith(("score", "analyze"))}
+            if a.methods:
+                results = {k: v for k, v in results.items() if k in a.methods.split(",")}
             out = (score if part == "score" else analyze)(a, ds, work, results)
+            key = key if not a.methods else f"{key}_{a.methods.replace(',', '-')}"
         elif part.startswith("cryodrgn"):
             out = run_cryodrgn_part(part.split("-")[1], a, ds, work)
         else:

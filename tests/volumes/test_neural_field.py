@@ -104,8 +104,8 @@ def test_voxel_volume_slices_match_the_analytic_gaussian():
 
 def test_tiny_field_fitted_to_blob_slices_renders_the_blob():
     """A 2 × 64 field trained on the analytic Hartley slices of a Gaussian blob (closed-form transform of
-    its projections at random poses) renders a map whose FSC against the voxelised blob is ≥ 0.9 up to
-    0.6 × Nyquist."""
+    its projections at random poses) renders a map whose FSC against the voxelised blob is ≥ 0.95 over
+    shells 0–3 and ≥ 0.8 at shell 4 (half Nyquist)."""
     torch.manual_seed(0)
     d = 16
     c = torch.tensor([[2.0, -1.0, 1.0], [-2.0, 1.5, -1.0]])
@@ -116,12 +116,12 @@ def test_tiny_field_fitted_to_blob_slices_renders_the_blob():
     scale = float(gaussian_projection_ft(c, s, a, torch.eye(3)[None], d).abs().max())
     field.output_scale.fill_(scale)
     opt = torch.optim.Adam(field.parameters(), lr=3e-3)
-    for _ in range(400):
-        rots = random_rotations(16)
+    for _ in range(250):
+        rots = random_rotations(8)
         target = fourier_to_hartley(gaussian_projection_ft(c, s, a, rots, d)).flatten(-2)[:, lat.pixels] / scale
         loss = (field.slices(rots, None, lat) - target.float()).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     curve = np.asarray(fsc(field.render()[0], truth))
-    assert curve[: int(0.6 * d / 2) + 1].min() > 0.9, curve
+    assert curve[:4].min() > 0.95 and curve[4] > 0.8, curve

@@ -4,8 +4,8 @@ Every recipe option can be set with --set KEY=VALUE (values parsed as JSON, else
 common ones have their own flags. The run folder gets config.json, model.json, checkpoint.pt
 (every epoch; --resume continues from it), log.jsonl (every loss term per step), z.npy (latents, one
 row per particle in input order), map.mrc, training_curves.png, sections.png, metrics.json and
-report.html. Multi-process: torchrun --nproc_per_node=K -m cryolens.cli.main train ... (DDP; gloo on
-CPU, NCCL on GPUs; --batch-size is the global batch).
+report.html. Multi-process (DDP; gloo on CPU, NCCL on GPUs; --batch-size is the global batch):
+torchrun --nproc_per_node=K --no-python cryolens train ...
 
   cryolens train cryodrgn particles.star --out run/ --zdim 8 --epochs 20
   cryolens train cryodrgn-homo particles.star --out run/ --set dec_dim=256
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis.plots import plot_sections
     from ..analysis.report import write_report
     from ..errors import InputError
-    from ..inference.distributed import init_distributed, is_main
+    from ..inference.distributed import finish_distributed, init_distributed, is_main
     from ..io.dataset import read_particles
     from ..io.runfolder import RunFolder
     from ..methods import Known, get
@@ -91,7 +91,10 @@ def main(args: argparse.Namespace) -> int:
     if is_main():
         run.write_config("train", {"recipe": recipe.name, "input": args.input, "poses": args.poses,
                                    "ctf": args.ctf, "device": str(device), **config})
-    out = recipe.fit(particles, known, run, config, device, not args.quiet)
+    try:
+        out = recipe.fit(particles, known, run, config, device, not args.quiet)
+    finally:
+        finish_distributed()
     if not is_main():
         return 0
     metrics = {"recipe": recipe.name, "n_images": len(particles), "box_size": particles.box_size,

@@ -1,6 +1,6 @@
 """Multi-process training with PyTorch DDP: set-up from ``torchrun``'s environment, and small helpers.
 
-``torchrun --nproc_per_node=K -m cryolens.cli.main train ...`` (or a test spawning processes) sets
+``torchrun --nproc_per_node=K --no-python cryolens train ...`` (or a test spawning processes) sets
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; :func:`init_distributed`
 then joins the process group — NCCL when the device is a GPU, gloo on the CPU — and every rank runs
 the same training engine on its share of each global batch (``DistributedSampler``).
@@ -55,3 +55,10 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
         return
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src)
+
+
+def finish_distributed() -> None:
+    """Leave the process group (after a barrier) if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -139,7 +139,7 @@ class Trainer:
         """Load ``checkpoint.pt`` if present (returns whether it was) and cut the log back to it."""
         if not self.checkpoint_path.exists():
             return False
-        ck = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        ck = load_checkpoint(self.checkpoint_path, map_location="cpu")  # load_state_dict moves to the device
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])

@@ -36,3 +36,10 @@ register(Recipe(
               "variational": False},
     needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True, reference=_DRGN_REF),
     replace=True)
+from . import cryodrgn2  # noqa: E402
+
+register(Recipe(
+    name="cryodrgn2", fit=cryodrgn2.fit,
+    summary="ab initio: neural volume + frequency-marching hierarchical pose search (heterogeneous=true adds z)",
+    defaults=dict(cryodrgn2.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Zhong et al. 2021, ICCV (cryoDRGN2; cryoDRGN abinit_homo_old / abinit_het_old)"), replace=True)

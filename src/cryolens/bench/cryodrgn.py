@@ -14,8 +14,9 @@ cryoDRGN lives in its own virtual environment (its pins differ from ours), found
 Conventions (CONVENTIONS.md; the writers in :mod:`cryolens.io.cryodrgn`): the pose pickle holds
 ``rot = Rᵀ`` and ``trans = −shift / D``; the CTF pickle RELION's parameters. cryoDRGN's CTF is −1 ×
 ours and it inverts the data sign by default, so the two cancel: images are handed over as they
-are and its maps come out with our sign (checked by :func:`read_maps` users against ground truth).
-Its maps are ``[z, y, x]`` on the same ``D`` box, in the same frame as our rotations.
+are and its maps come out with our sign. Its maps are ``[z, y, x]`` on the same ``D`` box, in the
+same frame and hand as our rotations (checked against ground truth: benchmarks/RESULTS.md, "cryoDRGN
+4.3.1 side by side").
 """
 
 from __future__ import annotations

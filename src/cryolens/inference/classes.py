@@ -88,14 +88,7 @@ class ClassPosePosterior:
 
 def _log_class_prior(log_class_prior: torch.Tensor | None, k: int, b: int, device, dtype) -> torch.Tensor:
     """``(1 or B, K)`` log class prior; uniform by default."""
-    if log_class_prior is None:
-        return torch.full((1, k), -math.log(k), device=device, dtype=dtype)
-    lp = log_class_prior.to(device=device, dtype=dtype)
-    if lp.dim() == 1:
-        lp = lp[None]
-    if lp.shape[-1] != k or lp.shape[0] not in (1, b):
-        raise ValueError(f"log_class_prior must be ({k},) or ({b}, {k}), got {tuple(log_class_prior.shape)}")
-    return lp
+    return _log_prior(log_class_prior, k, b, "log_class_prior", device, dtype)
 
 
 @torch.no_grad()

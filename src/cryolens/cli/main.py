@@ -15,6 +15,7 @@ import sys
 from ..errors import InputError
 
 COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo"]
+COMMANDS += ["bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

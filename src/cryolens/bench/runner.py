@@ -10,8 +10,8 @@ Each run is a forked child process (so recipes registered at run time, e.g. in a
 seen) in its own process group. The parent polls the group's private resident memory (``/proc``,
 every 0.5 s: ``peak_mem_mb``) and wall time and kills the group when it exceeds ``budget_s`` or
 ``memory_mb``; the run is then recorded with status ``over_time`` / ``over_memory`` and the suite
-goes on. Before ``fit`` the child removes what the task does not give: poses (rotations and shifts) unless ``known.poses``, the CTF
-unless ``known.ctf``, and every extra per-particle column.
+goes on. Before ``fit`` the child removes what the task does not give: poses (rotations and
+shifts) unless ``known.poses``, the CTF unless ``known.ctf``, and every extra per-particle column.
 
 Layout of ``out``::
 

@@ -24,7 +24,7 @@ def test_bench_run_report_sweep_inject(tmp_path, capsys):
     sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert len(sw["runs"]) == 2 and all(r["status"] == "ok" for r in sw["runs"])
     rc = main(["bench", "inject", "--tasks", "tiny", "--task", "homogeneous-poses-snr1", "--pose-errors", "0,20",
-               "--defocus-errors", "0", "--out", str(tmp_path / "inj"), "--cache", cache])
+               "--defocus-errors", "", "--out", str(tmp_path / "inj"), "--cache", cache])
     assert rc == 0
     inj = json.loads((tmp_path / "inj" / "injection.json").read_text())
     assert inj["pose"][1]["resolution_A"] > inj["pose"][0]["resolution_A"]

@@ -112,14 +112,29 @@ def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Pa
     return out
 
 
+INITIAL_MODEL_KEYS = ("initial_model", "init_map")
+
+
 def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict) -> dict:
+    """The recipe's defaults updated with the task file's ``method_config`` and the caller's
+    overrides (options the recipe does not have are dropped from the task file's, with a log line,
+    since a suite names options of recipes that may not have landed; the caller's must exist).
+    Methods listed in the task's ``initial_model.methods`` get the ground truth low-pass filtered
+    to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty."""
     rec = method.recipe
-    over = {k: v for k, v in (task.options.get("method_config", {}).get(method.name, {}) or {}).items()}
+    from_task = dict(task.options.get("method_config", {}).get(method.name, {}) or {})
+    dropped = sorted(set(from_task) - set(rec.defaults))
+    if dropped:
+        log.warning("task %s: %s has no options %s; ignored", task.name, method.name, dropped)
+    over = {k: v for k, v in from_task.items() if k in rec.defaults}
     over.update({k: v for k, v in (overrides.get(method.name, {}) or {}).items()})
     over.update({k: v for k, v in (overrides.get("*", {}) or {}).items() if k in rec.defaults})
     cfg = rec.config(over)
-    if "initial_model" in cfg and not cfg["initial_model"]:
-        cfg["initial_model"] = str(initial_model(dataset_dir))
+    init = task.options.get("initial_model", {}) or {}
+    wants = method.name in (init.get("methods") or []) or "initial_model" in rec.defaults
+    for key in INITIAL_MODEL_KEYS:
+        if wants and key in cfg and not cfg[key]:
+            cfg[key] = str(initial_model(dataset_dir, float(init.get("lowpass_A", INITIAL_LOWPASS_A))))
     return cfg
 
 

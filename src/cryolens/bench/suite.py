@@ -10,6 +10,8 @@ explicit ``tasks`` list (each entry a partial spec merged over ``base``)::
       discrete:    {kind: discrete, n_states: 3, populations: [0.5, 0.3, 0.2], angle_range: [0, 25]}
       continuous:  {kind: continuous, n_states: 20, angle_range: [0, 25]}
     grid: {heterogeneity: [homogeneous, discrete, continuous], poses_known: [true, false], snr: [1, 0.1, 0.01]}
+    method_config: {cryodrgn: {epochs: 5}}          # optional: recipe options for this suite
+    initial_model: {methods: [relion-refine3d], lowpass_A: 30}   # who gets the low-passed truth
 
 Dataset spec keys (all optional over ``base``): ``model`` (bundled name or path), ``box`` (D),
 ``pixel_size`` (Å), ``n_images``, ``snr``, ``seed``, ``shift_std``/``shift_max`` (px),
@@ -143,6 +145,8 @@ def parse_tasks(doc: dict, where: str = "tasks") -> list[Task]:
         raise InputError(f"{where}: expected a mapping with base / grid / tasks")
     base = doc.get("base", {})
     hets = doc.get("heterogeneity", {"homogeneous": {"kind": "homogeneous"}})
+    # suite-wide options: recipe options per method, which methods get an initial model
+    options = {k: doc[k] for k in ("method_config", "initial_model") if doc.get(k)}
     tasks: list[Task] = []
     grid = doc.get("grid")
     if grid:
@@ -153,8 +157,9 @@ def parse_tasks(doc: dict, where: str = "tasks") -> list[Task]:
                 for snr in grid.get("snr", [base.get("snr", 0.1)]):
                     spec = _merge(base, {"heterogeneity": hets[h], "snr": float(snr)})
                     name = f"{h}-{'poses' if poses else 'nopose'}-snr{_snr_name(float(snr))}"
+                    entry = {**grid, "options": {**options, **(grid.get("options") or {})}}
                     tasks.append(_make_task(name, spec, {"poses": poses, "ctf": grid.get("ctf_known", True)},
-                                            grid, where))
+                                            entry, where))
     for entry in doc.get("tasks", []) or []:
         if "name" not in entry:
             raise InputError(f"{where}: a task entry has no name")
@@ -166,6 +171,7 @@ def parse_tasks(doc: dict, where: str = "tasks") -> list[Task]:
             over["heterogeneity"] = hets[h]
         elif isinstance(h, dict):
             over["heterogeneity"] = h
+        entry = {**entry, "options": {**options, **(entry.get("options") or {})}}
         tasks.append(_make_task(entry["name"], _merge(base, over), entry.get("known", {}), entry, where))
     names = [t.name for t in tasks]
     dup = {n for n in names if names.count(n) > 1}

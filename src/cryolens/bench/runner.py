@@ -7,8 +7,9 @@ progress) -> MethodOutputs``. A pair runs when ``recipe.accepts(task.known)`` an
 heterogeneity is one the task allows (``task.method_kinds``).
 
 Each run is a forked child process (so recipes registered at run time, e.g. in a test, are
-seen) in its own process group. The parent polls the group's private resident memory (``/proc``,
-every 0.5 s: ``peak_mem_mb``) and wall time and kills the group when it exceeds ``budget_s`` or
+seen) in its own process group. The parent polls the private resident memory of the group and of
+every descendant (``/proc``, every 0.5 s: ``peak_mem_mb``; ``mpirun`` puts its ranks in groups of
+their own) and the wall time, and kills them all when the run exceeds ``budget_s`` or
 ``memory_mb``; the run is then recorded with status ``over_time`` / ``over_memory`` and the suite
 goes on. Before ``fit`` the child removes what the task does not give: poses (rotations and
 shifts) unless ``known.poses``, the CTF unless ``known.ctf``, and every extra per-particle column.
@@ -196,26 +197,60 @@ def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, con
     atomic_write_text(run.path("result.json"), json.dumps(_json(result), indent=2) + "\n")
 
 
-def _group_memory_mb(pgid: int) -> float:
-    """Private resident memory (MB: ``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``)
-    of every process in group ``pgid``. Pages a forked child still shares with the runner are not
-    counted: they are the runner's, not the run's."""
-    total = 0
+def _process_table() -> dict[int, tuple[int, int]]:
+    """``{pid: (parent pid, process group)}`` of every process (from ``/proc``)."""
+    out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:  # field 5 of stat: pgrp
-                continue
+            out[int(pid)] = (int(fields[1]), int(fields[2]))  # stat fields 4 (ppid) and 5 (pgrp)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _run_processes(root: int) -> list[int]:
+    """The run's processes: ``root``, its process group, and every descendant of either (``mpirun``
+    starts its ranks in process groups of their own)."""
+    table = _process_table()
+    members = {p for p, (_, g) in table.items() if g == root} | ({root} if root in table else set())
+    children: dict[int, list[int]] = {}
+    for p, (pp, _) in table.items():
+        children.setdefault(pp, []).append(p)
+    stack = list(members)
+    while stack:
+        for c in children.get(stack.pop(), []):
+            if c not in members:
+                members.add(c)
+                stack.append(c)
+    return sorted(members)
+
+
+def _private_mb(pids: list[int]) -> float:
+    """Private resident memory (MB: ``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``)
+    of ``pids``. Pages a forked child still shares with the runner are not counted: they are the
+    runner's, not the run's."""
+    total = 0
+    for pid in pids:
+        try:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
                 for line in fh:
                     if line.startswith(("Private_Clean:", "Private_Dirty:")):
                         total += int(line.split()[1]) * 1024
-        except (OSError, IndexError, ValueError):
+        except (OSError, ValueError, IndexError):
             continue
     return total / 2 ** 20
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, budget_s: float,
@@ -232,20 +267,19 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
     peak, status = 0.0, None
     while proc.is_alive():
         proc.join(0.5)
-        rss = _group_memory_mb(proc.pid)
+        pids = _run_processes(proc.pid)
+        rss = _private_mb(pids)
         peak = max(peak, rss)
         if time.time() - t0 > budget_s:
             status = "over_time"
         elif rss > memory_mb:
             status = "over_memory"
         if status:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill(pids)
             proc.join()
             break
     wall = time.time() - t0
+    _kill([p for p in _run_processes(proc.pid) if p != os.getpid()])  # nothing of the run outlives it
     res_path = run_dir / "result.json"
     if status is None and res_path.is_file():
         row = json.loads(res_path.read_text())

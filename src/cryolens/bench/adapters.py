@@ -29,7 +29,7 @@ RELION_ADAPTERS = {
     "relion-autorefine": Recipe(
         name="relion-autorefine", fit=relion.fit_relion_refine,
         summary="RELION 3.1 3D auto-refine (relion_refine_mpi, gold-standard halves) from a low-passed initial model",
-        defaults={"initial_model": "", "ini_high_A": 30.0, "healpix_order": 2, "local_healpix_order": 4,
+        defaults={"initial_model": "", "ini_high_A": 30.0, "healpix_order": 1, "local_healpix_order": 3,
                   "offset_range_px": 2, "offset_step_px": 1, "particle_diameter_A": 0.0, "seed": 0,
                   "timeout_s": 3600},
         needs=frozenset({"ctf"}), heterogeneity="homogeneous", reference="Scheres 2012 (RELION 3.1 auto-refine)"),

@@ -91,7 +91,23 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
                 cells.append(_cell(hit[0]) if hit else "")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## All runs", "", "| task | method | status | wall (s) | peak memory (MB) | " +
+    lines += ["## Tasks", "", "| task | N | D | Å/px | SNR | given | states | RMSD extreme states (Å, Cα, Kabsch) |",
+              "|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        if r["task"] in seen:
+            continue
+        seen.add(r["task"])
+        info = {}
+        spec_path = Path(r.get("dataset_dir", "")) / "spec.json"
+        if r.get("dataset_dir") and spec_path.is_file():
+            info = json.loads(spec_path.read_text())
+        k = r.get("known", {})
+        given = "+".join(n for n in ("poses", "ctf") if k.get(n)) or "images only"
+        n_states = len(info.get("states_rmsd_to_first_A", [])) or 1
+        lines.append(f"| {r['task']} | {r.get('n_images', '?')} | {r.get('box', '?')} | {r.get('pixel_size', '?')} | "
+                     f"{float(r['snr']):g} | {given} | {n_states} | {_num(info.get('extreme_states_rmsd_A'))} |")
+    lines += ["", "## All runs", "", "| task | method | status | wall (s) | peak memory (MB) | " +
               " | ".join(COLUMNS) + " |", "|---|---|---|---|---|" + "---|" * len(COLUMNS)]
     for r in rows:
         m = r.get("metrics", {})

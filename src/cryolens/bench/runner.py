@@ -75,8 +75,11 @@ def available_methods(names: list[str] | None = None, include_adapters: bool = T
 
 
 def compatible(recipe: Recipe, task: Task) -> bool:
-    """The recipe gets what it needs from the task and models a heterogeneity the task allows."""
-    return recipe.accepts(task.known) and recipe.heterogeneity in task.method_kinds
+    """The recipe gets what it needs from the task and models a heterogeneity the task allows (or
+    is named in the task's ``consensus_methods``: a homogeneous baseline on a heterogeneous task,
+    scored against the population-weighted mean map)."""
+    return recipe.accepts(task.known) and (recipe.heterogeneity in task.method_kinds or
+                                           recipe.name in (task.options.get("consensus_methods") or []))
 
 
 def strip_unknown(particles, known):
@@ -292,7 +295,8 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
     row.update(wall_s=wall, peak_mem_mb=peak, budget_s=budget_s,
                memory_mb=memory_mb, task_hash=task.dataset_hash(), config=config, snr=task.snr,
                heterogeneity=task.heterogeneity, known={"poses": task.known.poses, "ctf": task.known.ctf},
-               run_dir=str(run_dir))
+               run_dir=str(run_dir), dataset_dir=str(dataset_dir), n_images=int(task.dataset["n_images"]),
+               box=int(task.dataset["box"]), pixel_size=float(task.dataset["pixel_size"]))
     atomic_write_text(res_path, json.dumps(_json(row), indent=2) + "\n")
     return row
 

@@ -12,6 +12,7 @@ explicit ``tasks`` list (each entry a partial spec merged over ``base``)::
     grid: {heterogeneity: [homogeneous, discrete, continuous], poses_known: [true, false], snr: [1, 0.1, 0.01]}
     method_config: {cryodrgn: {epochs: 5}}          # optional: recipe options for this suite
     initial_model: {methods: [relion-refine3d], lowpass_A: 30}   # who gets the low-passed truth
+    consensus_methods: [backprojection]   # homogeneous baselines also run on heterogeneous tasks
 
 Dataset spec keys (all optional over ``base``): ``model`` (bundled name or path), ``box`` (D),
 ``pixel_size`` (Å), ``n_images``, ``snr``, ``seed``, ``shift_std``/``shift_max`` (px),
@@ -146,7 +147,7 @@ def parse_tasks(doc: dict, where: str = "tasks") -> list[Task]:
     base = doc.get("base", {})
     hets = doc.get("heterogeneity", {"homogeneous": {"kind": "homogeneous"}})
     # suite-wide options: recipe options per method, which methods get an initial model
-    options = {k: doc[k] for k in ("method_config", "initial_model") if doc.get(k)}
+    options = {k: doc[k] for k in ("method_config", "initial_model", "consensus_methods") if doc.get(k)}
     tasks: list[Task] = []
     grid = doc.get("grid")
     if grid:
@@ -283,5 +284,20 @@ def ensure_dataset(task: Task, cache_dir: str | os.PathLike | None = None, devic
                      rotations=rotations, shift_std=float(spec.get("shift_std", 0.0)),
                      shift_max=spec.get("shift_max"), models=models, seed=seed, device=device, progress=progress,
                      overwrite=True, notes={"task_spec": spec})
-    (out / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    info = {"spec": spec, **state_distances(models)}
+    (out / "spec.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def state_distances(models: list) -> dict:
+    """How far apart the ground-truth states are, on the atomic models: RMSD (Å) after Kabsch
+    superposition and the contact-map distance (8 Å, Cα) of each state to the first, and
+    between the two extreme states. Empty for one state."""
+    from ..metrics.atomic import backbone_ca, contact_map_distance, rmsd_superposed
+
+    if len(models) < 2:
+        return {}
+    ca = [backbone_ca(m) for m in models]
+    return {"states_rmsd_to_first_A": [rmsd_superposed(c, ca[0]) for c in ca],
+            "states_contact_distance_to_first": [contact_map_distance(c, ca[0]) for c in ca],
+            "extreme_states_rmsd_A": rmsd_superposed(ca[-1], ca[0])}

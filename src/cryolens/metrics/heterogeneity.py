@@ -29,7 +29,7 @@ def _sample(n_total: int, n_images: int, seed: int) -> np.ndarray:
 
 def per_image_fsc_auc(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.ndarray | torch.Tensor,
                       truth_volumes: np.ndarray | torch.Tensor, truth_labels: np.ndarray, n_images: int = 100,
-                      seed: int = 0, device: torch.device | str | None = None, batch_size: int = 8,
+                      seed: int = 0, device: torch.device | str | None = None, batch_size: int | None = None,
                       return_indices: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """FSC-AUC of each sampled image's decoded map against its ground-truth map (CryoBench).
 
@@ -37,7 +37,9 @@ def per_image_fsc_auc(decode: Callable[[torch.Tensor], torch.Tensor], latents: n
     latents: ``(N, L)`` every image's estimated latent. truth_volumes: ``(K, D, D, D)`` the
     ground-truth maps; truth_labels: ``(N,)`` int, the state of each image.
     n_images: how many images to score (a seeded random subset without replacement; all when fewer).
-    device: where the latents are sent before decoding (default: CPU).
+    device: where the latents are sent before decoding (default: CPU). batch_size: latents decoded
+    per call (default: as many maps as fit in 256 MB, at most ``n_images`` — one call for small boxes,
+    which matters for decoders that start a program).
     Returns ``(n,)`` float64 FSC-AUC per scored image (``[0, 0.5]`` for a sensible map; 0.5 = the
     truth itself, ≈ 0 = unrelated), in image order; with ``return_indices`` also the ``(n,)`` indices.
     """
@@ -57,6 +59,8 @@ def per_image_fsc_auc(decode: Callable[[torch.Tensor], torch.Tensor], latents: n
     dev = torch.device(device) if device is not None else torch.device("cpu")
     d = truth.shape[-1]
     idx = _sample(z_all.shape[0], n_images, seed)
+    if batch_size is None:
+        batch_size = max(1, min(len(idx), (256 * 2 ** 20) // (4 * d ** 3)))
     out = np.empty(idx.shape[0], dtype=np.float64)
     with torch.no_grad():
         for s in range(0, idx.shape[0], batch_size):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cryolens.bench.leaderboard import write_leaderboard
-from cryolens.bench.runner import available_methods, run_suite, strip_unknown
+from cryolens.bench.runner import available_methods, compatible, run_suite, strip_unknown
 from cryolens.bench.suite import load_tasks
 from cryolens.io.star import read_star
 from cryolens.methods.registry import MethodOutputs, Recipe, register, unregister
@@ -53,14 +53,18 @@ def tiny(tmp_path):
 
 
 def test_trivial_recipe_appears_on_the_leaderboard(tiny, tmp_path):
-    """Registered here, 'blob-test' runs on the homogeneous tasks (poses known and unknown: it needs
-    nothing), is stripped of the poses on the nopose task, and shows in leaderboard.md / .json; its
+    """Registered here, 'blob-test' runs on the homogeneous tasks (poses known — when the task allows
+    pose estimators there — and unknown: it needs nothing), is stripped of the poses on the nopose task, and shows in leaderboard.md / .json; its
     resolution against the truth is worse than back-projection's on the same task."""
     tasks, cache = tiny
     register(Recipe(name="blob-test", fit=_blob_fit, summary="a blob", heterogeneity="homogeneous"))
     try:
         methods = available_methods(["blob-test", "backprojection"])
         homo = [t for t in tasks if t.heterogeneity == "homogeneous"]
+        # a pose-estimating recipe skips poses-known tasks unless the task asks for it
+        assert [compatible(methods["blob-test"].recipe, t) for t in homo] == [False, True]
+        for t in homo:
+            t.options["pose_estimators_on_known_poses"] = True
         rows = run_suite(homo, methods, tmp_path / "out", budget_s=120, cache_dir=cache)
     finally:
         unregister("blob-test")

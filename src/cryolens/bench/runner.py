@@ -77,7 +77,11 @@ def available_methods(names: list[str] | None = None, include_adapters: bool = T
 def compatible(recipe: Recipe, task: Task) -> bool:
     """The recipe gets what it needs from the task and models a heterogeneity the task allows (or
     is named in the task's ``consensus_methods``: a homogeneous baseline on a heterogeneous task,
-    scored against the population-weighted mean map)."""
+    scored against the population-weighted mean map). A recipe that estimates poses itself runs
+    only where the poses are withheld, unless the task sets ``pose_estimators_on_known_poses``
+    (it would ignore the poses it is given, and costs the most)."""
+    if task.known.poses and "poses" not in recipe.needs and not task.options.get("pose_estimators_on_known_poses"):
+        return False
     return recipe.accepts(task.known) and (recipe.heterogeneity in task.method_kinds or
                                            recipe.name in (task.options.get("consensus_methods") or []))
 

@@ -147,7 +147,8 @@ def parse_tasks(doc: dict, where: str = "tasks") -> list[Task]:
     base = doc.get("base", {})
     hets = doc.get("heterogeneity", {"homogeneous": {"kind": "homogeneous"}})
     # suite-wide options: recipe options per method, which methods get an initial model
-    options = {k: doc[k] for k in ("method_config", "initial_model", "consensus_methods") if doc.get(k)}
+    options = {k: doc[k] for k in ("method_config", "initial_model", "consensus_methods",
+                                   "pose_estimators_on_known_poses") if doc.get(k)}
     tasks: list[Task] = []
     grid = doc.get("grid")
     if grid:

@@ -55,7 +55,8 @@ def tiny(tmp_path):
 def test_trivial_recipe_appears_on_the_leaderboard(tiny, tmp_path):
     """Registered here, 'blob-test' runs on the homogeneous tasks (poses known — when the task allows
     pose estimators there — and unknown: it needs nothing), is stripped of the poses on the nopose
-    task, and shows in leaderboard.md / .json; its resolution against the truth is worse than back-projection's on the same task."""
+    task, and shows in leaderboard.md / .json; its resolution against the truth is worse than
+    back-projection's on the same task."""
     tasks, cache = tiny
     register(Recipe(name="blob-test", fit=_blob_fit, summary="a blob", heterogeneity="homogeneous"))
     try:

@@ -123,6 +123,7 @@ def test_over_budget_runs_are_recorded_and_the_suite_goes_on(tiny, tmp_path):
     status = {r["method"]: r["status"] for r in rows}
     assert status["sleepy-test"] == "over_time"
     assert status["hungry-test"] == "over_memory"
+    assert "over_time" in (tmp_path / "out/runs/homogeneous-poses-snr1/sleepy-test/report.html").read_text()
     assert status["backprojection"] in ("ok", "over_time")
     assert time.time() - t0 < 40
 

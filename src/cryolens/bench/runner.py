@@ -302,6 +302,9 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
                run_dir=str(run_dir), dataset_dir=str(dataset_dir), n_images=int(task.dataset["n_images"]),
                box=int(task.dataset["box"]), pixel_size=float(task.dataset["pixel_size"]))
     atomic_write_text(res_path, json.dumps(_json(row), indent=2) + "\n")
+    from ..analysis.report import write_report
+
+    write_report(run_dir, f"{method.name} on {task.name}: {row['status']}")  # every run folder has one
     return row
 
 

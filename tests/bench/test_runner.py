@@ -111,8 +111,9 @@ def test_over_budget_runs_are_recorded_and_the_suite_goes_on(tiny, tmp_path):
     """A recipe sleeping 60 s under a 5 s budget is killed and recorded 'over_time'; one holding
     400 MB under a 300 MB budget 'over_memory'; the next method on the task still runs."""
     tasks, cache = tiny
-    register(Recipe(name="sleepy-test", fit=_sleepy_fit, summary="sleeps"))
-    register(Recipe(name="hungry-test", fit=_hungry_fit, summary="eats memory"))
+    needs = frozenset({"poses", "ctf"})
+    register(Recipe(name="sleepy-test", fit=_sleepy_fit, summary="sleeps", needs=needs))
+    register(Recipe(name="hungry-test", fit=_hungry_fit, summary="eats memory", needs=needs))
     try:
         methods = available_methods(["sleepy-test", "hungry-test", "backprojection"])
         t0 = time.time()

@@ -108,16 +108,18 @@ def _hungry_fit(particles, known, run, config, device, progress):
 
 
 def test_over_budget_runs_are_recorded_and_the_suite_goes_on(tiny, tmp_path):
-    """A recipe sleeping 60 s under a 5 s budget is killed and recorded 'over_time'; one holding
-    400 MB under a 300 MB budget 'over_memory'; the next method on the task still runs."""
+    """A recipe sleeping 60 s under a 5 s budget is killed and recorded 'over_time' (the next method
+    on the task still runs); one holding 400 MB under a 300 MB budget is killed 'over_memory'."""
     tasks, cache = tiny
     needs = frozenset({"poses", "ctf"})
     register(Recipe(name="sleepy-test", fit=_sleepy_fit, summary="sleeps", needs=needs))
     register(Recipe(name="hungry-test", fit=_hungry_fit, summary="eats memory", needs=needs))
     try:
-        methods = available_methods(["sleepy-test", "hungry-test", "backprojection"])
         t0 = time.time()
-        rows = run_suite(tasks[:1], methods, tmp_path / "out", budget_s=5, memory_mb=300, cache_dir=cache)
+        rows = run_suite(tasks[:1], available_methods(["sleepy-test", "backprojection"]), tmp_path / "out",
+                         budget_s=5, memory_mb=300, cache_dir=cache)
+        rows += run_suite(tasks[:1], available_methods(["hungry-test"]), tmp_path / "out2", budget_s=60,
+                          memory_mb=300, cache_dir=cache)
     finally:
         unregister("sleepy-test")
         unregister("hungry-test")
@@ -126,7 +128,7 @@ def test_over_budget_runs_are_recorded_and_the_suite_goes_on(tiny, tmp_path):
     assert status["hungry-test"] == "over_memory"
     assert "over_time" in (tmp_path / "out/runs/homogeneous-poses-snr1/sleepy-test/report.html").read_text()
     assert status["backprojection"] in ("ok", "over_time")
-    assert time.time() - t0 < 40
+    assert time.time() - t0 < 60
 
 
 def test_heterogeneous_scoring_of_the_truth(tiny, tmp_path):

@@ -9,7 +9,8 @@ and writes into the run folder: ``leaderboard.md``, ``leaderboard.json``, ``plot
 Headline metric per task kind (the table cells): homogeneous — resolution of the map against the
 truth (Å, FSC 0.5; lower is better); discrete and continuous — mean per-image FSC-AUC against
 each image's true map (CryoBench; higher is better, 0.5 = perfect), or, for a method with a
-consensus map only, its resolution against the population-weighted mean map.
+consensus map only, that map scored against each image's true map (its resolution against the
+population-weighted mean map is in the table of all runs).
 """
 
 from __future__ import annotations

@@ -141,6 +141,13 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
 
         def decode(z):  # a discrete method's per-image map is its class map
             return torch.as_tensor(vols)[z[:, 0].long().cpu()].to(z.device)
+    consensus_only = decode is None and outputs.volume is not None and het != "homogeneous"
+    if consensus_only:  # a homogeneous map is every image's map: scored per image like the rest
+        vol = outputs.volume
+        latents = np.zeros((len(labels_true), 1), dtype=np.float32)
+
+        def decode(z):
+            return torch.as_tensor(vol).float()[None].expand(z.shape[0], *vol.shape).to(z.device)
     if decode is not None and latents is not None:
         def decode_aligned(z):
             return torch.stack([frame(v) for v in decode(z)])
@@ -149,7 +156,7 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
                                     device=device)
             arrays["per_image_auc"] = auc
             m.update(per_image_fsc_auc_mean=float(auc.mean()), per_image_fsc_auc_median=float(np.median(auc)))
-        if "conformational_clustering" in scores:
+        if "conformational_clustering" in scores and not consensus_only:
             idx = np.sort(np.random.default_rng(1).choice(len(labels_true), min(n_cluster, len(labels_true)),
                                                           replace=False))
             with torch.no_grad():

@@ -333,11 +333,12 @@ def fit_relion_refine(particles, known, run, config: dict, device=None, progress
     cmd = [mpirun, "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1", "-np", "3",
            "relion_refine_mpi", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=str(wd), capture_output=True, text=True, env=env,
-                          timeout=float(config.get("timeout_s", 3600)))
-    (wd / "relion_refine.log").write_text(proc.stdout + proc.stderr)
+    log_path = wd / "relion_refine.log"  # streamed, so a long refinement can be followed
+    with open(log_path, "w") as log_fh:
+        proc = subprocess.run(cmd, cwd=str(wd), stdout=log_fh, stderr=subprocess.STDOUT, text=True, env=env,
+                              timeout=float(config.get("timeout_s", 3600)))
     if proc.returncode != 0 or not (wd / "out" / "run_class001.mrc").is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-15:])
         raise RelionError(f"relion_refine_mpi (in {wd}) exited with {proc.returncode}:\n{tail}")
     rots, shifts, info = read_refine_outputs(wd / "out", particles)
     h1 = read_volume(wd / "out" / "run_half1_class001_unfil.mrc")[0]

@@ -118,6 +118,24 @@ def _methods(names: str):
         raise InputError(f"--methods: {e.args[0]}") from None
 
 
+def _command_line(args) -> str:
+    """The ``cryolens bench run`` command line equivalent to ``args`` (for the leaderboard)."""
+    parts = ["cryolens", "bench", "run", "--tasks", args.tasks, "--methods", args.methods, "--out", args.out,
+             "--budget-s", f"{args.budget_s:g}", "--memory-mb", f"{args.memory_mb:g}"]
+    for flag, value in (("--only", args.only), ("--cache", args.cache), ("--device", args.device),
+                        ("--markdown", args.markdown)):
+        if value:
+            parts += [flag, value]
+    if args.scale != 1:
+        parts += ["--scale", f"{args.scale:g}"]
+    if args.threads != 1:
+        parts += ["--threads", str(args.threads)]
+    for item in args.set:
+        parts += ["--set", item]
+    parts += [f for f, on in (("--rerun", args.rerun), ("--no-halves", args.no_halves)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -146,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         tasks = _tasks(args)
         methods = _methods(args.methods)
         command = "cryolens " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
-            f"cryolens bench run --tasks {args.tasks} --methods {args.methods} --out {args.out}"
+            _command_line(args)
         t0 = time.time()
 
         def show(row):

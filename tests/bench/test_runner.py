@@ -142,7 +142,7 @@ def test_heterogeneous_scoring_of_the_truth(tiny, tmp_path):
     ds = ensure_dataset(task, cache)
     task.options = {"method_config": {"oracle-test": {"dataset": str(ds)}}}
     register(Recipe(name="oracle-test", fit=_oracle_fit, summary="truth", defaults={"dataset": ""},
-                    heterogeneity="discrete"))
+                    needs=frozenset({"poses", "ctf"}), heterogeneity="discrete"))
     try:
         rows = run_suite([task], available_methods(["oracle-test"]), tmp_path / "out", budget_s=120, cache_dir=cache)
     finally:
@@ -181,7 +181,7 @@ def test_continuous_scoring_with_halves(tiny, tmp_path):
     task = next(t for t in tasks if t.name == "continuous-poses-snr1")
     task.options = {"method_config": {"cont-oracle-test": {"dataset": str(ensure_dataset(task, cache))}}}
     register(Recipe(name="cont-oracle-test", fit=_continuous_oracle_fit, summary="truth", defaults={"dataset": ""},
-                    heterogeneity="continuous"))
+                    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous"))
     try:
         rows = run_suite([task], available_methods(["cont-oracle-test"]), tmp_path / "out", budget_s=120,
                          cache_dir=cache)

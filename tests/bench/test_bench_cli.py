@@ -7,10 +7,10 @@ import json
 from cryolens.cli.main import main
 
 
-def test_bench_run_report_sweep_inject(tmp_path, capsys):
+def test_bench_run_report_sweep_inject(tmp_path, capsys, bench_cache):
     """run → leaderboard.md/json + per-run report.html; report rewrites them; sweep over two seeds
     writes sweep.png; injecting 20° pose errors gives a worse map than none."""
-    cache, out = str(tmp_path / "cache"), tmp_path / "out"
+    cache, out = str(bench_cache), tmp_path / "out"
     rc = main(["bench", "run", "--tasks", "tiny", "--only", "homogeneous-poses", "--methods", "backprojection",
                "--out", str(out), "--cache", cache, "--budget-s", "120", "--markdown", str(tmp_path / "LB.md")])
     assert rc == 0

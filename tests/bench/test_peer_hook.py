@@ -43,14 +43,14 @@ def _fake_module(calls):
     return mod
 
 
-def test_peer_adapter_is_found_and_scored(tmp_path, monkeypatch):
+def test_peer_adapter_is_found_and_scored(tmp_path, monkeypatch, bench_cache):
     """With the stand-in module the adapter is listed and runs on the tiny continuous task; its row
     carries the per-image FSC-AUC of its (constant, hence unrelated) maps, ≈ 0, and latent metrics."""
     calls = []
     monkeypatch.setitem(sys.modules, "cryolens.bench.cryodrgn", _fake_module(calls))
     methods = available_methods(["cryodrgn-4.3"])
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
-    rows = run_suite([task], methods, tmp_path / "out", budget_s=120, cache_dir=tmp_path / "cache", halves=False)
+    rows = run_suite([task], methods, tmp_path / "out", budget_s=120, cache_dir=bench_cache, halves=False)
     assert rows[0]["status"] == "ok", rows[0].get("error")
     m = rows[0]["metrics"]
     assert abs(m["per_image_fsc_auc_mean"]) < 0.05 and "latent_truth_r2" in m

@@ -17,26 +17,26 @@ from cryolens.io.star import read_star
 pytestmark = pytest.mark.relion
 
 
-def test_relion_reconstruct_adapter_matches_backprojection(tmp_path):
+def test_relion_reconstruct_adapter_matches_backprojection(tmp_path, bench_cache):
     """Both methods on the tiny homogeneous task: their maps agree (FSC ≥ 0.9 over shells 1–4)."""
     from cryolens.metrics.fsc import fsc
 
     task = next(t for t in load_tasks("tiny") if t.name == "homogeneous-poses-snr1")
     rows = run_suite([task], available_methods(["relion-reconstruct", "backprojection"]), tmp_path / "out",
-                     budget_s=120, cache_dir=tmp_path / "cache")
+                     budget_s=120, cache_dir=bench_cache)
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
     a = read_volume(tmp_path / "out/runs/homogeneous-poses-snr1/relion-reconstruct/map.mrc")[0]
     b = read_volume(tmp_path / "out/runs/homogeneous-poses-snr1/backprojection/map.mrc")[0]
     assert fsc(a, b)[1:5].min() > 0.9
 
 
-def test_refine_output_reader(tmp_path):
+def test_refine_output_reader(tmp_path, bench_cache):
     """run_data.star written with known RELION angles (in shuffled row order) is read back into
     cryolens rotations R = Rz(rot) Ry(tilt) Rz(psi), in the particles' order, with shifts = −origin/px."""
     from cryolens.bench.relion import write_particles_star
 
     task = next(t for t in load_tasks("tiny") if t.name == "homogeneous-poses-snr1")
-    ds = ensure_dataset(task, tmp_path / "cache")
+    ds = ensure_dataset(task, bench_cache)
     particles = read_star(ds / "particles.star")
     n = len(particles)
     rng = np.random.default_rng(0)

@@ -48,8 +48,8 @@ def _oracle_fit(particles, known, run, config, device, progress):
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    return load_tasks("tiny"), tmp_path / "cache"
+def tiny(bench_cache):
+    return load_tasks("tiny"), bench_cache
 
 
 def test_trivial_recipe_appears_on_the_leaderboard(tiny, tmp_path):

@@ -2,9 +2,11 @@
 
 Frames: a method given the poses reconstructs in the truth's frame. A method that estimated poses
 may have a rotated (or mirrored) frame: when it returns rotations, the global rotation ``G`` (and
-hand) of :func:`cryolens.metrics.align_rotations` is applied to its maps (``V(Gᵀ x)``, after
-``z → −z`` when mirrored), then an integer translation from the cross-correlation peak with the
-truth. Maps are compared unmasked.
+hand) of :func:`cryolens.metrics.align_rotations` — modulo the particle's pseudo-symmetry, see
+:func:`symmetric_pose_alignment` — is a candidate frame for its maps (``V(Gᵀ x)``, after
+``z → −z`` when mirrored) beside the map as given; each candidate gets the integer translation of
+the cross-correlation peak with the truth, and the one whose FSC-AUC against the truth is highest
+is used. Maps are compared unmasked.
 
 Consensus maps of heterogeneous tasks are compared with the population-weighted mean of the
 ground-truth maps (the map a homogeneous method should converge to).
@@ -24,7 +26,7 @@ from ..metrics.classes import class_accuracy
 from ..metrics.fsc import fsc, fsc_auc, resolution_at
 from ..metrics.heterogeneity import conformational_clustering, per_conformation_fsc, per_image_fsc_auc
 from ..metrics.latent import latent_vs_truth
-from ..metrics.pose_error import align_rotations, apply_alignment, rotation_errors
+from ..metrics.pose_error import align_rotations, apply_alignment
 from ..simulate.dataset import read_ground_truth
 
 
@@ -42,6 +44,70 @@ class Truth:
         self.pixel_size = float(gt["pixel_size"])
         pops = np.bincount(self.labels, minlength=self.volumes.shape[0]) / len(self.labels)
         self.consensus = (torch.as_tensor(pops, dtype=torch.float32)[:, None, None, None] * self.volumes).sum(0)
+        self.symmetry = symmetry_operators(gt["model_files"][0] if gt["model_files"] else None)
+
+
+def symmetry_operators(model_path, max_rmsd: float = 3.0) -> list[torch.Tensor]:
+    """Rotations ``S`` (volume frame, ``(3, 3)`` float64) with ``V(S u) ≈ V(u)``: the identity, plus the
+    pseudo two-fold of a homodimer — the Kabsch rotation superposing the Cα of its second-largest chain
+    on the largest's (paired by residue number) when they superpose to within ``max_rmsd`` Å (the
+    bundled HIV-1 protease models). Poses ``R`` and ``S R`` then give the same images, so a pose error is
+    measured to the nearest of them."""
+    ops = [torch.eye(3, dtype=torch.float64)]
+    if model_path is None:
+        return ops
+    from ..io.atomic import read_atoms
+    from ..metrics.atomic import backbone_ca, kabsch, rmsd_superposed
+
+    ca = backbone_ca(read_atoms(model_path))
+    if ca.chain_ids is None or ca.residue_numbers is None:
+        return ops
+    names, counts = np.unique(ca.chain_ids, return_counts=True)
+    if len(names) < 2:
+        return ops
+    c1, c2 = names[np.argsort(-counts)[:2]]  # the two largest chains, paired by residue number
+    r1 = {int(r): i for i, r in zip(np.nonzero(ca.chain_ids == c1)[0], ca.residue_numbers[ca.chain_ids == c1])}
+    r2 = {int(r): i for i, r in zip(np.nonzero(ca.chain_ids == c2)[0], ca.residue_numbers[ca.chain_ids == c2])}
+    common = sorted(set(r1) & set(r2))
+    if len(common) < 10:
+        return ops
+    a = ca.coords[[r1[r] for r in common]]
+    b = ca.coords[[r2[r] for r in common]]
+    if rmsd_superposed(b, a) > max_rmsd:
+        return ops
+    r, _ = kabsch(b, a)
+    ops.append(torch.as_tensor(r, dtype=torch.float64))
+    return ops
+
+
+def symmetric_pose_alignment(r_est: torch.Tensor, r_true: torch.Tensor, ops: list[torch.Tensor],
+                             iterations: int = 3) -> tuple[torch.Tensor, bool, np.ndarray]:
+    """Global alignment (and hand) of estimated poses to true ones when each true pose ``T`` is only
+    defined up to ``S T`` (``S`` in ``ops``): align, give each image the copy of its truth nearest to
+    its aligned pose, realign on those, a few times. Returns ``(G, mirrored, errors in degrees (N,))``."""
+    from ..imaging.rotations import geodesic_distance
+
+    copies = torch.stack([s.to(r_true) @ r_true for s in ops])  # (S, N, 3, 3)
+    idx = torch.arange(r_true.shape[0])
+
+    def errors(g, mirrored):
+        aligned = apply_alignment(r_est, g, mirrored)
+        return torch.stack([geodesic_distance(aligned, c) for c in copies])  # (S, N)
+
+    # starts: the plain alignment to each copy of the truth, and the identity in both hands
+    starts = [align_rotations(r_est, c) for c in copies]
+    starts += [(torch.eye(3, dtype=torch.float64, device=r_est.device), h) for h in (False, True)]
+    best = None
+    for g, mirrored in starts:
+        for _ in range(iterations if len(ops) > 1 else 0):
+            d = errors(g, mirrored)
+            g, mirrored = align_rotations(r_est, copies[d.argmin(0), idx])
+        err = errors(g, mirrored).min(0).values
+        med = float(err.median())
+        if best is None or med < best[0]:
+            best = (med, g, mirrored, err)
+    _, g, mirrored, err = best
+    return g, mirrored, np.rad2deg(err.cpu().numpy())
 
 
 def rotate_map(volume: torch.Tensor, g: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
@@ -105,18 +171,29 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
     scores = set(task.scores)
     het = task.heterogeneity
     frame = Frame()
+    reference = truth.volumes[0] if het == "homogeneous" else truth.consensus
+    candidates = [Frame()]
     if outputs.rotations is not None and not known.poses:
         r_est = torch.as_tensor(outputs.rotations).double()
-        g, mirrored = align_rotations(r_est, truth.rotations.double())
-        frame = Frame(g.cpu(), mirrored)
+        arrays["est_rotations"] = r_est.float().cpu().numpy()
+        g, mirrored, err = symmetric_pose_alignment(r_est, truth.rotations.double(), truth.symmetry)
+        candidates.append(Frame(g.cpu(), mirrored))
         if "pose_error" in scores:
-            err = rotation_errors(apply_alignment(r_est, g, mirrored), truth.rotations.double(), align=False)
             arrays["pose_errors_deg"] = err
             m.update(pose_error_median_deg=float(np.median(err)), pose_error_mean_deg=float(err.mean()),
-                     pose_mirrored=bool(mirrored))
-    reference = truth.volumes[0] if het == "homogeneous" else truth.consensus
-    if outputs.volume is not None and not known.poses:
-        frame.shift = translation_to(frame(outputs.volume), reference)
+                     pose_mirrored=bool(mirrored), pose_symmetry_ops=len(truth.symmetry))
+    probe = outputs.volume if outputs.volume is not None else (
+        torch.as_tensor(outputs.volumes).float().mean(0) if outputs.volumes is not None else None)
+    if probe is not None and not known.poses:
+        # the map's frame: as given, or the one implied by the poses — whichever fits the truth
+        # (with a pseudo-symmetric particle the poses' global rotation can be one of the copies)
+        best = None
+        for cand in candidates:
+            cand.shift = translation_to(cand(probe), reference)
+            auc = fsc_auc(fsc(cand(probe), reference), reference.shape[-1])
+            if best is None or auc > best[0]:
+                best = (auc, cand)
+        frame = best[1]
     m["frame"] = frame.as_dict()
     if outputs.volume is not None and "fsc_gt" in scores:
         v = frame(outputs.volume)

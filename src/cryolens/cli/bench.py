@@ -2,7 +2,7 @@
 
   cryolens bench list                                   tasks of the built-in suites, methods
   cryolens bench run --tasks default --methods all --out bench_run [--budget-s 600 --scale 1]
-  cryolens bench report bench_run [--markdown benchmarks/LEADERBOARD.md]
+  cryolens bench report bench_run [--rescore] [--markdown benchmarks/LEADERBOARD.md]
   cryolens bench sweep --tasks tiny --task NAME --method M [--param P --values 1,2,4] --seeds 0,1,2 --out DIR
   cryolens bench inject --tasks default --task NAME --pose-errors 0,2,5,10 --defocus-errors 0,500,1000 --out DIR
 
@@ -48,6 +48,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--markdown", default=None, help="also write the leaderboard Markdown here")
     q = sub.add_parser("report", help="(re)write the leaderboard of a run folder")
     q.add_argument("run_dir")
+    q.add_argument("--rescore", action="store_true",
+                   help="score the finished runs with unknown poses again from their files first")
     q.add_argument("--markdown", default=None, help="also write the leaderboard Markdown here")
     q = sub.add_parser("sweep", help="rerun one recipe over seeds and one option; plot the spread")
     common(q, many=False)
@@ -187,6 +189,11 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "report":
         from ..bench.leaderboard import write_leaderboard
 
+        if args.rescore:
+            from ..bench.rescore import rescore
+
+            for row in rescore(args.run_dir):
+                print(f"rescored {row['task']} / {row['method']}")
         board = write_leaderboard(args.run_dir, markdown_copy=args.markdown)
         print(board["markdown"].split("## All runs")[0])
         return 0

@@ -189,12 +189,21 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "report":
         from ..bench.leaderboard import write_leaderboard
 
+        command = ""
         if args.rescore:
+            import json
+            from pathlib import Path
+
             from ..bench.rescore import rescore
 
             for row in rescore(args.run_dir):
                 print(f"rescored {row['task']} / {row['method']}")
-        board = write_leaderboard(args.run_dir, markdown_copy=args.markdown)
+            results = Path(args.run_dir) / "results.json"
+            first = json.loads(results.read_text()).get("command", "") if results.is_file() else ""
+            again = f"cryolens bench report {args.run_dir} --rescore" + (f" --markdown {args.markdown}"
+                                                                       if args.markdown else "")
+            command = f"{first}\n{again}" if first else again
+        board = write_leaderboard(args.run_dir, command, markdown_copy=args.markdown)
         print(board["markdown"].split("## All runs")[0])
         return 0
     if cmd == "sweep":

@@ -193,3 +193,37 @@ def test_continuous_scoring_with_halves(tiny, tmp_path):
     assert m["per_image_fsc_auc_mean"] == pytest.approx(0.5, abs=1e-6)
     assert m["conformational_w2_relative"] < 0.35
     assert (tmp_path / "out/runs/continuous-poses-snr1/cont-oracle-test/latents.png").is_file()
+
+
+def _pose_oracle_fit(particles, known, run, config, device, progress):
+    """Returns the true map and the true poses rotated by a global G (a rotated frame)."""
+    gt = read_ground_truth(config["dataset"])
+    g = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    vol = torch.from_numpy(read_volume(gt["volume_files"][0])[0].copy())
+    return MethodOutputs(pixel_size=particles.pixel_size, volume=vol,
+                         rotations=g.T @ torch.as_tensor(gt["rotations"])[np.asarray(particles.image_index)])
+
+
+def test_rescore_from_the_run_folder(tiny, tmp_path):
+    """A run with unknown poses is scored again from its files alone (map.mrc, saved poses): the
+    same pose error (0 modulo the global rotation) and resolution (Nyquist) as the first scoring."""
+    from cryolens.bench.rescore import rescore
+
+    tasks, cache = tiny
+    from cryolens.bench.suite import ensure_dataset
+
+    task = next(t for t in tasks if t.name == "homogeneous-nopose-snr1")
+    task.options = {"method_config": {"pose-oracle-test": {"dataset": str(ensure_dataset(task, cache))}}}
+    register(Recipe(name="pose-oracle-test", fit=_pose_oracle_fit, summary="truth", defaults={"dataset": ""},
+                    needs=frozenset({"ctf"})))
+    try:
+        rows = run_suite([task], available_methods(["pose-oracle-test"]), tmp_path / "out", budget_s=120,
+                         cache_dir=cache)
+    finally:
+        unregister("pose-oracle-test")
+    first = rows[0]["metrics"]
+    again = rescore(tmp_path / "out")
+    assert len(again) == 1 and again[0]["rescored"]
+    m = again[0]["metrics"]
+    assert first["pose_error_median_deg"] < 1e-3 and m["pose_error_median_deg"] < 1e-3
+    assert m["gt_resolution_A"] == pytest.approx(first["gt_resolution_A"]) == pytest.approx(12.0)

@@ -42,3 +42,18 @@ def _require_relion(request):
         if os.environ.get("CRYOLENS_REQUIRE_RELION") == "1":
             pytest.fail(msg + "; CRYOLENS_REQUIRE_RELION=1 makes this a failure")
         pytest.skip(msg)
+
+
+@pytest.fixture(autouse=True)
+def _require_browser(request):
+    """Skip (or, with CRYOLENS_REQUIRE_BROWSER=1 or CI's CRYOLENS_REQUIRE_RELION=1, fail) a
+    browser-marked test when headless chromium is missing."""
+    if request.node.get_closest_marker("browser") is None:
+        return
+    import shutil
+
+    if shutil.which("chromium") is None:
+        msg = "chromium not found (apt-get install -y --no-install-recommends chromium)"
+        if "1" in (os.environ.get("CRYOLENS_REQUIRE_BROWSER"), os.environ.get("CRYOLENS_REQUIRE_RELION")):
+            pytest.fail(msg + "; CRYOLENS_REQUIRE_BROWSER / CRYOLENS_REQUIRE_RELION make this a failure")
+        pytest.skip(msg)

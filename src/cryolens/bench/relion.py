@@ -219,3 +219,132 @@ def fsc(vol1, vol2, pixel_size: float = 1.0, workdir: str | os.PathLike | None =
         write_volume(wd / "map2.mrc", _array(vol2).astype(np.float32), pixel_size)
         out = run_relion("relion_image_handler", ["--i", "map1.mrc", "--fsc", "map2.mrc", "--angpix", pixel_size], wd)
     return parse_fsc_table(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark adapters: RELION 3.1 as a method with the registry's ``fit`` signature, so the runner
+# scores it on the same tasks as the cryolens recipes (see :mod:`cryolens.bench.adapters`).
+# ---------------------------------------------------------------------------------------------
+
+def _write_input_star(particles, run_dir: Path, seed: int = 0) -> Path:
+    """``particles.star`` (RELION 3.1) in ``run_dir`` with ``rlnRandomSubset`` 1/2 (equal random halves)."""
+    from ..io.star import write_star
+    from ..methods.backprojection import half_set_labels
+
+    p = particles.subset(np.arange(len(particles)))
+    p.extra["rlnRandomSubset"] = half_set_labels(particles, seed) + 1
+    return write_star(run_dir / "particles.star", p)
+
+
+def _half_map_outputs(half1: np.ndarray, half2: np.ndarray, full: np.ndarray, pixel_size: float, extra: dict):
+    import torch
+
+    from ..methods.registry import MethodOutputs
+    from ..metrics.fsc import fsc as _fsc
+    from ..metrics.fsc import resolution_at
+
+    curve = _fsc(half1, half2)
+    metrics = {"resolution_halfmap_0143_A": resolution_at(curve, 0.143, pixel_size, full.shape[-1]),
+               "fsc_halfmaps": curve.tolist(), **extra}
+    return MethodOutputs(pixel_size=pixel_size, volume=torch.from_numpy(np.ascontiguousarray(full)),
+                         half_maps=(torch.from_numpy(np.ascontiguousarray(half1)),
+                                    torch.from_numpy(np.ascontiguousarray(half2))), metrics=metrics)
+
+
+def fit_relion_reconstruct(particles, known, run, config: dict, device=None, progress: bool = True):
+    """Adapter: ``relion_reconstruct --ctf`` from the known poses and CTFs, once per random half
+    (``--subset 1/2``) and once for all images; the files stay in ``run/relion``."""
+    wd = run.path("relion")
+    wd.mkdir(parents=True, exist_ok=True)
+    _write_input_star(particles, wd, int(config.get("seed", 0)))
+    ctf = particles.ctf is not None
+    pad = int(config.get("pad", 2))
+    t = float(config.get("timeout_s", 3600))
+    maps = []
+    for name, extra in (("half1.mrc", ["--subset", "1"]), ("half2.mrc", ["--subset", "2"]), ("map.mrc", [])):
+        args = ["--i", "particles.star", "--o", name, "--pad", pad, "--angpix", particles.pixel_size, *extra]
+        if ctf:
+            args.append("--ctf")
+        run_relion("relion_reconstruct", args, wd, timeout=t)
+        maps.append(read_volume(wd / name)[0])
+    return _half_map_outputs(maps[0], maps[1], maps[2], particles.pixel_size, {})
+
+
+def refine_command(config: dict, pixel_size: float, box: int, ctf: bool) -> list[str]:
+    """The ``relion_refine_mpi`` arguments of the auto-refine adapter (3D auto-refine with gold-standard
+    halves, starting from ``initial_model`` low-pass filtered to ``ini_high_A``)."""
+    diameter = float(config.get("particle_diameter_A") or 0.9 * box * pixel_size)
+    args = ["--i", "particles.star", "--o", "out/run", "--ref", "initial.mrc", "--ini_high", config["ini_high_A"],
+            "--auto_refine", "--split_random_halves", "--particle_diameter", f"{diameter:.1f}",
+            "--healpix_order", config["healpix_order"], "--auto_local_healpix_order", config["local_healpix_order"],
+            "--offset_range", config["offset_range_px"], "--offset_step", config["offset_step_px"], "--sym", "C1",
+            "--pad", 2, "--low_resol_join_halves", 40, "--norm", "--scale", "--flatten_solvent", "--zero_mask",
+            "--oversampling", 1, "--dont_combine_weights_via_disc", "--pool", 30, "--j", 1, "--angpix", pixel_size,
+            "--firstiter_cc"]
+    if ctf:
+        args.append("--ctf")
+    return [str(a) for a in args]
+
+
+def read_refine_outputs(out_dir: str | os.PathLike, particles) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Rotations ``(N, 3, 3)`` (cryolens convention) and shifts ``(N, 2)`` px from the final
+    ``run_data.star`` of an auto-refine in ``out_dir``, in the order of ``particles`` (matched by
+    ``rlnImageName``), plus RELION's reported resolution (``rlnCurrentResolution``, Å)."""
+    from ..io.star import read_star
+
+    out = Path(out_dir)
+    refined = read_star(out / "run_data.star")
+    key = {(Path(refined.image_path(i)).name, int(refined.image_index[i])): i for i in range(len(refined))}
+    order = np.array([key[(Path(particles.image_path(i)).name, int(particles.image_index[i]))]
+                      for i in range(len(particles))])
+    rots = refined.rotations[order].numpy()
+    shifts = refined.shifts[order].numpy() if refined.shifts is not None else np.zeros((len(particles), 2))
+    info = {}
+    model = out / "run_model.star"
+    if model.is_file():
+        for line in model.read_text().splitlines():
+            if line.startswith("_rlnCurrentResolution"):
+                info["relion_resolution_A"] = float(line.split()[1])
+                break
+    return rots, shifts, info
+
+
+def fit_relion_refine(particles, known, run, config: dict, device=None, progress: bool = True):
+    """Adapter: RELION 3D auto-refine (``mpirun -np 3 relion_refine_mpi``: a master and two workers,
+    one per half) from ``config["initial_model"]`` (a map path, low-pass filtered by RELION to
+    ``ini_high_A``); returns the final map, the unfiltered half maps and the refined poses."""
+    import torch
+
+    from ..io.mrc import write_volume
+
+    init = config.get("initial_model")
+    if not init:
+        raise RelionError("relion_refine adapter: no initial_model given (the runner passes the task's)")
+    wd = run.path("relion")
+    (wd / "out").mkdir(parents=True, exist_ok=True)
+    _write_input_star(particles, wd, int(config.get("seed", 0)))
+    vol, _ = read_volume(init)
+    write_volume(wd / "initial.mrc", vol, particles.pixel_size)
+    args = refine_command(config, particles.pixel_size, particles.box_size, particles.ctf is not None)
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise RelionNotFound(f"mpirun not found on PATH ({INSTALL_HINT})")
+    relion_program("relion_refine_mpi")
+    cmd = [mpirun, "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1", "-np", "3",
+           "relion_refine_mpi", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    log_path = wd / "relion_refine.log"  # streamed, so a long refinement can be followed
+    with open(log_path, "w") as log_fh:
+        proc = subprocess.run(cmd, cwd=str(wd), stdout=log_fh, stderr=subprocess.STDOUT, text=True, env=env,
+                              timeout=float(config.get("timeout_s", 3600)))
+    if proc.returncode != 0 or not (wd / "out" / "run_class001.mrc").is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-15:])
+        raise RelionError(f"relion_refine_mpi (in {wd}) exited with {proc.returncode}:\n{tail}")
+    rots, shifts, info = read_refine_outputs(wd / "out", particles)
+    h1 = read_volume(wd / "out" / "run_half1_class001_unfil.mrc")[0]
+    h2 = read_volume(wd / "out" / "run_half2_class001_unfil.mrc")[0]
+    full = read_volume(wd / "out" / "run_class001.mrc")[0]
+    outputs = _half_map_outputs(h1, h2, full, particles.pixel_size, info)
+    outputs.rotations = torch.from_numpy(rots).float()
+    outputs.shifts = torch.from_numpy(shifts).float()
+    return outputs

@@ -15,7 +15,7 @@ import sys
 from ..errors import InputError
 
 COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo", "refine", "classify", "abinit", "train",
-            "eval-vol", "analyze"]
+            "eval-vol", "analyze", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

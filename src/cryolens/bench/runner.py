@@ -1,0 +1,347 @@
+"""The benchmark runner: every compatible method × task, each in its own process under a time and
+memory budget, scored the same way.
+
+A method is a registered recipe (:func:`cryolens.methods.registry.recipes`) or an outside-program
+adapter (:mod:`cryolens.bench.adapters`); both have ``fit(particles, known, run, config, device,
+progress) -> MethodOutputs``. A pair runs when ``recipe.accepts(task.known)`` and the recipe's
+heterogeneity is one the task allows (``task.method_kinds``).
+
+Each run is a forked child process (so recipes registered at run time, e.g. in a test, are
+seen) in its own process group. The parent polls the private resident memory of the group and of
+every descendant (``/proc``, every 0.5 s: ``peak_mem_mb``; ``mpirun`` puts its ranks in groups of
+their own) and the wall time, and kills them all when the run exceeds ``budget_s`` or
+``memory_mb``; the run is then recorded with status ``over_time`` / ``over_memory`` and the suite
+goes on. Before ``fit`` the child removes what the task does not give: poses (rotations and
+shifts) unless ``known.poses``, the CTF unless ``known.ctf``, and every extra per-particle column.
+
+Layout of ``out``::
+
+    runs/<task>/<method>/   config.json, metrics.json, result.json, maps (.mrc), plots, report.html,
+                            (error.txt on failure), whatever the recipe wrote (log.jsonl, ...)
+    results.json            every run's row (rewritten after each run)
+
+A run whose ``result.json`` exists with status ``ok`` for the same task spec and config is not run
+again (resume), unless ``rerun``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io.files import atomic_write_text
+from ..methods.registry import Recipe, recipes
+from .suite import Task, ensure_dataset
+
+log = logging.getLogger(__name__)
+
+#: the ground-truth map given as ``initial_model`` to recipes that take one, low-pass filtered to this (Å)
+INITIAL_LOWPASS_A = 30.0
+
+
+@dataclass
+class Method:
+    """A method the runner can run: a recipe and where it comes from (``registry`` / ``adapter``)."""
+
+    name: str
+    recipe: Recipe
+    origin: str
+
+
+def available_methods(names: list[str] | None = None, include_adapters: bool = True) -> dict[str, Method]:
+    """Registered recipes and adapters by name; ``names`` selects (an unknown name is a KeyError
+    listing the known ones; ``all`` selects every one)."""
+    from .adapters import adapters
+
+    pool = {n: Method(n, r, "registry") for n, r in recipes().items()}
+    if include_adapters:
+        pool.update({n: Method(n, r, "adapter") for n, r in adapters().items()})
+    if not names or names == ["all"]:
+        return pool
+    unknown = [n for n in names if n not in pool]
+    if unknown:
+        raise KeyError(f"unknown methods {unknown} (available: {', '.join(sorted(pool))})")
+    return {n: pool[n] for n in names}
+
+
+def compatible(recipe: Recipe, task: Task) -> bool:
+    """The recipe gets what it needs from the task and models a heterogeneity the task allows (or
+    is named in the task's ``consensus_methods``: a homogeneous baseline on a heterogeneous task,
+    scored against the population-weighted mean map). A recipe that estimates poses itself runs
+    only where the poses are withheld, unless the task sets ``pose_estimators_on_known_poses``
+    (it would ignore the poses it is given, and costs the most)."""
+    if task.known.poses and "poses" not in recipe.needs and not task.options.get("pose_estimators_on_known_poses"):
+        return False
+    return recipe.accepts(task.known) and (recipe.heterogeneity in task.method_kinds or
+                                           recipe.name in (task.options.get("consensus_methods") or []))
+
+
+def strip_unknown(particles, known):
+    """A copy of ``particles`` holding only what ``known`` gives: images, pixel size, and the poses
+    (rotations, shifts) and CTF when known; extra columns are dropped."""
+    from ..io.particles import Particles
+
+    return Particles(pixel_size=particles.pixel_size, box_size=particles.box_size,
+                     image_files=list(particles.image_files), image_file_index=particles.image_file_index.copy(),
+                     image_index=particles.image_index.copy(),
+                     rotations=particles.rotations.clone() if known.poses and particles.rotations is not None else None,
+                     shifts=particles.shifts.clone() if known.poses and particles.shifts is not None else None,
+                     ctf=particles.ctf if known.ctf else None, extra={}, source=particles.source)
+
+
+def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Path:
+    """``initial_model_<A>A.mrc`` beside the dataset: the (population-weighted mean) ground truth
+    low-pass filtered to ``lowpass_a`` Å (soft edge), written once."""
+    import torch
+
+    from ..imaging.grids import lowpass_filter_3d
+    from ..imaging.fft import fft3_centered, ifft3_centered
+    from ..io.mrc import write_volume
+    from .scoring import Truth
+
+    out = dataset_dir / f"initial_model_{lowpass_a:g}A.mrc"
+    if out.is_file():
+        return out
+    truth = Truth(dataset_dir)
+    d = truth.volumes.shape[-1]
+    filt = lowpass_filter_3d(d, truth.pixel_size / lowpass_a)
+    vol = ifft3_centered(fft3_centered(truth.consensus.to(torch.complex64)) * filt).real
+    write_volume(out, vol.numpy(), truth.pixel_size)
+    return out
+
+
+INITIAL_MODEL_KEYS = ("initial_model", "init_map")
+
+
+def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict) -> dict:
+    """The recipe's defaults updated with the task file's ``method_config`` and the caller's
+    overrides (options the recipe does not have are dropped from the task file's, with a log line,
+    since a suite names options of recipes that may not have landed; the caller's must exist).
+    Methods listed in the task's ``initial_model.methods`` get the ground truth low-pass filtered
+    to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty."""
+    rec = method.recipe
+    from_task = dict(task.options.get("method_config", {}).get(method.name, {}) or {})
+    dropped = sorted(set(from_task) - set(rec.defaults))
+    if dropped:
+        log.warning("task %s: %s has no options %s; ignored", task.name, method.name, dropped)
+    over = {k: v for k, v in from_task.items() if k in rec.defaults}
+    over.update({k: v for k, v in (overrides.get(method.name, {}) or {}).items()})
+    over.update({k: v for k, v in (overrides.get("*", {}) or {}).items() if k in rec.defaults})
+    cfg = rec.config(over)
+    init = task.options.get("initial_model", {}) or {}
+    wants = method.name in (init.get("methods") or []) or "initial_model" in rec.defaults
+    for key in INITIAL_MODEL_KEYS:
+        if wants and key in cfg and not cfg[key]:
+            cfg[key] = str(initial_model(dataset_dir, float(init.get("lowpass_A", INITIAL_LOWPASS_A))))
+    return cfg
+
+
+def _json(x):
+    from ..io.runfolder import _jsonable
+
+    return _jsonable(x)
+
+
+def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, device: str | None,
+               threads: int, halves: bool) -> None:
+    """Body of the forked child: fit, score, write the run folder and ``result.json``."""
+    os.setpgid(0, 0)
+    import resource
+
+    import torch
+
+    from ..io.runfolder import RunFolder
+    from ..io.star import read_star
+    from .outputs import write_run_outputs
+    from .scoring import Truth, score
+
+    torch.set_num_threads(threads)
+    run = RunFolder(run_dir)
+    result: dict = {"task": task.name, "method": method.name, "origin": method.origin, "status": "failed"}
+    try:
+        run.write_config("bench run", {"task": task.as_dict(), "method": method.name, "config": config,
+                                       "dataset": str(dataset_dir), "device": device, "threads": threads})
+        full = read_star(dataset_dir / "particles.star")
+        particles = strip_unknown(full, task.known)
+        dev = torch.device(device) if device else torch.device("cpu")
+        t0 = time.time()
+        outputs = method.recipe.fit(particles, task.known, run, config, dev, False)
+        fit_s = time.time() - t0
+        halves_latents = None
+        if halves and outputs.latents is not None and "conformational_resolution" in task.scores:
+            rng = np.random.default_rng(12345)
+            order = rng.permutation(len(particles))
+            lat = []
+            for h, idx in enumerate((np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:]))):
+                sub = RunFolder(run.path(f"half{h + 1}"))
+                lat.append(np.asarray(method.recipe.fit(particles.subset(idx), task.known, sub, config, dev,
+                                                        False).latents))
+            halves_latents = (lat[0], lat[1])
+        truth = Truth(dataset_dir)
+        metrics, arrays = score(task, truth, outputs, task.known, device=dev, halves_latents=halves_latents)
+        metrics.update({f"method_{k}": v for k, v in (outputs.metrics or {}).items()
+                        if isinstance(v, (int, float, str, bool))})
+        metrics["fit_s"] = fit_s
+        metrics["total_s"] = time.time() - t0
+        write_run_outputs(run, task, method.name, outputs, truth, metrics, arrays)
+        result["status"] = "ok"
+        result["metrics"] = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+    except Exception as e:  # recorded, never raised: the suite goes on
+        result["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+        atomic_write_text(run.path("error.txt"), traceback.format_exc())
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["child_max_rss_mb"] = usage / 1024
+    atomic_write_text(run.path("result.json"), json.dumps(_json(result), indent=2) + "\n")
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """``{pid: (parent pid, process group)}`` of every process (from ``/proc``)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            out[int(pid)] = (int(fields[1]), int(fields[2]))  # stat fields 4 (ppid) and 5 (pgrp)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _run_processes(root: int) -> list[int]:
+    """The run's processes: ``root``, its process group, and every descendant of either (``mpirun``
+    starts its ranks in process groups of their own)."""
+    table = _process_table()
+    members = {p for p, (_, g) in table.items() if g == root} | ({root} if root in table else set())
+    children: dict[int, list[int]] = {}
+    for p, (pp, _) in table.items():
+        children.setdefault(pp, []).append(p)
+    stack = list(members)
+    while stack:
+        for c in children.get(stack.pop(), []):
+            if c not in members:
+                members.add(c)
+                stack.append(c)
+    return sorted(members)
+
+
+def _private_mb(pids: list[int]) -> float:
+    """Private resident memory (MB: ``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``)
+    of ``pids``. Pages a forked child still shares with the runner are not counted: they are the
+    runner's, not the run's."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 2 ** 20
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, budget_s: float,
+            memory_mb: float, device: str | None = None, threads: int = 1, halves: bool = True) -> dict:
+    """Run one method on one task in a forked child under the budget; returns its result row."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "error.txt"):
+        (run_dir / stale).unlink(missing_ok=True)
+    ctx = mp.get_context("fork")
+    proc = ctx.Process(target=_run_child, args=(method, task, dataset_dir, run_dir, config, device, threads, halves),
+                       daemon=False)
+    t0 = time.time()
+    proc.start()
+    peak, status = 0.0, None
+    while proc.is_alive():
+        proc.join(0.5)
+        pids = _run_processes(proc.pid)
+        rss = _private_mb(pids)
+        peak = max(peak, rss)
+        if time.time() - t0 > budget_s:
+            status = "over_time"
+        elif rss > memory_mb:
+            status = "over_memory"
+        if status:
+            _kill(pids)
+            proc.join()
+            break
+    wall = time.time() - t0
+    _kill([p for p in _run_processes(proc.pid) if p != os.getpid()])  # nothing of the run outlives it
+    res_path = run_dir / "result.json"
+    if status is None and res_path.is_file():
+        row = json.loads(res_path.read_text())
+    else:
+        row = {"task": task.name, "method": method.name, "origin": method.origin,
+               "status": status or "crashed",
+               "error": (f"killed after {wall:.0f} s (budget {budget_s:.0f} s)" if status == "over_time" else
+                         f"killed at {peak:.0f} MB (budget {memory_mb:.0f} MB)" if status == "over_memory" else
+                         f"the process ended with exit code {proc.exitcode} and no result")}
+    row.update(wall_s=wall, peak_mem_mb=peak, budget_s=budget_s,
+               memory_mb=memory_mb, task_hash=task.dataset_hash(), config=config, snr=task.snr,
+               heterogeneity=task.heterogeneity, known={"poses": task.known.poses, "ctf": task.known.ctf},
+               run_dir=str(run_dir), dataset_dir=str(dataset_dir), n_images=int(task.dataset["n_images"]),
+               box=int(task.dataset["box"]), pixel_size=float(task.dataset["pixel_size"]))
+    atomic_write_text(res_path, json.dumps(_json(row), indent=2) + "\n")
+    from ..analysis.report import write_report
+
+    write_report(run_dir, f"{method.name} on {task.name}: {row['status']}")  # every run folder has one
+    return row
+
+
+def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathLike, budget_s: float = 600,
+              memory_mb: float = 6000, cache_dir: str | os.PathLike | None = None, device: str | None = None,
+              threads: int = 1, overrides: dict | None = None, rerun: bool = False, halves: bool = True,
+              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run every compatible method × task (module docstring); returns all result rows (also in
+    ``out/results.json``). ``overrides``: ``{method: {option: value}}``, ``"*"`` for every recipe
+    that has the option."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    t_suite = time.time()
+    # tasks with known poses first: they are the cheap ones, so a suite cut short still has them
+    for task in sorted(tasks, key=lambda t: not t.known.poses):
+        pairs = [m for m in methods.values() if compatible(m.recipe, task)]
+        if not pairs:
+            continue
+        dataset_dir = ensure_dataset(task, cache_dir, device=None)
+        for method in pairs:
+            run_dir = out / "runs" / task.name / method.name
+            config = _config_for(method, task, dataset_dir, overrides or {})
+            prev = run_dir / "result.json"
+            if not rerun and prev.is_file():
+                old = json.loads(prev.read_text())
+                if old.get("status") == "ok" and old.get("task_hash") == task.dataset_hash() and \
+                        old.get("config") == _json(config):
+                    old["resumed"] = True
+                    rows.append(old)
+                    continue
+            row = run_one(method, task, dataset_dir, run_dir, config, budget_s, memory_mb, device, threads, halves)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+            atomic_write_text(out / "results.json", json.dumps(_json(
+                {"rows": rows, "suite_wall_s": time.time() - t_suite}), indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(_json({"rows": rows, "suite_wall_s": time.time() - t_suite}),
+                                                       indent=2) + "\n")
+    return rows

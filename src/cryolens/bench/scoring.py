@@ -1,0 +1,256 @@
+"""Score one method's outputs on one task against the task's ground truth.
+
+Frames: a method given the poses reconstructs in the truth's frame. A method that estimated poses
+may have a rotated (or mirrored) frame: when it returns rotations, the global rotation ``G`` (and
+hand) of :func:`cryolens.metrics.align_rotations` — modulo the particle's pseudo-symmetry, see
+:func:`symmetric_pose_alignment` — is a candidate frame for its maps (``V(Gᵀ x)``, after
+``z → −z`` when mirrored) beside the map as given; each candidate gets the integer translation of
+the cross-correlation peak with the truth, and the one whose FSC-AUC against the truth is highest
+is used. Maps are compared unmasked.
+
+Consensus maps of heterogeneous tasks are compared with the population-weighted mean of the
+ground-truth maps (the map a homogeneous method should converge to).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..imaging.grids import coord_grid_3d
+from ..io.mrc import read_volume
+from ..metrics.classes import class_accuracy
+from ..metrics.fsc import fsc, fsc_auc, resolution_at
+from ..metrics.heterogeneity import conformational_clustering, per_conformation_fsc, per_image_fsc_auc
+from ..metrics.latent import latent_vs_truth
+from ..metrics.pose_error import align_rotations, apply_alignment
+from ..simulate.dataset import read_ground_truth
+
+
+class Truth:
+    """The ground truth of a cached dataset: ``volumes (K, D, D, D)``, ``labels (N,)``,
+    ``rotations (N, 3, 3)``, ``state_values (N,)`` or None, ``pixel_size``."""
+
+    def __init__(self, dataset_dir: str | Path):
+        gt = read_ground_truth(dataset_dir)
+        self.volumes = torch.stack([torch.from_numpy(np.ascontiguousarray(read_volume(p)[0]))
+                                    for p in gt["volume_files"]]).float()
+        self.labels = np.asarray(gt["labels"]).astype(np.int64)
+        self.rotations = torch.from_numpy(np.asarray(gt["rotations"], dtype=np.float32))
+        self.state_values = np.asarray(gt["hinge_angle_deg"]) if "hinge_angle_deg" in gt else None
+        self.pixel_size = float(gt["pixel_size"])
+        pops = np.bincount(self.labels, minlength=self.volumes.shape[0]) / len(self.labels)
+        self.consensus = (torch.as_tensor(pops, dtype=torch.float32)[:, None, None, None] * self.volumes).sum(0)
+        self.symmetry = symmetry_operators(gt["model_files"][0] if gt["model_files"] else None)
+
+
+def symmetry_operators(model_path, max_rmsd: float = 3.0) -> list[torch.Tensor]:
+    """Rotations ``S`` (volume frame, ``(3, 3)`` float64) with ``V(S u) ≈ V(u)``: the identity, plus the
+    pseudo two-fold of a homodimer — the Kabsch rotation superposing the Cα of its second-largest chain
+    on the largest's (paired by residue number) when they superpose to within ``max_rmsd`` Å (the
+    bundled HIV-1 protease models). Poses ``R`` and ``S R`` then give the same images, so a pose error is
+    measured to the nearest of them."""
+    ops = [torch.eye(3, dtype=torch.float64)]
+    if model_path is None:
+        return ops
+    from ..io.atomic import read_atoms
+    from ..metrics.atomic import backbone_ca, kabsch, rmsd_superposed
+
+    ca = backbone_ca(read_atoms(model_path))
+    if ca.chain_ids is None or ca.residue_numbers is None:
+        return ops
+    names, counts = np.unique(ca.chain_ids, return_counts=True)
+    if len(names) < 2:
+        return ops
+    c1, c2 = names[np.argsort(-counts)[:2]]  # the two largest chains, paired by residue number
+    r1 = {int(r): i for i, r in zip(np.nonzero(ca.chain_ids == c1)[0], ca.residue_numbers[ca.chain_ids == c1])}
+    r2 = {int(r): i for i, r in zip(np.nonzero(ca.chain_ids == c2)[0], ca.residue_numbers[ca.chain_ids == c2])}
+    common = sorted(set(r1) & set(r2))
+    if len(common) < 10:
+        return ops
+    a = ca.coords[[r1[r] for r in common]]
+    b = ca.coords[[r2[r] for r in common]]
+    if rmsd_superposed(b, a) > max_rmsd:
+        return ops
+    r, _ = kabsch(b, a)
+    ops.append(torch.as_tensor(r, dtype=torch.float64))
+    return ops
+
+
+def symmetric_pose_alignment(r_est: torch.Tensor, r_true: torch.Tensor, ops: list[torch.Tensor],
+                             iterations: int = 3) -> tuple[torch.Tensor, bool, np.ndarray]:
+    """Global alignment (and hand) of estimated poses to true ones when each true pose ``T`` is only
+    defined up to ``S T`` (``S`` in ``ops``): align, give each image the copy of its truth nearest to
+    its aligned pose, realign on those, a few times. Returns ``(G, mirrored, errors in degrees (N,))``."""
+    from ..imaging.rotations import geodesic_distance
+
+    copies = torch.stack([s.to(r_true) @ r_true for s in ops])  # (S, N, 3, 3)
+    idx = torch.arange(r_true.shape[0])
+
+    def errors(g, mirrored):
+        aligned = apply_alignment(r_est, g, mirrored)
+        return torch.stack([geodesic_distance(aligned, c) for c in copies])  # (S, N)
+
+    # starts: the plain alignment to each copy of the truth, and the identity in both hands
+    starts = [align_rotations(r_est, c) for c in copies]
+    starts += [(torch.eye(3, dtype=torch.float64, device=r_est.device), h) for h in (False, True)]
+    best = None
+    for g, mirrored in starts:
+        for _ in range(iterations if len(ops) > 1 else 0):
+            d = errors(g, mirrored)
+            g, mirrored = align_rotations(r_est, copies[d.argmin(0), idx])
+        err = errors(g, mirrored).min(0).values
+        med = float(err.median())
+        if best is None or med < best[0]:
+            best = (med, g, mirrored, err)
+    _, g, mirrored, err = best
+    return g, mirrored, np.rad2deg(err.cpu().numpy())
+
+
+def rotate_map(volume: torch.Tensor, g: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
+    """``V'(x) = V(Gᵀ x)`` (after ``V(x, y, −z)`` when ``mirrored``), trilinear, about the box centre
+    ``D//2``; ``volume (D, D, D)`` ``[z, y, x]``, ``g (3, 3)`` acting on ``(x, y, z)``."""
+    v = volume.float()
+    d = v.shape[-1]
+    x = coord_grid_3d(d, v.device, torch.float32)  # (D, D, D, 3) (x, y, z) voxels from the centre
+    src = x @ g.to(v.device, torch.float32)  # rows: Gᵀ x
+    if mirrored:
+        src = src * torch.tensor([1.0, 1.0, -1.0], device=v.device)
+    # grid_sample's normalised coordinates: index i ↔ −1 + (2i + 1)/D (align_corners=False); centre at D//2
+    norm = (src + d // 2 + 0.5) * (2.0 / d) - 1.0
+    out = F.grid_sample(v[None, None], norm[None], mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0, 0]
+
+
+def translation_to(volume: torch.Tensor, reference: torch.Tensor) -> tuple[int, int, int]:
+    """Integer ``(dz, dy, dx)`` maximising the circular cross-correlation: ``roll(volume, shift) ≈ reference``."""
+    cc = torch.fft.irfftn(torch.fft.rfftn(reference.double()) * torch.fft.rfftn(volume.double()).conj(),
+                          s=reference.shape)
+    idx = np.unravel_index(int(torch.argmax(cc)), tuple(cc.shape))
+    d = reference.shape[-1]
+    return tuple(int(i if i <= d // 2 else i - d) for i in idx)
+
+
+class Frame:
+    """How to move a method's maps into the truth's frame (identity when poses were known)."""
+
+    def __init__(self, g: torch.Tensor | None = None, mirrored: bool = False, shift: tuple[int, int, int] = (0, 0, 0)):
+        self.g, self.mirrored, self.shift = g, mirrored, shift
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().float().cpu()
+        if self.g is not None:
+            v = rotate_map(v, self.g, self.mirrored)
+        if any(self.shift):
+            v = torch.roll(v, self.shift, dims=(-3, -2, -1))
+        return v
+
+    def as_dict(self) -> dict:
+        return {"rotation": None if self.g is None else self.g.tolist(), "mirrored": self.mirrored,
+                "shift_voxels": list(self.shift)}
+
+
+def _curve_metrics(curve: np.ndarray, threshold: float, px: float, d: int, prefix: str) -> dict:
+    return {f"{prefix}_fsc": curve.tolist(), f"{prefix}_auc": fsc_auc(curve, d),
+            f"{prefix}_resolution_A": resolution_at(curve, threshold, px, d)}
+
+
+def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, n_cluster: int = 24,
+          halves_latents: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Metrics of ``outputs`` (a :class:`MethodOutputs`) on ``task``; returns ``(metrics, arrays)``:
+    JSON-ready numbers, and per-image arrays for plots (``pose_errors_deg``, ``per_image_auc``,
+    ``latents``, ``truth_values``)."""
+    from ..metrics.latent import conformational_resolution
+
+    m: dict = {}
+    arrays: dict = {}
+    px, d = truth.pixel_size, truth.volumes.shape[-1]
+    scores = set(task.scores)
+    het = task.heterogeneity
+    frame = Frame()
+    reference = truth.volumes[0] if het == "homogeneous" else truth.consensus
+    candidates = [Frame()]
+    if outputs.rotations is not None and not known.poses:
+        r_est = torch.as_tensor(outputs.rotations).double()
+        arrays["est_rotations"] = r_est.float().cpu().numpy()
+        g, mirrored, err = symmetric_pose_alignment(r_est, truth.rotations.double(), truth.symmetry)
+        candidates.append(Frame(g.cpu(), mirrored))
+        if "pose_error" in scores:
+            arrays["pose_errors_deg"] = err
+            m.update(pose_error_median_deg=float(np.median(err)), pose_error_mean_deg=float(err.mean()),
+                     pose_mirrored=bool(mirrored), pose_symmetry_ops=len(truth.symmetry))
+    probe = outputs.volume if outputs.volume is not None else (
+        torch.as_tensor(outputs.volumes).float().mean(0) if outputs.volumes is not None else None)
+    if probe is not None and not known.poses:
+        # the map's frame: as given, or the one implied by the poses — whichever fits the truth
+        # (with a pseudo-symmetric particle the poses' global rotation can be one of the copies)
+        best = None
+        for cand in candidates:
+            cand.shift = translation_to(cand(probe), reference)
+            auc = fsc_auc(fsc(cand(probe), reference), reference.shape[-1])
+            if best is None or auc > best[0]:
+                best = (auc, cand)
+        frame = best[1]
+    m["frame"] = frame.as_dict()
+    if outputs.volume is not None and "fsc_gt" in scores:
+        v = frame(outputs.volume)
+        m.update(_curve_metrics(fsc(v, reference), 0.5, px, d, "gt"))
+    if outputs.half_maps is not None and "fsc_halfmaps" in scores:
+        curve = fsc(outputs.half_maps[0], outputs.half_maps[1])
+        m.update(_curve_metrics(curve, 0.143, px, d, "halfmap"))
+    labels_true = truth.labels
+    if outputs.labels is not None and "class_accuracy" in scores:
+        ca = class_accuracy(np.asarray(outputs.labels), labels_true)
+        m["class_accuracy"] = ca["accuracy"]
+        m["class_confusion"] = ca["confusion"]
+    if outputs.volumes is not None and "per_conformation_fsc" in scores:
+        est = torch.stack([frame(v) for v in outputs.volumes])
+        pc = per_conformation_fsc(est, truth.volumes, px)
+        m.update(conformation_resolution_A=pc["resolution_A"], conformation_mean_resolution_A=pc["mean_resolution_A"],
+                 conformation_mean_auc=pc["mean_auc"], conformation_fsc=pc["fsc"])
+    decode, latents = outputs.decode, outputs.latents
+    if decode is None and outputs.volumes is not None and outputs.labels is not None:
+        vols = outputs.volumes
+        latents = np.asarray(outputs.labels).reshape(-1, 1).astype(np.float32)
+
+        def decode(z):  # a discrete method's per-image map is its class map
+            return torch.as_tensor(vols)[z[:, 0].long().cpu()].to(z.device)
+    consensus_only = decode is None and outputs.volume is not None and het != "homogeneous"
+    if consensus_only:  # a homogeneous map is every image's map: scored per image like the rest
+        vol = outputs.volume
+        latents = np.zeros((len(labels_true), 1), dtype=np.float32)
+
+        def decode(z):
+            return torch.as_tensor(vol).float()[None].expand(z.shape[0], *vol.shape).to(z.device)
+    if decode is not None and latents is not None:
+        def decode_aligned(z):
+            return torch.stack([frame(v) for v in decode(z)])
+        if "per_image_fsc_auc" in scores:
+            auc = per_image_fsc_auc(decode_aligned, latents, truth.volumes, labels_true, n_images=n_images,
+                                    device=device)
+            arrays["per_image_auc"] = auc
+            m.update(per_image_fsc_auc_mean=float(auc.mean()), per_image_fsc_auc_median=float(np.median(auc)))
+        if "conformational_clustering" in scores and not consensus_only:
+            idx = np.sort(np.random.default_rng(1).choice(len(labels_true), min(n_cluster, len(labels_true)),
+                                                          replace=False))
+            with torch.no_grad():
+                est = decode_aligned(torch.as_tensor(np.asarray(latents)[idx], dtype=torch.float32).to(device or "cpu"))
+            cc = conformational_clustering(est, truth.volumes[torch.as_tensor(labels_true[idx])], px)
+            m["clustering_mean_rand_index"] = cc["mean_rand_index"]
+            m["clustering"] = cc
+    if outputs.latents is not None:
+        z = np.asarray(outputs.latents, dtype=np.float64)
+        arrays["latents"] = z
+        if truth.state_values is not None:
+            arrays["truth_values"] = truth.state_values
+            if "latent_truth" in scores:
+                lt = latent_vs_truth(z, truth.state_values)
+                m.update(latent_truth_w1_deg=lt["w1"], latent_truth_r2=lt["r2"])
+        if halves_latents is not None and "conformational_resolution" in scores:
+            cr = conformational_resolution(*halves_latents)
+            m.update(conformational_w2=cr["w2"], conformational_w2_relative=cr["w2_relative"],
+                     conformational_w2_unaligned=cr["w2_unaligned"])
+    return m, arrays

@@ -1,0 +1,235 @@
+"""Benchmark: standard simulated tasks × any registered recipe (and RELION), scored the same way.
+
+  cryolens bench list                                   tasks of the built-in suites, methods
+  cryolens bench run --tasks default --methods all --out bench_run [--budget-s 600 --scale 1]
+  cryolens bench report bench_run [--rescore] [--markdown benchmarks/LEADERBOARD.md]
+  cryolens bench sweep --tasks tiny --task NAME --method M [--param P --values 1,2,4] --seeds 0,1,2 --out DIR
+  cryolens bench inject --tasks default --task NAME --pose-errors 0,2,5,10 --defocus-errors 0,500,1000 --out DIR
+
+A task file (YAML; built-in suites: default, tiny, preferred) gives the simulated datasets, what
+each method is given (poses, CTF) and what is scored. Datasets are simulated once and cached by
+the hash of their spec (--cache, default ~/.cache/cryolens/bench). Each method × task runs in its
+own process under --budget-s seconds and --memory-mb MB; a run over budget is recorded as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+
+    def common(q, many: bool = True):
+        q.add_argument("--tasks", default="default", help="task file (.yaml) or built-in suite name (default: default)")
+        if many:
+            q.add_argument("--only", default=None, help="comma-separated task names (or name prefixes) to keep")
+        q.add_argument("--scale", type=float, default=1.0, help="multiply every task's number of images (default 1)")
+        q.add_argument("--cache", default=None, help="dataset cache folder (default ~/.cache/cryolens/bench)")
+        q.add_argument("--device", default=None, help="torch device (default: cpu)")
+
+    q = sub.add_parser("list", help="list the tasks of a suite and the available methods")
+    common(q)
+    q = sub.add_parser("run", help="run methods on tasks, then write the leaderboard")
+    common(q)
+    q.add_argument("--methods", default="all", help="comma-separated recipe / adapter names, or all (default)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--budget-s", type=float, default=600, help="wall-time budget per run in seconds (default 600)")
+    q.add_argument("--memory-mb", type=float, default=6000, help="memory budget per run in MB (default 6000)")
+    q.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    q.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="override a recipe option (METHOD may be * for every recipe having it); repeatable")
+    q.add_argument("--rerun", action="store_true", help="rerun runs already finished in --out")
+    q.add_argument("--no-halves", action="store_true",
+                   help="skip the two half-data fits that measure conformational resolution")
+    q.add_argument("--markdown", default=None, help="also write the leaderboard Markdown here")
+    q = sub.add_parser("report", help="(re)write the leaderboard of a run folder")
+    q.add_argument("run_dir")
+    q.add_argument("--rescore", action="store_true",
+                   help="score the finished runs with unknown poses again from their files first")
+    q.add_argument("--markdown", default=None, help="also write the leaderboard Markdown here")
+    q = sub.add_parser("sweep", help="rerun one recipe over seeds and one option; plot the spread")
+    common(q, many=False)
+    q.add_argument("--task", required=True, help="task name within --tasks")
+    q.add_argument("--method", required=True)
+    q.add_argument("--param", default=None, help="option to sweep (e.g. latent_dim)")
+    q.add_argument("--values", default="", help="comma-separated values of --param")
+    q.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--budget-s", type=float, default=600)
+    q.add_argument("--memory-mb", type=float, default=6000)
+    q = sub.add_parser("inject", help="back-project with known pose / defocus errors; plot resolution vs error")
+    common(q, many=False)
+    q.add_argument("--task", required=True, help="task name within --tasks")
+    q.add_argument("--pose-errors", default="0,2,5,10", help="pose error σ values in degrees")
+    q.add_argument("--defocus-errors", default="0,250,500,1000,2000", help="defocus error σ values in Å")
+    q.add_argument("--out", required=True)
+
+
+def _value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _overrides(items: list[str]) -> dict:
+    from ..errors import InputError
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise InputError(f"--set {item}: expected METHOD.OPTION=VALUE")
+        key, val = item.split("=", 1)
+        method, option = key.split(".", 1)
+        out.setdefault(method, {})[option] = _value(val)
+    return out
+
+
+def _tasks(args, many: bool = True):
+    from ..errors import InputError
+    from ..bench.suite import load_tasks, scale_task
+
+    tasks = [scale_task(t, args.scale) for t in load_tasks(args.tasks)]
+    if many and getattr(args, "only", None):
+        keep = [s.strip() for s in args.only.split(",") if s.strip()]
+        tasks = [t for t in tasks if any(t.name == k or t.name.startswith(k) for k in keep)]
+        if not tasks:
+            raise InputError(f"--only {args.only}: no task of {args.tasks} matches")
+    return tasks
+
+
+def _one_task(args):
+    from ..errors import InputError
+
+    tasks = {t.name: t for t in _tasks(args, many=False)}
+    if args.task not in tasks:
+        raise InputError(f"{args.tasks}: no task {args.task!r} (tasks: {', '.join(tasks)})")
+    return tasks[args.task]
+
+
+def _methods(names: str):
+    from ..errors import InputError
+    from ..bench.runner import available_methods
+
+    try:
+        return available_methods([n.strip() for n in names.split(",") if n.strip()])
+    except KeyError as e:
+        raise InputError(f"--methods: {e.args[0]}") from None
+
+
+def _command_line(args) -> str:
+    """The ``cryolens bench run`` command line equivalent to ``args`` (for the leaderboard)."""
+    parts = ["cryolens", "bench", "run", "--tasks", args.tasks, "--methods", args.methods, "--out", args.out,
+             "--budget-s", f"{args.budget_s:g}", "--memory-mb", f"{args.memory_mb:g}"]
+    for flag, value in (("--only", args.only), ("--cache", args.cache), ("--device", args.device),
+                        ("--markdown", args.markdown)):
+        if value:
+            parts += [flag, value]
+    if args.scale != 1:
+        parts += ["--scale", f"{args.scale:g}"]
+    if args.threads != 1:
+        parts += ["--threads", str(args.threads)]
+    for item in args.set:
+        parts += ["--set", item]
+    parts += [f for f, on in (("--rerun", args.rerun), ("--no-halves", args.no_halves)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    cmd = args.bench_command
+    if cmd == "list":
+        from ..bench.runner import available_methods, compatible
+
+        methods = available_methods()
+        for t in _tasks(args):
+            ok = [n for n, m in methods.items() if compatible(m.recipe, t)]
+            print(f"{t.name}: N={t.dataset['n_images']} D={t.dataset['box']} SNR={t.snr:g} "
+                  f"known={'poses+' if t.known.poses else ''}{'ctf' if t.known.ctf else ''} → {', '.join(ok) or '-'}")
+        print("methods: " + ", ".join(f"{n} ({m.origin}, {m.recipe.heterogeneity}, needs "
+                                      f"{'+'.join(sorted(m.recipe.needs)) or 'nothing'})" for n, m in methods.items()))
+        return 0
+    if cmd == "run":
+        from ..bench.leaderboard import write_leaderboard
+        from ..bench.runner import run_suite
+        from ..io.files import atomic_write_text
+
+        tasks = _tasks(args)
+        methods = _methods(args.methods)
+        command = "cryolens " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
+            _command_line(args)
+        t0 = time.time()
+
+        def show(row):
+            print(f"[{time.time() - t0:7.0f} s] {row['task']:<32} {row['method']:<22} {row['status']:<11} "
+                  f"{row['wall_s']:6.1f} s {row['peak_mem_mb']:6.0f} MB {row.get('error', '')[:80]}", flush=True)
+
+        run_suite(tasks, methods, args.out, budget_s=args.budget_s, memory_mb=args.memory_mb, cache_dir=args.cache,
+                  device=args.device, threads=args.threads, overrides=_overrides(args.set), rerun=args.rerun,
+                  halves=not args.no_halves, on_row=show)
+        import json
+        from pathlib import Path
+
+        summary = json.loads((Path(args.out) / "results.json").read_text())
+        summary["command"] = command
+        atomic_write_text(Path(args.out) / "results.json", json.dumps(summary, indent=1) + "\n")
+        board = write_leaderboard(args.out, command, args.markdown)
+        print(board["markdown"].split("## All runs")[0])
+        print(f"suite: {time.time() - t0:.0f} s; leaderboard: {Path(args.out) / 'leaderboard.md'}")
+        return 0
+    if cmd == "report":
+        from ..bench.leaderboard import write_leaderboard
+
+        command = ""
+        if args.rescore:
+            import json
+            from pathlib import Path
+
+            from ..bench.rescore import rescore
+
+            for row in rescore(args.run_dir):
+                print(f"rescored {row['task']} / {row['method']}")
+            results = Path(args.run_dir) / "results.json"
+            first = json.loads(results.read_text()).get("command", "") if results.is_file() else ""
+            again = f"cryolens bench report {args.run_dir} --rescore" + (f" --markdown {args.markdown}"
+                                                                       if args.markdown else "")
+            command = f"{first}\n{again}" if first else again
+        board = write_leaderboard(args.run_dir, command, markdown_copy=args.markdown)
+        print(board["markdown"].split("## All runs")[0])
+        return 0
+    if cmd == "sweep":
+        from ..bench.diagnostics import sweep
+        from ..errors import InputError
+
+        method = _methods(args.method)[args.method]
+        if args.param and not args.values:
+            raise InputError("--param needs --values")
+        values = [_value(v) for v in args.values.split(",")] if args.param else []
+        table = sweep(_one_task(args), method, args.param, values, [int(s) for s in args.seeds.split(",")],
+                      args.out, args.budget_s, args.memory_mb, args.cache, args.device)
+        for k, spread in table["spread"].items():
+            print(k + ": " + ", ".join(f"{v}: {s['mean']:.4g} ± {s['std']:.2g}" if s["mean"] is not None
+                                       else f"{v}: -" for v, s in zip(table["values"], spread)))
+        print(f"plot: {args.out}/sweep.png")
+        return 0
+    if cmd == "inject":
+        from ..bench.diagnostics import inject_errors
+
+        res = inject_errors(_one_task(args), args.out, _floats(args.pose_errors), _floats(args.defocus_errors),
+                            args.cache, args.device)
+        for x in res["pose"]:
+            print(f"pose error σ {x['sigma_deg']:g}°: {x['resolution_A']:.2f} Å")
+        for x in res["defocus"]:
+            print(f"defocus error σ {x['sigma_A']:g} Å: {x['resolution_A']:.2f} Å")
+        print(f"plot: {args.out}/injection.png")
+        return 0
+    return 2

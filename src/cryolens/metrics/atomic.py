@@ -1,0 +1,77 @@
+"""Distances between atomic models: RMSD after optimal superposition (Kabsch) and an
+internal-coordinate distance (contact maps) that needs no superposition at all.
+
+Coordinates are ``(M, 3)`` float64 Å, the same atoms in the same order in both models (e.g. two
+states of one trajectory, or a fitted model and its ground truth). The plain RMSD without
+superposition is :func:`cryolens.simulate.motion.rmsd`; :func:`rmsd_superposed` superposes first
+and then calls it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.atomic import Atoms
+from ..simulate.motion import rmsd
+
+
+def _coords(x: Atoms | np.ndarray) -> np.ndarray:
+    c = x.coords if isinstance(x, Atoms) else np.asarray(x, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != 3:
+        raise ValueError(f"expected (M, 3) coordinates, got {c.shape}")
+    return c.astype(np.float64)
+
+
+def kabsch(mobile: Atoms | np.ndarray, target: Atoms | np.ndarray,
+           weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The proper rotation ``R`` and translation ``t`` minimising ``Σ w |R x_i + t − y_i|²``
+    (Kabsch; reflections excluded). Returns ``(R (3, 3), t (3,))``; apply as ``x @ R.T + t``."""
+    x, y = _coords(mobile), _coords(target)
+    if x.shape != y.shape:
+        raise ValueError(f"kabsch: models have {x.shape[0]} and {y.shape[0]} atoms")
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    cx, cy = w @ x, w @ y
+    h = ((x - cx) * w[:, None]).T @ (y - cy)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return r, cy - r @ cx
+
+
+def superpose(mobile: Atoms | np.ndarray, target: Atoms | np.ndarray) -> np.ndarray:
+    """``mobile``'s coordinates ``(M, 3)`` moved onto ``target`` by :func:`kabsch`."""
+    r, t = kabsch(mobile, target)
+    return _coords(mobile) @ r.T + t
+
+
+def rmsd_superposed(a: Atoms | np.ndarray, b: Atoms | np.ndarray) -> float:
+    """RMSD (Å) between two models after the optimal rigid superposition of ``a`` onto ``b``."""
+    return rmsd(superpose(a, b), _coords(b))
+
+
+def contact_map(x: Atoms | np.ndarray, cutoff: float = 8.0) -> np.ndarray:
+    """``(M, M)`` bool: pairs of atoms closer than ``cutoff`` Å (diagonal excluded)."""
+    c = _coords(x)
+    dist = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1))
+    out = dist < cutoff
+    np.fill_diagonal(out, False)
+    return out
+
+
+def contact_map_distance(a: Atoms | np.ndarray, b: Atoms | np.ndarray, cutoff: float = 8.0) -> float:
+    """Fraction of atom pairs in contact (``< cutoff`` Å) in one model but not the other, over the
+    pairs in contact in either (a Jaccard distance, 0 = same contacts, 1 = none shared). Invariant
+    to any rigid motion of either model: it compares internal coordinates only."""
+    ca, cb = contact_map(a, cutoff), contact_map(b, cutoff)
+    union = int((ca | cb).sum())
+    return float((ca ^ cb).sum() / union) if union else 0.0
+
+
+def backbone_ca(atoms: Atoms) -> Atoms:
+    """The Cα atoms of ``atoms`` (protein residues, not HETATM), for residue-level comparisons."""
+    if atoms.atom_names is None:
+        raise ValueError(f"{atoms.source or 'model'}: no atom names")
+    mask = (np.asarray(atoms.atom_names) == "CA") & ~np.asarray(atoms.het if atoms.het is not None
+                                                                 else np.zeros(len(atoms), bool))
+    return atoms.subset(mask)

@@ -53,6 +53,15 @@ def test_tau2_matches_hand_computation():
     assert math.isinf(float(lam[4]))
 
 
+def test_coarse_shell_matches_relion_formula():
+    """The coarse passes' shell limit is RELION's coarse_size rule, computed by hand: a 15° step on an
+    80 Å particle moves its edge by π·80·15/360 = 10.47 Å, so at 1.5 Å/px in a 64 box the limit is
+    floor(96 / (1.2 · 10.47)) = 7 shells; it never exceeds k_max and never falls below 4."""
+    assert A.coarse_shell(15.0, 64, 1.5, 80.0, 32) == 7
+    assert A.coarse_shell(3.75, 64, 1.5, 80.0, 20) == 20
+    assert A.coarse_shell(60.0, 64, 1.5, 80.0, 32) == 4
+
+
 def test_add_points_equals_full_insertion():
     """Inserting only the kx ≥ 0 half-column pixels inside Nyquist with their multiplicities
     (FourierAccumulator.add_points) fills the same grid as the full Hermitian insertion (add)."""

@@ -13,6 +13,7 @@ Phases (each writes its JSON under the run folder; `--phase all` runs them in or
   cryolens  `auto_refine` with the `relion-refine3d` recipe's options (initial low-pass 20 Å),
             `--threads` torch threads; wall and CPU time, iterations, half-map resolution, FSC vs truth,
             median rotation error after global alignment, shift error.
+  evaluate  the cryolens run as of its last checkpoint (for a run stopped before convergence).
   relion    `mpirun -np THREADS+1 relion_refine_mpi --auto_refine --split_random_halves --ctf
             --healpix_order 2 --auto_local_healpix_order 4 --offset_range 5 --offset_step 2 --ini_high 20
             --particle_diameter 80 --flatten_solvent --zero_mask --low_resol_join_halves 40 --pad 2
@@ -105,7 +106,7 @@ def prepare(out: Path, n: int) -> dict:
     return res
 
 
-def run_cryolens(out: Path, n: int, threads: int, max_iterations: int) -> dict:
+def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: bool = False) -> dict:
     from cryolens.inference.autorefine import auto_refine
     from cryolens.io.dataset import read_particles
     from cryolens.io.runfolder import RunFolder
@@ -120,14 +121,34 @@ def run_cryolens(out: Path, n: int, threads: int, max_iterations: int) -> dict:
     run = RunFolder(out / "cryolens")
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), _cpu()
-    res = auto_refine(p, truth, config=cfg, run=run, progress=True)
+    res = auto_refine(p, truth, config=cfg, run=run, progress=True, resume=resume)
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    if resume:  # the iterations' own clock, summed over the interrupted and the resumed process
+        wall = res.history[-1]["elapsed_s"]
     ev = evaluate(res.volume, res.rotations, res.shifts, truth, gt)
-    out_d = {"program": "cryolens auto_refine (relion-refine3d)", "threads": threads, "wall_s": wall, "cpu_s": cpu,
+    out_d = {"program": "cryolens auto_refine (relion-refine3d)", "threads": threads, "wall_s": wall,
+             "cpu_s": cpu if not resume else None, "resumed": resume,
              "load_before": load0, "load_after": os.getloadavg()[0], "iterations": len(res.history),
              "converged": res.converged, "halfmap_0143_A": res.resolution, **ev,
              "history": [{k: v for k, v in h.items() if k != "fsc"} for h in res.history]}
     (out / "cryolens.json").write_text(json.dumps(out_d, indent=1))
+    return out_d
+
+
+def evaluate_checkpoint(out: Path, n: int) -> dict:
+    """The cryolens run as of its last checkpoint (a run stopped before convergence): full map,
+    poses and per-iteration history."""
+    from cryolens.io.checkpoint import load_checkpoint
+
+    prep = json.loads((out / "prepare.json").read_text())
+    truth, gt = _truth(Path(prep["dataset"]), n)
+    st = load_checkpoint(out / "cryolens" / "checkpoint.pt")
+    ev = evaluate(st["full"].float(), st["rotations"], st["shifts"], truth, gt)
+    out_d = {"program": "cryolens auto_refine (relion-refine3d), last checkpoint", "iterations": st["iteration"],
+             "converged": bool(st["converged"]), "wall_s_iterations": st["elapsed_s"],
+             "halfmap_0143_A": float(st["resolution"]), **ev,
+             "history": [{k: v for k, v in h.items() if k != "fsc"} for h in st["history"]]}
+    (out / "cryolens_checkpoint.json").write_text(json.dumps(out_d, indent=1))
     return out_d
 
 
@@ -183,10 +204,11 @@ def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("prepare", "cryolens", "relion", "all"), default="all")
+    ap.add_argument("--phase", choices=("prepare", "cryolens", "relion", "evaluate", "all"), default="all")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-iterations", type=int, default=30)
+    ap.add_argument("--resume", action="store_true", help="cryolens phase: continue from its checkpoint")
     ap.add_argument("--relion-timeout", type=float, default=6 * 3600)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -194,8 +216,11 @@ def main() -> None:
     if a.phase in ("prepare", "all"):
         print(json.dumps(prepare(out, a.n), indent=1))
     if a.phase in ("cryolens", "all"):
-        r = run_cryolens(out, a.n, a.threads, a.max_iterations)
+        r = run_cryolens(out, a.n, a.threads, a.max_iterations, a.resume)
         print(json.dumps({k: v for k, v in r.items() if k not in ("history", "fsc_vs_truth")}, indent=1))
+    if a.phase == "evaluate":
+        r = evaluate_checkpoint(out, a.n)
+        print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))
     if a.phase in ("relion", "all"):
         r = run_relion(out, a.n, a.threads, a.relion_timeout)
         print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))

@@ -29,9 +29,9 @@ D, PX = 24, 4.0
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """200 images of 4E43 at D = 24, 4 Å/px, SNR 10, CTF, shifts ≤ 1.5 px; poses removed."""
+    """160 images of 4E43 at D = 24, 4 Å/px, SNR 10, CTF, shifts ≤ 1.5 px; poses removed."""
     vol = atoms_to_volume(read_atoms(bundled_model("4E43")), D, PX)
-    out = simulate_dataset(tmp_path_factory.mktemp("ar") / "ds", vol, 200, PX, 10.0, shift_std=0.8, shift_max=1.5,
+    out = simulate_dataset(tmp_path_factory.mktemp("ar") / "ds", vol, 160, PX, 10.0, shift_std=0.8, shift_max=1.5,
                            seed=3, progress=False)
     p = read_particles(out / "particles.star")
     p.rotations, p.shifts = None, None
@@ -129,11 +129,11 @@ def test_refinement_recovers_poses_and_beats_start(dataset):
 
 
 def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
-    """A run killed during its second iteration and resumed from the checkpoint ends with exactly the
-    maps, poses and history of an uninterrupted run."""
+    """A run killed during its second iteration and resumed from the checkpoint of the first ends with
+    exactly the maps, poses and history of an uninterrupted run."""
     p, vol, _ = dataset
-    sub = p.subset(np.arange(50))
-    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=3, healpix_order=1)
+    sub = p.subset(np.arange(40))
+    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=2, healpix_order=1)
     real = A._iteration
     calls = {"n": 0}
 
@@ -146,9 +146,9 @@ def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(A, "_iteration", dying)
     run = RunFolder(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        _refine(sub, vol, run=run, max_iterations=3, healpix_order=1)
+        _refine(sub, vol, run=run, max_iterations=2, healpix_order=1)
     monkeypatch.setattr(A, "_iteration", real)
-    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=3, healpix_order=1)
+    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=2, healpix_order=1)
     assert len(resumed.history) == len(whole.history)
     assert torch.equal(resumed.volume, whole.volume)
     assert torch.equal(resumed.rotations, whole.rotations)

@@ -258,11 +258,11 @@ class _Reference:
                     cache_bytes: float = 6e8) -> torch.Tensor:
         """``(len(indices), N_h)`` values of grid points ``indices`` of ``level``: from the whole level,
         rendered once and cached, when it fits in ``cache_bytes`` (levels ≤ 3 at D = 64: 36,864
-        rotations) and is smaller than 16 renders per image of the half-set (else rendering the
-        children image by image is cheaper); otherwise rendered for these rotations only."""
+        rotations) and is smaller than 64 renders per image of the half-set (a broad posterior asks for
+        up to ``8 · max_coarse`` per image); otherwise rendered for these rotations only."""
         k = self.k_max if k is None else k
         m = grid_size(level)
-        if m * self.pixels(k).numel() * 8 <= cache_bytes and m <= 16 * self.n_images:
+        if m * self.pixels(k).numel() * 8 <= cache_bytes and m <= 64 * self.n_images:
             return self.level_values(level, k)[indices]
         return self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype, indices=indices), k)
 
@@ -385,13 +385,14 @@ def _child_pass(y, c, s2, ref: _Reference, stage: _Stage, level, rot_idx, shift,
         offs = torch.tensor([[-h, -h], [h, -h], [-h, h], [h, h]], device=dev, dtype=rdt)
     n_s = offs.shape[0]
     cand_shift = shift[:, :, None, :] + offs  # (B, K, S, 2)
-    rep = lambda x: x.repeat_interleave(kk, dim=0)  # noqa: E731
-    terms = prepare_image_terms(rep(y), s2, cand_shift.reshape(b * kk, n_s, 2), None if c is None else rep(c),
-                                k, half_plane=True)
-    vals = ref.grid_values(level + 1, child.reshape(-1), k).reshape(b * kk, 8, -1)
-    ll = log_likelihood_table(terms, vals, on_pixels=True).reshape(b, kk, n_s, 8).transpose(2, 3)  # (B, K, 8, S)
+    # only the kept poses are scored (one pseudo-image each), then laid back into (B, K, 8, S)
+    bi, ki = kept.nonzero(as_tuple=True)
+    terms = prepare_image_terms(y[bi], s2, cand_shift[bi, ki], None if c is None else c[bi], k, half_plane=True)
+    vals = ref.grid_values(level + 1, child[bi, ki].reshape(-1), k).reshape(bi.numel(), 8, -1)
+    scored = log_likelihood_table(terms, vals, on_pixels=True).transpose(1, 2)  # (P, 8, S)
     pr = prior[:, :, None, None].expand(-1, -1, 8, n_s)
-    ll = torch.where(kept[:, :, None, None], ll + pr, torch.full_like(ll, -math.inf))
+    ll = torch.full((b, kk, 8, n_s), -math.inf, device=dev, dtype=scored.dtype)
+    ll[bi, ki] = scored + pr[bi, ki]
     idx = child[:, :, :, None].expand(-1, -1, -1, n_s)
     sh = cand_shift[:, :, None, :, :].expand(-1, -1, 8, -1, -1)
     return idx.reshape(b, -1), sh.reshape(b, -1, 2), ll.reshape(b, -1), pr.reshape(b, -1)

@@ -29,9 +29,9 @@ D, PX = 24, 4.0
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """160 images of 4E43 at D = 24, 4 Å/px, SNR 10, CTF, shifts ≤ 1.5 px; poses removed."""
+    """200 images of 4E43 at D = 24, 4 Å/px, SNR 10, CTF, shifts ≤ 1.5 px; poses removed."""
     vol = atoms_to_volume(read_atoms(bundled_model("4E43")), D, PX)
-    out = simulate_dataset(tmp_path_factory.mktemp("ar") / "ds", vol, 160, PX, 10.0, shift_std=0.8, shift_max=1.5,
+    out = simulate_dataset(tmp_path_factory.mktemp("ar") / "ds", vol, 200, PX, 10.0, shift_std=0.8, shift_max=1.5,
                            seed=3, progress=False)
     p = read_particles(out / "particles.star")
     p.rotations, p.shifts = None, None

@@ -190,7 +190,12 @@ def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
         return out_d
     if proc.returncode != 0:
         raise RuntimeError(f"relion_refine failed ({proc.returncode}); see {rdir / 'relion_refine.log'}")
-    data = read_star(rdir / "run_data.star")
+    cwd = os.getcwd()
+    os.chdir(ds)  # RELION's image paths are relative to the folder it ran in
+    try:
+        data = read_star(rdir / "run_data.star")
+    finally:
+        os.chdir(cwd)
     vol, _ = read_volume(rdir / "run_class001.mrc")
     ev = evaluate(torch.from_numpy(np.asarray(vol, dtype=np.float32)), data.rotations, data.shifts, truth, gt)
     model = (rdir / "run_model.star").read_text()

@@ -37,12 +37,19 @@ def _args(star, init, out, *extra):
             "--set", "healpix_order=1", "--set", "local_order=2", "--set", "max_order=2", *extra]
 
 
-def test_refine_writes_run_folder_and_star(small, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def refined(small, tmp_path_factory):
+    """One iteration of `cryolens refine` on the small set (run once for the tests that read it)."""
+    star, init, _ = small
+    out = tmp_path_factory.mktemp("refined") / "run"
+    assert main(_args(star, init, out, "--max-iterations", "1", "--reference", str(init))) == 0
+    return out
+
+
+def test_refine_writes_run_folder_and_star(refined):
     """One iteration writes maps, per-iteration files, plots, a report and a final STAR whose poses
     our reader returns as the run's, with both half-sets labelled."""
-    star, init, _ = small
-    out = tmp_path / "run"
-    assert main(_args(star, init, out, "--max-iterations", "1", "--reference", str(init))) == 0
+    out = refined
     for name in ("map.mrc", "half1.mrc", "half2.mrc", "particles.star", "metrics.json", "config.json", "fsc.png",
                  "fsc_iterations.png", "resolution_history.png", "angular_distribution.png", "sections.png",
                  "report.html", "checkpoint.pt", "iter001_half1.mrc", "iter001_fsc.json", "iter001_particles.star"):
@@ -55,16 +62,13 @@ def test_refine_writes_run_folder_and_star(small, tmp_path, capsys):
     assert torch.allclose(back.rotations, it1.rotations) and torch.allclose(back.shifts, it1.shifts)
     assert sorted(set(np.asarray(back.extra["rlnRandomSubset"]).astype(int).tolist())) == [1, 2]
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 5
-    assert "half-map resolution" in capsys.readouterr().out
 
 
 @pytest.mark.relion
-def test_relion_reconstructs_the_final_star(small, tmp_path):
+def test_relion_reconstructs_the_final_star(small, refined, tmp_path):
     """relion_reconstruct reads the final STAR (poses, origins, CTF) and its map agrees with ours
     (FSC ≥ 0.8 over shells 1–6: the same poses give the same map)."""
-    star, init, _ = small
-    out = tmp_path / "run"
-    assert main(_args(star, init, out, "--max-iterations", "1")) == 0
+    star, out = small[0], refined
     rel = reconstruct_star((out / "particles.star").resolve(), star.parent, ctf=True, output=str(tmp_path / "r.mrc"))
     ours = torch.from_numpy(np.asarray(__import__("mrcfile").read(out / "map.mrc"), dtype=np.float32))
     assert float(np.min(fsc(torch.from_numpy(rel), ours)[1:7])) >= 0.8
@@ -76,6 +80,7 @@ def test_resume_continues_and_bad_input(small, tmp_path, capsys):
     star, init, _ = small
     out = tmp_path / "run"
     assert main(_args(star, init, out, "--max-iterations", "1")) == 0
+    assert "half-map resolution" in capsys.readouterr().out
     assert main(_args(star, init, out, "--max-iterations", "2", "--resume")) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 2
     assert main(_args(star, init, out, "--max-iterations", "2", "--resume", "--recipe", "cryosparc-refine")) == 2

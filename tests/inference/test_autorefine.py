@@ -53,6 +53,15 @@ def test_tau2_matches_hand_computation():
     assert math.isinf(float(lam[4]))
 
 
+def test_coarse_shell_matches_relion_formula():
+    """The coarse passes' shell limit is RELION's coarse_size rule, computed by hand: a 15° step on an
+    80 Å particle moves its edge by π·80·15/360 = 10.47 Å, so at 1.5 Å/px in a 64 box the limit is
+    floor(96 / (1.2 · 10.47)) = 7 shells; it never exceeds k_max and never falls below 4."""
+    assert A.coarse_shell(15.0, 64, 1.5, 80.0, 32) == 7
+    assert A.coarse_shell(3.75, 64, 1.5, 80.0, 20) == 20
+    assert A.coarse_shell(60.0, 64, 1.5, 80.0, 32) == 4
+
+
 def test_add_points_equals_full_insertion():
     """Inserting only the kx ≥ 0 half-column pixels inside Nyquist with their multiplicities
     (FourierAccumulator.add_points) fills the same grid as the full Hermitian insertion (add)."""
@@ -92,7 +101,7 @@ def test_pixel_values_equal_extracted_slices():
     vol = torch.randn(16, 16, 16, dtype=torch.float64)
     ref = A._Reference(vol, 2, 7)
     r = random_rotations(4, dtype=torch.float64)
-    full = extract_slices(prepare_volume_ft(vol, 2), r, 16).reshape(4, -1)[:, ref.pixels]
+    full = extract_slices(prepare_volume_ft(vol, 2), r, 16).reshape(4, -1)[:, ref.pixels(7)]
     assert torch.allclose(ref.values(r), full, atol=1e-10 * float(full.abs().max()))
 
 
@@ -120,11 +129,11 @@ def test_refinement_recovers_poses_and_beats_start(dataset):
 
 
 def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
-    """A run killed during its second iteration and resumed from the checkpoint ends with exactly the
-    maps, poses and history of an uninterrupted run."""
+    """A run killed during its second iteration and resumed from the checkpoint of the first ends with
+    exactly the maps, poses and history of an uninterrupted run."""
     p, vol, _ = dataset
-    sub = p.subset(np.arange(50))
-    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=3, healpix_order=1)
+    sub = p.subset(np.arange(40))
+    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=2, healpix_order=1)
     real = A._iteration
     calls = {"n": 0}
 
@@ -137,9 +146,9 @@ def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(A, "_iteration", dying)
     run = RunFolder(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        _refine(sub, vol, run=run, max_iterations=3, healpix_order=1)
+        _refine(sub, vol, run=run, max_iterations=2, healpix_order=1)
     monkeypatch.setattr(A, "_iteration", real)
-    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=3, healpix_order=1)
+    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=2, healpix_order=1)
     assert len(resumed.history) == len(whole.history)
     assert torch.equal(resumed.volume, whole.volume)
     assert torch.equal(resumed.rotations, whole.rotations)

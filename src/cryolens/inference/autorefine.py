@@ -91,7 +91,10 @@ class RefineConfig:
     mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``).
     max_iterations: cap. min_gain_shells: resolution gain (in shells) below which an iteration stalls.
     pad: oversampling of the projector and the accumulator. batch_size: images per E-step batch.
-    keep: modal search, candidates kept per level. seed: half-set split when the data has none.
+    keep: modal search, candidates kept per level. particle_diameter: Å (RELION's
+    ``--particle_diameter``; default 0.8 × the box), sets the shell limit of the coarse passes
+    (:func:`coarse_shell`, RELION's ``coarse_size``) when ``coarse_size``. seed: half-set split when
+    the data has none.
     """
 
     pose_inference: str = "posterior"
@@ -112,6 +115,8 @@ class RefineConfig:
     pad: int = 2
     batch_size: int = 64
     keep: int = 8
+    particle_diameter: float | None = None
+    coarse_size: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -206,7 +211,9 @@ def _pixel_values(sv: torch.Tensor, rotations: torch.Tensor, freqs: torch.Tensor
 
 
 class _Reference:
-    """One half's map prepared for the E-step: its sampling volume, and the likelihood's pixels."""
+    """One half's map prepared for the E-step: its sampling volume, and slice values on the half-plane
+    pixels of the likelihood (:func:`~cryolens.inference.likelihood.half_plane_pixels`) for a shell
+    limit ``k``."""
 
     def __init__(self, volume: torch.Tensor, pad: int, k_max: int, n_images: int = 0):
         self.size = volume.shape[-1]
@@ -215,35 +222,57 @@ class _Reference:
         self.sv = sampling_volume(ft)
         self.slicer = volume_slicer(ft, self.size)
         self.k_max = k_max
-        # half-plane likelihood: only the pixels with flat index ≤ their Friedel partner's are used
-        self.pixels, _ = half_plane_pixels(self.size, k_max, volume.device)
-        f = freq_grid_2d(self.size, device=volume.device, dtype=volume.dtype).reshape(-1, 2)[self.pixels]
-        self.freqs, self.inside = f, f.norm(dim=-1) <= 0.5
-        self._cache: dict[int, torch.Tensor] = {}
+        self.dtype = volume.dtype
+        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
 
-    def values(self, rotations: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """``(M, N_h)`` slice values of ``rotations (M, 3, 3)`` on the half-plane pixels."""
+    def pixels(self, k: int) -> torch.Tensor:
+        """``(N_h,)`` flat indices of the half-plane pixels with shell ≤ ``k``."""
+        return self._pixel_set(k)[0]
+
+    def _pixel_set(self, k: int):
+        if k not in self._pixels:
+            px, _ = half_plane_pixels(self.size, k, self.sv.device)
+            f = freq_grid_2d(self.size, device=self.sv.device, dtype=self.dtype).reshape(-1, 2)[px]
+            self._pixels[k] = (px, f, f.norm(dim=-1) <= 0.5)
+        return self._pixels[k]
+
+    def values(self, rotations: torch.Tensor, k: int | None = None, chunk: int = 4096) -> torch.Tensor:
+        """``(M, N_h)`` slice values of ``rotations (M, 3, 3)`` on the half-plane pixels of shells ≤ ``k``
+        (default ``k_max``)."""
+        px, freqs, inside = self._pixel_set(self.k_max if k is None else k)
         if rotations.shape[0] == 0:
-            return torch.zeros(0, self.pixels.numel(), dtype=torch.complex64 if self.sv.dtype == torch.float32
+            return torch.zeros(0, px.numel(), dtype=torch.complex64 if self.sv.dtype == torch.float32
                                else torch.complex128, device=self.sv.device)
-        return torch.cat([_pixel_values(self.sv, rotations[s:s + chunk], self.freqs, self.inside)
+        return torch.cat([_pixel_values(self.sv, rotations[s:s + chunk], freqs, inside)
                           for s in range(0, rotations.shape[0], chunk)])
 
-    def level_values(self, level: int) -> torch.Tensor:
+    def level_values(self, level: int, k: int | None = None) -> torch.Tensor:
         """All rotations of ``so3_grid(level)`` (cached): ``(M, N_h)``."""
-        if level not in self._cache:
-            self._cache[level] = self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype))
-        return self._cache[level]
+        k = self.k_max if k is None else k
+        if (level, k) not in self._cache:
+            self._cache[(level, k)] = self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype), k)
+        return self._cache[(level, k)]
 
-    def grid_values(self, level: int, indices: torch.Tensor, cache_bytes: float = 6e8) -> torch.Tensor:
+    def grid_values(self, level: int, indices: torch.Tensor, k: int | None = None,
+                    cache_bytes: float = 6e8) -> torch.Tensor:
         """``(len(indices), N_h)`` values of grid points ``indices`` of ``level``: from the whole level,
         rendered once and cached, when it fits in ``cache_bytes`` (levels ≤ 3 at D = 64: 36,864
-        rotations) and is smaller than 16 renders per image of the half-set (else rendering the
-        children image by image is cheaper); otherwise rendered for these rotations only."""
+        rotations) and is smaller than 64 renders per image of the half-set (a broad posterior asks for
+        up to ``8 · max_coarse`` per image); otherwise rendered for these rotations only."""
+        k = self.k_max if k is None else k
         m = grid_size(level)
-        if m * self.pixels.numel() * 8 <= cache_bytes and m <= 16 * self.n_images:
-            return self.level_values(level)[indices]
-        return self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype, indices=indices))
+        if m * self.pixels(k).numel() * 8 <= cache_bytes and m <= 64 * self.n_images:
+            return self.level_values(level, k)[indices]
+        return self.values(so3_grid(level, device=self.sv.device, dtype=self.sv.dtype, indices=indices), k)
+
+
+def coarse_shell(step_deg: float, size: int, pixel_size: float, diameter: float, k_max: int) -> int:
+    """RELION's ``coarse_size`` as a shell limit: the highest shell at which an angular step of
+    ``step_deg`` moves the particle's edge (``diameter`` Å) by at most ~1/1.2 of the resolution,
+    ``k = D·px / (1.2 · π · diameter · step/360)``, at most ``k_max`` (at least 4)."""
+    rotated = math.pi * diameter * step_deg / 360.0  # Å moved at the particle's edge
+    return int(max(4, min(k_max, math.floor(size * pixel_size / (1.2 * rotated)))))
 
 
 @dataclass
@@ -256,6 +285,16 @@ class _Stage:
     offset_step: float
     local: bool
     local_range: float  # radians
+    size: int = 0
+    pixel_size: float = 1.0
+    diameter: float = 0.0  # Å; 0: no coarse passes at lower frequency
+
+    def k_at(self, level: int, last: bool) -> int:
+        """Shell limit of a pass at grid ``level``: ``k_max`` for the last pass, RELION's coarse size
+        for the step of ``level`` otherwise."""
+        if last or self.diameter <= 0:
+            return self.k_max
+        return coarse_shell(angular_step(level), self.size, self.pixel_size, self.diameter, self.k_max)
 
 
 def _significant(v: torch.Tensor, lse: torch.Tensor, mass: float, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,10 +316,11 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
     shifts = prev_shift[:, None, :] + translation_grid(stage.offset_range, stage.offset_step, circular=True,
                                                        device=dev, dtype=rdt)  # (B, T, 2)
     t = shifts.shape[1]
-    terms = prepare_image_terms(y, s2, shifts, c, stage.k_max, half_plane=True)
+    level = min(stage.order, 2) if not stage.local else stage.order
+    k = stage.k_at(level, last=False)
+    terms = prepare_image_terms(y, s2, shifts, c, k, half_plane=True)
     if not stage.local:
-        level = min(stage.order, 2)
-        vals = ref.level_values(level)
+        vals = ref.level_values(level, k)
         m = vals.shape[0]
         chunk = max(1, (1 << 22) // max(1, b * t))
         lse = torch.full((b,), -math.inf, device=dev, dtype=rdt)
@@ -302,7 +342,6 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
         rot_idx, t_idx = torch.div(top_i, t, rounding_mode="floor"), top_i % t
         prior = torch.zeros_like(top_v)
     else:
-        level = stage.order
         bat, idx = local_grid(prev_rot, level, stage.local_range)
         counts = torch.bincount(bat, minlength=b)
         kmax = max(1, int(counts.max()))
@@ -311,7 +350,7 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
         valid = torch.zeros(b, kmax, dtype=torch.bool, device=dev)
         cand[bat, pos], valid[bat, pos] = idx, True
         rots = so3_grid(level, device=dev, dtype=rdt, indices=cand.reshape(-1)).reshape(b, kmax, 3, 3)
-        vals = ref.values(rots.reshape(-1, 3, 3)).reshape(b, kmax, -1)
+        vals = ref.values(rots.reshape(-1, 3, 3), k).reshape(b, kmax, -1)
         ll = log_likelihood_table(terms, vals, on_pixels=True)  # (B, T, K)
         sigma = stage.local_range / cfg.local_range
         ang = geodesic_distance(prev_rot[:, None].to(rdt), rots)  # (B, K)
@@ -329,11 +368,11 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
 
 
 def _child_pass(y, c, s2, ref: _Reference, stage: _Stage, level, rot_idx, shift, logw, prior, prev_rot,
-                sub_shift: float | None):
+                sub_shift: float | None, k: int):
     """Children (level + 1) of each kept pose (``logw`` finite) × shift offsets (none, or 4 at
     ``±sub_shift``): ``(child index (B, K'), shift (B, K', 2), log posterior (B, K') unnormalised,
     prior (B, K'))`` over all candidates (−inf where not a candidate)."""
-    b, k = rot_idx.shape
+    b = rot_idx.shape[0]
     dev, rdt = y.device, y.real.dtype
     kept = torch.isfinite(logw)
     kk = max(1, int(kept.sum(1).max()))
@@ -346,13 +385,14 @@ def _child_pass(y, c, s2, ref: _Reference, stage: _Stage, level, rot_idx, shift,
         offs = torch.tensor([[-h, -h], [h, -h], [-h, h], [h, h]], device=dev, dtype=rdt)
     n_s = offs.shape[0]
     cand_shift = shift[:, :, None, :] + offs  # (B, K, S, 2)
-    rep = lambda x: x.repeat_interleave(kk, dim=0)  # noqa: E731
-    terms = prepare_image_terms(rep(y), s2, cand_shift.reshape(b * kk, n_s, 2), None if c is None else rep(c),
-                                stage.k_max, half_plane=True)
-    vals = ref.grid_values(level + 1, child.reshape(-1)).reshape(b * kk, 8, -1)
-    ll = log_likelihood_table(terms, vals, on_pixels=True).reshape(b, kk, n_s, 8).transpose(2, 3)  # (B, K, 8, S)
+    # only the kept poses are scored (one pseudo-image each), then laid back into (B, K, 8, S)
+    bi, ki = kept.nonzero(as_tuple=True)
+    terms = prepare_image_terms(y[bi], s2, cand_shift[bi, ki], None if c is None else c[bi], k, half_plane=True)
+    vals = ref.grid_values(level + 1, child[bi, ki].reshape(-1), k).reshape(bi.numel(), 8, -1)
+    scored = log_likelihood_table(terms, vals, on_pixels=True).transpose(1, 2)  # (P, 8, S)
     pr = prior[:, :, None, None].expand(-1, -1, 8, n_s)
-    ll = torch.where(kept[:, :, None, None], ll + pr, torch.full_like(ll, -math.inf))
+    ll = torch.full((b, kk, 8, n_s), -math.inf, device=dev, dtype=scored.dtype)
+    ll[bi, ki] = scored + pr[bi, ki]
     idx = child[:, :, :, None].expand(-1, -1, -1, n_s)
     sh = cand_shift[:, :, None, :, :].expand(-1, -1, 8, -1, -1)
     return idx.reshape(b, -1), sh.reshape(b, -1, 2), ll.reshape(b, -1), pr.reshape(b, -1)
@@ -381,7 +421,7 @@ def _posterior_batch(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_sh
     while level < target:
         last = level + 1 == target
         idx, sh, ll, pr = _child_pass(y, c, s2, ref, stage, level, rot_idx, shift, logw, prior, prev_rot,
-                                      stage.offset_step / 4 if last else None)
+                                      stage.offset_step / 4 if last else None, stage.k_at(level + 1, last))
         level += 1
         cap = cfg.max_significant if last else cfg.max_coarse
         v, order = ll.sort(1, descending=True)
@@ -480,11 +520,13 @@ def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1
     return (num / (cnt * per_shell)).float()
 
 
-def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig) -> _Stage:
+def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float) -> _Stage:
     step = cfg.offset_step / 2 ** refinements
     rng = max(cfg.offset_range / 2 ** refinements, 3 * step) if refinements else cfg.offset_range
+    diameter = cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
     return _Stage(order=order, k_max=k_max, offset_range=rng, offset_step=step, local=order >= cfg.local_order,
-                  local_range=cfg.local_range * math.radians(angular_step(order)))
+                  local_range=cfg.local_range * math.radians(angular_step(order)), size=size,
+                  pixel_size=pixel_size, diameter=diameter if cfg.coarse_size else 0.0)
 
 
 def _shell_of(resolution: float, size: int, pixel_size: float) -> float:
@@ -517,7 +559,7 @@ def _iteration(particles: Particles, state: dict, cfg: RefineConfig, dev, progre
     """One EM iteration over both halves; returns the new state (module docstring)."""
     size, px = particles.box_size, particles.pixel_size
     nsh = size // 2 + 1
-    stage = _stage(state["order"], state["k_max"], state["refinements"], cfg)
+    stage = _stage(state["order"], state["k_max"], state["refinements"], cfg, size, px)
     half = state["half"].cpu().numpy()
     rotations, shifts = state["rotations"].clone(), state["shifts"].clone()
     change = torch.full((len(particles),), float("nan"), dtype=torch.float64)

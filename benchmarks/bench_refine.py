@@ -1,0 +1,235 @@
+"""Acceptance of gold-standard auto-refinement (cryolens `relion-refine3d`) and the side-by-side with
+`relion_refine --auto_refine` on the same data from the same start map.
+
+Dataset (cached under benchmarks/_data/, made once by `cryolens.simulate.simulate_dataset`): 4E43.pdb →
+D = 64, 1.5 Å/px; 5,000 images, uniform poses, Gaussian shifts (std 1.5 px, at most 3 px), CTF (mean
+defocus 1.0–2.5 µm), white noise at SNR 0.1. A run uses the first ``--n`` images (one STAR file of
+them, read by both programs). Start map: the ground-truth map low-passed to 20 Å (cryolens:
+`initial_lowpass=20` on the ground truth; RELION: `--ref` ground truth with `--ini_high 20`).
+
+Phases (each writes its JSON under the run folder; `--phase all` runs them in order):
+  prepare   dataset, the STAR of the first N images, the known-pose back-projection of those images
+            (its FSC-vs-truth 0.5 resolution is the target: refinement within 5 % of it).
+  cryolens  `auto_refine` with the `relion-refine3d` recipe's options (initial low-pass 20 Å),
+            `--threads` torch threads; wall and CPU time, iterations, half-map resolution, FSC vs truth,
+            median rotation error after global alignment, shift error.
+  evaluate  the cryolens run as of its last checkpoint (for a run stopped before convergence).
+  relion    `mpirun -np THREADS+1 relion_refine_mpi --auto_refine --split_random_halves --ctf
+            --healpix_order 2 --auto_local_healpix_order 4 --offset_range 5 --offset_step 2 --ini_high 20
+            --particle_diameter 80 --flatten_solvent --zero_mask --low_resol_join_halves 40 --pad 2
+            --j 1` (RELION 3.1 GUI defaults otherwise; the half-set split needs the MPI build: a master and
+            one worker per half, i.e. THREADS busy cores), same measurements on its run_data.star and
+            run_class001.mrc.
+
+  .venv/bin/python benchmarks/bench_refine.py --phase all --n 2000 --threads 2 --out benchmarks/_data/refine_n2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "_data"
+BOX, APIX, SNR, LOWPASS = 64, 1.5, 0.1, 20.0
+
+
+def ensure_dataset() -> Path:
+    from cryolens.io.atomic import read_atoms
+    from cryolens.simulate import bundled_model, simulate_dataset, volumes_from_models
+
+    out = DATA / f"4E43_D{BOX}_apix{APIX:g}_n5000_snr{SNR:g}_shift3_seed0"
+    if not (out / "particles.star").is_file():
+        vol = volumes_from_models([read_atoms(bundled_model("4E43"))], BOX, APIX)
+        simulate_dataset(out, vol, 5000, APIX, SNR, shift_std=1.5, shift_max=3.0, seed=0, progress=False)
+    return out
+
+
+def _cpu() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _truth(ds: Path, n: int) -> tuple[torch.Tensor, dict]:
+    from cryolens.io.mrc import read_volume
+    from cryolens.simulate.dataset import read_ground_truth
+
+    gt = read_ground_truth(ds)
+    vol, _ = read_volume(gt["volume_files"][0])
+    return torch.from_numpy(np.asarray(vol, dtype=np.float32)), {k: gt[k][:n] for k in ("rotations", "shifts")}
+
+
+def evaluate(volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, truth: torch.Tensor,
+             gt: dict) -> dict:
+    """FSC-vs-truth 0.5 resolution of ``volume``, rotation error after global alignment, shift error."""
+    from cryolens.metrics.fsc import fsc, resolution_at
+    from cryolens.metrics.pose_error import pose_error_summary
+
+    curve = np.asarray(fsc(volume, truth))
+    err = pose_error_summary(rotations.float(), torch.as_tensor(gt["rotations"]).float())
+    shift_err = (shifts.float() - torch.as_tensor(gt["shifts"]).float()).norm(dim=1)
+    return {"resolution_vs_truth_05_A": float(resolution_at(curve, 0.5, APIX, BOX)),
+            "fsc_vs_truth": curve.round(4).tolist(), "rotation_error_median_deg": float(err["median_deg"]),
+            "rotation_error_mean_deg": float(err["mean_deg"]), "mirrored": bool(err["mirrored"]),
+            "shift_error_median_px": float(shift_err.median())}
+
+
+def prepare(out: Path, n: int) -> dict:
+    from cryolens.io.dataset import read_particles
+    from cryolens.io.mrc import write_volume
+    from cryolens.io.star import write_star
+    from cryolens.methods.backprojection import backproject
+
+    ds = ensure_dataset()
+    out.mkdir(parents=True, exist_ok=True)
+    star = ds / f"particles_first{n}.star"
+    p = read_particles(ds / "particles.star").subset(np.arange(n))
+    if not star.is_file():
+        write_star(star, p)
+    truth, gt = _truth(ds, n)
+    write_volume(out / "truth.mrc", truth.numpy(), APIX)
+    t0 = time.perf_counter()
+    bp = backproject(p, progress=False)
+    known = evaluate(bp.volume, p.rotations, p.shifts, truth, gt)
+    res = {"dataset": str(ds), "star": str(star), "n": n, "known_pose_backprojection": {
+        "resolution_vs_truth_05_A": known["resolution_vs_truth_05_A"], "halfmap_0143_A": bp.resolution,
+        "wall_s": time.perf_counter() - t0}}
+    (out / "prepare.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: bool = False) -> dict:
+    from cryolens.inference.autorefine import auto_refine
+    from cryolens.io.dataset import read_particles
+    from cryolens.io.runfolder import RunFolder
+    from cryolens.methods.refine3d import RELION_DEFAULTS, refine_config
+
+    torch.set_num_threads(threads)
+    prep = json.loads((out / "prepare.json").read_text())
+    p = read_particles(prep["star"])
+    p.rotations, p.shifts = None, None  # poses unknown
+    truth, gt = _truth(Path(prep["dataset"]), n)
+    cfg = refine_config({**RELION_DEFAULTS, "lowpass": LOWPASS, "max_iterations": max_iterations})
+    run = RunFolder(out / "cryolens")
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), _cpu()
+    res = auto_refine(p, truth, config=cfg, run=run, progress=True, resume=resume)
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    if resume:  # the iterations' own clock, summed over the interrupted and the resumed process
+        wall = res.history[-1]["elapsed_s"]
+    ev = evaluate(res.volume, res.rotations, res.shifts, truth, gt)
+    out_d = {"program": "cryolens auto_refine (relion-refine3d)", "threads": threads, "wall_s": wall,
+             "cpu_s": cpu if not resume else None, "resumed": resume,
+             "load_before": load0, "load_after": os.getloadavg()[0], "iterations": len(res.history),
+             "converged": res.converged, "halfmap_0143_A": res.resolution, **ev,
+             "history": [{k: v for k, v in h.items() if k != "fsc"} for h in res.history]}
+    (out / "cryolens.json").write_text(json.dumps(out_d, indent=1))
+    return out_d
+
+
+def evaluate_checkpoint(out: Path, n: int) -> dict:
+    """The cryolens run as of its last checkpoint (a run stopped before convergence): full map,
+    poses and per-iteration history."""
+    from cryolens.io.checkpoint import load_checkpoint
+
+    prep = json.loads((out / "prepare.json").read_text())
+    truth, gt = _truth(Path(prep["dataset"]), n)
+    st = load_checkpoint(out / "cryolens" / "checkpoint.pt")
+    ev = evaluate(st["full"].float(), st["rotations"], st["shifts"], truth, gt)
+    out_d = {"program": "cryolens auto_refine (relion-refine3d), last checkpoint", "iterations": st["iteration"],
+             "converged": bool(st["converged"]), "wall_s_iterations": st["elapsed_s"],
+             "halfmap_0143_A": float(st["resolution"]), **ev,
+             "history": [{k: v for k, v in h.items() if k != "fsc"} for h in st["history"]]}
+    (out / "cryolens_checkpoint.json").write_text(json.dumps(out_d, indent=1))
+    return out_d
+
+
+def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
+    from cryolens.io.mrc import read_volume
+    from cryolens.io.star import read_star
+
+    prep = json.loads((out / "prepare.json").read_text())
+    ds = Path(prep["dataset"])
+    truth, gt = _truth(ds, n)
+    rdir = (out / "relion").resolve()
+    rdir.mkdir(parents=True, exist_ok=True)
+    # the gold-standard split needs the MPI build: 1 master + 2 workers (one per half-set), 1 thread each
+    args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(threads + 1), "relion_refine_mpi",
+            "--o", str(rdir / "run"), "--i", Path(prep["star"]).name,
+            "--ref", str((out / "truth.mrc").resolve()), "--ini_high", str(LOWPASS), "--auto_refine",
+            "--split_random_halves", "--ctf", "--healpix_order", "2", "--auto_local_healpix_order", "4",
+            "--offset_range", "5", "--offset_step", "2", "--particle_diameter", "80", "--flatten_solvent",
+            "--zero_mask", "--low_resol_join_halves", "40", "--pad", "2", "--sym", "C1", "--oversampling", "1",
+            "--dont_combine_weights_via_disc", "--pool", "3", "--j", "1"]
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), _cpu()
+    timed_out = False
+    with open(rdir / "relion_refine.log", "w") as log:
+        try:
+            proc = subprocess.run(args, cwd=ds, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    iters = sorted(rdir.glob("run_it*_half1_model.star"))
+    if timed_out:  # what it had reached: the last finished iteration
+        last = iters[-1] if iters else None
+        cur = [ln.split()[1] for ln in last.read_text().splitlines() if ln.startswith("_rlnCurrentResolution")] \
+            if last else []
+        out_d = {"program": "relion_refine 3.1 --auto_refine", "threads": threads, "command": " ".join(args),
+                 "timed_out_after_s": wall, "cpu_s": cpu, "iterations_finished": len(iters),
+                 "last_iteration_resolution_A": float(cur[0]) if cur else None}
+        (out / "relion.json").write_text(json.dumps(out_d, indent=1))
+        return out_d
+    if proc.returncode != 0:
+        raise RuntimeError(f"relion_refine failed ({proc.returncode}); see {rdir / 'relion_refine.log'}")
+    cwd = os.getcwd()
+    os.chdir(ds)  # RELION's image paths are relative to the folder it ran in
+    try:
+        data = read_star(rdir / "run_data.star")
+    finally:
+        os.chdir(cwd)
+    vol, _ = read_volume(rdir / "run_class001.mrc")
+    ev = evaluate(torch.from_numpy(np.asarray(vol, dtype=np.float32)), data.rotations, data.shifts, truth, gt)
+    model = (rdir / "run_model.star").read_text()
+    cur = [ln.split()[1] for ln in model.splitlines() if ln.startswith("_rlnCurrentResolution")]
+    out_d = {"program": "relion_refine 3.1 --auto_refine", "threads": threads, "command": " ".join(args),
+             "wall_s": wall, "cpu_s": cpu, "load_before": load0, "load_after": os.getloadavg()[0],
+             "iterations": len(iters), "halfmap_0143_A": float(cur[0]) if cur else None, **ev}
+    (out / "relion.json").write_text(json.dumps(out_d, indent=1))
+    return out_d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phase", choices=("prepare", "cryolens", "relion", "evaluate", "all"), default="all")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-iterations", type=int, default=30)
+    ap.add_argument("--resume", action="store_true", help="cryolens phase: continue from its checkpoint")
+    ap.add_argument("--relion-timeout", type=float, default=6 * 3600)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    out = a.out or DATA / f"refine_n{a.n}"
+    if a.phase in ("prepare", "all"):
+        print(json.dumps(prepare(out, a.n), indent=1))
+    if a.phase in ("cryolens", "all"):
+        r = run_cryolens(out, a.n, a.threads, a.max_iterations, a.resume)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("history", "fsc_vs_truth")}, indent=1))
+    if a.phase == "evaluate":
+        r = evaluate_checkpoint(out, a.n)
+        print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))
+    if a.phase in ("relion", "all"):
+        r = run_relion(out, a.n, a.threads, a.relion_timeout)
+        print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

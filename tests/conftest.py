@@ -57,3 +57,17 @@ def _require_browser(request):
         if "1" in (os.environ.get("CRYOLENS_REQUIRE_BROWSER"), os.environ.get("CRYOLENS_REQUIRE_RELION")):
             pytest.fail(msg + "; CRYOLENS_REQUIRE_BROWSER / CRYOLENS_REQUIRE_RELION make this a failure")
         pytest.skip(msg)
+
+
+@pytest.fixture
+def cryodrgn_exe():
+    """The ``cryodrgn`` program of cryoDRGN 4.3.1's own venv (``CRYOLENS_CRYODRGN`` or PATH). Skipped
+    with the reason when missing, failed under ``CRYOLENS_REQUIRE_CRYODRGN=1`` (CI installs it)."""
+    from cryolens.bench.cryodrgn import CryoDRGNNotFound, cryodrgn_program
+
+    try:
+        return cryodrgn_program()
+    except CryoDRGNNotFound as e:
+        if os.environ.get("CRYOLENS_REQUIRE_CRYODRGN") == "1":
+            pytest.fail(f"{e}; CRYOLENS_REQUIRE_CRYODRGN=1 makes this a failure")
+        pytest.skip(str(e))

@@ -82,14 +82,11 @@ np.savez(out, images=imgs, rot=pt.rots.numpy(), trans=pt.trans.numpy(), ctf=c)
 """
 
 
-def test_cryodrgn_reads_prepared_inputs(tmp_path):
+def test_cryodrgn_reads_prepared_inputs(tmp_path, cryodrgn_exe):
     """cryoDRGN's own readers on the prepared inputs: image i = particle i's image, its rot = our Rᵀ,
     its translation (px, RELION's origin sign) = −our shift, its CTF rows = our Apix, defocus U/V,
     angle (°), kV, Cs, Q0."""
-    try:
-        exe = cryodrgn_program()
-    except CryoDRGNNotFound as e:
-        pytest.skip(f"needs cryoDRGN in its own venv: {e}")
+    exe = cryodrgn_exe
     order = np.random.default_rng(2).permutation(N)
     p, images = _particles(tmp_path, order)
     inp = prepare_inputs(p, tmp_path / "drgn")

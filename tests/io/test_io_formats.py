@@ -1,9 +1,9 @@
 """cryoSPARC .cs and cryoDRGN pickles: their conventions, checked with scipy and with cryoDRGN's own
 formulas (and its parsers when installed), and the STAR → .cs → cryoDRGN → STAR round trip."""
 
-import argparse
 import os
 import pickle
+import subprocess
 
 import numpy as np
 import pytest
@@ -149,26 +149,20 @@ def test_cryodrgn_pickles_follow_cryodrgn_conventions(tmp_path):
     torch.testing.assert_close(s, p.shifts, atol=1e-5, rtol=0)
 
 
-def _run_cryodrgn(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_args(parser)
-    module.main(parser.parse_args(argv))
-
-
-def test_cryodrgn_own_parsers_agree(tmp_path):
-    """cryoDRGN's parse_pose_star / parse_ctf_star on our STAR and parse_pose_csparc on our .cs
-    give pickles that read back as the original poses, shifts and CTF."""
-    pytest.importorskip("cryodrgn")
-    from cryodrgn.commands import parse_ctf_star, parse_pose_csparc, parse_pose_star
-
+def test_cryodrgn_own_parsers_agree(tmp_path, cryodrgn_exe):
+    """cryoDRGN 4.3.1's own ``parse_pose_star`` / ``parse_ctf_star`` on our STAR and ``parse_pose_csparc``
+    on our .cs (run from its venv) give pickles that read back as the original poses, shifts and CTF."""
     stack = make_stack(tmp_path / "p.mrcs", n=15)
     p = random_particles(stack, n=15, seed=12, bfactor=False)
     p.image_index = np.arange(15)
     write_star(tmp_path / "p.star", p)
     write_cs(tmp_path / "p.cs", p)
-    _run_cryodrgn(parse_pose_star, [str(tmp_path / "p.star"), "-o", str(tmp_path / "star_poses.pkl")])
-    _run_cryodrgn(parse_ctf_star, [str(tmp_path / "p.star"), "-o", str(tmp_path / "star_ctf.pkl")])
-    _run_cryodrgn(parse_pose_csparc, [str(tmp_path / "p.cs"), "-D", "16", "-o", str(tmp_path / "cs_poses.pkl")])
+    for argv in (["parse_pose_star", str(tmp_path / "p.star"), "-o", str(tmp_path / "star_poses.pkl")],
+                 ["parse_ctf_star", str(tmp_path / "p.star"), "-o", str(tmp_path / "star_ctf.pkl")],
+                 ["parse_pose_csparc", str(tmp_path / "p.cs"), "-D", "16", "-o", str(tmp_path / "cs_poses.pkl")]):
+        done = subprocess.run([str(cryodrgn_exe), *argv], capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert done.returncode == 0, f"cryodrgn {argv[0]} failed: {done.stderr[-2000:]}"
     for poses in ("star_poses.pkl", "cs_poses.pkl"):
         q = read_cryodrgn(stack, tmp_path / poses, tmp_path / "star_ctf.pkl")
         assert_particles_close(p, q, ctf_fields=NO_B)

@@ -156,8 +156,8 @@ def _hwm_mib(pid: int) -> float:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError):  # the process is gone or its status unreadable: no peak known
+        return 0.0
     return 0.0
 
 

@@ -257,7 +257,7 @@ def _kill(pids: list[int]) -> None:
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            pass
+            continue  # already gone, or not ours to end
 
 
 def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, budget_s: float,

@@ -229,7 +229,7 @@ def fsc(vol1, vol2, pixel_size: float = 1.0, workdir: str | os.PathLike | None =
 def _write_input_star(particles, run_dir: Path, seed: int = 0) -> Path:
     """``particles.star`` (RELION 3.1) in ``run_dir`` with ``rlnRandomSubset`` 1/2 (equal random halves)."""
     from ..io.star import write_star
-    from ..methods.backprojection import half_set_labels
+    from ..io.particles import half_set_labels
 
     p = particles.subset(np.arange(len(particles)))
     p.extra["rlnRandomSubset"] = half_set_labels(particles, seed) + 1

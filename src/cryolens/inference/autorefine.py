@@ -64,7 +64,7 @@ from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft, sampling_volume
 from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
 from ..io.dataset import iterate_batches
-from ..io.particles import Particles
+from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
 from .likelihood import half_plane_pixels, log_likelihood_table, prepare_image_terms, used_pixels, volume_slicer
@@ -493,16 +493,6 @@ def _insert_pairs(acc: FourierAccumulator, y, c, poses: _BatchPoses, where: _Ins
     acc.add_points(s1, s2, rots, where.freqs, where.mult)
 
 
-def half_labels(particles: Particles, seed: int = 0) -> np.ndarray:
-    """``(N,)`` half-set 0/1: from ``rlnRandomSubset`` (1/2) when present, else a seeded equal split."""
-    subset = particles.extra.get("rlnRandomSubset") if particles.extra else None
-    if subset is not None:
-        return (np.asarray(subset).astype(int) - 1).clip(0, 1)
-    labels = np.zeros(len(particles), dtype=int)
-    labels[np.random.default_rng(seed).permutation(len(particles))[len(particles) // 2:]] = 1
-    return labels
-
-
 def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1000, device=None) -> torch.Tensor:
     """``(D//2+1,)`` starting ``σ²`` (float32): the mean per-shell power of up to ``n`` of the images,
     RELION's start. It includes the signal power, so the first E-step is tempered (broad posteriors)
@@ -654,7 +644,7 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
     vol = initial_volume.detach().to(device=dev, dtype=torch.float32)
     if cfg.initial_lowpass:
         vol = lowpass_volume(vol, float(cfg.initial_lowpass), px)
-    half = torch.as_tensor(half_labels(particles, cfg.seed))
+    half = torch.as_tensor(half_set_labels(particles, cfg.seed))
     if int(half.min()) == int(half.max()):
         raise InputError(f"{particles.name}: every particle is in one half-set (rlnRandomSubset); need both")
     sigma2 = [initial_noise_spectrum(particles, np.nonzero(half.numpy() == h)[0], device=dev).cpu() for h in (0, 1)]

@@ -244,3 +244,15 @@ def resolve_stacks(names, bases: list[Path], source: str, logger=None) -> tuple[
             row = int(np.nonzero(file_index == k)[0][0])
             raise InputError(f"{e} (row {row + 1})") from None
     return image_files, file_index
+
+
+def half_set_labels(particles: Particles, seed: int = 0) -> np.ndarray:
+    """``(N,)`` gold-standard half-set label 0/1: ``rlnRandomSubset`` (1/2) when the metadata has it,
+    else a seeded random split into equal halves (the same split for the same ``seed`` everywhere:
+    back-projection, auto-refinement and the RELION adapters)."""
+    subset = particles.extra.get("rlnRandomSubset") if particles.extra else None
+    if subset is not None:
+        return (np.asarray(subset).astype(int) - 1).clip(0, 1)
+    labels = np.zeros(len(particles), dtype=int)
+    labels[np.random.default_rng(seed).permutation(len(particles))[len(particles) // 2:]] = 1
+    return labels

@@ -25,7 +25,7 @@ from ..imaging.fft import fft2_centered
 from ..imaging.shift import phase_shift
 from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
 from ..io.dataset import iterate_batches
-from ..io.particles import Particles
+from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc, resolution_at
 
 
@@ -41,18 +41,6 @@ class BackprojectionResult:
     pixel_size: float
     n_images: tuple[int, int]
     info: dict = field(default_factory=dict)
-
-
-def half_set_labels(particles: Particles, seed: int = 0) -> np.ndarray:
-    """``(N,)`` half-set label 0/1: ``rlnRandomSubset`` (1/2) when the metadata has it, else a
-    seeded random split of equal halves."""
-    subset = particles.extra.get("rlnRandomSubset") if particles.extra else None
-    if subset is not None:
-        return (np.asarray(subset).astype(int) - 1).clip(0, 1)
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(len(particles), dtype=int)
-    labels[rng.permutation(len(particles))[len(particles) // 2:]] = 1
-    return labels
 
 
 def accumulate(particles: Particles, pad: int = 2, batch_size: int = 256, device=None, seed: int = 0,

@@ -11,6 +11,7 @@ Parts (each writes its numbers to its own JSON in the results folder, so parts c
 different times or at the same time; `score` reads them all):
   cryodrgn-vae / cryodrgn-nn   cryoDRGN train_vae / train_nn
   ours-vae / ours-nn           cryolens train cryodrgn / cryodrgn-homo
+  ours-vae-bf16 / ours-nn-bf16 the same with `--set cpu_amp=true` (bfloat16 autocast on the CPU)
   score                        Spearman(PC1 of z, hinge angle); per-image FSC-AUC (CryoBench:
                                `fsc_auc(fsc(map of z_i, ground-truth map of image i))`, mean over
                                --n-eval images drawn once with seed 0); the homogeneous maps' FSC
@@ -57,9 +58,11 @@ def run_cryodrgn_part(kind: str, a, ds: Path, work: Path) -> dict:
     from cryolens.io import read_star
 
     particles = read_star(ds / "particles.star")
-    if kind == "nn" and a.nn_images:
-        particles = particles.subset(np.arange(a.nn_images))
-    inp = C.prepare_inputs(particles, work / ("cryodrgn_inputs" if kind == "vae" else "cryodrgn_inputs_nn"))
+    first = a.nn_images if kind == "nn" else a.vae_images
+    if first:
+        particles = particles.subset(np.arange(first))
+    inp = C.prepare_inputs(particles, work / (("cryodrgn_inputs" if kind == "vae" else "cryodrgn_inputs_nn")
+                                              + (f"_first{first}" if first else "")))
     load0 = load_average()
     if kind == "vae":
         r = C.train_vae(inp, work / "cryodrgn_vae", zdim=a.zdim, epochs=a.epochs, enc_layers=a.layers,
@@ -170,13 +173,16 @@ def analyze(a, ds: Path, work: Path, results: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="+",
-                    choices=["cryodrgn-vae", "cryodrgn-nn", "ours-vae", "ours-nn", "score", "analyze"])
+                    choices=["cryodrgn-vae", "cryodrgn-nn", "ours-vae", "ours-nn", "ours-vae-bf16", "ours-nn-bf16",
+                             "score", "analyze"])
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--states", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=1, help="train_vae / cryodrgn epochs")
     ap.add_argument("--nn-epochs", type=int, default=1, help="train_nn / cryodrgn-homo epochs")
     ap.add_argument("--nn-images", type=int, default=0,
                     help="train_nn / cryodrgn-homo on the first K images only (0: all)")
+    ap.add_argument("--vae-images", type=int, default=0,
+                    help="train_vae / cryodrgn on the first N images only (speed runs; 0 = all)")
     ap.add_argument("--zdim", type=int, default=8)
     ap.add_argument("--layers", type=int, default=3, help="hidden layers of encoder and decoder")
     ap.add_argument("--dim", type=int, default=256, help="hidden width of encoder and decoder")
@@ -207,28 +213,33 @@ def main() -> None:
         elif part.startswith("cryodrgn"):
             out = run_cryodrgn_part(part.split("-")[1], a, ds, work)
         else:
-            out = run_ours("cryodrgn" if part == "ours-vae" else "cryodrgn-homo", a, ds, work)
+            out = run_ours("cryodrgn" if part.startswith("ours-vae") else "cryodrgn-homo", a, ds, work,
+                           bf16=part.endswith("-bf16"))
         out["started"] = started
         save(res_dir / f"{key}.json", out)
         print(json.dumps({key: {k: v for k, v in out.items() if k != "eval_images"}}, indent=1))
 
 
-def run_ours(recipe: str, a, ds: Path, work: Path) -> dict:
-    """``cryolens train RECIPE`` in a subprocess (one thread), measured like cryoDRGN's commands."""
+def run_ours(recipe: str, a, ds: Path, work: Path, bf16: bool = False) -> dict:
+    """``cryolens train RECIPE`` in a subprocess (one thread), measured like cryoDRGN's commands;
+    ``bf16``: with ``cpu_amp`` (bfloat16 autocast on the CPU)."""
     from cryolens.bench.cryodrgn import run_measured
     from cryolens.inference.engine import read_log
 
     vae = recipe == "cryodrgn"
-    out = work / ("ours_vae" if vae else "ours_nn")
+    out = work / (("ours_vae" if vae else "ours_nn") + ("_bf16" if bf16 else ""))
     star = ds / "particles.star"
-    if not vae and a.nn_images:
+    first = a.vae_images if vae else a.nn_images
+    if first:
         from cryolens.io import read_star, write_star
 
-        star = write_star(work / f"first{a.nn_images}.star", read_star(star).subset(np.arange(a.nn_images)))
+        star = write_star(work / f"first{first}.star", read_star(star).subset(np.arange(first)))
     cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from cryolens.cli.main import main; "
            "sys.exit(main(sys.argv[1:]))", "train", recipe, str(star), "--out", str(out),
            "--epochs", str(a.epochs if vae else a.nn_epochs), "--batch-size", str(a.batch_size), "--seed", "0",
            "--device", "cpu", "--quiet", "--set", f"dec_layers={a.layers}", "--set", f"dec_dim={a.dim}"]
+    if bf16:
+        cmd += ["--set", "cpu_amp=true"]
     if vae:
         cmd += ["--zdim", str(a.zdim), "--set", f"enc_layers={a.layers}", "--set", f"enc_dim={a.dim}"]
     if out.exists():

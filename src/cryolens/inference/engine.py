@@ -78,7 +78,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 class TrainConfig:
     """Engine settings. batch_size: the *global* batch (split over DDP ranks). optimizer: ``adam`` or
     ``adamw``. amp: autocast on CUDA (``bf16`` when supported, else ``fp16`` with a gradient scaler;
-    ignored on the CPU). grad_clip: max gradient norm (0 = none)."""
+    ignored on the CPU). cpu_amp: ``bf16`` autocast on the CPU (matrix products in bfloat16 with fp32
+    weights and accumulation: about 2-3x faster MLPs where the CPU has AVX512-BF16 or AMX; off by
+    default since bfloat16 keeps ~3 significant digits). grad_clip: max gradient norm (0 = none)."""
 
     epochs: int = 20
     batch_size: int = 8
@@ -86,6 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "adam"
     amp: bool = True
+    cpu_amp: bool = False
     seed: int = 0
     num_workers: int = 0
     grad_clip: float = 0.0
@@ -118,6 +121,8 @@ class Trainer:
         self.amp_dtype = None
         if cuda and config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif self.device.type == "cpu" and config.cpu_amp:
+            self.amp_dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.sampler = DistributedSampler(range(len(particles)), num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=config.seed, drop_last=False)
@@ -167,7 +172,7 @@ class Trainer:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.log_path.write_text("")
         records = []
-        autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         log = self.log_path.open("a") if self.rank == 0 else None
         try:

@@ -121,27 +121,27 @@ def score(a, ds: Path, work: Path, results: dict) -> dict:
         out["cryodrgn_nn"] = {"fsc_auc_middle_state": fsc_auc(curve, d),
                               "resolution_0.5_A": resolution_at(curve, 0.5, px, d),
                               "fsc_auc_per_image_mean": float(auc.mean())}
-    if "ours_vae" in results:
+    for key in [k for k in results if k.startswith("ours_vae")]:  # ours_vae, ours_vae_bf16
         from cryolens.methods.cryodrgn import load_trained
 
-        m = load_trained(results["ours_vae"]["outdir"])
+        m = load_trained(results[key]["outdir"])
         z = np.asarray(m.latents)
         t0 = time.perf_counter()
         with torch.no_grad():
             maps = np.concatenate([m.decode(torch.as_tensor(z[pick[s:s + 4]], dtype=torch.float32)).cpu().numpy()
                                    for s in range(0, len(pick), 4)])
         auc = per_image_fsc_auc(maps, gt_maps, labels[pick])
-        out["ours_vae"] = {"spearman_pc1_hinge": spearman_pc1(z, angles), "fsc_auc_mean": float(auc.mean()),
-                           "fsc_auc_std": float(auc.std()), "eval_s": time.perf_counter() - t0}
-    if "ours_nn" in results:
+        out[key] = {"spearman_pc1_hinge": spearman_pc1(z, angles), "fsc_auc_mean": float(auc.mean()),
+                    "fsc_auc_std": float(auc.std()), "eval_s": time.perf_counter() - t0}
+    for key in [k for k in results if k.startswith("ours_nn")]:  # ours_nn, ours_nn_bf16
         from cryolens.io.mrc import read_volume
 
-        v = read_volume(results["ours_nn"]["map"])[0]
+        v = read_volume(results[key]["map"])[0]
         curve = fsc(torch.from_numpy(v), torch.from_numpy(mid))
         auc = per_image_fsc_auc(np.broadcast_to(v, (len(pick),) + v.shape), gt_maps, labels[pick])
-        out["ours_nn"] = {"fsc_auc_middle_state": fsc_auc(curve, d),
-                          "resolution_0.5_A": resolution_at(curve, 0.5, px, d),
-                          "fsc_auc_per_image_mean": float(auc.mean())}
+        out[key] = {"fsc_auc_middle_state": fsc_auc(curve, d),
+                    "resolution_0.5_A": resolution_at(curve, 0.5, px, d),
+                    "fsc_auc_per_image_mean": float(auc.mean())}
     return out
 
 
@@ -159,10 +159,10 @@ def analyze(a, ds: Path, work: Path, results: dict) -> dict:
         s = analyze_latents(z, None, work / "analysis_cryodrgn", px, values={"hinge_angle_deg": angles},
                             n_clusters=10, n_pcs=1, seed=0, title="cryoDRGN 4.3.1 train_vae latents")
         out["cryodrgn_vae"] = {"spearman": s["spearman"], "folder": str(work / "analysis_cryodrgn")}
-    if "ours_vae" in results:
+    for key in [k for k in results if k.startswith("ours_vae")]:  # ours_vae, ours_vae_bf16
         from cryolens.methods.cryodrgn import load_trained
 
-        m = load_trained(results["ours_vae"]["outdir"])
+        m = load_trained(results[key]["outdir"])
         s = analyze_latents(m.latents, m.decode, results["ours_vae"]["outdir"], m.pixel_size,
                             values={"hinge_angle_deg": angles}, n_clusters=10, n_pcs=1, n_traversal=8,
                             n_path_maps=6, seed=0)

@@ -43,8 +43,9 @@ from ..inference.engine import Trainer, read_log
 from ..inference.losses import symmetrized_loss
 from ..inference.pose_encoder import PoseEncoder
 from ..inference.pose_search import hierarchical_search
-from ..io.dataset import iterate_batches, read_images
+from ..io.dataset import iterate_batches
 from ..io.particles import Particles
+from .cryodrgn import sample_images, train_config, training_summary
 
 # options every amortized-pose recipe has (the recipes add their decoder's and published values)
 COMMON_DEFAULTS = {
@@ -69,7 +70,7 @@ class AmortizedPoseModel(nn.Module):
                                    float(config["max_shift"]), float(config["enc_lowpass"]))
 
     def set_norm(self, value: float) -> None:
-        """The data scale: ``value`` is the std of the real-space images (:func:`data_std`)."""
+        """The data scale: ``value`` is the std of the real-space images."""
         raise NotImplementedError
 
     def image_errors(self, images, rotations, shifts, ctf) -> torch.Tensor:
@@ -139,13 +140,6 @@ def refine_poses(volume: torch.Tensor, particles: Particles, config: dict, devic
     return torch.cat(rots), torch.cat(shifts)
 
 
-def data_std(particles: Particles, n: int = 1000, seed: int = 0) -> float:
-    """Std of up to ``n`` randomly chosen images (real space)."""
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(particles), size=min(n, len(particles)), replace=False))
-    return float(read_images(particles, idx).std())
-
-
 def _pose_metrics(run, rotations: dict[str, torch.Tensor], truth: torch.Tensor | None) -> dict:
     """Rotation errors of each pose set against ``truth`` (when given), a histogram, JSON-ready summaries."""
     from ..analysis.bench_plots import plot_pose_errors
@@ -188,11 +182,7 @@ def finish(model: AmortizedPoseModel, particles: Particles, blind: Particles, ru
     records = read_log(run.path("log.jsonl"))
     if records:
         plot_training_curves(records, run.path("training_curves.png"), title)
-    steps = [r for r in records if not r.get("epoch_end")]
-    ends = [r for r in records if r.get("epoch_end")]
-    metrics = {"epochs": int(config["epochs"]), "final_loss": steps[-1]["loss"] if steps else None,
-               "final_pi_fraction": steps[-1]["pi_fraction"] if steps else None,
-               "images_per_s": float(np.mean([r["images_per_s"] for r in ends])) if ends else None,
+    metrics = {"epochs": int(config["epochs"]), **training_summary(records),
                **_pose_metrics(run, poses, particles.rotations)}
     run.write_metrics({**run.read_json("metrics.json"), **metrics})
     write_report(run.root, title)
@@ -202,7 +192,6 @@ def finish(model: AmortizedPoseModel, particles: Particles, blind: Particles, ru
 def fit_amortized(model: AmortizedPoseModel, particles: Particles, run, config: dict, device, progress: bool,
                   recipe: str, title: str):
     """Train ``model`` on the one engine (resumable) and write the run folder (module docstring)."""
-    from .cryodrgn import train_config
     from .registry import MethodOutputs
 
     if particles.ctf is None:
@@ -210,7 +199,7 @@ def fit_amortized(model: AmortizedPoseModel, particles: Particles, run, config: 
     device = torch.device(device or "cpu")
     # the model never sees the metadata's poses: they are stripped here (kept only to score the result)
     blind = dataclasses.replace(particles, rotations=None, shifts=None)
-    model.set_norm(data_std(blind, int(config["norm_images"]), int(config["seed"])))
+    model.set_norm(float(sample_images(blind, int(config["norm_images"]), int(config["seed"])).std()))
     trainer = Trainer(model, blind, train_config(config), run.root, device, progress)
     trainer.fit(resume=bool(config.get("resume")))
     if not is_main():

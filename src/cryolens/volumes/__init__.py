@@ -17,5 +17,5 @@ from .mlp import ResidualMLP
 from .neural import NeuralField
 from .voxel import RealVoxelVolume, VoxelVolume
 
-__all__ = ["NeuralField", "PositionalEncoding", "RealVoxelVolume", "ResidualMLP", "SliceLattice", "VoxelVolume", "flip_frequencies",
-           "fourier_to_hartley", "hartley_to_fourier"]
+__all__ = ["NeuralField", "PositionalEncoding", "RealVoxelVolume", "ResidualMLP", "SliceLattice", "VoxelVolume",
+           "flip_frequencies", "fourier_to_hartley", "hartley_to_fourier"]

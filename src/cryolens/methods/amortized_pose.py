@@ -52,8 +52,8 @@ COMMON_DEFAULTS = {
     "enc_channels": 16, "enc_max_channels": 128, "enc_convs": 2, "enc_hidden": [512, 256], "enc_lowpass": 0.0,
     "max_shift": 0.0, "symmetrized_loss": True,
     "refine_poses": False, "refine_base_level": 2, "refine_levels": 2, "refine_keep": 8, "refine_shift_step": 1.0,
-    "weight_decay": 0.0, "optimizer": "adam", "amp": True, "seed": 0, "num_workers": 0, "resume": False,
-    "norm_images": 1000, "pose_batch": 256,
+    "weight_decay": 0.0, "optimizer": "adam", "amp": True, "cpu_amp": False, "seed": 0, "num_workers": 0,
+    "resume": False, "norm_images": 1000, "pose_batch": 256,
 }
 
 

@@ -11,6 +11,7 @@ torchrun --nproc_per_node=K --no-python cryolens train ...
   cryolens train cryodrgn-homo particles.star --out run/ --set dec_dim=256
   cryolens train cryodrgn-autodecoder particles.star --out run/ --set variational=true
   cryolens train cryodrgn run_data/particles.star --out run/ --resume
+  cryolens train cryoai particles.star --out run/ --set symmetrized_loss=false --set refine_poses=true
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _FLAGS = {"epochs": "epochs", "zdim": "zdim", "batch_size": "batch_size", "lr": 
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe name (cryolens info --recipes, or cryodrgn, cryodrgn-homo, ...)")
+    p.add_argument("recipe", help="recipe name (cryolens info --recipes, or cryodrgn, cryodrgn-homo, cryoai, ...)")
     p.add_argument("input", help="particles: RELION .star, cryoSPARC .cs, or an .mrcs stack with --poses/--ctf")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--poses", help="cryoDRGN pose pickle (with an .mrcs input)")

@@ -93,6 +93,14 @@ def spherical_mask(d: int, radius: float | None = None, width: float = 3.0, devi
     return soft_edge(coord_grid_3d(d, device).norm(dim=-1), radius, width)
 
 
+def flip_centered(x: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
+    """``x(−r)`` on a centered grid along ``dims``: index ``i → (D − i) mod D``, so the centre ``D//2``
+    stays put (a plain ``torch.flip`` would move it by one pixel for even ``D``). On real-space images
+    ``(..., D, D)`` this is the in-plane rotation by π about the image centre; on centered transforms it
+    is ``k → −k``."""
+    return torch.roll(torch.flip(x, dims), (1,) * len(dims), dims)
+
+
 def lowpass_filter_2d(d: int, cutoff: float, width: float = 0.02, device=None) -> torch.Tensor:
     """``(D, D)`` soft low-pass filter in the centered Fourier layout; ``cutoff`` and
     ``width`` in cycles/px."""

@@ -6,7 +6,9 @@ A rotation matrix ``R`` maps image-frame (slice) coordinates into the volume fra
 RELION angles ``(rot, tilt, psi)`` give ``R = Rz(rot) · Ry(tilt) · Rz(psi)`` (intrinsic ZYZ,
 scipy's ``Rotation.from_euler("ZYZ", ...)``); RELION's own matrix ``A`` is ``Rᵀ``.
 cryoSPARC poses are rotation vectors (axis · angle, radians) of ``R``.
-Quaternions are ``(w, x, y, z)``, scalar first.
+Quaternions are ``(w, x, y, z)``, scalar first. The continuous "S2S2" / 6D representation of
+cryoAI and Zhou et al. 2019 is the pair of the first two columns of ``R`` (the image ``x`` and ``y`` axes
+in the volume frame), made orthonormal by Gram–Schmidt.
 """
 
 from __future__ import annotations
@@ -124,6 +126,40 @@ def geodesic_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
 def inplane_rotation(angle: torch.Tensor) -> torch.Tensor:
     """Rotation by ``angle`` (radians) about the z (beam) axis, ``(..., 3, 3)``."""
     return _rz(angle)
+
+
+def s2s2_to_matrix(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The continuous 6D ("S2S2") representation ``v (..., 6)`` → proper rotations ``(..., 3, 3)``.
+
+    ``v = (a, b)`` with ``a = v[..., :3]``, ``b = v[..., 3:]`` any two non-parallel 3-vectors (an encoder's
+    raw output). Gram–Schmidt: ``e₁ = a/|a|``, ``e₂ = (b − (e₁·b) e₁)/|…|``, ``e₃ = e₁ × e₂``, and
+    ``R = [e₁ e₂ e₃]`` as **columns**: ``e₁ = R x̂`` and ``e₂ = R ŷ`` are the image-frame axes in the volume
+    frame (CONVENTIONS.md: ``R`` maps image → volume frame). ``det R = +1`` by construction; differentiable
+    wherever ``a`` and ``b`` are not parallel (``eps`` guards the norms)."""
+    a, b = v[..., :3], v[..., 3:6]
+    e1 = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
+    b = b - (e1 * b).sum(-1, keepdim=True) * e1
+    e2 = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
+    e3 = torch.linalg.cross(e1, e2, dim=-1)
+    return torch.stack([e1, e2, e3], dim=-1)
+
+
+def matrix_to_s2s2(r: torch.Tensor) -> torch.Tensor:
+    """Rotations ``(..., 3, 3)`` → their 6D representation ``(..., 6)``: the first two columns
+    ``(R x̂, R ŷ)`` concatenated; :func:`s2s2_to_matrix` inverts it exactly."""
+    return torch.cat([r[..., :, 0], r[..., :, 1]], dim=-1)
+
+
+def inplane_pi_pose(rotations: torch.Tensor, shifts: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The pose of an image rotated in-plane by π about its centre: ``(R · Rz(π), −t)``.
+
+    With ``image(x, y) = ∫ V(R [x, y, z]ᵀ) dz``, ``R Rz(π) [x, y, z]ᵀ = R [−x, −y, z]ᵀ``, so projecting with
+    ``R Rz(π)`` gives ``image(−x, −y)``: the π-rotated image (:func:`~cryolens.imaging.grids.flip_centered`
+    on its last two axes); the particle centre ``t`` (px) moves to ``−t``. The CTF is even in ``k``, so it
+    is unchanged. rotations: ``(..., 3, 3)``; shifts: ``(..., 2)`` px or ``None``. Returns new tensors."""
+    rz = torch.tensor([-1.0, -1.0, 1.0], dtype=rotations.dtype, device=rotations.device)
+    return rotations * rz, (None if shifts is None else -shifts)
 
 
 def degrees(x: torch.Tensor) -> torch.Tensor:

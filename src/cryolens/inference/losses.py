@@ -11,14 +11,26 @@ component, ``Σ_k (Y − C·H)²`` over a ``±k``-symmetric pixel set equals ``�
 (the cross terms ``Re·Im`` cancel between ``k`` and ``−k``), so the negative log-likelihood is
 ``Σ (Y − C·H)² / (2σ²)`` up to a constant: cryoDRGN's mean squared error on the lattice is this with
 ``σ²`` absorbed in the weight of the KL term.
+
+**Symmetrized loss** (cryoAI, Levy et al. 2022; review §3.3.1). An amortized pose encoder can settle in a
+local minimum where, for part of the images, the pose is right only up to an in-plane rotation by π (the
+map then grows a spurious planar symmetry). The symmetrized loss takes per image the smaller of the error
+of the image ``Y`` and of its π-rotated copy ``R_π Y`` (:func:`~cryolens.imaging.grids.flip_centered`),
+each explained by its own pose: ``min(ℓ(Y), ℓ(R_π Y))``, where ``ℓ`` infers the pose of the image it is
+given, renders it and compares (cryoAI's code: the encoder runs on both copies). For a fixed pose ``(R, t)``
+the second branch is the error of the original image under ``(R Rz(π), −t)``
+(:func:`~cryolens.imaging.rotations.inplane_pi_pose`), the review's form of the same idea.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from ..imaging.ctf import CTFParams, ctf_from_freqs
 from ..imaging.fft import fft2_centered
+from ..imaging.grids import flip_centered
 from ..imaging.shift import phase_shift
 from ..volumes.lattice import SliceLattice
 
@@ -57,3 +69,17 @@ def reparametrize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gener
     """``z = μ + e^{logvar/2} ε``, ``ε ~ N(0, I)`` (differentiable in ``μ`` and ``logvar``)."""
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + (0.5 * logvar).exp() * eps
+
+
+def symmetrized_loss(images: torch.Tensor,
+                     image_error: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image ``min(ℓ(Y), ℓ(R_π Y))`` (module docstring) and which branch won.
+
+    images: ``(B, D, D)`` real space ``[n, y, x]``. image_error: ``(B', D, D) → (B',)`` per-image error of
+    images it is given (pose inference, rendering and comparison inside; it is called once on the ``2B``
+    images ``[Y; R_π Y]``, so batch statistics see both copies). Returns ``(loss (B,), pi (B,) bool)``:
+    ``pi`` is true where the π-rotated branch was smaller. The gradient flows through the smaller branch."""
+    b = images.shape[0]
+    err = image_error(torch.cat([images, flip_centered(images)])).reshape(2, b)
+    loss, branch = err.min(dim=0)
+    return loss, branch.bool()

@@ -9,6 +9,8 @@ registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchma
   from an initial map, full pose posterior (RELION) or modal poses by hierarchical search (cryoSPARC).
 - ``cryodrgn``, ``cryodrgn-homo``, ``cryodrgn-autodecoder`` (:mod:`~cryolens.methods.cryodrgn`) and
   ``cryodrgn2`` (:mod:`~cryolens.methods.cryodrgn2`): neural volumes, amortized or per-image z, ab initio.
+- ``cryoai``, ``cryoposenet`` (:mod:`~cryolens.methods.cryoai`, :mod:`~cryolens.methods.cryoposenet`): ab initio
+  with amortized poses (pose encoder), neural Fourier volume or real-space voxels.
 """
 
 from . import backprojection
@@ -88,3 +90,17 @@ register(Recipe(
     summary="ab initio: neural volume + frequency-marching hierarchical pose search (heterogeneous=true adds z)",
     defaults=dict(cryodrgn2.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Zhong et al. 2021, ICCV (cryoDRGN2; cryoDRGN abinit_homo_old / abinit_het_old)"), replace=True)
+
+# --- amortized pose inference (methods/amortized_pose.py, methods/cryoai.py, methods/cryoposenet.py) ---
+from . import cryoai, cryoposenet  # noqa: E402
+
+register(Recipe(
+    name="cryoai", fit=cryoai.fit,
+    summary="ab initio: CNN pose encoder (S2S2 + shift) + neural Fourier volume, symmetrized Hartley loss with CTF",
+    defaults=dict(cryoai.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Levy et al. 2022, ECCV (cryoAI; compSPI/cryoAI)"), replace=True)
+register(Recipe(
+    name="cryoposenet", fit=cryoposenet.fit,
+    summary="ab initio: CNN pose encoder + real-space voxel grid, real-space projection, CTF, L2 loss",
+    defaults=dict(cryoposenet.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Nashed et al. 2021, ICCV workshops (CryoPoseNet)"), replace=True)

@@ -127,14 +127,28 @@ class CryoDRGN(nn.Module):
         return {"loss": mse + self.beta * kl / len(lat), "mse": mse, "kl": kl}
 
 
-def hartley_std(particles: Particles, n: int = 1000, seed: int = 0) -> float:
-    """Std of the Hartley transforms of up to ``n`` randomly chosen images (cryoDRGN's normalisation)."""
+def sample_images(particles: Particles, n: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Up to ``n`` randomly chosen images ``(n, D, D)`` float32 (seeded; for data normalisation)."""
     from ..io.dataset import read_images
 
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(particles), size=min(n, len(particles)), replace=False))
-    h = centered_hartley(read_images(particles, idx))
-    return float(h.std())
+    return read_images(particles, idx)
+
+
+def hartley_std(particles: Particles, n: int = 1000, seed: int = 0) -> float:
+    """Std of the Hartley transforms of up to ``n`` randomly chosen images (cryoDRGN's normalisation)."""
+    return float(centered_hartley(sample_images(particles, n, seed)).std())
+
+
+def training_summary(records: list[dict]) -> dict:
+    """``final_loss`` (and every other term of the last step, as ``final_<term>``) and the mean
+    ``images_per_s`` of the epochs, from a run's ``log.jsonl`` records (``None`` where there are none)."""
+    steps = [r for r in records if not r.get("epoch_end")]
+    ends = [r for r in records if r.get("epoch_end")]
+    last = {f"final_{k}": v for k, v in steps[-1].items() if k not in ("epoch", "step")} if steps else {}
+    return {"final_loss": None, **last,
+            "images_per_s": float(np.mean([r["images_per_s"] for r in ends])) if ends else None}
 
 
 @torch.no_grad()
@@ -191,11 +205,9 @@ def finish(model: CryoDRGN, particles: Particles, run, config: dict, device, tra
     records = read_log(run.path("log.jsonl"))
     if records:
         plot_training_curves(records, run.path("training_curves.png"), f"cryoDRGN ({model.mode})")
-    steps = [r for r in records if not r.get("epoch_end")]
-    ends = [r for r in records if r.get("epoch_end")]
-    metrics = {"epochs": int(config["epochs"]), "final_loss": steps[-1]["loss"] if steps else None,
-               "final_mse": steps[-1]["mse"] if steps else None,
-               "images_per_s": float(np.mean([r["images_per_s"] for r in ends])) if ends else None}
+    summary = training_summary(records)
+    metrics = {"epochs": int(config["epochs"]), "final_loss": summary["final_loss"],
+               "final_mse": summary.get("final_mse"), "images_per_s": summary["images_per_s"]}
     field = model.field
 
     def decode(zb: torch.Tensor | None) -> torch.Tensor:

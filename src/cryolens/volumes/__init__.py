@@ -7,14 +7,15 @@
   halves, and Hartley ↔ Fourier conversions.
 - :mod:`~cryolens.volumes.neural`: the implicit neural field ``(B, M, 3) coords, (B, L) z → (B, M)``
   Hartley values, central slices, and ``render(z, D) → (D, D, D)`` real-space maps.
-- :mod:`~cryolens.volumes.voxel`: a learnable voxel grid answering the same interface.
+- :mod:`~cryolens.volumes.voxel`: a learnable voxel grid answering the same interface (Fourier), and a
+  real-space voxel grid with real-space projection (CryoPoseNet).
 """
 
 from .encoding import PositionalEncoding
 from .lattice import SliceLattice, flip_frequencies, fourier_to_hartley, hartley_to_fourier
 from .mlp import ResidualMLP
 from .neural import NeuralField
-from .voxel import VoxelVolume
+from .voxel import RealVoxelVolume, VoxelVolume
 
-__all__ = ["NeuralField", "PositionalEncoding", "ResidualMLP", "SliceLattice", "VoxelVolume", "flip_frequencies",
-           "fourier_to_hartley", "hartley_to_fourier"]
+__all__ = ["NeuralField", "PositionalEncoding", "RealVoxelVolume", "ResidualMLP", "SliceLattice", "VoxelVolume",
+           "flip_frequencies", "fourier_to_hartley", "hartley_to_fourier"]

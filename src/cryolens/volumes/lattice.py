@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from ..imaging.grids import freq_grid_2d
+from ..imaging.grids import flip_centered, freq_grid_2d
 
 
 def flip_frequencies(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """``x(−k)`` on a centered grid along ``dims`` (index ``i → (D − i) mod D``)."""
-    return torch.roll(torch.flip(x, dims), (1,) * len(dims), dims)
+    """``x(−k)`` on a centered grid along ``dims`` (index ``i → (D − i) mod D``;
+    :func:`~cryolens.imaging.grids.flip_centered`)."""
+    return flip_centered(x, dims)
 
 
 def fourier_to_hartley(f: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 ``forward(coords (B, M, 3) cycles/px, z=None) → (B, M)`` Hartley values, trilinearly interpolated from
 a complex ``(D, D, D)`` centered transform (the :func:`~cryolens.imaging.slice.sampling_volume` layout);
 queries are folded onto the canonical half-space and conjugated (Friedel), so the map stays real.
-Homogeneous only (``z`` is ignored).
+Homogeneous only (``z`` is ignored). :class:`RealVoxelVolume` is the real-space twin (density voxels,
+real-space projection).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..imaging.fft import fft3_centered, ifft3_centered
+from ..imaging.project import project_real
 from ..imaging.slice import sampling_volume
 from .neural import canonical_half
 
@@ -47,3 +49,23 @@ class VoxelVolume(nn.Module):
     def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         """The real-space map ``(1, D, D, D)`` (real part of the inverse centered transform)."""
         return ifft3_centered(torch.view_as_complex(self.ft.detach()))[None].real.float()
+
+
+class RealVoxelVolume(nn.Module):
+    """A learnable real-space voxel grid (CryoPoseNet's decoder): ``density (D, D, D)`` ``[z, y, x]`` as a
+    parameter, initialised from ``volume`` or zeros. ``project(rotations (B, 3, 3)) → (B, D, D)``: the
+    real-space projection :func:`~cryolens.imaging.project.project_real` (trilinear sampling, sum along
+    the beam; differentiable in the density and the rotations). ``render() → (1, D, D, D)``."""
+
+    def __init__(self, box_size: int, volume: torch.Tensor | None = None):
+        super().__init__()
+        d = int(box_size)
+        self.box_size, self.zdim = d, 0
+        init = torch.zeros(d, d, d) if volume is None else volume.detach().float().clone()
+        self.density = nn.Parameter(init)
+
+    def project(self, rotations: torch.Tensor) -> torch.Tensor:
+        return project_real(self.density, rotations)
+
+    def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+        return self.density.detach()[None].float()

@@ -1,0 +1,207 @@
+"""What the amortized-pose recipes (``cryoai``, ``cryoposenet``) share: a pose encoder and a volume
+trained together on the one engine, then poses for every image, an optional modal refinement, and the
+run folder.
+
+Model (:class:`AmortizedPoseModel`): :class:`~cryolens.inference.pose_encoder.PoseEncoder` gives
+``(R, t)`` per image; a subclass says how the volume predicts an image and compares it
+(``image_errors``: the recipe's decoder and loss). With ``symmetrized_loss`` the per-image error is
+:func:`~cryolens.inference.losses.symmetrized_loss` (the encoder sees ``Y`` and ``R_π Y``). The engine's
+contract: ``forward(batch) → {"loss", "error", "pi_fraction"}``; the metadata's poses never reach it (the
+recipe strips them).
+
+After training (:func:`finish`), each image's pose is the encoder's, taken from the better of the two
+branches when the loss is symmetrized (a win of the π-branch gives ``inplane_pi_pose(E(R_π Y))``).
+``refine_poses``: each pose is then replaced by
+:func:`~cryolens.inference.pose_search.hierarchical_search` against the trained volume rendered to a
+voxel map (``refine_base_level``, ``refine_levels``, ``refine_keep``; shifts within ``±max_shift`` in steps
+of ``refine_shift_step``). When the input metadata carries rotations (a simulated dataset's ground truth),
+the rotation error after global alignment and the mirror check
+(:func:`~cryolens.metrics.pose_error.pose_error_summary`) is reported for the amortized poses and, when
+refined, for the refined ones, with a histogram ``pose_error.png``.
+
+Run folder: ``checkpoint.pt`` (resumable), ``log.jsonl``, ``map.mrc``, ``poses.star`` (RELION 3.1, the
+particles with the estimated rotations and shifts; refined ones when ``refine_poses``), ``poses.npz``
+(``rotations (N, 3, 3)``, ``shifts (N, 2)`` px, and ``amortized_rotations`` / ``amortized_shifts`` when
+refined), ``training_curves.png``, ``pose_error.png`` (when the metadata has rotations), ``metrics.json``,
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..imaging.fft import fft2_centered
+from ..imaging.rotations import inplane_pi_pose
+from ..imaging.slice import prepare_volume_ft
+from ..inference.distributed import is_main
+from ..inference.engine import Trainer, read_log
+from ..inference.losses import symmetrized_loss
+from ..inference.pose_encoder import PoseEncoder
+from ..inference.pose_search import hierarchical_search
+from ..io.dataset import iterate_batches
+from ..io.particles import Particles
+from .cryodrgn import sample_images, train_config, training_summary
+
+# options every amortized-pose recipe has (the recipes add their decoder's and published values)
+COMMON_DEFAULTS = {
+    "enc_channels": 16, "enc_max_channels": 128, "enc_convs": 2, "enc_hidden": [512, 256], "enc_lowpass": 0.0,
+    "max_shift": 0.0, "symmetrized_loss": True,
+    "refine_poses": False, "refine_base_level": 2, "refine_levels": 2, "refine_keep": 8, "refine_shift_step": 1.0,
+    "weight_decay": 0.0, "optimizer": "adam", "amp": True, "cpu_amp": False, "seed": 0, "num_workers": 0,
+    "resume": False, "norm_images": 1000, "pose_batch": 256,
+}
+
+
+class AmortizedPoseModel(nn.Module):
+    """Pose encoder + a volume (subclass). ``image_errors(images (B, D, D), rotations (B, 3, 3),
+    shifts (B, 2) px, ctf | None) → (B,)``: the subclass's per-image loss of the images under those poses."""
+
+    def __init__(self, box_size: int, pixel_size: float, config: dict):
+        super().__init__()
+        self.pixel_size = float(pixel_size)
+        self.symmetrized = bool(config["symmetrized_loss"])
+        self.encoder = PoseEncoder(box_size, int(config["enc_channels"]), int(config["enc_max_channels"]),
+                                   int(config["enc_convs"]), tuple(int(h) for h in config["enc_hidden"]),
+                                   float(config["max_shift"]), float(config["enc_lowpass"]))
+
+    def set_norm(self, value: float) -> None:
+        """The data scale: ``value`` is the std of the real-space images."""
+        raise NotImplementedError
+
+    def image_errors(self, images, rotations, shifts, ctf) -> torch.Tensor:
+        raise NotImplementedError
+
+    def render_map(self) -> torch.Tensor:
+        """The trained map ``(D, D, D)`` float32 real space ``[z, y, x]``, in the images' units."""
+        raise NotImplementedError
+
+    def branches(self, images: torch.Tensor, ctf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(error (B,), pi (B,) bool, rotations (B, 3, 3), shifts (B, 2))``: the per-image loss and the
+        pose of each image (module docstring), symmetrized or not."""
+        b = images.shape[0]
+        out = {}
+
+        def err(x: torch.Tensor) -> torch.Tensor:
+            rot, sh = self.encoder(x)
+            c = None if ctf is None else ctf[torch.arange(x.shape[0], device=x.device) % b]
+            out["rot"], out["shift"] = rot, sh
+            return self.image_errors(x, rot, sh, c)
+
+        if not self.symmetrized:
+            e = err(images)
+            return e, torch.zeros(b, dtype=torch.bool, device=e.device), out["rot"], out["shift"]
+        e, pi = symmetrized_loss(images, err)
+        rot_pi, sh_pi = inplane_pi_pose(out["rot"][b:], out["shift"][b:])
+        rot = torch.where(pi[:, None, None], rot_pi, out["rot"][:b])
+        sh = torch.where(pi[:, None], sh_pi, out["shift"][:b])
+        return e, pi, rot, sh
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        e, pi, _, _ = self.branches(batch["image"], batch.get("ctf"))
+        loss = e.mean()
+        return {"loss": loss, "error": loss.detach(), "pi_fraction": pi.float().mean()}
+
+
+@torch.no_grad()
+def infer_poses(model: AmortizedPoseModel, particles: Particles, device, batch_size: int = 256
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rotations (N, 3, 3), shifts (N, 2) px)`` CPU float32 of every particle, in STAR order (eval mode)."""
+    was = model.training
+    model.eval()
+    rots, shifts = [], []
+    for idx, images in iterate_batches(particles, batch_size):
+        ctf = None if particles.ctf is None else particles.ctf[torch.as_tensor(idx)].to(device)
+        _, _, r, s = model.branches(images.to(device), ctf)
+        rots.append(r.float().cpu())
+        shifts.append(s.float().cpu())
+    model.train(was)
+    return torch.cat(rots), torch.cat(shifts)
+
+
+@torch.no_grad()
+def refine_poses(volume: torch.Tensor, particles: Particles, config: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modal poses ``(rotations (N, 3, 3), shifts (N, 2) px)`` of every particle by hierarchical search
+    against ``volume (D, D, D)`` (module docstring; CTF from the metadata when present)."""
+    vft = prepare_volume_ft(volume.to(device), pad=2)
+    rots, shifts = [], []
+    for idx, images in iterate_batches(particles, int(config["pose_batch"])):
+        ctf = None if particles.ctf is None else particles.ctf[torch.as_tensor(idx)].to(device)
+        res = hierarchical_search(fft2_centered(images.to(device)), vft, ctf=ctf, pixel_size=particles.pixel_size,
+                                  base_level=int(config["refine_base_level"]), n_levels=int(config["refine_levels"]),
+                                  max_shift=float(config["max_shift"]),
+                                  shift_step=float(config["refine_shift_step"]), keep=int(config["refine_keep"]))
+        rots.append(res.rotations.float().cpu())
+        shifts.append(res.shifts.float().cpu())
+    return torch.cat(rots), torch.cat(shifts)
+
+
+def _pose_metrics(run, rotations: dict[str, torch.Tensor], truth: torch.Tensor | None) -> dict:
+    """Rotation errors of each pose set against ``truth`` (when given), a histogram, JSON-ready summaries."""
+    from ..analysis.bench_plots import plot_pose_errors
+    from ..metrics.pose_error import pose_error_summary, rotation_errors
+
+    if truth is None:
+        return {}
+    metrics, errors = {}, {}
+    for name, r in rotations.items():
+        metrics[f"pose_error_{name}"] = {k: v for k, v in pose_error_summary(r, truth).items() if k != "alignment"}
+        metrics[f"median_rotation_error_{name}_deg"] = metrics[f"pose_error_{name}"]["median_deg"]
+        errors[name] = rotation_errors(r, truth)
+    plot_pose_errors(errors, run.path("pose_error.png"), "rotation error vs the input metadata's poses")
+    return metrics
+
+
+def finish(model: AmortizedPoseModel, particles: Particles, blind: Particles, run, config: dict, device,
+           title: str):
+    """After training (rank 0): poses, optional refinement, map, STAR, metrics, plots, report; returns the
+    :class:`~cryolens.methods.registry.MethodOutputs`."""
+    from ..analysis.curves import plot_training_curves
+    from ..analysis.report import write_report
+    from ..io.mrc import write_volume
+    from ..io.star import write_star
+    from .registry import MethodOutputs
+
+    rot, sh = infer_poses(model, blind, device, int(config["pose_batch"]))
+    volume = model.render_map().cpu()
+    write_volume(run.path("map.mrc"), volume.numpy(), particles.pixel_size)
+    poses = {"amortized": rot}
+    npz = {"rotations": rot.numpy(), "shifts": sh.numpy()}
+    if config["refine_poses"]:
+        rot_r, sh_r = refine_poses(volume, blind, config, device)
+        poses["refined"] = rot_r
+        npz = {"rotations": rot_r.numpy(), "shifts": sh_r.numpy(), "amortized_rotations": rot.numpy(),
+               "amortized_shifts": sh.numpy()}
+        rot, sh = rot_r, sh_r
+    np.savez(run.path("poses.npz"), **npz)
+    write_star(run.path("poses.star"), dataclasses.replace(particles, rotations=rot, shifts=sh))
+    records = read_log(run.path("log.jsonl"))
+    if records:
+        plot_training_curves(records, run.path("training_curves.png"), title)
+    metrics = {"epochs": int(config["epochs"]), **training_summary(records),
+               **_pose_metrics(run, poses, particles.rotations)}
+    run.write_metrics({**run.read_json("metrics.json"), **metrics})
+    write_report(run.root, title)
+    return MethodOutputs(pixel_size=particles.pixel_size, volume=volume, rotations=rot, shifts=sh, metrics=metrics)
+
+
+def fit_amortized(model: AmortizedPoseModel, particles: Particles, run, config: dict, device, progress: bool,
+                  recipe: str, title: str):
+    """Train ``model`` on the one engine (resumable) and write the run folder (module docstring)."""
+    from .registry import MethodOutputs
+
+    if particles.ctf is None:
+        raise InputError(f"{particles.name}: {recipe} needs CTF parameters")
+    device = torch.device(device or "cpu")
+    # the model never sees the metadata's poses: they are stripped here (kept only to score the result)
+    blind = dataclasses.replace(particles, rotations=None, shifts=None)
+    model.set_norm(float(sample_images(blind, int(config["norm_images"]), int(config["seed"])).std()))
+    trainer = Trainer(model, blind, train_config(config), run.root, device, progress)
+    trainer.fit(resume=bool(config.get("resume")))
+    if not is_main():
+        return MethodOutputs(pixel_size=particles.pixel_size)
+    return finish(model, particles, blind, run, config, device, title)

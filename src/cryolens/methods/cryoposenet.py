@@ -1,0 +1,56 @@
+"""CryoPoseNet (Nashed, Poitevin, Gupta, Woollard, Kagan, Yoon, Ratner 2021, ICCV workshops): a
+real-space autoencoder for ab initio homogeneous reconstruction with amortized poses.
+
+Composition: :class:`~cryolens.inference.pose_encoder.PoseEncoder` (CNN → S2S2 rotation + bounded shift)
+× :class:`~cryolens.volumes.voxel.RealVoxelVolume` (a real-space density grid, decoded by rotating and
+summing it: :func:`~cryolens.imaging.project.project_real`) × the CTF and shift of the forward model
+(:func:`~cryolens.imaging.forward.render_images`, ``projector="real"``) × a plain L2 loss in real space, on
+the one engine (:mod:`~cryolens.methods.amortized_pose`: wiring, poses, refinement, outputs).
+``symmetrized_loss`` is off by default (the paper predates it; cryoAI added it) and can be turned on.
+
+Values: METHODS.md gives no hyper-parameters for CryoPoseNet beyond the architecture (CNN encoder,
+rotation (and translation) per image, real-space voxel decoder, CTF, L2); the defaults here take cryoAI's
+encoder (the same group's follow-up) at CPU size (16 → 128 channels, heads [512, 256]), Adam lr 1e-3
+(a voxel grid learns slower than a network at 1e-4), batch 32, 20 epochs, rotations as S2S2 with
+Gram–Schmidt (as cryoAI), shifts off (``max_shift`` 0). Every option is a ``--set key=value`` of
+``cryolens train cryoposenet``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..imaging.forward import render_images
+from ..volumes.voxel import RealVoxelVolume
+from .amortized_pose import COMMON_DEFAULTS, AmortizedPoseModel, fit_amortized
+
+DEFAULTS = {**COMMON_DEFAULTS, "symmetrized_loss": False, "epochs": 20, "batch_size": 32, "lr": 1e-3}
+
+
+class CryoPoseNet(AmortizedPoseModel):
+    """Pose encoder + real-space voxel grid; per-image error: mean squared real-space residual between
+    the normalised image and the shifted, CTF-modulated real-space projection of the grid."""
+
+    def __init__(self, box_size: int, pixel_size: float, config: dict):
+        super().__init__(box_size, pixel_size, config)
+        self.volume = RealVoxelVolume(box_size)
+        self.register_buffer("norm", torch.ones(()))
+
+    def set_norm(self, value: float) -> None:
+        self.encoder.set_scale(value)
+        self.norm.fill_(float(value))
+
+    def image_errors(self, images, rotations, shifts, ctf) -> torch.Tensor:
+        pred = render_images(self.volume.density, rotations, shifts, ctf, self.pixel_size, projector="real")
+        return (pred - images / self.norm).square().mean((-2, -1))
+
+    def render_map(self) -> torch.Tensor:
+        return self.volume.render()[0] * self.norm
+
+
+def fit(particles, known, run, config, device=None, progress=True):
+    """Registry entry point of ``cryoposenet`` (poses unknown, CTF known)."""
+    torch.manual_seed(int(config["seed"]))
+    model = CryoPoseNet(particles.box_size, particles.pixel_size, config)
+    return fit_amortized(model, particles, run, config, device, progress, "cryoposenet",
+                         "CryoPoseNet (amortized poses, real-space voxels)")

@@ -28,6 +28,7 @@ refined), ``training_curves.png``, ``pose_error.png`` (when the metadata has rot
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import numpy as np
@@ -57,9 +58,9 @@ COMMON_DEFAULTS = {
 }
 
 
-class AmortizedPoseModel(nn.Module):
-    """Pose encoder + a volume (subclass). ``image_errors(images (B, D, D), rotations (B, 3, 3),
-    shifts (B, 2) px, ctf | None) → (B,)``: the subclass's per-image loss of the images under those poses."""
+class AmortizedPoseModel(nn.Module, abc.ABC):
+    """Pose encoder + a volume. Abstract: a recipe's subclass supplies the volume through
+    ``set_norm``, ``image_errors`` and ``render_map`` (``CryoAI``, ``CryoPoseNet``)."""
 
     def __init__(self, box_size: int, pixel_size: float, config: dict):
         super().__init__()
@@ -69,16 +70,18 @@ class AmortizedPoseModel(nn.Module):
                                    int(config["enc_convs"]), tuple(int(h) for h in config["enc_hidden"]),
                                    float(config["max_shift"]), float(config["enc_lowpass"]))
 
+    @abc.abstractmethod
     def set_norm(self, value: float) -> None:
         """The data scale: ``value`` is the std of the real-space images."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def image_errors(self, images, rotations, shifts, ctf) -> torch.Tensor:
-        raise NotImplementedError
+        """``(B,)`` per-image loss of ``images (B, D, D)`` under ``rotations (B, 3, 3)``, ``shifts (B, 2)`` px
+        and ``ctf`` (a :class:`~cryolens.imaging.ctf.CTFParams` batch or ``None``)."""
 
+    @abc.abstractmethod
     def render_map(self) -> torch.Tensor:
         """The trained map ``(D, D, D)`` float32 real space ``[z, y, x]``, in the images' units."""
-        raise NotImplementedError
 
     def branches(self, images: torch.Tensor, ctf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(error (B,), pi (B,) bool, rotations (B, 3, 3), shifts (B, 2))``: the per-image loss and the

@@ -122,3 +122,29 @@ def test_cpu_bf16_autocast_runs_linear_layers_in_bf16_and_trains_like_fp32(tmp_p
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert seen[False] == {torch.float32} and seen[True] == {torch.bfloat16}
     assert abs(finals[True] - finals[False]) < 0.05 * finals[False]
+
+
+def test_epoch_images_draws_the_head_of_each_epochs_shuffled_order(tmp_path):
+    """epoch_images = 24 of 64: each epoch runs 3 batches of 8 distinct images, the first 24 of that
+    epoch's permutation (so the epochs see different images), and the epoch record counts 24."""
+    particles, _ = blob_dataset(tmp_path, 64, 16, hetero=True)
+    tr = _trainer(particles, tmp_path / "run", epochs=2)
+    tr.cfg.epoch_images = 24
+    seen = []
+    forward = tr.model.forward
+
+    def spy(batch):
+        seen.append(batch["index"].tolist())
+        return forward(batch)
+
+    tr.net = spy
+    tr.fit()
+    assert [len(b) for b in seen] == [8] * 6
+    per_epoch = [sum(seen[0:3], []), sum(seen[3:6], [])]
+    for e, idx in enumerate(per_epoch):
+        assert len(set(idx)) == 24
+        tr.sampler.set_epoch(e)
+        assert idx == list(tr.sampler)[:24]
+    assert set(per_epoch[0]) != set(per_epoch[1])
+    ends = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r.get("epoch_end")]
+    assert [r["step"] for r in ends] == [3, 6]

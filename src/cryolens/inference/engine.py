@@ -20,6 +20,7 @@ global batch through a ``DistributedSampler``, so K processes follow the same tr
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -80,7 +81,9 @@ class TrainConfig:
     ``adamw``. amp: autocast on CUDA (``bf16`` when supported, else ``fp16`` with a gradient scaler;
     ignored on the CPU). cpu_amp: ``bf16`` autocast on the CPU (matrix products in bfloat16 with fp32
     weights and accumulation: about 2-3x faster MLPs where the CPU has AVX512-BF16 or AMX; off by
-    default since bfloat16 keeps ~3 significant digits). grad_clip: max gradient norm (0 = none)."""
+    default since bfloat16 keeps ~3 significant digits). grad_clip: max gradient norm (0 = none).
+    epoch_images: images drawn per epoch, the head of that epoch's shuffled order (0 = all of them): for
+    datasets too large for full passes, and for benchmarks that must not grow with N."""
 
     epochs: int = 20
     batch_size: int = 8
@@ -92,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     grad_clip: float = 0.0
+    epoch_images: int = 0
 
 
 class Trainer:
@@ -157,8 +161,14 @@ class Trainer:
             self.log_path.write_text("".join(ln + "\n" for ln in keep))
         return True
 
+    def epoch_indices(self) -> int:
+        """Images this rank draws per epoch."""
+        n = len(self.sampler)
+        return min(n, -(-self.cfg.epoch_images // self.world)) if self.cfg.epoch_images > 0 else n
+
     def loader(self) -> DataLoader:
-        batches = BatchSampler(self.sampler, self.cfg.batch_size // self.world, drop_last=False)
+        order = _Head(self.sampler, self.epoch_indices())
+        batches = BatchSampler(order, self.cfg.batch_size // self.world, drop_last=False)
         return DataLoader(ParticleBatches(self.particles), sampler=batches, batch_size=None,
                           num_workers=self.cfg.num_workers, persistent_workers=False)
 
@@ -180,7 +190,8 @@ class Trainer:
                 if hasattr(self.model, "on_epoch_start"):
                     self.model.on_epoch_start(self.epoch, self)
                 self.sampler.set_epoch(self.epoch)
-                bar = tqdm(total=len(self.sampler) * self.world, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                per_epoch = self.epoch_indices() * self.world
+                bar = tqdm(total=per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            unit="img", disable=not self.progress or self.rank != 0, leave=False)
                 t0 = time.time()
                 for batch in self.loader():
@@ -211,14 +222,26 @@ class Trainer:
                 if log is not None:
                     log.write(json.dumps({"epoch": self.epoch, "step": self.step, "epoch_end": True,
                                           "seconds": time.time() - t0,
-                                          "images_per_s": len(self.sampler) * self.world / max(time.time() - t0,
-                                                                                              1e-9)}) + "\n")
+                                          "images_per_s": per_epoch / max(time.time() - t0, 1e-9)}) + "\n")
                     log.flush()
                 self.save()
         finally:
             if log is not None:
                 log.close()
         return records
+
+
+class _Head:
+    """The first ``n`` indices of a sampler's current order (a sampler itself: ``len`` and ``iter``)."""
+
+    def __init__(self, sampler, n: int):
+        self.sampler, self.n = sampler, int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.n)
 
 
 def read_log(path: str | Path) -> list[dict]:

@@ -54,7 +54,7 @@ COMMON_DEFAULTS = {
     "max_shift": 0.0, "symmetrized_loss": True,
     "refine_poses": False, "refine_base_level": 2, "refine_levels": 2, "refine_keep": 8, "refine_shift_step": 1.0,
     "weight_decay": 0.0, "optimizer": "adam", "amp": True, "cpu_amp": False, "seed": 0, "num_workers": 0,
-    "resume": False, "norm_images": 1000, "pose_batch": 256,
+    "epoch_images": 0, "resume": False, "norm_images": 1000, "pose_batch": 256,
 }
 
 

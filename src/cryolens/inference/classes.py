@@ -20,7 +20,8 @@ classes. Peak memory as :func:`~cryolens.inference.posterior.pose_posterior` plu
 **M-step** (:func:`class_em_iteration`), per class as RELION's:
 
 - volumes: per-class weighted back-projection (per-rotation sums ``Σ w C Y'``, ``Σ w C²`` inserted
-  once per used rotation, as :mod:`~cryolens.inference.em`), map ``data / (weight + λ_k(s))`` with
+  once per used rotation, as :mod:`~cryolens.inference.em`), map ``data / (weight + λ_k(s))``
+  (:func:`map_regularisation`: RELION's weak prior where ``τ²`` is zero, none below ``minres_map``) with
   ``λ_k(s) = σ²(s) / (pad³ · T · τ²_k(s))`` — RELION's ``1 / (oversampling_correction · tau2_fudge ·
   τ²)`` in our un-whitened units (``backprojector.cpp``; ``T`` = ``--tau2_fudge``, RELION's default 4
   for single particles; the ``pad³`` factor is RELION's ``oversampling_correction``, read from its
@@ -237,6 +238,43 @@ def class_regularisation(sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: f
     return torch.where(t2 > 0, s2 / t2.clamp_min(1e-300), torch.full_like(t2, float("inf")))
 
 
+#: τ² below this fraction of its largest shell counts as zero (a low-passed start map's high shells; float
+#: rounding leaves ~1e-14 there, where RELION's double precision leaves ~1e-35 under its absolute 1e-20).
+TAU2_ZERO = 1e-10
+#: RELION's prior where τ² is zero: ``1/τ²`` replaced by ``1 / (0.001 · weight)`` (its whitened weights).
+WEAK_PRIOR = 1e-3
+
+
+def map_regularisation(sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float = 4.0, pad: int = 2,
+                       minres_map: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """RELION's MAP term of a class reconstruction (``backprojector.cpp``), per shell ``(…, D//2+1)`` float64:
+    ``(λ, c)`` for :meth:`~cryolens.inference.reconstruct.FourierAccumulator.reconstruct`, the regulariser
+    of a voxel with weight ``W = Σ w C²`` being ``λ(s) + c(s) / W``. ``D`` (the box of the arrays) is
+    read off ``sigma2``'s length.
+
+    - ``τ²(s) > 0``: ``λ = σ²/(pad³ T τ²)`` (:func:`class_regularisation`), ``c = 0``;
+    - ``τ²(s)`` zero (below :data:`TAU2_ZERO` × its largest shell: a start map low-passed to ``--ini_high``
+      has no power above it): RELION's ``invtau2 = 1 / (0.001 · invw)``. RELION's whitened weight is
+      ``invw = κ W`` with ``κ = 2 D⁴ / σ²`` (its transforms are divided by ``D²`` and its ``σ²`` is per
+      real component), so here ``λ = 0`` and ``c = 1 / (0.001 κ²) = σ⁴ / (0.004 D⁸)``: a prior that
+      vanishes wherever data accumulate, so that frequencies the start map lacked can grow (with
+      ``λ = ∞`` they would stay zero in every later iteration);
+    - shells below ``minres_map`` (RELION's ``--minres_map``, default 5): no prior (``λ = c = 0``).
+    """
+    lam = class_regularisation(sigma2, tau2, tau2_fudge, pad)
+    t2 = tau2.double().to(lam.device)
+    zero = t2 <= TAU2_ZERO * t2.amax(-1, keepdim=True).clamp_min(0)
+    s2 = sigma2.to(device=lam.device, dtype=torch.float64)
+    box = 2 * (s2.shape[-1] - 1)
+    c = s2.square() / (4 * WEAK_PRIOR * float(box) ** 8)
+    inv = torch.where(zero, c.expand_as(lam), torch.zeros_like(lam))
+    lam = torch.where(zero, torch.zeros_like(lam), lam)
+    if minres_map > 0:
+        lam[..., :minres_map] = 0
+        inv[..., :minres_map] = 0
+    return lam, inv
+
+
 @dataclass
 class ClassEMResult:
     """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
@@ -275,7 +313,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        k_max: int | None = None, pad: int = 2, batch_size: int = 64, device=None,
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
                        modal: bool = False, pair_chunk: int = 2048, rotation_chunk: int | None = None,
-                       work_size: int | None = None, cache_bytes: int = 1 << 30, progress=None) -> ClassEMResult:
+                       work_size: int | None = None, cache_bytes: int = 1 << 30, minres_map: int = 0,
+                       progress=None) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -292,7 +331,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     up to shell ``d/2`` (default ``D``: no cropping). cache_bytes: when the slice values of all classes ×
     rotations on the pixels inside ``k_max`` fit in this many bytes they are rendered once
     (:func:`slice_values`) instead of once per batch. progress: an optional tqdm bar, advanced by the
-    images of each batch.
+    images of each batch. minres_map: shells below it get no prior (RELION's ``--minres_map``; the
+    M-step's regularisation is :func:`map_regularisation`).
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
@@ -407,9 +447,12 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     new_s2_work = (num / (total_w * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:nsh] = new_s2_work / ratio ** 4
-    lam = class_regularisation(s2, tau2, tau2_fudge, pad)
-    work_vols = [accs[kc].reconstruct(lam[kc]) if accs[kc].count > 0 else vols[kc] for kc in range(n_cls)]
-    dvp = torch.stack([accs[kc].shell_weight() / lam[kc] for kc in range(n_cls)])
+    lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
+    work_vols = [accs[kc].reconstruct(lam[kc], inv_lam[kc]) if accs[kc].count > 0 else vols[kc]
+                 for kc in range(n_cls)]
+    prior_lam, prior_inv = map_regularisation(s2, tau2, tau2_fudge, pad)  # the prior in every shell (report)
+    dvp = torch.stack([torch.where(prior_inv[kc] > 0, accs[kc].shell_weight(2) / prior_inv[kc].clamp_min(1e-300),
+                                   accs[kc].shell_weight() / prior_lam[kc]) for kc in range(n_cls)])
     new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
     new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
     new_tau2 = torch.stack([power_spectrum(v) for v in new_vols])

@@ -100,26 +100,35 @@ class FourierAccumulator:
             self._shell_cache = torch.round(grid / pad).long()
         return self._shell_cache
 
-    def reconstruct(self, reg_per_shell: torch.Tensor) -> torch.Tensor:
-        """Real ``(D, D, D)`` map of ``data / (weight + λ(k))`` for ``λ: (D//2+1,)`` per output shell,
-        with the box corners beyond radius ``D/2`` faded out over 3 voxels (as RELION's reconstruction
-        does: the gridding correction amplifies noise there)."""
+    def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Real ``(D, D, D)`` map of ``data / (weight + λ)`` with the box corners beyond radius ``D/2``
+        faded out over 3 voxels (as RELION's reconstruction does: the gridding correction amplifies
+        noise there). ``λ = reg_per_shell[k]`` ``(D//2+1,)`` per output shell, plus, when given,
+        ``inverse_reg_per_shell[k] / weight`` per voxel (RELION's weak prior where its ``τ²`` is zero,
+        see :mod:`~cryolens.inference.classes`); voxels with no weight and no ``λ`` are 0."""
         shells = self._shells()
         nyq = self.size // 2
-        lam = reg_per_shell.to(self.weight.device, self.weight.dtype)[shells.clamp_max(nyq)]
-        vft = self.data / (self.weight + lam)
+        w = self.weight
+        lam = reg_per_shell.to(w.device, w.dtype)[shells.clamp_max(nyq)]
+        if inverse_reg_per_shell is not None:
+            c = inverse_reg_per_shell.to(w.device, w.dtype)[shells.clamp_max(nyq)]
+            lam = lam + torch.where(w > 0, c / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+        den = w + lam
+        vft = torch.where(den > 0, self.data / torch.where(den > 0, den, torch.ones_like(den)),
+                          torch.zeros_like(self.data))
         vft = torch.where(shells <= nyq, vft, torch.zeros_like(vft))
         vol = volume_from_ft(vft, self.size)
         return vol * spherical_mask(self.size, radius=self.size / 2, width=3.0, device=vol.device).to(vol.dtype)
 
-    def shell_weight(self) -> torch.Tensor:
-        """Mean of ``Σ c²`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
+    def shell_weight(self, power: int = 1) -> torch.Tensor:
+        """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
         shells = self._shells().reshape(-1)
         n = self.size // 2 + 1
         keep = shells < n
         s = torch.zeros(n, dtype=torch.float64, device=shells.device)
         c = torch.zeros(n, dtype=torch.float64, device=shells.device)
-        s.index_add_(0, shells[keep], self.weight.reshape(-1)[keep].double())
+        s.index_add_(0, shells[keep], self.weight.reshape(-1)[keep].double() ** power)
         c.index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=shells.device))
         return s / c.clamp_min(1)
 

@@ -17,7 +17,9 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
   current resolution of a class is where its ``data_vs_prior`` falls below 1;
 - working box: each iteration works on images and maps Fourier-cropped to ``2·(k_max + work_margin)``
   (RELION's ``current_size``), so its cost follows the resolution, not the box;
-- ``tau2_fudge`` T = 4 (``τ²`` from the current maps' power); ``modal``: hard assignments (the modal variant).
+- ``tau2_fudge`` T = 4 (``τ²`` from the current maps' power; where it is zero — above the start map's
+  low-pass — RELION's weak prior); no prior below shell ``minres_map`` (5, RELION's); ``modal``: hard
+  assignments (the modal variant).
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. Outputs: ``class_001.mrc`` …,
@@ -47,7 +49,7 @@ from ..inference.posterior import translation_grid
 DEFAULTS = {"n_classes": 2, "n_iterations": 25, "tau2_fudge": 4.0, "healpix_order": 3, "offset_range": 5.0,
             "offset_step": 1.0, "initial_lowpass": 60.0, "incr_size": 10, "mass": 0.999, "max_significant": 200,
             "modal": False, "pad": 2, "batch_size": 64, "seed": 0, "init_map": None, "abinit_iterations": 150,
-            "work_margin": 4, "resume": False}
+            "work_margin": 4, "minres_map": 5, "resume": False}
 
 
 @dataclass
@@ -158,7 +160,7 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, config: dic
                                  tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used, work_size=work,
                                  pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
                                  mass=float(cfg["mass"]), max_significant=int(cfg["max_significant"]),
-                                 modal=bool(cfg["modal"]), progress=bar)
+                                 modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]), progress=bar)
         labels = res.map_class.cpu()
         changed = None if st["labels"] is None else float((labels != st["labels"]).double().mean())
         res_shell = _resolution_shell(res.data_vs_prior)

@@ -43,7 +43,8 @@ DEFAULTS = {
     "zdim": 8, "enc_layers": 3, "enc_dim": 1024, "dec_layers": 3, "dec_dim": 1024, "encoder": "mlp",
     "pe": "gaussian", "pe_dim": 0, "feat_sigma": 0.5, "domain": "fourier", "beta": None,
     "epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.0, "optimizer": "adam", "amp": True,
-    "cpu_amp": False, "seed": 0, "num_workers": 0, "epoch_images": 0, "z_lr": 1e-2, "resume": False, "norm_images": 1000,
+    "cpu_amp": False, "seed": 0, "num_workers": 0, "epoch_images": 0, "z_lr": 1e-2, "resume": False,
+    "norm_images": 1000,
 }
 
 

@@ -25,6 +25,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset-range", type=float, default=5.0, help="translation search range, px (default 5)")
     p.add_argument("--offset-step", type=float, default=1.0, help="translation step, px (default 1)")
     p.add_argument("--initial-lowpass", type=float, default=60.0, help="start map low-pass, Å (default 60)")
+    p.add_argument("--minres-map", type=int, default=5,
+                   help="no MAP prior below this Fourier shell (RELION's --minres_map, default 5)")
     p.add_argument("--modal", action="store_true", help="hard assignment of the best (class, pose)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the random first class assignment")
@@ -49,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
     config = recipe.config({"n_classes": args.classes, "n_iterations": args.iterations,
                             "tau2_fudge": args.tau2_fudge, "healpix_order": args.healpix_order,
                             "offset_range": args.offset_range, "offset_step": args.offset_step,
-                            "initial_lowpass": args.initial_lowpass, "modal": args.modal,
+                            "initial_lowpass": args.initial_lowpass, "minres_map": args.minres_map,
+                            "modal": args.modal,
                             "batch_size": args.batch_size, "seed": args.seed, "init_map": args.init_map,
                             "resume": args.resume})
     run = RunFolder(args.out)

@@ -25,9 +25,11 @@ classes. Peak memory as :func:`~cryolens.inference.posterior.pose_posterior` plu
   ``λ_k(s) = σ²(s) / (pad³ · T · τ²_k(s))`` — RELION's ``1 / (oversampling_correction · tau2_fudge ·
   τ²)`` in our un-whitened units (``backprojector.cpp``; ``T`` = ``--tau2_fudge``, RELION's default 4
   for single particles; the ``pad³`` factor is RELION's ``oversampling_correction``, read from its
-  source, not re-derived). Without half-maps, ``τ²_k(s)`` is the per-shell power ``⟨|Ṽ_k(f)|²⟩`` of
-  class ``k``'s current map (:func:`power_spectrum`), re-estimated from each new map — our choice,
-  stated because RELION's classification path derives ``τ²`` from the data in more steps;
+  source, not re-derived). Without half-maps, ``τ²_k(s)`` is, as RELION's (its
+  ``MlModel::setFourierTransformMaps``, checked against its ``_rlnReferenceTau2``), the per-shell power
+  of the projector's transform of class ``k``'s current map — gridding-corrected and zero-padded
+  (:func:`projector_power_spectrum`): a start map low-passed to zero keeps ~1e-4 … 1e-6 of the peak
+  power in the shells above its cut-off there, so those shells can grow over the iterations;
 - class priors: ``π_k = (1/N) Σ_i P(k | Y_i)`` (the mean posterior class mass);
 - noise: ``σ²(s)`` the posterior-weighted mean residual power with the current references (em.py).
 
@@ -230,6 +232,26 @@ def power_spectrum(volume: torch.Tensor) -> torch.Tensor:
     return s / n.clamp_min(1)
 
 
+def projector_power_spectrum(volume_ft: torch.Tensor, size: int) -> torch.Tensor:
+    """``(size//2+1,)`` float64 per-shell mean power of a projector's transform ``(pD, pD, pD)`` (the
+    gridding-corrected, zero-padded transform of :func:`~cryolens.imaging.slice.prepare_volume_ft`): the
+    radial mean over padded voxels with ``round(r / pad) = s``, as RELION's ``τ²`` of a class (the power
+    spectrum its ``Projector::computeFourierTransformMap`` returns for the reference it projects). Same
+    units as :func:`power_spectrum` (zero padding keeps the unnormalised sums); unlike it, a map
+    low-passed to zero keeps the small power the gridding correction spreads into every shell
+    (~1e-4 … 1e-6 of the peak), which is what lets RELION's classes grow past their start's low-pass."""
+    padded = volume_ft.shape[-1]
+    pad = padded // size
+    nsh = size // 2 + 1
+    p = volume_ft.abs().double().square().reshape(-1)
+    shells = torch.round(shell_index_3d(padded, device=volume_ft.device).double() / pad).long().reshape(-1)
+    keep = shells < nsh
+    s = torch.zeros(nsh, dtype=torch.float64, device=volume_ft.device).index_add_(0, shells[keep], p[keep])
+    n = torch.zeros(nsh, dtype=torch.float64, device=volume_ft.device).index_add_(
+        0, shells[keep], torch.ones_like(p[keep]))
+    return s / n.clamp_min(1)
+
+
 def class_regularisation(sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float = 4.0,
                          pad: int = 2) -> torch.Tensor:
     """``(…, D//2+1)`` float64 ``λ(s) = σ²(s) / (pad³ · T · τ²(s))`` (module docstring); ``∞`` where ``τ² = 0``."""
@@ -280,7 +302,7 @@ class ClassEMResult:
     """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
 
     volumes: ``(K, D, D, D)`` new maps. class_prior: ``(K,)`` new ``π_k``. sigma2: ``(D//2+1,)`` new noise
-    power. tau2: ``(K, D//2+1)`` power spectra of the new maps (the next ``τ²``). regularisation:
+    power. tau2: ``(K, D//2+1)`` projector power spectra of the new maps (the next ``τ²``). regularisation:
     ``(K, D//2+1)`` the ``λ_k`` used. data_vs_prior: ``(K, D//2+1)`` shell mean of the accumulated
     weight ``Σ w C²`` over ``λ_k`` (RELION's ``data_vs_prior``: where it falls below 1 the prior
     dominates — RELION's resolution estimate of a class). log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
@@ -322,8 +344,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     maps; their dtype is the compute dtype. sigma2: ``(D//2+1,)``. rotations: ``(M, 3, 3)``. shifts:
     ``(T, 2)`` px (or ``(N, T, 2)``). class_prior: ``(K,)`` ``π_k`` (uniform when ``None``), or
     ``(N, K)`` per image (rows summing to 1; zeros allowed, e.g. a one-hot random first assignment).
-    tau2: ``(K, D//2+1)`` prior power per class (default: :func:`power_spectrum` of ``volumes``, at the
-    working box). tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard
+    tau2: ``(K, D//2+1)`` prior power per class (default: :func:`projector_power_spectrum` of
+    ``volumes``, at the working box). tau2_fudge: RELION's ``T``. k_max: highest shell of the likelihood. modal: hard
     assignment of the best (class, pose). work_size: even box ``d ≤ D`` (≥ ``2·k_max``) the iteration
     works in — images Fourier-cropped (:func:`fourier_crop_images`), maps resized
     (:func:`resize_volume`), as RELION's ``current_size``; the posterior is unchanged (the same
@@ -356,9 +378,11 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
         raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
     log_prior = torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
                             torch.full_like(prior, -math.inf)).to(device=dev, dtype=dt)
-    tau2 = (torch.stack([power_spectrum(v) for v in vols]) if tau2 is None
+    fts = [prepare_volume_ft(v, pad) for v in vols]
+    tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
             else tau2.to(dev)[:, :nsh] * ratio ** 4)
-    slicers = [as_slicer(prepare_volume_ft(v, pad), size) for v in vols]
+    slicers = [as_slicer(f, size) for f in fts]
+    del fts
     n_pix = used_pixels(size, k_max, dev).numel()
     itemsize = 16 if dt == torch.float64 else 8
     scorers = ([slice_values(sl, rot, size, k_max) for sl in slicers]
@@ -455,7 +479,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                                    accs[kc].shell_weight() / prior_lam[kc]) for kc in range(n_cls)])
     new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
     new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
-    new_tau2 = torch.stack([power_spectrum(v) for v in new_vols])
+    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
     return ClassEMResult(volumes=new_vols, class_prior=new_prior.cpu(), sigma2=new_sigma2, tau2=new_tau2,
                          regularisation=lam, data_vs_prior=dvp, log_likelihood=log_lik, class_probability=cat["p"],
                          labels=cat["p"].argmax(1), map_class=cat["k"], map_rotation_index=cat["r"],

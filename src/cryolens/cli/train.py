@@ -12,6 +12,7 @@ torchrun --nproc_per_node=K --no-python cryolens train ...
   cryolens train cryodrgn-autodecoder particles.star --out run/ --set variational=true
   cryolens train cryodrgn run_data/particles.star --out run/ --resume
   cryolens train cryoai particles.star --out run/ --set symmetrized_loss=false --set refine_poses=true
+  cryolens train cryoai big.star --out run/ --set epoch_images=20000   # an "epoch" = 20,000 random images
 """
 
 from __future__ import annotations

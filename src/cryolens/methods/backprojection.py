@@ -3,11 +3,12 @@ per-shell Wiener / MAP filter, gold-standard half-maps and their FSC.
 
 For each image ``X_i`` (centered transform ``X̃_i``, shift ``s_i``, CTF ``c_i``, rotation
 ``R_i``) the shift is undone, and ``c_i · X̃_i`` and ``c_i²`` are inserted along the central
-slice ``R_i`` into an oversampled (``pad``) Fourier grid. Each half-set ``h`` gives
-``Ṽ_h = Σ c X̃ / (Σ c² + λ_h(k))`` with ``λ(k) = W(k) (1 − FSC(k)) / FSC(k)``: the shell-mean
-weight ``W(k)`` times the noise-to-signal ratio implied by the half-map FSC (the MAP
-estimate with a per-shell Gaussian prior whose power is read off the FSC, as RELION does).
-The full map uses ``FSC_full = 2 FSC / (1 + FSC)``.
+slice ``R_i`` into an oversampled (``pad``) Fourier grid. Each half-set ``h`` gives the
+unfiltered half map ``Σ c X̃ / (Σ c² + ε)`` (``ε`` = 10⁻³ × the mean weight), whose FSC is the
+gold-standard curve reported. The full map is the MAP estimate ``Σ c X̃ / (Σ c² + λ(k))`` with
+``λ(k) = W(k) (1 − FSC_full(k)) / FSC_full(k)``: the shell-mean weight ``W(k)`` times the
+noise-to-signal ratio implied by ``FSC_full = 2 FSC / (1 + FSC)`` (a per-shell Gaussian prior whose
+power is read off the FSC, as RELION does).
 """
 
 from __future__ import annotations
@@ -90,15 +91,12 @@ def backproject(particles: Particles, pad: int = 2, batch_size: int = 256, devic
     """
     h1, h2 = accumulate(particles, pad, batch_size, device, seed, progress)
     nshell = particles.box_size // 2 + 1
-    # pass 1: weak regularisation, just to measure the half-map FSC
+    # the half maps and their FSC: weak regularisation only (RELION's unfiltered halves). Wiener-
+    # filtering both halves with one shared FSC would correlate them where the filter shrinks them
+    # most (see cryolens.inference.autorefine); only the full map is filtered.
     w1, w2 = h1.shell_weight(), h2.shell_weight()
     eps = 1e-3 * torch.ones(nshell, dtype=torch.float64, device=w1.device)
     v1, v2 = h1.reconstruct(eps * w1.mean()), h2.reconstruct(eps * w2.mean())
-    curve = fsc(v1, v2)
-    # pass 2: MAP / Wiener filter from that FSC; the FSC of the filtered half-maps is the one reported
-    # (a second round changed the 5,000-image 4E43 benchmark map by < 0.01 Å)
-    v1 = h1.reconstruct(wiener_regularisation(w1, curve))
-    v2 = h2.reconstruct(wiener_regularisation(w2, curve))
     curve = fsc(v1, v2)
     full = h1.merged(h2)
     fsc_full = 2 * curve / (1 + np.clip(curve, -0.999, None))

@@ -273,3 +273,83 @@ def test_projector_power_spectrum_keeps_the_gridding_leak_of_a_low_passed_map():
     assert float(plain_low[4:].max()) < 1e-20 * float(plain_low.max())
     rel = proj_low[4:] / proj_low.max()
     assert float(rel.min()) > 1e-9 and float(rel.max()) < 1e-2
+
+
+def _particles(tmp_path, img, rots, shifts, ctf):
+    from cryolens.io.mrc import write_stack
+    from cryolens.io.particles import Particles
+
+    path = tmp_path / "stack.mrcs"
+    write_stack(path, img.float().numpy(), PIX)
+    n = img.shape[0]
+    return Particles(PIX, D, [str(path)], np.zeros(n, int), np.arange(n), rots.float(), shifts.float(),
+                     ctf.to(dtype=torch.float32))
+
+
+def test_fixed_pose_class_posterior_equals_brute_force(tmp_path):
+    """class_em_iteration_fixed_poses (RELION's --skip_align): each image's class probabilities equal a
+    float64 brute force at its own given pose (forward_fourier with its shift and CTF, the Gaussian
+    log-likelihood from its definition over shells ≤ k_max, unequal class priors), and the new class
+    prior is their mean."""
+    from cryolens.imaging.forward import forward_fourier
+    from cryolens.inference.classes import class_em_iteration_fixed_poses
+
+    g = torch.Generator().manual_seed(7)
+    vols, img, lab, ctf = _two_class_images(10, noise_sd=0.4, seed=7)
+    rots = random_rotations(10, generator=g, dtype=torch.float64)  # re-render at known poses
+    shifts = (torch.rand(10, 2, generator=g, dtype=torch.float64) - 0.5) * 2
+    img = torch.stack([render_images(vols[int(lab[i])], rots[i:i + 1], shifts[i:i + 1], ctf[[i]], PIX)[0]
+                       for i in range(10)]) + 0.4 * torch.randn(10, D, D, generator=g, dtype=torch.float64)
+    p = _particles(tmp_path, img, rots, shifts, ctf)
+    sigma2 = torch.full((D // 2 + 1,), 40 * 0.4**2 * D * D, dtype=torch.float64)  # tempered: both classes weigh
+    prior = torch.tensor([0.35, 0.65], dtype=torch.float64)
+    res = class_em_iteration_fixed_poses(p, vols, sigma2, prior, k_max=5, batch_size=4)
+    y = fft2_centered(torch.as_tensor(np.asarray(img, dtype=np.float32)).double())
+    i = np.arange(D) - D // 2
+    shell = np.rint(np.hypot(i[None, :], i[:, None])).astype(int)
+    inside = torch.as_tensor(shell <= 5)
+    ll = torch.empty(10, 2, dtype=torch.float64)
+    for b in range(10):
+        for k in range(2):
+            pred = forward_fourier(prepare_volume_ft(vols[k]), p.rotations[b:b + 1].double(), D,
+                                   p.shifts[b:b + 1].double(), p.ctf[[b]], PIX)[0]
+            ll[b, k] = -((y[b] - pred).abs() ** 2 / (2 * sigma2[0]))[inside].sum()
+    want = torch.softmax(ll + torch.log(prior), 1)
+    assert 0.05 < float(want[:, 1].mean()) < 0.95
+    torch.testing.assert_close(res.class_probability.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.class_prior, want.mean(0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(res.map_rotation_index, torch.arange(10))
+
+
+def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):
+    """The relion-class3d recipe with skip_align: 300 images (SNR ≈ 0.1) of two blob volumes at their
+    given poses, started from one low-passed average with a random first assignment, recover the
+    classes (≥ 95 %; 99.3 % measured) and return the given poses; with the poses shuffled among the
+    images they do not (< 80 %); without poses it refuses with one line."""
+    import pytest
+
+    from cryolens.errors import InputError
+    from cryolens.methods.class3d import classify
+
+    n = 300
+    vols, img, lab, ctf = _two_class_images(n, noise_sd=3.0, seed=8, dtype=torch.float32)
+    g = torch.Generator().manual_seed(8)
+    rots = random_rotations(n, generator=g)
+    shifts = (torch.rand(n, 2, generator=g) - 0.5) * 2
+    img = torch.stack([render_images(vols[int(lab[i])], rots[i:i + 1], shifts[i:i + 1], ctf[[i]].to(dtype=torch.float32),
+                                     PIX)[0] for i in range(n)]) + 3.0 * torch.randn(n, D, D, generator=g)
+    p = _particles(tmp_path, img, rots, shifts, ctf)
+    res = classify(p, vols.mean(0), {"n_classes": 2, "n_iterations": 6, "skip_align": True, "initial_lowpass": 12.0},
+                   progress=False)
+    acc = max(float(np.mean(res.labels == lab.numpy())), float(np.mean(res.labels == 1 - lab.numpy())))
+    assert acc >= 0.95, acc
+    assert torch.allclose(res.rotations, p.rotations) and torch.allclose(res.shifts, p.shifts)
+    # control: the same images with their poses shuffled among them do not separate (0.62 measured)
+    shuffled = p.subset(np.arange(n))
+    shuffled.rotations = p.rotations[torch.randperm(n, generator=g)]
+    bad = classify(shuffled, vols.mean(0), {"n_classes": 2, "n_iterations": 6, "skip_align": True,
+                                            "initial_lowpass": 12.0}, progress=False)
+    assert max(float(np.mean(bad.labels == lab.numpy())), float(np.mean(bad.labels == 1 - lab.numpy()))) < 0.8
+    p.rotations = None
+    with pytest.raises(InputError, match="no poses"):
+        classify(p, vols.mean(0), {"n_classes": 2, "skip_align": True}, progress=False)

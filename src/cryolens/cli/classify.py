@@ -7,6 +7,8 @@ checkpoint.pt and report.html into --out. Without --init-map a homogeneous ab in
   cryolens classify particles.star --classes 2 --out run/ --init-map start.mrc
   cryolens classify particles.star --classes 3 --out run/ --healpix-order 2 --iterations 15
   cryolens classify particles.star --classes 2 --out run/ --resume      # continue a killed run
+  cryolens classify refined/particles.star --classes 2 --out run/ --init-map refined/map.mrc --skip-align
+                                        # keep the consensus refinement's poses (RELION's --skip_align)
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import argparse
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="particles: RELION .star or cryoSPARC .cs (CTF needed; poses are searched)")
+    p.add_argument("input", help="particles: RELION .star or cryoSPARC .cs (CTF needed; poses are searched, "
+                                 "or kept with --skip-align)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--classes", type=int, required=True, help="number of classes K")
     p.add_argument("--init-map", help="start map (.mrc), low-passed to --initial-lowpass; default: ab initio")
@@ -28,6 +31,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minres-map", type=int, default=5,
                    help="no MAP prior below this Fourier shell (RELION's --minres_map, default 5)")
     p.add_argument("--modal", action="store_true", help="hard assignment of the best (class, pose)")
+    p.add_argument("--skip-align", action="store_true",
+                   help="keep each particle's pose from the input (RELION's --skip_align); only classes are inferred")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the random first class assignment")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -52,12 +57,12 @@ def main(args: argparse.Namespace) -> int:
                             "tau2_fudge": args.tau2_fudge, "healpix_order": args.healpix_order,
                             "offset_range": args.offset_range, "offset_step": args.offset_step,
                             "initial_lowpass": args.initial_lowpass, "minres_map": args.minres_map,
-                            "modal": args.modal,
+                            "modal": args.modal, "skip_align": args.skip_align,
                             "batch_size": args.batch_size, "seed": args.seed, "init_map": args.init_map,
                             "resume": args.resume})
     run = RunFolder(args.out)
     run.write_config("classify", {k: v for k, v in vars(args).items() if not k.startswith("_")})
-    out = recipe.fit(particles, Known(poses=False, ctf=True), run, config, device, not args.quiet)
+    out = recipe.fit(particles, Known(poses=args.skip_align, ctf=True), run, config, device, not args.quiet)
     write_report(run.root, f"cryolens classify — {args.input}")
     pops = ", ".join(f"{100 * p:.1f} %" for p in out.metrics["class_prior"])
     print(f"classes: {pops}; resolution (data vs prior = 1): {out.metrics['resolution_A']:.2f} Å")

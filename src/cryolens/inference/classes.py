@@ -33,6 +33,10 @@ classes. Peak memory as :func:`~cryolens.inference.posterior.pose_posterior` plu
 - class priors: ``π_k = (1/N) Σ_i P(k | Y_i)`` (the mean posterior class mass);
 - noise: ``σ²(s)`` the posterior-weighted mean residual power with the current references (em.py).
 
+**Fixed poses** (:func:`class_em_iteration_fixed_poses`, RELION's ``--skip_align``): each image keeps
+the pose it comes with (e.g. from a consensus refinement); only the class is hidden, ``P(k | Y_i) ∝ π_k
+exp(ℓ_ik)`` with ``ℓ_ik`` the likelihood at that pose, and the M-step is the same with one pose per image.
+
 **Modal variant** (``modal=True``): each image is assigned only its best ``(k, m, j)`` (the mode of
 the posterior, weight 1); class priors are then the fraction of images assigned to each class
 (hard-EM / "classification EM").
@@ -46,6 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..imaging.ctf import CTFParams
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import shell_index_2d, shell_index_3d, shell_sum
@@ -53,8 +58,8 @@ from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..io.particles import Particles
 from .em import _batches, _insert_aggregates
-from .likelihood import (SliceFn, as_slicer, ctf_images, log_likelihood_table, log_normaliser, prepare_image_terms,
-                         used_pixels)
+from .likelihood import (SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_likelihood_table, log_normaliser,
+                         prepare_image_terms, used_pixels)
 from .posterior import _log_prior, default_rotation_chunk
 from .reconstruct import FourierAccumulator
 
@@ -484,3 +489,94 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                          regularisation=lam, data_vs_prior=dvp, log_likelihood=log_lik, class_probability=cat["p"],
                          labels=cat["p"].argmax(1), map_class=cat["k"], map_rotation_index=cat["r"],
                          map_shift_index=cat["t"], map_shift=cat["ts"], max_weight=cat["w"], n_significant=cat["n"])
+
+
+def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma2: torch.Tensor,
+                                   class_prior: torch.Tensor | None = None, *, tau2: torch.Tensor | None = None,
+                                   tau2_fudge: float = 4.0, k_max: int | None = None, pad: int = 2,
+                                   batch_size: int = 64, device=None, modal: bool = False, minres_map: int = 0,
+                                   progress=None) -> ClassEMResult:
+    """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
+
+    data: :class:`Particles` with ``rotations (N, 3, 3)`` (image → volume frame) and ``shifts (N, 2)`` px
+    (``None``: centred) and CTFs. volumes, sigma2, class_prior, tau2, tau2_fudge, k_max, pad,
+    minres_map, modal: as :func:`class_em_iteration`. E-step: ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)``
+    with ``ℓ_ik`` :func:`~cryolens.inference.likelihood.gaussian_log_likelihood` of image ``i`` (shift
+    undone) against class ``k``'s slice at its rotation, shells ``≤ k_max``. M-step: each class inserts
+    every image at its pose weighted by ``P(k | Y_i)``; ``σ²`` the posterior-weighted residual power;
+    priors the mean class posterior. Returns a :class:`ClassEMResult` whose ``map_rotation_index`` is
+    each image's own index (into ``data.rotations``), ``map_shift`` its given shift and ``max_weight`` its
+    largest class probability.
+    """
+    if data.rotations is None:
+        raise InputError(f"{data.name}: no poses (rlnAngleRot/Tilt/Psi); classification "
+                         "with fixed poses (skip_align) needs them")
+    dev = torch.device(device) if device is not None else volumes.device
+    dt = volumes.dtype
+    n_cls, size = volumes.shape[0], volumes.shape[-1]
+    nsh = size // 2 + 1
+    k_max = size // 2 if k_max is None else int(k_max)
+    vols = volumes.to(dev)
+    s2 = sigma2.to(device=dev, dtype=dt)[:nsh]
+    prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
+             else class_prior.double())
+    if prior.shape[-1] != n_cls or prior.dim() > 2:
+        raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
+    log_prior = torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
+                            torch.full_like(prior, -math.inf)).to(device=dev, dtype=dt)
+    fts = [prepare_volume_ft(v, pad) for v in vols]
+    tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
+            else tau2.to(dev)[:, :nsh])
+    slicers = [as_slicer(f, size) for f in fts]
+    del fts
+    accs = [FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)]
+    shells = shell_index_2d(size, device=dev)
+    pixels_per_shell = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shells, nsh)
+    num = torch.zeros(nsh, device=dev, dtype=torch.float64)
+    class_mass = torch.zeros(n_cls, device=dev, dtype=torch.float64)
+    out = {k: [] for k in ("idx", "lz", "p")}
+    for idx, images, c_b in _batches(data, None, batch_size):
+        b = images.shape[0]
+        t = torch.zeros(b, 2) if data.shifts is None else data.shifts[idx]
+        y = phase_shift(fft2_centered(images.to(device=dev, dtype=dt)), -t.to(device=dev, dtype=dt))
+        c = ctf_images(c_b, b, size, data.pixel_size, dev, dt)
+        rot = data.rotations[idx].to(device=dev, dtype=dt)
+        preds = torch.stack([sl(rot) for sl in slicers], 1)  # (B, K, D, D)
+        lp = gaussian_log_likelihood(y, preds, s2, k_max, c) + (log_prior[idx.to(dev)] if log_prior.dim() == 2
+                                                                 else log_prior)
+        lz = torch.logsumexp(lp, 1)
+        p = torch.exp(lp - lz[:, None])
+        if modal:
+            p = torch.nn.functional.one_hot(p.argmax(1), n_cls).to(dt)
+        class_mass += p.double().sum(0)
+        for kc in range(n_cls):
+            accs[kc].add(y, rot, c, scale=p[:, kc])
+        model = preds if c is None else preds * c[:, None]
+        power = ((y[:, None] - model).abs().square() * p[:, :, None, None]).sum((0, 1))
+        num += shell_sum(power, shells, nsh).double()
+        out["idx"].append(idx)
+        out["lz"].append(lz)
+        out["p"].append(p)
+        if progress is not None:
+            progress.update(b)
+    order = torch.argsort(torch.cat(out["idx"]))
+    cat = {k: torch.cat(v).to(dev)[order.to(dev)] for k, v in out.items() if k != "idx"}
+    n_images = order.shape[0]
+    log_lik = float(cat["lz"].double().sum() + n_images * log_normaliser(s2.double(), size, k_max))
+    new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
+    new_sigma2[:nsh] = (num / (n_images * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
+    lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
+    new_vols = torch.stack([accs[kc].reconstruct(lam[kc], inv_lam[kc]) if float(class_mass[kc]) > 0 else vols[kc]
+                            for kc in range(n_cls)])
+    prior_lam, prior_inv = map_regularisation(s2, tau2, tau2_fudge, pad)
+    dvp = torch.stack([torch.where(prior_inv[kc] > 0, accs[kc].shell_weight(2) / prior_inv[kc].clamp_min(1e-300),
+                                   accs[kc].shell_weight() / prior_lam[kc]) for kc in range(n_cls)])
+    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), size) for v in new_vols])
+    probs = cat["p"]
+    all_idx = torch.arange(n_images, device=dev)
+    shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)
+    return ClassEMResult(volumes=new_vols, class_prior=(class_mass / max(n_images, 1)).cpu(), sigma2=new_sigma2,
+                         tau2=new_tau2, regularisation=lam, data_vs_prior=dvp, log_likelihood=log_lik,
+                         class_probability=probs, labels=probs.argmax(1), map_class=probs.argmax(1),
+                         map_rotation_index=all_idx, map_shift_index=torch.zeros_like(all_idx), map_shift=shifts,
+                         max_weight=probs.max(1).values, n_significant=(probs > 1e-6).sum(1))

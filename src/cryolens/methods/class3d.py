@@ -19,7 +19,10 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
   (RELION's ``current_size``), so its cost follows the resolution, not the box;
 - ``tau2_fudge`` T = 4 (``τ²`` from the current maps' power; where it is zero — above the start map's
   low-pass — RELION's weak prior); no prior below shell ``minres_map`` (5, RELION's); ``modal``: hard
-  assignments (the modal variant).
+  assignments (the modal variant);
+- ``skip_align`` (RELION's ``--skip_align``; off by default): every image keeps the pose it comes with
+  (e.g. from a consensus refinement) and only the class is inferred
+  (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), at the full box.
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. Outputs: ``class_001.mrc`` …,
@@ -40,7 +43,7 @@ from ..errors import InputError
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import lowpass_filter_3d, shell_index_2d, shell_sum
 from ..imaging.so3_grid import so3_grid
-from ..inference.classes import class_em_iteration
+from ..inference.classes import class_em_iteration, class_em_iteration_fixed_poses
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
@@ -49,7 +52,7 @@ from ..inference.posterior import translation_grid
 DEFAULTS = {"n_classes": 2, "n_iterations": 25, "tau2_fudge": 4.0, "healpix_order": 3, "offset_range": 5.0,
             "offset_step": 1.0, "initial_lowpass": 60.0, "incr_size": 10, "mass": 0.999, "max_significant": 200,
             "modal": False, "pad": 2, "batch_size": 64, "seed": 0, "init_map": None, "abinit_iterations": 150,
-            "work_margin": 4, "minres_map": 5, "resume": False}
+            "work_margin": 4, "minres_map": 5, "skip_align": False, "resume": False}
 
 
 @dataclass
@@ -119,7 +122,8 @@ def _initial_volumes(particles: Particles, init_volume: torch.Tensor | None, cfg
 
 def classify(particles: Particles, init_volume: torch.Tensor | None, config: dict | None = None, run=None,
              device=None, progress: bool = True, resume: bool = False) -> ClassifyResult:
-    """RELION-style Class3D of ``particles`` (CTF used, poses ignored) — module docstring.
+    """RELION-style Class3D of ``particles`` (CTF used; poses searched, or kept with ``skip_align``) —
+    module docstring.
 
     init_volume: ``(D, D, D)`` start map (copied to every class) or ``(K, D, D, D)``, or ``None``
     (ab initio first). config: :data:`DEFAULTS` overrides. run: a RunFolder for the checkpoint (and
@@ -131,7 +135,11 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, config: dic
     if particles.ctf is None:
         raise InputError(f"{particles.name}: no CTF parameters; relion-class3d needs them")
     ckpt = run.path("checkpoint.pt") if run is not None else None
-    rot = so3_grid(int(cfg["healpix_order"]), device=dev)
+    skip_align = bool(cfg["skip_align"])
+    if skip_align and particles.rotations is None:
+        raise InputError(f"{particles.name}: no poses (rlnAngleRot/Tilt/Psi); skip_align keeps each image's "
+                         "given pose, so it needs them")
+    rot = particles.rotations.to(dev) if skip_align else so3_grid(int(cfg["healpix_order"]), device=dev)
     shifts = translation_grid(float(cfg["offset_range"]), float(cfg["offset_step"]), circular=True, device=dev)
     if resume and ckpt is not None and ckpt.is_file():
         st = load_checkpoint(ckpt, map_location=dev)
@@ -156,11 +164,18 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, config: dic
     while st["iteration"] < n_it:
         t0, k_used = time.time(), int(st["k_max"])
         work = min(d, 2 * (k_used + int(cfg["work_margin"])))
-        res = class_em_iteration(particles, st["volumes"], st["sigma2"], rot, shifts, st["class_prior"],
-                                 tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used, work_size=work,
-                                 pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
-                                 mass=float(cfg["mass"]), max_significant=int(cfg["max_significant"]),
-                                 modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]), progress=bar)
+        if skip_align:
+            res = class_em_iteration_fixed_poses(particles, st["volumes"], st["sigma2"], st["class_prior"],
+                                                 tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used,
+                                                 pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
+                                                 modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]),
+                                                 progress=bar)
+        else:
+            res = class_em_iteration(particles, st["volumes"], st["sigma2"], rot, shifts, st["class_prior"],
+                                     tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used, work_size=work,
+                                     pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
+                                     mass=float(cfg["mass"]), max_significant=int(cfg["max_significant"]),
+                                     modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]), progress=bar)
         labels = res.map_class.cpu()
         changed = None if st["labels"] is None else float((labels != st["labels"]).double().mean())
         res_shell = _resolution_shell(res.data_vs_prior)

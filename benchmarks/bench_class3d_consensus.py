@@ -1,0 +1,132 @@
+"""Two classes the way practitioners run them: a consensus refinement, then Class3D with the poses kept
+(RELION's ``--skip_align``) — cryolens and RELION 3.1 from the same consensus poses and map.
+
+Dataset (`bench_abinit.ensure_dataset("hinge")`, cached under benchmarks/_data/): the bundled 4E43 and
+the same model with chain B turned 30° about its hinge, 50/50, D = 64, 1.5 Å/px, SNR 0.1, CTF
+(1.0–2.5 µm), shifts std 1.5 px (≤ 3 px), uniform poses; the first --n images.
+
+1. consensus: `inference.autorefine.auto_refine` (relion-refine3d, full posterior) from the mean of the
+   two true maps low-passed to --lowpass Å, poses unknown; --max-iterations iterations. Its median
+   rotation error (after global alignment) is reported.
+2. cryolens: `methods.class3d.classify` with ``skip_align`` (K = 2, T = 4) from the consensus map
+   low-passed to --lowpass Å, random first split, --iterations iterations.
+3. RELION:   `relion_refine --K 2 --skip_align --tau2_fudge 4 --ini_high LOWPASS --iter N --ctf` on the
+   consensus STAR (its poses) with the consensus map as --ref.
+Reported: class accuracy (best of the two label matchings against the simulated state), populations,
+wall time of each step.
+
+  .venv/bin/python benchmarks/bench_class3d_consensus.py --n 2000 --threads 2 [--no-relion] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_abinit import ensure_dataset  # noqa: E402
+from bench_class3d import accuracy  # noqa: E402
+
+
+def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, threads: int, lowpass: float,
+                          seed: int) -> tuple[np.ndarray, float]:
+    """relion_refine Class3D --skip_align; (0-based class per particle in input order, wall seconds)."""
+    import starfile
+
+    from cryolens.bench.relion import run_relion
+
+    out = work / "relion"
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["--i", star, "--o", out / "run", "--ref", ref, "--ini_high", lowpass, "--K", 2, "--iter", iterations,
+            "--tau2_fudge", 4, "--skip_align", "--ctf", "--particle_diameter", 80, "--sym", "C1", "--pad", 2,
+            "--j", threads, "--pool", 3, "--dont_combine_weights_via_disc", "--random_seed", seed]
+    t0 = time.perf_counter()
+    run_relion("relion_refine", args, cwd=work, timeout=6 * 3600)
+    wall = time.perf_counter() - t0
+    data = starfile.read(out / f"run_it{iterations:03d}_data.star")["particles"]
+    names = list(starfile.read(star)["particles"]["rlnImageName"])
+    cls = dict(zip(data["rlnImageName"], data["rlnClassNumber"].astype(int) - 1, strict=True))
+    return np.array([cls[n] for n in names]), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--lowpass", type=float, default=30.0, help="start-map low-pass of both steps, Å")
+    ap.add_argument("--max-iterations", type=int, default=8, help="consensus refinement iterations (cap)")
+    ap.add_argument("--iterations", type=int, default=15, help="Class3D iterations (both programs)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from cryolens.inference.autorefine import RefineConfig, auto_refine, poses_to_particles
+    from cryolens.io.dataset import read_particles
+    from cryolens.io.mrc import read_volume, write_volume
+    from cryolens.io.star import write_star
+    from cryolens.methods.class3d import classify
+    from cryolens.metrics.pose_error import pose_error_summary
+    from cryolens.simulate import read_ground_truth
+
+    data = ensure_dataset("hinge")
+    particles = read_particles(data / "particles.star").subset(np.arange(args.n))
+    gt = read_ground_truth(data)
+    truth = gt["labels"][:args.n].astype(int)
+    gt_vols = torch.stack([torch.from_numpy(read_volume(f)[0].copy()) for f in gt["volume_files"]])
+    blind = particles.subset(np.arange(args.n))
+    blind.rotations, blind.shifts = None, None
+    work = Path(tempfile.mkdtemp(prefix="bench_class3d_consensus_"))
+    result = {"n": args.n, "threads": args.threads, "lowpass_A": args.lowpass, "work": str(work),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "populations_true": np.bincount(truth, minlength=2).tolist()}
+
+    t0 = time.perf_counter()
+    cfg = RefineConfig(initial_lowpass=args.lowpass, offset_range=3.0, offset_step=1.0, tau2_fudge=4.0,
+                       max_iterations=args.max_iterations, seed=args.seed)
+    ref = auto_refine(blind, gt_vols.mean(0), config=cfg, progress=True)
+    wall_c = time.perf_counter() - t0
+    err = pose_error_summary(ref.rotations, particles.rotations)
+    per_state = [pose_error_summary(ref.rotations[truth == k], particles.rotations[truth == k])["median_deg"]
+                 for k in (0, 1)]
+    result["consensus"] = {"wall_s": wall_c, "iterations": len(ref.history), "resolution_A": ref.resolution,
+                           "median_rotation_error_deg": err["median_deg"],
+                           "median_rotation_error_per_state_deg": per_state}
+    print(f"consensus: {len(ref.history)} iterations, {ref.resolution:.2f} Å (half maps), median rotation error "
+          f"{err['median_deg']:.2f}° (per state {per_state[0]:.2f}°, {per_state[1]:.2f}°), {wall_c:.0f} s", flush=True)
+    posed = poses_to_particles(blind, {"rotations": ref.rotations, "shifts": ref.shifts,
+                                       "half": torch.as_tensor(ref.half)})
+    star, mapf = work / "consensus.star", work / "consensus.mrc"
+    write_star(star, posed)
+    write_volume(mapf, ref.volume.numpy(), particles.pixel_size)
+
+    t0 = time.perf_counter()
+    res = classify(posed, ref.volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
+                                       "initial_lowpass": args.lowpass, "seed": args.seed, "batch_size": 256},
+                   progress=False)
+    wall = time.perf_counter() - t0
+    result["cryolens"] = {"accuracy": accuracy(res.labels, truth), "wall_s": wall,
+                          "class_prior": res.class_prior.tolist(), "history": res.history}
+    print(f"cryolens skip_align: accuracy {result['cryolens']['accuracy']:.4f}, {wall:.0f} s, populations "
+          f"{np.round(res.class_prior.numpy(), 3).tolist()}", flush=True)
+    if not args.no_relion:
+        labels, wall_r = run_relion_skip_align(star, mapf, work, args.iterations, args.threads, args.lowpass,
+                                               args.seed)
+        result["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r,
+                            "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
+        result["time_ratio_cryolens_over_relion"] = wall / wall_r
+        print(f"RELION --skip_align: accuracy {result['relion']['accuracy']:.4f}, {wall_r:.0f} s", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

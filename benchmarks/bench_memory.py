@@ -23,7 +23,7 @@ engine's `epoch_images`, the head of the shuffled order: the number of optimiser
 with N), then everything the command does after training over *all* N images: the encoder's pose of
 every particle (the whole stack is read), the map, `poses.star`, `poses.npz`, plots and the report.
 Network: the suite's CPU size (encoder 8 → 128 channels, FC 128; decoder 3 × 128), batch 32, no shifts.
-Going through `main` includes the command line's `cryolens.memory.bound_heap_growth()`.
+Pose inference hands the heap's free pages back once per batch (`cryolens.memory.release_free_heap`).
 
 `--drop-pages` repeats the measurement with one change made in the child only (cryolens itself is
 not modified): after each batch is read, the whole memory map of the stack is told

@@ -33,9 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` in-process; returns the exit code."""
-    from ..memory import bound_heap_growth
-
-    bound_heap_growth()  # memory must not grow with the dataset (cryolens.memory)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -114,16 +114,21 @@ class AmortizedPoseModel(nn.Module, abc.ABC):
 def infer_poses(model: AmortizedPoseModel, particles: Particles, device, batch_size: int = 256
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rotations (N, 3, 3), shifts (N, 2) px)`` CPU float32 of every particle, in STAR order (eval mode)."""
+    from ..memory import release_free_heap
+
     was = model.training
     model.eval()
-    rots, shifts = [], []
+    n = len(particles)
+    rots, shifts = torch.empty(n, 3, 3), torch.empty(n, 2)  # allocated once, before the big temporaries
     for idx, images in iterate_batches(particles, batch_size):
         ctf = None if particles.ctf is None else particles.ctf[torch.as_tensor(idx)].to(device)
         _, _, r, s = model.branches(images.to(device), ctf)
-        rots.append(r.float().cpu())
-        shifts.append(s.float().cpu())
+        rots[torch.as_tensor(idx)] = r.float().cpu()
+        shifts[torch.as_tensor(idx)] = s.float().cpu()
+        del r, s
+        release_free_heap()  # the batch's freed activations: back to the system (cryolens.memory)
     model.train(was)
-    return torch.cat(rots), torch.cat(shifts)
+    return rots, shifts
 
 
 @torch.no_grad()

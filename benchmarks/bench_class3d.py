@@ -45,8 +45,6 @@ def accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
 def run_relion(star: Path, start: Path, work: Path, iterations: int, threads: int, seed: int,
                healpix_order: int = 2) -> tuple[np.ndarray, float]:
     """relion_refine Class3D; returns (0-based class of each particle in input order, wall seconds)."""
-    import starfile
-
     from cryolens.bench.relion import run_relion as run
 
     out = work / "relion"
@@ -58,10 +56,17 @@ def run_relion(star: Path, start: Path, work: Path, iterations: int, threads: in
     t0 = time.perf_counter()
     run("relion_refine", args, cwd=work, timeout=24 * 3600)
     wall = time.perf_counter() - t0
-    data = starfile.read(out / f"run_it{iterations:03d}_data.star")["particles"]
-    names = list(starfile.read(star)["particles"]["rlnImageName"])
+    return relion_labels(out / f"run_it{iterations:03d}_data.star", star), wall
+
+
+def relion_labels(data_star: Path, input_star: Path) -> np.ndarray:
+    """0-based ``rlnClassNumber`` of RELION's ``run_itNNN_data.star``, in the order of ``input_star``."""
+    import starfile
+
+    data = starfile.read(data_star)["particles"]
+    names = list(starfile.read(input_star)["particles"]["rlnImageName"])
     cls = dict(zip(data["rlnImageName"], data["rlnClassNumber"].astype(int) - 1, strict=True))
-    return np.array([cls[n] for n in names]), wall
+    return np.array([cls[n] for n in names])
 
 
 def main() -> None:

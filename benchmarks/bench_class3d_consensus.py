@@ -33,14 +33,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_abinit import ensure_dataset  # noqa: E402
-from bench_class3d import accuracy  # noqa: E402
+from bench_class3d import accuracy, relion_labels  # noqa: E402
 
 
 def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, threads: int, lowpass: float,
                           seed: int) -> tuple[np.ndarray, float]:
     """relion_refine Class3D --skip_align; (0-based class per particle in input order, wall seconds)."""
-    import starfile
-
     from cryolens.bench.relion import run_relion
 
     out = work / "relion"
@@ -51,10 +49,7 @@ def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, th
     t0 = time.perf_counter()
     run_relion("relion_refine", args, cwd=work, timeout=6 * 3600)
     wall = time.perf_counter() - t0
-    data = starfile.read(out / f"run_it{iterations:03d}_data.star")["particles"]
-    names = list(starfile.read(star)["particles"]["rlnImageName"])
-    cls = dict(zip(data["rlnImageName"], data["rlnClassNumber"].astype(int) - 1, strict=True))
-    return np.array([cls[n] for n in names]), wall
+    return relion_labels(out / f"run_it{iterations:03d}_data.star", star), wall
 
 
 def main() -> None:

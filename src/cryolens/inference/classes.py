@@ -302,6 +302,25 @@ def map_regularisation(sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: flo
     return lam, inv
 
 
+def _log_priors(class_prior: torch.Tensor | None, n_cls: int, device, dtype) -> torch.Tensor:
+    """``log π`` ``(K,)`` or ``(N, K)`` (``−inf`` where a prior is 0); uniform when ``None``."""
+    prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
+             else class_prior.double())
+    if prior.shape[-1] != n_cls or prior.dim() > 2:
+        raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
+    return torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
+                       torch.full_like(prior, -math.inf)).to(device=device, dtype=dtype)
+
+
+def _data_vs_prior(accs: Sequence[FourierAccumulator], sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float,
+                   pad: int) -> torch.Tensor:
+    """``(K, D//2+1)`` RELION's ``data_vs_prior`` of each class accumulator, against the prior in every
+    shell (no ``minres_map`` exemption: this is a report)."""
+    lam, inv = map_regularisation(sigma2, tau2, tau2_fudge, pad)
+    return torch.stack([torch.where(inv[k] > 0, a.shell_weight(2) / inv[k].clamp_min(1e-300), a.shell_weight() / lam[k])
+                        for k, a in enumerate(accs)])
+
+
 @dataclass
 class ClassEMResult:
     """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
@@ -377,12 +396,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     s2 = (sigma2.to(device=dev, dtype=dt)[:nsh] * ratio ** 4)
     rot = rotations.to(device=dev, dtype=dt)
     sh = shifts.to(device=dev, dtype=dt) * ratio
-    prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
-             else class_prior.double())
-    if prior.shape[-1] != n_cls or prior.dim() > 2:
-        raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
-    log_prior = torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
-                            torch.full_like(prior, -math.inf)).to(device=dev, dtype=dt)
+    log_prior = _log_priors(class_prior, n_cls, dev, dt)
     fts = [prepare_volume_ft(v, pad) for v in vols]
     tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
             else tau2.to(dev)[:, :nsh] * ratio ** 4)
@@ -479,9 +493,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
     work_vols = [accs[kc].reconstruct(lam[kc], inv_lam[kc]) if accs[kc].count > 0 else vols[kc]
                  for kc in range(n_cls)]
-    prior_lam, prior_inv = map_regularisation(s2, tau2, tau2_fudge, pad)  # the prior in every shell (report)
-    dvp = torch.stack([torch.where(prior_inv[kc] > 0, accs[kc].shell_weight(2) / prior_inv[kc].clamp_min(1e-300),
-                                   accs[kc].shell_weight() / prior_lam[kc]) for kc in range(n_cls)])
+    dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
     new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
     new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
     new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
@@ -518,12 +530,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     k_max = size // 2 if k_max is None else int(k_max)
     vols = volumes.to(dev)
     s2 = sigma2.to(device=dev, dtype=dt)[:nsh]
-    prior = (torch.full((n_cls,), 1.0 / n_cls, dtype=torch.float64) if class_prior is None
-             else class_prior.double())
-    if prior.shape[-1] != n_cls or prior.dim() > 2:
-        raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
-    log_prior = torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
-                            torch.full_like(prior, -math.inf)).to(device=dev, dtype=dt)
+    log_prior = _log_priors(class_prior, n_cls, dev, dt)
     fts = [prepare_volume_ft(v, pad) for v in vols]
     tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
             else tau2.to(dev)[:, :nsh])
@@ -568,9 +575,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
     new_vols = torch.stack([accs[kc].reconstruct(lam[kc], inv_lam[kc]) if float(class_mass[kc]) > 0 else vols[kc]
                             for kc in range(n_cls)])
-    prior_lam, prior_inv = map_regularisation(s2, tau2, tau2_fudge, pad)
-    dvp = torch.stack([torch.where(prior_inv[kc] > 0, accs[kc].shell_weight(2) / prior_inv[kc].clamp_min(1e-300),
-                                   accs[kc].shell_weight() / prior_lam[kc]) for kc in range(n_cls)])
+    dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
     new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), size) for v in new_vols])
     probs = cat["p"]
     all_idx = torch.arange(n_images, device=dev)

@@ -121,10 +121,11 @@ def infer_poses(model: AmortizedPoseModel, particles: Particles, device, batch_s
     n = len(particles)
     rots, shifts = torch.empty(n, 3, 3), torch.empty(n, 2)  # allocated once, before the big temporaries
     for idx, images in iterate_batches(particles, batch_size):
-        ctf = None if particles.ctf is None else particles.ctf[torch.as_tensor(idx)].to(device)
+        it = torch.as_tensor(idx)
+        ctf = None if particles.ctf is None else particles.ctf[it].to(device)
         _, _, r, s = model.branches(images.to(device), ctf)
-        rots[torch.as_tensor(idx)] = r.float().cpu()
-        shifts[torch.as_tensor(idx)] = s.float().cpu()
+        rots[it] = r.float().cpu()
+        shifts[it] = s.float().cpu()
         del r, s
         release_free_heap()  # the batch's freed activations: back to the system (cryolens.memory)
     model.train(was)

@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--consensus", help="reuse step 1: a work folder of an earlier run at the same --n "
+                                        "(its consensus.star and consensus.mrc)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from cryolens.inference.autorefine import RefineConfig, auto_refine, poses_to_particles
@@ -84,27 +86,38 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "populations_true": np.bincount(truth, minlength=2).tolist()}
 
-    t0 = time.perf_counter()
-    cfg = RefineConfig(initial_lowpass=args.lowpass, offset_range=3.0, offset_step=1.0, tau2_fudge=4.0,
-                       max_iterations=args.max_iterations, seed=args.seed)
-    ref = auto_refine(blind, gt_vols.mean(0), config=cfg, progress=True)
-    wall_c = time.perf_counter() - t0
-    err = pose_error_summary(ref.rotations, particles.rotations)
-    per_state = [pose_error_summary(ref.rotations[truth == k], particles.rotations[truth == k])["median_deg"]
-                 for k in (0, 1)]
-    result["consensus"] = {"wall_s": wall_c, "iterations": len(ref.history), "resolution_A": ref.resolution,
-                           "median_rotation_error_deg": err["median_deg"],
-                           "median_rotation_error_per_state_deg": per_state}
-    print(f"consensus: {len(ref.history)} iterations, {ref.resolution:.2f} Å (half maps), median rotation error "
-          f"{err['median_deg']:.2f}° (per state {per_state[0]:.2f}°, {per_state[1]:.2f}°), {wall_c:.0f} s", flush=True)
-    posed = poses_to_particles(blind, {"rotations": ref.rotations, "shifts": ref.shifts,
-                                       "half": torch.as_tensor(ref.half)})
-    star, mapf = work / "consensus.star", work / "consensus.mrc"
-    write_star(star, posed)
-    write_volume(mapf, ref.volume.numpy(), particles.pixel_size)
+    if args.consensus:
+        star, mapf = Path(args.consensus) / "consensus.star", Path(args.consensus) / "consensus.mrc"
+        posed = read_particles(star)
+        if len(posed) != args.n:
+            raise SystemExit(f"{star}: {len(posed)} particles, not --n {args.n}")
+        ref_volume = torch.from_numpy(read_volume(mapf)[0].copy())
+        err = pose_error_summary(posed.rotations, particles.rotations)
+        result["consensus"] = {"reused": str(args.consensus), "median_rotation_error_deg": err["median_deg"]}
+        print(f"consensus reused from {args.consensus}: median rotation error {err['median_deg']:.2f}°", flush=True)
+    else:
+        t0 = time.perf_counter()
+        cfg = RefineConfig(initial_lowpass=args.lowpass, offset_range=3.0, offset_step=1.0, tau2_fudge=4.0,
+                           max_iterations=args.max_iterations, seed=args.seed)
+        ref = auto_refine(blind, gt_vols.mean(0), config=cfg, progress=True)
+        wall_c = time.perf_counter() - t0
+        err = pose_error_summary(ref.rotations, particles.rotations)
+        per_state = [pose_error_summary(ref.rotations[truth == k], particles.rotations[truth == k])["median_deg"]
+                     for k in (0, 1)]
+        result["consensus"] = {"wall_s": wall_c, "iterations": len(ref.history), "resolution_A": ref.resolution,
+                               "median_rotation_error_deg": err["median_deg"],
+                               "median_rotation_error_per_state_deg": per_state}
+        print(f"consensus: {len(ref.history)} iterations, {ref.resolution:.2f} Å (half maps), median rotation error "
+              f"{err['median_deg']:.2f}° (per state {per_state[0]:.2f}°, {per_state[1]:.2f}°), {wall_c:.0f} s", flush=True)
+        posed = poses_to_particles(blind, {"rotations": ref.rotations, "shifts": ref.shifts,
+                                           "half": torch.as_tensor(ref.half)})
+        star, mapf = work / "consensus.star", work / "consensus.mrc"
+        write_star(star, posed)
+        write_volume(mapf, ref.volume.numpy(), particles.pixel_size)
+        ref_volume = ref.volume
 
     t0 = time.perf_counter()
-    res = classify(posed, ref.volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
+    res = classify(posed, ref_volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
                                        "initial_lowpass": args.lowpass, "seed": args.seed, "batch_size": 256},
                    progress=False)
     wall = time.perf_counter() - t0

@@ -319,6 +319,40 @@ def test_fixed_pose_class_posterior_equals_brute_force(tmp_path):
     torch.testing.assert_close(res.class_probability.double(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(res.class_prior, want.mean(0), rtol=1e-5, atol=1e-6)
     assert torch.equal(res.map_rotation_index, torch.arange(10))
+    # in a 12-px working box (RELION's current_size) the same frequencies are scored: the same
+    # probabilities up to the trilinear slicing of the resized maps; the outputs stay at the full box
+    crop = class_em_iteration_fixed_poses(p, vols, sigma2, prior, k_max=5, batch_size=4, work_size=12)
+    torch.testing.assert_close(crop.class_probability.double(), want, rtol=0, atol=0.01)
+    assert crop.volumes.shape == res.volumes.shape and crop.sigma2.shape == res.sigma2.shape
+    torch.testing.assert_close(crop.sigma2[:6], res.sigma2[:6], rtol=0.05, atol=0)
+    assert float(fsc(crop.volumes[1], res.volumes[1])[:5].min()) > 0.95
+    ratio = power_spectrum(crop.volumes[1])[1:5] / power_spectrum(res.volumes[1])[1:5]
+    assert float((ratio - 1).abs().max()) < 0.15, ratio
+
+
+def test_fixed_pose_m_step_prunes_insignificant_classes(tmp_path):
+    """An image goes into class k only where P(k | Y) ≥ weight_floor · max_k P(k | Y): with a floor of 1
+    each image is inserted into its best class alone — the modal variant's maps — while the class
+    probabilities stay soft; a zero floor and the default 1e-6 give the same maps to 1e-5."""
+    from cryolens.inference.classes import class_em_iteration_fixed_poses
+
+    g = torch.Generator().manual_seed(3)
+    vols, _, lab, ctf = _two_class_images(12, noise_sd=0.4, seed=3)
+    rots = random_rotations(12, generator=g, dtype=torch.float64)
+    img = torch.stack([render_images(vols[int(lab[i])], rots[i:i + 1], None, ctf[[i]], PIX)[0]
+                       for i in range(12)]) + 0.4 * torch.randn(12, D, D, generator=g, dtype=torch.float64)
+    p = _particles(tmp_path, img, rots, torch.zeros(12, 2, dtype=torch.float64), ctf)
+    sigma2 = torch.full((D // 2 + 1,), 1000 * 0.4**2 * D * D, dtype=torch.float64)  # tempered: soft classes
+    kw = dict(k_max=5, batch_size=5)
+    soft = class_em_iteration_fixed_poses(p, vols, sigma2, weight_floor=0.0, **kw)
+    assert 0.05 < float(soft.class_probability[:, 1].mean()) < 0.95 and float(soft.max_weight.min()) < 0.99
+    default = class_em_iteration_fixed_poses(p, vols, sigma2, **kw)
+    torch.testing.assert_close(default.volumes, soft.volumes, rtol=0, atol=1e-5 * float(soft.volumes.abs().max()))
+    hard = class_em_iteration_fixed_poses(p, vols, sigma2, weight_floor=1.0, **kw)
+    modal = class_em_iteration_fixed_poses(p, vols, sigma2, modal=True, **kw)
+    torch.testing.assert_close(hard.volumes, modal.volumes)
+    torch.testing.assert_close(hard.class_probability, soft.class_probability)
+    assert not torch.allclose(hard.volumes, soft.volumes, rtol=0, atol=1e-3 * float(soft.volumes.abs().max()))
 
 
 def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):

@@ -99,9 +99,13 @@ def test_two_process_gloo_ddp_equals_one_process(tmp_path):
     assert not torch.allclose(fresh["field.mlp.out.weight"], two["field.mlp.out.weight"])
 
 
-def test_cpu_bf16_autocast_runs_linear_layers_in_bf16_and_trains_like_fp32(tmp_path):
+def test_cpu_bf16_autocast_runs_linear_layers_in_bf16_and_trains_like_fp32(tmp_path, monkeypatch):
     """``cpu_amp``: the decoder's matrix products run in bfloat16 (seen by a hook on every
-    ``nn.Linear``), the weights stay float32, and 10 epochs reach the fp32 run's loss within 5%."""
+    ``nn.Linear``), the weights stay float32, and 10 epochs reach the fp32 run's loss within 5%.
+    (The CPU check is patched to "native bfloat16" so that the path runs on any CPU.)"""
+    from cryolens.inference import engine
+
+    monkeypatch.setattr(engine, "cpu_bf16_native", lambda: True)
     particles = blob_dataset(tmp_path, 64, 16, hetero=False)[0]
     finals, seen = {}, {}
     for cpu_amp in (False, True):
@@ -122,6 +126,34 @@ def test_cpu_bf16_autocast_runs_linear_layers_in_bf16_and_trains_like_fp32(tmp_p
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert seen[False] == {torch.float32} and seen[True] == {torch.bfloat16}
     assert abs(finals[True] - finals[False]) < 0.05 * finals[False]
+
+
+def test_cpu_amp_falls_back_to_float32_where_bfloat16_is_emulated(tmp_path, monkeypatch):
+    """Where the CPU lacks bfloat16 instructions PyTorch emulates them (a bfloat16-autocast linear
+    layer ~11x slower than float32 on an AMD EPYC without AVX512-BF16): ``cpu_amp`` then warns in one
+    line and trains in float32. The check reads the CPU's flags (x86 and ARM names), and times a
+    linear layer only where there are none."""
+    import pytest
+
+    from cryolens.inference import engine
+
+    for flags, native in (({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
+                          ({"asimd", "bf16"}, True), ({"asimd"}, False)):
+        monkeypatch.setattr(engine, "_cpu_flags", lambda flags=flags: flags)
+        engine.cpu_bf16_native.cache_clear()
+        assert engine.cpu_bf16_native() is native, flags
+    timed = []
+    monkeypatch.setattr(engine, "_cpu_flags", lambda: None)
+    monkeypatch.setattr(engine, "_bf16_speedup_measured", lambda: timed.append(1) or 0.09)
+    engine.cpu_bf16_native.cache_clear()
+    assert engine.cpu_bf16_native() is False and timed == [1]
+    engine.cpu_bf16_native.cache_clear()
+    monkeypatch.setattr(engine, "cpu_bf16_native", lambda: False)
+    particles = blob_dataset(tmp_path, 16, 16, hetero=False)[0]
+    model = build_model(particles.box_size, particles.pixel_size, len(particles), TINY, "homo")
+    with pytest.warns(RuntimeWarning, match="cpu_amp ignored: this CPU has no native bfloat16"):
+        tr = Trainer(model, particles, TrainConfig(epochs=1, cpu_amp=True), tmp_path / "run", "cpu", progress=False)
+    assert tr.amp_dtype is None
 
 
 def test_epoch_images_draws_the_head_of_each_epochs_shuffled_order(tmp_path):

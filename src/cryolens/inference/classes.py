@@ -507,12 +507,16 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
                                    class_prior: torch.Tensor | None = None, *, tau2: torch.Tensor | None = None,
                                    tau2_fudge: float = 4.0, k_max: int | None = None, pad: int = 2,
                                    batch_size: int = 64, device=None, modal: bool = False, minres_map: int = 0,
+                                   work_size: int | None = None, weight_floor: float = 1e-6,
                                    progress=None) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
 
     data: :class:`Particles` with ``rotations (N, 3, 3)`` (image → volume frame) and ``shifts (N, 2)`` px
     (``None``: centred) and CTFs. volumes, sigma2, class_prior, tau2, tau2_fudge, k_max, pad,
-    minres_map, modal: as :func:`class_em_iteration`. E-step: ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)``
+    minres_map, modal, work_size: as :func:`class_em_iteration` (``work_size``: the iteration runs on
+    images and maps Fourier-cropped to that box, RELION's ``current_size``). weight_floor: an image is
+    inserted into class ``k`` only where ``P(k | Y_i) ≥ weight_floor · max_k P(k | Y_i)`` (its class
+    probabilities renormalised over the kept classes), as the searched version prunes poses. E-step: ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)``
     with ``ℓ_ik`` :func:`~cryolens.inference.likelihood.gaussian_log_likelihood` of image ``i`` (shift
     undone) against class ``k``'s slice at its rotation, shells ``≤ k_max``. M-step: each class inserts
     every image at its pose weighted by ``P(k | Y_i)``; ``σ²`` the posterior-weighted residual power;
@@ -525,15 +529,20 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
                          "with fixed poses (skip_align) needs them")
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
-    n_cls, size = volumes.shape[0], volumes.shape[-1]
+    n_cls, full = volumes.shape[0], volumes.shape[-1]
+    size = full if work_size is None else int(work_size)
+    k_max = full // 2 if k_max is None else int(k_max)
+    if size % 2 or size > full or k_max > size // 2:
+        raise ValueError(f"work_size must be even, <= {full} and >= 2 k_max = {2 * k_max}; got {size}")
+    ratio = size / full
     nsh = size // 2 + 1
-    k_max = size // 2 if k_max is None else int(k_max)
-    vols = volumes.to(dev)
-    s2 = sigma2.to(device=dev, dtype=dt)[:nsh]
+    px_work = data.pixel_size / ratio
+    vols = torch.stack([resize_volume(v, size) for v in volumes.to(dev)])
+    s2 = sigma2.to(device=dev, dtype=dt)[:nsh] * ratio ** 4
     log_prior = _log_priors(class_prior, n_cls, dev, dt)
     fts = [prepare_volume_ft(v, pad) for v in vols]
     tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
-            else tau2.to(dev)[:, :nsh])
+            else tau2.to(dev)[:, :nsh] * ratio ** 4)
     slicers = [as_slicer(f, size) for f in fts]
     del fts
     accs = [FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)]
@@ -545,10 +554,16 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     for idx, images, c_b in _batches(data, None, batch_size):
         b = images.shape[0]
         t = torch.zeros(b, 2) if data.shifts is None else data.shifts[idx]
-        y = phase_shift(fft2_centered(images.to(device=dev, dtype=dt)), -t.to(device=dev, dtype=dt))
-        c = ctf_images(c_b, b, size, data.pixel_size, dev, dt)
+        y = fft2_centered(images.to(device=dev, dtype=dt))
+        if size != full:
+            y = fourier_crop_images(y, size)
+        if isinstance(c_b, torch.Tensor) and size != full:  # CTF images: the same frequencies, no rescaling
+            lo = full // 2 - size // 2
+            c_b = c_b[..., lo:lo + size, lo:lo + size]
+        y = phase_shift(y, -t.to(device=dev, dtype=dt) * ratio)
+        c = ctf_images(c_b, b, size, px_work, dev, dt)
         rot = data.rotations[idx].to(device=dev, dtype=dt)
-        preds = torch.stack([sl(rot) for sl in slicers], 1)  # (B, K, D, D)
+        preds = torch.stack([sl(rot) for sl in slicers], 1)  # (B, K, d, d)
         lp = gaussian_log_likelihood(y, preds, s2, k_max, c) + (log_prior[idx.to(dev)] if log_prior.dim() == 2
                                                                  else log_prior)
         lz = torch.logsumexp(lp, 1)
@@ -556,10 +571,16 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
         if modal:
             p = torch.nn.functional.one_hot(p.argmax(1), n_cls).to(dt)
         class_mass += p.double().sum(0)
+        w = torch.where(p >= weight_floor * p.max(1, keepdim=True).values, p, torch.zeros_like(p))
+        w = w / w.sum(1, keepdim=True)
         for kc in range(n_cls):
-            accs[kc].add(y, rot, c, scale=p[:, kc])
+            sel = (w[:, kc] > 0).nonzero(as_tuple=True)[0]
+            if sel.numel() == b:
+                accs[kc].add(y, rot, c, scale=w[:, kc])
+            elif sel.numel() > 0:
+                accs[kc].add(y[sel], rot[sel], None if c is None else c[sel], scale=w[sel, kc])
         model = preds if c is None else preds * c[:, None]
-        power = ((y[:, None] - model).abs().square() * p[:, :, None, None]).sum((0, 1))
+        power = ((y[:, None] - model).abs().square() * w[:, :, None, None]).sum((0, 1))
         num += shell_sum(power, shells, nsh).double()
         out["idx"].append(idx)
         out["lz"].append(lz)
@@ -571,12 +592,13 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     n_images = order.shape[0]
     log_lik = float(cat["lz"].double().sum() + n_images * log_normaliser(s2.double(), size, k_max))
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
-    new_sigma2[:nsh] = (num / (n_images * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
+    new_sigma2[:nsh] = (num / (n_images * pixels_per_shell.double()).clamp_min(1e-300)).to(dt) / ratio ** 4
     lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
-    new_vols = torch.stack([accs[kc].reconstruct(lam[kc], inv_lam[kc]) if float(class_mass[kc]) > 0 else vols[kc]
-                            for kc in range(n_cls)])
+    work_vols = [accs[kc].reconstruct(lam[kc], inv_lam[kc]) if accs[kc].count > 0 else vols[kc]
+                 for kc in range(n_cls)]
     dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
-    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), size) for v in new_vols])
+    new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
+    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
     probs = cat["p"]
     all_idx = torch.arange(n_images, device=dev)
     shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)

@@ -22,7 +22,7 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
   assignments (the modal variant);
 - ``skip_align`` (RELION's ``--skip_align``; off by default): every image keeps the pose it comes with
   (e.g. from a consensus refinement) and only the class is inferred
-  (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), at the full box.
+  (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), in the same working box.
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. Outputs: ``class_001.mrc`` …,
@@ -169,7 +169,7 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, config: dic
                                                  tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used,
                                                  pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
                                                  modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]),
-                                                 progress=bar)
+                                                 work_size=work, progress=bar)
         else:
             res = class_em_iteration(particles, st["volumes"], st["sigma2"], rot, shifts, st["class_prior"],
                                      tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used, work_size=work,

@@ -37,8 +37,10 @@ from bench_class3d import accuracy, relion_labels  # noqa: E402
 
 
 def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, threads: int, lowpass: float,
-                          seed: int) -> tuple[np.ndarray, float]:
-    """relion_refine Class3D --skip_align; (0-based class per particle in input order, wall seconds)."""
+                          seed: int, truth: np.ndarray | None = None) -> tuple[np.ndarray, float, list]:
+    """relion_refine Class3D --skip_align; (0-based class per particle in input order, wall seconds,
+    per iteration ``{"iteration", "elapsed_s", "accuracy"}`` — elapsed from the start to the write of
+    that iteration's ``run_itNNN_data.star``; accuracy against ``truth`` when given)."""
     from cryolens.bench.relion import run_relion
 
     out = work / "relion"
@@ -46,10 +48,25 @@ def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, th
     args = ["--i", star, "--o", out / "run", "--ref", ref, "--ini_high", lowpass, "--K", 2, "--iter", iterations,
             "--tau2_fudge", 4, "--skip_align", "--ctf", "--particle_diameter", 80, "--sym", "C1", "--pad", 2,
             "--j", threads, "--pool", 3, "--dont_combine_weights_via_disc", "--random_seed", seed]
-    t0 = time.perf_counter()
+    t0, t0_epoch = time.perf_counter(), time.time()
     run_relion("relion_refine", args, cwd=work, timeout=6 * 3600)
     wall = time.perf_counter() - t0
-    return relion_labels(out / f"run_it{iterations:03d}_data.star", star), wall
+    per_it = []
+    for it in range(1, iterations + 1):
+        f = out / f"run_it{it:03d}_data.star"
+        row = {"iteration": it, "elapsed_s": f.stat().st_mtime - t0_epoch}
+        if truth is not None:
+            row["accuracy"] = accuracy(relion_labels(f, star), truth)
+        per_it.append(row)
+    return relion_labels(out / f"run_it{iterations:03d}_data.star", star), wall, per_it
+
+
+def first_reaching(per_it: list, level: float) -> dict | None:
+    """The first iteration whose accuracy is ≥ ``level`` and stays so in every later one."""
+    for i, row in enumerate(per_it):
+        if all(r["accuracy"] >= level for r in per_it[i:]):
+            return row
+    return None
 
 
 def main() -> None:
@@ -116,22 +133,42 @@ def main() -> None:
         write_volume(mapf, ref.volume.numpy(), particles.pixel_size)
         ref_volume = ref.volume
 
+    per_it: list = []
+    paused = [0.0]  # seconds spent scoring labels between iterations, not counted
     t0 = time.perf_counter()
+
+    def follow(it, r):
+        t1 = time.perf_counter()
+        per_it.append({"iteration": it, "elapsed_s": t1 - t0 - paused[0],
+                       "accuracy": accuracy(r.labels.cpu().numpy(), truth)})
+        paused[0] += time.perf_counter() - t1
+
     res = classify(posed, ref_volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
                                        "initial_lowpass": args.lowpass, "seed": args.seed, "batch_size": 256},
-                   progress=False)
-    wall = time.perf_counter() - t0
-    result["cryolens"] = {"accuracy": accuracy(res.labels, truth), "wall_s": wall,
+                   progress=False, on_iteration=follow)
+    wall = time.perf_counter() - t0 - paused[0]
+    result["cryolens"] = {"accuracy": accuracy(res.labels, truth), "wall_s": wall, "per_iteration": per_it,
+                          "reached_0.95": first_reaching(per_it, 0.95),
                           "class_prior": res.class_prior.tolist(), "history": res.history}
     print(f"cryolens skip_align: accuracy {result['cryolens']['accuracy']:.4f}, {wall:.0f} s, populations "
           f"{np.round(res.class_prior.numpy(), 3).tolist()}", flush=True)
     if not args.no_relion:
-        labels, wall_r = run_relion_skip_align(star, mapf, work, args.iterations, args.threads, args.lowpass,
-                                               args.seed)
-        result["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r,
+        labels, wall_r, per_it_r = run_relion_skip_align(star, mapf, work, args.iterations, args.threads,
+                                                         args.lowpass, args.seed, truth)
+        result["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r, "per_iteration": per_it_r,
+                            "reached_0.95": first_reaching(per_it_r, 0.95),
                             "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
         result["time_ratio_cryolens_over_relion"] = wall / wall_r
         print(f"RELION --skip_align: accuracy {result['relion']['accuracy']:.4f}, {wall_r:.0f} s", flush=True)
+        a, b = result["cryolens"]["reached_0.95"], result["relion"]["reached_0.95"]
+        if a and b:
+            result["time_to_0.95_ratio"] = a["elapsed_s"] / b["elapsed_s"]
+            print(f"≥ 95 % from then on: cryolens at iteration {a['iteration']} ({a['elapsed_s']:.0f} s), RELION at "
+                  f"iteration {b['iteration']} ({b['elapsed_s']:.0f} s): ratio {result['time_to_0.95_ratio']:.2f}")
+    for key in ("cryolens", "relion"):
+        if key in result:
+            print(key, " ".join(f"{r['iteration']}:{r['accuracy']:.3f}@{r['elapsed_s']:.0f}s"
+                                for r in result[key]["per_iteration"]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

@@ -116,26 +116,18 @@ def staging_grid(padded: int, channels: int, device=None, dtype=torch.float32) -
     return torch.zeros(channels, (padded + 2) ** 3, device=device, dtype=dtype)
 
 
-def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
-                   weights: torch.Tensor | None = None, hermitian: bool = False) -> None:
-    """Low-level, in place: add trilinear scatters of ``slices (N, D, D)`` (and ``weights``, default 1)
-    along ``rotations (N, 3, 3)`` into ``staging`` from :func:`staging_grid`. With ``hermitian`` only
-    the ``kx ≥ 0`` half is scattered; :func:`finish_staging` (``hermitian=True``) completes it."""
-    size = slices.shape[-1]
-    rdtype = staging.dtype
-    is_complex = slices.is_complex()
-    hermitian = hermitian and is_complex
-    cols = _half_columns(size, slices.device) if hermitian else None
+def _scatter_geometry(rotations: torch.Tensor, size: int, padded: int, hermitian: bool, rdtype):
+    """Trilinear corners of the slice pixels of :func:`scatter_slices`: ``(idx (N·D·C·8,)`` flat
+    staging indices, ``w8 (N, D, C, 8)`` corner weights, ``mult (D, C)`` pixel multiplicity — 0 beyond
+    Nyquist, ½ on the self-partnered columns of a half slice — and the columns, or None)."""
+    device = rotations.device
+    cols = _half_columns(size, device) if hermitian else None
     pts, mask = _slice_points(rotations.to(rdtype), size, padded, cols)
     mult = mask.to(rdtype)
     if hermitian:
         # kx = 0 and kx = −Nyquist columns hold their own partners: count each half
         mult = mult.clone()
         mult[:, :2] *= 0.5
-    sl = slices[..., cols] if hermitian else slices
-    wt = torch.ones_like(sl.real) if weights is None else (weights[..., cols] if hermitian else weights)
-    chans = [sl.real, sl.imag, wt] if is_complex else [sl, wt]
-    vals = torch.stack([c.to(rdtype) for c in chans], -1) * mult[..., None]  # (N, D, C, ch)
     g = padded + 2
     pts = torch.where(mask[..., None], pts, torch.full_like(pts, padded // 2))  # keep masked points in range
     base = torch.floor(pts)
@@ -143,14 +135,45 @@ def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch
     base = base.long()
     flat = (base[..., 2] * g + base[..., 1]) * g + base[..., 0]
     offsets = torch.tensor([dz * g * g + dy * g + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
-                           device=slices.device)
+                           device=device)
     wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)
     wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
     wz = torch.stack([1 - frac[..., 2], frac[..., 2]], -1)
     w8 = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).flatten(-3)  # (N, D, C, 8)
     idx = (flat[..., None] + offsets).reshape(-1)
-    for c in range(vals.shape[-1]):  # bincount: a faster scatter-add than index_add_ on CPU
-        staging[c] += torch.bincount(idx, weights=(w8 * vals[..., c, None]).reshape(-1), minlength=g ** 3)
+    return idx, w8, mult, cols
+
+
+def _scatter_with(staging: torch.Tensor, geometry, slices: torch.Tensor, weights: torch.Tensor | None,
+                  padded: int) -> None:
+    idx, w8, mult, cols = geometry
+    rdtype = staging.dtype
+    sl = slices[..., cols] if cols is not None else slices
+    wt = torch.ones_like(sl.real) if weights is None else (weights[..., cols] if cols is not None else weights)
+    chans = [sl.real, sl.imag, wt] if slices.is_complex() else [sl, wt]
+    g3 = (padded + 2) ** 3
+    for c, v in enumerate(chans):  # bincount: a faster scatter-add than index_add_ on CPU
+        staging[c] += torch.bincount(idx, weights=(w8 * (v.to(rdtype) * mult)[..., None]).reshape(-1), minlength=g3)
+
+
+def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
+                   weights: torch.Tensor | None = None, hermitian: bool = False) -> None:
+    """Low-level, in place: add trilinear scatters of ``slices (N, D, D)`` (and ``weights``, default 1)
+    along ``rotations (N, 3, 3)`` into ``staging`` from :func:`staging_grid`. With ``hermitian`` only
+    the ``kx ≥ 0`` half is scattered; :func:`finish_staging` (``hermitian=True``) completes it."""
+    hermitian = hermitian and slices.is_complex()
+    geometry = _scatter_geometry(rotations, slices.shape[-1], padded, hermitian, staging.dtype)
+    _scatter_with(staging, geometry, slices, weights, padded)
+
+
+def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tensor], rotations: torch.Tensor,
+                          padded: int, weights: list[torch.Tensor | None], hermitian: bool = False) -> None:
+    """:func:`scatter_slices` of several slice stacks ``(N, D, D)`` along the same ``rotations`` into
+    their own stagings (e.g. one per class), the trilinear geometry computed once."""
+    hermitian = hermitian and slices[0].is_complex()
+    geometry = _scatter_geometry(rotations, slices[0].shape[-1], padded, hermitian, stagings[0].dtype)
+    for st, sl, wt in zip(stagings, slices, weights, strict=True):
+        _scatter_with(st, geometry, sl, wt, padded)
 
 
 def finish_staging(staging: torch.Tensor, padded: int, is_complex: bool = True,

@@ -44,6 +44,7 @@ the posterior, weight 1); class priors are then the fraction of images assigned 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,15 +247,22 @@ def projector_power_spectrum(volume_ft: torch.Tensor, size: int) -> torch.Tensor
     low-passed to zero keeps the small power the gridding correction spreads into every shell
     (~1e-4 … 1e-6 of the peak), which is what lets RELION's classes grow past their start's low-pass."""
     padded = volume_ft.shape[-1]
+    nsh = size // 2 + 1
+    keep, shells, count = _padded_shells(padded, size, str(volume_ft.device))
+    p = volume_ft.abs().double().square().reshape(-1)[keep]
+    return torch.zeros(nsh, dtype=torch.float64, device=volume_ft.device).index_add_(0, shells, p) / count
+
+
+@functools.lru_cache(maxsize=16)
+def _padded_shells(padded: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For :func:`projector_power_spectrum` (computed once per grid): the flat indices of the padded
+    voxels with ``round(r / pad) < size//2 + 1``, their shell, and the voxel count of each shell."""
     pad = padded // size
     nsh = size // 2 + 1
-    p = volume_ft.abs().double().square().reshape(-1)
-    shells = torch.round(shell_index_3d(padded, device=volume_ft.device).double() / pad).long().reshape(-1)
-    keep = shells < nsh
-    s = torch.zeros(nsh, dtype=torch.float64, device=volume_ft.device).index_add_(0, shells[keep], p[keep])
-    n = torch.zeros(nsh, dtype=torch.float64, device=volume_ft.device).index_add_(
-        0, shells[keep], torch.ones_like(p[keep]))
-    return s / n.clamp_min(1)
+    shells = torch.round(shell_index_3d(padded, device=device).double() / pad).long().reshape(-1)
+    keep = torch.nonzero(shells < nsh).reshape(-1)
+    count = torch.bincount(shells[keep], minlength=nsh).double().clamp_min(1)
+    return keep, shells[keep], count
 
 
 def class_regularisation(sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float = 4.0,
@@ -573,12 +581,14 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
         class_mass += p.double().sum(0)
         w = torch.where(p >= weight_floor * p.max(1, keepdim=True).values, p, torch.zeros_like(p))
         w = w / w.sum(1, keepdim=True)
-        for kc in range(n_cls):
-            sel = (w[:, kc] > 0).nonzero(as_tuple=True)[0]
-            if sel.numel() == b:
-                accs[kc].add(y, rot, c, scale=w[:, kc])
-            elif sel.numel() > 0:
-                accs[kc].add(y[sel], rot[sel], None if c is None else c[sel], scale=w[sel, kc])
+        kept = w > 0
+        if int(kept.sum()) > 0.75 * kept.numel():  # mostly soft: one shared insertion geometry for all classes
+            FourierAccumulator.add_shared(accs, y, rot, c, w)
+        else:  # mostly one class per image: each class inserts only its own images
+            for kc in range(n_cls):
+                sel = kept[:, kc].nonzero(as_tuple=True)[0]
+                if sel.numel() > 0:
+                    accs[kc].add(y[sel], rot[sel], None if c is None else c[sel], scale=w[sel, kc])
         model = preds if c is None else preds * c[:, None]
         power = ((y[:, None] - model).abs().square() * w[:, :, None, None]).sum((0, 1))
         num += shell_sum(power, shells, nsh).double()

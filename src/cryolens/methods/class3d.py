@@ -33,6 +33,7 @@ from it and finishes with the same result as an uninterrupted run. Outputs: ``cl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +44,7 @@ from ..errors import InputError
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import lowpass_filter_3d, shell_index_2d, shell_sum
 from ..imaging.so3_grid import so3_grid
-from ..inference.classes import class_em_iteration, class_em_iteration_fixed_poses
+from ..inference.classes import ClassEMResult, class_em_iteration, class_em_iteration_fixed_poses
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
@@ -121,13 +122,16 @@ def _initial_volumes(particles: Particles, init_volume: torch.Tensor | None, cfg
 
 
 def classify(particles: Particles, init_volume: torch.Tensor | None, config: dict | None = None, run=None,
-             device=None, progress: bool = True, resume: bool = False) -> ClassifyResult:
+             device=None, progress: bool = True, resume: bool = False,
+             on_iteration: Callable[[int, ClassEMResult], None] | None = None) -> ClassifyResult:
     """RELION-style Class3D of ``particles`` (CTF used; poses searched, or kept with ``skip_align``) —
     module docstring.
 
     init_volume: ``(D, D, D)`` start map (copied to every class) or ``(K, D, D, D)``, or ``None``
     (ab initio first). config: :data:`DEFAULTS` overrides. run: a RunFolder for the checkpoint (and
     nothing else; :func:`write_outputs` writes the results). resume: continue from ``run``'s checkpoint.
+    on_iteration: called after each iteration with its number (1-based) and its
+    :class:`~cryolens.inference.classes.ClassEMResult` (e.g. to follow the labels per iteration).
     """
     cfg = {**DEFAULTS, **(config or {})}
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -187,11 +191,14 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, config: dic
                               "k_max_used": k_used, "k_max_next": st["k_max"],
                               "resolution_A": d * particles.pixel_size / res_shell,
                               "log_likelihood": res.log_likelihood, "changed_fraction": changed,
-                              "mean_max_weight": float(res.max_weight.double().mean())})
+                              "mean_max_weight": float(res.max_weight.double().mean()),
+                              "elapsed_s": float(st["elapsed_s"])})
         st["last"] = {"rotation_index": res.map_rotation_index.cpu(), "shift": res.map_shift.cpu(),
                       "class_probability": res.class_probability.cpu(), "max_weight": res.max_weight.cpu()}
         if ckpt is not None:
             save_checkpoint(ckpt, {key: v for key, v in st.items()})
+        if on_iteration is not None:
+            on_iteration(int(st["iteration"]), res)
     bar.close()
     last = st["last"]
     return ClassifyResult(volumes=st["volumes"].float().cpu(), class_prior=torch.as_tensor(st["class_prior"]).double(),

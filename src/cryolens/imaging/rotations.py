@@ -123,6 +123,23 @@ def geodesic_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
     return torch.atan2(skew.norm(dim=-1) / 2, (tr - 1) / 2)
 
 
+def weighted_mean_rotation(rotations: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor,
+                           n_groups: int) -> torch.Tensor:
+    """Chordal L2 mean of weighted rotations per group: for each group ``g`` the rotation nearest (in
+    Frobenius norm) to ``Σ_i w_i R_i`` over ``groups == g`` — its SVD ``U S Vᵀ`` projected to
+    ``U diag(1, 1, det UVᵀ) Vᵀ``. rotations: ``(P, 3, 3)``; weights: ``(P,)`` ≥ 0; groups: ``(P,)``
+    int64 in ``[0, n_groups)``. Returns ``(n_groups, 3, 3)`` (the identity for an empty group). For
+    rotations within a few degrees of each other it equals the weighted geodesic mean to second order."""
+    m = torch.zeros(n_groups, 3, 3, dtype=rotations.dtype, device=rotations.device)
+    m.index_add_(0, groups, weights.to(rotations.dtype)[:, None, None] * rotations)
+    empty = m.flatten(1).abs().sum(1) == 0
+    m[empty] = torch.eye(3, dtype=m.dtype, device=m.device)
+    u, _, vh = torch.linalg.svd(m)
+    d = torch.ones(n_groups, 3, dtype=m.dtype, device=m.device)
+    d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
+    return (u * d[:, None, :]) @ vh
+
+
 def inplane_rotation(angle: torch.Tensor) -> torch.Tensor:
     """Rotation by ``angle`` (radians) about the z (beam) axis, ``(..., 3, 3)``."""
     return _rz(angle)

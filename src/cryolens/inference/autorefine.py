@@ -66,7 +66,7 @@ from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import freq_grid_2d, freq_grid_3d, shell_index_2d, shell_sum, soft_edge
-from ..imaging.rotations import geodesic_distance
+from ..imaging.rotations import geodesic_distance, weighted_mean_rotation
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft, sampling_volume
 from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
@@ -91,7 +91,7 @@ class RefineConfig:
     after oversampling: the GUI's "7.5°"). local_order: from this level on, local searches
     (RELION ``--auto_local_healpix_order``, default 4). max_order: finest level (the final oversampled
     step is ``angular_step(max_order + 1)``). local_range: search radius of local searches in
-    units of the level's angular step (Gaussian prior σ = step). offset_range, offset_step: shift grid
+    units of the level's angular step (Gaussian prior σ = step; RELION's is 2 steps, searching ±3σ). offset_range, offset_step: shift grid
     (RELION ``--offset_range``, ``--offset_step``: the command-line step, i.e. twice the GUI's).
     initial_lowpass: low-pass (Å) applied to the initial map (RELION ``--ini_high``; ``None``: none).
     incr_size: shells above the current resolution used by the E-step. tau2_fudge: ``T``.
@@ -101,7 +101,11 @@ class RefineConfig:
     keep: modal search, candidates kept per level. particle_diameter: Å (RELION's
     ``--particle_diameter``; default 0.8 × the box), sets the shell limit of the coarse passes
     (:func:`coarse_shell`, RELION's ``coarse_size``) when ``coarse_size``. seed: half-set split when
-    the data has none.
+    the data has none. pose_estimate: the pose written per image (and centring the next local search):
+    ``"map"``, the grid point of largest posterior weight (RELION's ``rlnAngleRot…``), or ``"mean"``, the
+    posterior mean over the significant points (chordal mean of the rotations,
+    :func:`~cryolens.imaging.rotations.weighted_mean_rotation`, and mean shift): off the grid, and
+    closer to the truth where the posterior spans several grid steps.
     """
 
     pose_inference: str = "posterior"
@@ -125,8 +129,11 @@ class RefineConfig:
     particle_diameter: float | None = None
     coarse_size: bool = True
     seed: int = 0
+    pose_estimate: str = "map"
 
     def __post_init__(self):
+        if self.pose_estimate not in ("map", "mean"):
+            raise ValueError(f"pose_estimate must be 'map' or 'mean', got {self.pose_estimate!r}")
         if self.pose_inference not in ("posterior", "modal"):
             raise ValueError(f"pose_inference must be 'posterior' or 'modal', got {self.pose_inference!r}")
         if not 0 <= self.healpix_order <= self.max_order:
@@ -420,6 +427,18 @@ class _BatchPoses:
     n_significant: torch.Tensor  # (B,)
 
 
+def _posterior_mean_pose(poses: _BatchPoses, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 3, 3)`` chordal mean rotation and ``(B, 2)`` mean shift of each image's weighted pairs."""
+    rdt = poses.map_rotation.dtype
+    rots = so3_grid(poses.level, device=poses.weight.device, dtype=torch.float64, indices=poses.grid_index)
+    w = poses.weight.double()
+    total = torch.zeros(b, dtype=torch.float64, device=w.device).index_add_(0, poses.image, w)
+    mean_r = weighted_mean_rotation(rots, w, poses.image, b)
+    mean_t = torch.zeros(b, 2, dtype=torch.float64, device=w.device).index_add_(
+        0, poses.image, w[:, None] * poses.shift.double()) / total.clamp_min(1e-300)[:, None]
+    return mean_r.to(rdt), mean_t.to(poses.map_shift.dtype)
+
+
 def _posterior_batch(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, cfg: RefineConfig) -> _BatchPoses:
     """Full-posterior E-step of one batch by adaptive oversampling (module docstring)."""
     rot_idx, shift, logw, prior, level = _first_pass(y, c, s2, ref, stage, prev_rot, prev_shift, cfg)
@@ -589,9 +608,11 @@ def _iteration(particles: Particles, state: dict, cfg: RefineConfig, dev, progre
             r = phase_shift(y, -poses.map_shift) - (p if c is None else c * p)
             num += shell_sum(r.abs().square().sum(0), shells, nsh).double()
             count += y.shape[0]
-            change[it] = torch.rad2deg(geodesic_distance(poses.map_rotation.double(), prev_r.double())).cpu()
-            rotations[it] = poses.map_rotation.float().cpu()
-            shifts[it] = poses.map_shift.float().cpu()
+            est_r, est_t = ((poses.map_rotation, poses.map_shift) if cfg.pose_estimate == "map"
+                            else _posterior_mean_pose(poses, y.shape[0]))
+            change[it] = torch.rad2deg(geodesic_distance(est_r.double(), prev_r.double())).cpu()
+            rotations[it] = est_r.float().cpu()
+            shifts[it] = est_t.float().cpu()
             max_w[it] = poses.max_weight.double().cpu()
             n_sig[it] = poses.n_significant.double().cpu()
             bar.update(len(idx))
@@ -689,7 +710,8 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
             raise InputError("resume needs a run folder holding checkpoint.pt")
         state = load_checkpoint(run.path(CHECKPOINT))
         now = asdict(cfg)
-        diff = sorted(k for k in now if k != "max_iterations" and state["config"].get(k) != now[k])
+        made = {**asdict(RefineConfig()), **state["config"]}  # options added since: their defaults
+        diff = sorted(k for k in now if k != "max_iterations" and made.get(k) != now[k])
         if diff:
             raise InputError(f"{run.path(CHECKPOINT)}: made with different options ({', '.join(diff)})")
     else:

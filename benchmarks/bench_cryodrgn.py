@@ -108,11 +108,13 @@ def score(a, ds: Path, work: Path, results: dict) -> dict:
     mid = gt_maps[len(gt_maps) // 2]
     if "cryodrgn_vae" in results:
         vdir = Path(results["cryodrgn_vae"]["outdir"])
-        z = C.read_latents(vdir)
+        ep = a.cryodrgn_epoch
+        z = C.read_latents(vdir, ep)
         t0 = time.perf_counter()
-        maps = C.read_maps(C.eval_vol(vdir, z[pick], work / "cryodrgn_eval", px, threads=a.threads))
+        maps = C.read_maps(C.eval_vol(vdir, z[pick], work / "cryodrgn_eval", px, threads=a.threads, epoch=ep))
         auc = per_image_fsc_auc(maps, gt_maps, labels[pick])
-        out["cryodrgn_vae"] = {"spearman_pc1_hinge": spearman_pc1(z, angles), "fsc_auc_mean": float(auc.mean()),
+        out["cryodrgn_vae"] = {"epoch": "final" if ep is None else ep + 1,
+                               "spearman_pc1_hinge": spearman_pc1(z, angles), "fsc_auc_mean": float(auc.mean()),
                                "fsc_auc_std": float(auc.std()), "eval_s": time.perf_counter() - t0}
     if "cryodrgn_nn" in results:
         v = C.read_maps(Path(results["cryodrgn_nn"]["outdir"]) / "reconstruct.mrc")[0]
@@ -192,6 +194,9 @@ def main() -> None:
     ap.add_argument("--methods", default="",
                     help="score / analyze only these (comma-separated: cryodrgn_vae, ours_vae, ...); "
                          "results go to score_<methods>.json, so two can run at once")
+    ap.add_argument("--cryodrgn-epoch", type=int, default=None,
+                    help="score: cryoDRGN's z and weights saved after this 0-based epoch (z.E.pkl, weights.E.pkl) "
+                         "instead of the final ones, e.g. for a run still training")
     ap.add_argument("--results", default=None, help="results folder (default: bench_cryodrgn/ beside the dataset)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -123,3 +123,28 @@ def test_run_measured_reports_the_child_peak_memory(tmp_path):
     _, rss_small, _, rc, _ = run_measured([sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"],
                                        tmp_path / "small.log")
     assert rc == 3 and rss_small < 100
+
+
+def test_eval_vol_uses_the_weights_of_the_requested_epoch(tmp_path, monkeypatch):
+    """eval_vol hands cryoDRGN the final weights.pkl, or weights.E.pkl for ``epoch=E`` (a run still
+    training), with the z values in the given order; a missing output map is an error."""
+    from cryolens.bench import cryodrgn as C
+
+    seen = []
+
+    def fake_run(args, cwd, threads, program):
+        seen.append([str(a) for a in args])
+        zs = np.loadtxt(args[args.index("--zfile") + 1], ndmin=2)
+        for i in range(len(zs)):
+            (Path(args[args.index("-o") + 1]) / f"vol_{i:03d}.mrc").write_bytes(b"")
+
+    monkeypatch.setattr(C, "run_cryodrgn", fake_run)
+    z = np.arange(6, dtype=np.float64).reshape(3, 2)
+    paths = C.eval_vol(tmp_path / "run", z, tmp_path / "out", 1.5)
+    assert seen[-1][1] == str(tmp_path / "run" / "weights.pkl") and len(paths) == 3
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "out" / "z_values.txt"), z)
+    C.eval_vol(tmp_path / "run", z, tmp_path / "out4", 1.5, epoch=4)
+    assert seen[-1][1] == str(tmp_path / "run" / "weights.4.pkl")
+    monkeypatch.setattr(C, "run_cryodrgn", lambda *a: None)
+    with pytest.raises(C.CryoDRGNError, match="wrote no"):
+        C.eval_vol(tmp_path / "run", z, tmp_path / "out5", 1.5)

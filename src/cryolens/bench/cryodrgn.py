@@ -261,15 +261,17 @@ def read_latents(outdir: str | os.PathLike, epoch: int | None = None) -> np.ndar
 
 
 def eval_vol(outdir: str | os.PathLike, z: np.ndarray, out: str | os.PathLike, pixel_size: float = 1.0,
-             threads: int = 1, program: str | os.PathLike | None = None) -> list[Path]:
+             threads: int = 1, program: str | os.PathLike | None = None, epoch: int | None = None) -> list[Path]:
     """``cryodrgn eval_vol`` of a ``train_vae`` run at latent points ``z`` ``(M, zdim)``: writes
-    ``out/vol_001.mrc`` … and returns their paths in the order of ``z``."""
+    ``out/vol_001.mrc`` … and returns their paths in the order of ``z``. epoch: the weights saved after
+    that (0-based) epoch, ``weights.EPOCH.pkl``, instead of the final ``weights.pkl``."""
     outdir, out = Path(outdir), Path(out)
     z = np.atleast_2d(np.asarray(z, dtype=np.float64))
     out.mkdir(parents=True, exist_ok=True)
     zfile = out / "z_values.txt"
     np.savetxt(zfile, z)
-    run_cryodrgn(["eval_vol", outdir / "weights.pkl", "-c", outdir / "config.yaml", "-o", out, "--zfile", zfile,
+    weights = outdir / ("weights.pkl" if epoch is None else f"weights.{epoch}.pkl")
+    run_cryodrgn(["eval_vol", weights, "-c", outdir / "config.yaml", "-o", out, "--zfile", zfile,
                   "--Apix", f"{pixel_size:g}", "--vol-start-index", "0"], out, threads, program)
     paths = [out / f"vol_{i:03d}.mrc" for i in range(len(z))]
     missing = [p for p in paths if not p.is_file()]

@@ -329,6 +329,34 @@ def _data_vs_prior(accs: Sequence[FourierAccumulator], sigma2: torch.Tensor, tau
                         for k, a in enumerate(accs)])
 
 
+def _working_maps(volumes: torch.Tensor, sigma2: torch.Tensor, tau2: torch.Tensor | None, size: int, pad: int,
+                  dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SliceFn]]:
+    """The maps of one Class3D iteration in its working box ``size``: ``(vols (K, d, d, d), σ² (d//2+1,),
+    τ² (K, d//2+1), slicers)`` — maps resized, σ² and a given τ² scaled by ``(d/D)⁴`` (else τ² of the
+    resized maps), one slicer per class."""
+    full = volumes.shape[-1]
+    ratio, nsh = size / full, size // 2 + 1
+    vols = torch.stack([resize_volume(v, size) for v in volumes.to(dev)])
+    s2 = sigma2.to(device=dev, dtype=volumes.dtype)[:nsh] * ratio ** 4
+    fts = [prepare_volume_ft(v, pad) for v in vols]
+    tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
+            else tau2.to(dev)[:, :nsh] * ratio ** 4)
+    return vols, s2, tau2, [as_slicer(f, size) for f in fts]
+
+
+def _class_maps(accs: Sequence[FourierAccumulator], vols: torch.Tensor, s2: torch.Tensor, tau2: torch.Tensor,
+                tau2_fudge: float, pad: int, minres_map: int, full: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """M-step maps of the class accumulators (a class with nothing inserted keeps its map), back at box
+    ``full``: ``(volumes, their τ², λ used, data_vs_prior)``."""
+    lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
+    work_vols = [a.reconstruct(lam[k], inv_lam[k]) if a.count > 0 else vols[k] for k, a in enumerate(accs)]
+    dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
+    new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
+    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
+    return new_vols, new_tau2, lam, dvp
+
+
 @dataclass
 class ClassEMResult:
     """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
@@ -400,16 +428,10 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     if isinstance(data, Particles):
         pixel_size = data.pixel_size if pixel_size is None else pixel_size
     px_work = None if pixel_size is None else pixel_size / ratio
-    vols = torch.stack([resize_volume(v, size) for v in volumes.to(dev)])
-    s2 = (sigma2.to(device=dev, dtype=dt)[:nsh] * ratio ** 4)
+    vols, s2, tau2, slicers = _working_maps(volumes, sigma2, tau2, size, pad, dev)
     rot = rotations.to(device=dev, dtype=dt)
     sh = shifts.to(device=dev, dtype=dt) * ratio
     log_prior = _log_priors(class_prior, n_cls, dev, dt)
-    fts = [prepare_volume_ft(v, pad) for v in vols]
-    tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
-            else tau2.to(dev)[:, :nsh] * ratio ** 4)
-    slicers = [as_slicer(f, size) for f in fts]
-    del fts
     n_pix = used_pixels(size, k_max, dev).numel()
     itemsize = 16 if dt == torch.float64 else 8
     scorers = ([slice_values(sl, rot, size, k_max) for sl in slicers]
@@ -498,13 +520,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     new_s2_work = (num / (total_w * pixels_per_shell.double()).clamp_min(1e-300)).to(dt)
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:nsh] = new_s2_work / ratio ** 4
-    lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
-    work_vols = [accs[kc].reconstruct(lam[kc], inv_lam[kc]) if accs[kc].count > 0 else vols[kc]
-                 for kc in range(n_cls)]
-    dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
-    new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
+    new_vols, new_tau2, lam, dvp = _class_maps(accs, vols, s2, tau2, tau2_fudge, pad, minres_map, full)
     new_prior = (class_mass / max(n_images, 1)).to(torch.float64)
-    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
     return ClassEMResult(volumes=new_vols, class_prior=new_prior.cpu(), sigma2=new_sigma2, tau2=new_tau2,
                          regularisation=lam, data_vs_prior=dvp, log_likelihood=log_lik, class_probability=cat["p"],
                          labels=cat["p"].argmax(1), map_class=cat["k"], map_rotation_index=cat["r"],
@@ -545,14 +562,8 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     ratio = size / full
     nsh = size // 2 + 1
     px_work = data.pixel_size / ratio
-    vols = torch.stack([resize_volume(v, size) for v in volumes.to(dev)])
-    s2 = sigma2.to(device=dev, dtype=dt)[:nsh] * ratio ** 4
+    vols, s2, tau2, slicers = _working_maps(volumes, sigma2, tau2, size, pad, dev)
     log_prior = _log_priors(class_prior, n_cls, dev, dt)
-    fts = [prepare_volume_ft(v, pad) for v in vols]
-    tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
-            else tau2.to(dev)[:, :nsh] * ratio ** 4)
-    slicers = [as_slicer(f, size) for f in fts]
-    del fts
     accs = [FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)]
     shells = shell_index_2d(size, device=dev)
     pixels_per_shell = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shells, nsh)
@@ -603,12 +614,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     log_lik = float(cat["lz"].double().sum() + n_images * log_normaliser(s2.double(), size, k_max))
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:nsh] = (num / (n_images * pixels_per_shell.double()).clamp_min(1e-300)).to(dt) / ratio ** 4
-    lam, inv_lam = map_regularisation(s2, tau2, tau2_fudge, pad, minres_map)
-    work_vols = [accs[kc].reconstruct(lam[kc], inv_lam[kc]) if accs[kc].count > 0 else vols[kc]
-                 for kc in range(n_cls)]
-    dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
-    new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
-    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
+    new_vols, new_tau2, lam, dvp = _class_maps(accs, vols, s2, tau2, tau2_fudge, pad, minres_map, full)
     probs = cat["p"]
     all_idx = torch.arange(n_images, device=dev)
     shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)

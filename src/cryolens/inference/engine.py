@@ -5,7 +5,8 @@ terms, ``"loss"`` (the scalar optimised) first; every term is logged. A batch is
 :class:`ParticleBatches`): ``index (B,)`` int64, ``image (B, D, D)`` float32 real space ``[n, y, x]``,
 ``shift (B, 2)`` px, and when known ``rotation (B, 3, 3)`` (image → volume frame) and ``ctf``
 (:class:`~cryolens.imaging.ctf.CTFParams`). A model may define ``param_groups()`` (per-group
-learning rates) and ``on_epoch_start(epoch, trainer)`` (e.g. a pose search between epochs).
+learning rates), ``on_epoch_start(epoch, trainer)`` (e.g. a pose search between epochs) and
+``on_epoch_end(epoch, trainer)`` (called before the epoch's checkpoint is written).
 
 What the engine does (nanoGPT style, the inner loop is :meth:`Trainer.fit`): streams batches from the
 memory-mapped stack with ``DataLoader`` workers; Adam / AdamW; autocast (bf16, or fp16 with a gradient
@@ -274,6 +275,8 @@ class Trainer:
                     bar.update(n)
                     bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
                 bar.close()
+                if hasattr(self.model, "on_epoch_end"):
+                    self.model.on_epoch_end(self.epoch, self)
                 self.epoch += 1
                 if log is not None:
                     log.write(json.dumps({"epoch": self.epoch, "step": self.step, "epoch_end": True,

@@ -79,6 +79,30 @@ def test_hermitian_half_slice_equals_full_slice():
     assert float((full - half).abs().max()) < 1e-9 * float(full.abs().max())
 
 
+def test_slice_values_at_chosen_pixels_equal_the_full_slice_there():
+    """Interpolating only some pixels (all shells up to Nyquist, a random subset, a low-shell disc as
+    the likelihood uses) gives the full slice's values there (float64), and the likelihood helper
+    takes that path for a volume slicer."""
+    from cryolens.imaging.slice import extract_points_from_sampling_volume, sampling_volume
+    from cryolens.inference.likelihood import slice_values_at, used_pixels, volume_slicer
+
+    v = torch.randn(D, D, D, dtype=torch.float64)
+    vft = prepare_volume_ft(v)
+    rots = random_rotations(7, dtype=torch.float64)
+    full = extract_slices(vft, rots, D).flatten(-2)
+    g = torch.Generator().manual_seed(3)
+    for pixels in (torch.arange(D * D), torch.randperm(D * D, generator=g)[:50], used_pixels(D, 4)):
+        got = extract_points_from_sampling_volume(sampling_volume(vft), rots, D, pixels)
+        assert got.shape == (7, len(pixels))
+        assert float((got - full[:, pixels]).abs().max()) < 1e-9 * float(full.abs().max())
+    slicer = volume_slicer(vft, D)
+    called = []
+    slicer.at_pixels = lambda r, p, f=slicer.at_pixels: called.append(1) or f(r, p)
+    pix = used_pixels(D, 5)
+    torch.testing.assert_close(slice_values_at(slicer, rots, pix), full[:, pix])
+    assert called
+
+
 def test_hermitian_half_insertion_equals_full_insertion():
     """Transforms of real images: scattering the kx ≥ 0 half and completing by symmetry gives the
     same data and weights as scattering every pixel (float64), everywhere inside the Nyquist sphere.

@@ -84,6 +84,26 @@ def extract_from_sampling_volume(sv: torch.Tensor, rotations: torch.Tensor, size
     return out[0]
 
 
+def extract_points_from_sampling_volume(sv: torch.Tensor, rotations: torch.Tensor, size: int,
+                                        pixels: torch.Tensor) -> torch.Tensor:
+    """Slice values at some pixels only: ``(N, P)`` (complex for ``C = 2``, else real) — equal to
+    ``extract_from_sampling_volume(sv, rotations, size).flatten(-2)[:, pixels]`` without
+    interpolating the other pixels (a likelihood limited to low shells needs a few percent of them).
+
+    sv: :func:`sampling_volume` layout. rotations: ``(N, 3, 3)``. pixels: ``(P,)`` int64 flat indices
+    into the centered ``D × D`` slice (``D = size``).
+    """
+    padded = sv.shape[-1] - 1
+    f = freq_grid_2d(size, device=sv.device, dtype=sv.dtype).reshape(-1, 2)[pixels.to(sv.device)]  # (P, 2)
+    inside = f.norm(dim=-1) <= 0.5
+    f3 = torch.cat([f, torch.zeros_like(f[:, :1])], dim=-1)
+    pts = torch.einsum("pj,nij->npi", f3, rotations.to(sv.dtype)) * padded + padded // 2  # (N, P, 3)
+    grid = ((2.0 / padded) * pts - 1)[None, :, :, None, :]  # (1, N, P, 1, 3)
+    out = F.grid_sample(sv, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, ..., 0]
+    out = out * inside  # (C, N, P)
+    return torch.complex(out[0], out[1]) if sv.shape[1] == 2 else out[0]
+
+
 def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int | None = None,
                    hermitian: bool = False) -> torch.Tensor:
     """Central slices of a 3D transform.

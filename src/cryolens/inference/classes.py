@@ -60,7 +60,7 @@ from ..imaging.slice import prepare_volume_ft
 from ..io.particles import Particles
 from .em import _batches, _insert_aggregates
 from .likelihood import (SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_likelihood_table, log_normaliser,
-                         prepare_image_terms, used_pixels)
+                         prepare_image_terms, slice_values_at, used_pixels)
 from .posterior import _log_prior, default_rotation_chunk
 from .reconstruct import FourierAccumulator
 
@@ -188,7 +188,7 @@ def slice_values(slicer: SliceFn, rotations: torch.Tensor, size: int, k_max: int
     of :func:`~cryolens.inference.likelihood.used_pixels` ``(size, k_max)`` — the form
     :func:`class_pose_posterior` accepts to skip re-rendering the slices for every batch."""
     pixels = used_pixels(size, k_max, rotations.device)
-    return torch.cat([slicer(rotations[a:a + chunk]).reshape(-1, size * size)[:, pixels]
+    return torch.cat([slice_values_at(slicer, rotations[a:a + chunk], pixels)
                       for a in range(0, rotations.shape[0], chunk)])
 
 

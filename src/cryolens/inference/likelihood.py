@@ -49,7 +49,7 @@ import torch
 from ..imaging.ctf import CTFParams, ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.grids import freq_grid_2d, shell_index_2d, shell_sum
-from ..imaging.slice import extract_from_sampling_volume, sampling_volume
+from ..imaging.slice import extract_from_sampling_volume, extract_points_from_sampling_volume, sampling_volume
 
 SliceFn = Callable[[torch.Tensor], torch.Tensor]
 """``slices(rotations (M, 3, 3)) -> (M, D, D)`` complex central slices, centered layout."""
@@ -166,17 +166,37 @@ def estimate_noise_spectrum(residuals: torch.Tensor, weights: torch.Tensor | Non
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
 
 
-def volume_slicer(volume_ft: torch.Tensor, size: int, hermitian: bool = True) -> SliceFn:
+class VolumeSlicer:
     """A :data:`SliceFn` for an oversampled volume transform ``(Dp, Dp, Dp)`` from
     :func:`~cryolens.imaging.slice.prepare_volume_ft`: builds the sampling volume once, then
-    ``slices(R)`` = :func:`~cryolens.imaging.slice.extract_from_sampling_volume` ``(…, size,
-    hermitian=hermitian)`` (``hermitian``: the transform of a real volume)."""
-    sv = sampling_volume(volume_ft)
+    ``slicer(R)`` = :func:`~cryolens.imaging.slice.extract_from_sampling_volume` ``(…, size,
+    hermitian=hermitian)`` (``hermitian``: the transform of a real volume), and
+    ``slicer.at_pixels(R, pixels)`` ``(M, P)`` the same values on the flat ``pixels`` only (see
+    :func:`slice_values_at`)."""
 
-    def slices(rotations: torch.Tensor) -> torch.Tensor:
-        return extract_from_sampling_volume(sv, rotations.to(device=sv.device), size, hermitian=hermitian)
+    def __init__(self, volume_ft: torch.Tensor, size: int, hermitian: bool = True):
+        self.sv, self.size, self.hermitian = sampling_volume(volume_ft), int(size), hermitian
 
-    return slices
+    def __call__(self, rotations: torch.Tensor) -> torch.Tensor:
+        return extract_from_sampling_volume(self.sv, rotations.to(device=self.sv.device), self.size,
+                                            hermitian=self.hermitian)
+
+    def at_pixels(self, rotations: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        return extract_points_from_sampling_volume(self.sv, rotations.to(device=self.sv.device), self.size, pixels)
+
+
+def volume_slicer(volume_ft: torch.Tensor, size: int, hermitian: bool = True) -> VolumeSlicer:
+    """:class:`VolumeSlicer` of ``volume_ft`` for ``size``-px slices."""
+    return VolumeSlicer(volume_ft, size, hermitian)
+
+
+def slice_values_at(slicer: SliceFn, rotations: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``(M, P)`` complex values of the slices of ``rotations (M, 3, 3)`` on the flat ``pixels`` — by
+    interpolating only those pixels when the slicer can (``at_pixels``, e.g. :class:`VolumeSlicer`),
+    else from its full slices."""
+    if hasattr(slicer, "at_pixels"):
+        return slicer.at_pixels(rotations, pixels)
+    return slicer(rotations).flatten(-2)[:, pixels]
 
 
 def as_slicer(slices: SliceFn | torch.Tensor, size: int) -> SliceFn:

@@ -58,7 +58,7 @@ import torch
 from ..imaging.ctf import CTFParams
 from ..imaging.so3_grid import children, so3_grid
 from .likelihood import (ImageTerms, SliceFn, as_slicer, ctf_images, log_likelihood_table, prepare_image_terms,
-                         used_pixels)
+                         slice_values_at, used_pixels)
 from .posterior import default_rotation_chunk, translation_grid
 
 
@@ -116,7 +116,8 @@ def grid_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor, rotatio
     c = ctf_images(ctf, b, size, pixel_size, dev, rdt)
     terms = prepare_image_terms(images_ft, _sigma2_or_default(sigma2, size, dev, rdt), shifts, c, k_max)
     chunk = default_rotation_chunk(b, shifts.shape[-2], size) if rotation_chunk is None else int(rotation_chunk)
-    return _best_rotations(terms, lambda a, z: terms.slice_values(slicer(rot[a:z])), rot.shape[0], chunk, top_k)
+    return _best_rotations(terms, lambda a, z: slice_values_at(slicer, rot[a:z], terms.pixels), rot.shape[0], chunk,
+                           top_k)
 
 
 @dataclass
@@ -149,8 +150,8 @@ def frequency_schedule(size: int, n_levels: int, k_start: int | None = None, k_e
 
 
 def _restricted_slices(pixels: torch.Tensor, slicer: SliceFn, rots: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``(M, N_p)`` slice values on the flat ``pixels``, rendering ``chunk`` full slices at a time."""
-    return torch.cat([slicer(rots[s:s + chunk]).flatten(-2)[:, pixels] for s in range(0, rots.shape[0], chunk)])
+    """``(M, N_p)`` slice values on the flat ``pixels``, ``chunk`` rotations at a time."""
+    return torch.cat([slice_values_at(slicer, rots[s:s + chunk], pixels) for s in range(0, rots.shape[0], chunk)])
 
 
 def _refine(images_ft, ctf, slicer, sigma2, rot_idx, shifts, level, step, radius, max_shift, k_max, keep, chunk):

@@ -176,13 +176,15 @@ class CryoDRGN2(cryodrgn.CryoDRGN):
             return
         rot, sh, done = st["rotations"], st["shifts"], st["searched"].to(st["rotations"].device)
         if dist.is_available() and dist.is_initialized():
-            w = done.to(rot.dtype)
-            parts = [rot * w[:, None, None], sh * w[:, None], w]
-            for t in parts:
-                dist.all_reduce(t)
-            done = parts[2] > 0
-            rot = parts[0] / parts[2].clamp_min(1)[:, None, None]
-            sh = parts[1] / parts[2].clamp_min(1)[:, None]
+            # one owner per image (the sampler pads with repeats, so an image can be on two ranks):
+            # the highest rank that searched it; its pose is taken as is, never averaged
+            owner = torch.where(done, float(dist.get_rank() + 1), 0.0).to(rot.dtype)
+            dist.all_reduce(owner, op=dist.ReduceOp.MAX)
+            mine = (done & (owner == dist.get_rank() + 1)).to(rot.dtype)
+            rot, sh = rot * mine[:, None, None], sh * mine[:, None]
+            dist.all_reduce(rot)
+            dist.all_reduce(sh)
+            done = owner > 0
         with torch.no_grad():
             self.pose_rotations[done] = rot[done].to(self.pose_rotations)
             self.pose_shifts[done] = sh[done].to(self.pose_shifts)

@@ -199,3 +199,31 @@ def test_cli_simulate_hinge_in_process(tmp_path, capsys):
     rc = cli_main(["simulate", str(tmp_path / "missing.pdb"), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "missing.pdb" in err[0]
+
+
+def test_cli_simulate_select_keeps_only_the_chosen_atoms(tmp_path, capsys):
+    """`--select A` simulates one monomer: the saved model holds chain A's atoms only and the saved map
+    equals the map of chain A computed here directly (centred on its own centre of mass); a selection
+    that matches nothing, or one given with map inputs, returns 2 with one line naming it."""
+    out = tmp_path / "mono"
+    rc = cli_main(["simulate", "--model", "4E43", "--select", "A", "--out", str(out), "--n", "10", "--box", str(D),
+                   "--apix", str(PX), "--quiet", "--device", "cpu"])
+    assert rc == 0
+    gt = read_ground_truth(out)
+    saved = read_atoms(gt["model_files"][0])
+    full = read_atoms(bundled_model("4E43"))
+    chain_a = full.subset(full.chain_ids == "A")
+    assert set(saved.chain_ids) == {"A"} and len(saved) == len(chain_a) < len(full)
+    expected = atoms_to_volume(chain_a, D, PX)
+    with mrcfile.open(gt["volume_files"][0]) as m:
+        got = torch.as_tensor(np.array(m.data))
+    assert torch.allclose(got, expected.float(), atol=1e-5 * float(expected.abs().max()))
+    assert json.loads((out / "ground_truth" / "info.json").read_text())["select"] == "A"
+    rc = cli_main(["simulate", "--model", "4E43", "--select", "Q", "--out", str(tmp_path / "q"), "--n", "10",
+                   "--box", str(D), "--apix", str(PX), "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'Q'" in err[0]
+    rc = cli_main(["simulate", str(gt["volume_files"][0]), "--select", "A", "--out", str(tmp_path / "m"),
+                   "--n", "10", "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--select" in err[0]

@@ -56,6 +56,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blur", type=float, help="extra B-factor of the model maps, Å² (default 2π²·apix²)")
     p.add_argument("--use-bfactors", action="store_true", help="blur each atom by its own B-factor too")
     p.add_argument("--keep-waters", action="store_true", help="keep water molecules of the models")
+    p.add_argument("--select", metavar="SEL",
+                   help="keep only these atoms of every model: chains or residue ranges, e.g. A, A:1-50,C "
+                        "(one monomer of a dimer makes a particle with no pseudo-symmetry)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=1000, help="images rendered and written at a time")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -78,8 +81,8 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.atomic import read_atoms
     from ..io.mrc import read_volume
-    from ..simulate import (Hinge, bundled_hinge, bundled_model, dimer_hinge, resample_map, simulate_dataset,
-                            volumes_from_models)
+    from ..simulate import (Hinge, bundled_hinge, bundled_model, dimer_hinge, resample_map, select_atoms,
+                            simulate_dataset, volumes_from_models)
     from .common import pick_device
 
     inputs = list(args.inputs)
@@ -100,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--motion none takes one input, got {len(inputs)}")
     if motion == "hinge" and (len(inputs) != 1 or not is_model):
         raise InputError("--motion hinge takes exactly one atomic model")
+    if args.select and not is_model:
+        raise InputError("--select picks atoms of atomic models; the inputs are maps")
     if motion == "trajectory" and not is_model:
         raise InputError("--motion trajectory takes atomic model files")
     device = pick_device(args.device)
@@ -111,6 +116,9 @@ def main(args: argparse.Namespace) -> int:
         box = 64 if args.box is None else args.box
         apix = 1.5 if args.apix is None else args.apix
         atoms = [read_atoms(p, waters=args.keep_waters) for p in inputs]
+        if args.select:
+            atoms = [a.subset(select_atoms(a, args.select)) for a in atoms]
+            notes["select"] = args.select
         if motion == "hinge":
             if (args.hinge_axis is None) != (args.hinge_pivot is None):
                 raise InputError("--hinge-axis and --hinge-pivot go together")

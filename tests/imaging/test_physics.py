@@ -336,3 +336,25 @@ def test_fourier_and_real_forward_models_agree(device):
     f = render_images(vol, rots, shifts, ctf, 1.5, projector="fourier", pad=3)
     r = render_images(vol, rots, shifts, ctf, 1.5, projector="real")
     assert _rel(f, r) < 0.03
+
+
+def test_flatten_solvent_against_a_numpy_loop():
+    """Solvent flattening equals a float64 numpy computation voxel by voxel: unchanged within the
+    radius, the mean of the fully outside voxels beyond radius + width, the raised-cosine mix between."""
+    from cryolens.imaging import flatten_solvent
+
+    d, radius, width = 12, 3.5, 2.0
+    vol = torch.randn(d, d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.7
+    got = flatten_solvent(vol, radius, width).numpy()
+    v = vol.numpy()
+    r = np.empty((d, d, d))
+    for z in range(d):
+        for y in range(d):
+            for x in range(d):
+                r[z, y, x] = math.sqrt((x - d // 2) ** 2 + (y - d // 2) ** 2 + (z - d // 2) ** 2)
+    m = np.where(r <= radius, 1.0, np.where(r >= radius + width, 0.0,
+                                            0.5 * (1 + np.cos(np.pi * (r - radius) / width))))
+    bg = v[r >= radius + width].mean()
+    assert abs(bg - 0.7) < 0.1
+    np.testing.assert_allclose(got, v * m + (1 - m) * bg, rtol=0, atol=1e-12)
+    assert np.array_equal(got[r <= radius], v[r <= radius])

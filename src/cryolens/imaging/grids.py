@@ -81,6 +81,18 @@ def soft_edge(r: torch.Tensor, radius: float, width: float) -> torch.Tensor:
     return 0.5 * (1 + torch.cos(math.pi * t))
 
 
+def flatten_solvent(volume: torch.Tensor, radius: float, width: float = 5.0) -> torch.Tensor:
+    """``volume (D, D, D)`` with everything outside a sphere of ``radius`` px (about the box centre
+    ``D//2``) replaced by the solvent's mean, through a raised-cosine edge ``width`` px wide outside
+    the radius: ``V·m + (1 − m)·b``, ``b`` the mean of ``V`` where ``m = 0`` (0 if the sphere fills the
+    box). RELION's ``--flatten_solvent`` of the references (``softMaskOutsideMap``)."""
+    d = volume.shape[-1]
+    m = soft_edge(coord_grid_3d(d, volume.device, volume.dtype).norm(dim=-1), radius, width)
+    outside = m == 0
+    bg = volume[outside].mean() if bool(outside.any()) else volume.new_zeros(())
+    return volume * m + (1 - m) * bg
+
+
 def circular_mask(d: int, radius: float | None = None, width: float = 3.0, device=None) -> torch.Tensor:
     """``(D, D)`` soft circular mask in pixels (default radius ``D/2 - width``)."""
     radius = d / 2 - width if radius is None else radius

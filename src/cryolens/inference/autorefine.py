@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
-from ..imaging.grids import freq_grid_2d, freq_grid_3d, shell_index_2d, shell_sum, soft_edge
+from ..imaging.grids import flatten_solvent, freq_grid_2d, freq_grid_3d, shell_index_2d, shell_sum, soft_edge
 from ..imaging.rotations import geodesic_distance, weighted_mean_rotation
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft, sampling_volume
@@ -105,7 +105,11 @@ class RefineConfig:
     ``"map"``, the grid point of largest posterior weight (RELION's ``rlnAngleRot…``), or ``"mean"``, the
     posterior mean over the significant points (chordal mean of the rotations,
     :func:`~cryolens.imaging.rotations.weighted_mean_rotation`, and mean shift): off the grid, and
-    closer to the truth where the posterior spans several grid steps.
+    closer to the truth where the posterior spans several grid steps. flatten_solvent: the E-step
+    references are the MAP halves with the solvent outside a sphere of ``particle_diameter`` flattened
+    to its mean through a ``mask_edge``-px cosine edge (RELION's ``--flatten_solvent``,
+    ``--width_mask_edge``; the noise of the empty box no longer enters the likelihood). The reported
+    FSC and the half maps written are unmasked.
     """
 
     pose_inference: str = "posterior"
@@ -130,6 +134,8 @@ class RefineConfig:
     coarse_size: bool = True
     seed: int = 0
     pose_estimate: str = "map"
+    flatten_solvent: bool = True
+    mask_edge: float = 5.0
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):
@@ -545,6 +551,14 @@ def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: in
                   pixel_size=pixel_size, diameter=diameter if cfg.coarse_size else 0.0)
 
 
+def _reference_map(volume: torch.Tensor, cfg: RefineConfig, size: int, pixel_size: float) -> torch.Tensor:
+    """The E-step reference made from a half's map: solvent-flattened when ``cfg.flatten_solvent``."""
+    if not cfg.flatten_solvent:
+        return volume
+    diameter = cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
+    return flatten_solvent(volume, 0.5 * diameter / pixel_size, cfg.mask_edge)
+
+
 def _shell_of(resolution: float, size: int, pixel_size: float) -> float:
     return 0.0 if not math.isfinite(resolution) or resolution <= 0 else size * pixel_size / resolution
 
@@ -587,7 +601,8 @@ def _iteration(particles: Particles, state: dict, cfg: RefineConfig, dev, progre
     bar = tqdm(total=len(particles), desc=f"iter {state['iteration'] + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
     for h in (0, 1):
-        ref = _Reference(state["volumes"][h].to(dev), cfg.pad, stage.k_max, int((half == h).sum()))
+        ref = _Reference(_reference_map(state["volumes"][h].to(dev), cfg, size, px), cfg.pad, stage.k_max,
+                         int((half == h).sum()))
         s2 = state["sigma2"][h].to(dev)
         acc = FourierAccumulator(size, cfg.pad, dev)
         where = _InsertPixels(size, stage.k_max, dev, torch.float32)

@@ -545,7 +545,7 @@ def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1
 def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float) -> _Stage:
     step = cfg.offset_step / 2 ** refinements
     rng = max(cfg.offset_range / 2 ** refinements, 3 * step) if refinements else cfg.offset_range
-    diameter = cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
+    diameter = _diameter(cfg, size, pixel_size)
     return _Stage(order=order, k_max=k_max, offset_range=rng, offset_step=step, local=order >= cfg.local_order,
                   local_range=cfg.local_range * math.radians(angular_step(order)), size=size,
                   pixel_size=pixel_size, diameter=diameter if cfg.coarse_size else 0.0)
@@ -555,8 +555,12 @@ def _reference_map(volume: torch.Tensor, cfg: RefineConfig, size: int, pixel_siz
     """The E-step reference made from a half's map: solvent-flattened when ``cfg.flatten_solvent``."""
     if not cfg.flatten_solvent:
         return volume
-    diameter = cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
-    return flatten_solvent(volume, 0.5 * diameter / pixel_size, cfg.mask_edge)
+    return flatten_solvent(volume, 0.5 * _diameter(cfg, size, pixel_size) / pixel_size, cfg.mask_edge)
+
+
+def _diameter(cfg: RefineConfig, size: int, pixel_size: float) -> float:
+    """The particle diameter, Å: ``cfg.particle_diameter``, or 0.8 × the box."""
+    return cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
 
 
 def _shell_of(resolution: float, size: int, pixel_size: float) -> float:

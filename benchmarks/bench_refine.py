@@ -16,7 +16,7 @@ Phases (each writes its JSON under the run folder; `--phase all` runs them in or
   evaluate  the cryolens run as of its last checkpoint (for a run stopped before convergence).
   relion    `mpirun -np THREADS+1 relion_refine_mpi --auto_refine --split_random_halves --ctf
             --healpix_order 2 --auto_local_healpix_order 4 --offset_range 5 --offset_step 2 --ini_high 20
-            --particle_diameter 80 --flatten_solvent --zero_mask --low_resol_join_halves 40 --pad 2
+            --particle_diameter 80 --flatten_solvent --zero_mask --low_resol_join_halves 40 --pad 2 --firstiter_cc
             --j 1` (RELION 3.1 GUI defaults otherwise; the half-set split needs the MPI build: a master and
             one worker per half, i.e. THREADS busy cores), same measurements on its run_data.star and
             run_class001.mrc.
@@ -168,7 +168,9 @@ def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
             "--split_random_halves", "--ctf", "--healpix_order", "2", "--auto_local_healpix_order", "4",
             "--offset_range", "5", "--offset_step", "2", "--particle_diameter", "80", "--flatten_solvent",
             "--zero_mask", "--low_resol_join_halves", "40", "--pad", "2", "--sym", "C1", "--oversampling", "1",
-            "--dont_combine_weights_via_disc", "--pool", "3", "--j", "1"]
+            "--dont_combine_weights_via_disc", "--pool", "3", "--j", "1",
+            # the start map is not on RELION's grey scale (GUI: "Ref. map is on absolute greyscale? No")
+            "--firstiter_cc"]
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), _cpu()
     timed_out = False

@@ -13,7 +13,7 @@ from cryolens.imaging import (CTFParams, ctf_2d, extract_slices, fft2_centered, 
                               matrix_to_rotvec, phase_shift, prepare_volume_ft, quaternion_to_matrix,
                               random_rotations, render_images, rotvec_to_matrix, shift_images,
                               geodesic_distance, colored_noise, add_noise_at_snr, rfft2_centered,
-                              irfft2_centered, fft3_centered, ifft3_centered)
+                              irfft2_centered, fft3_centered, ifft3_centered, shift_volume)
 from cryolens.imaging.grids import coord_grid_3d, freq_grid_2d, shell_index_2d
 from cryolens.imaging.ctf import electron_wavelength
 
@@ -217,6 +217,17 @@ def test_shift_moves_gaussian_by_the_given_pixels(device):
     shift = torch.tensor([[2.5, -1.25]], device=device, dtype=torch.float64)
     moved = gaussian_projection(c + torch.cat([shift[0], shift.new_zeros(1)]), s, a, rot, D)
     assert _rel(shift_images(img, shift), moved) < 1e-3
+
+
+def test_shift_volume_moves_gaussians_and_equals_roll_for_whole_voxels(device):
+    """shift_volume by (dz, dy, dx) = the closed-form mixture with centres moved by (dx, dy, dz); an
+    integer shift is exactly torch.roll."""
+    c, s, a = CENTERS.to(device).double(), SIGMAS.to(device).double(), AMPS.to(device).double()
+    vol = gaussian_volume(c, s, a, D)
+    dz, dy, dx = 0.4, -1.3, 2.25
+    moved = gaussian_volume(c + torch.tensor([dx, dy, dz], device=device, dtype=torch.float64), s, a, D)
+    assert _rel(shift_volume(vol, (dz, dy, dx)), moved) < 1e-3
+    assert torch.allclose(shift_volume(vol, (2, -3, 1)), torch.roll(vol, (2, -3, 1), dims=(0, 1, 2)), atol=1e-10)
 
 
 def test_phase_shift_round_trip(device):

@@ -4,7 +4,7 @@ Frames: a method given the poses reconstructs in the truth's frame. A method tha
 may have a rotated (or mirrored) frame: when it returns rotations, the global rotation ``G`` (and
 hand) of :func:`cryolens.metrics.align_rotations` — modulo the particle's pseudo-symmetry, see
 :func:`symmetric_pose_alignment` — is a candidate frame for its maps (``V(Gᵀ x)``, after
-``z → −z`` when mirrored) beside the map as given; each candidate gets the integer translation of
+``z → −z`` when mirrored) beside the map as given; each candidate gets the (sub-voxel) translation of
 the cross-correlation peak with the truth, and the one whose FSC-AUC against the truth is highest
 is used. Maps are compared unmasked.
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..imaging.grids import coord_grid_3d
+from ..imaging.shift import shift_volume
 from ..io.mrc import read_volume
 from ..metrics.classes import class_accuracy
 from ..metrics.fsc import fsc, fsc_auc, resolution_at
@@ -125,19 +126,36 @@ def rotate_map(volume: torch.Tensor, g: torch.Tensor, mirrored: bool = False) ->
     return out[0, 0]
 
 
-def translation_to(volume: torch.Tensor, reference: torch.Tensor) -> tuple[int, int, int]:
-    """Integer ``(dz, dy, dx)`` maximising the circular cross-correlation: ``roll(volume, shift) ≈ reference``."""
+def translation_to(volume: torch.Tensor, reference: torch.Tensor,
+                   subvoxel: bool = True) -> tuple[float, float, float]:
+    """``(dz, dy, dx)`` voxels maximising the circular cross-correlation, so that ``volume`` shifted by
+    it (:func:`~cryolens.imaging.shift_volume`, ``V(r − s)``) ≈ ``reference``: the integer peak, then
+    (``subvoxel``) a 3-point parabola through the peak and its neighbours along each axis."""
     cc = torch.fft.irfftn(torch.fft.rfftn(reference.double()) * torch.fft.rfftn(volume.double()).conj(),
                           s=reference.shape)
     idx = np.unravel_index(int(torch.argmax(cc)), tuple(cc.shape))
-    d = reference.shape[-1]
-    return tuple(int(i if i <= d // 2 else i - d) for i in idx)
+    out = []
+    for axis, i in enumerate(idx):
+        n = cc.shape[axis]
+        s = float(i if i <= n // 2 else i - n)
+        if subvoxel:
+            at = list(idx)
+            vals = []
+            for di in (-1, 0, 1):
+                at[axis] = (i + di) % n
+                vals.append(float(cc[tuple(at)]))
+            curv = vals[0] - 2 * vals[1] + vals[2]
+            if curv < 0:  # a maximum: vertex of the parabola, within half a voxel of the peak
+                s += float(np.clip(0.5 * (vals[0] - vals[2]) / curv, -0.5, 0.5))
+        out.append(s)
+    return tuple(out)
 
 
 class Frame:
     """How to move a method's maps into the truth's frame (identity when poses were known)."""
 
-    def __init__(self, g: torch.Tensor | None = None, mirrored: bool = False, shift: tuple[int, int, int] = (0, 0, 0)):
+    def __init__(self, g: torch.Tensor | None = None, mirrored: bool = False,
+                 shift: tuple[float, float, float] = (0.0, 0.0, 0.0)):
         self.g, self.mirrored, self.shift = g, mirrored, shift
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -145,12 +163,29 @@ class Frame:
         if self.g is not None:
             v = rotate_map(v, self.g, self.mirrored)
         if any(self.shift):
-            v = torch.roll(v, self.shift, dims=(-3, -2, -1))
+            if all(float(x).is_integer() for x in self.shift):
+                v = torch.roll(v, tuple(int(x) for x in self.shift), dims=(-3, -2, -1))
+            else:
+                v = shift_volume(v, self.shift)
         return v
 
     def as_dict(self) -> dict:
         return {"rotation": None if self.g is None else self.g.tolist(), "mirrored": self.mirrored,
-                "shift_voxels": list(self.shift)}
+                "shift_voxels": [float(x) for x in self.shift]}
+
+
+def best_frame(volume: torch.Tensor, reference: torch.Tensor, candidates: list[Frame]) -> Frame:
+    """Of the candidate frames (rotation and hand), each given the cross-correlation translation onto
+    ``reference`` (:func:`translation_to`), the one whose FSC-AUC against ``reference`` is highest.
+    ``volume``, ``reference``: ``(D, D, D)``; the chosen frame is returned with its ``shift`` set."""
+    best = None
+    for cand in candidates:
+        cand.shift = translation_to(cand(volume), reference)
+        auc = fsc_auc(fsc(cand(volume), reference), reference.shape[-1])
+        if best is None or auc > best[0]:
+            best = (auc, cand)
+    assert best is not None, "best_frame: no candidate frames"
+    return best[1]
 
 
 def _curve_metrics(curve: np.ndarray, threshold: float, px: float, d: int, prefix: str) -> dict:
@@ -187,13 +222,7 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
     if probe is not None and not known.poses:
         # the map's frame: as given, or the one implied by the poses — whichever fits the truth
         # (with a pseudo-symmetric particle the poses' global rotation can be one of the copies)
-        best = None
-        for cand in candidates:
-            cand.shift = translation_to(cand(probe), reference)
-            auc = fsc_auc(fsc(cand(probe), reference), reference.shape[-1])
-            if best is None or auc > best[0]:
-                best = (auc, cand)
-        frame = best[1]
+        frame = best_frame(probe, reference, candidates)
     m["frame"] = frame.as_dict()
     if outputs.volume is not None and "fsc_gt" in scores:
         v = frame(outputs.volume)

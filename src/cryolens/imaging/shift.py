@@ -31,3 +31,16 @@ def phase_shift(images_ft: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Shift real images ``(N, D, D)`` by ``shifts (N, 2)`` px (sub-pixel, periodic)."""
     return ifft2_centered(phase_shift(fft2_centered(images), shifts)).real
+
+
+def shift_volume(volume: torch.Tensor, shift: tuple[float, float, float] | torch.Tensor) -> torch.Tensor:
+    """``V'(r) = V(r − s)`` for a real ``(D, D, D)`` map ``[z, y, x]`` and ``s = (dz, dy, dx)`` voxels
+    (sub-voxel, periodic: for integer ``s`` equal to ``torch.roll(volume, s, dims=(0, 1, 2))``)."""
+    v = volume
+    s = torch.as_tensor(shift, dtype=torch.float64, device=v.device)
+    spec = torch.fft.rfftn(v.double())
+    axes = [torch.fft.fftfreq(n, device=v.device, dtype=torch.float64) for n in v.shape[:-1]]
+    axes.append(torch.fft.rfftfreq(v.shape[-1], device=v.device, dtype=torch.float64))
+    kz, ky, kx = torch.meshgrid(*axes, indexing="ij")
+    phase = -2 * math.pi * (kz * s[0] + ky * s[1] + kx * s[2])
+    return torch.fft.irfftn(spec * torch.polar(torch.ones_like(phase), phase), s=v.shape).to(v.dtype)

@@ -5,7 +5,8 @@ bundled 4E43 model → D = 64, 1.5 Å/px map; N images (default 5,000), uniform 
 (std 1.5 px, at most 3 px), CTF (defocus 1.0–2.5 µm), white noise at SNR 0.1.
 
 Per seed: `cryolens.inference.abinit.AbInitio` from a seeded random start (the recipe's defaults unless
-overridden), then — with --refine — `cryolens.inference.autorefine.auto_refine` from the ab initio map.
+overridden), then — with --refine — `cryolens.inference.autorefine.auto_refine` from the ab initio map
+centred on its centre of mass and low-passed to 30 Å, as the recipe hands over (`--no-centre`: uncentred).
 Reported: wall time of each stage; median rotation error (degrees) after the global alignment with the
 mirror check (`metrics.pose_error`), and for the near-C2 dimer also modulo its pseudo 2-fold; the map
 moved onto the truth (rotation and hand from the pose alignment, translation from the cross-correlation
@@ -109,6 +110,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     ap.add_argument("--select", help="simulate only these atoms of 4E43 (A: one monomer, no pseudo 2-fold)")
+    ap.add_argument("--from-maps", help="skip ab initio: refine from DIR/seed<S>_abinit.mrc written by --out")
+    ap.add_argument("--no-centre", dest="centre", action="store_false",
+                    help="hand the ab initio map to refinement as it is (before the recipe centred it)")
     ap.add_argument("--out", help="folder for each seed's maps (.mrc) and rotations (.npy), to re-score later")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,19 +137,27 @@ def main() -> None:
     blind.rotations, blind.shifts = None, None  # what the method is given: images and CTFs only
     rows = []
     for seed in args.seeds:
-        cfg = AbinitConfig(n_iterations=args.iterations, grid_level=args.grid_level, seed=seed, max_shift=3.0,
-                           shift_step=1.5)
-        t0 = time.perf_counter()
-        ab = AbInitio(blind, cfg)
-        ab.init()
-        while not ab.done:
-            ab.step()
-        poses = ab.assign()
-        t_ab = time.perf_counter() - t0
-        vol = ab.result_volumes()[0]
+        if args.from_maps:  # a saved ab initio result (same dataset and seed): the refinement stage only
+            from cryolens.io.mrc import read_volume as _read
+
+            stem = Path(args.from_maps) / f"seed{seed}_abinit"
+            vol = torch.from_numpy(np.ascontiguousarray(_read(f"{stem}.mrc")[0])).float()
+            poses = {"rotations": torch.from_numpy(np.load(f"{stem}_rotations.npy"))}
+            t_ab = float("nan")
+        else:
+            cfg = AbinitConfig(n_iterations=args.iterations, grid_level=args.grid_level, seed=seed, max_shift=3.0,
+                               shift_step=1.5)
+            t0 = time.perf_counter()
+            ab = AbInitio(blind, cfg)
+            ab.init()
+            while not ab.done:
+                ab.step()
+            poses = ab.assign()
+            t_ab = time.perf_counter() - t0
+            vol = ab.result_volumes()[0]
+            save(args.out, f"seed{seed}_abinit", vol, poses["rotations"], px)
         row = {"seed": seed, "abinit_wall_s": t_ab,
                "abinit": evaluate(vol, poses["rotations"], gt, truth, px, pseudo_c2=not args.select)}
-        save(args.out, f"seed{seed}_abinit", vol, poses["rotations"], px)
         print(f"seed {seed}: ab initio {t_ab:.0f} s, median error {row['abinit']['median_rot_err_deg']:.2f}°, "
               f"{row['abinit']['resolution_vs_gt_05_A']:.2f} Å (mirrored {row['abinit']['mirrored']})", flush=True)
         if args.refine:
@@ -153,7 +165,10 @@ def main() -> None:
 
             t0 = time.perf_counter()
             # as the cryosparc-abinit recipe hands over: its ab initio map low-passed to 30 Å
-            res = auto_refine(blind, vol, config=RefineConfig(seed=seed, offset_range=3.0, initial_lowpass=30.0,
+            from cryolens.imaging.shift import center_volume
+
+            start = center_volume(vol)[0] if args.centre else vol  # the recipe's hand-over centres the map
+            res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0, initial_lowpass=30.0,
                                                               max_iterations=args.refine_max_iterations),
                               progress=False)
             row["refine_wall_s"] = time.perf_counter() - t0
@@ -166,7 +181,7 @@ def main() -> None:
                   f"{r['resolution_vs_gt_05_A']:.2f} Å vs GT (known poses {known['resolution_vs_gt_05_A']:.2f} Å)",
                   flush=True)
         rows.append(row)
-        out = {"n": args.n, "select": args.select, "dataset": data.name, "iterations": args.iterations, "grid_level": args.grid_level, "known_pose": known,
+        out = {"n": args.n, "select": args.select, "centred_handover": args.centre, "dataset": data.name, "iterations": args.iterations, "grid_level": args.grid_level, "known_pose": known,
                "runs": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         if args.json:  # after every seed, so a long run stopped early keeps what it finished
             Path(args.json).write_text(json.dumps(out, indent=1))

@@ -13,7 +13,8 @@ from cryolens.imaging import (CTFParams, ctf_2d, extract_slices, fft2_centered, 
                               matrix_to_rotvec, phase_shift, prepare_volume_ft, quaternion_to_matrix,
                               random_rotations, render_images, rotvec_to_matrix, shift_images,
                               geodesic_distance, colored_noise, add_noise_at_snr, rfft2_centered,
-                              irfft2_centered, fft3_centered, ifft3_centered, shift_volume)
+                              irfft2_centered, fft3_centered, ifft3_centered, shift_volume,
+                              center_of_mass, center_volume)
 from cryolens.imaging.grids import coord_grid_3d, freq_grid_2d, shell_index_2d
 from cryolens.imaging.ctf import electron_wavelength
 
@@ -228,6 +229,20 @@ def test_shift_volume_moves_gaussians_and_equals_roll_for_whole_voxels(device):
     moved = gaussian_volume(c + torch.tensor([dx, dy, dz], device=device, dtype=torch.float64), s, a, D)
     assert _rel(shift_volume(vol, (dz, dy, dx)), moved) < 1e-3
     assert torch.allclose(shift_volume(vol, (2, -3, 1)), torch.roll(vol, (2, -3, 1), dims=(0, 1, 2)), atol=1e-10)
+
+
+def test_center_volume_moves_the_centre_of_mass_to_the_box_centre(device):
+    """A mixture's centre of mass is the amplitude-weighted mean of its centres (closed form, each
+    Gaussian's integral ∝ a σ³); center_volume moves it to the box centre and returns that shift."""
+    c, s, a = CENTERS.to(device).double(), SIGMAS.to(device).double(), AMPS.to(device).double()
+    vol = gaussian_volume(c, s, a, D)
+    mass = a * s ** 3
+    want_xyz = (mass[:, None] * c).sum(0) / mass.sum()
+    assert torch.allclose(center_of_mass(vol), want_xyz.flip(0), atol=0.05)
+    centred, shift = center_volume(vol)
+    assert torch.allclose(shift, -want_xyz.flip(0), atol=0.05)
+    assert float(center_of_mass(centred).abs().max()) < 0.02
+    assert _rel(centred, gaussian_volume(c - want_xyz, s, a, D)) < 5e-3
 
 
 def test_phase_shift_round_trip(device):

@@ -17,7 +17,7 @@ from .project import project_real
 from .rotations import (euler_to_matrix, geodesic_distance, inplane_pi_pose, matrix_to_euler, matrix_to_quaternion,
                         matrix_to_rotvec, matrix_to_s2s2, quaternion_to_matrix, random_rotations, rotvec_to_matrix,
                         s2s2_to_matrix)
-from .shift import phase_ramp, phase_shift, shift_images, shift_volume
+from .shift import center_of_mass, center_volume, phase_ramp, phase_shift, shift_images, shift_volume
 from .slice import (extract_from_sampling_volume, extract_slices, insert_slices, prepare_volume_ft, sampling_volume,
                     volume_from_ft)
 from .so3_grid import (angular_step, children, grid_euler, grid_size, healpix_pix2ang, local_grid, n_pixels, n_psi,

@@ -44,3 +44,29 @@ def shift_volume(volume: torch.Tensor, shift: tuple[float, float, float] | torch
     kz, ky, kx = torch.meshgrid(*axes, indexing="ij")
     phase = -2 * math.pi * (kz * s[0] + ky * s[1] + kx * s[2])
     return torch.fft.irfftn(spec * torch.polar(torch.ones_like(phase), phase), s=v.shape).to(v.dtype)
+
+
+def center_of_mass(volume: torch.Tensor) -> torch.Tensor:
+    """``(3,)`` float64 ``(z, y, x)`` voxels from the box centre ``D//2`` of the positive density of a
+    ``(D, D, D)`` map (negative values — noise, CTF ripples — are ignored)."""
+    v = volume.double().clamp_min(0)
+    total = v.sum()
+    if not bool(total > 0):
+        raise ValueError("center_of_mass: the map has no positive density")
+    axes = [torch.arange(n, device=v.device, dtype=torch.float64) - n // 2 for n in v.shape]
+    return torch.stack([(v.sum(dim=tuple(j for j in range(3) if j != i)) * axes[i]).sum() / total
+                        for i in range(3)])
+
+
+def center_volume(volume: torch.Tensor, passes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map moved so its :func:`center_of_mass` is at the box centre (cryoSPARC's "center structures",
+    RELION's ``relion_image_handler --shift_com``), by a periodic sub-voxel shift; ``passes`` repeats
+    it (the wrapped edge moves the estimate slightly). Returns ``(centred map, total shift (z, y, x) voxels
+    applied)``: ``centred(r) = volume(r − shift)``."""
+    total = torch.zeros(3, dtype=torch.float64, device=volume.device)
+    out = volume
+    for _ in range(passes):
+        step = -center_of_mass(out)
+        out = shift_volume(out, step)
+        total = total + step
+    return out, total

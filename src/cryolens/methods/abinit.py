@@ -5,7 +5,9 @@ Composition (no physics here), after Punjani et al. 2017 (cryoSPARC; METHODS.md)
 1. ab initio (:mod:`cryolens.inference.abinit`, whose docstring states the step-size, batch-size and
    resolution schedules): K seeded random starts — or ``init_map`` (a warm start) — and stochastic
    MAP optimisation over mini-batches with poses and classes marginalised on a grid;
-2. hand-over: homogeneous (K = 1) → gold-standard auto-refinement
+2. hand-over, each map first centred on its centre of mass (an ab initio map's origin is free and drifts
+   by a few voxels, which eats into the refinement's shift range; cryoSPARC centres its ab initio
+   structures too): homogeneous (K = 1) → gold-standard auto-refinement
    (:func:`cryolens.inference.autorefine.auto_refine`, RELION-style, from the ab initio map low-passed
    to 30 Å, cryoSPARC's refinement default; ``refine_options`` override its :class:`RefineConfig`);
    heterogeneous (K > 1, ``cryosparc-abinit-hetero``) → Class3D (:mod:`cryolens.methods.class3d`)
@@ -27,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..imaging.shift import center_volume
 from ..inference.abinit import AbInitio, AbinitConfig
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.particles import Particles
@@ -123,7 +126,9 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
         # cryoSPARC's refinement starts from its ab initio map low-passed to 30 Å
         rcfg = RefineConfig.from_dict({"seed": cfg["seed"], "offset_range": cfg["max_shift"],
                                        "initial_lowpass": 30.0, **dict(cfg["refine_options"])})
-        res = auto_refine(particles, vols[0], config=rcfg, run=sub, device=device, progress=progress,
+        start, moved = center_volume(vols[0])
+        metrics["handover_centring_shift_voxels_zyx"] = moved.tolist()
+        res = auto_refine(particles, start, config=rcfg, run=sub, device=device, progress=progress,
                           resume=resume and sub.path("checkpoint.pt").is_file())
         out.volume, out.half_maps = res.volume, res.half_maps
         out.rotations, out.shifts = res.rotations, res.shifts
@@ -142,7 +147,8 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
         sub = RunFolder(run.path("class3d"))
         ccfg = {"n_classes": k, "n_iterations": int(cfg["class3d_iterations"]), "healpix_order": 2,
                 "offset_range": float(cfg["max_shift"]), "seed": int(cfg["seed"]), "initial_lowpass": 30.0}
-        cres = classify(particles, vols, ccfg, sub, device, progress,
+        starts = torch.stack([center_volume(v)[0] for v in vols])
+        cres = classify(particles, starts, ccfg, sub, device, progress,
                         resume=resume and sub.path("checkpoint.pt").is_file())
         cm = write_outputs(cres, particles, run)
         out.volumes, out.rotations, out.shifts, out.labels = cres.volumes, cres.rotations, cres.shifts, cres.labels

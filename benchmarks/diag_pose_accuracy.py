@@ -13,7 +13,7 @@ point (median, mean, 90th percentile), the posterior's RMS angular spread on the
 the likelihood is), and how often the best point sits on the coarse grid's edge (the ±6° window too
 small).
 
-  .venv/bin/python benchmarks/diag_pose_accuracy.py --n 200 [--map refined.mrc] [--threads 1]
+  .venv/bin/python benchmarks/diag_pose_accuracy.py --n 200 [--map refined.mrc] [--dataset DIR] [--threads 1]
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--map", help="score against this map (MRC) instead of the true one, e.g. a refinement's "
                                   "final map: how much of the error the map's quality explains")
+    ap.add_argument("--dataset", help="a simulated dataset folder (particles.star + ground truth) instead of "
+                                      "bench_refine.py's, e.g. bench_abinit.py --select A's monomer")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -62,7 +64,7 @@ def main() -> None:
     from cryolens.io.mrc import read_volume
     from cryolens.simulate import read_ground_truth
 
-    ds = ensure_dataset()
+    ds = Path(a.dataset) if a.dataset else ensure_dataset()
     p = read_particles(ds / "particles.star")
     gt = read_ground_truth(ds)
     vol = torch.from_numpy(read_volume(a.map or gt["volume_files"][0])[0].copy()).double()

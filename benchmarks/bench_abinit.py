@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--select", help="simulate only these atoms of 4E43 (A: one monomer, no pseudo 2-fold)")
     ap.add_argument("--from-maps", help="skip ab initio: refine from DIR/seed<S>_abinit.mrc written by --out")
+    ap.add_argument("--from-truth", action="store_true",
+                    help="control: skip ab initio, refine from the true map low-passed to 20 Å")
     ap.add_argument("--no-centre", dest="centre", action="store_false",
                     help="hand the ab initio map to refinement as it is (before the recipe centred it)")
     ap.add_argument("--out", help="folder for each seed's maps (.mrc) and rotations (.npy), to re-score later")
@@ -137,7 +139,9 @@ def main() -> None:
     blind.rotations, blind.shifts = None, None  # what the method is given: images and CTFs only
     rows = []
     for seed in args.seeds:
-        if args.from_maps:  # a saved ab initio result (same dataset and seed): the refinement stage only
+        if args.from_truth:  # the control: refinement from the truth low-passed to 20 Å (issue 4's first line)
+            vol, poses, t_ab = truth.clone(), {"rotations": torch.as_tensor(gt["rotations"]).float()}, float("nan")
+        elif args.from_maps:  # a saved ab initio result (same dataset and seed): the refinement stage only
             from cryolens.io.mrc import read_volume as _read
 
             stem = Path(args.from_maps) / f"seed{seed}_abinit"
@@ -156,7 +160,7 @@ def main() -> None:
             t_ab = time.perf_counter() - t0
             vol = ab.result_volumes()[0]
             save(args.out, f"seed{seed}_abinit", vol, poses["rotations"], px)
-        row = {"seed": seed, "abinit_wall_s": t_ab,
+        row = {"seed": seed, "start": "truth, 20 Å" if args.from_truth else "ab initio", "abinit_wall_s": t_ab,
                "abinit": evaluate(vol, poses["rotations"], gt, truth, px, pseudo_c2=not args.select)}
         print(f"seed {seed}: ab initio {t_ab:.0f} s, median error {row['abinit']['median_rot_err_deg']:.2f}°, "
               f"{row['abinit']['resolution_vs_gt_05_A']:.2f} Å (mirrored {row['abinit']['mirrored']})", flush=True)
@@ -167,8 +171,10 @@ def main() -> None:
             # as the cryosparc-abinit recipe hands over: its ab initio map low-passed to 30 Å
             from cryolens.imaging.shift import center_volume
 
-            start = center_volume(vol)[0] if args.centre else vol  # the recipe's hand-over centres the map
-            res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0, initial_lowpass=30.0,
+            # the recipe's hand-over centres the map (the truth is centred already)
+            start = center_volume(vol)[0] if args.centre and not args.from_truth else vol
+            res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0,
+                                                              initial_lowpass=20.0 if args.from_truth else 30.0,
                                                               max_iterations=args.refine_max_iterations),
                               progress=False)
             row["refine_wall_s"] = time.perf_counter() - t0

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cryolens.imaging import euler_to_matrix, gaussian_projection, geodesic_distance, random_rotations, rotvec_to_matrix
-from cryolens.metrics import align_rotations, apply_alignment, mirror_rotations, pose_error_summary, rotation_errors
+from cryolens.imaging import (euler_to_matrix, gaussian_projection, gaussian_volume, geodesic_distance,
+                              random_rotations, rotvec_to_matrix)
+from cryolens.metrics import (align_rotations, apply_alignment, mirror_rotations, pose_error_summary, rotate_map,
+                              rotation_errors)
 
 F64 = torch.float64
 J = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=F64))
@@ -130,3 +132,24 @@ def test_rejects_mismatched_sets():
     """Different numbers of rotations are an error."""
     with pytest.raises(ValueError):
         rotation_errors(_rots(3, 0), _rots(4, 0))
+
+
+def _gauss_map(centers, d=24):
+    """Four Gaussians (σ 1.6 voxels) at ``centers (4, 3)`` ``(x, y, z)`` voxels from the centre, float32."""
+    return gaussian_volume(centers, torch.full((4,), 1.6, dtype=F64), AMPS, d).float()
+
+
+def test_rotate_map_moves_gaussian_centres():
+    """rotate_map(V, G) with V(x) = Σ g(x − c) equals Σ g(x − G c) (analytic) to cubic-spline
+    interpolation error (< 2 %; trilinear gave 6.4 %), and not Σ g(x − Gᵀ c) (the other direction,
+    > 50 % off); mirrored, V(J Gᵀ x) = Σ g(x − G J c)."""
+    g = random_rotations(1, generator=torch.Generator().manual_seed(2))[0].double()
+    got = rotate_map(_gauss_map(CENTERS), g)
+    want = _gauss_map(CENTERS @ g.T)
+    assert float((got - want).norm() / want.norm()) < 0.02
+    wrong = _gauss_map(CENTERS @ g)
+    assert float((got - wrong).norm() / wrong.norm()) > 0.5
+    j = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    got_m = rotate_map(_gauss_map(CENTERS), g, mirrored=True)
+    want_m = _gauss_map((CENTERS * j) @ g.T)
+    assert float((got_m - want_m).norm() / want_m.norm()) < 0.02

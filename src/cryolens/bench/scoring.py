@@ -27,7 +27,7 @@ from ..metrics.classes import class_accuracy
 from ..metrics.fsc import fsc, fsc_auc, resolution_at
 from ..metrics.heterogeneity import conformational_clustering, per_conformation_fsc, per_image_fsc_auc
 from ..metrics.latent import latent_vs_truth
-from ..metrics.pose_error import align_rotations, apply_alignment
+from ..metrics.pose_error import align_rotations, apply_alignment, rotate_map
 from ..simulate.dataset import read_ground_truth
 
 
@@ -109,26 +109,6 @@ def symmetric_pose_alignment(r_est: torch.Tensor, r_true: torch.Tensor, ops: lis
             best = (med, g, mirrored, err)
     _, g, mirrored, err = best
     return g, mirrored, np.rad2deg(err.cpu().numpy())
-
-
-def rotate_map(volume: torch.Tensor, g: torch.Tensor, mirrored: bool = False, order: int = 3) -> torch.Tensor:
-    """``V'(x) = V(Gᵀ x)`` (after ``V(x, y, −z)`` when ``mirrored``) about the box centre ``D//2``;
-    ``volume (D, D, D)`` ``[z, y, x]``, ``g (3, 3)`` acting on ``(x, y, z)``; zero outside the box.
-    ``order``: spline order of ``scipy.ndimage.affine_transform`` (3, cubic: trilinear interpolation
-    damps the FSC near Nyquist by several per cent, enough to move a 0.5 crossing by a shell).
-    Computed in float64 on the CPU; returned in ``volume``'s dtype and device."""
-    from scipy import ndimage
-
-    v = volume.detach().double().cpu().numpy()
-    d = v.shape[-1]
-    m = g.detach().double().cpu().numpy().T  # source point Gᵀ x
-    if mirrored:
-        m = np.diag([1.0, 1.0, -1.0]) @ m
-    rev = np.eye(3)[::-1]  # (x, y, z) ↔ array axes (z, y, x)
-    a = rev @ m @ rev
-    c = np.full(3, float(d // 2))
-    out = ndimage.affine_transform(v, a, offset=c - a @ c, order=order, mode="constant", cval=0.0)
-    return torch.from_numpy(out).to(device=volume.device, dtype=volume.dtype)
 
 
 def translation_to(volume: torch.Tensor, reference: torch.Tensor,

@@ -341,21 +341,3 @@ def ab_initio(particles: Particles, config: AbinitConfig | None = None, *, init_
             bar.update(1)
             bar.set_postfix(res=f"{rec['resolution_A']:.1f}Å")
     return run.result_volumes(), run.state
-
-
-def aligned_volume(volume: torch.Tensor, g: torch.Tensor, mirrored: bool) -> torch.Tensor:
-    """``V_aligned(x) = V_m(Gᵀ x)`` for a ``(D, D, D)`` map ``[z, y, x]`` (trilinear, zero outside),
-    with ``V_m(u) = V(J u)`` (z flipped about the centre voxel ``D//2``) when ``mirrored``, else ``V``:
-    the map in the frame of :func:`~cryolens.metrics.pose_error.align_rotations`'s ``(G, mirrored)``."""
-    d = volume.shape[-1]
-    v = volume
-    if mirrored:  # u_z → −u_z about index D//2: index i ↦ 2·(D//2) − i (index 0 has no partner: zero)
-        v = torch.zeros_like(volume)
-        v[1:] = volume.flip(0)[:-1]
-    c = torch.arange(d, device=volume.device, dtype=torch.float64) - d // 2
-    zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
-    x = torch.stack([xx, yy, zz], -1)  # (x, y, z) voxels from the centre
-    src = x @ g.to(device=volume.device, dtype=torch.float64)  # row-vector form of Gᵀ x
-    grid = (2.0 * (src + d // 2) / (d - 1) - 1).to(volume.dtype)
-    return torch.nn.functional.grid_sample(v[None, None], grid[None], mode="bilinear", padding_mode="zeros",
-                                           align_corners=True)[0, 0]

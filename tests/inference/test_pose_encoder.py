@@ -4,6 +4,7 @@ noiseless set with the true volume fixed."""
 
 import math
 
+import pytest
 import torch
 
 from cryolens.imaging import (flip_centered, geodesic_distance, hartley2, inplane_pi_pose, matrix_to_s2s2,
@@ -126,3 +127,59 @@ def test_encoder_learns_poses_with_the_true_volume():
     with torch.no_grad():
         err = torch.rad2deg(geodesic_distance(enc(images[n_train:])[0], rots[n_train:]))
     assert float(err.median()) < 2.5 and float(err.quantile(0.9)) < 5.0, err
+
+
+def _held_out_error(heads: int, seed: int, n: int = 1100, n_test: int = 100, steps: int = 1500, d: int = 16):
+    """Median held-out rotation error (degrees) of a ``heads``-hypothesis encoder trained through the image
+    error alone on noiseless slices of the fixed true volume, poses uniform over SO(3); of each image's
+    hypotheses the one with the smallest error is its pose (winner-take-all, in training and here)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    rots = random_rotations(n, generator=g)
+    lat, field = SliceLattice(d), VoxelVolume(d, blob_volume(d)).requires_grad_(False)
+    with torch.no_grad():
+        target = field(lat.points(rots, half=False))
+    scale = target.std()
+    images = hartley2(lat.scatter(target)) / d**2
+    enc = PoseEncoder(d, channels=8, hidden=(128,), heads=heads)
+    enc.set_scale(float(images.std()))
+
+    def errors(idx):  # (B, M) image error of every hypothesis, and the hypotheses
+        hyp = enc.hypotheses(images[idx])[0]
+        pred = field(lat.points(hyp.reshape(-1, 3, 3), half=False)).reshape(len(idx), heads, -1)
+        return (((pred - target[idx][:, None]) / scale) ** 2).mean(-1), hyp
+
+    opt = torch.optim.Adam(enc.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for _ in range(steps):
+        loss = errors(torch.randint(0, n - n_test, (32,), generator=g))[0].min(1).values.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    enc.eval()
+    with torch.no_grad():
+        idx = torch.arange(n - n_test, n)
+        e, hyp = errors(idx)
+        best = hyp[torch.arange(n_test), e.argmin(1)]
+        return float(torch.rad2deg(geodesic_distance(best, rots[idx])).median())
+
+
+def test_several_rotation_heads_learn_poses_over_all_of_so3_where_one_does_not():
+    """The same fixed-volume problem as above but with poses uniform over SO(3) and no helped start
+    (1,000 training images, D = 16, 1,500 steps): one rotation head stays lost (held-out median error
+    129–140° over seeds 0–2), eight winner-take-all heads (``PoseEncoder(heads=8)``, the ``pose_heads``
+    option of the amortized recipes) find most poses (18–29°). Asserted: one head > 90°, eight < 40°."""
+    assert _held_out_error(1, seed=0) > 90.0
+    assert _held_out_error(8, seed=0) < 40.0
+
+
+def test_encoder_with_several_heads_needs_hypotheses():
+    """``forward`` returns one pose and refuses an encoder with several heads; ``hypotheses`` gives
+    ``(B, M, 3, 3)`` proper rotations and ``(B, 2)`` shifts."""
+    enc = PoseEncoder(16, channels=4, hidden=(16,), heads=3, max_shift=2.0)
+    rot, sh = enc.hypotheses(torch.randn(5, 16, 16))
+    assert rot.shape == (5, 3, 3, 3) and sh.shape == (5, 2)
+    torch.testing.assert_close(torch.linalg.det(rot), torch.ones(5, 3), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="hypotheses"):
+        enc(torch.randn(5, 16, 16))

@@ -89,3 +89,47 @@ def test_pose_refinement_reports_both_errors(tmp_path):
     assert float(nearest.max()) < 1e-3
     npz = np.load(tmp_path / "run" / "poses.npz")
     assert {"amortized_rotations", "amortized_shifts"} <= set(npz.files)
+
+
+@pytest.mark.parametrize("symmetrized", [False, True])
+def test_pose_heads_take_the_best_hypothesis_and_train_only_the_winner(tmp_path, symmetrized):
+    """pose_heads = 3: each image's error is the smallest of the errors of its three hypotheses, each
+    computed here separately through ``image_errors`` (with the symmetrized loss: the smallest over both
+    branches × three heads), its pose is that hypothesis, and after a backward pass the rotation head's
+    output rows of a hypothesis that won no image have zero gradient while the winners' do not."""
+    from cryolens.imaging import flip_centered, inplane_pi_pose
+    from cryolens.methods.cryoai import DEFAULTS, CryoAI
+
+    particles, _ = blob_dataset(tmp_path, 12, 16)
+    from cryolens.io.dataset import iterate_batches
+
+    images = next(iterate_batches(particles, 12))[1]
+    cfg = {**DEFAULTS, **RECIPE_SMALL["cryoai"], "pose_heads": 3, "symmetrized_loss": symmetrized}
+    torch.manual_seed(0)
+    model = CryoAI(16, particles.pixel_size, cfg)
+    model.set_norm(float(images.std()))
+    model.eval()  # batch norm on running statistics: the encoder gives the same hypotheses on every call
+    e, pi, rot, _ = model.branches(images, particles.ctf)
+
+    with torch.no_grad():
+        copies = [(images, False)] + ([(flip_centered(images), True)] if symmetrized else [])
+        per = []  # (errors (12,), rotations (12, 3, 3)) of each branch × head, poses in the image's frame
+        for x, flipped in copies:
+            hyp, sh = model.encoder.hypotheses(x)
+            for h in range(3):
+                r = hyp[:, h]
+                per.append((model.image_errors(x, r, sh, particles.ctf),
+                            inplane_pi_pose(r, sh)[0] if flipped else r))
+        table = torch.stack([p[0] for p in per])  # (branches × 3, 12)
+        torch.testing.assert_close(e.detach(), table.min(0).values, rtol=1e-5, atol=1e-7)
+        win = table.argmin(0)
+        want = torch.stack([per[int(w)][1][i] for i, w in enumerate(win)])
+        torch.testing.assert_close(rot.detach(), want, rtol=0, atol=1e-5)
+        assert bool((pi == (win >= 3)).all())
+
+    model.zero_grad()
+    e.mean().backward()
+    grad = model.encoder.rotation_head[-1].weight.grad.reshape(3, 6, -1).abs().sum((1, 2))
+    heads_won = set((win % 3).tolist())
+    for h in range(3):
+        assert (float(grad[h]) > 0) == (h in heads_won), (h, heads_won, grad)

@@ -11,6 +11,9 @@ encoder ``E(Y) = (R, t)`` trained jointly with the volume, so its cost does not 
    (cryoAI: VGG16 trained from scratch with batch norm);
 3. a rotation head (fully connected ``hidden`` → 6) read as the continuous S2S2 / 6D representation and
    turned into a proper rotation by Gram–Schmidt (:func:`~cryolens.imaging.rotations.s2s2_to_matrix`);
+   with ``heads = M > 1`` it gives ``M`` rotation hypotheses (``hidden`` → 6M) of which the caller keeps the
+   one whose image error is smallest (winner-take-all, as CryoSPIN's multi-choice encoder, Shekarforoush
+   et al. 2024: one head regressing a pose over all of SO(3) falls into flipped-view minima);
 4. a separate translation head (fully connected ``hidden`` → 2), bounded as ``max_shift · tanh``
    (px, particle centre relative to the image centre, CONVENTIONS.md).
 """
@@ -40,11 +43,16 @@ class PoseEncoder(nn.Module):
     rotations: image → volume frame (CONVENTIONS.md). shifts: px ``(x, y)``, ``|t| < max_shift`` per axis
     (``max_shift = 0``: no translation head, shifts are zero). box_size: ``D``. channels: first block's
     width; max_channels: the cap; convs: convolutions per block; hidden: widths of both heads
-    (cryoAI: ``(512, 256)``); lowpass: cut-off in cycles/px applied to the input (0 = none)."""
+    (cryoAI: ``(512, 256)``); lowpass: cut-off in cycles/px applied to the input (0 = none); heads: rotation
+    hypotheses per image (:meth:`hypotheses`; ``forward`` needs ``heads = 1``)."""
 
     def __init__(self, box_size: int, channels: int = 16, max_channels: int = 128, convs: int = 2,
-                 hidden: tuple[int, ...] = (512, 256), max_shift: float = 0.0, lowpass: float = 0.0):
+                 hidden: tuple[int, ...] = (512, 256), max_shift: float = 0.0, lowpass: float = 0.0,
+                 heads: int = 1):
         super().__init__()
+        if int(heads) < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
+        self.heads = int(heads)
         d = int(box_size)
         self.max_shift = float(max_shift)
         self.register_buffer("scale", torch.ones(()))
@@ -61,19 +69,27 @@ class PoseEncoder(nn.Module):
             c = min(2 * c, int(max_channels))
         self.trunk = nn.Sequential(*blocks, nn.Flatten())
         n_feat = c_in * d * d
-        self.rotation_head = _head(n_feat, tuple(hidden), 6)
+        self.rotation_head = _head(n_feat, tuple(hidden), 6 * self.heads)
         self.shift_head = _head(n_feat, tuple(hidden), 2) if self.max_shift > 0 else None
 
     def set_scale(self, value: float) -> None:
         """Images are divided by ``value`` (e.g. their std) before the trunk."""
         self.scale.fill_(float(value))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rotations (B, M, 3, 3), shifts (B, 2))``: the ``M = heads`` rotation hypotheses of each image
+        and its one shift."""
         x = images.float()
         if self.filter.numel():
             x = ifft2_centered(fft2_centered(x) * self.filter).real
         feat = self.trunk((x / self.scale)[:, None])
-        rot = s2s2_to_matrix(self.rotation_head(feat).float())
+        rot = s2s2_to_matrix(self.rotation_head(feat).float().reshape(-1, self.heads, 6))
         if self.shift_head is None:
             return rot, feat.new_zeros(feat.shape[0], 2)
         return rot, self.max_shift * torch.tanh(self.shift_head(feat).float())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.heads != 1:
+            raise ValueError(f"this encoder has {self.heads} rotation heads: use hypotheses()")
+        rot, shift = self.hypotheses(images)
+        return rot[:, 0], shift

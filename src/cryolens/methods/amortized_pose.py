@@ -4,7 +4,9 @@ run folder.
 
 Model (:class:`AmortizedPoseModel`): :class:`~cryolens.inference.pose_encoder.PoseEncoder` gives
 ``(R, t)`` per image; a subclass says how the volume predicts an image and compares it
-(``image_errors``: the recipe's decoder and loss). With ``symmetrized_loss`` the per-image error is
+(``image_errors``: the recipe's decoder and loss). With ``pose_heads = M > 1`` the encoder gives ``M``
+rotation hypotheses per image and the per-image error is the smallest of their ``M`` errors (winner-take-all;
+the gradient reaches the winning head only). With ``symmetrized_loss`` the per-image error is
 :func:`~cryolens.inference.losses.symmetrized_loss` (the encoder sees ``Y`` and ``R_π Y``). The engine's
 contract: ``forward(batch) → {"loss", "error", "pi_fraction"}``; the metadata's poses never reach it (the
 recipe strips them).
@@ -51,7 +53,7 @@ from .cryodrgn import sample_images, train_config, training_summary
 # options every amortized-pose recipe has (the recipes add their decoder's and published values)
 COMMON_DEFAULTS = {
     "enc_channels": 16, "enc_max_channels": 128, "enc_convs": 2, "enc_hidden": [512, 256], "enc_lowpass": 0.0,
-    "max_shift": 0.0, "symmetrized_loss": True,
+    "max_shift": 0.0, "symmetrized_loss": True, "pose_heads": 1,
     "refine_poses": False, "refine_base_level": 2, "refine_levels": 2, "refine_keep": 8, "refine_shift_step": 1.0,
     "weight_decay": 0.0, "optimizer": "adam", "amp": True, "cpu_amp": False, "seed": 0, "num_workers": 0,
     "epoch_images": 0, "resume": False, "norm_images": 1000, "pose_batch": 256,
@@ -68,7 +70,8 @@ class AmortizedPoseModel(nn.Module, abc.ABC):
         self.symmetrized = bool(config["symmetrized_loss"])
         self.encoder = PoseEncoder(box_size, int(config["enc_channels"]), int(config["enc_max_channels"]),
                                    int(config["enc_convs"]), tuple(int(h) for h in config["enc_hidden"]),
-                                   float(config["max_shift"]), float(config["enc_lowpass"]))
+                                   float(config["max_shift"]), float(config["enc_lowpass"]),
+                                   int(config["pose_heads"]))
 
     @abc.abstractmethod
     def set_norm(self, value: float) -> None:
@@ -90,10 +93,19 @@ class AmortizedPoseModel(nn.Module, abc.ABC):
         out = {}
 
         def err(x: torch.Tensor) -> torch.Tensor:
-            rot, sh = self.encoder(x)
-            c = None if ctf is None else ctf[torch.arange(x.shape[0], device=x.device) % b]
-            out["rot"], out["shift"] = rot, sh
-            return self.image_errors(x, rot, sh, c)
+            rots, sh = self.encoder.hypotheses(x)  # (B', M, 3, 3), (B', 2)
+            n, m = rots.shape[:2]
+            idx = torch.arange(n, device=x.device)
+            c = None if ctf is None else ctf[idx % b]
+            best = torch.zeros(n, dtype=torch.long, device=x.device)
+            if m > 1:  # the winner, without a graph (the gradient of a min reaches only the winning head)
+                rows = idx.repeat_interleave(m)
+                with torch.no_grad():
+                    e_all = self.image_errors(x[rows], rots.detach().reshape(n * m, 3, 3), sh.detach()[rows],
+                                              None if c is None else c[rows])
+                best = e_all.reshape(n, m).argmin(dim=1)
+            out["rot"], out["shift"] = rots[idx, best], sh
+            return self.image_errors(x, out["rot"], sh, c)
 
         if not self.symmetrized:
             e = err(images)

@@ -17,7 +17,10 @@ the (optionally low-passed, ``enc_lowpass``) image instead of the pyramid; the d
 output with Friedel symmetry) rather than FourierNet's SIRENs; the loss is on the Hartley lattice (the
 Fourier-space Gaussian likelihood) instead of cryoAI's real-space default; the shift head is bounded by
 ``max_shift`` px (0 = no shifts, the default: set it for data with off-centre particles); 20 epochs by
-default instead of 100 (set ``epochs``). Every option is a ``--set key=value`` of ``cryolens train cryoai``.
+default instead of 100 (set ``epochs``). Not in the paper, off by default: ``pose_heads = M`` gives the
+encoder ``M`` winner-take-all rotation hypotheses (CryoSPIN's multi-choice encoder; with the true volume
+fixed it takes full-SO(3) pose learning from lost to mostly found, ``tests/inference/test_pose_encoder.py``),
+at ``M`` gradient-free decoder passes per image more. Every option is a ``--set key=value`` of ``cryolens train cryoai``.
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--grid-level", type=int, default=2)
     ap.add_argument("--refine", action="store_true")
     ap.add_argument("--refine-max-iterations", type=int, default=30)
+    ap.add_argument("--handover-lowpass", type=float, default=30.0,
+                    help="Å: low-pass of the ab initio map that starts the refinement (the recipe's 30)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     ap.add_argument("--select", help="simulate only these atoms of 4E43 (A: one monomer, no pseudo 2-fold)")
@@ -168,13 +170,13 @@ def main() -> None:
             from cryolens.inference.autorefine import RefineConfig, auto_refine
 
             t0 = time.perf_counter()
-            # as the cryosparc-abinit recipe hands over: its ab initio map low-passed to 30 Å
+            # as the cryosparc-abinit recipe hands over: its ab initio map low-passed to 30 Å (--handover-lowpass)
             from cryolens.imaging.shift import center_volume
 
             # the recipe's hand-over centres the map (the truth is centred already)
             start = center_volume(vol)[0] if args.centre and not args.from_truth else vol
-            res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0,
-                                                              initial_lowpass=20.0 if args.from_truth else 30.0,
+            lowpass = 20.0 if args.from_truth else args.handover_lowpass
+            res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0, initial_lowpass=lowpass,
                                                               max_iterations=args.refine_max_iterations),
                               progress=False)
             row["refine_wall_s"] = time.perf_counter() - t0
@@ -187,7 +189,9 @@ def main() -> None:
                   f"{r['resolution_vs_gt_05_A']:.2f} Å vs GT (known poses {known['resolution_vs_gt_05_A']:.2f} Å)",
                   flush=True)
         rows.append(row)
-        out = {"n": args.n, "select": args.select, "centred_handover": args.centre, "dataset": data.name, "iterations": args.iterations, "grid_level": args.grid_level, "known_pose": known,
+        out = {"n": args.n, "select": args.select, "centred_handover": args.centre,
+               "handover_lowpass_A": args.handover_lowpass, "dataset": data.name, "iterations": args.iterations,
+               "grid_level": args.grid_level, "known_pose": known,
                "runs": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         if args.json:  # after every seed, so a long run stopped early keeps what it finished
             Path(args.json).write_text(json.dumps(out, indent=1))

@@ -384,3 +384,20 @@ def test_flatten_solvent_against_a_numpy_loop():
     assert abs(bg - 0.7) < 0.1
     np.testing.assert_allclose(got, v * m + (1 - m) * bg, rtol=0, atol=1e-12)
     assert np.array_equal(got[r <= radius], v[r <= radius])
+
+
+def test_lowpass_volume_keeps_plane_waves_inside_the_band_and_removes_those_beyond():
+    """Three plane waves: along x at 3 cycles per box (inside a 6-shell cut), along y at 12 (beyond the cut
+    plus its 2-shell edge) and along z at 7 (on the raised cosine, half-way: factor ½). The low-pass is
+    the x wave plus half the z wave, to float64 precision; a resolution finer than Nyquist changes nothing."""
+    from cryolens.imaging import lowpass_volume
+
+    d, apix = 32, 1.5
+    z, y, x = torch.meshgrid(*(torch.arange(d, dtype=torch.float64),) * 3, indexing="ij")
+    keep = torch.cos(2 * math.pi * 3 * x / d + 0.4)
+    gone = 0.8 * torch.sin(2 * math.pi * 12 * y / d)
+    edge = torch.cos(2 * math.pi * 7 * z / d)
+    res = d * apix / 6  # 8 Å: cut at shell 6, edge over shells 6–8
+    got = lowpass_volume(keep + gone + edge, res, apix)
+    torch.testing.assert_close(got, keep + 0.5 * edge, rtol=0, atol=1e-10)
+    torch.testing.assert_close(lowpass_volume(keep + gone, apix, apix, width_shells=0), keep + gone, rtol=0, atol=1e-10)

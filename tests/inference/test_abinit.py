@@ -7,8 +7,6 @@ import torch
 
 from cryolens.imaging.fft import fft2_centered, fft3_centered, ifft2_centered, ifft3_centered
 from cryolens.imaging.grids import lowpass_filter_3d
-from cryolens.imaging.gaussian import gaussian_volume
-from cryolens.imaging.rotations import random_rotations
 from cryolens.inference.abinit import (AbInitio, AbinitConfig, fourier_crop_images, resize_volume)
 from cryolens.io.dataset import read_particles
 from cryolens.metrics.fsc import fsc

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cryolens.imaging.fft import fft2_centered
+from cryolens.imaging.grids import lowpass_volume
 from cryolens.imaging.rotations import random_rotations
 from cryolens.imaging.slice import extract_slices, prepare_volume_ft
 from cryolens.inference import autorefine as A
@@ -152,7 +153,7 @@ def test_refinement_recovers_poses_and_beats_start(dataset):
     assert err["median_deg"] < 3.75
     shift_err = (res.shifts - torch.as_tensor(gt["shifts"]).float()).norm(dim=1).median()
     assert float(shift_err) < 0.5
-    start = resolution_at(fsc(A.lowpass_volume(vol, 30.0, PX), vol), 0.5, PX, D)
+    start = resolution_at(fsc(lowpass_volume(vol, 30.0, PX), vol), 0.5, PX, D)
     final = resolution_at(fsc(res.volume, vol), 0.5, PX, D)
     assert final < 0.7 * start
 

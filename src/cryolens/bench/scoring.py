@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..imaging.grids import coord_grid_3d
 from ..imaging.shift import shift_volume
 from ..io.mrc import read_volume
 from ..metrics.classes import class_accuracy

@@ -122,3 +122,16 @@ def lowpass_filter_2d(d: int, cutoff: float, width: float = 0.02, device=None) -
 def lowpass_filter_3d(d: int, cutoff: float, width: float = 0.02, device=None) -> torch.Tensor:
     """``(D, D, D)`` soft low-pass filter in the centered Fourier layout; cycles/px."""
     return soft_edge(freq_grid_3d(d, device).norm(dim=-1), cutoff, width)
+
+
+def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,
+                   width_shells: float = 2.0) -> torch.Tensor:
+    """``volume (D, D, D)`` real, low-passed at ``resolution`` Å (``pixel_size`` Å/px): frequencies up to
+    ``pixel_size / resolution`` cycles/px (at most Nyquist) kept, then a raised-cosine fall over
+    ``width_shells`` shells, as RELION's ``--ini_high``. Same dtype and device."""
+    from .fft import fft3_centered, ifft3_centered
+
+    d = volume.shape[-1]
+    cutoff = min(0.5, pixel_size / resolution)
+    filt = soft_edge(freq_grid_3d(d, volume.device, volume.dtype).norm(dim=-1), cutoff, width_shells / d)
+    return ifft3_centered(fft3_centered(volume) * filt).real.to(volume.dtype)

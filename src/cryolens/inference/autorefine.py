@@ -64,8 +64,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
-from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
-from ..imaging.grids import flatten_solvent, freq_grid_2d, freq_grid_3d, shell_index_2d, shell_sum, soft_edge
+from ..imaging.fft import fft2_centered
+from ..imaging.grids import flatten_solvent, freq_grid_2d, lowpass_volume, shell_index_2d, shell_sum
 from ..imaging.rotations import geodesic_distance, weighted_mean_rotation
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft, sampling_volume
@@ -178,16 +178,6 @@ class RefineResult:
 
 # ---------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,
-                   width_shells: float = 2.0) -> torch.Tensor:
-    """``(D, D, D)`` map low-passed at ``resolution`` Å (raised-cosine edge ``width_shells`` shells wide),
-    as RELION's ``--ini_high``. Same dtype and device."""
-    d = volume.shape[-1]
-    cutoff = pixel_size / resolution  # cycles/px
-    filt = soft_edge(freq_grid_3d(d, volume.device).norm(dim=-1), cutoff, width_shells / d).to(volume.dtype)
-    return ifft3_centered(fft3_centered(volume) * filt).real.to(volume.dtype)
 
 
 def tau2_from_fsc(fsc: np.ndarray | torch.Tensor, sigma2: torch.Tensor, shell_weight: torch.Tensor,

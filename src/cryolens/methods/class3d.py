@@ -41,8 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
-from ..imaging.grids import lowpass_filter_3d, shell_index_2d, shell_sum
+from ..imaging.fft import fft2_centered
+from ..imaging.grids import lowpass_volume, shell_index_2d, shell_sum
 from ..imaging.so3_grid import so3_grid
 from ..inference.classes import ClassEMResult, class_em_iteration, class_em_iteration_fixed_poses
 from ..io.checkpoint import load_checkpoint, save_checkpoint
@@ -70,13 +70,6 @@ class ClassifyResult:
     class_probability: torch.Tensor
     max_weight: torch.Tensor
     history: list[dict] = field(default_factory=list)
-
-
-def lowpass(volume: torch.Tensor, resolution: float, pixel_size: float) -> torch.Tensor:
-    """A real map low-passed to ``resolution`` Å (soft edge over one shell)."""
-    d = volume.shape[-1]
-    cutoff = min(0.5, pixel_size / resolution)
-    return ifft3_centered(fft3_centered(volume) * lowpass_filter_3d(d, cutoff, 1.0 / d, volume.device)).real
 
 
 def image_power_spectrum(particles: Particles, n: int = 1000, seed: int = 0, device=None) -> torch.Tensor:
@@ -118,7 +111,7 @@ def _initial_volumes(particles: Particles, init_volume: torch.Tensor | None, cfg
         v = v[None].expand(k, *v.shape)
     if v.shape[0] != k:
         raise InputError(f"start maps: {v.shape[0]} given for {k} classes")
-    return torch.stack([lowpass(x, float(cfg["initial_lowpass"]), px) for x in v])
+    return torch.stack([lowpass_volume(x, float(cfg["initial_lowpass"]), px, width_shells=1.0) for x in v])
 
 
 def classify(particles: Particles, init_volume: torch.Tensor | None, config: dict | None = None, run=None,

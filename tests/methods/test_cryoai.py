@@ -133,3 +133,39 @@ def test_pose_heads_take_the_best_hypothesis_and_train_only_the_winner(tmp_path,
     heads_won = set((win % 3).tolist())
     for h in range(3):
         assert (float(grad[h]) > 0) == (h in heads_won), (h, heads_won, grad)
+
+
+def test_loss_resolution_limits_the_error_and_the_map_to_the_band(tmp_path):
+    """loss_resolution = 4 shells' resolution on D = 16: a plane wave at 6 cycles per box added to the
+    images leaves every image's error unchanged (it does change it with the full band), one at 2 cycles
+    changes it; the map written has no power beyond the band's low-pass edge."""
+    from cryolens.imaging import fft3_centered
+    from cryolens.imaging.grids import freq_grid_3d
+    from cryolens.io.dataset import iterate_batches
+    from cryolens.methods.cryoai import DEFAULTS, CryoAI
+
+    particles, _ = blob_dataset(tmp_path, 8, 16)
+    images = next(iterate_batches(particles, 8))[1]
+    x = torch.arange(16, dtype=torch.float32)
+    wave = {k: torch.cos(2 * torch.pi * k * x / 16)[None, None, :].expand(8, 16, 16) for k in (2, 6)}
+    res = 16 * particles.pixel_size / 4
+    errors = {}
+    for band in (res, 0.0):
+        torch.manual_seed(0)
+        model = CryoAI(16, particles.pixel_size, {**DEFAULTS, **RECIPE_SMALL["cryoai"], "loss_resolution": band})
+        model.set_norm(float(images.std()))
+        model.eval()
+        rots, sh = model.encoder.hypotheses(images)
+        with torch.no_grad():
+            errors[band] = [model.image_errors(images + a * w, rots[:, 0], sh, particles.ctf)
+                            for w, a in ((wave[2], 0.0), (wave[6], 3.0), (wave[2], 3.0))]
+        if band:
+            full = CryoAI(16, particles.pixel_size, {**DEFAULTS, **RECIPE_SMALL["cryoai"]})
+            assert len(model.lattice) < len(full.lattice)
+            power = fft3_centered(model.render_map()).abs()
+            r = freq_grid_3d(16).norm(dim=-1) * 16
+            assert float(power[r > 6.01].max()) < 1e-6 * float(power.max())
+    plain, high, low = errors[res]
+    torch.testing.assert_close(high, plain, rtol=1e-6, atol=0)
+    assert float((low - plain).abs().min()) > 1e-3 * float(plain.min())
+    assert float((errors[0.0][1] - errors[0.0][0]).abs().min()) > 1e-3 * float(errors[0.0][0].min())

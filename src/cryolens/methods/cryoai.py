@@ -19,14 +19,19 @@ Fourier-space Gaussian likelihood) instead of cryoAI's real-space default; the s
 ``max_shift`` px (0 = no shifts, the default: set it for data with off-centre particles); 20 epochs by
 default instead of 100 (set ``epochs``). Not in the paper, off by default: ``pose_heads = M`` gives the
 encoder ``M`` winner-take-all rotation hypotheses (CryoSPIN's multi-choice encoder; with the true volume
-fixed it takes full-SO(3) pose learning from lost to mostly found, ``tests/inference/test_pose_encoder.py``),
-at ``M`` gradient-free decoder passes per image more. Every option is a ``--set key=value`` of ``cryolens train cryoai``.
+fixed it takes full-SO(3) pose learning from lost to mostly found, ``tests/inference/test_pose_encoder.py``;
+jointly with the volume only together with the symmetrized loss, benchmarks/RESULTS.md), at ``M``
+gradient-free decoder passes per image more; ``loss_resolution`` (Å, 0 = Nyquist) restricts the
+image error to frequencies below that resolution (the lattice's radius), as cryoSPARC's ab initio and
+cryoDRGN2 do, and the map written is low-passed there. Every option is a ``--set key=value`` of
+``cryolens train cryoai``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..imaging.grids import lowpass_volume
 from ..inference.losses import centered_hartley, ctf_on_lattice, image_mse
 from ..volumes.lattice import SliceLattice
 from ..volumes.neural import NeuralField
@@ -35,7 +40,7 @@ from .amortized_pose import COMMON_DEFAULTS, AmortizedPoseModel, fit_amortized
 DEFAULTS = {
     **COMMON_DEFAULTS,
     "dec_layers": 3, "dec_dim": 256, "pe": "gaussian", "pe_dim": 0, "feat_sigma": 0.5,
-    "epochs": 20, "batch_size": 64, "lr": 1e-4,
+    "epochs": 20, "batch_size": 64, "lr": 1e-4, "loss_resolution": 0.0,
 }
 
 
@@ -45,7 +50,10 @@ class CryoAI(AmortizedPoseModel):
 
     def __init__(self, box_size: int, pixel_size: float, config: dict):
         super().__init__(box_size, pixel_size, config)
-        self.lattice = SliceLattice(box_size)
+        # the loss band: frequencies |k| < D·apix/res px (loss_resolution Å; 0 = up to Nyquist)
+        res = float(config["loss_resolution"])
+        self.band_resolution = res if res > 2 * pixel_size else 0.0
+        self.lattice = SliceLattice(box_size, radius=box_size * pixel_size / res if self.band_resolution else None)
         self.field = NeuralField(box_size, 0, int(config["dec_layers"]), int(config["dec_dim"]), config["pe"],
                                  int(config["pe_dim"]) or None, float(config["feat_sigma"]), "fourier",
                                  seed=int(config["seed"]))
@@ -68,7 +76,10 @@ class CryoAI(AmortizedPoseModel):
         return image_mse(pred, target)
 
     def render_map(self) -> torch.Tensor:
-        return self.field.render()[0]
+        vol = self.field.render()[0]
+        if self.band_resolution:  # the field was never trained beyond the loss band: keep the band only
+            vol = lowpass_volume(vol, self.band_resolution, self.pixel_size)
+        return vol
 
 
 def fit(particles, known, run, config, device=None, progress=True):

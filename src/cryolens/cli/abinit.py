@@ -31,6 +31,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-level", type=int, default=2, help="SO(3) grid level of the ab initio search (2 = 15°)")
     p.add_argument("--max-shift", type=float, default=3.0, help="translation search range, px (default 3)")
     p.add_argument("--no-refine", action="store_true", help="stop after the ab initio stage")
+    p.add_argument("--handover-lowpass", type=float, default=30.0,
+                   help="Å: low-pass of the ab initio map that starts refinement / classification (default 30, "
+                        "cryoSPARC's; 12 = the ab initio's final resolution)")
     p.add_argument("--refine-max-iterations", type=int, default=30, help="cap on refinement iterations (30)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -56,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
                             "initial_resolution": args.initial_resolution,
                             "final_resolution": args.final_resolution, "grid_level": args.grid_level,
                             "max_shift": args.max_shift, "refine": not args.no_refine, "resume": args.resume,
+                            "handover_lowpass": args.handover_lowpass,
                             "refine_options": {"max_iterations": args.refine_max_iterations}})
     run = RunFolder(args.out)
     run.write_config("abinit", {k: v for k, v in vars(args).items() if not k.startswith("_")})

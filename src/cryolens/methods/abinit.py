@@ -9,9 +9,11 @@ Composition (no physics here), after Punjani et al. 2017 (cryoSPARC; METHODS.md)
    by a few voxels, which eats into the refinement's shift range; cryoSPARC centres its ab initio
    structures too): homogeneous (K = 1) → gold-standard auto-refinement
    (:func:`cryolens.inference.autorefine.auto_refine`, RELION-style, from the ab initio map low-passed
-   to 30 Å, cryoSPARC's refinement default; ``refine_options`` override its :class:`RefineConfig`);
-   heterogeneous (K > 1, ``cryosparc-abinit-hetero``) → Class3D (:mod:`cryolens.methods.class3d`)
-   from the K ab initio maps, ``class3d_iterations`` iterations at 15°.
+   to ``handover_lowpass`` Å, default 30 Å, cryoSPARC's refinement default; ``refine_options`` override
+   its :class:`RefineConfig`); heterogeneous (K > 1, ``cryosparc-abinit-hetero``) → Class3D
+   (:mod:`cryolens.methods.class3d`) from the K ab initio maps low-passed the same way,
+   ``class3d_iterations`` iterations at 15°. On the pseudo-symmetric 4E43 dimer a hand-over at the ab
+   initio's own resolution (12 Å) keeps the asymmetry it found: benchmarks/RESULTS.md.
    ``refine = False`` stops after step 1 (poses and classes from one last pass over all images).
 
 Checkpoints: the ab initio state every ``checkpoint_every`` iterations (``abinit_checkpoint.pt``), the
@@ -38,7 +40,8 @@ from ..io.runfolder import RunFolder
 DEFAULTS = {"n_classes": 1, "n_iterations": 300, "batch_size": 90, "final_batch_size": 300,
             "initial_resolution": 35.0, "final_resolution": 12.0, "grid_level": 2, "max_shift": 3.0,
             "shift_step": 1.0, "eta_min": 0.1, "tau2_fudge": 4.0, "seed": 0, "init_map": None, "refine": True,
-            "refine_options": {}, "class3d_iterations": 10, "checkpoint_every": 10, "resume": False}
+            "refine_options": {}, "handover_lowpass": 30.0, "class3d_iterations": 10, "checkpoint_every": 10,
+            "resume": False}
 
 _ABINIT_KEYS = ("n_classes", "n_iterations", "batch_size", "final_batch_size", "initial_resolution",
                 "final_resolution", "grid_level", "max_shift", "shift_step", "eta_min", "tau2_fudge", "seed")
@@ -123,9 +126,9 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
         from ..io.mrc import write_volume
 
         sub = RunFolder(run.path("refine"))
-        # cryoSPARC's refinement starts from its ab initio map low-passed to 30 Å
         rcfg = RefineConfig.from_dict({"seed": cfg["seed"], "offset_range": cfg["max_shift"],
-                                       "initial_lowpass": 30.0, **dict(cfg["refine_options"])})
+                                       "initial_lowpass": float(cfg["handover_lowpass"]),
+                                       **dict(cfg["refine_options"])})
         start, moved = center_volume(vols[0])
         metrics["handover_centring_shift_voxels_zyx"] = moved.tolist()
         res = auto_refine(particles, start, config=rcfg, run=sub, device=device, progress=progress,
@@ -146,7 +149,8 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
 
         sub = RunFolder(run.path("class3d"))
         ccfg = {"n_classes": k, "n_iterations": int(cfg["class3d_iterations"]), "healpix_order": 2,
-                "offset_range": float(cfg["max_shift"]), "seed": int(cfg["seed"]), "initial_lowpass": 30.0}
+                "offset_range": float(cfg["max_shift"]), "seed": int(cfg["seed"]),
+                "initial_lowpass": float(cfg["handover_lowpass"])}
         starts = torch.stack([center_volume(v)[0] for v in vols])
         cres = classify(particles, starts, ccfg, sub, device, progress,
                         resume=resume and sub.path("checkpoint.pt").is_file())

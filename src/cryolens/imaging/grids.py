@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .fft import fft3_centered, ifft3_centered
+
 
 def _axis(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return (torch.arange(d, device=device, dtype=dtype) - d // 2) / d
@@ -129,8 +131,6 @@ def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,
     """``volume (D, D, D)`` real, low-passed at ``resolution`` Å (``pixel_size`` Å/px): frequencies up to
     ``pixel_size / resolution`` cycles/px (at most Nyquist) kept, then a raised-cosine fall over
     ``width_shells`` shells, as RELION's ``--ini_high``. Same dtype and device."""
-    from .fft import fft3_centered, ifft3_centered
-
     d = volume.shape[-1]
     cutoff = min(0.5, pixel_size / resolution)
     filt = soft_edge(freq_grid_3d(d, volume.device, volume.dtype).norm(dim=-1), cutoff, width_shells / d)

@@ -102,10 +102,7 @@ def strip_unknown(particles, known):
 def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Path:
     """``initial_model_<A>A.mrc`` beside the dataset: the (population-weighted mean) ground truth
     low-pass filtered to ``lowpass_a`` Å (soft edge), written once."""
-    import torch
-
-    from ..imaging.grids import lowpass_filter_3d
-    from ..imaging.fft import fft3_centered, ifft3_centered
+    from ..imaging.grids import lowpass_volume
     from ..io.mrc import write_volume
     from .scoring import Truth
 
@@ -114,8 +111,8 @@ def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Pa
         return out
     truth = Truth(dataset_dir)
     d = truth.volumes.shape[-1]
-    filt = lowpass_filter_3d(d, truth.pixel_size / lowpass_a)
-    vol = ifft3_centered(fft3_centered(truth.consensus.to(torch.complex64)) * filt).real
+    # a soft edge 0.02 cycles/px wide
+    vol = lowpass_volume(truth.consensus.float(), lowpass_a, truth.pixel_size, width_shells=0.02 * d)
     write_volume(out, vol.numpy(), truth.pixel_size)
     return out
 

@@ -10,9 +10,8 @@ from .fft import (fft2_centered, fft3_centered, hartley2, hartley3, ifft2_center
 from .forward import forward_fourier, render_images
 from .gaussian import gaussian_projection, gaussian_projection_ft, gaussian_volume
 from .grids import (circular_mask, coord_grid_2d, coord_grid_3d, flatten_solvent, flip_centered, freq_grid_2d,
-                    freq_grid_3d, lowpass_filter_2d, lowpass_filter_3d, lowpass_volume,
-                    radial_average, shell_index_2d,
-                    shell_index_3d, shell_sum, spherical_mask)
+                    freq_grid_3d, lowpass_filter_2d, lowpass_filter_3d, lowpass_volume, radial_average,
+                    shell_index_2d, shell_index_3d, shell_sum, spherical_mask)
 from .noise import add_noise_at_snr, colored_noise, noise_sigma_for_snr, white_noise
 from .project import project_real
 from .rotations import (euler_to_matrix, geodesic_distance, inplane_pi_pose, matrix_to_euler, matrix_to_quaternion,

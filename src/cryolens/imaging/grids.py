@@ -121,9 +121,10 @@ def lowpass_filter_2d(d: int, cutoff: float, width: float = 0.02, device=None) -
     return soft_edge(freq_grid_2d(d, device).norm(dim=-1), cutoff, width)
 
 
-def lowpass_filter_3d(d: int, cutoff: float, width: float = 0.02, device=None) -> torch.Tensor:
+def lowpass_filter_3d(d: int, cutoff: float, width: float = 0.02, device=None,
+                      dtype=torch.float32) -> torch.Tensor:
     """``(D, D, D)`` soft low-pass filter in the centered Fourier layout; cycles/px."""
-    return soft_edge(freq_grid_3d(d, device).norm(dim=-1), cutoff, width)
+    return soft_edge(freq_grid_3d(d, device, dtype).norm(dim=-1), cutoff, width)
 
 
 def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,
@@ -133,5 +134,5 @@ def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,
     ``width_shells`` shells, as RELION's ``--ini_high``. Same dtype and device."""
     d = volume.shape[-1]
     cutoff = min(0.5, pixel_size / resolution)
-    filt = soft_edge(freq_grid_3d(d, volume.device, volume.dtype).norm(dim=-1), cutoff, width_shells / d)
+    filt = lowpass_filter_3d(d, cutoff, width_shells / d, volume.device, volume.dtype)
     return ifft3_centered(fft3_centered(volume) * filt).real.to(volume.dtype)

@@ -74,7 +74,8 @@ def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
 
 def test_pose_refinement_reports_both_errors(tmp_path):
     """refine_poses=true: the poses written are the hierarchical search's against the trained map (grid
-    points of level base + levels), and metrics hold the amortized and the refined rotation errors."""
+    points of level base + levels), metrics hold the amortized and the refined rotation errors, and
+    refined/ holds the back-projection of the images with the refined poses."""
     from cryolens.imaging import so3_grid
     from cryolens.imaging.rotations import geodesic_distance
 
@@ -89,6 +90,19 @@ def test_pose_refinement_reports_both_errors(tmp_path):
     assert float(nearest.max()) < 1e-3
     npz = np.load(tmp_path / "run" / "poses.npz")
     assert {"amortized_rotations", "amortized_shifts"} <= set(npz.files)
+    # the images back-projected with the refined poses (not the amortized ones): refined/
+    import dataclasses
+
+    from cryolens.methods.backprojection import backproject
+
+    vol, _ = read_volume(tmp_path / "run" / "refined" / "map.mrc")
+    bp = backproject(dataclasses.replace(particles, rotations=out.rotations, shifts=out.shifts), progress=False)
+    np.testing.assert_allclose(vol, bp.volume.numpy(), atol=1e-5 * float(bp.volume.abs().max()))
+    amortized = torch.from_numpy(npz["amortized_rotations"])
+    assert not torch.allclose(amortized, out.rotations, atol=1e-3)
+    assert out.metrics["resolution_halfmap_0143_refined_A"] == pytest.approx(bp.resolution)
+    for f in ("half1.mrc", "half2.mrc", "fsc.png"):
+        assert (tmp_path / "run" / "refined" / f).is_file(), f
 
 
 @pytest.mark.parametrize("symmetrized", [False, True])
@@ -138,7 +152,7 @@ def test_pose_heads_take_the_best_hypothesis_and_train_only_the_winner(tmp_path,
 def test_loss_resolution_limits_the_error_and_the_map_to_the_band(tmp_path):
     """loss_resolution = 4 shells' resolution on D = 16: a plane wave at 6 cycles per box added to the
     images leaves every image's error unchanged (it does change it with the full band), one at 2 cycles
-    changes it; the map written has no power beyond the band's low-pass edge."""
+    changes it; the map written has no power at or beyond the band's radius (its low-pass edge is inside)."""
     from cryolens.imaging import fft3_centered
     from cryolens.imaging.grids import freq_grid_3d
     from cryolens.io.dataset import iterate_batches
@@ -164,8 +178,67 @@ def test_loss_resolution_limits_the_error_and_the_map_to_the_band(tmp_path):
             assert len(model.lattice) < len(SliceLattice(16))
             power = fft3_centered(model.render_map()).abs()
             r = freq_grid_3d(16).norm(dim=-1) * 16
-            assert float(power[r > 6.01].max()) < 1e-6 * float(power.max())
+            assert float(power[r > 3.999].max()) < 1e-6 * float(power.max())  # the edge ends at the band
     plain, high, low = errors[res]
     torch.testing.assert_close(high, plain, rtol=1e-6, atol=0)
     assert float((low - plain).abs().min()) > 1e-3 * float(plain.min())
     assert float((errors[0.0][1] - errors[0.0][0]).abs().min()) > 1e-3 * float(errors[0.0][0].min())
+
+
+def test_loss_band_marches_on_schedule_and_resumes(tmp_path, monkeypatch):
+    """loss_resolution 4 px → loss_resolution_final 7 px from epoch 1 on, 4 epochs (D = 16): the band is
+    4, 4, 5.5, 7 px (linear in frequency), each epoch's image error is taken on exactly that lattice, the
+    map written has no power at or beyond 7 px; a run stopped after 2 epochs and resumed writes the
+    uninterrupted run's map, and so does a finished run resumed (its band, 7 px, comes from the checkpoint)."""
+    from cryolens.imaging import fft3_centered
+    from cryolens.imaging.grids import freq_grid_3d
+    from cryolens.methods.cryoai import CryoAI, band_radius
+    from cryolens.volumes.lattice import SliceLattice
+
+    particles, _ = blob_dataset(tmp_path, 48, 16)
+    apix = particles.pixel_size
+    march = {"loss_resolution": 16 * apix / 4, "loss_resolution_final": 16 * apix / 7, "march_start": 1, "epochs": 4}
+    cfg = get("cryoai").config({**RECIPE_SMALL["cryoai"], **march})
+    assert [band_radius(cfg, 16, apix, e) for e in range(4)] == pytest.approx([4, 4, 5.5, 7])
+    assert band_radius({**cfg, "loss_resolution_final": 0.0}, 16, apix, 3) == pytest.approx(4)
+    assert band_radius({**cfg, "loss_resolution": 0.0, "loss_resolution_final": 0.0}, 16, apix, 0) == 8
+
+    seen = {}
+    errors = CryoAI.image_errors
+
+    def spy(self, *args):
+        out = errors(self, *args)
+        seen.setdefault(round(float(self.band), 6), set()).add(len(self.lattice))
+        return out
+
+    monkeypatch.setattr(CryoAI, "image_errors", spy)
+    out = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "full"), cfg, "cpu", False)
+    assert sorted(seen) == [4.0, 5.5, 7.0]
+    for band, sizes in seen.items():
+        assert sizes == {len(SliceLattice(16, radius=band))}, (band, sizes)
+    power = fft3_centered(out.volume).abs()
+    r = freq_grid_3d(16).norm(dim=-1) * 16
+    assert float(power[r > 6.999].max()) < 1e-6 * float(power.max())
+    assert float(power[r < 4].max()) > 0
+
+    class Stop(Exception):
+        pass
+
+    hook = CryoAI.on_epoch_start
+
+    def stop_at_2(self, epoch, trainer):
+        if epoch == 2:
+            raise Stop
+        hook(self, epoch, trainer)
+
+    monkeypatch.setattr(CryoAI, "on_epoch_start", stop_at_2)
+    with pytest.raises(Stop):
+        get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "cut"), cfg, "cpu", False)
+    monkeypatch.setattr(CryoAI, "on_epoch_start", hook)
+    again = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "cut"), {**cfg, "resume": True},
+                              "cpu", False)
+    assert [r["epoch"] for r in read_log(tmp_path / "cut" / "log.jsonl") if r.get("epoch_end")] == [1, 2, 3, 4]
+    torch.testing.assert_close(again.volume, out.volume, atol=1e-4 * float(out.volume.abs().max()), rtol=0)
+    done = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "full"), {**cfg, "resume": True},
+                             "cpu", False)
+    torch.testing.assert_close(done.volume, out.volume, atol=1e-6 * float(out.volume.abs().max()), rtol=0)

@@ -16,7 +16,11 @@ branches when the loss is symmetrized (a win of the π-branch gives ``inplane_pi
 ``refine_poses``: each pose is then replaced by
 :func:`~cryolens.inference.pose_search.hierarchical_search` against the trained volume rendered to a
 voxel map (``refine_base_level``, ``refine_levels``, ``refine_keep``; shifts within ``±max_shift`` in steps
-of ``refine_shift_step``). When the input metadata carries rotations (a simulated dataset's ground truth),
+of ``refine_shift_step``), and the images are back-projected with the refined poses
+(:func:`~cryolens.methods.backprojection.backproject`: half maps, their FSC and a filtered full map, in the
+subfolder ``refined/``) — the full-resolution map the amortized map, band-limited or not, leads to. Its
+half-map FSC is optimistic: every pose was found against the one trained map, not against independent
+halves. When the input metadata carries rotations (a simulated dataset's ground truth),
 the rotation error after global alignment and the mirror check
 (:func:`~cryolens.metrics.pose_error.pose_error_summary`) is reported for the amortized poses and, when
 refined, for the refined ones, with a histogram ``pose_error.png``.
@@ -25,7 +29,8 @@ Run folder: ``checkpoint.pt`` (resumable), ``log.jsonl``, ``map.mrc``, ``poses.s
 particles with the estimated rotations and shifts; refined ones when ``refine_poses``), ``poses.npz``
 (``rotations (N, 3, 3)``, ``shifts (N, 2)`` px, and ``amortized_rotations`` / ``amortized_shifts`` when
 refined), ``training_curves.png``, ``pose_error.png`` (when the metadata has rotations), ``metrics.json``,
-``report.html``.
+``report.html``; with ``refine_poses`` also ``refined/`` (``map.mrc``, ``half1.mrc``, ``half2.mrc``, ``fsc.png``,
+``metrics.json``; its half-map resolution is ``resolution_halfmap_0143_refined_A`` in the run's metrics).
 """
 
 from __future__ import annotations
@@ -192,19 +197,27 @@ def finish(model: AmortizedPoseModel, particles: Particles, blind: Particles, ru
     write_volume(run.path("map.mrc"), volume.numpy(), particles.pixel_size)
     poses = {"amortized": rot}
     npz = {"rotations": rot.numpy(), "shifts": sh.numpy()}
+    extra = {}
     if config["refine_poses"]:
+        from ..io.runfolder import RunFolder
+        from .backprojection import backproject, write_outputs
+
         rot_r, sh_r = refine_poses(volume, blind, config, device)
         poses["refined"] = rot_r
         npz = {"rotations": rot_r.numpy(), "shifts": sh_r.numpy(), "amortized_rotations": rot.numpy(),
                "amortized_shifts": sh.numpy()}
         rot, sh = rot_r, sh_r
+        posed = dataclasses.replace(blind, rotations=rot, shifts=sh)
+        bp = write_outputs(backproject(posed, device=device, seed=int(config["seed"]), progress=False), posed,
+                           RunFolder(run.path("refined")))
+        extra["resolution_halfmap_0143_refined_A"] = bp["resolution_halfmap_0143_A"]
     np.savez(run.path("poses.npz"), **npz)
     write_star(run.path("poses.star"), dataclasses.replace(particles, rotations=rot, shifts=sh))
     records = read_log(run.path("log.jsonl"))
     if records:
         plot_training_curves(records, run.path("training_curves.png"), title)
     metrics = {"epochs": int(config["epochs"]), **training_summary(records),
-               **_pose_metrics(run, poses, particles.rotations)}
+               **_pose_metrics(run, poses, particles.rotations), **extra}
     run.write_metrics({**run.read_json("metrics.json"), **metrics})
     write_report(run.root, title)
     return MethodOutputs(pixel_size=particles.pixel_size, volume=volume, rotations=rot, shifts=sh, metrics=metrics)

@@ -23,8 +23,10 @@ fixed it takes full-SO(3) pose learning from lost to mostly found, ``tests/infer
 jointly with the volume only together with the symmetrized loss, benchmarks/RESULTS.md), at ``M``
 gradient-free decoder passes per image more; ``loss_resolution`` (Å, 0 = Nyquist) restricts the
 image error to frequencies below that resolution (the lattice's radius), as cryoSPARC's ab initio and
-cryoDRGN2 do, and the map written is low-passed there. Every option is a ``--set key=value`` of
-``cryolens train cryoai``.
+cryoDRGN2 do, and the map written is low-passed inside it; ``loss_resolution_final`` (Å, 0 = none) marches
+that band: it stays at ``loss_resolution`` for the first ``march_start`` epochs, then its radius (in
+frequency) grows linearly, epoch by epoch, to ``loss_resolution_final`` at the last epoch (a fixed schedule,
+not driven by a resolution estimate). Every option is a ``--set key=value`` of ``cryolens train cryoai``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,25 @@ from .amortized_pose import COMMON_DEFAULTS, AmortizedPoseModel, fit_amortized
 DEFAULTS = {
     **COMMON_DEFAULTS,
     "dec_layers": 3, "dec_dim": 256, "pe": "gaussian", "pe_dim": 0, "feat_sigma": 0.5,
-    "epochs": 20, "batch_size": 64, "lr": 1e-4, "loss_resolution": 0.0,
+    "epochs": 20, "batch_size": 64, "lr": 1e-4, "loss_resolution": 0.0, "loss_resolution_final": 0.0,
+    "march_start": 0,
 }
+
+
+def band_radius(config: dict, box_size: int, pixel_size: float, epoch: int) -> float:
+    """Radius (px of the ``box_size`` lattice, ≤ D/2) of the loss band during 0-based ``epoch`` (module
+    docstring: ``loss_resolution``, ``loss_resolution_final``, ``march_start``, ``epochs``)."""
+    nyquist = box_size / 2
+
+    def radius(res: float) -> float:
+        return min(nyquist, box_size * pixel_size / res) if res > 0 else nyquist
+
+    start, final = radius(float(config["loss_resolution"])), float(config["loss_resolution_final"])
+    if final <= 0:
+        return start
+    first, last = int(config["march_start"]), int(config["epochs"]) - 1
+    t = 1.0 if last <= first else min(1.0, max(0.0, (epoch - first) / (last - first)))
+    return start + t * (radius(final) - start)
 
 
 class CryoAI(AmortizedPoseModel):
@@ -50,10 +69,11 @@ class CryoAI(AmortizedPoseModel):
 
     def __init__(self, box_size: int, pixel_size: float, config: dict):
         super().__init__(box_size, pixel_size, config)
-        # the loss band: frequencies |k| < D·apix/res px (loss_resolution Å; 0 = up to Nyquist)
-        res = float(config["loss_resolution"])
-        self.band_resolution = res if res > 2 * pixel_size else 0.0
-        self.lattice = SliceLattice(box_size, radius=box_size * pixel_size / res if self.band_resolution else None)
+        self.config = config
+        # the loss band: frequencies |k| < radius px (band_radius); a buffer, so a resumed run has its band
+        self.register_buffer("band", torch.tensor(band_radius(config, box_size, pixel_size, 0), dtype=torch.float64))
+        self.lattice = SliceLattice(box_size, radius=float(self.band))
+        self._lattice_band = float(self.band)
         self.field = NeuralField(box_size, 0, int(config["dec_layers"]), int(config["dec_dim"]), config["pe"],
                                  int(config["pe_dim"]) or None, float(config["feat_sigma"]), "fourier",
                                  seed=int(config["seed"]))
@@ -65,7 +85,14 @@ class CryoAI(AmortizedPoseModel):
         self.norm.fill_(float(value) * self.field.box_size)
         self.field.output_scale.fill_(float(self.norm))
 
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        """The engine's hook: the band of this epoch (frequency marching)."""
+        self.band.fill_(band_radius(self.config, self.field.box_size, self.pixel_size, epoch))
+
     def image_errors(self, images, rotations, shifts, ctf) -> torch.Tensor:
+        if self._lattice_band != float(self.band):  # a new band (marching, or a resumed state)
+            self.lattice = SliceLattice(self.field.box_size, radius=float(self.band))
+            self._lattice_band = float(self.band)
         lat = self.lattice
         if lat.pixels.device != images.device:
             lat.to(images.device)
@@ -77,8 +104,10 @@ class CryoAI(AmortizedPoseModel):
 
     def render_map(self) -> torch.Tensor:
         vol = self.field.render()[0]
-        if self.band_resolution:  # the field was never trained beyond the loss band: keep the band only
-            vol = lowpass_volume(vol, self.band_resolution, self.pixel_size)
+        d, band = self.field.box_size, float(self.band)
+        if band < d / 2:  # the field was never trained beyond the loss band: a low-pass whose edge ends there
+            edge = min(2.0, band / 2)
+            vol = lowpass_volume(vol, d * self.pixel_size / (band - edge), self.pixel_size, width_shells=edge)
         return vol
 
 

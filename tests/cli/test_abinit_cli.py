@@ -108,7 +108,7 @@ def test_abinit_hands_over_to_refinement(data, tmp_path, monkeypatch):
     gains the refined map, half maps, the FSC plot and the refinement's own folder; metrics carry the
     half-map resolution; particles.star holds the refinement's poses (read back, one per particle).
     The start handed over is the ab initio map written, centred on its centre of mass, and
-    --handover-lowpass reaches the refinement's initial low-pass."""
+    --handover-lowpass reaches the refinement's initial low-pass, --relax-sym its relax_symmetry."""
     from cryolens.imaging import center_volume
     from cryolens.inference import autorefine
 
@@ -116,7 +116,7 @@ def test_abinit_hands_over_to_refinement(data, tmp_path, monkeypatch):
     real = autorefine.auto_refine
 
     def spy(particles, start, config, **kw):
-        seen.update(start=start.clone(), lowpass=config.initial_lowpass)
+        seen.update(start=start.clone(), lowpass=config.initial_lowpass, relax=config.relax_symmetry)
         return real(particles, start, config=config, **kw)
 
     monkeypatch.setattr(autorefine, "auto_refine", spy)
@@ -124,8 +124,8 @@ def test_abinit_hands_over_to_refinement(data, tmp_path, monkeypatch):
     out = tmp_path / "ref"
     args = [a for a in ARGS if a != "--no-refine"]
     assert main(["abinit", str(star), "--out", str(out), *args, "--refine-max-iterations", "1",
-                 "--handover-lowpass", "12"]) == 0
-    assert seen["lowpass"] == 12.0
+                 "--handover-lowpass", "12", "--relax-sym", "C2"]) == 0
+    assert seen["lowpass"] == 12.0 and seen["relax"] == "C2"
     abinit_map = torch.from_numpy(np.ascontiguousarray(read_volume(out / "abinit_class_001.mrc")[0])).float()
     torch.testing.assert_close(seen["start"], center_volume(abinit_map)[0], rtol=0, atol=1e-5)
     for name in ("map.mrc", "half1.mrc", "half2.mrc", "fsc.png", "refine/checkpoint.pt", "abinit_class_001.mrc"):

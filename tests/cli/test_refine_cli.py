@@ -76,7 +76,8 @@ def test_relion_reconstructs_the_final_star(small, refined, tmp_path):
 
 def test_resume_continues_and_bad_input(small, tmp_path, capsys):
     """--resume continues a run to a higher iteration cap; resuming with other options, without a
-    checkpoint, or with a missing initial map is a one-line error with exit code 2."""
+    checkpoint, with a missing initial map or with a non-cyclic --relax-sym is a one-line error with
+    exit code 2."""
     star, init, _ = small
     out = tmp_path / "run"
     assert main(_args(star, init, out, "--max-iterations", "1")) == 0
@@ -89,6 +90,8 @@ def test_resume_continues_and_bad_input(small, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["refine", str(star), "--init-map", str(tmp_path / "missing.mrc"), "--out", str(tmp_path / "x")]) == 2
     assert "initial map not found" in capsys.readouterr().err
+    assert main(_args(star, init, tmp_path / "sym", "--relax-sym", "D2")) == 2
+    assert "only cyclic groups" in capsys.readouterr().err
 
 
 def test_modal_recipe_is_registered_and_runs(small, tmp_path):

@@ -35,6 +35,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="Å: low-pass of the ab initio map that starts refinement / classification (default 30, "
                         "cryoSPARC's; 12 = the ab initio's final resolution)")
     p.add_argument("--refine-max-iterations", type=int, default=30, help="cap on refinement iterations (30)")
+    p.add_argument("--relax-sym", metavar="Cn", default="C1",
+                   help="refinement: pseudo-symmetry (C2, ...) whose mates the local searches also visit (axis "
+                        "found on the ab initio map; RELION 4's --relax_sym); default C1, none")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
                             "final_resolution": args.final_resolution, "grid_level": args.grid_level,
                             "max_shift": args.max_shift, "refine": not args.no_refine, "resume": args.resume,
                             "handover_lowpass": args.handover_lowpass,
-                            "refine_options": {"max_iterations": args.refine_max_iterations}})
+                            "refine_options": {"max_iterations": args.refine_max_iterations,
+                                               "relax_symmetry": args.relax_sym}})
     run = RunFolder(args.out)
     run.write_config("abinit", {k: v for k, v in vars(args).items() if not k.startswith("_")})
     out = recipe.fit(particles, Known(poses=False, ctf=True), run, config, device, not args.quiet)

@@ -30,6 +30,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=RECIPES, default="relion-refine3d")
     p.add_argument("--lowpass", type=float, help="initial low-pass in Å (recipe default: 60 RELION, 30 cryoSPARC)")
     p.add_argument("--max-iterations", type=int, help="cap on iterations (default 30)")
+    p.add_argument("--relax-sym", metavar="Cn", help="pseudo-symmetry (C2, C3, ...): local searches also visit "
+                   "each pose's symmetry mates; the axis is found on the initial map (RELION 4's --relax_sym)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe option, e.g. --set healpix_order=3 --set max_order=4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
@@ -60,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
         overrides["lowpass"] = args.lowpass
     if args.max_iterations is not None:
         overrides["max_iterations"] = args.max_iterations
+    if args.relax_sym:
+        overrides["relax_symmetry"] = args.relax_sym
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in recipe.defaults:

@@ -36,6 +36,13 @@ every shell beyond 18 Å between the MAP halves, 0.0 between the unfiltered ones
 of the images at their MAP pose under the E-step reference (RELION uses the posterior-weighted mean;
 they agree once the posteriors are sharp).
 
+**Symmetry relaxation** (``relax_symmetry = "Cn"``, RELION 4's ``--relax_sym``): for a pseudo-symmetric
+particle the local searches are centred on the previous pose *and* on each of its mates ``G R`` under
+the group (:mod:`cryolens.imaging.symmetry`), with the Gaussian prior on the angle to the nearest centre,
+so that an image whose previous pose sat on the wrong mate can move to the right one when the map tells
+them apart. The group's axis is found on the initial map (:func:`~cryolens.imaging.symmetry.symmetry_axis`:
+the map should be centred); no map is ever symmetrized. Global searches see every mate anyway.
+
 **Schedule** (RELION's auto-refine, simplified): the resolution (half-map FSC = 0.143) sets ``k_max``
 of the next E-step. When an iteration gains less than ``min_gain_shells`` of resolution and the median
 pose change is below ``2 ×`` the finest angular step, the search is *stalled*: the grid level ``order``
@@ -70,6 +77,7 @@ from ..imaging.rotations import geodesic_distance, weighted_mean_rotation
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft, sampling_volume
 from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
+from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
@@ -109,7 +117,8 @@ class RefineConfig:
     references are the MAP halves with the solvent outside a sphere of ``particle_diameter`` flattened
     to its mean through a ``mask_edge``-px cosine edge (RELION's ``--flatten_solvent``,
     ``--width_mask_edge``; the noise of the empty box no longer enters the likelihood). The reported
-    FSC and the half maps written are unmasked.
+    FSC and the half maps written are unmasked. relax_symmetry: ``"C1"`` (none) or a cyclic group
+    ``"Cn"`` whose mates the local searches also visit (module docstring; RELION 4 ``--relax_sym``).
     """
 
     pose_inference: str = "posterior"
@@ -136,12 +145,14 @@ class RefineConfig:
     pose_estimate: str = "map"
     flatten_solvent: bool = True
     mask_edge: float = 5.0
+    relax_symmetry: str = "C1"
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):
             raise ValueError(f"pose_estimate must be 'map' or 'mean', got {self.pose_estimate!r}")
         if self.pose_inference not in ("posterior", "modal"):
             raise ValueError(f"pose_inference must be 'posterior' or 'modal', got {self.pose_inference!r}")
+        cyclic_order(self.relax_symmetry)  # a clear error for anything but Cn
         if not 0 <= self.healpix_order <= self.max_order:
             raise ValueError(f"need 0 <= healpix_order <= max_order, got {self.healpix_order}, {self.max_order}")
 
@@ -160,7 +171,8 @@ class RefineResult:
     (RELION's ``_unfil``). fsc: ``(D//2+1,)`` their gold-standard FSC; resolution: its 0.143 crossing (Å).
     rotations: ``(N, 3, 3)`` MAP rotations (image → volume frame); shifts: ``(N, 2)`` px (particle centre
     relative to the image centre). half: ``(N,)`` int 0/1 half-set. history: one dict per iteration.
-    converged: whether the schedule converged (else ``max_iterations`` ended it).
+    converged: whether the schedule converged (else ``max_iterations`` ended it). relax_axis: the
+    pseudo-symmetry axis ``(3,)`` ``(x, y, z)`` found on the initial map when ``relax_symmetry`` is ``Cn``.
     """
 
     volume: torch.Tensor
@@ -174,6 +186,7 @@ class RefineResult:
     pixel_size: float
     converged: bool
     sigma2: tuple[torch.Tensor, torch.Tensor] = field(default=None)
+    relax_axis: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +311,7 @@ class _Stage:
     size: int = 0
     pixel_size: float = 1.0
     diameter: float = 0.0  # Å; 0: no coarse passes at lower frequency
+    mates: torch.Tensor | None = None  # (S, 3, 3) symmetry relaxation: local searches also about G R
 
     def k_at(self, level: int, last: bool) -> int:
         """Shell limit of a pass at grid ``level``: ``k_max`` for the last pass, RELION's coarse size
@@ -352,7 +366,13 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
         rot_idx, t_idx = torch.div(top_i, t, rounding_mode="floor"), top_i % t
         prior = torch.zeros_like(top_v)
     else:
-        bat, idx = local_grid(prev_rot, level, stage.local_range)
+        centres = prev_rot[None].to(rdt)  # (C, B, 3, 3): the previous pose and its mates
+        if stage.mates is not None:
+            centres = torch.cat([centres, stage.mates.to(dev, rdt)[:, None] @ centres])
+        bat, idx = local_grid(centres.reshape(-1, 3, 3), level, stage.local_range)
+        if stage.mates is not None:  # back to images; neighbourhoods of two centres may overlap
+            key = torch.unique((bat % b) * grid_size(level) + idx)
+            bat, idx = torch.div(key, grid_size(level), rounding_mode="floor"), key % grid_size(level)
         counts = torch.bincount(bat, minlength=b)
         kmax = max(1, int(counts.max()))
         pos = torch.arange(bat.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
@@ -363,7 +383,7 @@ def _first_pass(y, c, s2, ref: _Reference, stage: _Stage, prev_rot, prev_shift, 
         vals = ref.values(rots.reshape(-1, 3, 3), k).reshape(b, kmax, -1)
         ll = log_likelihood_table(terms, vals, on_pixels=True)  # (B, T, K)
         sigma = stage.local_range / cfg.local_range
-        ang = geodesic_distance(prev_rot[:, None].to(rdt), rots)  # (B, K)
+        ang = torch.stack([geodesic_distance(cen[:, None], rots) for cen in centres]).min(0).values  # (B, K)
         lp = torch.where(valid, -0.5 * (ang / sigma) ** 2, torch.full_like(ang, -math.inf))
         ll = (ll + lp[:, None, :]).reshape(b, -1)
         lse = torch.logsumexp(ll, 1)
@@ -584,6 +604,7 @@ def _iteration(particles: Particles, state: dict, cfg: RefineConfig, dev, progre
     size, px = particles.box_size, particles.pixel_size
     nsh = size // 2 + 1
     stage = _stage(state["order"], state["k_max"], state["refinements"], cfg, size, px)
+    stage.mates = state.get("relax_ops")
     half = state["half"].cpu().numpy()
     rotations, shifts = state["rotations"].clone(), state["shifts"].clone()
     change = torch.full((len(particles),), float("nan"), dtype=torch.float64)
@@ -688,6 +709,12 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
         raise InputError(f"{particles.name}: every particle is in one half-set (rlnRandomSubset); need both")
     sigma2 = [initial_noise_spectrum(particles, np.nonzero(half.numpy() == h)[0], device=dev).cpu() for h in (0, 1)]
     start_res = float(cfg.initial_lowpass) if cfg.initial_lowpass else 2 * px * 4
+    n_sym = cyclic_order(cfg.relax_symmetry)
+    relax = {}
+    if n_sym > 1:  # the pseudo-symmetry axis, in the initial map's frame
+        axis, score = symmetry_axis(vol.cpu(), n_sym)
+        relax = {"relax_ops": cyclic_operators(n_sym, axis).float(), "relax_axis": axis.float(),
+                 "relax_axis_score": score}
     shell = _shell_of(start_res, size, px)
     n = len(particles)
     return {"iteration": 0, "volumes": [vol.cpu(), vol.clone().cpu()], "full": vol.cpu(), "sigma2": sigma2,
@@ -695,7 +722,7 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
             "order": cfg.healpix_order, "refinements": 0, "no_gain": 0, "best_shell": shell,
             "k_max": int(min(size // 2, math.floor(shell) + cfg.incr_size)), "converged": False,
             "fsc": torch.zeros(size // 2 + 1, dtype=torch.float64), "resolution": float("inf"), "history": [],
-            "config": asdict(cfg), "elapsed_s": 0.0}
+            "config": asdict(cfg), "elapsed_s": 0.0, **relax}
 
 
 def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: RefineConfig | None = None,
@@ -742,4 +769,5 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
                         fsc=state["fsc"].numpy(), resolution=float(state["resolution"]),
                         rotations=state["rotations"].float(), shifts=state["shifts"].float(),
                         half=state["half"].numpy(), history=state["history"], pixel_size=particles.pixel_size,
-                        converged=bool(state["converged"]), sigma2=(state["sigma2"][0], state["sigma2"][1]))
+                        converged=bool(state["converged"]), sigma2=(state["sigma2"][0], state["sigma2"][1]),
+                        relax_axis=state.get("relax_axis"))

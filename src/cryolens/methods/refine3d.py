@@ -22,6 +22,11 @@ MAP back-projection. cryoSPARC's default initial low-pass is 30 Å; its branch-a
 on unexplored regions, here the keep-top-K heuristic of cryoDRGN2 (see ``pose_search`` for its
 measured miss rate).
 
+**Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (CLI ``--relax-sym Cn``; RELION 4's ``--relax_sym``): the
+local searches also visit each pose's mates under ``Cn`` about the axis found on the initial map, so
+images can leave the wrong mate of a near-symmetric particle (a homodimer); the maps stay unsymmetrized.
+The modal recipe searches globally at every iteration, which visits the mates anyway.
+
 **Initial map.** ``config["init_map"]``: a path to an ``.mrc`` or a ``(D, D, D)`` tensor. Without one,
 the recipe runs the ``cryosparc-abinit`` recipe when it is registered and uses its map; otherwise it
 starts from a soft sphere of a quarter of the box (no orientation information: refinement from it
@@ -46,7 +51,7 @@ log = logging.getLogger(__name__)
 RELION_DEFAULTS = {"init_map": None, "lowpass": 60.0, "pose_inference": "posterior", "healpix_order": 2,
                    "local_order": 4, "max_order": 5, "offset_range": 5.0, "offset_step": 2.0, "tau2_fudge": 1.0,
                    "incr_size": 10, "mass": 0.999, "max_coarse": 16, "max_significant": 48, "max_iterations": 30,
-                   "pad": 2, "batch_size": 64, "seed": 0, "resume": False}
+                   "pad": 2, "batch_size": 64, "seed": 0, "resume": False, "relax_symmetry": "C1"}
 CRYOSPARC_DEFAULTS = {**RELION_DEFAULTS, "lowpass": 30.0, "pose_inference": "modal", "keep": 8}
 
 

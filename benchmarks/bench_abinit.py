@@ -14,7 +14,7 @@ peak: an ab initio map's origin is free) and its FSC-vs-GT 0.5 resolution, besid
 (`methods.backprojection.backproject` with the true poses) on the same images.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_abinit.py --n 5000 --seeds 0 1 2 3 4 [--refine] \
-      [--iterations 300] [--select A] [--json out.json] [--out maps/]
+      [--iterations 300] [--select A] [--json out.json] [--out maps/] [--relax-sym C2] [--per-iteration]
 """
 
 from __future__ import annotations
@@ -99,6 +99,24 @@ def save(folder: str | None, stem: str, volume: torch.Tensor, rotations, pixel_s
     np.save(Path(folder) / f"{stem}_rotations.npy", torch.as_tensor(rotations).float().cpu().numpy())
 
 
+def per_iteration(run, history: list[dict], gt: dict, truth: torch.Tensor, pixel_size: float,
+                  pseudo_c2: bool) -> list[dict]:
+    """Each refinement iteration's elapsed time (s, refinement only), half-map resolution and the
+    :func:`evaluate` of the mean of its two half maps with its poses (from ``run``'s per-iteration files)."""
+    from cryolens.io.mrc import read_volume
+    from cryolens.io.star import read_star
+
+    out = []
+    for h in history:
+        it = h["iteration"]
+        halves = [np.asarray(read_volume(run.path(f"iter{it:03d}_half{k}.mrc"))[0], dtype=np.float32) for k in (1, 2)]
+        rot = read_star(run.path(f"iter{it:03d}_particles.star")).rotations
+        ev = evaluate(torch.from_numpy(0.5 * (halves[0] + halves[1])), rot, gt, truth, pixel_size, pseudo_c2)
+        out.append({"iteration": it, "elapsed_s": h.get("elapsed_s"), "halfmap_0143_A": h["resolution_A"],
+                    **{k: v for k, v in ev.items() if k not in ("fsc_vs_gt", "frame")}})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
@@ -111,6 +129,9 @@ def main() -> None:
                     help="Å: low-pass of the ab initio map that starts the refinement (the recipe's 30)")
     ap.add_argument("--relax-sym", default="C1",
                     help="refinement's relax_symmetry (C2: local searches also visit the pseudo 2-fold mates)")
+    ap.add_argument("--per-iteration", action="store_true",
+                    help="keep the refinement's run folder under --out and score every iteration's map against the "
+                         "truth with its elapsed time (time to a given resolution)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     ap.add_argument("--select", help="simulate only these atoms of 4E43 (A: one monomer, no pseudo 2-fold)")
@@ -178,15 +199,22 @@ def main() -> None:
             # the recipe's hand-over centres the map (the truth is centred already)
             start = center_volume(vol)[0] if args.centre and not args.from_truth else vol
             lowpass = 20.0 if args.from_truth else args.handover_lowpass
+            run = None
+            if args.per_iteration:
+                from cryolens.io.runfolder import RunFolder
+
+                run = RunFolder(Path(args.out or ".") / f"seed{seed}_refine_run")
             res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0, initial_lowpass=lowpass,
                                                               max_iterations=args.refine_max_iterations,
                                                               relax_symmetry=args.relax_sym),
-                              progress=False)
+                              run=run, progress=False)
             row["refine_wall_s"] = time.perf_counter() - t0
             row["refine"] = evaluate(res.volume, res.rotations, gt, truth, px, pseudo_c2=not args.select)
             save(args.out, f"seed{seed}_refine", res.volume, res.rotations, px)
             row["refine"]["halfmap_resolution_A"] = res.resolution
             row["refine"]["iterations"] = len(res.history)
+            if run is not None:
+                row["refine"]["per_iteration"] = per_iteration(run, res.history, gt, truth, px, not args.select)
             if res.relax_axis is not None:
                 row["refine"]["relax_axis_xyz"] = res.relax_axis.tolist()
             r = row["refine"]

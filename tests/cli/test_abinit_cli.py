@@ -132,5 +132,6 @@ def test_abinit_hands_over_to_refinement(data, tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["refine_iterations"] == 1 and metrics["resolution_halfmap_0143_A"] > 0
+    assert len(metrics["relax_symmetry_axis_xyz"]) == 3
     back = read_star(out / "particles.star")
     assert len(back) == 150 and back.rotations is not None

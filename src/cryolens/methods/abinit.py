@@ -144,6 +144,8 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
                      "refinement: resolution per iteration", "Å")
         metrics.update(resolution_halfmap_0143_A=res.resolution, fsc_halfmaps=np.asarray(res.fsc).tolist(),
                        refine_iterations=len(res.history), refine_converged=res.converged)
+        if res.relax_axis is not None:
+            metrics["relax_symmetry_axis_xyz"] = [float(x) for x in res.relax_axis]
     else:
         from .class3d import classify, write_outputs
 

@@ -113,6 +113,8 @@ def write_outputs(result: RefineResult, particles: Particles, run, reference: to
                "final_angular_step_deg": result.history[-1]["angular_step_deg"] if result.history else None,
                "wall_time_s": result.history[-1].get("elapsed_s") if result.history else None,
                "history": [{k: v for k, v in h.items() if k != "fsc"} for h in result.history]}
+    if result.relax_axis is not None:  # relax_symmetry: the pseudo-symmetry axis found on the start map
+        metrics["relax_symmetry_axis_xyz"] = [float(x) for x in result.relax_axis]
     metrics.update(extra_metrics or {})
     curves = {"half maps": np.asarray(result.fsc)}
     sections = {"map": result.volume.numpy()}

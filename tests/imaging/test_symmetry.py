@@ -37,8 +37,8 @@ def test_cyclic_group_names_and_operators():
 @pytest.mark.parametrize("n", [2, 3])
 def test_axis_of_an_exactly_symmetric_map(n):
     """Six random Gaussian blobs and their images under Cn about a random axis through D//2 (D = 32):
-    the axis found is within 0.5° of the true one, with a score near 1; a random other axis scores
-    far lower."""
+    the axis found is within 0.5° of the true one, with a score near 1; an axis perpendicular to it
+    scores far lower."""
     g = torch.Generator().manual_seed(n)
     u = torch.randn(3, generator=g, dtype=torch.float64)
     u = u / u.norm()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .grids import coord_grid_3d
 from .rotations import rotvec_to_matrix
 
 
@@ -67,9 +68,7 @@ def _rotated(volume: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``(K, D, D, D)``: ``V(G_kᵀ x)`` for ``g (K, 3, 3)``, trilinear, about ``D//2``, zero outside."""
     d = volume.shape[-1]
     c = d // 2
-    r = torch.arange(d, device=volume.device, dtype=volume.dtype) - c
-    z, y, x = torch.meshgrid(r, r, r, indexing="ij")
-    pts = torch.stack([x, y, z], -1).reshape(-1, 3)  # (D³, 3) (x, y, z)
+    pts = coord_grid_3d(d, volume.device, volume.dtype).reshape(-1, 3)  # (D³, 3) (x, y, z) from D//2
     src = torch.einsum("kji,pj->kpi", g.to(volume.dtype), pts) + c  # Gᵀ x, in voxel indices
     grid = (2 * src / (d - 1) - 1).reshape(-1, d, d, d, 3)  # grid_sample's (x, y, z), align_corners=True
     vol = volume[None, None].expand(g.shape[0], 1, d, d, d)
@@ -82,9 +81,7 @@ def symmetry_scores(volume: torch.Tensor, n: int, axes: torch.Tensor, chunk: int
     about ``D//2`` (1 for an exactly symmetric map, up to interpolation)."""
     d = volume.shape[-1]
     v = volume.detach().to(torch.float32)
-    r = torch.arange(d, device=v.device, dtype=v.dtype) - d // 2
-    z, y, x = torch.meshgrid(r, r, r, indexing="ij")
-    inside = (x * x + y * y + z * z) <= (d / 2 - 1) ** 2
+    inside = coord_grid_3d(d, v.device, v.dtype).norm(dim=-1) <= d / 2 - 1
     a = v[inside] - v[inside].mean()
     out = []
     for s in range(0, axes.shape[0], chunk):

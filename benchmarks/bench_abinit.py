@@ -190,24 +190,21 @@ def main() -> None:
         print(f"seed {seed}: ab initio {t_ab:.0f} s, median error {row['abinit']['median_rot_err_deg']:.2f}°, "
               f"{row['abinit']['resolution_vs_gt_05_A']:.2f} Å (mirrored {row['abinit']['mirrored']})", flush=True)
         if args.refine:
-            from cryolens.inference.autorefine import RefineConfig, auto_refine
+            from cryolens.methods.abinit import DEFAULTS, refine_handover
 
             t0 = time.perf_counter()
-            # as the cryosparc-abinit recipe hands over: its ab initio map low-passed to 30 Å (--handover-lowpass)
-            from cryolens.imaging.shift import center_volume
-
-            # the recipe's hand-over centres the map (the truth is centred already)
-            start = center_volume(vol)[0] if args.centre and not args.from_truth else vol
-            lowpass = 20.0 if args.from_truth else args.handover_lowpass
             run = None
             if args.per_iteration:
                 from cryolens.io.runfolder import RunFolder
 
                 run = RunFolder(Path(args.out or ".") / f"seed{seed}_refine_run")
-            res = auto_refine(blind, start, config=RefineConfig(seed=seed, offset_range=3.0, initial_lowpass=lowpass,
-                                                              max_iterations=args.refine_max_iterations,
-                                                              relax_symmetry=args.relax_sym),
-                              run=run, progress=False)
+            # the cryosparc-abinit recipe's own hand-over (centred, low-passed to --handover-lowpass); the
+            # control starts from the truth (centred already) low-passed to 20 Å
+            cfg = {**DEFAULTS, "seed": seed, "max_shift": 3.0,
+                   "handover_lowpass": 20.0 if args.from_truth else args.handover_lowpass,
+                   "refine_options": {"max_iterations": args.refine_max_iterations,
+                                      "relax_symmetry": args.relax_sym}}
+            res, _ = refine_handover(blind, vol, cfg, run, centre=args.centre and not args.from_truth)
             row["refine_wall_s"] = time.perf_counter() - t0
             row["refine"] = evaluate(res.volume, res.rotations, gt, truth, px, pseudo_c2=not args.select)
             save(args.out, f"seed{seed}_refine", res.volume, res.rotations, px)

@@ -19,7 +19,8 @@ Phases (each writes its JSON under the run folder; `--phase all` runs them in or
             --particle_diameter 80 --flatten_solvent --zero_mask --low_resol_join_halves 40 --pad 2 --firstiter_cc
             --j 1` (RELION 3.1 GUI defaults otherwise; the half-set split needs the MPI build: a master and
             one worker per half, i.e. THREADS busy cores), same measurements on its run_data.star and
-            run_class001.mrc.
+            run_class001.mrc. With `--resume` it continues a stopped run (`relion_refine_mpi --continue`
+            on the last run_itNNN_optimiser.star); the finished iterations' time comes from their files.
 
   .venv/bin/python benchmarks/bench_refine.py --phase all --n 2000 --threads 2 --out benchmarks/_data/refine_n2000
 """
@@ -152,7 +153,18 @@ def evaluate_checkpoint(out: Path, n: int) -> dict:
     return out_d
 
 
-def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
+def _relion_iteration_times(rdir: Path) -> list[tuple[int, float, float]]:
+    """(iteration, seconds since iteration 0 was written, half-map resolution Å) from RELION's model files."""
+    rows = []
+    for f in sorted(rdir.glob("run_it*_half1_model.star")):
+        it = int(f.name[len("run_it"):len("run_it") + 3])
+        cur = [ln.split()[1] for ln in f.read_text().splitlines() if ln.startswith("_rlnCurrentResolution")]
+        rows.append((it, f.stat().st_mtime, float(cur[0]) if cur else float("inf")))
+    t0 = rows[0][1] if rows else 0.0
+    return [(it, t - t0, res) for it, t, res in rows]
+
+
+def run_relion(out: Path, n: int, threads: int, timeout: float, resume: bool = False) -> dict:
     from cryolens.io.mrc import read_volume
     from cryolens.io.star import read_star
 
@@ -171,15 +183,24 @@ def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
             "--dont_combine_weights_via_disc", "--pool", "3", "--j", "1",
             # the start map is not on RELION's grey scale (GUI: "Ref. map is on absolute greyscale? No")
             "--firstiter_cc"]
+    before_s = 0.0
+    if resume:  # continue from the last finished iteration (RELION's own --continue), same root name
+        last = sorted(rdir.glob("run_it*_optimiser.star"))
+        if not last:
+            raise SystemExit(f"--resume: no run_it*_optimiser.star in {rdir}")
+        before_s = _relion_iteration_times(rdir)[-1][1]  # wall of the finished iterations (file stamps)
+        args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(threads + 1), "relion_refine_mpi",
+                "--continue", str(last[-1]), "--o", str(rdir / "run"), "--dont_combine_weights_via_disc",
+                "--pool", "3", "--j", "1"]
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), _cpu()
     timed_out = False
-    with open(rdir / "relion_refine.log", "w") as log:
+    with open(rdir / ("relion_continue.log" if resume else "relion_refine.log"), "a" if resume else "w") as log:
         try:
             proc = subprocess.run(args, cwd=ds, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    wall, cpu = time.perf_counter() - t0 + before_s, _cpu() - c0
     iters = sorted(rdir.glob("run_it*_half1_model.star"))
     if timed_out:  # what it had reached: the last finished iteration
         last = iters[-1] if iters else None
@@ -187,7 +208,8 @@ def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
             if last else []
         out_d = {"program": "relion_refine 3.1 --auto_refine", "threads": threads, "command": " ".join(args),
                  "timed_out_after_s": wall, "cpu_s": cpu, "iterations_finished": len(iters),
-                 "last_iteration_resolution_A": float(cur[0]) if cur else None}
+                 "last_iteration_resolution_A": float(cur[0]) if cur else None,
+                 "continued_after_s": before_s, "iteration_times": _relion_iteration_times(rdir)}
         (out / "relion.json").write_text(json.dumps(out_d, indent=1))
         return out_d
     if proc.returncode != 0:
@@ -204,6 +226,7 @@ def run_relion(out: Path, n: int, threads: int, timeout: float) -> dict:
     cur = [ln.split()[1] for ln in model.splitlines() if ln.startswith("_rlnCurrentResolution")]
     out_d = {"program": "relion_refine 3.1 --auto_refine", "threads": threads, "command": " ".join(args),
              "wall_s": wall, "cpu_s": cpu, "load_before": load0, "load_after": os.getloadavg()[0],
+             "continued_after_s": before_s, "iteration_times": _relion_iteration_times(rdir),
              "iterations": len(iters), "halfmap_0143_A": float(cur[0]) if cur else None, **ev}
     (out / "relion.json").write_text(json.dumps(out_d, indent=1))
     return out_d
@@ -215,7 +238,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-iterations", type=int, default=30)
-    ap.add_argument("--resume", action="store_true", help="cryolens phase: continue from its checkpoint")
+    ap.add_argument("--resume", action="store_true",
+                    help="cryolens phase: continue from its checkpoint; relion phase: --continue from the last "
+                         "finished iteration (wall time = finished iterations' file stamps + the continuation)")
     ap.add_argument("--relion-timeout", type=float, default=6 * 3600)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -229,7 +254,7 @@ def main() -> None:
         r = evaluate_checkpoint(out, a.n)
         print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))
     if a.phase in ("relion", "all"):
-        r = run_relion(out, a.n, a.threads, a.relion_timeout)
+        r = run_relion(out, a.n, a.threads, a.relion_timeout, a.resume)
         print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))
 
 

@@ -72,6 +72,21 @@ def run_ab_initio(particles: Particles, cfg: dict, run: RunFolder | None, init_v
     return ab
 
 
+def refine_handover(particles: Particles, volume: torch.Tensor, cfg: dict, run: RunFolder | None = None,
+                    device=None, progress: bool = False, resume: bool = False, centre: bool = True):
+    """Step 2 for K = 1 (module docstring): ``volume (D, D, D)`` centred on its centre of mass (unless
+    ``centre`` is False), then auto-refinement from it low-passed to ``cfg["handover_lowpass"]`` Å with
+    ``offset_range = cfg["max_shift"]`` px and ``cfg["refine_options"]``. Returns the
+    :class:`~cryolens.inference.autorefine.RefineResult` and the centring shift (voxels, z y x)."""
+    from ..inference.autorefine import RefineConfig, auto_refine
+
+    rcfg = RefineConfig.from_dict({"seed": cfg["seed"], "offset_range": cfg["max_shift"],
+                                   "initial_lowpass": float(cfg["handover_lowpass"]), **dict(cfg["refine_options"])})
+    start, moved = center_volume(volume) if centre else (volume, np.zeros(3))
+    res = auto_refine(particles, start, config=rcfg, run=run, device=device, progress=progress, resume=resume)
+    return res, np.asarray(moved)
+
+
 def _write_abinit(ab: AbInitio, run: RunFolder) -> torch.Tensor:
     from ..analysis.class_plots import plot_class_populations, plot_history
     from ..io.mrc import write_volume
@@ -122,17 +137,12 @@ def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, 
         out.volume = vols[0] if k == 1 else None
     elif k == 1:
         from ..analysis.plots import plot_fsc
-        from ..inference.autorefine import RefineConfig, auto_refine
         from ..io.mrc import write_volume
 
         sub = RunFolder(run.path("refine"))
-        rcfg = RefineConfig.from_dict({"seed": cfg["seed"], "offset_range": cfg["max_shift"],
-                                       "initial_lowpass": float(cfg["handover_lowpass"]),
-                                       **dict(cfg["refine_options"])})
-        start, moved = center_volume(vols[0])
+        res, moved = refine_handover(particles, vols[0], cfg, sub, device, progress,
+                                     resume=resume and sub.path("checkpoint.pt").is_file())
         metrics["handover_centring_shift_voxels_zyx"] = moved.tolist()
-        res = auto_refine(particles, start, config=rcfg, run=sub, device=device, progress=progress,
-                          resume=resume and sub.path("checkpoint.pt").is_file())
         out.volume, out.half_maps = res.volume, res.half_maps
         out.rotations, out.shifts = res.rotations, res.shifts
         write_volume(run.path("map.mrc"), res.volume.numpy(), px)

@@ -386,6 +386,22 @@ def test_flatten_solvent_against_a_numpy_loop():
     assert np.array_equal(got[r <= radius], v[r <= radius])
 
 
+def test_shell_filter_volume_scales_each_plane_wave_by_its_shell_weight():
+    """Plane waves at |k| = 3 (x), 12 (y), 7 (z) and 5 (the (3, 4, 0) diagonal) cycles per box: each comes out
+    multiplied by the weight of its own shell, to float64 precision; a wrong number of weights is refused."""
+    from cryolens.imaging import shell_filter_volume
+
+    d = 32
+    z, y, x = torch.meshgrid(*(torch.arange(d, dtype=torch.float64),) * 3, indexing="ij")
+    waves = {3: torch.cos(2 * math.pi * 3 * x / d + 0.4), 12: 0.8 * torch.sin(2 * math.pi * 12 * y / d),
+             7: torch.cos(2 * math.pi * 7 * z / d), 5: torch.cos(2 * math.pi * (3 * x + 4 * y) / d - 1.1)}
+    w = torch.linspace(1.0, -0.6, d // 2 + 1, dtype=torch.float64) ** 2
+    got = shell_filter_volume(sum(waves.values()), w)
+    torch.testing.assert_close(got, sum(float(w[k]) * v for k, v in waves.items()), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="17 shell weights"):
+        shell_filter_volume(waves[3], w[:-1])
+
+
 def test_lowpass_volume_keeps_plane_waves_inside_the_band_and_removes_those_beyond():
     """Three plane waves: along x at 3 cycles per box (inside a 6-shell cut), along y at 12 (beyond the cut
     plus its 2-shell edge) and along z at 7 (on the raised cosine, half-way: factor ½). The low-pass is

@@ -105,6 +105,60 @@ def test_pose_refinement_reports_both_errors(tmp_path):
         assert (tmp_path / "run" / "refined" / f).is_file(), f
 
 
+def test_gold_standard_rounds_search_each_half_against_its_own_weighted_half_map(tmp_path, monkeypatch):
+    """refine_rounds=2: round 1 searches every image against the trained map; round 2 searches the images of
+    half-set h only (the back-projection's split) against the half map h of the images back-projected with
+    round 1's poses, recomputed here: weighted per shell by sqrt(2 FSC / (1 + FSC)) of the halves' FSC and
+    solvent-flattened outside 0.4 D, one level finer. The poses written lie on that finer grid; both rounds'
+    errors are in the metrics."""
+    import dataclasses
+
+    import cryolens.methods.amortized_pose as ap
+    from cryolens.imaging import flatten_solvent, shell_filter_volume, so3_grid
+    from cryolens.imaging.rotations import geodesic_distance
+    from cryolens.inference.reconstruct import fsc_reference_weight
+    from cryolens.io.particles import half_set_labels
+    from cryolens.methods.backprojection import backproject
+
+    calls, original = [], ap.refine_poses
+
+    def spy(volume, parts, config, device, indices=None, n_levels=None):
+        out = original(volume, parts, config, device, indices, n_levels)
+        calls.append({"reference": volume.clone(), "indices": indices, "levels": n_levels, "poses": out})
+        return out
+
+    monkeypatch.setattr(ap, "refine_poses", spy)
+    particles, _ = blob_dataset(tmp_path, 24, 16)
+    rec = get("cryoai")
+    cfg = rec.config({**RECIPE_SMALL["cryoai"], "epochs": 1, "refine_poses": True, "refine_base_level": 1,
+                      "refine_levels": 1, "refine_keep": 2, "refine_rounds": 2})
+    out = rec.fit(particles, Known(poses=False), RunFolder(tmp_path / "run"), cfg, "cpu", False)
+    assert len(calls) == 3 and calls[0]["indices"] is None and calls[0]["levels"] is None
+    r1, s1 = calls[0]["poses"]
+    bp = backproject(dataclasses.replace(particles, rotations=r1, shifts=s1), seed=int(cfg["seed"]), progress=False)
+    labels = half_set_labels(particles, int(cfg["seed"]))
+    w = fsc_reference_weight(bp.fsc)
+    for h, half in enumerate((bp.half1, bp.half2)):
+        call = calls[1 + h]
+        np.testing.assert_array_equal(call["indices"], np.nonzero(labels == h)[0])
+        assert call["levels"] == 2
+        expected = flatten_solvent(shell_filter_volume(half, w), 0.4 * 16)
+        torch.testing.assert_close(call["reference"], expected, atol=1e-5 * float(expected.abs().max()), rtol=0)
+        torch.testing.assert_close(out.rotations[torch.as_tensor(call["indices"])], call["poses"][0])
+    nearest = geodesic_distance(out.rotations[:, None], so3_grid(3)[None]).min(dim=1).values
+    assert float(nearest.max()) < 1e-3
+    assert {"median_rotation_error_refined_round1_deg", "median_rotation_error_refined_deg",
+            "resolution_halfmap_0143_refined_round1_A"} <= set(out.metrics)
+
+
+def test_fsc_reference_weight_closed_form():
+    """sqrt(2F / (1 + F)): 1 at F = 1, 0 at F ≤ 0, ½ at F = 1/7, 1/√2 at F = 1/3."""
+    from cryolens.inference.reconstruct import fsc_reference_weight
+
+    np.testing.assert_allclose(fsc_reference_weight(np.array([1.0, 0.0, -0.3, 1 / 7, 1 / 3])),
+                               [1.0, 0.0, 0.0, 0.5, 2 ** -0.5], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("symmetrized", [False, True])
 def test_pose_heads_take_the_best_hypothesis_and_train_only_the_winner(tmp_path, symmetrized):
     """pose_heads = 3: each image's error is the smallest of the errors of its three hypotheses, each

@@ -11,7 +11,7 @@ from .forward import forward_fourier, render_images
 from .gaussian import gaussian_projection, gaussian_projection_ft, gaussian_volume
 from .grids import (circular_mask, coord_grid_2d, coord_grid_3d, flatten_solvent, flip_centered, freq_grid_2d,
                     freq_grid_3d, lowpass_filter_2d, lowpass_filter_3d, lowpass_volume, radial_average,
-                    shell_index_2d, shell_index_3d, shell_sum, spherical_mask)
+                    shell_filter_volume, shell_index_2d, shell_index_3d, shell_sum, spherical_mask)
 from .noise import add_noise_at_snr, colored_noise, noise_sigma_for_snr, white_noise
 from .project import project_real
 from .rotations import (euler_to_matrix, geodesic_distance, inplane_pi_pose, matrix_to_euler, matrix_to_quaternion,

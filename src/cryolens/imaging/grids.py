@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .fft import fft3_centered, ifft3_centered
@@ -125,6 +126,17 @@ def lowpass_filter_3d(d: int, cutoff: float, width: float = 0.02, device=None,
                       dtype=torch.float32) -> torch.Tensor:
     """``(D, D, D)`` soft low-pass filter in the centered Fourier layout; cycles/px."""
     return soft_edge(freq_grid_3d(d, device, dtype).norm(dim=-1), cutoff, width)
+
+
+def shell_filter_volume(volume: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``volume (D, D, D)`` real with its Fourier transform multiplied by ``weights (D//2+1,)``, one per
+    shell ``round(|f|·D)`` (shells past Nyquist, the corners, take the last weight). Same dtype and device."""
+    d = volume.shape[-1]
+    w = torch.as_tensor(np.asarray(weights), dtype=volume.dtype, device=volume.device)
+    if w.shape != (d // 2 + 1,):
+        raise ValueError(f"shell_filter_volume: need {d // 2 + 1} shell weights for D = {d}, got {tuple(w.shape)}")
+    filt = w[shell_index_3d(d, volume.device).clamp(max=d // 2)]
+    return ifft3_centered(fft3_centered(volume) * filt).real.to(volume.dtype)
 
 
 def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,

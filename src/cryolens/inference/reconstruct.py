@@ -153,3 +153,13 @@ def wiener_regularisation(shell_weight: torch.Tensor, fsc_curve: np.ndarray, flo
     """``λ(k) = W(k) (1 − FSC) / FSC`` with FSC clipped to ``[floor, 1 − floor]`` (per shell)."""
     f = torch.as_tensor(np.clip(fsc_curve, floor, 1 - floor), dtype=torch.float64, device=shell_weight.device)
     return shell_weight * (1 - f) / f
+
+
+def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:
+    """Per-shell weight ``sqrt(2 FSC / (1 + FSC))`` (FSC clipped to ``[0, 1]``) that turns a half map into a
+    search reference: the expected correlation of the half map's shell with the true map's
+    (Rosenthal & Henderson 2003's ``C_ref``), so shells the halves do not agree on are damped to 0.
+    ``(D//2+1,)`` float64."""
+    f = np.clip(np.asarray(fsc_curve, dtype=np.float64), 0.0, 1.0)
+    return np.sqrt(2 * f / (1 + f))
+

@@ -18,9 +18,13 @@ branches when the loss is symmetrized (a win of the π-branch gives ``inplane_pi
 voxel map (``refine_base_level``, ``refine_levels``, ``refine_keep``; shifts within ``±max_shift`` in steps
 of ``refine_shift_step``), and the images are back-projected with the refined poses
 (:func:`~cryolens.methods.backprojection.backproject`: half maps, their FSC and a filtered full map, in the
-subfolder ``refined/``) — the full-resolution map the amortized map, band-limited or not, leads to. Its
-half-map FSC is optimistic: every pose was found against the one trained map, not against independent
-halves. When the input metadata carries rotations (a simulated dataset's ground truth),
+subfolder ``refined/``) — the full-resolution map the amortized map, band-limited or not, leads to. After
+one round that half-map FSC is optimistic: every pose was found against the one trained map, not against
+independent halves. ``refine_rounds = R > 1`` adds ``R − 1`` gold-standard rounds
+(:func:`refine_poses_halves`): the images are back-projected with the last poses into two half maps, and
+each half-set's images are searched again, one level finer, against its own half map weighted per shell by
+``sqrt(2 FSC / (1 + FSC))`` and solvent-flattened (cryoSPARC's homogeneous refinement in outline). The pose
+error of every round is reported (``refined_round1`` …, the last as ``refined``). When the input metadata carries rotations (a simulated dataset's ground truth),
 the rotation error after global alignment and the mirror check
 (:func:`~cryolens.metrics.pose_error.pose_error_summary`) is reported for the amortized poses and, when
 refined, for the refined ones, with a histogram ``pose_error.png``.
@@ -60,6 +64,7 @@ COMMON_DEFAULTS = {
     "enc_channels": 16, "enc_max_channels": 128, "enc_convs": 2, "enc_hidden": [512, 256], "enc_lowpass": 0.0,
     "max_shift": 0.0, "symmetrized_loss": True, "pose_heads": 1,
     "refine_poses": False, "refine_base_level": 2, "refine_levels": 2, "refine_keep": 8, "refine_shift_step": 1.0,
+    "refine_rounds": 1,
     "weight_decay": 0.0, "optimizer": "adam", "amp": True, "cpu_amp": False, "seed": 0, "num_workers": 0,
     "epoch_images": 0, "resume": False, "norm_images": 1000, "pose_batch": 256,
 }
@@ -150,20 +155,49 @@ def infer_poses(model: AmortizedPoseModel, particles: Particles, device, batch_s
 
 
 @torch.no_grad()
-def refine_poses(volume: torch.Tensor, particles: Particles, config: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modal poses ``(rotations (N, 3, 3), shifts (N, 2) px)`` of every particle by hierarchical search
-    against ``volume (D, D, D)`` (module docstring; CTF from the metadata when present)."""
+def refine_poses(volume: torch.Tensor, particles: Particles, config: dict, device, indices=None,
+                 n_levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modal poses ``(rotations (M, 3, 3), shifts (M, 2) px)`` of the particles ``indices`` (default all,
+    ``M = N``) by hierarchical search against ``volume (D, D, D)`` (module docstring; CTF from the
+    metadata when present; ``n_levels`` overrides ``refine_levels``)."""
     vft = prepare_volume_ft(volume.to(device), pad=2)
+    levels = int(config["refine_levels"]) if n_levels is None else int(n_levels)
     rots, shifts = [], []
-    for idx, images in iterate_batches(particles, int(config["pose_batch"])):
+    for idx, images in iterate_batches(particles, int(config["pose_batch"]), indices):
         ctf = None if particles.ctf is None else particles.ctf[torch.as_tensor(idx)].to(device)
         res = hierarchical_search(fft2_centered(images.to(device)), vft, ctf=ctf, pixel_size=particles.pixel_size,
-                                  base_level=int(config["refine_base_level"]), n_levels=int(config["refine_levels"]),
+                                  base_level=int(config["refine_base_level"]), n_levels=levels,
                                   max_shift=float(config["max_shift"]),
                                   shift_step=float(config["refine_shift_step"]), keep=int(config["refine_keep"]))
         rots.append(res.rotations.float().cpu())
         shifts.append(res.shifts.float().cpu())
     return torch.cat(rots), torch.cat(shifts)
+
+
+def refine_poses_halves(halves: tuple[torch.Tensor, torch.Tensor], fsc_curve: np.ndarray, particles: Particles,
+                        config: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gold-standard round (module docstring): the images of half-set ``h``
+    (:func:`~cryolens.io.particles.half_set_labels` with ``config["seed"]``, the split of the back-projection)
+    searched against ``halves[h] (D, D, D)`` weighted per shell by
+    :func:`~cryolens.inference.reconstruct.fsc_reference_weight` of ``fsc_curve`` (the halves' FSC) and
+    solvent-flattened outside a sphere of 0.4 D px, with ``refine_levels + 1`` levels. Returns
+    ``(rotations (N, 3, 3), shifts (N, 2) px)``."""
+    from ..imaging.grids import flatten_solvent, shell_filter_volume
+    from ..inference.reconstruct import fsc_reference_weight
+    from ..io.particles import half_set_labels
+
+    labels = half_set_labels(particles, int(config["seed"]))
+    weight = fsc_reference_weight(fsc_curve)
+    n, d = len(particles), particles.box_size
+    rots, shifts = torch.zeros(n, 3, 3), torch.zeros(n, 2)
+    for h, half in enumerate(halves):
+        idx = np.nonzero(labels == h)[0]
+        if idx.size == 0:
+            continue
+        reference = flatten_solvent(shell_filter_volume(half.float(), weight), 0.4 * d)
+        r, t = refine_poses(reference, particles, config, device, idx, int(config["refine_levels"]) + 1)
+        rots[torch.as_tensor(idx)], shifts[torch.as_tensor(idx)] = r, t
+    return rots, shifts
 
 
 def _pose_metrics(run, rotations: dict[str, torch.Tensor], truth: torch.Tensor | None) -> dict:
@@ -202,13 +236,20 @@ def finish(model: AmortizedPoseModel, particles: Particles, blind: Particles, ru
         from ..io.runfolder import RunFolder
         from .backprojection import backproject, write_outputs
 
+        seed, rounds = int(config["seed"]), max(1, int(config["refine_rounds"]))
         rot_r, sh_r = refine_poses(volume, blind, config, device)
+        for k in range(2, rounds + 1):  # gold-standard rounds against the halves of the last round's poses
+            poses[f"refined_round{k - 1}"] = rot_r
+            bp = backproject(dataclasses.replace(blind, rotations=rot_r, shifts=sh_r), device=device, seed=seed,
+                             progress=False)
+            extra[f"resolution_halfmap_0143_refined_round{k - 1}_A"] = bp.resolution
+            rot_r, sh_r = refine_poses_halves((bp.half1, bp.half2), bp.fsc, blind, config, device)
         poses["refined"] = rot_r
         npz = {"rotations": rot_r.numpy(), "shifts": sh_r.numpy(), "amortized_rotations": rot.numpy(),
                "amortized_shifts": sh.numpy()}
         rot, sh = rot_r, sh_r
         posed = dataclasses.replace(blind, rotations=rot, shifts=sh)
-        bp = write_outputs(backproject(posed, device=device, seed=int(config["seed"]), progress=False), posed,
+        bp = write_outputs(backproject(posed, device=device, seed=seed, progress=False), posed,
                            RunFolder(run.path("refined")))
         extra["resolution_halfmap_0143_refined_A"] = bp["resolution_halfmap_0143_A"]
     np.savez(run.path("poses.npz"), **npz)

@@ -61,6 +61,25 @@ def test_resume_after_a_kill_continues_bit_for_bit(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_resume_with_other_model_options_says_which_parameter_differs(tmp_path):
+    """A checkpoint of a decoder 32 wide, resumed by one 48 wide: an InputError naming the checkpoint, the
+    first parameter whose shape differs and both shapes (the CLI prints it as one line); the checkpoint
+    file is left as it was."""
+    from cryolens.errors import InputError
+
+    particles, _ = blob_dataset(tmp_path, 16, 16, hetero=True)
+    _trainer(particles, tmp_path / "a", epochs=1).fit()
+    ck = tmp_path / "a" / "checkpoint.pt"
+    before = ck.read_bytes()
+    wide = build_model(particles.box_size, particles.pixel_size, len(particles), {**TINY, "dec_dim": 48}, "vae")
+    wide.set_norm(1.0)
+    other = Trainer(wide, particles, TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=3), tmp_path / "a", "cpu",
+                    progress=False)
+    with pytest.raises(InputError, match=r"checkpoint\.pt: .* is \(32, .*\) in the checkpoint but \(48, .*config\.json"):
+        other.fit(resume=True)
+    assert ck.read_bytes() == before
+
+
 def _ddp_worker(rank, world, init_file, data_dir, out_dir):
     import torch.distributed as dist
 

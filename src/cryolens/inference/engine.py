@@ -206,7 +206,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         ck = load_checkpoint(self.checkpoint_path, map_location="cpu")  # load_state_dict moves to the device
-        self.model.load_state_dict(ck["model"])
+        self._load_model_state(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
@@ -217,6 +217,22 @@ class Trainer:
             keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
             self.log_path.write_text("".join(ln + "\n" for ln in keep))
         return True
+
+    def _load_model_state(self, state: dict) -> None:
+        """The checkpoint's weights into the model, or one line saying where the shapes or names differ
+        (a resume with other model options than the run was started with)."""
+        mine = self.model.state_dict()
+        for name, value in state.items():
+            if name in mine and tuple(mine[name].shape) != tuple(value.shape):
+                raise InputError(f"{self.checkpoint_path}: {name} is {tuple(value.shape)} in the checkpoint but "
+                                 f"{tuple(mine[name].shape)} with these options; resume with the options the run "
+                                 "was started with (its config.json)")
+        missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        if missing or unexpected:
+            raise InputError(f"{self.checkpoint_path}: parameters {'missing' if missing else 'unexpected'} with "
+                             f"these options ({(missing or unexpected)[0]} …); resume with the options the run was "
+                             "started with (its config.json)")
+        self.model.load_state_dict(state)
 
     def epoch_indices(self) -> int:
         """Images this rank draws per epoch."""

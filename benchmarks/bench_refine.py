@@ -14,6 +14,7 @@ Phases (each writes its JSON under the run folder; `--phase all` runs them in or
             `--threads` torch threads; wall and CPU time, iterations, half-map resolution, FSC vs truth,
             median rotation error after global alignment, shift error.
   evaluate  the cryolens run as of its last checkpoint (for a run stopped before convergence).
+  relion-evaluate  every finished RELION iteration (mean of its half maps, its poses) against the truth.
   relion    `mpirun -np THREADS+1 relion_refine_mpi --auto_refine --split_random_halves --ctf
             --healpix_order 2 --auto_local_healpix_order 4 --offset_range 5 --offset_step 2 --ini_high 20
             --particle_diameter 80 --flatten_solvent --zero_mask --low_resol_join_halves 40 --pad 2 --firstiter_cc
@@ -110,7 +111,9 @@ def prepare(out: Path, n: int) -> dict:
 def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: bool = False) -> dict:
     from cryolens.inference.autorefine import auto_refine
     from cryolens.io.dataset import read_particles
+    from cryolens.io.mrc import read_volume
     from cryolens.io.runfolder import RunFolder
+    from cryolens.io.star import read_star
     from cryolens.methods.refine3d import RELION_DEFAULTS, refine_config
 
     torch.set_num_threads(threads)
@@ -127,11 +130,22 @@ def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: b
     if resume:  # the iterations' own clock, summed over the interrupted and the resumed process
         wall = res.history[-1]["elapsed_s"]
     ev = evaluate(res.volume, res.rotations, res.shifts, truth, gt)
+    per_iteration = []  # scored as RELION's iterations are (relion-evaluate): mean of the half maps, the poses
+    for k, h in enumerate(res.history, start=1):
+        halves = [read_volume(run.path(f"iter{k:03d}_half{j}.mrc"))[0] for j in (1, 2)]
+        if not run.path(f"iter{k:03d}_particles.star").is_file():
+            continue
+        it_p = read_star(run.path(f"iter{k:03d}_particles.star"))
+        vol = torch.from_numpy(0.5 * (np.asarray(halves[0], np.float32) + np.asarray(halves[1], np.float32)))
+        e = evaluate(vol, it_p.rotations, it_p.shifts, truth, gt)
+        e.pop("fsc_vs_truth")
+        per_iteration.append({"iteration": k, "elapsed_s": h.get("elapsed_s"), "halfmap_0143_A": h["resolution_A"], **e})
     out_d = {"program": "cryolens auto_refine (relion-refine3d)", "threads": threads, "wall_s": wall,
              "cpu_s": cpu if not resume else None, "resumed": resume,
              "load_before": load0, "load_after": os.getloadavg()[0], "iterations": len(res.history),
              "converged": res.converged, "halfmap_0143_A": res.resolution, **ev,
-             "history": [{k: v for k, v in h.items() if k != "fsc"} for h in res.history]}
+             "history": [{k: v for k, v in h.items() if k != "fsc"} for h in res.history],
+             "per_iteration": per_iteration}
     (out / "cryolens.json").write_text(json.dumps(out_d, indent=1))
     return out_d
 
@@ -153,15 +167,63 @@ def evaluate_checkpoint(out: Path, n: int) -> dict:
     return out_d
 
 
+LEDGER = "iteration_times.json"  # {iteration: seconds of RELION's own work since iteration 0}
+
+
 def _relion_iteration_times(rdir: Path) -> list[tuple[int, float, float]]:
-    """(iteration, seconds since iteration 0 was written, half-map resolution Å) from RELION's model files."""
+    """(iteration, seconds since iteration 0 was written, half-map resolution Å) of every finished iteration.
+    Times come from the ledger ``iteration_times.json`` where it has them (a ``--continue`` rewrites the
+    files of the iteration it starts from, so their stamps stop meaning anything), else from the files'
+    modification times."""
+    ledger = json.loads((rdir / LEDGER).read_text()) if (rdir / LEDGER).is_file() else {}
     rows = []
     for f in sorted(rdir.glob("run_it*_half1_model.star")):
         it = int(f.name[len("run_it"):len("run_it") + 3])
         cur = [ln.split()[1] for ln in f.read_text().splitlines() if ln.startswith("_rlnCurrentResolution")]
         rows.append((it, f.stat().st_mtime, float(cur[0]) if cur else float("inf")))
     t0 = rows[0][1] if rows else 0.0
-    return [(it, t - t0, res) for it, t, res in rows]
+    return [(it, float(ledger.get(str(it), t - t0)), res) for it, t, res in rows]
+
+
+def _record_relion_times(rdir: Path, since: float, base_s: float, after: int) -> None:
+    """Write the ledger: the times known so far, and each iteration past ``after`` written by a run that
+    started at ``since`` (epoch seconds) as ``base_s`` + its file's age since then."""
+    times = {str(it): t for it, t, _ in _relion_iteration_times(rdir) if it <= after}
+    for f in sorted(rdir.glob("run_it*_half1_model.star")):
+        it = int(f.name[len("run_it"):len("run_it") + 3])
+        if it > after:
+            times[str(it)] = base_s + f.stat().st_mtime - since
+    (rdir / LEDGER).write_text(json.dumps(times, indent=1))
+
+
+def evaluate_relion_iterations(out: Path, n: int) -> dict:
+    """Each finished RELION iteration scored against the truth: the mean of its two half maps, its poses
+    (run_itNNN_data.star), with its half-map resolution estimate and its time since iteration 0."""
+    from cryolens.io.mrc import read_volume
+    from cryolens.io.star import read_star
+
+    prep = json.loads((out / "prepare.json").read_text())
+    ds = Path(prep["dataset"])
+    truth, gt = _truth(ds, n)
+    rdir = (out / "relion").resolve()
+    rows = []
+    for it, t, res in _relion_iteration_times(rdir):
+        if it == 0:
+            continue
+        halves = [read_volume(rdir / f"run_it{it:03d}_half{h}_class001.mrc")[0] for h in (1, 2)]
+        vol = torch.from_numpy(0.5 * (np.asarray(halves[0], np.float32) + np.asarray(halves[1], np.float32)))
+        cwd = os.getcwd()
+        os.chdir(ds)
+        try:
+            data = read_star(rdir / f"run_it{it:03d}_data.star")
+        finally:
+            os.chdir(cwd)
+        ev = evaluate(vol, data.rotations, data.shifts, truth, gt)
+        ev.pop("fsc_vs_truth")
+        rows.append({"iteration": it, "since_iteration0_s": t, "halfmap_0143_A": res, **ev})
+    out_d = {"program": "relion_refine 3.1 --auto_refine, per finished iteration", "iterations": rows}
+    (out / "relion_iterations.json").write_text(json.dumps(out_d, indent=1))
+    return out_d
 
 
 def run_relion(out: Path, n: int, threads: int, timeout: float, resume: bool = False) -> dict:
@@ -183,23 +245,28 @@ def run_relion(out: Path, n: int, threads: int, timeout: float, resume: bool = F
             "--dont_combine_weights_via_disc", "--pool", "3", "--j", "1",
             # the start map is not on RELION's grey scale (GUI: "Ref. map is on absolute greyscale? No")
             "--firstiter_cc"]
-    before_s = 0.0
+    before_s, last_it = 0.0, 0
     if resume:  # continue from the last finished iteration (RELION's own --continue), same root name
         last = sorted(rdir.glob("run_it*_optimiser.star"))
         if not last:
             raise SystemExit(f"--resume: no run_it*_optimiser.star in {rdir}")
-        before_s = _relion_iteration_times(rdir)[-1][1]  # wall of the finished iterations (file stamps)
+        done = _relion_iteration_times(rdir)
+        before_s, last_it = done[-1][1], done[-1][0]  # wall of the finished iterations
+        _record_relion_times(rdir, time.time(), before_s, last_it)  # before --continue rewrites their files
         args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(threads + 1), "relion_refine_mpi",
                 "--continue", str(last[-1]), "--o", str(rdir / "run"), "--dont_combine_weights_via_disc",
                 "--pool", "3", "--j", "1"]
     load0 = os.getloadavg()[0]
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0, since = time.perf_counter(), _cpu(), time.time()
     timed_out = False
-    with open(rdir / ("relion_continue.log" if resume else "relion_refine.log"), "a" if resume else "w") as log:
-        try:
-            proc = subprocess.run(args, cwd=ds, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+    try:
+        with open(rdir / ("relion_continue.log" if resume else "relion_refine.log"), "a" if resume else "w") as log:
+            try:
+                proc = subprocess.run(args, cwd=ds, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+    finally:  # also when stopped from outside: the iterations it finished keep their times
+        _record_relion_times(rdir, since, before_s, last_it)
     wall, cpu = time.perf_counter() - t0 + before_s, _cpu() - c0
     iters = sorted(rdir.glob("run_it*_half1_model.star"))
     if timed_out:  # what it had reached: the last finished iteration
@@ -234,7 +301,8 @@ def run_relion(out: Path, n: int, threads: int, timeout: float, resume: bool = F
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("prepare", "cryolens", "relion", "evaluate", "all"), default="all")
+    ap.add_argument("--phase", choices=("prepare", "cryolens", "relion", "evaluate", "relion-evaluate", "all"),
+                    default="all")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-iterations", type=int, default=30)
@@ -253,6 +321,8 @@ def main() -> None:
     if a.phase == "evaluate":
         r = evaluate_checkpoint(out, a.n)
         print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))
+    if a.phase == "relion-evaluate":
+        print(json.dumps(evaluate_relion_iterations(out, a.n), indent=1))
     if a.phase in ("relion", "all"):
         r = run_relion(out, a.n, a.threads, a.relion_timeout, a.resume)
         print(json.dumps({k: v for k, v in r.items() if k != "fsc_vs_truth"}, indent=1))

@@ -8,9 +8,15 @@ one per fresh interpreter.
                          cryoAI pose inference (`methods.amortized_pose.infer_poses`, the suite's CPU
                          network, untrained) over N white-noise images (D 64, random CTFs; the stack is
                          written to /tmp once); prints the seconds and VmHWM / VmRSS / RssAnon after.
+  search N BYTES        `hierarchical_search` (D 64, base level 2 + 3 levels, keep 8, shifts ±3 px, CTF)
+                        of N simulated 4E43 images (bench_refine's dataset) against its truth map, 1 thread,
+                        with `pose_search.REFINE_CPU_BYTES` = BYTES (0: the default; 1e12: one call for
+                        all images, as before the bound); prints wall, user and system seconds and minor
+                        page faults. THRESHOLD as above.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diag_malloc.py speed CACHE/particles.star 0
   OMP_NUM_THREADS=2 .venv/bin/python benchmarks/diag_malloc.py pose-memory 6000 0
+  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diag_malloc.py search 256 0 0        # BYTES 1e12: unbounded
 """
 
 from __future__ import annotations
@@ -68,11 +74,44 @@ def pose_memory(n: int) -> None:
     print(f"N {n}: {time.perf_counter() - t0:.0f} s, " + ", ".join(f"{k} {v} MiB" for k, v in mib.items()))
 
 
+def search(n: int, budget: float) -> None:
+    import resource
+
+    import cryolens.inference.pose_search as ps
+    from cryolens.imaging.fft import fft2_centered
+    from cryolens.imaging.slice import prepare_volume_ft
+    from cryolens.io.dataset import iterate_batches, read_particles
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_refine import _truth, ensure_dataset
+
+    torch.set_num_threads(1)
+    if budget > 0:
+        ps.REFINE_CPU_BYTES = int(budget)
+    ds = ensure_dataset()
+    p = read_particles(ds / "particles.star")
+    truth, _ = _truth(ds, n)
+    vft = prepare_volume_ft(truth, pad=2)
+    idx, images = next(iterate_batches(p, n))
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    ps.hierarchical_search(fft2_centered(images), vft, ctf=p.ctf[torch.as_tensor(idx)], pixel_size=p.pixel_size,
+                           base_level=2, n_levels=3, max_shift=3.0, shift_step=1.0, keep=8)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"search N {n}, REFINE_CPU_BYTES {ps.REFINE_CPU_BYTES}: wall {time.perf_counter() - t0:.1f} s, "
+          f"user {r1.ru_utime - r0.ru_utime:.1f} s, system {r1.ru_stime - r0.ru_stime:.1f} s, "
+          f"minor faults {r1.ru_minflt - r0.ru_minflt}")
+
+
 def main() -> None:
     what, arg, threshold = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if threshold > 0:
         fix_mmap_threshold(threshold)
-    speed(arg) if what == "speed" else pose_memory(int(arg))
+    if what == "speed":
+        speed(arg)
+    elif what == "search":
+        search(int(arg), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)
+    else:
+        pose_memory(int(arg))
 
 
 if __name__ == "__main__":

@@ -112,3 +112,23 @@ def test_hierarchical_shifts_stay_in_range():
     res = hierarchical_search(images, vft, base_level=2, n_levels=2, max_shift=1.0, shift_step=0.5, keep=8)
     assert float(res.shifts.abs().max()) <= 1.0
     assert res.shifts[:, 0].tolist() == [1.0, 1.0, -1.0]
+
+
+def test_refinement_split_into_small_calls_gives_the_same_poses(monkeypatch):
+    """On a CPU the refinement levels run a few images per call (a memory bound, see
+    ``_refine_images_per_call``): with the bound forcing one image per call and with it large enough for
+    all 12 at once, the rotations, shifts and scores are identical."""
+    import cryolens.inference.pose_search as ps
+
+    d, n = 16, 12
+    g = torch.Generator().manual_seed(11)
+    vft = blob_volume_ft(d, seed=11)
+    images = forward_fourier(vft, random_rotations(n, generator=g), d, (torch.rand(n, 2, generator=g) - 0.5) * 2)
+    runs = {}
+    for name, budget in (("one", 1), ("all", 1 << 40)):
+        monkeypatch.setattr(ps, "REFINE_CPU_BYTES", budget)
+        assert ps._refine_images_per_call(n, 8, 2, 8, torch.device("cpu")) == (1 if name == "one" else n)
+        runs[name] = hierarchical_search(images, vft, base_level=1, n_levels=2, max_shift=1.0, keep=8)
+    assert runs["one"].grid_index.tolist() == runs["all"].grid_index.tolist()
+    assert torch.equal(runs["one"].shifts, runs["all"].shifts)
+    torch.testing.assert_close(runs["one"].scores, runs["all"].scores)

@@ -154,6 +154,21 @@ def _restricted_slices(pixels: torch.Tensor, slicer: SliceFn, rots: torch.Tensor
     return torch.cat([slice_values_at(slicer, rots[s:s + chunk], pixels) for s in range(0, rots.shape[0], chunk)])
 
 
+REFINE_CPU_BYTES = 8 << 20  # CPU: the shifted candidate images of one _refine call stay under this
+
+
+def _refine_images_per_call(b: int, k: int, radius: int, k_max: int, device: torch.device) -> int:
+    """Images per :func:`_refine` call. On a CPU, few enough that its largest temporary, the
+    ``(images · K, T, N_p)`` complex64 shifted candidates, stays under ``REFINE_CPU_BYTES``: glibc serves
+    blocks above its mmap threshold (at most 32 MiB) with fresh pages, and faulting those in cost 40 % of a
+    search's time (``benchmarks/RESULTS.md``); smaller blocks are reused from the heap. Same results (each
+    image is refined on its own). On a GPU, all ``b`` at once."""
+    if torch.device(device).type != "cpu":
+        return b
+    per_image = k * (2 * radius + 1) ** 2 * math.pi * max(k_max, 1) ** 2 * 8
+    return max(1, min(b, int(REFINE_CPU_BYTES // per_image)))
+
+
 def _refine(images_ft, ctf, slicer, sigma2, rot_idx, shifts, level, step, radius, max_shift, k_max, keep, chunk):
     """One refinement level: children of ``rot_idx (B, K)`` at ``level − 1`` × the ``(2·radius + 1)²``
     shifts of ``step`` around ``shifts (B, K, 2)``; returns the ``keep`` best (index at ``level``,
@@ -235,9 +250,11 @@ def hierarchical_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor,
         shift = base_shifts[t_idx]  # (B_c, K, 2)
         for level in range(1, n_levels + 1):
             n_keep = keep if level < n_levels else 1
-            idx, shift, score = _refine(y, c, slicer, s2, idx, shift, base_level + level,
-                                        shift_step / 2**level, shift_radius, max_shift, ks[level], n_keep,
-                                        slice_chunk)
+            sub = _refine_images_per_call(y.shape[0], idx.shape[1], shift_radius, ks[level], dev)
+            parts = [_refine(y[u:u + sub], None if c is None else c[u:u + sub], slicer, s2, idx[u:u + sub],
+                             shift[u:u + sub], base_level + level, shift_step / 2**level, shift_radius, max_shift,
+                             ks[level], n_keep, slice_chunk) for u in range(0, y.shape[0], sub)]
+            idx, shift, score = (torch.cat(z) for z in zip(*parts))
         out_idx.append(idx[:, 0])
         out_shift.append(shift[:, 0])
         out_score.append(score[:, 0])

@@ -111,7 +111,6 @@ def prepare(out: Path, n: int) -> dict:
 def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: bool = False) -> dict:
     from cryolens.inference.autorefine import auto_refine
     from cryolens.io.dataset import read_particles
-    from cryolens.io.mrc import read_volume
     from cryolens.io.runfolder import RunFolder
     from cryolens.io.star import read_star
     from cryolens.methods.refine3d import RELION_DEFAULTS, refine_config
@@ -132,14 +131,12 @@ def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: b
     ev = evaluate(res.volume, res.rotations, res.shifts, truth, gt)
     per_iteration = []  # scored as RELION's iterations are (relion-evaluate): mean of the half maps, the poses
     for k, h in enumerate(res.history, start=1):
-        halves = [read_volume(run.path(f"iter{k:03d}_half{j}.mrc"))[0] for j in (1, 2)]
         if not run.path(f"iter{k:03d}_particles.star").is_file():
             continue
         it_p = read_star(run.path(f"iter{k:03d}_particles.star"))
-        vol = torch.from_numpy(0.5 * (np.asarray(halves[0], np.float32) + np.asarray(halves[1], np.float32)))
-        e = evaluate(vol, it_p.rotations, it_p.shifts, truth, gt)
-        e.pop("fsc_vs_truth")
-        per_iteration.append({"iteration": k, "elapsed_s": h.get("elapsed_s"), "halfmap_0143_A": h["resolution_A"], **e})
+        halves = (run.path(f"iter{k:03d}_half1.mrc"), run.path(f"iter{k:03d}_half2.mrc"))
+        per_iteration.append({"iteration": k, "elapsed_s": h.get("elapsed_s"), "halfmap_0143_A": h["resolution_A"],
+                              **_score_halves(halves, it_p.rotations, it_p.shifts, truth, gt)})
     out_d = {"program": "cryolens auto_refine (relion-refine3d)", "threads": threads, "wall_s": wall,
              "cpu_s": cpu if not resume else None, "resumed": resume,
              "load_before": load0, "load_after": os.getloadavg()[0], "iterations": len(res.history),
@@ -170,38 +167,62 @@ def evaluate_checkpoint(out: Path, n: int) -> dict:
 LEDGER = "iteration_times.json"  # {iteration: seconds of RELION's own work since iteration 0}
 
 
+def _current_resolution(model_star: Path) -> float | None:
+    """``_rlnCurrentResolution`` (Å) of a RELION model STAR file, None when absent."""
+    cur = [ln.split()[1] for ln in model_star.read_text().splitlines() if ln.startswith("_rlnCurrentResolution")]
+    return float(cur[0]) if cur else None
+
+
+def _iteration_models(rdir: Path) -> list[tuple[int, Path]]:
+    """(iteration, ``run_itNNN_half1_model.star``) of every finished RELION iteration, in order."""
+    return [(int(f.name[len("run_it"):len("run_it") + 3]), f) for f in sorted(rdir.glob("run_it*_half1_model.star"))]
+
+
 def _relion_iteration_times(rdir: Path) -> list[tuple[int, float, float]]:
     """(iteration, seconds since iteration 0 was written, half-map resolution Å) of every finished iteration.
     Times come from the ledger ``iteration_times.json`` where it has them (a ``--continue`` rewrites the
     files of the iteration it starts from, so their stamps stop meaning anything), else from the files'
     modification times."""
     ledger = json.loads((rdir / LEDGER).read_text()) if (rdir / LEDGER).is_file() else {}
-    rows = []
-    for f in sorted(rdir.glob("run_it*_half1_model.star")):
-        it = int(f.name[len("run_it"):len("run_it") + 3])
-        cur = [ln.split()[1] for ln in f.read_text().splitlines() if ln.startswith("_rlnCurrentResolution")]
-        rows.append((it, f.stat().st_mtime, float(cur[0]) if cur else float("inf")))
+    rows = [(it, f.stat().st_mtime, _current_resolution(f)) for it, f in _iteration_models(rdir)]
     t0 = rows[0][1] if rows else 0.0
-    return [(it, float(ledger.get(str(it), t - t0)), res) for it, t, res in rows]
+    return [(it, float(ledger.get(str(it), t - t0)), float("inf") if res is None else res) for it, t, res in rows]
 
 
 def _record_relion_times(rdir: Path, since: float, base_s: float, after: int) -> None:
     """Write the ledger: the times known so far, and each iteration past ``after`` written by a run that
     started at ``since`` (epoch seconds) as ``base_s`` + its file's age since then."""
     times = {str(it): t for it, t, _ in _relion_iteration_times(rdir) if it <= after}
-    for f in sorted(rdir.glob("run_it*_half1_model.star")):
-        it = int(f.name[len("run_it"):len("run_it") + 3])
-        if it > after:
-            times[str(it)] = base_s + f.stat().st_mtime - since
+    times.update({str(it): base_s + f.stat().st_mtime - since for it, f in _iteration_models(rdir) if it > after})
     (rdir / LEDGER).write_text(json.dumps(times, indent=1))
+
+
+def _read_relion_star(ds: Path, star: Path):
+    """A STAR file RELION wrote, read from the dataset folder (its image paths are relative to where it ran)."""
+    from cryolens.io.star import read_star
+
+    cwd = os.getcwd()
+    os.chdir(ds)
+    try:
+        return read_star(star)
+    finally:
+        os.chdir(cwd)
+
+
+def _score_halves(halves: tuple[Path, Path], rotations: torch.Tensor, shifts: torch.Tensor, truth: torch.Tensor,
+                  gt: dict) -> dict:
+    """:func:`evaluate` of the mean of two half maps (an iteration's map, scored alike for both programs)."""
+    from cryolens.io.mrc import read_volume
+
+    h1, h2 = (np.asarray(read_volume(h)[0], np.float32) for h in halves)
+    ev = evaluate(torch.from_numpy(0.5 * (h1 + h2)), rotations, shifts, truth, gt)
+    ev.pop("fsc_vs_truth")
+    return ev
 
 
 def evaluate_relion_iterations(out: Path, n: int) -> dict:
     """Each finished RELION iteration scored against the truth: the mean of its two half maps, its poses
     (run_itNNN_data.star), with its half-map resolution estimate and its time since iteration 0."""
-    from cryolens.io.mrc import read_volume
-    from cryolens.io.star import read_star
-
     prep = json.loads((out / "prepare.json").read_text())
     ds = Path(prep["dataset"])
     truth, gt = _truth(ds, n)
@@ -210,17 +231,10 @@ def evaluate_relion_iterations(out: Path, n: int) -> dict:
     for it, t, res in _relion_iteration_times(rdir):
         if it == 0:
             continue
-        halves = [read_volume(rdir / f"run_it{it:03d}_half{h}_class001.mrc")[0] for h in (1, 2)]
-        vol = torch.from_numpy(0.5 * (np.asarray(halves[0], np.float32) + np.asarray(halves[1], np.float32)))
-        cwd = os.getcwd()
-        os.chdir(ds)
-        try:
-            data = read_star(rdir / f"run_it{it:03d}_data.star")
-        finally:
-            os.chdir(cwd)
-        ev = evaluate(vol, data.rotations, data.shifts, truth, gt)
-        ev.pop("fsc_vs_truth")
-        rows.append({"iteration": it, "since_iteration0_s": t, "halfmap_0143_A": res, **ev})
+        data = _read_relion_star(ds, rdir / f"run_it{it:03d}_data.star")
+        halves = tuple(rdir / f"run_it{it:03d}_half{h}_class001.mrc" for h in (1, 2))
+        rows.append({"iteration": it, "since_iteration0_s": t, "halfmap_0143_A": res,
+                     **_score_halves(halves, data.rotations, data.shifts, truth, gt)})
     out_d = {"program": "relion_refine 3.1 --auto_refine, per finished iteration", "iterations": rows}
     (out / "relion_iterations.json").write_text(json.dumps(out_d, indent=1))
     return out_d
@@ -228,7 +242,6 @@ def evaluate_relion_iterations(out: Path, n: int) -> dict:
 
 def run_relion(out: Path, n: int, threads: int, timeout: float, resume: bool = False) -> dict:
     from cryolens.io.mrc import read_volume
-    from cryolens.io.star import read_star
 
     prep = json.loads((out / "prepare.json").read_text())
     ds = Path(prep["dataset"])
@@ -268,33 +281,23 @@ def run_relion(out: Path, n: int, threads: int, timeout: float, resume: bool = F
     finally:  # also when stopped from outside: the iterations it finished keep their times
         _record_relion_times(rdir, since, before_s, last_it)
     wall, cpu = time.perf_counter() - t0 + before_s, _cpu() - c0
-    iters = sorted(rdir.glob("run_it*_half1_model.star"))
+    iters = _iteration_models(rdir)
     if timed_out:  # what it had reached: the last finished iteration
-        last = iters[-1] if iters else None
-        cur = [ln.split()[1] for ln in last.read_text().splitlines() if ln.startswith("_rlnCurrentResolution")] \
-            if last else []
         out_d = {"program": "relion_refine 3.1 --auto_refine", "threads": threads, "command": " ".join(args),
                  "timed_out_after_s": wall, "cpu_s": cpu, "iterations_finished": len(iters),
-                 "last_iteration_resolution_A": float(cur[0]) if cur else None,
+                 "last_iteration_resolution_A": _current_resolution(iters[-1][1]) if iters else None,
                  "continued_after_s": before_s, "iteration_times": _relion_iteration_times(rdir)}
         (out / "relion.json").write_text(json.dumps(out_d, indent=1))
         return out_d
     if proc.returncode != 0:
-        raise RuntimeError(f"relion_refine failed ({proc.returncode}); see {rdir / 'relion_refine.log'}")
-    cwd = os.getcwd()
-    os.chdir(ds)  # RELION's image paths are relative to the folder it ran in
-    try:
-        data = read_star(rdir / "run_data.star")
-    finally:
-        os.chdir(cwd)
+        raise RuntimeError(f"relion_refine failed ({proc.returncode}); see {log.name}")
+    data = _read_relion_star(ds, rdir / "run_data.star")
     vol, _ = read_volume(rdir / "run_class001.mrc")
     ev = evaluate(torch.from_numpy(np.asarray(vol, dtype=np.float32)), data.rotations, data.shifts, truth, gt)
-    model = (rdir / "run_model.star").read_text()
-    cur = [ln.split()[1] for ln in model.splitlines() if ln.startswith("_rlnCurrentResolution")]
     out_d = {"program": "relion_refine 3.1 --auto_refine", "threads": threads, "command": " ".join(args),
              "wall_s": wall, "cpu_s": cpu, "load_before": load0, "load_after": os.getloadavg()[0],
              "continued_after_s": before_s, "iteration_times": _relion_iteration_times(rdir),
-             "iterations": len(iters), "halfmap_0143_A": float(cur[0]) if cur else None, **ev}
+             "iterations": len(iters), "halfmap_0143_A": _current_resolution(rdir / "run_model.star"), **ev}
     (out / "relion.json").write_text(json.dumps(out_d, indent=1))
     return out_d
 

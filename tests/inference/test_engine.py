@@ -75,7 +75,8 @@ def test_resume_with_other_model_options_says_which_parameter_differs(tmp_path):
     wide.set_norm(1.0)
     other = Trainer(wide, particles, TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=3), tmp_path / "a", "cpu",
                     progress=False)
-    with pytest.raises(InputError, match=r"checkpoint\.pt: .* is \(32, .*\) in the checkpoint but \(48, .*config\.json"):
+    shapes = r"checkpoint\.pt: .* is \(32, .*\) in the checkpoint but \(48, .*config\.json"
+    with pytest.raises(InputError, match=shapes):
         other.fit(resume=True)
     assert ck.read_bytes() == before
 

@@ -132,7 +132,7 @@ def shell_filter_volume(volume: torch.Tensor, weights: torch.Tensor | np.ndarray
     """``volume (D, D, D)`` real with its Fourier transform multiplied by ``weights (D//2+1,)``, one per
     shell ``round(|f|·D)`` (shells past Nyquist, the corners, take the last weight). Same dtype and device."""
     d = volume.shape[-1]
-    w = torch.as_tensor(np.asarray(weights), dtype=volume.dtype, device=volume.device)
+    w = torch.as_tensor(weights, dtype=volume.dtype, device=volume.device)
     if w.shape != (d // 2 + 1,):
         raise ValueError(f"shell_filter_volume: need {d // 2 + 1} shell weights for D = {d}, got {tuple(w.shape)}")
     filt = w[shell_index_3d(d, volume.device).clamp(max=d // 2)]

@@ -162,4 +162,3 @@ def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:
     ``(D//2+1,)`` float64."""
     f = np.clip(np.asarray(fsc_curve, dtype=np.float64), 0.0, 1.0)
     return np.sqrt(2 * f / (1 + f))
-

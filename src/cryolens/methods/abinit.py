@@ -26,6 +26,8 @@ FSC and resolution per refinement iteration), ``report.html`` (by the CLI).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -36,6 +38,9 @@ from ..inference.abinit import AbInitio, AbinitConfig
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.particles import Particles
 from ..io.runfolder import RunFolder
+
+if TYPE_CHECKING:
+    from ..inference.autorefine import RefineResult
 
 DEFAULTS = {"n_classes": 1, "n_iterations": 300, "batch_size": 90, "final_batch_size": 300,
             "initial_resolution": 35.0, "final_resolution": 12.0, "grid_level": 2, "max_shift": 3.0,
@@ -73,7 +78,8 @@ def run_ab_initio(particles: Particles, cfg: dict, run: RunFolder | None, init_v
 
 
 def refine_handover(particles: Particles, volume: torch.Tensor, cfg: dict, run: RunFolder | None = None,
-                    device=None, progress: bool = False, resume: bool = False, centre: bool = True):
+                    device=None, progress: bool = False, resume: bool = False,
+                    centre: bool = True) -> tuple[RefineResult, np.ndarray]:
     """Step 2 for K = 1 (module docstring): ``volume (D, D, D)`` centred on its centre of mass (unless
     ``centre`` is False), then auto-refinement from it low-passed to ``cfg["handover_lowpass"]`` Å with
     ``offset_range = cfg["max_shift"]`` px and ``cfg["refine_options"]``. Returns the

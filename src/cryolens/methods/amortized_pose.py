@@ -24,8 +24,9 @@ independent halves. ``refine_rounds = R > 1`` adds ``R − 1`` gold-standard rou
 (:func:`refine_poses_halves`): the images are back-projected with the last poses into two half maps, and
 each half-set's images are searched again, one level finer, against its own half map weighted per shell by
 ``sqrt(2 FSC / (1 + FSC))`` and solvent-flattened (cryoSPARC's homogeneous refinement in outline). The pose
-error of every round is reported (``refined_round1`` …, the last as ``refined``). When the input metadata carries rotations (a simulated dataset's ground truth),
-the rotation error after global alignment and the mirror check
+error of every round is reported (``refined_round1`` …, the last as ``refined``). When the input metadata
+carries rotations (a simulated dataset's ground truth), the rotation error after global alignment and the
+mirror check
 (:func:`~cryolens.metrics.pose_error.pose_error_summary`) is reported for the amortized poses and, when
 refined, for the refined ones, with a histogram ``pose_error.png``.
 

@@ -1,6 +1,6 @@
-# Two entry points (see README): `make demo` and `make test`. Each creates .venv and installs
-# what it needs on first use. torch is pinned to 2.13.0: on a machine without a GPU pip takes
-# the CPU build (never the CUDA packages).
+# Two entry points (see README): `make demo` and `make test` (ruff, then pytest; `make lint` runs
+# ruff alone). Each creates .venv and installs what it needs on first use. torch is pinned to
+# 2.13.0: on a machine without a GPU pip takes the CPU build (never the CUDA packages).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -16,7 +16,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/cryolens demo --out demo_run
 
-test: $(VENV)/.installed
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install demo test
+.PHONY: install demo lint test

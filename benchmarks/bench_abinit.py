@@ -220,7 +220,8 @@ def main() -> None:
                   flush=True)
         rows.append(row)
         out = {"n": args.n, "select": args.select, "centred_handover": args.centre,
-               "handover_lowpass_A": args.handover_lowpass, "relax_symmetry": args.relax_sym, "dataset": data.name, "iterations": args.iterations,
+               "handover_lowpass_A": args.handover_lowpass, "relax_symmetry": args.relax_sym, "dataset": data.name,
+               "iterations": args.iterations,
                "grid_level": args.grid_level, "known_pose": known,
                "runs": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         if args.json:  # after every seed, so a long run stopped early keeps what it finished

@@ -125,7 +125,8 @@ def main() -> None:
                                "median_rotation_error_deg": err["median_deg"],
                                "median_rotation_error_per_state_deg": per_state}
         print(f"consensus: {len(ref.history)} iterations, {ref.resolution:.2f} Å (half maps), median rotation error "
-              f"{err['median_deg']:.2f}° (per state {per_state[0]:.2f}°, {per_state[1]:.2f}°), {wall_c:.0f} s", flush=True)
+              f"{err['median_deg']:.2f}° (per state {per_state[0]:.2f}°, {per_state[1]:.2f}°), {wall_c:.0f} s",
+              flush=True)
         posed = poses_to_particles(blind, {"rotations": ref.rotations, "shifts": ref.shifts,
                                            "half": torch.as_tensor(ref.half)})
         star, mapf = work / "consensus.star", work / "consensus.mrc"

@@ -151,7 +151,7 @@ def analyze(a, ds: Path, work: Path, results: dict) -> dict:
     """The latent analysis (`analyze_latents`) of both VAEs' latents coloured by the hinge angle:
     cryolens' with its maps (10 k-means centres, 8 maps along PC1, 6 along the graph path) into its
     run folder; cryoDRGN's without maps (plots and numbers only) into `analysis_cryodrgn/`."""
-    from cryolens.analysis.latent import analyze_latents
+    from cryolens.analysis.latent_run import analyze_latents
     from cryolens.bench import cryodrgn as C
 
     _, _, angles, px = ground_truth_maps(ds)

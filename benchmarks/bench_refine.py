@@ -113,7 +113,7 @@ def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: b
     from cryolens.io.dataset import read_particles
     from cryolens.io.runfolder import RunFolder
     from cryolens.io.star import read_star
-    from cryolens.methods.refine3d import RELION_DEFAULTS, refine_config
+    from cryolens.methods.refine3d import RELION_DEFAULTS, iteration_writer, refine_config
 
     torch.set_num_threads(threads)
     prep = json.loads((out / "prepare.json").read_text())
@@ -124,7 +124,8 @@ def run_cryolens(out: Path, n: int, threads: int, max_iterations: int, resume: b
     run = RunFolder(out / "cryolens")
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), _cpu()
-    res = auto_refine(p, truth, config=cfg, run=run, progress=True, resume=resume)
+    res = auto_refine(p, truth, config=cfg, run=run, progress=True, resume=resume,
+                      on_iteration=iteration_writer(run, p))
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     if resume:  # the iterations' own clock, summed over the interrupted and the resumed process
         wall = res.history[-1]["elapsed_s"]

@@ -81,7 +81,8 @@ def continuous(a) -> dict:
     from cryolens.io.checkpoint import load_checkpoint
     from cryolens.io.mrc import read_volume
     from cryolens.io.star import read_star
-    from cryolens.methods.cryodrgn import infer_latents, load_trained
+    from cryolens.inference.latent_model import infer_latents
+    from cryolens.methods.cryodrgn import load_trained
     from cryolens.metrics.fsc import fsc, fsc_auc
     from cryolens.simulate import read_ground_truth
 

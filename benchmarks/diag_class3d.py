@@ -11,7 +11,7 @@ the two true maps low-passed to --lowpass Å, one copy per class, a random first
       the median rotation error of each image's MAP pose is reported against the truth.
   --known-poses: the same E/M-steps with each image's true rotation and shift (only the class hidden;
       written out here with the library's slicer, likelihood terms, accumulator and
-      `inference.classes.map_regularisation`): separates the class EM from the pose search.
+      `inference.prior.map_prior`): separates the class EM from the pose search.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diag_class3d.py --n 600 --iterations 8 --healpix-order 1 \
       [--lowpass 60] [--known-poses]
@@ -55,12 +55,15 @@ def main() -> None:
     from cryolens.imaging.slice import prepare_volume_ft
     from cryolens.imaging.so3_grid import so3_grid
     from cryolens.inference import classes as C
+    from cryolens.inference.prior import map_prior
     from cryolens.inference.likelihood import as_slicer, ctf_images
     from cryolens.inference.posterior import translation_grid
     from cryolens.inference.reconstruct import FourierAccumulator
     from cryolens.io.dataset import iterate_batches, read_particles
     from cryolens.io.mrc import read_volume
-    from cryolens.methods.class3d import DEFAULTS, _initial_volumes, _resolution_shell, image_power_spectrum
+    from cryolens.inference.classify import initial_volumes, image_power_spectrum
+    from cryolens.inference.classify import resolution_shell as _resolution_shell
+    from cryolens.methods.class3d import as_config
     from cryolens.metrics.pose_error import pose_error_summary
     from cryolens.simulate import read_ground_truth
 
@@ -72,8 +75,8 @@ def main() -> None:
     blind = p.subset(np.arange(a.n))
     blind.rotations, blind.shifts = None, None
     d, nsh = p.box_size, p.box_size // 2 + 1
-    vols = _initial_volumes(blind, gv.mean(0), {**DEFAULTS, "n_classes": 2, "initial_lowpass": a.lowpass}, "cpu",
-                            False)
+    vols = initial_volumes(blind, gv.mean(0), as_config({"n_classes": 2, "initial_lowpass": a.lowpass}), "cpu",
+                           False)
     rng = np.random.default_rng(a.seed)
     prior = torch.zeros(a.n, 2, dtype=torch.float64)
     prior[torch.arange(a.n), torch.as_tensor(rng.integers(0, 2, a.n))] = 1
@@ -99,8 +102,8 @@ def main() -> None:
             ll = torch.stack([-((y_true - ctf * sl).abs().square() * w * inside).sum((-1, -2)) for sl in slices], 1)
             post = torch.softmax(ll + torch.log(prior.clamp_min(1e-300)), 1)
             tau2 = torch.stack([C.projector_power_spectrum(prepare_volume_ft(v.double(), 2), d) for v in vols])
-            lam, inv = C.map_regularisation(s2, tau2, a.tau2_fudge, 2, a.minres_map)
-            plam, pinv = C.map_regularisation(s2, tau2, a.tau2_fudge, 2)
+            lam, inv = map_prior(s2, tau2, a.tau2_fudge * 8, weak_prior=True, minres_map=a.minres_map)
+            plam, pinv = map_prior(s2, tau2, a.tau2_fudge * 8, weak_prior=True)
             new, dvp, resid = [], [], torch.zeros(nsh, dtype=torch.float64)
             for k in range(2):
                 acc = FourierAccumulator(d, 2, "cpu", torch.float64)

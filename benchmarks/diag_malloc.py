@@ -5,7 +5,7 @@ one per fresh interpreter.
                          particles in STAR (known poses), 1 thread; THRESHOLD > 0 first fixes glibc's
                          M_MMAP_THRESHOLD to that many bytes (0: glibc's dynamic default).
   pose-memory N THRESHOLD
-                         cryoAI pose inference (`methods.amortized_pose.infer_poses`, the suite's CPU
+                         cryoAI pose inference (`inference.amortized.infer_poses`, the suite's CPU
                          network, untrained) over N white-noise images (D 64, random CTFs; the stack is
                          written to /tmp once); prints the seconds and VmHWM / VmRSS / RssAnon after.
   search N BYTES        `hierarchical_search` (D 64, base level 2 + 3 levels, keep 8, shifts ±3 px, CTF)
@@ -57,15 +57,15 @@ def speed(star: str) -> None:
 def pose_memory(n: int) -> None:
     from cryolens.io.mrc import write_stack
     from cryolens.io.particles import Particles
-    from cryolens.methods.amortized_pose import infer_poses
-    from cryolens.methods.cryoai import DEFAULTS, CryoAI
+    from cryolens.inference.amortized import infer_poses
+    from cryolens.methods.cryoai import CryoAI, CryoAIConfig
     from cryolens.simulate import random_ctf
 
     path = f"/tmp/diag_malloc_noise_{n}.mrcs"
     if not os.path.exists(path):
         write_stack(path, np.random.default_rng(0).standard_normal((n, 64, 64)).astype(np.float32), 2.0)
     p = Particles(2.0, 64, [path], np.zeros(n, int), np.arange(n), None, None, random_ctf(n))
-    model = CryoAI(64, 2.0, {**DEFAULTS, "dec_dim": 128, "enc_channels": 8, "enc_hidden": [128]})
+    model = CryoAI(64, 2.0, CryoAIConfig(dec_dim=128, enc_channels=8, enc_hidden=(128,)))
     model.set_norm(1.0)
     t0 = time.perf_counter()
     infer_poses(model, p, "cpu", 256)

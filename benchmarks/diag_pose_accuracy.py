@@ -130,7 +130,8 @@ def main() -> None:
             print(f"{s + b}/{n} images, median error so far {np.median(err):.2f}°, {time.perf_counter() - t0:.0f} s",
                   flush=True)
     err_a = np.array(err)
-    out = {"dataset": ds.name, "map": a.map or "truth", "n": n, "median_deg": float(np.median(err_a)), "mean_deg": float(err_a.mean()),
+    out = {"dataset": ds.name, "map": a.map or "truth", "n": n, "median_deg": float(np.median(err_a)),
+           "mean_deg": float(err_a.mean()),
            "p90_deg": float(np.percentile(err_a, 90)), "fraction_le_2deg": float((err_a <= 2).mean()),
            "posterior_rms_spread_median_deg": float(np.median(spread)), "coarse_edge_fraction": float(np.mean(edge)),
            "best_scores_at_least_the_true_pose": float(np.mean(true_rank_ok)), "wall_s": time.perf_counter() - t0,

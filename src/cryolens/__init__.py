@@ -1,7 +1,7 @@
 """cryolens: cryo-EM reconstruction methods on one image formation model.
 
 Conventions (arrays, units, Fourier layout, rotations, CTF) are those of
-``CONVENTIONS.md``: images ``(N, D, D)`` indexed ``[n, y, x]``, volumes ``(D, D, D)``
+``docs/CONVENTIONS.md``: images ``(N, D, D)`` indexed ``[n, y, x]``, volumes ``(D, D, D)``
 indexed ``[z, y, x]``, centered Fourier transforms, rotations mapping the image frame
 into the volume frame.
 """

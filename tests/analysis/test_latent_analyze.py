@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryolens.analysis.latent import analyze_latents, load_values
+from cryolens.analysis.latent_run import analyze_latents, load_values
 from cryolens.errors import InputError
 from cryolens.io import read_star, read_volume, write_stack
 from cryolens.io.particles import Particles

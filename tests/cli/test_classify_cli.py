@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "inference"))
 from _inference_data import blob_volume  # noqa: E402
 
-import cryolens.methods.class3d as class3d  # noqa: E402
+import cryolens.inference.classes as classes_mod  # noqa: E402
 from cryolens.cli.main import main  # noqa: E402
 from cryolens.io.mrc import read_volume, write_volume  # noqa: E402
 from cryolens.io.star import read_star  # noqa: E402
@@ -63,7 +63,7 @@ def test_classify_resume_after_kill_equals_uninterrupted(two_class_data, tmp_pat
     star, start, _ = two_class_data
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert main(["classify", str(star), "--classes", "2", "--out", str(full), "--init-map", str(start), *ARGS]) == 0
-    real = class3d.class_em_iteration
+    real = classes_mod.class_em_iteration
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -72,10 +72,10 @@ def test_classify_resume_after_kill_equals_uninterrupted(two_class_data, tmp_pat
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(class3d, "class_em_iteration", dying)
+    monkeypatch.setattr(classes_mod, "class_em_iteration", dying)
     assert main(["classify", str(star), "--classes", "2", "--out", str(killed), "--init-map", str(start), *ARGS]) == 130
     assert not (killed / "class_001.mrc").exists()
-    monkeypatch.setattr(class3d, "class_em_iteration", real)
+    monkeypatch.setattr(classes_mod, "class_em_iteration", real)
     assert main(["classify", str(star), "--classes", "2", "--out", str(killed), "--init-map", str(start), *ARGS,
                  "--resume"]) == 0
     for k in (1, 2):

@@ -13,6 +13,9 @@ from cryolens.imaging.grids import lowpass_volume
 from cryolens.imaging.rotations import random_rotations
 from cryolens.imaging.slice import extract_slices, prepare_volume_ft
 from cryolens.inference import autorefine as A
+from cryolens.inference import oversampling as O
+from cryolens.inference.mstep import InsertPixels
+from cryolens.inference.prior import map_prior, tau2_from_fsc
 from cryolens.inference.likelihood import log_likelihood_table, prepare_image_terms
 from cryolens.inference.reconstruct import FourierAccumulator, wiener_regularisation
 from cryolens.io.atomic import read_atoms
@@ -20,6 +23,7 @@ from cryolens.io.dataset import read_particles
 from cryolens.io.runfolder import RunFolder
 from cryolens.io.star import read_star
 from cryolens.metrics.fsc import fsc, resolution_at
+from cryolens.methods.refine3d import iteration_writer
 from cryolens.metrics.pose_error import pose_error_summary
 from cryolens.simulate import bundled_model
 from cryolens.simulate.dataset import read_ground_truth, simulate_dataset
@@ -45,10 +49,10 @@ def test_tau2_matches_hand_computation():
     f = np.array([0.99, 0.9, 0.5, 0.2, 0.05])
     s2 = torch.tensor([2.0, 3.0, 4.0, 5.0, 6.0])
     w = torch.tensor([10.0, 8.0, 6.0, 4.0, 0.0], dtype=torch.float64)
-    tau2 = A.tau2_from_fsc(f, s2, w, fudge=4.0)
+    tau2 = tau2_from_fsc(f, s2, w, fudge=4.0)
     hand = [4 * 0.99 / 0.01 * 2 / 10, 4 * 0.9 / 0.1 * 3 / 8, 4 * 1.0 * 4 / 6, 4 * 0.25 * 5 / 4, 0.0]
     assert tau2.tolist() == pytest.approx(hand, rel=1e-12)
-    lam = A.map_regularisation(tau2, s2)
+    lam = map_prior(s2, tau2)[0]
     wiener = wiener_regularisation(w, f) / 4
     assert lam[:4].tolist() == pytest.approx(wiener[:4].tolist(), rel=1e-12)
     assert math.isinf(float(lam[4]))
@@ -71,7 +75,7 @@ def test_add_points_equals_full_insertion():
     y, c, r = fft2_centered(torch.randn(3, d, d)), torch.rand(3, d, d), random_rotations(3)
     full = FourierAccumulator(d, 2, "cpu")
     full.add(y, r, c)
-    where = A._InsertPixels(d, d // 2, "cpu", torch.float32)
+    where = InsertPixels(d, d // 2, "cpu", torch.float32)
     part = FourierAccumulator(d, 2, "cpu")
     px = where.pixels
     part.add_points((y * c).flatten(1)[:, px], (c * c).flatten(1)[:, px], r, where.freqs, where.mult)
@@ -100,7 +104,7 @@ def test_pixel_values_equal_extracted_slices():
     the full trilinear extraction (imaging.slice.extract_slices) at those pixels, in float64."""
     torch.manual_seed(1)
     vol = torch.randn(16, 16, 16, dtype=torch.float64)
-    ref = A._Reference(vol, 2, 7)
+    ref = O.Reference(vol, 2, 7)
     r = random_rotations(4, dtype=torch.float64)
     full = extract_slices(prepare_volume_ft(vol, 2), r, 16).reshape(4, -1)[:, ref.pixels(7)]
     assert torch.allclose(ref.values(r), full, atol=1e-10 * float(full.abs().max()))
@@ -118,12 +122,12 @@ def test_posterior_mean_pose_of_weighted_pairs():
     a, b = 10, 11
     gap = float(geodesic_distance(grid[a], grid[b]))
     assert 0 < gap < 0.5
-    poses = A._BatchPoses(image=torch.tensor([0, 0, 1]), grid_index=torch.tensor([a, b, b]), level=level,
+    poses = O.WeightedPairs(image=torch.tensor([0, 0, 1]), grid_index=torch.tensor([a, b, b]), level=level,
                           shift=torch.tensor([[1.0, 0.0], [-1.0, 2.0], [0.5, 0.5]]),
                           weight=torch.tensor([0.75, 0.25, 1.0]), map_rotation=grid[[a, b]].float(),
                           map_shift=torch.zeros(2, 2), max_weight=torch.tensor([0.75, 1.0]),
                           n_significant=torch.tensor([2, 1]))
-    rot, shift = A._posterior_mean_pose(poses, 2)
+    rot, shift = O.posterior_mean_pose(poses, 2)
     d_a, d_b = geodesic_distance(rot[0].double(), grid[a]), geodesic_distance(rot[0].double(), grid[b])
     # (the chordal mean sits within 0.4 % of the gap from the geodesic 1/4 point at this 15° gap)
     assert abs(float(d_a) - gap / 4) < 0.01 * gap and abs(float(d_b) - 3 * gap / 4) < 0.01 * gap
@@ -135,12 +139,12 @@ def test_posterior_mean_pose_of_weighted_pairs():
         A.RefineConfig(pose_estimate="median")
 
 
-def _refine(particles, vol, run=None, resume=False, **kw):
+def _refine(particles, vol, run=None, resume=False, on_iteration=None, **kw):
     order = kw.pop("healpix_order", 2)
     cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=order, local_order=3, max_order=3, offset_range=2.0,
                          offset_step=1.0, max_iterations=kw.pop("max_iterations", 5), batch_size=100, max_coarse=8,
                          max_significant=16, **kw)
-    return A.auto_refine(particles, vol, config=cfg, run=run, progress=False, resume=resume)
+    return A.auto_refine(particles, vol, config=cfg, run=run, progress=False, resume=resume, on_iteration=on_iteration)
 
 
 def test_refinement_recovers_poses_and_beats_start(dataset):
@@ -192,7 +196,7 @@ def test_star_output_round_trips(dataset, tmp_path):
     p, vol, _ = dataset
     sub = p.subset(np.arange(40))
     run = RunFolder(tmp_path / "r")
-    res = _refine(sub, vol, run=run, max_iterations=1, healpix_order=1)
+    res = _refine(sub, vol, run=run, max_iterations=1, healpix_order=1, on_iteration=iteration_writer(run, sub))
     back = read_star(run.path("iter001_particles.star"))
     assert torch.allclose(back.rotations, res.rotations, atol=1e-5)
     assert torch.allclose(back.shifts, res.shifts, atol=1e-5)
@@ -246,16 +250,16 @@ def test_symmetry_relaxation_lets_local_searches_reach_the_mate():
     vol = gaussian_volume(centres, torch.full((17,), 1.5, dtype=torch.float64), torch.ones(17, dtype=torch.float64), D)
     r_true = random_rotations(8, generator=g, dtype=torch.float64)
     y = extract_slices(prepare_volume_ft(vol, 2), r_true, D)
-    ref = A._Reference(vol, 2, D // 2 - 1)
+    ref = O.Reference(vol, 2, D // 2 - 1)
     s2 = torch.ones(D // 2 + 1, dtype=torch.float64)
     cfg = A.RefineConfig(max_coarse=8, max_significant=16)
     wobble = rotvec_to_matrix(torch.randn(8, 3, generator=g, dtype=torch.float64) * math.radians(1.0))
 
     def search(prev, mates):
-        stage = A._Stage(order=3, k_max=D // 2 - 1, offset_range=0.0, offset_step=1.0, local=True,
-                         local_range=cfg.local_range * math.radians(angular_step(3)), size=D, pixel_size=PX,
+        stage = O.Stage(order=3, k_max=D // 2 - 1, offset_range=0.0, offset_step=1.0, local=True,
+                         local_range_rad=cfg.local_range_steps * math.radians(angular_step(3)), size=D, pixel_size=PX,
                          mates=mates)
-        poses = A._posterior_batch(y, None, s2, ref, stage, wobble @ prev, torch.zeros(8, 2, dtype=torch.float64), cfg)
+        poses = O.posterior_pairs(y, None, s2, ref, stage, wobble @ prev, torch.zeros(8, 2, dtype=torch.float64), cfg)
         return torch.rad2deg(geodesic_distance(poses.map_rotation, r_true))
 
     wrong = two_fold[0] @ r_true
@@ -275,7 +279,7 @@ def test_relaxation_axis_is_the_dimers_pseudo_two_fold(dataset):
     p, vol, _ = dataset
     state = A._initial_state(p, vol, A.RefineConfig(initial_lowpass=30.0, relax_symmetry="C2"), torch.device("cpu"))
     rv = matrix_to_rotvec(symmetry_operators(bundled_model("4E43"))[1])
-    cos = abs(float(state["relax_axis"].double() @ rv)) / float(rv.norm())
+    cos = abs(float(state.relax_axis.double() @ rv)) / float(rv.norm())
     assert math.degrees(math.acos(min(1.0, cos))) < 4.0
-    assert state["relax_ops"].shape == (1, 3, 3)
-    assert "relax_ops" not in A._initial_state(p, vol, A.RefineConfig(initial_lowpass=30.0), torch.device("cpu"))
+    assert state.relax_ops.shape == (1, 3, 3)
+    assert A._initial_state(p, vol, A.RefineConfig(initial_lowpass=30.0), torch.device("cpu")).relax_ops is None

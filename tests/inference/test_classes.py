@@ -14,8 +14,10 @@ from cryolens.imaging.grids import lowpass_filter_3d
 from cryolens.imaging.rotations import random_rotations
 from cryolens.imaging.slice import prepare_volume_ft
 from cryolens.imaging.so3_grid import so3_grid
-from cryolens.inference.classes import (class_em_iteration, class_pose_posterior, map_regularisation, power_spectrum,
-                                       projector_power_spectrum)
+from cryolens.imaging.spectra import power_spectrum, projector_power_spectrum
+from cryolens.inference.classes import class_em_iteration
+from cryolens.inference.estep import class_pose_posterior
+from cryolens.inference.prior import map_prior
 from cryolens.inference.posterior import pose_posterior, translation_grid
 from cryolens.metrics.fsc import fsc
 
@@ -211,14 +213,14 @@ def test_working_box_leaves_the_posterior_nearly_unchanged():
     assert b.volumes.shape == a.volumes.shape and b.sigma2.shape == a.sigma2.shape
 
 
-def test_map_regularisation_is_relions_with_a_weak_prior_where_tau2_is_zero():
+def test_map_prior_is_relions_with_a_weak_prior_where_tau2_is_zero():
     """Per shell, against RELION's backprojector.cpp written out by hand: λ = σ²/(pad³ T τ²) where
     τ² > 0; where τ² is zero (here exact zeros and float32 rounding residue 1e-14 × the peak) λ = 0
     and the per-voxel term is σ⁴/(0.004 D⁸) (RELION's 1/(0.001·invw) with its whitened weight
     invw = 2 D⁴ W / σ²); below minres_map no prior at all."""
     sigma2 = torch.tensor([4.0, 5.0, 6.0, 7.0, 8.0, 9.0], dtype=torch.float64)
     tau2 = torch.tensor([[100.0, 50.0, 10.0, 2.0, 1e-13, 0.0]], dtype=torch.float64)
-    lam, inv = map_regularisation(sigma2, tau2, tau2_fudge=4.0, pad=2)
+    lam, inv = map_prior(sigma2, tau2, 4.0 * 2 ** 3, weak_prior=True)
     want = sigma2[:4] / (8 * 4.0 * tau2[0, :4])
     torch.testing.assert_close(lam[0, :4], want)
     assert inv[0, :4].tolist() == [0.0] * 4
@@ -226,7 +228,7 @@ def test_map_regularisation_is_relions_with_a_weak_prior_where_tau2_is_zero():
     box = 10  # 2 (len(sigma2) − 1)
     kappa = 2 * box**4 / sigma2[4:]
     torch.testing.assert_close(inv[0, 4:], 1 / (1e-3 * kappa**2))
-    lam2, inv2 = map_regularisation(sigma2, tau2, tau2_fudge=4.0, pad=2, minres_map=2)
+    lam2, inv2 = map_prior(sigma2, tau2, 4.0 * 2 ** 3, weak_prior=True, minres_map=2)
     assert lam2[0, :2].tolist() == [0.0, 0.0] and inv2[0, :2].tolist() == [0.0, 0.0]
     torch.testing.assert_close(lam2[0, 2:], lam[0, 2:])
 
@@ -370,8 +372,9 @@ def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):
     g = torch.Generator().manual_seed(8)
     rots = random_rotations(n, generator=g)
     shifts = (torch.rand(n, 2, generator=g) - 0.5) * 2
-    img = torch.stack([render_images(vols[int(lab[i])], rots[i:i + 1], shifts[i:i + 1], ctf[[i]].to(dtype=torch.float32),
-                                     PIX)[0] for i in range(n)]) + 3.0 * torch.randn(n, D, D, generator=g)
+    img = torch.stack([render_images(vols[int(lab[i])], rots[i:i + 1], shifts[i:i + 1],
+                                     ctf[[i]].to(dtype=torch.float32), PIX)[0] for i in range(n)])
+    img = img + 3.0 * torch.randn(n, D, D, generator=g)
     p = _particles(tmp_path, img, rots, shifts, ctf)
     res = classify(p, vols.mean(0), {"n_classes": 2, "n_iterations": 6, "skip_align": True, "initial_lowpass": 12.0},
                    progress=False)

@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import dataclasses
+
 from cryolens.inference.engine import Trainer, TrainConfig, read_log
-from cryolens.methods.cryodrgn import DEFAULTS, build_model, hartley_std
+from cryolens.inference.latent_model import build_model
+from cryolens.inference.training import hartley_std
+from cryolens.methods.cryodrgn import CryoDRGNConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
 from _drgn_data import blob_dataset  # noqa: E402
 
-TINY = {**DEFAULTS, "zdim": 2, "enc_layers": 1, "enc_dim": 32, "dec_layers": 1, "dec_dim": 32, "pe_dim": 4}
+TINY = CryoDRGNConfig(zdim=2, enc_layers=1, enc_dim=32, dec_layers=1, dec_dim=32, pe_dim=4)
 
 
 def _trainer(particles, out, mode="vae", epochs=3, batch=8):
@@ -71,7 +75,8 @@ def test_resume_with_other_model_options_says_which_parameter_differs(tmp_path):
     _trainer(particles, tmp_path / "a", epochs=1).fit()
     ck = tmp_path / "a" / "checkpoint.pt"
     before = ck.read_bytes()
-    wide = build_model(particles.box_size, particles.pixel_size, len(particles), {**TINY, "dec_dim": 48}, "vae")
+    wide = build_model(particles.box_size, particles.pixel_size, len(particles), dataclasses.replace(TINY, dec_dim=48),
+                       "vae")
     wide.set_norm(1.0)
     other = Trainer(wide, particles, TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=3), tmp_path / "a", "cpu",
                     progress=False)
@@ -200,3 +205,59 @@ def test_epoch_images_draws_the_head_of_each_epochs_shuffled_order(tmp_path):
     assert set(per_epoch[0]) != set(per_epoch[1])
     ends = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r.get("epoch_end")]
     assert [r["step"] for r in ends] == [3, 6]
+
+
+class _KnownPoses:
+    """An InferenceStrategy that fills in given rotations (the metadata's) and records its hook calls."""
+
+    def __init__(self, rotations):
+        self.rotations, self.calls = rotations.clone(), []
+
+    def on_epoch_start(self, epoch, trainer):
+        self.calls.append(("start", epoch))
+
+    def before_batch(self, batch, trainer):
+        self.calls.append(("batch", trainer.epoch))
+        return {**batch, "rotation": self.rotations[batch["index"]]}
+
+    def on_epoch_end(self, epoch, trainer):
+        self.calls.append(("end", epoch))
+
+    def state_dict(self):
+        return {"rotations": self.rotations}
+
+    def load_state_dict(self, state):
+        self.rotations = state["rotations"].clone()
+
+
+def test_a_strategy_plugs_into_the_engine_with_the_direct_path_s_numbers(tmp_path):
+    """An InferenceStrategy that supplies the rotations of each batch (the metadata's, stripped from the
+    particles) gives exactly the losses and weights of the run where the batches carry them; its hooks run
+    start → one before_batch per step → end each epoch, and its state is in the checkpoint and comes back on
+    resume."""
+    import dataclasses
+
+    from cryolens.inference.strategy import InferenceStrategy
+
+    particles, _ = blob_dataset(tmp_path, 24, 16)
+    direct = _trainer(particles, tmp_path / "direct", mode="homo", epochs=2)
+    direct_log = direct.fit()
+    blind = dataclasses.replace(particles, rotations=None)
+    strategy = _KnownPoses(particles.rotations)
+    assert isinstance(strategy, InferenceStrategy)
+    model = build_model(particles.box_size, particles.pixel_size, len(particles), TINY, "homo")
+    model.set_norm(hartley_std(particles, 64))
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=3)
+    via = Trainer(model, blind, cfg, tmp_path / "via", "cpu", progress=False, strategies=[strategy])
+    assert [r["loss"] for r in via.fit()] == [r["loss"] for r in direct_log]
+    for a, b in zip(direct.model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert strategy.calls == [("start", 0), *[("batch", 0)] * 3, ("end", 0), ("start", 1), *[("batch", 1)] * 3,
+                              ("end", 1)]
+    saved = torch.load(tmp_path / "via" / "checkpoint.pt", weights_only=False)["strategies"]
+    torch.testing.assert_close(saved[0]["rotations"], particles.rotations)
+    fresh = _KnownPoses(torch.zeros_like(particles.rotations))
+    again = Trainer(build_model(16, particles.pixel_size, 24, TINY, "homo"), blind, cfg, tmp_path / "via", "cpu",
+                    progress=False, strategies=[fresh])
+    assert again.resume()
+    torch.testing.assert_close(fresh.rotations, particles.rotations)

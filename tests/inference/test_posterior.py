@@ -168,3 +168,27 @@ def test_translation_grid():
     assert g[0].tolist() == [-2.0, -2.0] and g[1].tolist() == [-1.0, -2.0] and g[12].tolist() == [0.0, 0.0]
     c = translation_grid(2.0, 1.0, circular=True)
     assert c.shape == (13, 2) and bool((c.norm(dim=1) <= 2.0).all())
+
+
+def test_streaming_top_equals_one_sort_of_the_whole_table():
+    """estep.StreamingTop over chunks of a (B, X) log-weight table keeps exactly the top-k of one sort of
+    the whole table, with their labels, and the log-sum-exp of every entry; estep.significant keeps the
+    smallest prefix holding the mass."""
+    from cryolens.inference.estep import StreamingTop, significant
+
+    g = torch.Generator().manual_seed(4)
+    table = torch.randn(3, 50, generator=g, dtype=torch.float64) * 3
+    top = StreamingTop(3, 7, 1, dtype=torch.float64)
+    for a in range(0, 50, 12):
+        top.add(table[:, a:a + 12], lambda i, a=a: (a + i,))
+    v, (idx,) = top.sorted()
+    want_v, want_i = table.sort(1, descending=True)
+    torch.testing.assert_close(v, want_v[:, :7], rtol=0, atol=0)
+    assert torch.equal(idx, want_i[:, :7])
+    torch.testing.assert_close(top.lse[:, 0], torch.logsumexp(table, 1))
+    w, keep = significant(v, top.lse[:, 0], 0.5, 7)
+    p = torch.softmax(table, 1).sort(1, descending=True).values
+    for b in range(3):
+        n = int(keep[b].sum())
+        assert p[b, :n - 1].sum() < 0.5 and (n == 7 or p[b, :n].sum() >= 0.5)
+        torch.testing.assert_close(w[b, :n], p[b, :n])

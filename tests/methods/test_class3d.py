@@ -4,7 +4,7 @@ they need, and the data-versus-prior resolution rule."""
 import torch
 
 from cryolens.imaging.so3_grid import angular_step
-from cryolens.methods.class3d import _resolution_shell
+from cryolens.inference.classify import resolution_shell as _resolution_shell
 from cryolens.methods.registry import Known, get
 
 

@@ -1,14 +1,16 @@
 """cryoAI and CryoPoseNet through the registry: each runs ab initio (the metadata's poses never reach the
-model) on a tiny dataset, writes the map, the poses as STAR, the pose error against the metadata and the
-report; through ``cryolens train NAME --set ...``, a run resumed from its checkpoint ends where an
-uninterrupted one does; the pose refinement is reported."""
+model) on a tiny dataset and returns the map, the poses and the pose error against the metadata, which the
+one writer puts in the run folder with the report; through ``cryolens train NAME --set ...``, a run resumed
+from its checkpoint ends where an uninterrupted one does; the pose refinement is reported."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from cryolens.analysis.writer import write_run
 from cryolens.inference.engine import read_log
 from cryolens.io.mrc import read_volume
 from cryolens.io.runfolder import RunFolder
@@ -25,9 +27,9 @@ RECIPE_SMALL = {"cryoai": {**SMALL, "dec_layers": 1, "dec_dim": 32, "lr": 1e-3},
 
 @pytest.mark.parametrize("name", ["cryoai", "cryoposenet"])
 def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
-    """2 epochs on 48 images (D = 16, CTF): the recipe needs only the CTF, writes map.mrc (D³, the pixel
-    size), poses.star whose rotations and shifts are the outputs (proper rotations), poses.npz, metrics
-    with the rotation error against the metadata's poses, pose_error.png and report.html. Through the CLI
+    """2 epochs on 48 images (D = 16, CTF): the recipe needs only the CTF; the writer gives map.mrc (D³, the
+    pixel size), particles.star whose rotations and shifts are the outputs (proper rotations), metrics with
+    the rotation error against the metadata's poses and report.html. Through the CLI
     (options as --set), 1 epoch then --resume to 2 loads the checkpoint (the log holds epochs 1 and 2) and
     gives the uninterrupted run's poses."""
     particles, _ = blob_dataset(tmp_path, 48, 16)
@@ -36,17 +38,18 @@ def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
     cfg = rec.config({**RECIPE_SMALL[name], "epochs": 2})
     run = RunFolder(tmp_path / "run")
     out = rec.fit(particles, Known(poses=False), run, cfg, "cpu", False)
+    write_run(out, particles, run, recipe=rec)
     vol, px = read_volume(run.path("map.mrc"))
     assert vol.shape == (16, 16, 16) and px == pytest.approx(particles.pixel_size)
     np.testing.assert_allclose(vol, out.volume.numpy(), atol=1e-6)
-    star = read_star(run.path("poses.star"))
+    star = read_star(run.path("particles.star"))
     assert len(star) == 48
     torch.testing.assert_close(star.rotations, out.rotations, atol=1e-4, rtol=0)
     torch.testing.assert_close(star.shifts, out.shifts, atol=1e-3, rtol=0)
     torch.testing.assert_close(torch.linalg.det(out.rotations), torch.ones(48), atol=1e-5, rtol=0)
-    assert float(out.shifts.abs().max()) <= float(cfg["max_shift"]) + 1e-6
+    assert float(out.shifts.abs().max()) <= cfg.max_shift + 1e-6
     assert "median_rotation_error_amortized_deg" in out.metrics
-    for f in ("poses.npz", "pose_error.png", "report.html", "training_curves.png", "checkpoint.pt"):
+    for f in ("report.html", "training_curves.png", "checkpoint.pt"):
         assert run.path(f).is_file(), f
     assert "median_rotation_error_amortized_deg" in run.read_json("metrics.json")
 
@@ -67,15 +70,16 @@ def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
     assert resumed == [True]
     ends = [r["epoch"] for r in read_log(tmp_path / "cli" / "log.jsonl") if r.get("epoch_end")]
     assert ends == [1, 2]
-    npz = np.load(tmp_path / "cli" / "poses.npz")
-    np.testing.assert_allclose(npz["rotations"], out.rotations.numpy(), atol=1e-3)
+    cli_star = read_star(tmp_path / "cli" / "particles.star")
+    np.testing.assert_allclose(cli_star.rotations.numpy(), out.rotations.numpy(), atol=1e-3)
     assert (tmp_path / "cli" / "report.html").is_file()
 
 
 def test_pose_refinement_reports_both_errors(tmp_path):
-    """refine_poses=true: the poses written are the hierarchical search's against the trained map (grid
-    points of level base + levels), metrics hold the amortized and the refined rotation errors, and
-    refined/ holds the back-projection of the images with the refined poses."""
+    """refine_poses=true: the poses returned are the hierarchical search's against the trained map (grid
+    points of level base + levels), metrics hold the amortized and the refined rotation errors, and the
+    maps refined/ (map, half1, half2, written by the writer) are the back-projection of the images with the
+    refined poses."""
     from cryolens.imaging import so3_grid
     from cryolens.imaging.rotations import geodesic_distance
 
@@ -84,24 +88,24 @@ def test_pose_refinement_reports_both_errors(tmp_path):
     cfg = rec.config({**RECIPE_SMALL["cryoai"], "epochs": 1, "refine_poses": True, "refine_base_level": 1,
                       "refine_levels": 1, "refine_keep": 2})
     out = rec.fit(particles, Known(poses=False), RunFolder(tmp_path / "run"), cfg, "cpu", False)
+    write_run(out, particles, RunFolder(tmp_path / "run"), recipe=rec, report=False)
     assert {"median_rotation_error_amortized_deg", "median_rotation_error_refined_deg"} <= set(out.metrics)
     grid = so3_grid(2)
     nearest = geodesic_distance(out.rotations[:, None], grid[None]).min(dim=1).values
     assert float(nearest.max()) < 1e-3
-    npz = np.load(tmp_path / "run" / "poses.npz")
-    assert {"amortized_rotations", "amortized_shifts"} <= set(npz.files)
     # the images back-projected with the refined poses (not the amortized ones): refined/
-    import dataclasses
-
     from cryolens.methods.backprojection import backproject
 
     vol, _ = read_volume(tmp_path / "run" / "refined" / "map.mrc")
     bp = backproject(dataclasses.replace(particles, rotations=out.rotations, shifts=out.shifts), progress=False)
     np.testing.assert_allclose(vol, bp.volume.numpy(), atol=1e-5 * float(bp.volume.abs().max()))
-    amortized = torch.from_numpy(npz["amortized_rotations"])
-    assert not torch.allclose(amortized, out.rotations, atol=1e-3)
+    from cryolens.imaging import euler_to_matrix
+    extra = read_star(tmp_path / "run" / "particles.star").extra
+    amortized = euler_to_matrix(*(torch.deg2rad(torch.as_tensor(np.array(extra[f"rlnCryolensAmortized{k}"], float)))
+                                  for k in ("AngleRot", "AngleTilt", "AnglePsi")))
+    assert not torch.allclose(amortized.float(), out.rotations, atol=1e-3)
     assert out.metrics["resolution_halfmap_0143_refined_A"] == pytest.approx(bp.resolution)
-    for f in ("half1.mrc", "half2.mrc", "fsc.png"):
+    for f in ("half1.mrc", "half2.mrc"):
         assert (tmp_path / "run" / "refined" / f).is_file(), f
 
 
@@ -111,9 +115,7 @@ def test_gold_standard_rounds_search_each_half_against_its_own_weighted_half_map
     round 1's poses, recomputed here: weighted per shell by sqrt(2 FSC / (1 + FSC)) of the halves' FSC and
     solvent-flattened outside 0.4 D, one level finer. The poses written lie on that finer grid; both rounds'
     errors are in the metrics."""
-    import dataclasses
-
-    import cryolens.methods.amortized_pose as ap
+    import cryolens.inference.pose_refine as ap
     from cryolens.imaging import flatten_solvent, shell_filter_volume, so3_grid
     from cryolens.imaging.rotations import geodesic_distance
     from cryolens.inference.reconstruct import fsc_reference_weight
@@ -135,8 +137,8 @@ def test_gold_standard_rounds_search_each_half_against_its_own_weighted_half_map
     out = rec.fit(particles, Known(poses=False), RunFolder(tmp_path / "run"), cfg, "cpu", False)
     assert len(calls) == 3 and calls[0]["indices"] is None and calls[0]["levels"] is None
     r1, s1 = calls[0]["poses"]
-    bp = backproject(dataclasses.replace(particles, rotations=r1, shifts=s1), seed=int(cfg["seed"]), progress=False)
-    labels = half_set_labels(particles, int(cfg["seed"]))
+    bp = backproject(dataclasses.replace(particles, rotations=r1, shifts=s1), seed=cfg.seed, progress=False)
+    labels = half_set_labels(particles, cfg.seed)
     w = fsc_reference_weight(bp.fsc)
     for h, half in enumerate((bp.half1, bp.half2)):
         call = calls[1 + h]
@@ -166,13 +168,13 @@ def test_pose_heads_take_the_best_hypothesis_and_train_only_the_winner(tmp_path,
     branches × three heads), its pose is that hypothesis, and after a backward pass the rotation head's
     output rows of a hypothesis that won no image have zero gradient while the winners' do not."""
     from cryolens.imaging import flip_centered, inplane_pi_pose
-    from cryolens.methods.cryoai import DEFAULTS, CryoAI
+    from cryolens.methods.cryoai import CryoAI
 
     particles, _ = blob_dataset(tmp_path, 12, 16)
     from cryolens.io.dataset import iterate_batches
 
     images = next(iterate_batches(particles, 12))[1]
-    cfg = {**DEFAULTS, **RECIPE_SMALL["cryoai"], "pose_heads": 3, "symmetrized_loss": symmetrized}
+    cfg = get("cryoai").config({**RECIPE_SMALL["cryoai"], "pose_heads": 3, "symmetrized_loss": symmetrized})
     torch.manual_seed(0)
     model = CryoAI(16, particles.pixel_size, cfg)
     model.set_norm(float(images.std()))
@@ -210,7 +212,7 @@ def test_loss_resolution_limits_the_error_and_the_map_to_the_band(tmp_path):
     from cryolens.imaging import fft3_centered
     from cryolens.imaging.grids import freq_grid_3d
     from cryolens.io.dataset import iterate_batches
-    from cryolens.methods.cryoai import DEFAULTS, CryoAI
+    from cryolens.methods.cryoai import CryoAI
     from cryolens.volumes.lattice import SliceLattice
 
     particles, _ = blob_dataset(tmp_path, 8, 16)
@@ -221,7 +223,8 @@ def test_loss_resolution_limits_the_error_and_the_map_to_the_band(tmp_path):
     errors = {}
     for band in (res, 0.0):
         torch.manual_seed(0)
-        model = CryoAI(16, particles.pixel_size, {**DEFAULTS, **RECIPE_SMALL["cryoai"], "loss_resolution": band})
+        cfg = get("cryoai").config({**RECIPE_SMALL["cryoai"], "loss_resolution": band})
+        model = CryoAI(16, particles.pixel_size, cfg)
         model.set_norm(float(images.std()))
         model.eval()
         rots, sh = model.encoder.hypotheses(images)
@@ -254,8 +257,8 @@ def test_loss_band_marches_on_schedule_and_resumes(tmp_path, monkeypatch):
     march = {"loss_resolution": 16 * apix / 4, "loss_resolution_final": 16 * apix / 7, "march_start": 1, "epochs": 4}
     cfg = get("cryoai").config({**RECIPE_SMALL["cryoai"], **march})
     assert [band_radius(cfg, 16, apix, e) for e in range(4)] == pytest.approx([4, 4, 5.5, 7])
-    assert band_radius({**cfg, "loss_resolution_final": 0.0}, 16, apix, 3) == pytest.approx(4)
-    assert band_radius({**cfg, "loss_resolution": 0.0, "loss_resolution_final": 0.0}, 16, apix, 0) == 8
+    assert band_radius(dataclasses.replace(cfg, loss_resolution_final=0.0), 16, apix, 3) == pytest.approx(4)
+    assert band_radius(dataclasses.replace(cfg, loss_resolution=0.0, loss_resolution_final=0.0), 16, apix, 0) == 8
 
     seen = {}
     errors = CryoAI.image_errors
@@ -289,10 +292,10 @@ def test_loss_band_marches_on_schedule_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "cut"), cfg, "cpu", False)
     monkeypatch.setattr(CryoAI, "on_epoch_start", hook)
-    again = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "cut"), {**cfg, "resume": True},
-                              "cpu", False)
+    again = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "cut"),
+                              dataclasses.replace(cfg, resume=True), "cpu", False)
     assert [r["epoch"] for r in read_log(tmp_path / "cut" / "log.jsonl") if r.get("epoch_end")] == [1, 2, 3, 4]
     torch.testing.assert_close(again.volume, out.volume, atol=1e-4 * float(out.volume.abs().max()), rtol=0)
-    done = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "full"), {**cfg, "resume": True},
-                             "cpu", False)
+    done = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "full"),
+                             dataclasses.replace(cfg, resume=True), "cpu", False)
     torch.testing.assert_close(done.volume, out.volume, atol=1e-6 * float(out.volume.abs().max()), rtol=0)

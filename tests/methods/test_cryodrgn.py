@@ -5,6 +5,7 @@ z per image in input order; the recipes are registered with their published defa
 import numpy as np
 import torch
 
+from cryolens.analysis.writer import write_run
 from cryolens.io.mrc import read_volume
 from cryolens.io.runfolder import RunFolder
 from cryolens.methods import Known, get
@@ -31,11 +32,13 @@ def test_recipes_registered_with_published_defaults():
 
 def test_homogeneous_neural_volume_recovers_the_map(tmp_path):
     """cryodrgn-homo on 320 noiseless images (shifts, CTFs) of a blob volume: the rendered map's FSC
-    against the true volume is ≥ 0.9 over shells 0–3 (to 0.4 × Nyquist); load_trained's decode gives that same map."""
+    against the true volume is ≥ 0.9 over shells 0–3 (to 0.4 × Nyquist); load_trained's decode gives the map
+    the one writer wrote."""
     particles, _ = blob_dataset(tmp_path, 320, 16)
     rec = get("cryodrgn-homo")
     run = RunFolder(tmp_path / "run")
     out = rec.fit(particles, Known(), run, rec.config({**SMALL, "epochs": 8}), "cpu", False)
+    write_run(out, particles, run, recipe=rec, report=False)  # the run folder, as the CLI and the benchmark
     curve = np.asarray(fsc(out.volume, blob_volume(16)))
     assert curve[:4].min() > 0.9, curve
     trained = load_trained(run.root)
@@ -54,6 +57,7 @@ def test_variational_autodecoder_keeps_one_latent_per_image(tmp_path):
     run = RunFolder(tmp_path / "run")
     cfg = rec.config({**SMALL, "epochs": 2, "zdim": 2, "variational": True})
     out = rec.fit(particles, Known(), run, cfg, "cpu", False)
+    write_run(out, particles, run, recipe=rec, report=False)
     z = np.load(run.path("z.npy"))
     assert z.shape == (64, 2)
     trained = load_trained(run.root)

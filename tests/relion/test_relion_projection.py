@@ -122,7 +122,7 @@ def test_ctf_with_astigmatism_matches_relion_project(smooth_volume):
 
 def test_phase_shift_sign_matches_relion_project(smooth_volume):
     """rlnPhaseShift φ (30°, 90°, −45°, 150°) enters RELION's CTF as sin(γ + φ), the sign cryolens
-    uses (CONVENTIONS.md): relative error < 1e-5 (measured ~4e-8). The opposite sign, sin(γ − φ),
+    uses (docs/CONVENTIONS.md): relative error < 1e-5 (measured ~4e-8). The opposite sign, sin(γ − φ),
     is far off (relative error > 0.5; measured 1.1–2.0)."""
     f, ref = _relion_ctf_pair(smooth_volume, PHASE_PLATE)
     assert _rel(f * _our_ctf(PHASE_PLATE), ref).max() < 1e-5

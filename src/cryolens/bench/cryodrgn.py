@@ -11,7 +11,7 @@ cryoDRGN lives in its own virtual environment (its pins differ from ours), found
     echo torch==2.13.0 > /tmp/c.txt && /work/cdrgn-venv/bin/pip install -c /tmp/c.txt cryodrgn==4.3.1
     export CRYOLENS_CRYODRGN=/work/cdrgn-venv
 
-Conventions (CONVENTIONS.md; the writers in :mod:`cryolens.io.cryodrgn`): the pose pickle holds
+Conventions (docs/CONVENTIONS.md; the writers in :mod:`cryolens.io.cryodrgn`): the pose pickle holds
 ``rot = Rᵀ`` and ``trans = −shift / D``; the CTF pickle RELION's parameters. cryoDRGN's CTF is −1 ×
 ours and it inverts the data sign by default, so the two cancel: images are handed over as they
 are and its maps come out with our sign. Its maps are ``[z, y, x]`` on the same ``D`` box, in the

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.writer import write_run
 from ..io.mrc import read_volume
 from ..io.runfolder import RunFolder
 from ..io.star import read_star
-from ..methods.backprojection import backproject, write_outputs
 from ..io.atomic import read_atoms
+from ..methods.registry import Known, get
 from ..simulate import bundled_model
 from ..simulate.dataset import simulate_dataset
 from ..simulate.density import atoms_to_volume
@@ -19,8 +20,8 @@ from ..simulate.density import atoms_to_volume
 def run_demo(run: RunFolder, model: str = "4E43", n_images: int = 2000, box: int = 64, pixel_size: float = 1.5,
              snr: float = 0.1, seed: int = 0, device=None, progress: bool = True) -> dict:
     """Simulate ``n_images`` particles of ``model`` (a bundled name or a .pdb/.cif path) into
-    ``run/dataset``, back-project them from their known poses and CTFs, and write the maps,
-    ``metrics.json`` and plots into ``run``. Returns the metrics."""
+    ``run/dataset``, back-project them from their known poses and CTFs (the ``backprojection``
+    recipe), and write the run folder with the one writer. Returns the metrics."""
     path = Path(model) if Path(model).suffix else bundled_model(model)
     atoms = read_atoms(path)
     volume = atoms_to_volume(atoms, box, pixel_size, device=device)
@@ -29,8 +30,7 @@ def run_demo(run: RunFolder, model: str = "4E43", n_images: int = 2000, box: int
                                 overwrite=True)
     particles = read_star(Path(data_dir) / "particles.star")
     truth, _ = read_volume(Path(data_dir) / "ground_truth" / "volume_000.mrc")
-    result = backproject(particles, device=device, seed=seed, progress=progress)
-    metrics = write_outputs(result, particles, run, torch.from_numpy(truth))
-    metrics.update({"model": str(model), "snr": snr})
-    run.write_metrics(metrics)
-    return metrics
+    recipe = get("backprojection")
+    outputs = recipe.fit(particles, Known(), run, recipe.config({"seed": seed}), device, progress)
+    return write_run(outputs, particles, run, recipe, torch.from_numpy(truth), report=False,
+                     metrics={"model": str(model), "snr": snr})

@@ -1,5 +1,8 @@
-"""Write one benchmark run's folder: maps (.mrc with voxel size), metrics.json, per-image arrays
-(``arrays.npz``, read back by the leaderboard's plots), PNG plots and report.html."""
+"""Write one benchmark run's folder: what the CLI writes for the same recipe (the one writer,
+:func:`cryolens.analysis.writer.write_run`: maps, ``particles.star``, ``z.npy``, plots), then the
+scoring-specific files on top: ``metrics.json`` with the scores, per-image arrays (``arrays.npz``,
+read back by the leaderboard's plots), ``fsc.png`` / ``sections.png`` against the ground truth in
+the aligned frame, pose-error / AUC / latent plots, and report.html."""
 
 from __future__ import annotations
 
@@ -10,24 +13,29 @@ from ..analysis.bench_plots import plot_auc_histogram, plot_latents, plot_pose_e
 from ..analysis.plots import plot_fsc, plot_sections
 from ..analysis.report import write_report
 from ..io.files import atomic_path
-from ..io.mrc import write_volume
 
 
 def _np(x) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
-def write_run_outputs(run, task, method: str, outputs, truth, metrics: dict, arrays: dict) -> None:
-    """Everything a run folder holds after scoring (see :mod:`cryolens.bench.runner`)."""
+def write_run_outputs(run, task, method: str, outputs, truth, metrics: dict, arrays: dict, particles=None,
+                      recipe=None) -> None:
+    """Everything a run folder holds after scoring (see :mod:`cryolens.bench.runner`). With the
+    ``particles`` the recipe was given, the run folder of the one writer first (the same files as the
+    CLI's); without (a rescore), only the scoring files and ``metrics.json`` are rewritten."""
+    if particles is not None:
+        from ..analysis.writer import write_run
+
+        metrics = write_run(outputs, particles, run, recipe, report=False, metrics=metrics)
+    write_scoring_files(run, task, method, outputs, truth, metrics, arrays)
+    run.write_metrics(metrics)
+    write_report(run.root, f"{method} on {task.name}")
+
+
+def write_scoring_files(run, task, method: str, outputs, truth, metrics: dict, arrays: dict) -> None:
+    """The benchmark's own files: FSC and sections against the truth, per-image plots, ``arrays.npz``."""
     px, d = truth.pixel_size, truth.volumes.shape[-1]
-    if outputs.volume is not None:
-        write_volume(run.path("map.mrc"), _np(outputs.volume), px)
-    if outputs.half_maps is not None:
-        write_volume(run.path("half1.mrc"), _np(outputs.half_maps[0]), px)
-        write_volume(run.path("half2.mrc"), _np(outputs.half_maps[1]), px)
-    if outputs.volumes is not None:
-        for k, v in enumerate(outputs.volumes):
-            write_volume(run.path(f"class_{k:03d}.mrc"), _np(v), px)
     curves = {}
     if "gt_fsc" in metrics:
         curves["map vs ground truth"] = np.asarray(metrics["gt_fsc"])
@@ -59,5 +67,3 @@ def write_run_outputs(run, task, method: str, outputs, truth, metrics: dict, arr
     if arrays:
         with atomic_path(run.path("arrays.npz")) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-    run.write_metrics(metrics)
-    write_report(run.root, f"{method} on {task.name}")

@@ -16,7 +16,9 @@ shifts) unless ``known.poses``, the CTF unless ``known.ctf``, and every extra pe
 
 Layout of ``out``::
 
-    runs/<task>/<method>/   config.json, metrics.json, result.json, maps (.mrc), plots, report.html,
+    runs/<task>/<method>/   the recipe's run folder as the CLI writes it (the one writer,
+                            :func:`cryolens.analysis.writer.write_run`: config.json, maps, particles.star,
+                            plots), metrics.json with the scores, result.json, arrays.npz, report.html,
                             (error.txt on failure), whatever the recipe wrote (log.jsonl, ...)
     results.json            every run's row (rewritten after each run)
 
@@ -120,12 +122,14 @@ def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Pa
 INITIAL_MODEL_KEYS = ("initial_model", "init_map")
 
 
-def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict) -> dict:
+def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict):
     """The recipe's defaults updated with the task file's ``method_config`` and the caller's
     overrides (options the recipe does not have are dropped from the task file's, with a log line,
     since a suite names options of recipes that may not have landed; the caller's must exist).
     Methods listed in the task's ``initial_model.methods`` get the ground truth low-pass filtered
-    to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty."""
+    to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty.
+    Everything goes through the recipe's :meth:`~cryolens.methods.registry.Recipe.config` (typed,
+    coerced; an unknown or mistyped option of the caller's is an InputError naming the recipe)."""
     rec = method.recipe
     from_task = dict(task.options.get("method_config", {}).get(method.name, {}) or {})
     dropped = sorted(set(from_task) - set(rec.defaults))
@@ -134,13 +138,19 @@ def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict) 
     over = {k: v for k, v in from_task.items() if k in rec.defaults}
     over.update({k: v for k, v in (overrides.get(method.name, {}) or {}).items()})
     over.update({k: v for k, v in (overrides.get("*", {}) or {}).items() if k in rec.defaults})
-    cfg = rec.config(over)
     init = task.options.get("initial_model", {}) or {}
     wants = method.name in (init.get("methods") or []) or "initial_model" in rec.defaults
     for key in INITIAL_MODEL_KEYS:
-        if wants and key in cfg and not cfg[key]:
-            cfg[key] = str(initial_model(dataset_dir, float(init.get("lowpass_A", INITIAL_LOWPASS_A))))
-    return cfg
+        if wants and key in rec.defaults and not over.get(key, rec.defaults[key]):
+            over[key] = str(initial_model(dataset_dir, float(init.get("lowpass_A", INITIAL_LOWPASS_A))))
+    return rec.config(over)
+
+
+def config_json(config) -> dict:
+    """A recipe config (typed, or a plain dict) as JSON-ready ``{option: value}``."""
+    from ..methods.config import as_dict
+
+    return _json(dict(config) if isinstance(config, dict) else as_dict(config))
 
 
 def _json(x):
@@ -166,7 +176,7 @@ def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, con
     run = RunFolder(run_dir)
     result: dict = {"task": task.name, "method": method.name, "origin": method.origin, "status": "failed"}
     try:
-        run.write_config("bench run", {"task": task.as_dict(), "method": method.name, "config": config,
+        run.write_config("bench run", {"task": task.as_dict(), "method": method.name, "config": config_json(config),
                                        "dataset": str(dataset_dir), "device": device, "threads": threads})
         full = read_star(dataset_dir / "particles.star")
         particles = strip_unknown(full, task.known)
@@ -190,7 +200,7 @@ def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, con
                         if isinstance(v, (int, float, str, bool))})
         metrics["fit_s"] = fit_s
         metrics["total_s"] = time.time() - t0
-        write_run_outputs(run, task, method.name, outputs, truth, metrics, arrays)
+        write_run_outputs(run, task, method.name, outputs, truth, metrics, arrays, particles, method.recipe)
         result["status"] = "ok"
         result["metrics"] = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
     except Exception as e:  # recorded, never raised: the suite goes on
@@ -294,7 +304,7 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
                          f"killed at {peak:.0f} MB (budget {memory_mb:.0f} MB)" if status == "over_memory" else
                          f"the process ended with exit code {proc.exitcode} and no result")}
     row.update(wall_s=wall, peak_mem_mb=peak, budget_s=budget_s,
-               memory_mb=memory_mb, task_hash=task.dataset_hash(), config=config, snr=task.snr,
+               memory_mb=memory_mb, task_hash=task.dataset_hash(), config=config_json(config), snr=task.snr,
                heterogeneity=task.heterogeneity, known={"poses": task.known.poses, "ctf": task.known.ctf},
                run_dir=str(run_dir), dataset_dir=str(dataset_dir), n_images=int(task.dataset["n_images"]),
                box=int(task.dataset["box"]), pixel_size=float(task.dataset["pixel_size"]))
@@ -329,7 +339,7 @@ def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathL
             if not rerun and prev.is_file():
                 old = json.loads(prev.read_text())
                 if old.get("status") == "ok" and old.get("task_hash") == task.dataset_hash() and \
-                        old.get("config") == _json(config):
+                        old.get("config") == config_json(config):
                     old["resumed"] = True
                     rows.append(old)
                     continue

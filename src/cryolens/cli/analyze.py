@@ -50,7 +50,7 @@ def _values(specs: list[str], n: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..analysis.latent import analyze_latents
+    from ..analysis.latent_run import analyze_latents
     from ..errors import InputError
     from ..io.dataset import read_particles
     from ..io.runfolder import RunFolder

@@ -70,22 +70,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _value(text: str):
-    import yaml
+    from ..methods.config import parse_text
 
-    return yaml.safe_load(text)
+    return parse_text(text)
 
 
 def _overrides(items: list[str]) -> dict:
-    from ..errors import InputError
+    from .options import parse_set
 
-    out: dict = {}
-    for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise InputError(f"--set {item}: expected METHOD.OPTION=VALUE")
-        key, val = item.split("=", 1)
-        method, option = key.split(".", 1)
-        out.setdefault(method, {})[option] = _value(val)
-    return out
+    return parse_set(items, dotted=True)
 
 
 def _tasks(args, many: bool = True):

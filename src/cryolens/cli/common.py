@@ -22,3 +22,40 @@ def require_reference(volume: torch.Tensor, box: int, path: str) -> torch.Tensor
     if tuple(volume.shape) != (box, box, box):
         raise InputError(f"{path}: reference map is {tuple(volume.shape)}, particles need ({box}, {box}, {box})")
     return volume.float()
+
+
+def config_value(config, name: str, default=None):
+    """Option ``name`` of a recipe config (a :class:`~cryolens.methods.config.RecipeConfig`, or a plain
+    dict while recipes are converted)."""
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def config_dict(config) -> dict:
+    """A recipe config as a plain dict (for ``config.json``)."""
+    from ..methods.config import as_dict
+
+    return dict(config) if isinstance(config, dict) else as_dict(config)
+
+
+def fit_and_write(command: str, recipe, particles, known, config, args, device, reference=None,
+                  metrics: dict | None = None, title: str | None = None):
+    """The body of a recipe command: ``config.json``, ``recipe.fit``, then the one writer
+    (:func:`cryolens.analysis.writer.write_run`) into ``args.out``. Returns ``(outputs, metrics)``.
+
+    Unless the config resumes, a ``metrics.json`` left by an earlier run in the folder is removed first
+    (what ``fit`` writes while it runs is kept under the writer's numbers)."""
+    from ..analysis.writer import title_for, write_run
+    from ..io.runfolder import RunFolder
+
+    run = RunFolder(args.out)
+    resume = bool(config_value(config, "resume", False))
+    if not resume:
+        run.path("metrics.json").unlink(missing_ok=True)
+        fixed = {k: v for k, v in vars(args).items() if not k.startswith(("_", "opt__")) and k != "set"}
+        run.write_config(command, {**fixed, "recipe": recipe.name, "options": config_dict(config)})
+    out = recipe.fit(particles, known, run, config, device, not args.quiet)
+    m = write_run(out, particles, run, recipe, reference, metrics=metrics, keep_existing=True,
+                  title=title or title_for(command, recipe, args.input))
+    return out, m

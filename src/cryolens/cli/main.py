@@ -2,7 +2,8 @@
 
 Each command lives in its own module of this package with a docstring (its help),
 ``add_args(parser)`` and ``main(args) -> int``. Bad input ends with one line on stderr
-naming the file and the problem and exit code 2 — never a traceback.
+naming the file and the problem and exit code 2 — never a traceback. Recipe commands get one flag per
+recipe option, generated from the recipe's typed config (:mod:`cryolens.cli.options`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from ..errors import InputError
 
 COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo", "refine", "classify", "abinit", "train",
-            "eval-vol", "analyze", "bench"]
+            "eval-vol", "analyze", "bench", "recipes"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` in-process; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's usage errors (exit 2) and --help (exit 0), as a return code
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args._main(args) or 0)
     except InputError as e:

@@ -5,11 +5,19 @@ Both paths return the same images up to interpolation error: the Fourier path sl
 oversampled transform; the real path rotates and sums the volume, then applies shift and
 CTF in Fourier space (the PSF convolution). Noise is added by the caller
 (:mod:`cryolens.imaging.noise`) so the noiseless images stay available.
+
+:class:`ForwardModel` is the interface (docs/ARCHITECTURE.md, "Interfaces"): ``(volume, rotations, shifts,
+ctf, pixel_size) → predicted images``, batched and differentiable, in Fourier space (centered complex
+transforms) or real space, as its ``space`` says. Implementations: :class:`FourierSliceForward` (the
+oversampled Fourier slice, :func:`forward_fourier`), :class:`ImageForward` (real images,
+:func:`render_images` with either projector) and :class:`ProjectorForward` (a volume model that projects
+itself in real space, e.g. a real-space voxel grid or a Gaussian mixture, then shift and CTF).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -62,7 +70,67 @@ def render_images(volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.T
         vft = prepare_volume_ft(volume, pad=pad) if volume_ft is None else volume_ft
         f = forward_fourier(vft, rotations, d, shifts, ctf, pixel_size)
     elif projector == "real":
-        f = shift_and_ctf(fft2_centered(project_real(volume, rotations)), shifts, ctf, pixel_size)
+        return apply_psf(project_real(volume, rotations), shifts, ctf, pixel_size)
     else:
         raise ValueError(f"unknown projector {projector!r}")
     return ifft2_centered(f).real
+
+
+def apply_psf(projections: torch.Tensor, shifts: torch.Tensor | None = None, ctf: CTFParams | None = None,
+              pixel_size: float | None = None) -> torch.Tensor:
+    """Real-space images ``(N, D, D)`` from real-space projections ``(N, D, D)``: the shift and the CTF
+    applied in Fourier space (:func:`shift_and_ctf`; the PSF convolution of Eq. 1)."""
+    return ifft2_centered(shift_and_ctf(fft2_centered(projections), shifts, ctf, pixel_size)).real
+
+
+@runtime_checkable
+class ForwardModel(Protocol):
+    """``(volume, rotations (N, 3, 3) image → volume frame, shifts (N, 2) px (x, y) | None, ctf (N) |
+    None, pixel_size Å/px) → (N, D, D)`` predicted images (module docstring). ``space``: ``"fourier"``
+    (complex centered transforms) or ``"real"`` (float images ``[n, y, x]``)."""
+
+    space: ClassVar[str]
+
+    def __call__(self, volume: Any, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+                 ctf: CTFParams | None = None, pixel_size: float | None = None) -> torch.Tensor:
+        ...
+
+
+@dataclass(frozen=True)
+class FourierSliceForward:
+    """Centered image transforms ``(N, D, D)`` complex of a real ``(D, D, D)`` map: its ``pad``-times
+    oversampled transform sliced (:func:`forward_fourier`)."""
+
+    pad: int = 2
+    space: ClassVar[str] = "fourier"
+
+    def __call__(self, volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+                 ctf: CTFParams | None = None, pixel_size: float | None = None) -> torch.Tensor:
+        vft = prepare_volume_ft(volume, pad=self.pad)
+        return forward_fourier(vft, rotations, volume.shape[-1], shifts, ctf, pixel_size)
+
+
+@dataclass(frozen=True)
+class ImageForward:
+    """Real-space images ``(N, D, D)`` of a real ``(D, D, D)`` map (:func:`render_images` with
+    ``projector`` and ``pad``)."""
+
+    projector: Literal["fourier", "real"] = "fourier"
+    pad: int = 2
+    space: ClassVar[str] = "real"
+
+    def __call__(self, volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+                 ctf: CTFParams | None = None, pixel_size: float | None = None) -> torch.Tensor:
+        return render_images(volume, rotations, shifts, ctf, pixel_size, projector=self.projector, pad=self.pad)
+
+
+@dataclass(frozen=True)
+class ProjectorForward:
+    """Real-space images ``(N, D, D)`` of a volume model with its own real-space ``project(rotations)``
+    (:class:`~cryolens.volumes.protocol.RealSpaceProjector`), then :func:`apply_psf`."""
+
+    space: ClassVar[str] = "real"
+
+    def __call__(self, volume: Any, rotations: torch.Tensor, shifts: torch.Tensor | None = None,
+                 ctf: CTFParams | None = None, pixel_size: float | None = None) -> torch.Tensor:
+        return apply_psf(volume.project(rotations), shifts, ctf, pixel_size)

@@ -1,6 +1,6 @@
 """Noise at a target signal-to-noise ratio.
 
-SNR = variance of the noiseless (CTF-modulated) images / noise variance (CONVENTIONS). White
+SNR = variance of the noiseless (CTF-modulated) images / noise variance (docs/CONVENTIONS.md). White
 noise is i.i.d. Gaussian per pixel; coloured noise has a per-shell power spectrum shape and is
 scaled to the same real-space variance.
 """

@@ -151,7 +151,7 @@ def s2s2_to_matrix(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     ``v = (a, b)`` with ``a = v[..., :3]``, ``b = v[..., 3:]`` any two non-parallel 3-vectors (an encoder's
     raw output). Gram–Schmidt: ``e₁ = a/|a|``, ``e₂ = (b − (e₁·b) e₁)/|…|``, ``e₃ = e₁ × e₂``, and
     ``R = [e₁ e₂ e₃]`` as **columns**: ``e₁ = R x̂`` and ``e₂ = R ŷ`` are the image-frame axes in the volume
-    frame (CONVENTIONS.md: ``R`` maps image → volume frame). ``det R = +1`` by construction; differentiable
+    frame (docs/CONVENTIONS.md: ``R`` maps image → volume frame). ``det R = +1`` by construction; differentiable
     wherever ``a`` and ``b`` are not parallel (``eps`` guards the norms)."""
     a, b = v[..., :3], v[..., 3:6]
     e1 = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)

@@ -2,7 +2,7 @@
 mini-batches with the poses (and classes) marginalised inside each batch.
 
 Punjani, Rubinstein, Fleet & Brubaker 2017, *cryoSPARC: algorithms for rapid unsupervised cryo-EM
-structure determination*, Nat. Methods 14:290 (METHODS.md): from random starts, SGD on
+structure determination*, Nat. Methods 14:290 (docs/METHODS.md): from random starts, SGD on
 ``−log p(V) − Σ_i log Σ_{k,R,t} π_k p(Y_i | V_k, R, t)`` with a mini-batch per step and the pose
 integral approximated on the images of the batch only, the resolution limit growing over the
 iterations; several classes at once for heterogeneous data. What we chose, and why:
@@ -10,7 +10,7 @@ iterations; several classes at once for heterogeneous data. What we chose, and w
 - **Start** (:func:`random_start`, never the ground truth): seeded Gaussian noise, low-passed to the
   initial resolution, inside a soft sphere of radius ``0.35·D``, scaled to the signal power the
   images show (:func:`signal_power`); one independent start per class.
-- **Pose marginalisation**: the exact posterior over a grid (:func:`~cryolens.inference.classes.
+- **Pose marginalisation**: the exact posterior over a grid (:func:`~cryolens.inference.estep.
   class_pose_posterior`: SO(3) level ``grid_level``, 15° by default, × a square shift grid), pruned
   to its significant set (``mass`` 0.99) — a deterministic importance sampling of the integral.
 - **Step** (online EM = preconditioned SGD): the sufficient statistics of the M-step
@@ -31,7 +31,7 @@ iterations; several classes at once for heterogeneous data. What we chose, and w
   first ``0.75·n_iterations`` iterations, then held; the images and maps are Fourier-cropped to the
   box ``2·k_final`` (rounded up to even), as cryoSPARC works at reduced box size.
 - **Prior**: per class ``λ(s) = σ²(s) / (pad³ · T · τ²(s))`` with ``τ²`` the power spectrum of the
-  current map (as :mod:`~cryolens.inference.classes`), ``λ = ∞`` beyond ``k(t)``.
+  current map (:func:`~cryolens.inference.prior.map_prior`), ``λ = ∞`` beyond ``k(t)``.
 - **Noise**: ``σ²(s)`` starts at the mean image power per shell (RELION's initial estimate) and
   follows the running average of the posterior-weighted residual power.
 - **Class priors**: running average of the batches' mean class posteriors (same ``η_t``).
@@ -50,16 +50,15 @@ import torch
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
 from ..imaging.grids import lowpass_filter_3d, shell_index_2d, shell_sum, spherical_mask
-from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..imaging.so3_grid import so3_grid
 from ..io.dataset import read_images
 from ..io.particles import Particles
-from .classes import (class_pose_posterior, class_regularisation, fourier_crop_images, power_spectrum,  # noqa: F401
-                      resize_volume)
-from .em import _insert_aggregates
+from ..imaging.spectra import fourier_crop_images, power_spectrum, resize_volume
+from .estep import class_pose_posterior, translation_grid
 from .likelihood import as_slicer
-from .posterior import translation_grid
+from .mstep import class_sums, insert_aggregates, noise_power
+from .prior import map_prior
 from .reconstruct import FourierAccumulator
 
 
@@ -162,7 +161,7 @@ class AbInitio:
     :attr:`done`; :meth:`result_volumes` gives the maps at the full box.
 
     Memory: one mini-batch of images at the cropped box ``d`` and its posterior
-    (:func:`~cryolens.inference.classes.class_pose_posterior`), plus ``K`` padded staging grids
+    (:func:`~cryolens.inference.estep.class_pose_posterior`), plus ``K`` padded staging grids
     ``(2d)³ × 3`` reals.
     """
 
@@ -247,46 +246,17 @@ class AbInitio:
         k_t = cfg.k_schedule(t, self.size, self.pixel_size)
         eta = cfg.step_size(t)
         y, c = self._batch(idx)
-        n_cls, size, dev, dt = st.volumes.shape[0], self.size, self.device, self.dtype
+        size, dev, dt = self.size, self.device, self.dtype
         slicers = [as_slicer(prepare_volume_ft(v, cfg.pad), size) for v in st.volumes]
         log_prior = torch.log(st.class_prior.clamp_min(1e-300)).to(dev, dt)
         post = class_pose_posterior(y, slicers, self.rotations, self.shifts, st.sigma2, ctf=c, k_max=k_t,
                                     log_class_prior=log_prior, mass=cfg.mass, max_significant=cfg.max_significant)
-        keep = post.rotation_index >= 0
-        w_all = torch.where(keep, post.weight, torch.zeros_like(post.weight))
-        w_all = w_all / w_all.sum(1, keepdim=True)
+        keep, w_all = post.pairs(0.0)
         bi, ki = keep.nonzero(as_tuple=True)
-        kk, r, w = post.class_index[bi, ki], post.rotation_index[bi, ki], w_all[bi, ki]
-        pair_shifts = self.shifts[post.shift_index[bi, ki]]
-        scale = n / b
-        shells = shell_index_2d(size, device=dev)
-        nsh = size // 2 + 1
-        power = (y.abs().square() * w_all.sum(1)[:, None, None]).sum(0)
-        vols = []
-        tau2 = torch.stack([power_spectrum(v) for v in st.volumes])
-        lam = class_regularisation(st.sigma2, tau2, cfg.tau2_fudge, cfg.pad)
-        lam[:, k_t + 1:] = float("inf")
-        for kc in range(n_cls):
-            acc = FourierAccumulator(size, cfg.pad, dev, dt)
-            acc.staging = st.staging[kc].mul_(1 - eta)
-            sel = kk == kc
-            if bool(sel.any()):
-                bs, rs, ws, ps = bi[sel], r[sel], w[sel], pair_shifts[sel]
-                used, inv = torch.unique(rs, return_inverse=True)
-                yu = phase_shift(y[bs], -ps)
-                ci = torch.ones_like(yu.real) if c is None else c[bs]
-                s1 = torch.zeros(used.shape[0], size, size, dtype=y.dtype, device=dev).index_add_(
-                    0, inv, ws[:, None, None] * ci * yu)
-                s2w = torch.zeros(used.shape[0], size, size, dtype=dt, device=dev).index_add_(
-                    0, inv, ws[:, None, None] * ci * ci)
-                p = slicers[kc](self.rotations[used])
-                power = power + (-2 * (s1.conj() * p).real + s2w * p.abs().square()).sum(0)
-                _insert_aggregates(acc, s1 * (eta * scale), s2w * (eta * scale), self.rotations[used])
-            st.staging[kc] = acc.staging
-            vols.append(acc.reconstruct(lam[kc]) if float(acc.weight.abs().sum()) > 0 else st.volumes[kc])
-        st.volumes = torch.stack(vols)
-        npix = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shells, nsh)
-        batch_sigma2 = shell_sum(power, shells, nsh) / (b * npix)
+        pairs = (bi, post.class_index[bi, ki], post.rotation_index[bi, ki], post.shift_index[bi, ki], w_all[bi, ki])
+        st.volumes, power = self._m_step(y, c, pairs, w_all.sum(1), slicers, k_t, eta * (n / b))
+        npix = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shell_index_2d(size, device=dev), size // 2 + 1)
+        batch_sigma2 = noise_power(shell_sum(power, shell_index_2d(size, device=dev), size // 2 + 1), b, npix)
         st.sigma2 = (1 - eta) * st.sigma2 + eta * batch_sigma2.to(dt)
         st.class_prior = (1 - eta) * st.class_prior + eta * post.class_probability.double().mean(0).cpu()
         st.iteration += 1
@@ -297,6 +267,30 @@ class AbInitio:
                   "class_prior": st.class_prior.tolist()}
         st.history.append(record)
         return record
+
+    def _m_step(self, y, c, pairs, image_weight, slicers, k_t: int, gain: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Running-statistics update of one batch's weighted pairs (module docstring: ``S ← (1 − η) S +
+        η (N / B) S_batch``, ``gain = η N / B``) and the new maps; returns ``(maps, residual power (d, d))``."""
+        st, cfg = self.state, self.cfg
+        eta = cfg.step_size(st.iteration)
+        tau2 = torch.stack([power_spectrum(v) for v in st.volumes])
+        lam = map_prior(st.sigma2, tau2, cfg.tau2_fudge * cfg.pad ** 3)[0]
+        lam[:, k_t + 1:] = float("inf")
+        accs = []
+        for kc in range(st.volumes.shape[0]):
+            acc = FourierAccumulator(self.size, cfg.pad, self.device, self.dtype)
+            acc.staging = st.staging[kc].mul_(1 - eta)
+            accs.append(acc)
+        def insert(k: int, used: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> None:
+            insert_aggregates(accs[k], s1 * gain, s2 * gain, self.rotations[used])
+
+        power = class_sums(y, c, pairs, image_weight, self.shifts, self.rotations, slicers, insert, chunk=None,
+                           ctf_first=True)
+        vols = []
+        for kc, acc in enumerate(accs):
+            st.staging[kc] = acc.staging
+            vols.append(acc.reconstruct(lam[kc]) if float(acc.weight.abs().sum()) > 0 else st.volumes[kc])
+        return torch.stack(vols), power
 
     @torch.no_grad()
     def assign(self, batch_size: int = 200, progress=None) -> dict[str, torch.Tensor]:
@@ -341,3 +335,34 @@ def ab_initio(particles: Particles, config: AbinitConfig | None = None, *, init_
             bar.update(1)
             bar.set_postfix(res=f"{rec['resolution_A']:.1f}Å")
     return run.result_volumes(), run.state
+
+
+def run_ab_initio(particles: Particles, config: AbinitConfig, checkpoint=None, every: int = 10,
+                  init_volumes: torch.Tensor | None = None, device=None, progress: bool = True,
+                  resume: bool = False) -> AbInitio:
+    """:class:`AbInitio` to the end, its state saved to the path ``checkpoint`` (if given) every ``every``
+    iterations and at the end; ``resume`` continues from it (made with the same options)."""
+    from dataclasses import asdict
+
+    from tqdm.auto import tqdm
+
+    from ..errors import InputError
+    from ..io.checkpoint import load_checkpoint, save_checkpoint
+
+    ab = AbInitio(particles, config, device)
+    made = {k: v for k, v in asdict(config).items() if k not in ("mass", "max_significant", "pad")}
+    if resume and checkpoint is not None and checkpoint.is_file():
+        saved = load_checkpoint(checkpoint)
+        if saved["config"] != made:
+            raise InputError(f"{checkpoint}: made with different ab initio options")
+        ab.load(saved["state"])
+    else:
+        ab.init(init_volumes)
+    with tqdm(total=config.n_iterations, initial=ab.state.iteration, desc="ab initio", disable=not progress) as bar:
+        while not ab.done:
+            rec = ab.step()
+            bar.update(1)
+            bar.set_postfix(res=f"{rec['resolution_A']:.1f}Å", maxw=f"{rec['mean_max_weight']:.2f}")
+            if checkpoint is not None and (ab.state.iteration % max(1, every) == 0 or ab.done):
+                save_checkpoint(checkpoint, {"config": made, "state": ab.state.to_dict()})
+    return ab

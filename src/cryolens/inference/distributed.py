@@ -57,6 +57,14 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
         dist.broadcast(t.data, src)
 
 
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Copy ``src``'s values of ``tensors`` (in place) to every rank (no-op when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for t in tensors:
+        dist.broadcast(t, src)
+
+
 def finish_distributed() -> None:
     """Leave the process group (after a barrier) if this process joined one."""
     if dist.is_available() and dist.is_initialized():

@@ -5,8 +5,12 @@ terms, ``"loss"`` (the scalar optimised) first; every term is logged. A batch is
 :class:`ParticleBatches`): ``index (B,)`` int64, ``image (B, D, D)`` float32 real space ``[n, y, x]``,
 ``shift (B, 2)`` px, and when known ``rotation (B, 3, 3)`` (image → volume frame) and ``ctf``
 (:class:`~cryolens.imaging.ctf.CTFParams`). A model may define ``param_groups()`` (per-group
-learning rates), ``on_epoch_start(epoch, trainer)`` (e.g. a pose search between epochs) and
-``on_epoch_end(epoch, trainer)`` (called before the epoch's checkpoint is written).
+learning rates), ``on_epoch_start(epoch, trainer)`` (a schedule, e.g. frequency marching) and
+``on_epoch_end(epoch, trainer)`` (called before the epoch's checkpoint is written). Hidden variables that
+are inferred rather than learned as parameters (e.g. poses found by a search) are
+:class:`~cryolens.inference.strategy.InferenceStrategy` callbacks given to the :class:`Trainer`
+(``strategies``): their epoch hooks run after the model's, ``before_batch`` fills their values into each
+batch, and their ``state_dict`` is checkpointed.
 
 What the engine does (nanoGPT style, the inner loop is :meth:`Trainer.fit`): streams batches from the
 memory-mapped stack with ``DataLoader`` workers; Adam / AdamW; autocast (bf16, or fp16 with a gradient
@@ -27,6 +31,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +47,7 @@ from ..io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from ..io.dataset import _Stacks, read_images
 from ..io.particles import Particles
 from .distributed import world
+from .strategy import InferenceStrategy
 
 
 class ParticleBatches(Dataset):
@@ -152,11 +158,14 @@ class TrainConfig:
 
 class Trainer:
     """Train ``model`` (engine docstring) on ``particles``, writing ``checkpoint.pt`` and ``log.jsonl``
-    into ``out_dir``. ``progress``: show the tqdm bar."""
+    into ``out_dir``. ``progress``: show the tqdm bar. ``strategies``: the
+    :class:`~cryolens.inference.strategy.InferenceStrategy` callbacks, called in order."""
 
     def __init__(self, model: nn.Module, particles: Particles, config: TrainConfig, out_dir: str | Path,
-                 device: torch.device | str | None = None, progress: bool = True):
+                 device: torch.device | str | None = None, progress: bool = True,
+                 strategies: Sequence[InferenceStrategy] = ()):
         self.model, self.particles, self.cfg = model, particles, config
+        self.strategies = list(strategies)
         self.out = Path(out_dir)
         self.device = torch.device(device or "cpu")
         self.progress = progress
@@ -193,9 +202,12 @@ class Trainer:
 
     # --- checkpoint / resume ---
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "rng": rng_state(),
-                "sampler": {"seed": self.cfg.seed, "epoch": self.epoch}, "train_config": asdict(self.cfg)}
+        out = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+               "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "rng": rng_state(),
+               "sampler": {"seed": self.cfg.seed, "epoch": self.epoch}, "train_config": asdict(self.cfg)}
+        if self.strategies:
+            out["strategies"] = [s.state_dict() for s in self.strategies]
+        return out
 
     def save(self) -> None:
         if self.rank == 0:
@@ -209,6 +221,13 @@ class Trainer:
         self._load_model_state(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
+        if self.strategies:
+            states = ck.get("strategies")
+            if states is None or len(states) != len(self.strategies):
+                raise InputError(f"{self.checkpoint_path}: no state of this run's inference strategies; resume "
+                                 "with the recipe and options the run was started with")
+            for strategy, state in zip(self.strategies, states):
+                strategy.load_state_dict(state)
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
         set_rng_state(ck["rng"])
@@ -254,7 +273,7 @@ class Trainer:
             if self.rank == 0:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.log_path.write_text("")
-        records = []
+        records: list[dict] = []
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         log = self.log_path.open("a") if self.rank == 0 else None
@@ -262,37 +281,16 @@ class Trainer:
             while self.epoch < self.cfg.epochs:
                 if hasattr(self.model, "on_epoch_start"):
                     self.model.on_epoch_start(self.epoch, self)
+                for strategy in self.strategies:
+                    strategy.on_epoch_start(self.epoch, self)
                 self.sampler.set_epoch(self.epoch)
                 per_epoch = self.epoch_indices() * self.world
-                bar = tqdm(total=per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                           unit="img", disable=not self.progress or self.rank != 0, leave=False)
                 t0 = time.time()
-                for batch in self.loader():
-                    batch = to_device(batch, self.device)
-                    with autocast:
-                        terms = self.net(batch)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(terms["loss"]).backward()
-                    if self.cfg.grad_clip > 0:
-                        self.scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.step += 1
-                    n = len(batch["index"]) * self.world
-                    rec = {"epoch": self.epoch + 1, "step": self.step,
-                           **{k: float(v.detach()) for k, v in terms.items()}}
-                    if not math.isfinite(rec["loss"]):
-                        raise FloatingPointError(f"loss became {rec['loss']} at step {self.step}: lower the "
-                                                 "learning rate or turn off amp")
-                    records.append(rec)
-                    if log is not None:
-                        log.write(json.dumps(rec) + "\n")
-                    bar.update(n)
-                    bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
-                bar.close()
+                self._train_epoch(per_epoch, autocast, records, log)
                 if hasattr(self.model, "on_epoch_end"):
                     self.model.on_epoch_end(self.epoch, self)
+                for strategy in self.strategies:
+                    strategy.on_epoch_end(self.epoch, self)
                 self.epoch += 1
                 if log is not None:
                     log.write(json.dumps({"epoch": self.epoch, "step": self.step, "epoch_end": True,
@@ -304,6 +302,36 @@ class Trainer:
             if log is not None:
                 log.close()
         return records
+
+    def _train_epoch(self, per_epoch: int, autocast, records: list[dict], log) -> None:
+        """One pass over this epoch's batches: a step each, a record each (appended, and written to ``log``)."""
+        bar = tqdm(total=per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                   unit="img", disable=not self.progress or self.rank != 0, leave=False)
+        for batch in self.loader():
+            batch = to_device(batch, self.device)
+            with autocast:
+                for strategy in self.strategies:
+                    batch = strategy.before_batch(batch, self)
+                terms = self.net(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["loss"]).backward()
+            if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            n = len(batch["index"]) * self.world
+            rec = {"epoch": self.epoch + 1, "step": self.step, **{k: float(v.detach()) for k, v in terms.items()}}
+            if not math.isfinite(rec["loss"]):
+                raise FloatingPointError(f"loss became {rec['loss']} at step {self.step}: lower the "
+                                         "learning rate or turn off amp")
+            records.append(rec)
+            if log is not None:
+                log.write(json.dumps(rec) + "\n")
+            bar.update(n)
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+        bar.close()
 
 
 class _Head:

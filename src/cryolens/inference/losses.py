@@ -2,7 +2,7 @@
 CTF and shift of the forward model), the closed-form KL of a diagonal Gaussian to N(0, I), and the
 reparametrised sample.
 
-**Likelihood.** Model (DESIGN.md): ``X̃ = CTF ⊙ ramp_t ⊙ P_R Ṽ(z) + N``. Undoing the shift on the
+**Likelihood.** Model (docs/ARCHITECTURE.md): ``X̃ = CTF ⊙ ramp_t ⊙ P_R Ṽ(z) + N``. Undoing the shift on the
 image (``ramp_t`` has modulus 1, so ``|X̃ − C·ramp_t·P| = |X̃·conj(ramp_t) − C·P|``) and taking the
 Hartley transform of the centred image ``Y = Re − Im`` of ``X̃·conj(ramp_t)`` gives
 ``Y = C ⊙ H_R(z) + N_H``, where ``H_R`` is the Hartley slice (the CTF is real and even, so it
@@ -37,7 +37,7 @@ from ..volumes.lattice import SliceLattice
 
 def centered_hartley(images: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
     """Hartley transforms ``(B, D, D)`` of ``images (B, D, D)`` real after moving the particle centre to the
-    image centre (``shifts (B, 2)`` px, CONVENTIONS.md: the phase ramp of ``−shift``)."""
+    image centre (``shifts (B, 2)`` px, docs/CONVENTIONS.md: the phase ramp of ``−shift``)."""
     x = images if images.dtype == torch.float64 else images.float()
     f = fft2_centered(x)
     if shifts is not None:

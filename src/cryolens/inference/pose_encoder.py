@@ -15,7 +15,7 @@ encoder ``E(Y) = (R, t)`` trained jointly with the volume, so its cost does not 
    one whose image error is smallest (winner-take-all, as CryoSPIN's multi-choice encoder, Shekarforoush
    et al. 2024: one head regressing a pose over all of SO(3) falls into flipped-view minima);
 4. a separate translation head (fully connected ``hidden`` → 2), bounded as ``max_shift · tanh``
-   (px, particle centre relative to the image centre, CONVENTIONS.md).
+   (px, particle centre relative to the image centre, docs/CONVENTIONS.md).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _head(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
 class PoseEncoder(nn.Module):
     """``images (B, D, D)`` float32 real space ``[n, y, x]`` → ``(rotations (B, 3, 3), shifts (B, 2))``.
 
-    rotations: image → volume frame (CONVENTIONS.md). shifts: px ``(x, y)``, ``|t| < max_shift`` per axis
+    rotations: image → volume frame (docs/CONVENTIONS.md). shifts: px ``(x, y)``, ``|t| < max_shift`` per axis
     (``max_shift = 0``: no translation head, shifts are zero). box_size: ``D``. channels: first block's
     width; max_channels: the cap; convs: convolutions per block; hidden: widths of both heads
     (cryoAI: ``(512, 256)``); lowpass: cut-off in cycles/px applied to the input (0 = none); heads: rotation

@@ -234,7 +234,6 @@ def hierarchical_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor,
     base_shifts = translation_grid(max_shift, shift_step, device=dev, dtype=rdt)
     slice_chunk = default_rotation_chunk(1, 1, size) if rotation_chunk is None else int(rotation_chunk)
 
-    n_base = base_rot.shape[0]
     # the base level's slices on the pixels inside k_max[0], rendered once for all images
     base_vals = _restricted_slices(used_pixels(size, ks[0], dev), slicer, base_rot, slice_chunk)  # (M₀, N_p)
 
@@ -242,19 +241,8 @@ def hierarchical_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor,
     for s in range(0, b, image_chunk):
         y = images_ft[s:s + image_chunk]
         c = None if c_all is None else c_all[s:s + image_chunk]
-        n_keep = keep if n_levels > 0 else 1
-        terms = prepare_image_terms(y, s2, base_shifts, c, ks[0])
-        chunk = default_rotation_chunk(y.shape[0], base_shifts.shape[0], size) if rotation_chunk is None \
-            else int(rotation_chunk)
-        idx, t_idx, score = _best_rotations(terms, lambda a, z, v=base_vals: v[a:z], n_base, chunk, n_keep)
-        shift = base_shifts[t_idx]  # (B_c, K, 2)
-        for level in range(1, n_levels + 1):
-            n_keep = keep if level < n_levels else 1
-            sub = _refine_images_per_call(y.shape[0], idx.shape[1], shift_radius, ks[level], dev)
-            parts = [_refine(y[u:u + sub], None if c is None else c[u:u + sub], slicer, s2, idx[u:u + sub],
-                             shift[u:u + sub], base_level + level, shift_step / 2**level, shift_radius, max_shift,
-                             ks[level], n_keep, slice_chunk) for u in range(0, y.shape[0], sub)]
-            idx, shift, score = (torch.cat(z) for z in zip(*parts))
+        idx, shift, score = _search_chunk(y, c, slicer, s2, base_vals, base_shifts, ks, base_level, n_levels,
+                                          max_shift, shift_step, shift_radius, keep, rotation_chunk, slice_chunk)
         out_idx.append(idx[:, 0])
         out_shift.append(shift[:, 0])
         out_score.append(score[:, 0])
@@ -263,3 +251,25 @@ def hierarchical_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor,
     return PoseSearchResult(rotations=so3_grid(final, dtype=rdt, indices=idx), shifts=torch.cat(out_shift),
                             scores=torch.cat(out_score), grid_index=idx, level=final, k_max=ks[-1],
                             shift_step=shift_step / 2**n_levels)
+
+
+def _search_chunk(y, c, slicer, s2, base_vals, base_shifts, ks, base_level, n_levels, max_shift, shift_step,
+                  shift_radius, keep, rotation_chunk, slice_chunk):
+    """:func:`hierarchical_search` of one chunk of images ``y (B_c, D, D)`` (CTFs ``c``): the exhaustive
+    base level against ``base_vals``, then the ``n_levels`` refinements; ``(indices, shifts, scores)``
+    of the kept poses, best first."""
+    size, dev = y.shape[-1], y.device
+    n_keep = keep if n_levels > 0 else 1
+    terms = prepare_image_terms(y, s2, base_shifts, c, ks[0])
+    chunk = default_rotation_chunk(y.shape[0], base_shifts.shape[0], size) if rotation_chunk is None \
+        else int(rotation_chunk)
+    idx, t_idx, score = _best_rotations(terms, lambda a, z, v=base_vals: v[a:z], base_vals.shape[0], chunk, n_keep)
+    shift = base_shifts[t_idx]  # (B_c, K, 2)
+    for level in range(1, n_levels + 1):
+        n_keep = keep if level < n_levels else 1
+        sub = _refine_images_per_call(y.shape[0], idx.shape[1], shift_radius, ks[level], dev)
+        parts = [_refine(y[u:u + sub], None if c is None else c[u:u + sub], slicer, s2, idx[u:u + sub],
+                         shift[u:u + sub], base_level + level, shift_step / 2**level, shift_radius, max_shift,
+                         ks[level], n_keep, slice_chunk) for u in range(0, y.shape[0], sub)]
+        idx, shift, score = (torch.cat(z) for z in zip(*parts))
+    return idx, shift, score

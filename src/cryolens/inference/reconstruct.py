@@ -13,6 +13,7 @@ import torch
 
 from ..imaging.grids import shell_index_3d, spherical_mask
 from ..imaging.slice import finish_staging, scatter_slices, scatter_slices_shared, staging_grid, volume_from_ft
+from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
 
 
 class FourierAccumulator:
@@ -122,7 +123,7 @@ class FourierAccumulator:
         faded out over 3 voxels (as RELION's reconstruction does: the gridding correction amplifies
         noise there). ``λ = reg_per_shell[k]`` ``(D//2+1,)`` per output shell, plus, when given,
         ``inverse_reg_per_shell[k] / weight`` per voxel (RELION's weak prior where its ``τ²`` is zero,
-        see :mod:`~cryolens.inference.classes`); voxels with no weight and no ``λ`` are 0."""
+        see :func:`~cryolens.inference.prior.map_prior`); voxels with no weight and no ``λ`` are 0."""
         shells = self._shells()
         nyq = self.size // 2
         w = self.weight
@@ -147,12 +148,6 @@ class FourierAccumulator:
         s.index_add_(0, shells[keep], self.weight.reshape(-1)[keep].double() ** power)
         c.index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=shells.device))
         return s / c.clamp_min(1)
-
-
-def wiener_regularisation(shell_weight: torch.Tensor, fsc_curve: np.ndarray, floor: float = 1e-3) -> torch.Tensor:
-    """``λ(k) = W(k) (1 − FSC) / FSC`` with FSC clipped to ``[floor, 1 − floor]`` (per shell)."""
-    f = torch.as_tensor(np.clip(fsc_curve, floor, 1 - floor), dtype=torch.float64, device=shell_weight.device)
-    return shell_weight * (1 - f) / f
 
 
 def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """File formats: MRC volumes and stacks, RELION STAR, cryoSPARC ``.cs``, cryoDRGN pickles, and one
 :class:`ParticleDataset` that streams images with their metadata whatever the source.
 
-Every reader returns a :class:`Particles` in cryolens' conventions (CONVENTIONS.md) and every writer
+Every reader returns a :class:`Particles` in cryolens' conventions (docs/CONVENTIONS.md) and every writer
 takes one; bad input raises :class:`~cryolens.errors.InputError` naming the file; outputs are
 written atomically.
 """

@@ -1,7 +1,7 @@
 """cryoDRGN pose and CTF pickles (with an ``.mrcs`` stack, or on top of any other particle file).
 
 Formats (read from cryoDRGN's ``parse_pose_star``, ``parse_pose_csparc``, ``parse_ctf_star``,
-``parse_ctf_csparc``; CONVENTIONS.md):
+``parse_ctf_csparc``; docs/CONVENTIONS.md):
 
 - pose pickle: ``(rot (N, 3, 3), trans (N, 2))``, or ``rot`` alone. cryoDRGN's ``rot`` is RELION's
   matrix ``A`` (its ``R_from_relion``; for cryoSPARC it transposes ``expmap(pose)``), i.e. **our

@@ -1,7 +1,7 @@
 """The one in-memory particle metadata model: every reader returns a :class:`Particles`,
 every writer takes one.
 
-Conventions (CONVENTIONS.md): ``rotations`` ``(N, 3, 3)`` map image-frame coordinates into the
+Conventions (docs/CONVENTIONS.md): ``rotations`` ``(N, 3, 3)`` map image-frame coordinates into the
 volume frame (``image(x, y) = ∫ V(R [x, y, z]ᵀ) dz``); ``shifts`` ``(N, 2)`` pixels ``(x, y)`` are
 where the particle's centre sits relative to the image centre (RELION's origin with the opposite
 sign); CTF parameters in RELION's units except angles, which are radians.

@@ -1,6 +1,6 @@
 """RELION STAR particle files: read 3.0, 3.1+ and RELION 5; write 3.1 (or 3.0).
 
-Conversions at this boundary (CONVENTIONS.md, checked against ``relion_project``):
+Conversions at this boundary (docs/CONVENTIONS.md, checked against ``relion_project``):
 
 - ``R = Rz(rot) Ry(tilt) Rz(psi)`` from ``rlnAngleRot/Tilt/Psi`` (degrees → radians); RELION's own
   matrix ``A`` is ``Rᵀ``.

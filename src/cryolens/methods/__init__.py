@@ -17,45 +17,45 @@ from . import backprojection
 from .registry import Known, MethodOutputs, Recipe, get, recipes, register, unregister
 
 register(Recipe(
-    name="backprojection", fit=backprojection.fit,
+    name="backprojection", fit=backprojection.fit, config=backprojection.BackprojectionConfig,
     summary="CTF-weighted Fourier insertion with a per-shell Wiener/MAP filter, gold-standard half-maps",
-    defaults={"pad": 2, "batch_size": 256, "seed": 0}, needs=frozenset({"poses", "ctf"}),
+    needs=frozenset({"poses", "ctf"}),
     heterogeneity="homogeneous", learned=False, reference="RELION relion_reconstruct (Scheres 2012)"), replace=True)
 
 from . import class3d  # noqa: E402
 
 register(Recipe(
-    name="relion-class3d", fit=class3d.fit,
+    name="relion-class3d", fit=class3d.fit, config=class3d.Class3DConfig,
     summary="K-class EM over class × rotation × shift, class priors, T-scaled tau2 prior (RELION Class3D)",
-    defaults=dict(class3d.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="discrete", learned=False,
+    needs=frozenset({"ctf"}), heterogeneity="discrete", learned=False,
     reference="Scheres 2012 (J. Struct. Biol. 180:519); RELION 3.1 relion_refine --K"), replace=True)
 
 from . import abinit  # noqa: E402
 
 register(Recipe(
-    name="cryosparc-abinit", fit=abinit.fit,
+    name="cryosparc-abinit", fit=abinit.fit, config=abinit.AbinitRecipeConfig,
     summary="ab initio from a random start (SGD/online EM, poses marginalised per mini-batch), then auto-refine",
-    defaults=dict(abinit.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=False,
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=False,
     reference="Punjani et al. 2017 (Nat. Methods 14:290), cryoSPARC ab initio; refinement as RELION auto-refine"),
     replace=True)
 register(Recipe(
-    name="cryosparc-abinit-hetero", fit=abinit.fit,
+    name="cryosparc-abinit-hetero", fit=abinit.fit, config=abinit.AbinitRecipeConfig,
     summary="multi-class ab initio from K random starts, then Class3D from the K maps",
-    defaults={**abinit.DEFAULTS, "n_classes": 2}, needs=frozenset({"ctf"}), heterogeneity="discrete",
+    defaults={"n_classes": 2}, needs=frozenset({"ctf"}), heterogeneity="discrete",
     learned=False, reference="Punjani et al. 2017 (Nat. Methods 14:290), cryoSPARC multi-class ab initio"),
     replace=True)
 
 from . import refine3d  # noqa: E402
 
 register(Recipe(
-    name="relion-refine3d", fit=refine3d.fit,
+    name="relion-refine3d", fit=refine3d.fit, config=refine3d.Refine3DConfig,
     summary="gold-standard auto-refinement, full pose posterior (adaptive oversampling), MAP with tau2 from the FSC",
-    defaults=dict(refine3d.RELION_DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=False,
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=False,
     reference="RELION 3.1 relion_refine --auto_refine (Scheres 2012)"), replace=True)
 register(Recipe(
-    name="cryosparc-refine", fit=refine3d.fit,
+    name="cryosparc-refine", fit=refine3d.fit, config=refine3d.Refine3DConfig,
     summary="gold-standard homogeneous refinement, modal poses by hierarchical search with frequency marching",
-    defaults=dict(refine3d.CRYOSPARC_DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous",
+    defaults={"lowpass": 30.0, "pose_inference": "modal"}, needs=frozenset({"ctf"}), heterogeneity="homogeneous",
     learned=False, reference="cryoSPARC homogeneous refinement (Punjani 2017); cryoDRGN2 pose search (Zhong 2021)"),
     replace=True)
 
@@ -64,43 +64,39 @@ from . import cryodrgn  # noqa: E402
 
 _DRGN_REF = "Zhong et al. 2021, Nat. Methods (cryoDRGN 4.3 train_vae / train_nn / train_dec)"
 register(Recipe(
-    name="cryodrgn", fit=cryodrgn.fit,
+    name="cryodrgn", fit=cryodrgn.fit, config=cryodrgn.CryoDRGNConfig,
     summary="neural volume V(k, z) + amortized MLP encoder q(z|image), β-VAE in Hartley space; poses, CTF known",
-    defaults=dict(cryodrgn.DEFAULTS), needs=frozenset({"poses", "ctf"}), heterogeneity="continuous",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous",
     learned=True, reference=_DRGN_REF), replace=True)
 register(Recipe(
-    name="cryodrgn-homo", fit=cryodrgn.fit_homo,
+    name="cryodrgn-homo", fit=cryodrgn.fit_homo, config=cryodrgn.CryoDRGNHomoConfig,
     summary="neural volume without z (cryoDRGN train_nn); poses, CTF known",
-    defaults={k: v for k, v in cryodrgn.DEFAULTS.items() if k not in ("zdim", "enc_layers", "enc_dim", "encoder",
-                                                                          "beta", "z_lr")},
     needs=frozenset({"poses", "ctf"}), heterogeneity="homogeneous", learned=True, reference=_DRGN_REF),
     replace=True)
 register(Recipe(
-    name="cryodrgn-autodecoder", fit=cryodrgn.fit_autodecoder,
+    name="cryodrgn-autodecoder", fit=cryodrgn.fit_autodecoder, config=cryodrgn.AutodecoderConfig,
     summary="neural volume + one free z per image (train_dec); variational=true: mean + variance per image",
-    defaults={**{k: v for k, v in cryodrgn.DEFAULTS.items() if k not in ("enc_layers", "enc_dim", "encoder")},
-              "variational": False},
     needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True, reference=_DRGN_REF),
     replace=True)
 
 from . import cryodrgn2  # noqa: E402
 
 register(Recipe(
-    name="cryodrgn2", fit=cryodrgn2.fit,
+    name="cryodrgn2", fit=cryodrgn2.fit, config=cryodrgn2.CryoDRGN2Config,
     summary="ab initio: neural volume + frequency-marching hierarchical pose search (heterogeneous=true adds z)",
-    defaults=dict(cryodrgn2.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Zhong et al. 2021, ICCV (cryoDRGN2; cryoDRGN abinit_homo_old / abinit_het_old)"), replace=True)
 
 # --- amortized pose inference (methods/amortized_pose.py, methods/cryoai.py, methods/cryoposenet.py) ---
 from . import cryoai, cryoposenet  # noqa: E402
 
 register(Recipe(
-    name="cryoai", fit=cryoai.fit,
+    name="cryoai", fit=cryoai.fit, config=cryoai.CryoAIConfig,
     summary="ab initio: CNN pose encoder (S2S2 + shift) + neural Fourier volume, symmetrized Hartley loss with CTF",
-    defaults=dict(cryoai.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Levy et al. 2022, ECCV (cryoAI; compSPI/cryoAI)"), replace=True)
 register(Recipe(
-    name="cryoposenet", fit=cryoposenet.fit,
+    name="cryoposenet", fit=cryoposenet.fit, config=cryoposenet.CryoPoseNetConfig,
     summary="ab initio: CNN pose encoder + real-space voxel grid, real-space projection, CTF, L2 loss",
-    defaults=dict(cryoposenet.DEFAULTS), needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Nashed et al. 2021, ICCV workshops (CryoPoseNet)"), replace=True)

@@ -1,185 +1,150 @@
 """``cryosparc-abinit`` and ``cryosparc-abinit-hetero``: ab initio from random starts, then refinement.
 
-Composition (no physics here), after Punjani et al. 2017 (cryoSPARC; METHODS.md):
-
-1. ab initio (:mod:`cryolens.inference.abinit`, whose docstring states the step-size, batch-size and
-   resolution schedules): K seeded random starts — or ``init_map`` (a warm start) — and stochastic
-   MAP optimisation over mini-batches with poses and classes marginalised on a grid;
-2. hand-over, each map first centred on its centre of mass (an ab initio map's origin is free and drifts
-   by a few voxels, which eats into the refinement's shift range; cryoSPARC centres its ab initio
-   structures too): homogeneous (K = 1) → gold-standard auto-refinement
-   (:func:`cryolens.inference.autorefine.auto_refine`, RELION-style, from the ab initio map low-passed
-   to ``handover_lowpass`` Å, default 30 Å, cryoSPARC's refinement default; ``refine_options`` override
-   its :class:`RefineConfig`); heterogeneous (K > 1, ``cryosparc-abinit-hetero``) → Class3D
-   (:mod:`cryolens.methods.class3d`) from the K ab initio maps low-passed the same way,
-   ``class3d_iterations`` iterations at 15°. On the pseudo-symmetric 4E43 dimer a hand-over at the ab
-   initio's own resolution (12 Å) keeps the asymmetry it found: benchmarks/RESULTS.md.
-   ``refine = False`` stops after step 1 (poses and classes from one last pass over all images).
-
-Checkpoints: the ab initio state every ``checkpoint_every`` iterations (``abinit_checkpoint.pt``), the
-refinement's and the classification's their own in ``refine/`` and ``class3d/``; ``resume`` continues
-from whichever stage was reached. Outputs: ``abinit_class_001.mrc`` …, ``map.mrc`` + half maps (K = 1,
-refined), ``class_*.mrc`` (K > 1), ``particles.star`` (final poses; ``rlnClassNumber`` for K > 1),
-``metrics.json``, plots (resolution limit, evidence and class populations per ab initio iteration;
-FSC and resolution per refinement iteration), ``report.html`` (by the CLI).
+Composition (no physics here), after Punjani et al. 2017 (cryoSPARC; docs/METHODS.md): (1) ab initio
+(:mod:`cryolens.inference.abinit`, which states the step-size, batch-size and resolution schedules) from
+K seeded random starts or ``init_map``; (2) hand-over, each map first centred on its centre of mass (an
+ab initio map's origin drifts by a few voxels, eating into the refinement's shift range; cryoSPARC
+centres too): K = 1 → gold-standard auto-refinement (:func:`~cryolens.inference.autorefine.auto_refine`)
+from the map low-passed to ``handover_lowpass`` Å (30 Å, cryoSPARC's refinement default); K > 1
+(``cryosparc-abinit-hetero``) → Class3D (:mod:`cryolens.methods.class3d`), ``class3d_iterations`` at 15°.
+(A hand-over at 12 Å keeps 4E43's asymmetry: benchmarks/RESULTS.md.) ``refine = False``: (1) only.
+Checkpoints: ``abinit_checkpoint.pt`` (every ``checkpoint_every`` iterations), ``refine/``, ``class3d/``;
+``resume`` continues from the stage reached. ``fit`` returns the ab initio maps (``abinit_class_001`` …),
+the refined or class maps, final poses (and classes) and each stage's ``history`` (with ``stage``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..imaging.shift import center_volume
-from ..inference.abinit import AbInitio, AbinitConfig
-from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..inference import abinit as _abinit
+from ..inference import autorefine
 from ..io.particles import Particles
 from ..io.runfolder import RunFolder
+from .config import RecipeConfig, as_dict, build_config, option
 
-if TYPE_CHECKING:
-    from ..inference.autorefine import RefineResult
-
-DEFAULTS = {"n_classes": 1, "n_iterations": 300, "batch_size": 90, "final_batch_size": 300,
-            "initial_resolution": 35.0, "final_resolution": 12.0, "grid_level": 2, "max_shift": 3.0,
-            "shift_step": 1.0, "eta_min": 0.1, "tau2_fudge": 4.0, "seed": 0, "init_map": None, "refine": True,
-            "refine_options": {}, "handover_lowpass": 30.0, "class3d_iterations": 10, "checkpoint_every": 10,
-            "resume": False}
-
-_ABINIT_KEYS = ("n_classes", "n_iterations", "batch_size", "final_batch_size", "initial_resolution",
-                "final_resolution", "grid_level", "max_shift", "shift_step", "eta_min", "tau2_fudge", "seed")
 CHECKPOINT = "abinit_checkpoint.pt"
 
 
-def run_ab_initio(particles: Particles, cfg: dict, run: RunFolder | None, init_volumes: torch.Tensor | None = None,
-                  device=None, progress: bool = True, resume: bool = False) -> AbInitio:
-    """Stage 1 with checkpoints every ``cfg["checkpoint_every"]`` iterations (and at the end)."""
-    ab_cfg = AbinitConfig(**{k: cfg[k] for k in _ABINIT_KEYS})
-    ab = AbInitio(particles, ab_cfg, device)
-    ckpt = run.path(CHECKPOINT) if run is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        saved = load_checkpoint(ckpt)
-        if saved["config"] != {k: cfg[k] for k in _ABINIT_KEYS}:
-            raise InputError(f"{ckpt}: made with different ab initio options")
-        ab.load(saved["state"])
-    else:
-        ab.init(init_volumes)
-    every = max(1, int(cfg["checkpoint_every"]))
-    with tqdm(total=ab_cfg.n_iterations, initial=ab.state.iteration, desc="ab initio", disable=not progress) as bar:
-        while not ab.done:
-            rec = ab.step()
-            bar.update(1)
-            bar.set_postfix(res=f"{rec['resolution_A']:.1f}Å", maxw=f"{rec['mean_max_weight']:.2f}")
-            if ckpt is not None and (ab.state.iteration % every == 0 or ab.done):
-                save_checkpoint(ckpt, {"config": {k: cfg[k] for k in _ABINIT_KEYS}, "state": ab.state.to_dict()})
-    return ab
+@dataclass(frozen=True)
+class AbinitRecipeConfig(RecipeConfig):
+    """Options of cryosparc-abinit and cryosparc-abinit-hetero (cryoSPARC ab initio defaults)."""
+
+    n_classes: int = option(1, "number of classes K (K > 1: hand over to Class3D)")
+    n_iterations: int = option(300, "ab initio iterations (mini-batches)")
+    batch_size: int = option(90, "images per mini-batch during the first half")
+    final_batch_size: int = option(300, "images per mini-batch during the second half")
+    initial_resolution: float = option(35.0, "resolution limit of the first iteration, Å")
+    final_resolution: float = option(12.0, "resolution limit reached at 3/4 of the iterations, Å")
+    grid_level: int = option(2, "SO(3) grid level of the pose marginalisation (2 = 15°)")
+    max_shift: float = option(3.0, "offset range, px (also the refinement's)")
+    shift_step: float = option(1.0, "offset step, px")
+    eta_min: float = option(0.1, "smallest step size of the running averages")
+    tau2_fudge: float = option(4.0, "regularisation T")
+    init_map: str | None = option(None, "warm start (.mrc) instead of random starts")
+    refine: bool = option(True, "hand over to refinement (K = 1) or Class3D (K > 1)")
+    handover_lowpass: float = option(30.0, "low-pass of the handed-over maps, Å")
+    refine_max_iterations: int = option(30, "refinement: iteration cap")
+    refine_relax_symmetry: str = option("C1", "refinement: C1, or Cn whose mates local searches visit")
+    class3d_iterations: int = option(10, "Class3D iterations after a multi-class ab initio")
+    checkpoint_every: int = option(10, "ab initio iterations between checkpoints")
+    resume: bool = option(False, "continue from the run folder's checkpoints")
 
 
-def refine_handover(particles: Particles, volume: torch.Tensor, cfg: dict, run: RunFolder | None = None,
-                    device=None, progress: bool = False, resume: bool = False,
-                    centre: bool = True) -> tuple[RefineResult, np.ndarray]:
+DEFAULTS = as_dict(AbinitRecipeConfig())
+_ABINIT_KEYS = [f.name for f in dataclasses.fields(_abinit.AbinitConfig) if f.name in DEFAULTS]
+
+
+def as_config(config: AbinitRecipeConfig | dict) -> AbinitRecipeConfig:
+    """``config`` as an :class:`AbinitRecipeConfig` (a dict is coerced; ``refine_options``: see the fields)."""
+    if isinstance(config, AbinitRecipeConfig):  # (scripts pass dicts)
+        return config
+    d = dict(config)
+    for key, value in dict(d.pop("refine_options", None) or {}).items():
+        if key not in ("max_iterations", "relax_symmetry"):
+            raise InputError(f"recipe cryosparc-abinit: refine_options.{key} is not an option")
+        if value is not None:
+            d[f"refine_{key}"] = value
+    return build_config(AbinitRecipeConfig, "cryosparc-abinit", None, d)
+
+
+def refine_handover(particles: Particles, volume: torch.Tensor, cfg: AbinitRecipeConfig | dict,
+                    run: RunFolder | None = None, device=None, progress: bool = False, resume: bool = False,
+                    centre: bool = True) -> tuple[autorefine.RefineResult, np.ndarray]:
     """Step 2 for K = 1 (module docstring): ``volume (D, D, D)`` centred on its centre of mass (unless
-    ``centre`` is False), then auto-refinement from it low-passed to ``cfg["handover_lowpass"]`` Å with
-    ``offset_range = cfg["max_shift"]`` px and ``cfg["refine_options"]``. Returns the
-    :class:`~cryolens.inference.autorefine.RefineResult` and the centring shift (voxels, z y x)."""
-    from ..inference.autorefine import RefineConfig, auto_refine
+    ``centre`` is False), then auto-refinement from it low-passed to ``handover_lowpass`` Å with
+    ``offset_range = max_shift`` px. Returns the refinement result and the centring shift (voxels, z y x)."""
+    from .refine3d import iteration_writer
 
-    rcfg = RefineConfig.from_dict({"seed": cfg["seed"], "offset_range": cfg["max_shift"],
-                                   "initial_lowpass": float(cfg["handover_lowpass"]), **dict(cfg["refine_options"])})
+    cfg = as_config(cfg)
+    rcfg = autorefine.RefineConfig(seed=cfg.seed, offset_range=cfg.max_shift, initial_lowpass=cfg.handover_lowpass,
+                                   max_iterations=cfg.refine_max_iterations, relax_symmetry=cfg.refine_relax_symmetry)
     start, moved = center_volume(volume) if centre else (volume, np.zeros(3))
-    res = auto_refine(particles, start, config=rcfg, run=run, device=device, progress=progress, resume=resume)
+    res = autorefine.auto_refine(particles, start, config=rcfg, run=run, device=device, progress=progress,
+                                 resume=resume, on_iteration=None if run is None else iteration_writer(run, particles))
     return res, np.asarray(moved)
 
 
-def _write_abinit(ab: AbInitio, run: RunFolder) -> torch.Tensor:
-    from ..analysis.class_plots import plot_class_populations, plot_history
-    from ..io.mrc import write_volume
-
-    vols = ab.result_volumes().float().cpu()
-    for k, v in enumerate(vols):
-        write_volume(run.path(f"abinit_class_{k + 1:03d}.mrc"), v.numpy(), ab.particles.pixel_size)
-    h = ab.state.history
-    plot_history(h, {"resolution_A": "resolution limit"}, run.path("abinit_resolution.png"),
-                 "ab initio: resolution limit per iteration", "Å")
-    plot_history(h, {"mean_max_weight": "mean largest posterior weight"}, run.path("abinit_posterior.png"),
-                 "ab initio: pose certainty per iteration", "")
-    if vols.shape[0] > 1:
-        plot_class_populations(h, run.path("abinit_class_populations.png"))
-    return vols
-
-
-def fit(particles: Particles, known, run: RunFolder, config: dict, device=None, progress: bool = True):
-    """Registry entry point (module docstring)."""
-    from ..io.mrc import read_volume
-    from ..io.star import write_star
-    from .registry import MethodOutputs
-
-    cfg = {**DEFAULTS, **config}
-    if particles.ctf is None:
-        raise InputError(f"{particles.name}: no CTF parameters; ab initio here needs them")
-    resume = bool(cfg["resume"])
-    init = None
-    if cfg["init_map"]:
-        arr, _ = read_volume(cfg["init_map"])
-        init = torch.from_numpy(np.ascontiguousarray(arr)).float()
-        if tuple(init.shape[-3:]) != (particles.box_size,) * 3:
-            raise InputError(f"{cfg['init_map']}: map is {tuple(init.shape)}, "
-                             f"particles need {(particles.box_size,) * 3}")
-        init = init.reshape(-1, *init.shape[-3:]).expand(int(cfg["n_classes"]), -1, -1, -1)
-    ab = run_ab_initio(particles, cfg, run, init, device, progress, resume)
-    vols = _write_abinit(ab, run)
+def _hand_over(particles: Particles, vols: torch.Tensor, cfg: AbinitRecipeConfig, run, device, progress) -> dict:
+    """Step 2: refinement (K = 1) or Class3D (K > 1); the :class:`MethodOutputs` fields it sets."""
     k = vols.shape[0]
-    metrics: dict = {"n_images": len(particles), "n_classes": k, "abinit_iterations": ab.state.iteration,
-                     "abinit_box": ab.size, "abinit_pixel_size": ab.pixel_size,
-                     "abinit_history": ab.state.history}
-    px = particles.pixel_size
-    out = MethodOutputs(pixel_size=px, volumes=vols)
-    final = particles.subset(np.arange(len(particles)))
-    if not cfg["refine"]:
-        a = ab.assign()
-        out.rotations, out.shifts, out.labels = a["rotations"], a["shifts"], a["labels"].numpy()
-        out.volume = vols[0] if k == 1 else None
-    elif k == 1:
-        from ..analysis.plots import plot_fsc
-        from ..io.mrc import write_volume
-
+    if k == 1:
         sub = RunFolder(run.path("refine"))
         res, moved = refine_handover(particles, vols[0], cfg, sub, device, progress,
-                                     resume=resume and sub.path("checkpoint.pt").is_file())
-        metrics["handover_centring_shift_voxels_zyx"] = moved.tolist()
-        out.volume, out.half_maps = res.volume, res.half_maps
-        out.rotations, out.shifts = res.rotations, res.shifts
-        write_volume(run.path("map.mrc"), res.volume.numpy(), px)
-        write_volume(run.path("half1.mrc"), res.half_maps[0].numpy(), px)
-        write_volume(run.path("half2.mrc"), res.half_maps[1].numpy(), px)
-        plot_fsc({"half-map FSC": res.fsc}, px, particles.box_size, run.path("fsc.png"))
-        from ..analysis.class_plots import plot_history
-        plot_history(res.history, {"resolution_A": "half-map resolution (0.143)"}, run.path("refine_resolution.png"),
-                     "refinement: resolution per iteration", "Å")
-        metrics.update(resolution_halfmap_0143_A=res.resolution, fsc_halfmaps=np.asarray(res.fsc).tolist(),
-                       refine_iterations=len(res.history), refine_converged=res.converged)
-        if res.relax_axis is not None:
-            metrics["relax_symmetry_axis_xyz"] = [float(x) for x in res.relax_axis]
-    else:
-        from .class3d import classify, write_outputs
+                                     resume=cfg.resume and sub.path("checkpoint.pt").is_file())
+        m = {"handover_centring_shift_voxels_zyx": moved.tolist(), "resolution_halfmap_0143_A": res.resolution,
+             "fsc_halfmaps": np.asarray(res.fsc).tolist(), "refine_iterations": len(res.history),
+             "refine_converged": res.converged,
+             **({} if res.relax_axis is None else {"relax_symmetry_axis_xyz": [float(x) for x in res.relax_axis]})}
+        return {"volume": res.volume, "half_maps": res.half_maps, "rotations": res.rotations, "shifts": res.shifts,
+                "half_labels": np.asarray(res.half), "history": [{**h, "stage": "refine"} for h in res.history],
+                "metrics": m}
+    from . import class3d
 
-        sub = RunFolder(run.path("class3d"))
-        ccfg = {"n_classes": k, "n_iterations": int(cfg["class3d_iterations"]), "healpix_order": 2,
-                "offset_range": float(cfg["max_shift"]), "seed": int(cfg["seed"]),
-                "initial_lowpass": float(cfg["handover_lowpass"])}
-        starts = torch.stack([center_volume(v)[0] for v in vols])
-        cres = classify(particles, starts, ccfg, sub, device, progress,
-                        resume=resume and sub.path("checkpoint.pt").is_file())
-        cm = write_outputs(cres, particles, run)
-        out.volumes, out.rotations, out.shifts, out.labels = cres.volumes, cres.rotations, cres.shifts, cres.labels
-        metrics.update(class_prior=cm["class_prior"], class_counts=cm["class_counts"], class3d_history=cm["history"])
-    if k == 1 or not cfg["refine"]:  # (Class3D's write_outputs wrote the STAR of the hetero hand-over)
-        final.rotations, final.shifts = out.rotations.float(), out.shifts.float()
-        if k > 1:
-            final.extra = {**final.extra, "rlnClassNumber": np.asarray(out.labels) + 1}
-        write_star(run.path("particles.star"), final)
-    run.write_metrics(metrics)
-    out.metrics = {key: v for key, v in metrics.items() if not key.endswith("history")}
-    return out
+    sub = RunFolder(run.path("class3d"))
+    ccfg = {"n_classes": k, "n_iterations": cfg.class3d_iterations, "healpix_order": 2,
+            "offset_range": float(cfg.max_shift), "seed": cfg.seed, "initial_lowpass": float(cfg.handover_lowpass)}
+    starts = torch.stack([center_volume(v)[0] for v in vols])
+    cres = class3d.classify(particles, starts, ccfg, sub, device, progress,
+                            resume=cfg.resume and sub.path("checkpoint.pt").is_file())
+    out = class3d.outputs(cres, particles.pixel_size)
+    return {"volumes": out.volumes, "rotations": out.rotations, "shifts": out.shifts, "labels": out.labels,
+            "particle_columns": out.particle_columns, "history": [{**h, "stage": "class3d"} for h in out.history],
+            "metrics": {key: out.metrics[key] for key in ("class_prior", "class_counts")}}
+
+
+def fit(particles: Particles, known, run: RunFolder, config: AbinitRecipeConfig, device=None, progress: bool = True):
+    """Registry entry point (module docstring)."""
+    from .class3d import read_start_map
+    from .registry import MethodOutputs
+
+    cfg = as_config(config)
+    if particles.ctf is None:
+        raise InputError(f"{particles.name}: no CTF parameters; ab initio here needs them")
+    init = read_start_map(cfg.init_map, particles.box_size)
+    if init is not None:
+        init = init.reshape(-1, *init.shape[-3:]).expand(cfg.n_classes, -1, -1, -1)
+    ab_cfg = _abinit.AbinitConfig(**{k: getattr(cfg, k) for k in _ABINIT_KEYS})  # stage 1, checkpointed
+    ab = _abinit.run_ab_initio(particles, ab_cfg, run.path(CHECKPOINT) if run is not None else None,
+                               cfg.checkpoint_every, init, device, progress, cfg.resume)
+    vols = ab.result_volumes().float().cpu()
+    out = MethodOutputs(pixel_size=particles.pixel_size, volumes=vols,
+                        extra_volumes={f"abinit_class_{j + 1:03d}": v for j, v in enumerate(vols)},
+                        history=[{**h, "stage": "abinit"} for h in ab.state.history],
+                        metrics={"n_classes": vols.shape[0], "abinit_iterations": ab.state.iteration,
+                                 "abinit_box": ab.size, "abinit_pixel_size": ab.pixel_size})
+    if not cfg.refine:
+        a = ab.assign()
+        out.rotations, out.shifts, out.labels = a["rotations"], a["shifts"], a["labels"].numpy()
+        out.volume = vols[0] if vols.shape[0] == 1 else None
+        return out
+    fields = _hand_over(particles, vols, cfg, run, device, progress)
+    out.history = out.history + fields.pop("history")
+    out.metrics.update(fields.pop("metrics"))
+    return dataclasses.replace(out, **fields)

@@ -28,6 +28,7 @@ from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc, resolution_at
+from .config import RecipeConfig, option
 
 
 @dataclass
@@ -106,49 +107,22 @@ def backproject(particles: Particles, pad: int = 2, batch_size: int = 256, devic
                                 particles.pixel_size, (h1.count, h2.count), {"pad": pad})
 
 
-def write_outputs(result: BackprojectionResult, particles: Particles, run, reference: torch.Tensor | None = None,
-                  mask: torch.Tensor | None = None) -> dict:
-    """Write maps, metrics and plots of a back-projection into ``run`` (a
-    :class:`~cryolens.io.runfolder.RunFolder`); with a ground-truth ``reference`` map, also the
-    FSC against it and its 0.5 resolution. Returns the metrics."""
-    from ..analysis.plots import plot_fsc, plot_particles, plot_sections
-    from ..io.dataset import iterate_batches as _batches
-    from ..io.mrc import write_volume
+@dataclass(frozen=True)
+class BackprojectionConfig(RecipeConfig):
+    """Options of ``backprojection`` (RELION relion_reconstruct: 2× padded Fourier grid)."""
 
-    px, d = particles.pixel_size, particles.box_size
-    write_volume(run.path("map.mrc"), result.volume.numpy(), px)
-    write_volume(run.path("half1.mrc"), result.half1.numpy(), px)
-    write_volume(run.path("half2.mrc"), result.half2.numpy(), px)
-    metrics = {"n_images": len(particles), "n_half1": result.n_images[0], "n_half2": result.n_images[1],
-               "box_size": d, "pixel_size": px, "resolution_halfmap_0143_A": result.resolution,
-               "fsc_halfmaps": result.fsc.tolist()}
-    curves = {"half-map FSC": result.fsc}
-    sections = {"map": result.volume.numpy()}
-    if reference is not None:
-        ref = reference.to(result.volume.dtype)
-        gt = fsc(result.volume, ref) if mask is None else fsc(result.volume * mask, ref * mask)
-        metrics["fsc_vs_ground_truth"] = np.asarray(gt).tolist()
-        metrics["resolution_vs_ground_truth_05_A"] = float(resolution_at(np.asarray(gt), 0.5, px, d))
-        curves["map vs ground truth"] = np.asarray(gt)
-        sections["ground truth"] = ref.numpy()
-    plot_fsc(curves, px, d, run.path("fsc.png"))
-    plot_sections(sections, run.path("sections.png"))
-    # a few particles with their CTFs
-    idx, images = next(iter(_batches(particles, 6)))
-    ctfs = None
-    if particles.ctf is not None:
-        ctfs = ctf_2d(particles.ctf[torch.as_tensor(idx)], d, px).numpy()
-    plot_particles(images.numpy(), ctfs, run.path("particles.png"), [f"particle {i}" for i in idx])
-    run.write_metrics(metrics)
-    return metrics
+    pad: int = option(2, "oversampling of the Fourier grid (box × pad voxels per side)")
+    batch_size: int = option(256, "images per batch streamed from disk")
 
 
-def fit(particles: Particles, known, run, config: dict, device=None, progress: bool = True):
+def fit(particles: Particles, known, run, config: BackprojectionConfig, device=None, progress: bool = True):
     """Registry entry point (:mod:`cryolens.methods.registry`): back-project with the known poses and CTFs."""
     from .registry import MethodOutputs
 
-    result = backproject(particles, pad=int(config["pad"]), batch_size=int(config["batch_size"]), device=device,
-                         seed=int(config["seed"]), progress=progress)
+    result = backproject(particles, pad=config.pad, batch_size=config.batch_size, device=device,
+                         seed=config.seed, progress=progress)
     return MethodOutputs(pixel_size=result.pixel_size, volume=result.volume, half_maps=(result.half1, result.half2),
+                         half_labels=half_set_labels(particles, config.seed),
                          metrics={"resolution_halfmap_0143_A": result.resolution,
-                                  "fsc_halfmaps": np.asarray(result.fsc).tolist()})
+                                  "fsc_halfmaps": np.asarray(result.fsc).tolist(),
+                                  "n_half1": result.n_images[0], "n_half2": result.n_images[1]})

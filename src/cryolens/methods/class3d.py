@@ -1,6 +1,7 @@
 """``relion-class3d``: RELION-style 3D classification (Class3D) — K maps, poses searched, CTF known.
 
-Composition (no physics here): the Class3D EM iteration of :mod:`cryolens.inference.classes`
+Composition (no physics here): the Class3D schedule of :mod:`cryolens.inference.classify` over the EM
+iteration of :mod:`cryolens.inference.classes`
 (posterior over class × rotation × shift with class priors, per-class weighted back-projection with
 the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_iterations`` times
 (RELION's default 25) from a start map, with RELION's defaults (Scheres 2012; RELION 3.1 GUI):
@@ -25,226 +26,99 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
   (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), in the same working box.
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
-from it and finishes with the same result as an uninterrupted run. Outputs: ``class_001.mrc`` …,
-``particles.star`` (poses of the best class and ``rlnClassNumber``, 1-based, RELION-readable),
-``metrics.json``, plots (class populations, resolution and log-likelihood per iteration, sections).
+from it and finishes with the same result as an uninterrupted run. ``fit`` returns the class maps, the
+poses of the best class, labels, ``rlnMaxValueProbDistribution`` and the per-iteration history; the one
+writer makes ``class_001.mrc`` …, ``particles.star`` (``rlnClassNumber``, 1-based), metrics and plots.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..imaging.fft import fft2_centered
-from ..imaging.grids import lowpass_volume, shell_index_2d, shell_sum
-from ..imaging.so3_grid import so3_grid
-from ..inference.classes import ClassEMResult, class_em_iteration, class_em_iteration_fixed_poses
-from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..io.dataset import iterate_batches
+from ..inference import classify as _schedule
+from ..inference.classes import ClassEMResult, class_em_iteration, class_em_iteration_fixed_poses  # noqa: F401
+from ..inference.classify import ClassifyResult, image_power_spectrum  # noqa: F401
 from ..io.particles import Particles
-from ..inference.posterior import translation_grid
-
-DEFAULTS = {"n_classes": 2, "n_iterations": 25, "tau2_fudge": 4.0, "healpix_order": 3, "offset_range": 5.0,
-            "offset_step": 1.0, "initial_lowpass": 60.0, "incr_size": 10, "mass": 0.999, "max_significant": 200,
-            "modal": False, "pad": 2, "batch_size": 64, "seed": 0, "init_map": None, "abinit_iterations": 150,
-            "work_margin": 4, "minres_map": 5, "skip_align": False, "resume": False}
+from .config import RecipeConfig, as_dict, build_config, option
 
 
-@dataclass
-class ClassifyResult:
-    """Class maps ``(K, D, D, D)``, class priors ``(K,)``, per image: ``labels (N,)`` 0-based class of the
-    MAP (class, pose), ``rotations (N, 3, 3)``, ``shifts (N, 2)`` px, ``class_probability (N, K)``,
-    ``max_weight (N,)``; the per-iteration ``history``."""
+@dataclass(frozen=True)
+class Class3DConfig(RecipeConfig):
+    """Options of relion-class3d (RELION 3.1 Class3D defaults, module docstring)."""
 
-    volumes: torch.Tensor
-    class_prior: torch.Tensor
-    labels: np.ndarray
-    rotations: torch.Tensor
-    shifts: torch.Tensor
-    class_probability: torch.Tensor
-    max_weight: torch.Tensor
-    history: list[dict] = field(default_factory=list)
-
-
-def image_power_spectrum(particles: Particles, n: int = 1000, seed: int = 0, device=None) -> torch.Tensor:
-    """``(D//2+1,)`` float32 mean power per Fourier component and shell of up to ``n`` random images:
-    RELION's initial noise estimate ``σ²`` (it overestimates by the signal, small at low SNR)."""
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.permutation(len(particles))[:min(n, len(particles))])
-    d = particles.box_size
-    shells = shell_index_2d(d, device=device)
-    acc = torch.zeros(d // 2 + 1, dtype=torch.float64, device=device)
-    for _, images in iterate_batches(particles, 256, idx):
-        acc += shell_sum(fft2_centered(images.to(device)).abs().square().sum(0).double(), shells, d // 2 + 1)
-    npix = shell_sum(torch.ones(d, d, dtype=torch.float64, device=device), shells, d // 2 + 1)
-    return (acc / (npix * idx.size)).float()
+    n_classes: int = option(2, "number of classes K")
+    n_iterations: int = option(25, "EM iterations (RELION's --iter)")
+    tau2_fudge: float = option(4.0, "regularisation T (RELION's --tau2_fudge)")
+    healpix_order: int = option(3, "SO(3) grid level of the pose search (3 = 7.5°)")
+    offset_range: float = option(5.0, "offset search range, px (circular)")
+    offset_step: float = option(1.0, "offset search step, px")
+    initial_lowpass: float = option(60.0, "low-pass of the start map, Å (RELION's --ini_high)")
+    incr_size: int = option(10, "shells above the current resolution used by the E-step")
+    mass: float = option(0.999, "posterior mass of the significant set (RELION's --adaptive_fraction)")
+    max_significant: int = option(200, "at most this many (class, pose) pairs per image")
+    modal: bool = option(False, "hard assignment of the best (class, pose) (classification EM)")
+    pad: int = option(2, "oversampling of the projector and the accumulator")
+    batch_size: int = option(64, "images per E-step batch")
+    init_map: str | None = option(None, "start map (.mrc), or K maps in one file; none: ab initio first")
+    abinit_iterations: int = option(150, "ab initio iterations when no start map is given")
+    work_margin: int = option(4, "shells above k_max kept in the working box, px")
+    minres_map: int = option(5, "shells below this get no prior (RELION's --minres_map)")
+    skip_align: bool = option(False, "keep each image's given pose, infer only the class (--skip_align)")
+    resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 
-def _resolution_shell(data_vs_prior: torch.Tensor) -> int:
-    """Highest shell before ``data_vs_prior`` first drops below 1 (best class)."""
-    best = 0
-    for row in data_vs_prior:
-        below = torch.nonzero(row[1:] < 1).reshape(-1)
-        best = max(best, int(below[0]) if below.numel() else row.shape[0] - 1)
-    return max(best, 1)
+DEFAULTS = as_dict(Class3DConfig())
 
 
-def _initial_volumes(particles: Particles, init_volume: torch.Tensor | None, cfg: dict, device,
-                     progress: bool) -> torch.Tensor:
-    k, px = int(cfg["n_classes"]), particles.pixel_size
-    if init_volume is None:
-        from ..inference.abinit import AbinitConfig, ab_initio
-
-        vols, _ = ab_initio(particles, AbinitConfig(n_classes=1, n_iterations=int(cfg["abinit_iterations"]),
-                                                    seed=int(cfg["seed"]),
-                                                    max_shift=float(cfg["offset_range"])),
-                            device=device, progress=progress)
-        init_volume = vols[0]
-    v = init_volume.to(device=device, dtype=torch.float32)
-    if v.dim() == 3:
-        v = v[None].expand(k, *v.shape)
-    if v.shape[0] != k:
-        raise InputError(f"start maps: {v.shape[0]} given for {k} classes")
-    return torch.stack([lowpass_volume(x, float(cfg["initial_lowpass"]), px, width_shells=1.0) for x in v])
+def as_config(config: Class3DConfig | dict | None) -> Class3DConfig:
+    """``config`` as a :class:`Class3DConfig` (a dict of options is coerced: scripts and tests)."""
+    if isinstance(config, Class3DConfig):
+        return config
+    return build_config(Class3DConfig, "relion-class3d", None, config)
 
 
-def classify(particles: Particles, init_volume: torch.Tensor | None, config: dict | None = None, run=None,
-             device=None, progress: bool = True, resume: bool = False,
+def classify(particles: Particles, init_volume: torch.Tensor | None, config: Class3DConfig | dict | None = None,
+             run=None, device=None, progress: bool = True, resume: bool = False,
              on_iteration: Callable[[int, ClassEMResult], None] | None = None) -> ClassifyResult:
-    """RELION-style Class3D of ``particles`` (CTF used; poses searched, or kept with ``skip_align``) —
-    module docstring.
-
-    init_volume: ``(D, D, D)`` start map (copied to every class) or ``(K, D, D, D)``, or ``None``
-    (ab initio first). config: :data:`DEFAULTS` overrides. run: a RunFolder for the checkpoint (and
-    nothing else; :func:`write_outputs` writes the results). resume: continue from ``run``'s checkpoint.
-    on_iteration: called after each iteration with its number (1-based) and its
-    :class:`~cryolens.inference.classes.ClassEMResult` (e.g. to follow the labels per iteration).
-    """
-    cfg = {**DEFAULTS, **(config or {})}
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    d, n, k = particles.box_size, len(particles), int(cfg["n_classes"])
-    if particles.ctf is None:
-        raise InputError(f"{particles.name}: no CTF parameters; relion-class3d needs them")
-    ckpt = run.path("checkpoint.pt") if run is not None else None
-    skip_align = bool(cfg["skip_align"])
-    if skip_align and particles.rotations is None:
-        raise InputError(f"{particles.name}: no poses (rlnAngleRot/Tilt/Psi); skip_align keeps each image's "
-                         "given pose, so it needs them")
-    rot = particles.rotations.to(dev) if skip_align else so3_grid(int(cfg["healpix_order"]), device=dev)
-    shifts = translation_grid(float(cfg["offset_range"]), float(cfg["offset_step"]), circular=True, device=dev)
-    if resume and ckpt is not None and ckpt.is_file():
-        st = load_checkpoint(ckpt, map_location=dev)
-        if int(st["n_images"]) != n or tuple(st["volumes"].shape) != (k, d, d, d):
-            raise InputError(f"{ckpt}: checkpoint is for {st['n_images']} images / {tuple(st['volumes'].shape)}, "
-                             f"not this run ({n} images, {k} classes of {d}³)")
-    else:
-        vols = _initial_volumes(particles, init_volume, cfg, dev, progress)
-        if init_volume is not None and init_volume.dim() == 4:  # K distinct starts: uniform priors
-            first = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        else:  # one start copied K times: a random class per particle in the first iteration
-            rng = np.random.default_rng(int(cfg["seed"]))
-            first = torch.zeros(n, k, dtype=torch.float64)
-            first[torch.arange(n), torch.as_tensor(rng.integers(0, k, n))] = 1.0
-        k0 = min(d // 2, round(d * particles.pixel_size / float(cfg["initial_lowpass"])) + int(cfg["incr_size"]))
-        st = {"iteration": 0, "n_images": n, "volumes": vols, "sigma2": image_power_spectrum(particles, seed=int(
-            cfg["seed"]), device=dev), "class_prior": first,
-            "k_max": int(k0), "history": [], "labels": None, "elapsed_s": 0.0}
-    n_it = int(cfg["n_iterations"])
-    bar = tqdm(total=n_it * n, initial=int(st["iteration"]) * n, desc="Class3D", unit="img", disable=not progress)
-    res = st.get("last")
-    while st["iteration"] < n_it:
-        t0, k_used = time.time(), int(st["k_max"])
-        work = min(d, 2 * (k_used + int(cfg["work_margin"])))
-        if skip_align:
-            res = class_em_iteration_fixed_poses(particles, st["volumes"], st["sigma2"], st["class_prior"],
-                                                 tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used,
-                                                 pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
-                                                 modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]),
-                                                 work_size=work, progress=bar)
-        else:
-            res = class_em_iteration(particles, st["volumes"], st["sigma2"], rot, shifts, st["class_prior"],
-                                     tau2_fudge=float(cfg["tau2_fudge"]), k_max=k_used, work_size=work,
-                                     pad=int(cfg["pad"]), batch_size=int(cfg["batch_size"]), device=dev,
-                                     mass=float(cfg["mass"]), max_significant=int(cfg["max_significant"]),
-                                     modal=bool(cfg["modal"]), minres_map=int(cfg["minres_map"]), progress=bar)
-        labels = res.map_class.cpu()
-        changed = None if st["labels"] is None else float((labels != st["labels"]).double().mean())
-        res_shell = _resolution_shell(res.data_vs_prior)
-        st.update(iteration=st["iteration"] + 1, volumes=res.volumes, sigma2=res.sigma2,
-                  class_prior=res.class_prior, labels=labels,
-                  k_max=int(min(d // 2, res_shell + int(cfg["incr_size"]))),
-                  elapsed_s=float(st["elapsed_s"]) + time.time() - t0)
-        st["history"].append({"iteration": st["iteration"], "class_prior": res.class_prior.tolist(),
-                              "k_max_used": k_used, "k_max_next": st["k_max"],
-                              "resolution_A": d * particles.pixel_size / res_shell,
-                              "log_likelihood": res.log_likelihood, "changed_fraction": changed,
-                              "mean_max_weight": float(res.max_weight.double().mean()),
-                              "elapsed_s": float(st["elapsed_s"])})
-        st["last"] = {"rotation_index": res.map_rotation_index.cpu(), "shift": res.map_shift.cpu(),
-                      "class_probability": res.class_probability.cpu(), "max_weight": res.max_weight.cpu()}
-        if ckpt is not None:
-            save_checkpoint(ckpt, {key: v for key, v in st.items()})
-        if on_iteration is not None:
-            on_iteration(int(st["iteration"]), res)
-    bar.close()
-    last = st["last"]
-    return ClassifyResult(volumes=st["volumes"].float().cpu(), class_prior=torch.as_tensor(st["class_prior"]).double(),
-                          labels=st["labels"].numpy().astype(np.int64),
-                          rotations=rot[last["rotation_index"].to(dev)].cpu(), shifts=last["shift"].float(),
-                          class_probability=last["class_probability"], max_weight=last["max_weight"],
-                          history=list(st["history"]))
+    """:func:`cryolens.inference.classify.classify` with the recipe's options (a dict is coerced)."""
+    return _schedule.classify(particles, init_volume, as_config(config), run, device, progress, resume, on_iteration)
 
 
-def write_outputs(result: ClassifyResult, particles: Particles, run, title: str = "relion-class3d") -> dict:
-    """Class maps, ``particles.star`` (poses, ``rlnClassNumber`` 1-based, ``rlnMaxValueProbDistribution``),
-    metrics and plots into ``run``; returns the metrics."""
-    from ..analysis.class_plots import plot_class_populations, plot_class_sections, plot_history
-    from ..io.mrc import write_volume
-    from ..io.star import write_star
-
-    px = particles.pixel_size
-    for k, v in enumerate(result.volumes):
-        write_volume(run.path(f"class_{k + 1:03d}.mrc"), v.numpy(), px)
-    out = particles.subset(np.arange(len(particles)))
-    out.rotations, out.shifts = result.rotations.float(), result.shifts.float()
-    out.extra = {**out.extra, "rlnClassNumber": result.labels + 1,
-                 "rlnMaxValueProbDistribution": result.max_weight.double().numpy()}
-    write_star(run.path("particles.star"), out)
-    h = result.history
-    counts = np.bincount(result.labels, minlength=result.volumes.shape[0])
-    metrics = {"n_images": len(particles), "n_classes": int(result.volumes.shape[0]),
-               "class_prior": result.class_prior.tolist(), "class_counts": counts.tolist(),
-               "resolution_A": h[-1]["resolution_A"] if h else None, "iterations": len(h), "history": h}
-    plot_class_populations(h, run.path("class_populations.png"))
-    plot_history(h, {"resolution_A": "resolution (data vs prior = 1)"}, run.path("resolution.png"),
-                 "resolution per iteration", "Å")
-    plot_history(h, {"log_likelihood": "log-likelihood"}, run.path("log_likelihood.png"),
-                 "marginal log-likelihood per iteration", "")
-    plot_class_sections(result.volumes.numpy(), run.path("class_sections.png"), counts / max(1, counts.sum()))
-    run.write_metrics(metrics)
-    return metrics
-
-
-def fit(particles: Particles, known, run, config: dict, device=None, progress: bool = True):
-    """Registry entry point: Class3D with ``config`` (:data:`DEFAULTS`; ``init_map`` a path or ``None``)."""
+def read_start_map(path: str | None, box: int) -> torch.Tensor | None:
+    """The start map(s) ``(D, D, D)`` or ``(K, D, D, D)`` float32 of an ``.mrc`` (``None`` without a path)."""
+    if not path:
+        return None
     from ..io.mrc import read_volume
+
+    arr, _ = read_volume(path)
+    init = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if tuple(init.shape[-3:]) != (box,) * 3:
+        raise InputError(f"{path}: map is {tuple(init.shape)}, particles need {(box,) * 3}")
+    return init
+
+
+def outputs(result: ClassifyResult, pixel_size: float, metrics: dict | None = None):
+    """The :class:`~cryolens.methods.registry.MethodOutputs` of a Class3D result."""
     from .registry import MethodOutputs
 
-    init = None
-    if config.get("init_map"):
-        arr, _ = read_volume(config["init_map"])
-        init = torch.from_numpy(np.ascontiguousarray(arr)).float()
-        if tuple(init.shape[-3:]) != (particles.box_size,) * 3:
-            raise InputError(f"{config['init_map']}: map is {tuple(init.shape)}, particles need "
-                             f"{(particles.box_size,) * 3}")
-    result = classify(particles, init, config, run, device, progress, resume=bool(config.get("resume")))
-    metrics = write_outputs(result, particles, run)
-    return MethodOutputs(pixel_size=particles.pixel_size, volumes=result.volumes, rotations=result.rotations,
-                         shifts=result.shifts, labels=result.labels,
-                         metrics={k: v for k, v in metrics.items() if k != "history"})
+    h = result.history
+    counts = np.bincount(result.labels, minlength=result.volumes.shape[0])
+    m = {"n_classes": int(result.volumes.shape[0]), "class_prior": result.class_prior.tolist(),
+         "class_counts": counts.tolist(), "resolution_A": h[-1]["resolution_A"] if h else None,
+         "iterations": len(h), **(metrics or {})}
+    return MethodOutputs(pixel_size=pixel_size, volumes=result.volumes, rotations=result.rotations,
+                         shifts=result.shifts, labels=result.labels, history=list(h), metrics=m,
+                         particle_columns={"rlnMaxValueProbDistribution": result.max_weight.double().numpy()})
+
+
+def fit(particles: Particles, known, run, config: Class3DConfig, device=None, progress: bool = True):
+    """Registry entry point: Class3D with ``config`` (``init_map`` a path or ``None``)."""
+    cfg = as_config(config)
+    result = classify(particles, read_start_map(cfg.init_map, particles.box_size), cfg, run, device, progress,
+                      resume=cfg.resume)
+    return outputs(result, particles.pixel_size)

@@ -133,24 +133,10 @@ def coerce(value: Any, typ: Any, what: str) -> Any:
         s = str(value).strip().lower()
         if s in _TRUE or s in _FALSE:
             return s in _TRUE
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
+    elif typ in (int, float):
+        number = _number(value)
+        if number is not None and (typ is float or float(number).is_integer()):
+            return typ(number)
     elif typ is str:
         if isinstance(value, str):
             return value
@@ -159,6 +145,19 @@ def coerce(value: Any, typ: Any, what: str) -> Any:
     elif typ is typing.Any:
         return value
     raise InputError(f"{what}: {value!r} is not {_type_name(typ)}")
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` as a number when it is one (not a bool) or is the text of one, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value.strip())
+            except ValueError:
+                continue
+    return None
 
 
 def _type_name(typ: Any) -> str:

@@ -7,7 +7,7 @@ image error with the CTF (:mod:`~cryolens.inference.losses`: ``centered_hartley`
 ``ctf_on_lattice``, ``image_mse``), symmetrized (``symmetrized_loss``, review §3.3.1), on the one engine
 (:mod:`~cryolens.methods.amortized_pose` holds the wiring, poses, refinement and outputs).
 
-Published values (METHODS.md; Levy 2022): Adam, lr 1e-4, batch 64, 100 epochs, symmetrized loss on,
+Published values (docs/METHODS.md; Levy 2022): Adam, lr 1e-4, batch 64, 100 epochs, symmetrized loss on,
 no frequency marching; encoder VGG16 (64 → 512 channels, batch norm) on a 5-channel Gaussian pyramid,
 heads FC [512, 256] → 6D and FC [512, 256] → 2D shift; decoder "FourierNet" (SIREN modulant 3 × 256 and
 envelope 2 × 256). Deviations here, stated: the encoder is VGG-like with 2 convolutions per block and
@@ -26,28 +26,42 @@ image error to frequencies below that resolution (the lattice's radius), as cryo
 cryoDRGN2 do, and the map written is low-passed inside it; ``loss_resolution_final`` (Å, 0 = none) marches
 that band: it stays at ``loss_resolution`` for the first ``march_start`` epochs, then its radius (in
 frequency) grows linearly, epoch by epoch, to ``loss_resolution_final`` at the last epoch (a fixed schedule,
-not driven by a resolution estimate). Every option is a ``--set key=value`` of ``cryolens train cryoai``.
+not driven by a resolution estimate). Every option is a ``--set key=value`` of ``cryolens train cryoai``
+(:class:`CryoAIConfig`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from ..imaging.grids import lowpass_volume
+from ..inference.amortized import AmortizedPoseModel
 from ..inference.losses import centered_hartley, ctf_on_lattice, image_mse
 from ..volumes.lattice import SliceLattice
 from ..volumes.neural import NeuralField
-from .amortized_pose import COMMON_DEFAULTS, AmortizedPoseModel, fit_amortized
-
-DEFAULTS = {
-    **COMMON_DEFAULTS,
-    "dec_layers": 3, "dec_dim": 256, "pe": "gaussian", "pe_dim": 0, "feat_sigma": 0.5,
-    "epochs": 20, "batch_size": 64, "lr": 1e-4, "loss_resolution": 0.0, "loss_resolution_final": 0.0,
-    "march_start": 0,
-}
+from .amortized_pose import AmortizedPoseConfig, fit_amortized
+from .config import option
 
 
-def band_radius(config: dict, box_size: int, pixel_size: float, epoch: int) -> float:
+@dataclass(frozen=True)
+class CryoAIConfig(AmortizedPoseConfig):
+    """Options of cryoai (Levy 2022; the deviations in the module docstring)."""
+
+    batch_size: int = option(64, "images per optimiser step, over all DDP processes")
+    dec_layers: int = option(3, "residual blocks of the decoder MLP")
+    dec_dim: int = option(256, "width of the decoder MLP")
+    pe: Literal["gaussian", "geometric"] = option("gaussian", "positional encoding of the frequencies")
+    pe_dim: int = option(0, "wavenumbers per axis of the encoding (0 = D/2)")
+    feat_sigma: float = option(0.5, "scale of the Gaussian features, in units of D/2")
+    loss_resolution: float = option(0.0, "resolution limit of the image error, Å (0 = Nyquist)")
+    loss_resolution_final: float = option(0.0, "the limit the band marches to by the last epoch, Å (0 = none)")
+    march_start: int = option(0, "epochs before the band starts to march")
+
+
+def band_radius(config: CryoAIConfig, box_size: int, pixel_size: float, epoch: int) -> float:
     """Radius (px of the ``box_size`` lattice, ≤ D/2) of the loss band during 0-based ``epoch`` (module
     docstring: ``loss_resolution``, ``loss_resolution_final``, ``march_start``, ``epochs``)."""
     nyquist = box_size / 2
@@ -55,10 +69,10 @@ def band_radius(config: dict, box_size: int, pixel_size: float, epoch: int) -> f
     def radius(res: float) -> float:
         return min(nyquist, box_size * pixel_size / res) if res > 0 else nyquist
 
-    start, final = radius(float(config["loss_resolution"])), float(config["loss_resolution_final"])
+    start, final = radius(float(config.loss_resolution)), float(config.loss_resolution_final)
     if final <= 0:
         return start
-    first, last = int(config["march_start"]), int(config["epochs"]) - 1
+    first, last = int(config.march_start), int(config.epochs) - 1
     t = 1.0 if last <= first else min(1.0, max(0.0, (epoch - first) / (last - first)))
     return start + t * (radius(final) - start)
 
@@ -67,16 +81,15 @@ class CryoAI(AmortizedPoseModel):
     """Pose encoder + neural Fourier volume; per-image error: mean squared Hartley residual on the slice
     lattice of the centred (predicted shift), normalised image against the CTF-weighted slice."""
 
-    def __init__(self, box_size: int, pixel_size: float, config: dict):
+    def __init__(self, box_size: int, pixel_size: float, config: CryoAIConfig):
         super().__init__(box_size, pixel_size, config)
         self.config = config
         # the loss band: frequencies |k| < radius px (band_radius); a buffer, so a resumed run has its band
         self.register_buffer("band", torch.tensor(band_radius(config, box_size, pixel_size, 0), dtype=torch.float64))
         self.lattice = SliceLattice(box_size, radius=float(self.band))
         self._lattice_band = float(self.band)
-        self.field = NeuralField(box_size, 0, int(config["dec_layers"]), int(config["dec_dim"]), config["pe"],
-                                 int(config["pe_dim"]) or None, float(config["feat_sigma"]), "fourier",
-                                 seed=int(config["seed"]))
+        self.field = NeuralField(box_size, 0, int(config.dec_layers), int(config.dec_dim), config.pe,
+                                 int(config.pe_dim) or None, float(config.feat_sigma), "fourier", seed=int(config.seed))
         self.register_buffer("norm", torch.ones(()))
 
     def set_norm(self, value: float) -> None:
@@ -111,8 +124,8 @@ class CryoAI(AmortizedPoseModel):
         return vol
 
 
-def fit(particles, known, run, config, device=None, progress=True):
+def fit(particles, known, run, config: CryoAIConfig, device=None, progress=True):
     """Registry entry point of ``cryoai`` (poses unknown, CTF known)."""
-    torch.manual_seed(int(config["seed"]))
+    torch.manual_seed(config.seed)
     model = CryoAI(particles.box_size, particles.pixel_size, config)
-    return fit_amortized(model, particles, run, config, device, progress, "cryoai", "cryoAI (amortized poses)")
+    return fit_amortized(model, particles, run, config, device, progress, "cryoai")

@@ -8,32 +8,46 @@ summing it: :func:`~cryolens.imaging.project.project_real`) × the CTF and shift
 the one engine (:mod:`~cryolens.methods.amortized_pose`: wiring, poses, refinement, outputs).
 ``symmetrized_loss`` is off by default (the paper predates it; cryoAI added it) and can be turned on.
 
-Values: METHODS.md gives no hyper-parameters for CryoPoseNet beyond the architecture (CNN encoder,
+Values: docs/METHODS.md gives no hyper-parameters for CryoPoseNet beyond the architecture (CNN encoder,
 rotation (and translation) per image, real-space voxel decoder, CTF, L2); the defaults here take cryoAI's
 encoder (the same group's follow-up) at CPU size (16 → 128 channels, heads [512, 256]), Adam lr 1e-3
 (a voxel grid learns slower than a network at 1e-4), batch 32, 20 epochs, rotations as S2S2 with
 Gram–Schmidt (as cryoAI), shifts off (``max_shift`` 0). Every option is a ``--set key=value`` of
-``cryolens train cryoposenet``.
+``cryolens train cryoposenet`` (:class:`CryoPoseNetConfig`). The decoder is a
+:class:`~cryolens.volumes.protocol.RealSpaceProjector` imaged by the forward model
+:class:`~cryolens.imaging.forward.ProjectorForward` (its own projection, then shift and CTF).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..imaging.forward import render_images
+from ..imaging.forward import ProjectorForward
+from ..inference.amortized import AmortizedPoseModel
 from ..volumes.voxel import RealVoxelVolume
-from .amortized_pose import COMMON_DEFAULTS, AmortizedPoseModel, fit_amortized
+from .amortized_pose import AmortizedPoseConfig, fit_amortized
+from .config import option
 
-DEFAULTS = {**COMMON_DEFAULTS, "symmetrized_loss": False, "epochs": 20, "batch_size": 32, "lr": 1e-3}
+
+@dataclass(frozen=True)
+class CryoPoseNetConfig(AmortizedPoseConfig):
+    """Options of cryoposenet (module docstring: cryoAI's encoder at CPU size, Adam 1e-3, batch 32)."""
+
+    batch_size: int = option(32, "images per optimiser step, over all DDP processes")
+    lr: float = option(1e-3, "learning rate of Adam / AdamW")
+    symmetrized_loss: bool = option(False, "per-image loss the smaller of Y's and R_π Y's (off: the paper)")
 
 
 class CryoPoseNet(AmortizedPoseModel):
     """Pose encoder + real-space voxel grid; per-image error: mean squared real-space residual between
     the normalised image and the shifted, CTF-modulated real-space projection of the grid."""
 
-    def __init__(self, box_size: int, pixel_size: float, config: dict):
+    def __init__(self, box_size: int, pixel_size: float, config: CryoPoseNetConfig):
         super().__init__(box_size, pixel_size, config)
         self.volume = RealVoxelVolume(box_size)
+        self.forward_model = ProjectorForward()
         self.register_buffer("norm", torch.ones(()))
 
     def set_norm(self, value: float) -> None:
@@ -41,16 +55,15 @@ class CryoPoseNet(AmortizedPoseModel):
         self.norm.fill_(float(value))
 
     def image_errors(self, images, rotations, shifts, ctf) -> torch.Tensor:
-        pred = render_images(self.volume.density, rotations, shifts, ctf, self.pixel_size, projector="real")
+        pred = self.forward_model(self.volume, rotations, shifts, ctf, self.pixel_size)
         return (pred - images / self.norm).square().mean((-2, -1))
 
     def render_map(self) -> torch.Tensor:
         return self.volume.render()[0] * self.norm
 
 
-def fit(particles, known, run, config, device=None, progress=True):
+def fit(particles, known, run, config: CryoPoseNetConfig, device=None, progress=True):
     """Registry entry point of ``cryoposenet`` (poses unknown, CTF known)."""
-    torch.manual_seed(int(config["seed"]))
+    torch.manual_seed(config.seed)
     model = CryoPoseNet(particles.box_size, particles.pixel_size, config)
-    return fit_amortized(model, particles, run, config, device, progress, "cryoposenet",
-                         "CryoPoseNet (amortized poses, real-space voxels)")
+    return fit_amortized(model, particles, run, config, device, progress, "cryoposenet")

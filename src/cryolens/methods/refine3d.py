@@ -3,80 +3,100 @@ and ``cryosparc-refine`` (modal EM with hierarchical pose search, cryoSPARC's ho
 refinement / cryoDRGN2's search). Both compose :func:`~cryolens.inference.autorefine.auto_refine`;
 they need the CTF, estimate poses, and start from an initial map.
 
-**relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes:
+**relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes: initial sampling
+7.5° (a 15° pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in steps of 1 px
+(command-line ``--offset_step 2``), initial low-pass 60 Å (20–30 Å suits 96 Å boxes; the benchmark uses
+20 Å), ``T = 1``, ``--incr_size 10``, ``--adaptive_fraction 0.999``; ``max_order = 5`` lets the sampling
+reach 0.94° while the resolution keeps improving.
 
-- initial angular sampling 7.5° (``healpix_order = 2``: a 15° pass oversampled to 7.5°), local
-  searches from ``auto_local_healpix_order = 4`` (3.75° coarse, 1.875° oversampled), offset range
-  ±5 px, step 1 px (command-line ``--offset_step 2``, oversampled to 1), initial low-pass 60 Å,
-  ``T = 1`` (``--tau2_fudge``), ``--incr_size 10``, significant weights ``--adaptive_fraction 0.999``.
-- At D = 64 and 1.5 Å/px (a 96 Å box) a 60 Å low-pass leaves only shells 0–1 of the start map,
-  too few to orient 15° views reliably; the ``lowpass`` option (CLI ``--lowpass``) sets it, and
-  20–30 Å suits such boxes (the benchmark uses 20 Å). ``max_order = 5`` lets the sampling reach
-  0.94° where the resolution keeps improving (RELION continues until the angular accuracy is reached).
+**cryosparc-refine** — modal EM: per image the mode of the pose posterior by hierarchical search
+(:func:`~cryolens.inference.pose_search.hierarchical_search`: 15° base grid × ±5 px shifts, keep 8,
+split in SO(3) and shift per level, frequency marching up to ``k_max``), weight 1, then the same
+gold-standard MAP back-projection; initial low-pass 30 Å (cryoSPARC's).
 
-**cryosparc-refine** — modal EM: per image the mode of the pose posterior by
-:func:`~cryolens.inference.pose_search.hierarchical_search` (base grid 15° = 4,608 rotations × a
-±5 px shift grid of step 2 px, keep 8 candidates, split each into 8 SO(3) children and a finer shift
-grid per level, frequency marching up to the current ``k_max``), weight 1, then the same gold-standard
-MAP back-projection. cryoSPARC's default initial low-pass is 30 Å; its branch-and-bound uses bounds
-on unexplored regions, here the keep-top-K heuristic of cryoDRGN2 (see ``pose_search`` for its
-measured miss rate).
+**Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit
+each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized.
 
-**Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (CLI ``--relax-sym Cn``; RELION 4's ``--relax_sym``): the
-local searches also visit each pose's mates under ``Cn`` about the axis found on the initial map, so
-images can leave the wrong mate of a near-symmetric particle (a homodimer); the maps stay unsymmetrized.
-The modal recipe searches globally at every iteration, which visits the mates anyway.
-
-**Initial map.** ``config["init_map"]``: a path to an ``.mrc`` or a ``(D, D, D)`` tensor. Without one,
-the recipe runs the ``cryosparc-abinit`` recipe when it is registered and uses its map; otherwise it
-starts from a soft sphere of a quarter of the box (no orientation information: refinement from it
-converges only for very favourable data) — and says which in its metrics (``initial_map``).
+**Initial map.** ``init_map``; without one the ``cryosparc-abinit`` recipe makes one when registered,
+else a soft sphere of a quarter of the box (metrics ``initial_map`` says which).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..imaging.grids import spherical_mask
-from ..inference.autorefine import RefineConfig, RefineResult, auto_refine, poses_to_particles
+from ..imaging.so3_grid import angular_step
+from ..inference.autorefine import RefineConfig, RefineState, auto_refine, poses_to_particles
 from ..io.particles import Particles
+from .config import RecipeConfig, as_dict, option
 
 log = logging.getLogger(__name__)
 
-RELION_DEFAULTS = {"init_map": None, "lowpass": 60.0, "pose_inference": "posterior", "healpix_order": 2,
-                   "local_order": 4, "max_order": 5, "offset_range": 5.0, "offset_step": 2.0, "tau2_fudge": 1.0,
-                   "incr_size": 10, "mass": 0.999, "max_coarse": 16, "max_significant": 48, "max_iterations": 30,
-                   "pad": 2, "batch_size": 64, "seed": 0, "resume": False, "relax_symmetry": "C1"}
-CRYOSPARC_DEFAULTS = {**RELION_DEFAULTS, "lowpass": 30.0, "pose_inference": "modal", "keep": 8}
+
+@dataclass(frozen=True)
+class Refine3DConfig(RecipeConfig):
+    """Options of relion-refine3d and cryosparc-refine (RELION 3.1 auto-refine defaults, module docstring)."""
+
+    init_map: str | None = option(None, "start map (.mrc); none: run cryosparc-abinit for one")
+    lowpass: float | None = option(60.0, "initial low-pass of the start map, Å (--ini_high)")
+    pose_inference: Literal["posterior", "modal"] = option("posterior", "full pose posterior or the mode only")
+    healpix_order: int = option(2, "initial HEALPix order (2 = 7.5° after oversampling)")
+    local_order: int = option(4, "HEALPix order from which searches are local (--auto_local_healpix_order)")
+    max_order: int = option(5, "finest HEALPix order (final step: its oversampled step)")
+    local_range_deg: float | None = option(None, "local search radius at local_order, °, halving per order "
+                                                 "(none: 2.5 steps)")
+    offset_range: float = option(5.0, "offset search range, px (--offset_range)")
+    offset_step: float = option(2.0, "offset search step, px (--offset_step; oversampled to half)")
+    tau2_fudge: float = option(1.0, "regularisation T (--tau2_fudge)")
+    incr_size: int = option(10, "shells above the current resolution used by the E-step (--incr_size)")
+    mass: float = option(0.999, "posterior mass of the significant sets (--adaptive_fraction)")
+    max_coarse: int = option(16, "at most this many significant poses per image in the coarse passes")
+    max_significant: int = option(48, "at most this many significant poses per image in the last pass")
+    max_iterations: int = option(30, "iteration cap")
+    min_gain_shells: float = option(0.5, "resolution gain per iteration below which the search stalls, shells")
+    pad: int = option(2, "oversampling of the projector and the accumulator")
+    batch_size: int = option(64, "images per E-step batch")
+    keep: int = option(8, "modal search: candidates kept per level")
+    particle_diameter: float | None = option(None, "particle diameter, Å (--particle_diameter); none: 0.8 × box")
+    coarse_size: bool = option(True, "coarse passes use shells up to RELION's coarse_size only")
+    pose_estimate: Literal["map", "mean"] = option("map", "pose: grid point of largest weight, or posterior mean")
+    flatten_solvent: bool = option(True, "flatten the solvent of the E-step references (--flatten_solvent)")
+    mask_edge: float = option(5.0, "soft edge of the solvent mask, px (--width_mask_edge)")
+    relax_symmetry: str = option("C1", "C1, or Cn whose mates the local searches also visit (--relax_sym)")
+    resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 
-def refine_config(config: dict) -> RefineConfig:
-    """The :class:`RefineConfig` of a recipe config (``lowpass`` → ``initial_lowpass``)."""
-    d = dict(config)
+RELION_DEFAULTS = as_dict(Refine3DConfig())
+
+
+def refine_config(config: Refine3DConfig | dict) -> RefineConfig:
+    """The :class:`RefineConfig` of a recipe config (``lowpass``, ``local_range_deg`` converted)."""
+    d = dict(as_dict(config) if isinstance(config, Refine3DConfig) else config)
     d["initial_lowpass"] = d.pop("lowpass", None)
+    deg = d.pop("local_range_deg", None)
+    if deg is not None:
+        d["local_range_steps"] = float(deg) / angular_step(int(d.get("local_order", 4)))
     return RefineConfig.from_dict(d)
 
 
-def initial_map(particles: Particles, config: dict, run=None, device=None, progress: bool = True
-                ) -> tuple[torch.Tensor, str]:
-    """The start map ``(D, D, D)`` and a note of where it came from (module docstring)."""
+def initial_map(particles: Particles, config: Refine3DConfig, run=None, device=None, progress: bool = True,
+                given: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """The start map ``(D, D, D)`` (``given``, a tensor, first) and where it came from (module docstring)."""
     d = particles.box_size
-    src = config.get("init_map")
-    if isinstance(src, torch.Tensor):
-        return src.float(), "given volume"
-    if src:
-        from ..io.mrc import read_volume
+    if given is not None:
+        return given.float(), "given volume"
+    if config.init_map:
+        from .class3d import read_start_map
 
-        vol, _ = read_volume(src)
-        vol = torch.from_numpy(np.asarray(vol, dtype=np.float32))
-        if tuple(vol.shape) != (d, d, d):
-            raise InputError(f"{src}: initial map is {tuple(vol.shape)}, the particles need ({d}, {d}, {d})")
-        return vol, f"file {src}"
+        return read_start_map(config.init_map, d).reshape(d, d, d), f"file {config.init_map}"
     from .registry import Known, recipes
 
     abinit = recipes().get("cryosparc-abinit")
@@ -91,69 +111,40 @@ def initial_map(particles: Particles, config: dict, run=None, device=None, progr
     return spherical_mask(d, radius=d / 4, width=3.0).float(), "soft sphere (no initial map given)"
 
 
-def write_outputs(result: RefineResult, particles: Particles, run, reference: torch.Tensor | None = None,
-                  extra_metrics: dict | None = None) -> dict:
-    """Final map, half maps, STAR of the poses, plots, metrics and report of a refinement in ``run``;
-    with a ground-truth ``reference``, also the FSC against it (0.5 resolution). Returns the metrics."""
-    from ..analysis.em_plots import plot_angular_distribution, plot_fsc_iterations, plot_resolution_history
-    from ..analysis.plots import plot_fsc, plot_sections
+def iteration_writer(run, particles: Particles):
+    """``on_iteration`` of :func:`auto_refine` writing RELION's per-iteration snapshots into ``run``:
+    ``iterNNN_half{1,2}.mrc`` (unfiltered), ``iterNNN_fsc.json``, ``iterNNN_particles.star``."""
     from ..io.mrc import write_volume
     from ..io.star import write_star
-    from ..metrics.fsc import fsc, resolution_at
 
-    px, d = particles.pixel_size, particles.box_size
-    write_volume(run.path("map.mrc"), result.volume.numpy(), px)
-    write_volume(run.path("half1.mrc"), result.half_maps[0].numpy(), px)
-    write_volume(run.path("half2.mrc"), result.half_maps[1].numpy(), px)
-    state = {"rotations": result.rotations, "shifts": result.shifts, "half": torch.as_tensor(result.half)}
-    write_star(run.path("particles.star"), poses_to_particles(particles, state))
-    metrics = {"n_images": len(particles), "box_size": d, "pixel_size": px, "iterations": len(result.history),
-               "converged": result.converged, "resolution_halfmap_0143_A": result.resolution,
-               "fsc_halfmaps": np.asarray(result.fsc).tolist(),
-               "final_angular_step_deg": result.history[-1]["angular_step_deg"] if result.history else None,
-               "wall_time_s": result.history[-1].get("elapsed_s") if result.history else None,
-               "history": [{k: v for k, v in h.items() if k != "fsc"} for h in result.history]}
-    if result.relax_axis is not None:  # relax_symmetry: the pseudo-symmetry axis found on the start map
-        metrics["relax_symmetry_axis_xyz"] = [float(x) for x in result.relax_axis]
-    metrics.update(extra_metrics or {})
-    curves = {"half maps": np.asarray(result.fsc)}
-    sections = {"map": result.volume.numpy()}
-    if reference is not None:
-        ref = reference.float()
-        gt = np.asarray(fsc(result.volume, ref))
-        metrics["fsc_vs_ground_truth"] = gt.tolist()
-        metrics["resolution_vs_ground_truth_05_A"] = float(resolution_at(gt, 0.5, px, d))
-        curves["map vs ground truth"] = gt
-        sections["ground truth"] = ref.numpy()
-    plot_fsc(curves, px, d, run.path("fsc.png"))
-    plot_sections(sections, run.path("sections.png"))
-    if result.history:
-        plot_fsc_iterations(result.history, px, d, run.path("fsc_iterations.png"))
-        plot_resolution_history(result.history, run.path("resolution_history.png"), px)
-    plot_angular_distribution(result.rotations.numpy(), run.path("angular_distribution.png"))
-    run.write_metrics(metrics)
-    return metrics
+    def write(state: RefineState) -> None:
+        it, px = state.iteration, particles.pixel_size
+        for h in (0, 1):
+            write_volume(run.path(f"iter{it:03d}_half{h + 1}.mrc"), state.unfiltered[h].float().cpu().numpy(), px)
+        run.write_json(f"iter{it:03d}_fsc.json", {"fsc": state.history[-1]["fsc"],
+                                                   "resolution_A": state.history[-1]["resolution_A"]})
+        write_star(run.path(f"iter{it:03d}_particles.star"), poses_to_particles(particles, state))
+
+    return write
 
 
-def refine(particles: Particles, config: dict, run=None, device=None,
-           progress: bool = True) -> tuple[RefineResult, str]:
-    """Run a refinement recipe's config on ``particles`` (CTF known): the initial map (module
-    docstring), then :func:`auto_refine`. Returns the result and where the start map came from."""
-    if particles.ctf is None:
-        raise InputError(f"{particles.name}: no CTF parameters; refinement needs the CTF (rlnDefocusU ...)")
-    vol, note = initial_map(particles, config, run, device, progress)
-    result = auto_refine(particles, vol, config=refine_config(config), run=run, device=device, progress=progress,
-                         resume=bool(config.get("resume", False)))
-    return result, note
-
-
-def fit(particles: Particles, known, run, config: dict, device=None, progress: bool = True):
-    """Registry entry point (:mod:`cryolens.methods.registry`) of both recipes."""
+def fit(particles: Particles, known, run, config: Refine3DConfig, device=None, progress: bool = True,
+        inputs: dict | None = None):
+    """Registry entry point of both recipes: the initial map (module docstring; ``inputs={"init_map": tensor}``
+    gives it as a tensor), then :func:`auto_refine`. A dict config is read over the defaults."""
     from .registry import MethodOutputs
 
-    result, note = refine(particles, config, run, device, progress)
+    if isinstance(config, dict):
+        config = replace(Refine3DConfig(), **config)
+    if particles.ctf is None:
+        raise InputError(f"{particles.name}: no CTF parameters; refinement needs the CTF (rlnDefocusU ...)")
+    vol, note = initial_map(particles, config, run, device, progress, (inputs or {}).get("init_map"))
+    result = auto_refine(particles, vol, config=refine_config(config), run=run, device=device, progress=progress,
+                         resume=config.resume, on_iteration=None if run is None else iteration_writer(run, particles))
+    metrics = {"resolution_halfmap_0143_A": result.resolution, "initial_map": note, "iterations": len(result.history),
+               "converged": result.converged, "fsc_halfmaps": np.asarray(result.fsc).tolist()}
+    if result.relax_axis is not None:  # relax_symmetry: the pseudo-symmetry axis found on the start map
+        metrics["relax_symmetry_axis_xyz"] = [float(x) for x in result.relax_axis]
     return MethodOutputs(pixel_size=result.pixel_size, volume=result.volume, half_maps=result.half_maps,
-                         rotations=result.rotations, shifts=result.shifts,
-                         metrics={"resolution_halfmap_0143_A": result.resolution, "initial_map": note,
-                                  "iterations": len(result.history), "converged": result.converged,
-                                  "fsc_halfmaps": np.asarray(result.fsc).tolist()})
+                         rotations=result.rotations, shifts=result.shifts, half_labels=np.asarray(result.half),
+                         history=list(result.history), metrics=metrics)

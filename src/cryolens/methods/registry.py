@@ -11,18 +11,24 @@ Every recipe exposes the same entry point::
 
 ``particles`` is a :class:`~cryolens.io.particles.Particles`; what it holds beyond the images is only
 what ``known`` says is known (a runner strips the rest before the call). ``run`` is the
-:class:`~cryolens.io.runfolder.RunFolder` the recipe writes into; ``config`` is the recipe's
-``defaults`` updated with the caller's overrides.
+:class:`~cryolens.io.runfolder.RunFolder` the recipe may write run state into (checkpoints, logs);
+``config`` is the recipe's :class:`~cryolens.methods.config.RecipeConfig` instance
+(:meth:`Recipe.config`). ``fit`` returns everything in :class:`MethodOutputs`; the one writer
+(:func:`cryolens.analysis.writer.write_run`) turns it into the run folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import InputError
+from .config import OptionSpec, RecipeConfig, as_dict, build_config, coerce, option_specs
 
 HETEROGENEITY = ("homogeneous", "discrete", "continuous")
 
@@ -46,6 +52,13 @@ class MethodOutputs:
     labels: ``(N,)`` int64 estimated class per image. latents: ``(N, L)`` float32 estimated ``z``.
     decode: ``z (B, L) float32 → (B, D, D, D)`` maps, for continuous models (per-image maps).
     pixel_size: Å/px. metrics: numbers the method measured about itself (resolution, losses, time).
+    history: one record per iteration or epoch (``iteration``/``epoch``, ``elapsed_s``, ``resolution``,
+    ``angular_step_deg``, ``fsc`` (list), ``class_prior`` (list) ...); a multi-stage recipe tags each
+    record with ``stage`` (e.g. ``"abinit"``, ``"refine"``): the writer then writes ``<stage>_history``
+    in metrics.json and ``<stage>_*.png`` plots (:mod:`cryolens.analysis.writer`).
+    half_labels: ``(N,)`` 0/1 gold-standard half of each image, if the method split the data.
+    extra_volumes: more maps, each written as ``<key>.mrc`` (a key may contain one ``/``).
+    particle_columns: more per-image STAR columns ``{rlnName: (N,) array}``.
     """
 
     pixel_size: float
@@ -58,44 +71,72 @@ class MethodOutputs:
     latents: np.ndarray | None = None
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    half_labels: np.ndarray | None = None
+    extra_volumes: dict[str, torch.Tensor] = field(default_factory=dict)
+    particle_columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 FitFn = Callable[..., MethodOutputs]
 
 
-@dataclass(frozen=True)
 class Recipe:
-    """A named method: its ``fit``, its published ``defaults``, what it ``needs`` to be known
-    (a subset of ``{"poses", "ctf"}``), the heterogeneity it models, and the paper it follows."""
+    """A named method: its ``fit``, its options (a :class:`~cryolens.methods.config.RecipeConfig`
+    subclass ``config`` with per-recipe ``defaults`` overriding the class's), what it ``needs`` to be
+    known (a subset of ``{"poses", "ctf"}``), the heterogeneity it models, and the paper it follows.
 
-    name: str
-    fit: FitFn
-    summary: str
-    defaults: dict = field(default_factory=dict)
-    needs: frozenset[str] = frozenset()
-    heterogeneity: str = "homogeneous"
-    learned: bool = False
-    reference: str = ""
+    After construction ``defaults`` holds every option's effective default (class default, then the
+    recipe's override), so ``build_config(config_class, name, defaults, overrides)`` is the recipe's
+    config. A recipe without a config class (transition only) keeps its plain dict of defaults.
+    """
 
-    def __post_init__(self):
-        if self.heterogeneity not in HETEROGENEITY:
-            raise ValueError(f"recipe {self.name}: heterogeneity must be one of {HETEROGENEITY}")
+    def __init__(self, name: str, fit: FitFn, summary: str, config: type[RecipeConfig] | None = None,
+                 defaults: dict | None = None, needs: frozenset[str] = frozenset(),
+                 heterogeneity: str = "homogeneous", learned: bool = False, reference: str = ""):
+        self.name, self.fit, self.summary = name, fit, summary
+        self.needs, self.heterogeneity = frozenset(needs), heterogeneity
+        self.learned, self.reference = learned, reference
+        self.config_class = config
+        if heterogeneity not in HETEROGENEITY:
+            raise ValueError(f"recipe {name}: heterogeneity must be one of {HETEROGENEITY}")
         unknown = set(self.needs) - {"poses", "ctf"}
         if unknown:
-            raise ValueError(f"recipe {self.name}: unknown needs {sorted(unknown)}")
+            raise ValueError(f"recipe {name}: unknown needs {sorted(unknown)}")
+        if config is None:
+            self.defaults = dict(defaults or {})
+        else:
+            self.defaults = as_dict(build_config(config, name, defaults))
+
+    def __repr__(self) -> str:
+        cls = self.config_class.__name__ if self.config_class else "dict"
+        return f"Recipe(name={self.name!r}, config={cls}, heterogeneity={self.heterogeneity!r})"
 
     def accepts(self, known: Known) -> bool:
         """True when every variable this recipe needs is known."""
         return ("poses" not in self.needs or known.poses) and ("ctf" not in self.needs or known.ctf)
 
-    def config(self, overrides: dict[str, Any] | None = None) -> dict:
-        """The defaults updated with ``overrides``; an unknown key is an error naming the recipe."""
+    def config(self, overrides: dict[str, Any] | None = None) -> RecipeConfig | dict:
+        """The recipe's options with ``overrides`` applied (text or JSON values are coerced).
+
+        An unknown option or a value of the wrong type is an :class:`InputError` naming the recipe and
+        the field. (Transition: a recipe without a config class returns a plain dict.)
+        """
+        if self.config_class is not None:
+            return build_config(self.config_class, self.name, self.defaults, overrides)
         cfg = dict(self.defaults)
         for k, v in (overrides or {}).items():
             if k not in cfg:
-                raise KeyError(f"recipe {self.name} has no option {k!r} (options: {', '.join(sorted(cfg))})")
-            cfg[k] = v
+                raise InputError(f"recipe {self.name}: no option {k!r} (options: {', '.join(sorted(cfg))})")
+            typ = type(cfg[k])
+            cfg[k] = coerce(v, typ, f"recipe {self.name}: option {k}") if typ in (int, float, bool, str) else v
         return cfg
+
+    def options(self) -> dict[str, OptionSpec]:
+        """Every option with the recipe's effective default, type and doc, in declaration order."""
+        if self.config_class is None:
+            return {k: OptionSpec(k, type(v) if v is not None else Any, v, "") for k, v in self.defaults.items()}
+        specs = option_specs(self.config_class)
+        return {k: dataclasses.replace(s, default=self.defaults[k]) for k, s in specs.items()}
 
 
 _REGISTRY: dict[str, Recipe] = {}

@@ -3,7 +3,7 @@ internal-coordinate distance (contact maps) that needs no superposition at all.
 
 Coordinates are ``(M, 3)`` float64 Å, the same atoms in the same order in both models (e.g. two
 states of one trajectory, or a fitted model and its ground truth). The plain RMSD without
-superposition is :func:`cryolens.simulate.motion.rmsd`; :func:`rmsd_superposed` superposes first
+superposition is :func:`rmsd`; :func:`rmsd_superposed` superposes first
 and then calls it.
 """
 
@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.atomic import Atoms
-from ..simulate.motion import rmsd
+
+
+def rmsd(a: Atoms | np.ndarray, b: Atoms | np.ndarray) -> float:
+    """Root-mean-square deviation (Å) between two equal-length coordinate sets, no superposition."""
+    x = a.coords if isinstance(a, Atoms) else np.asarray(a)
+    y = b.coords if isinstance(b, Atoms) else np.asarray(b)
+    return float(np.sqrt(((x - y) ** 2).sum(-1).mean()))
 
 
 def _coords(x: Atoms | np.ndarray) -> np.ndarray:

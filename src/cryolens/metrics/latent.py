@@ -28,20 +28,27 @@ def _as2d(x: np.ndarray) -> np.ndarray:
     return a[:, None] if a.ndim == 1 else a
 
 
+def _paired_clouds(x: np.ndarray, y: np.ndarray, max_points: int, seed: int, what: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``x``, ``y`` as 2D float64 clouds of one dimension, each subsampled (seeded) to ``max_points``."""
+    a, b = _as2d(x), _as2d(y)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{what}: dimensions differ ({a.shape[1]} and {b.shape[1]})")
+    rng = np.random.default_rng(seed)
+    if a.shape[0] > max_points:
+        a = a[rng.choice(a.shape[0], max_points, replace=False)]
+    if b.shape[0] > max_points:
+        b = b[rng.choice(b.shape[0], max_points, replace=False)]
+    return a, b
+
+
 def wasserstein(x: np.ndarray, y: np.ndarray, p: int = 2, max_points: int = 2000, seed: int = 0) -> float:
     """Exact ``W_p`` (p = 1 or 2) between the empirical distributions of ``x (n, L)`` and ``y (m, L)``
     (uniform weights, Euclidean ground distance), via POT's network simplex. Clouds larger than
     ``max_points`` are subsampled (seeded) to keep the ``n × m`` cost matrix small."""
     import ot
 
-    a, b = _as2d(x), _as2d(y)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"wasserstein: dimensions differ ({a.shape[1]} and {b.shape[1]})")
-    rng = np.random.default_rng(seed)
-    if a.shape[0] > max_points:
-        a = a[rng.choice(a.shape[0], max_points, replace=False)]
-    if b.shape[0] > max_points:
-        b = b[rng.choice(b.shape[0], max_points, replace=False)]
+    a, b = _paired_clouds(x, y, max_points, seed, "wasserstein")
     cost = ot.dist(a, b, metric="sqeuclidean" if p == 2 else "euclidean")
     w = ot.emd2(np.full(a.shape[0], 1 / a.shape[0]), np.full(b.shape[0], 1 / b.shape[0]), cost, numItermax=10 ** 7)
     return float(np.sqrt(max(w, 0.0)) if p == 2 else w)
@@ -84,14 +91,7 @@ def wasserstein_procrustes(x: np.ndarray, y: np.ndarray, iterations: int = 20, m
     at 64 by flipping only the first 6 axes). Returns ``(Q, x̄, ȳ, W2 after alignment)``."""
     import ot
 
-    a, b = _as2d(x), _as2d(y)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"wasserstein_procrustes: dimensions differ ({a.shape[1]} and {b.shape[1]})")
-    rng = np.random.default_rng(seed)
-    if a.shape[0] > max_points:
-        a = a[rng.choice(a.shape[0], max_points, replace=False)]
-    if b.shape[0] > max_points:
-        b = b[rng.choice(b.shape[0], max_points, replace=False)]
+    a, b = _paired_clouds(x, y, max_points, seed, "wasserstein_procrustes")
     ma, mb = a.mean(0), b.mean(0)
     ac, bc = a - ma, b - mb
     wa, wb = np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b))

@@ -1,7 +1,7 @@
 """Rotation error between estimated and true poses, after the best global alignment and, for
 ab initio results, after also trying the mirror (a map of the wrong hand).
 
-Conventions (CONVENTIONS.md): a rotation ``R`` maps image-frame coordinates into the volume frame,
+Conventions (docs/CONVENTIONS.md): a rotation ``R`` maps image-frame coordinates into the volume frame,
 ``image(x, y) = ∫ V(R · [x, y, z]ᵀ) dz``.
 
 **Which side the global rotation acts on.** A reconstruction is only defined up to a rotation of

@@ -38,6 +38,7 @@ import torch
 
 from ..errors import InputError
 from ..io.atomic import Atoms, read_atoms
+from ..metrics.atomic import rmsd  # noqa: F401  (re-exported: the plain RMSD lives with the metrics)
 
 TERMINAL_SHEET = (1, 2, 3, 4, 96, 97, 98, 99)  # HIV-1 protease dimerisation β-sheet
 
@@ -179,10 +180,3 @@ def trajectory_from_files(paths: Sequence[str | os.PathLike], waters: bool = Fal
     if not paths:
         raise InputError("trajectory: no model files given")
     return [read_atoms(p, waters=waters, hydrogens=hydrogens) for p in paths]
-
-
-def rmsd(a: Atoms | np.ndarray, b: Atoms | np.ndarray) -> float:
-    """Root-mean-square deviation (Å) between two equal-length coordinate sets, no superposition."""
-    x = a.coords if isinstance(a, Atoms) else np.asarray(a)
-    y = b.coords if isinstance(b, Atoms) else np.asarray(b)
-    return float(np.sqrt(((x - y) ** 2).sum(-1).mean()))

@@ -7,6 +7,8 @@
   halves, and Hartley ↔ Fourier conversions.
 - :mod:`~cryolens.volumes.neural`: the implicit neural field ``(B, M, 3) coords, (B, L) z → (B, M)``
   Hartley values, central slices, and ``render(z, D) → (D, D, D)`` real-space maps.
+- :mod:`~cryolens.volumes.protocol`: the interface every parametrization answers
+  (:class:`~cryolens.volumes.protocol.VolumeModel`, optional real-space projection).
 - :mod:`~cryolens.volumes.voxel`: a learnable voxel grid answering the same interface (Fourier), and a
   real-space voxel grid with real-space projection (CryoPoseNet).
 """
@@ -15,7 +17,8 @@ from .encoding import PositionalEncoding
 from .lattice import SliceLattice, flip_frequencies, fourier_to_hartley, hartley_to_fourier
 from .mlp import ResidualMLP
 from .neural import NeuralField
+from .protocol import RealSpaceProjector, VolumeModel, render_one
 from .voxel import RealVoxelVolume, VoxelVolume
 
-__all__ = ["NeuralField", "PositionalEncoding", "RealVoxelVolume", "ResidualMLP", "SliceLattice", "VoxelVolume",
-           "flip_frequencies", "fourier_to_hartley", "hartley_to_fourier"]
+__all__ = ["NeuralField", "PositionalEncoding", "RealSpaceProjector", "RealVoxelVolume", "ResidualMLP", "SliceLattice",
+           "VolumeModel", "VoxelVolume", "flip_frequencies", "fourier_to_hartley", "hartley_to_fourier", "render_one"]

@@ -1,6 +1,6 @@
 """Positional encodings of 3D frequency coordinates for implicit neural volumes.
 
-Coordinates are frequencies in cycles/px, ``(kx, ky, kz)`` in ``[−0.5, 0.5]`` (CONVENTIONS.md).
+Coordinates are frequencies in cycles/px, ``(kx, ky, kz)`` in ``[−0.5, 0.5]`` (docs/CONVENTIONS.md).
 
 - ``geometric``: ``sin(2π ω_j k_a)``, ``cos(2π ω_j k_a)`` for each axis ``a`` and ``n`` wavenumbers
   ``ω_j = (D/2)^{j/(n−1)}``, ``j = 0 … n−1``, geometrically spaced from 1 to ``D/2`` (the highest

@@ -35,7 +35,8 @@ def canonical_half(coords: torch.Tensor) -> torch.Tensor:
 
 
 class NeuralField(nn.Module):
-    """``forward(coords (B, M, 3) cycles/px, z (B, L) | None) → (B, M)`` Hartley values.
+    """``forward(coords (B, M, 3) cycles/px, z (B, L) | None) → (B, M)`` Hartley values; a
+    :class:`~cryolens.volumes.protocol.VolumeModel`.
 
     box_size: ``D`` of the training images. zdim: ``L`` (0 = homogeneous). layers, hidden: the residual
     MLP (cryoDRGN: 3 × 1024). pe: ``"gaussian"`` or ``"geometric"`` (:mod:`~cryolens.volumes.encoding`),
@@ -63,9 +64,11 @@ class NeuralField(nn.Module):
         return self.mlp(x)
 
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Complex Fourier values ``(B, M)`` at ``coords (B, M, 3)`` (``domain="fourier"`` only)."""
+        """Complex Fourier values ``(B, M)`` at ``coords (B, M, 3)``. A Hartley-domain field evaluates
+        ``H(k)`` and ``H(−k)``: ``F(k) = ½(H(k) + H(−k)) − ½ i (H(k) − H(−k))``."""
         if self.domain != "fourier":
-            raise ValueError("fourier(): a Hartley-domain field gives Hartley values; use forward()")
+            h, hm = self._net(coords, z)[..., 0].float(), self._net(-coords, z)[..., 0].float()
+            return torch.complex(0.5 * (h + hm), -0.5 * (h - hm))
         up = canonical_half(coords)
         c = torch.where(up[..., None], coords, -coords)
         out = self._net(c, z).float()
@@ -78,6 +81,11 @@ class NeuralField(nn.Module):
             return self._net(coords, z)[..., 0]
         f = self.fourier(coords, z)
         return f.real - f.imag
+
+    def hartley(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Hartley values ``(B, M)`` at ``coords (B, M, 3)`` (the
+        :class:`~cryolens.volumes.protocol.VolumeModel` name of :meth:`forward`)."""
+        return self(coords, z)
 
     def slices(self, rotations: torch.Tensor, z: torch.Tensor | None, lattice: SliceLattice) -> torch.Tensor:
         """Hartley values ``(B, P)`` of the central slices ``rotations (B, 3, 3)`` on ``lattice``'s pixels.

@@ -4,7 +4,8 @@
 a complex ``(D, D, D)`` centered transform (the :func:`~cryolens.imaging.slice.sampling_volume` layout);
 queries are folded onto the canonical half-space and conjugated (Friedel), so the map stays real.
 Homogeneous only (``z`` is ignored). :class:`RealVoxelVolume` is the real-space twin (density voxels,
-real-space projection).
+real-space projection). Both are :class:`~cryolens.volumes.protocol.VolumeModel` s; the real-space one is
+also a :class:`~cryolens.volumes.protocol.RealSpaceProjector`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ from ..imaging.fft import fft3_centered, ifft3_centered
 from ..imaging.project import project_real
 from ..imaging.slice import sampling_volume
 from .neural import canonical_half
+
+
+def sample_fourier(volume_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples ``(B, M)`` complex of a centered ``(D, D, D)`` transform at ``coords (B, M, 3)``
+    cycles/px, folded onto the canonical half-space and conjugated (Friedel); zero at ``|k| ≥ ½``."""
+    d = volume_ft.shape[-1]
+    up = canonical_half(coords)
+    c = torch.where(up[..., None], coords, -coords)
+    sv = sampling_volume(volume_ft)  # (1, 2, D+1, D+1, D+1)
+    grid = (2.0 / d) * (c * d + d // 2) - 1  # grid index c·D + D/2 → [−1, 1] over D+1 samples
+    out = F.grid_sample(sv, grid.reshape(1, 1, 1, -1, 3).to(sv.dtype), mode="bilinear",
+                        padding_mode="border", align_corners=True)[0, :, 0, 0].reshape(2, *coords.shape[:-1])
+    inside = coords.norm(dim=-1) < 0.5
+    return torch.complex(out[0] * inside, torch.where(up, out[1], -out[1]) * inside)
 
 
 class VoxelVolume(nn.Module):
@@ -32,19 +47,15 @@ class VoxelVolume(nn.Module):
 
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Complex values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px; zero at ``|k| ≥ ½``."""
-        d = self.box_size
-        up = canonical_half(coords)
-        c = torch.where(up[..., None], coords, -coords)
-        sv = sampling_volume(torch.view_as_complex(self.ft))  # (1, 2, D+1, D+1, D+1)
-        grid = (2.0 / d) * (c * d + d // 2) - 1  # grid index c·D + D/2 → [−1, 1] over D+1 samples
-        out = F.grid_sample(sv, grid.reshape(1, 1, 1, -1, 3).to(sv.dtype), mode="bilinear",
-                            padding_mode="border", align_corners=True)[0, :, 0, 0].reshape(2, *coords.shape[:-1])
-        inside = coords.norm(dim=-1) < 0.5
-        return torch.complex(out[0] * inside, torch.where(up, out[1], -out[1]) * inside)
+        return sample_fourier(torch.view_as_complex(self.ft), coords)
 
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         f = self.fourier(coords, z)
         return f.real - f.imag
+
+    def hartley(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Hartley values ``(B, M)`` (:meth:`forward` under its protocol name)."""
+        return self(coords, z)
 
     def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         """The real-space map ``(1, D, D, D)`` (real part of the inverse centered transform)."""
@@ -64,8 +75,18 @@ class RealVoxelVolume(nn.Module):
         init = torch.zeros(d, d, d) if volume is None else volume.detach().float().clone()
         self.density = nn.Parameter(init)
 
-    def project(self, rotations: torch.Tensor) -> torch.Tensor:
+    def project(self, rotations: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         return project_real(self.density, rotations)
+
+    def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Complex values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px, trilinear in the centered transform
+        of the density (:func:`sample_fourier`; the values of a :class:`VoxelVolume` made from it)."""
+        return sample_fourier(fft3_centered(self.density), coords)
+
+    def hartley(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Hartley values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px."""
+        f = self.fourier(coords, z)
+        return f.real - f.imag
 
     def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         return self.density.detach()[None].float()

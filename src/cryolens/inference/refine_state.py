@@ -1,0 +1,167 @@
+"""The typed options, state and result of auto-refinement (:mod:`~cryolens.inference.autorefine`), and the
+checkpointed-state base the EM schedules share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from ..imaging.symmetry import cyclic_order
+
+
+@dataclass
+class RefineConfig:
+    """Options of :func:`auto_refine` (module docstring). Angles in degrees, shifts in px, lengths in Å.
+
+    pose_inference: ``"posterior"`` (RELION, full posterior) or ``"modal"`` (cryoSPARC / cryoDRGN2).
+    healpix_order: first grid level of the search (RELION ``--healpix_order``; 2 = 15° coarse, 7.5°
+    after oversampling: the GUI's "7.5°"). local_order: from this level on, local searches
+    (RELION ``--auto_local_healpix_order``, default 4). max_order: finest level (the final oversampled
+    step is ``angular_step(max_order + 1)``). local_range_steps: search radius of local searches in
+    units of the level's angular step (Gaussian prior σ = step; RELION's is 2 steps, searching ±3σ).
+    offset_range, offset_step: shift grid
+    (RELION ``--offset_range``, ``--offset_step``: the command-line step, i.e. twice the GUI's).
+    initial_lowpass: low-pass (Å) applied to the initial map (RELION ``--ini_high``; ``None``: none).
+    incr_size: shells above the current resolution used by the E-step. tau2_fudge: ``T``.
+    mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``).
+    max_iterations: cap. min_gain_shells: resolution gain (in shells) below which an iteration stalls.
+    pad: oversampling of the projector and the accumulator. batch_size: images per E-step batch.
+    keep: modal search, candidates kept per level. particle_diameter: Å (RELION's
+    ``--particle_diameter``; default 0.8 × the box), sets the shell limit of the coarse passes
+    (:func:`coarse_shell`, RELION's ``coarse_size``) when ``coarse_size``. seed: half-set split when
+    the data has none. pose_estimate: the pose written per image (and centring the next local search):
+    ``"map"``, the grid point of largest posterior weight (RELION's ``rlnAngleRot…``), or ``"mean"``, the
+    posterior mean over the significant points (chordal mean of the rotations,
+    :func:`~cryolens.imaging.rotations.weighted_mean_rotation`, and mean shift): off the grid, and
+    closer to the truth where the posterior spans several grid steps. flatten_solvent: the E-step
+    references are the MAP halves with the solvent outside a sphere of ``particle_diameter`` flattened
+    to its mean through a ``mask_edge``-px cosine edge (RELION's ``--flatten_solvent``,
+    ``--width_mask_edge``; the noise of the empty box no longer enters the likelihood). The reported
+    FSC and the half maps written are unmasked. relax_symmetry: ``"C1"`` (none) or a cyclic group
+    ``"Cn"`` whose mates the local searches also visit (module docstring; RELION 4 ``--relax_sym``).
+    """
+
+    pose_inference: str = "posterior"
+    healpix_order: int = 2
+    local_order: int = 4
+    max_order: int = 5
+    local_range_steps: float = 2.5
+    offset_range: float = 5.0
+    offset_step: float = 2.0
+    initial_lowpass: float | None = 60.0
+    incr_size: int = 10
+    tau2_fudge: float = 1.0
+    mass: float = 0.999
+    max_coarse: int = 16
+    max_significant: int = 48
+    max_iterations: int = 30
+    min_gain_shells: float = 0.5
+    pad: int = 2
+    batch_size: int = 64
+    keep: int = 8
+    particle_diameter: float | None = None
+    coarse_size: bool = True
+    seed: int = 0
+    pose_estimate: str = "map"
+    flatten_solvent: bool = True
+    mask_edge: float = 5.0
+    relax_symmetry: str = "C1"
+
+    def __post_init__(self):
+        if self.pose_estimate not in ("map", "mean"):
+            raise ValueError(f"pose_estimate must be 'map' or 'mean', got {self.pose_estimate!r}")
+        if self.pose_inference not in ("posterior", "modal"):
+            raise ValueError(f"pose_inference must be 'posterior' or 'modal', got {self.pose_inference!r}")
+        cyclic_order(self.relax_symmetry)  # a clear error for anything but Cn
+        if not 0 <= self.healpix_order <= self.max_order:
+            raise ValueError(f"need 0 <= healpix_order <= max_order, got {self.healpix_order}, {self.max_order}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RefineConfig:
+        """From a dict, ignoring keys that are not options (``local_range``: the old name of
+        ``local_range_steps``)."""
+        names = {f.name for f in fields(cls)}
+        d = {("local_range_steps" if k == "local_range" else k): v for k, v in d.items()}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+
+@dataclass
+class RefineResult:
+    """Outcome of :func:`auto_refine` for ``N`` images of box ``D``.
+
+    volume: ``(D, D, D)`` float32 final map from both halves; half_maps: the two unfiltered half maps
+    (RELION's ``_unfil``). fsc: ``(D//2+1,)`` their gold-standard FSC; resolution: its 0.143 crossing (Å).
+    rotations: ``(N, 3, 3)`` MAP rotations (image → volume frame); shifts: ``(N, 2)`` px (particle centre
+    relative to the image centre). half: ``(N,)`` int 0/1 half-set. history: one dict per iteration.
+    converged: whether the schedule converged (else ``max_iterations`` ended it). relax_axis: the
+    pseudo-symmetry axis ``(3,)`` ``(x, y, z)`` found on the initial map when ``relax_symmetry`` is ``Cn``.
+    """
+
+    volume: torch.Tensor
+    half_maps: tuple[torch.Tensor, torch.Tensor]
+    fsc: np.ndarray
+    resolution: float
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    half: np.ndarray
+    history: list[dict]
+    pixel_size: float
+    converged: bool
+    sigma2: tuple[torch.Tensor, torch.Tensor] = field(default=None)
+    relax_axis: torch.Tensor | None = None
+
+
+class CheckpointState:
+    """A dataclass state saved as a checkpoint dict (:mod:`cryolens.io.checkpoint`): :meth:`to_dict` holds
+    every field that is not ``None``; :meth:`from_dict` reads one back, ignoring unknown keys."""
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class RefineState(CheckpointState):
+    """Everything one auto-refine iteration reads and writes (the checkpoint is :meth:`to_dict`).
+
+    iteration: iterations done. volumes: the two MAP half maps ``(D, D, D)`` (next E-step references);
+    unfiltered: the two weakly regularised half maps (RELION's ``_unfil``); full: the map of both halves.
+    sigma2: per half ``(D//2+1,)`` noise power. rotations ``(N, 3, 3)``, shifts ``(N, 2)`` px: the current
+    pose estimates; half: ``(N,)`` 0/1 half-set. order: current grid level; refinements: how often the
+    search was refined; no_gain: iterations since the resolution last improved enough; best_shell: best
+    resolution so far, in shells; k_max: the next E-step's shell limit; converged: the schedule ended.
+    fsc: ``(D//2+1,)`` last gold-standard FSC; resolution: its 0.143 crossing, Å. history: one dict per
+    iteration. config: the :class:`RefineConfig` as a dict. elapsed_s: wall time of the iterations.
+    relax_ops ``(S, 3, 3)``, relax_axis ``(3,)``, relax_axis_score: symmetry relaxation (else ``None``).
+    """
+
+    iteration: int
+    volumes: list
+    full: torch.Tensor
+    sigma2: list
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    half: torch.Tensor
+    order: int
+    refinements: int
+    no_gain: int
+    best_shell: float
+    k_max: int
+    converged: bool
+    fsc: torch.Tensor
+    resolution: float
+    history: list
+    config: dict
+    elapsed_s: float = 0.0
+    unfiltered: list | None = None
+    relax_ops: torch.Tensor | None = None
+    relax_axis: torch.Tensor | None = None
+    relax_axis_score: float | None = None
+

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryolens.bench.adapters import RelionRefineConfig
 from cryolens.bench.relion import read_refine_outputs, refine_command
 from cryolens.bench.runner import available_methods, run_suite
 from cryolens.bench.suite import ensure_dataset, load_tasks
@@ -52,6 +53,5 @@ def test_refine_output_reader(tmp_path, bench_cache):
     want = euler_to_matrix(*torch.deg2rad(torch.as_tensor(ang, dtype=torch.float64)).T)
     assert np.abs(rots - want.numpy()).max() < 1e-4
     assert np.abs(shifts - (-orig / particles.pixel_size)).max() < 1e-4
-    cmd = refine_command({"ini_high_A": 30, "healpix_order": 2, "local_healpix_order": 4, "offset_range_px": 2,
-                          "offset_step_px": 1}, 6.0, 16, True)
+    cmd = refine_command(RelionRefineConfig(ini_high_A=30, healpix_order=2, local_healpix_order=4), 6.0, 16, True)
     assert "--auto_refine" in cmd and "--split_random_halves" in cmd and "--ctf" in cmd

@@ -10,6 +10,7 @@
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,11 +20,17 @@ from cryolens.bench.leaderboard import write_leaderboard
 from cryolens.bench.runner import available_methods, compatible, run_suite, strip_unknown
 from cryolens.bench.suite import load_tasks
 from cryolens.io.star import read_star
+from cryolens.methods.config import RecipeConfig, option
 from cryolens.methods.registry import MethodOutputs, Recipe, register, unregister
 from cryolens.simulate.dataset import read_ground_truth
 from cryolens.io.mrc import read_volume
 
 SEEN = {}
+
+
+@dataclass(frozen=True)
+class _OracleConfig(RecipeConfig):
+    dataset: str = option("", "the dataset folder whose truth the oracle reads")
 
 
 def _blob_fit(particles, known, run, config, device, progress):
@@ -37,7 +44,7 @@ def _blob_fit(particles, known, run, config, device, progress):
 
 def _oracle_fit(particles, known, run, config, device, progress):
     """A discrete 'oracle' reading the truth from the dataset folder (tests the scoring only)."""
-    ds = config["dataset"]
+    ds = config.dataset
     gt = read_ground_truth(ds)
     order = np.asarray(particles.image_index)
     labels = gt["labels"][order]
@@ -141,7 +148,7 @@ def test_heterogeneous_scoring_of_the_truth(tiny, tmp_path):
 
     ds = ensure_dataset(task, cache)
     task.options = {"method_config": {"oracle-test": {"dataset": str(ds)}}}
-    register(Recipe(name="oracle-test", fit=_oracle_fit, summary="truth", defaults={"dataset": ""},
+    register(Recipe(name="oracle-test", fit=_oracle_fit, summary="truth", config=_OracleConfig,
                     needs=frozenset({"poses", "ctf"}), heterogeneity="discrete"))
     try:
         rows = run_suite([task], available_methods(["oracle-test"]), tmp_path / "out", budget_s=120, cache_dir=cache)
@@ -158,7 +165,7 @@ def test_heterogeneous_scoring_of_the_truth(tiny, tmp_path):
 def _continuous_oracle_fit(particles, known, run, config, device, progress):
     """A continuous 'oracle': latent = the true hinge angle (plus a second, constant coordinate),
     decode = the true map of the nearest state."""
-    gt = read_ground_truth(config["dataset"])
+    gt = read_ground_truth(config.dataset)
     idx = np.asarray(particles.image_index)
     vols = torch.stack([torch.from_numpy(read_volume(p)[0].copy()) for p in gt["volume_files"]])
     angles = gt["state_values"]
@@ -180,7 +187,7 @@ def test_continuous_scoring_with_halves(tiny, tmp_path):
 
     task = next(t for t in tasks if t.name == "continuous-poses-snr1")
     task.options = {"method_config": {"cont-oracle-test": {"dataset": str(ensure_dataset(task, cache))}}}
-    register(Recipe(name="cont-oracle-test", fit=_continuous_oracle_fit, summary="truth", defaults={"dataset": ""},
+    register(Recipe(name="cont-oracle-test", fit=_continuous_oracle_fit, summary="truth", config=_OracleConfig,
                     needs=frozenset({"poses", "ctf"}), heterogeneity="continuous"))
     try:
         rows = run_suite([task], available_methods(["cont-oracle-test"]), tmp_path / "out", budget_s=120,
@@ -197,7 +204,7 @@ def test_continuous_scoring_with_halves(tiny, tmp_path):
 
 def _pose_oracle_fit(particles, known, run, config, device, progress):
     """Returns the true map and the true poses rotated by a global G (a rotated frame)."""
-    gt = read_ground_truth(config["dataset"])
+    gt = read_ground_truth(config.dataset)
     g = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     vol = torch.from_numpy(read_volume(gt["volume_files"][0])[0].copy())
     return MethodOutputs(pixel_size=particles.pixel_size, volume=vol,
@@ -214,7 +221,7 @@ def test_rescore_from_the_run_folder(tiny, tmp_path):
 
     task = next(t for t in tasks if t.name == "homogeneous-nopose-snr1")
     task.options = {"method_config": {"pose-oracle-test": {"dataset": str(ensure_dataset(task, cache))}}}
-    register(Recipe(name="pose-oracle-test", fit=_pose_oracle_fit, summary="truth", defaults={"dataset": ""},
+    register(Recipe(name="pose-oracle-test", fit=_pose_oracle_fit, summary="truth", config=_OracleConfig,
                     needs=frozenset({"ctf"})))
     try:
         rows = run_suite([task], available_methods(["pose-oracle-test"]), tmp_path / "out", budget_s=120,

@@ -59,7 +59,7 @@ def test_shared_config_class_with_per_recipe_defaults():
 def test_register_unregister_and_duplicates():
     """A registered recipe is listed until unregistered; a duplicate name and a bad heterogeneity are
     refused."""
-    r = Recipe(name="_test_trivial", fit=_fit, summary="trivial", defaults={"a": 1})
+    r = Recipe(name="_test_trivial", fit=_fit, summary="trivial")
     register(r)
     try:
         assert "_test_trivial" in recipes()

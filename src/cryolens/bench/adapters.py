@@ -15,24 +15,67 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 
+from ..methods.config import RecipeConfig, option
 from ..methods.registry import Recipe
 from . import relion
 
 log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class RelionReconstructConfig(RecipeConfig):
+    """Options of the ``relion_reconstruct`` adapter (``seed`` draws the random half-sets)."""
+
+    pad: int = option(2, "padding factor of the Fourier insertion (--pad)")
+    timeout_s: float = option(3600.0, "stop RELION after this many seconds")
+
+
+@dataclass(frozen=True)
+class RelionRefineConfig(RecipeConfig):
+    """Options of the ``relion_refine_mpi --auto_refine`` adapter."""
+
+    initial_model: str = option("", "start map (.mrc); the benchmark runner gives the task's")
+    ini_high_A: float = option(30.0, "low-pass of the start map, Å (--ini_high)")
+    healpix_order: int = option(1, "initial angular sampling (--healpix_order; 1 = 15°)")
+    local_healpix_order: int = option(3, "sampling where local searches start (--auto_local_healpix_order)")
+    offset_range_px: float = option(2.0, "translational search range, px (--offset_range)")
+    offset_step_px: float = option(1.0, "translational search step, px (--offset_step)")
+    particle_diameter_A: float = option(0.0, "mask diameter, Å (0: 90 % of the box)")
+    timeout_s: float = option(3600.0, "stop RELION after this many seconds")
+
+
+@dataclass(frozen=True)
+class CryoDRGNPeerHomoConfig(RecipeConfig):
+    """Options of cryoDRGN 4.3's ``train_nn`` run as a peer."""
+
+    epochs: int = option(8, "passes over the images")
+    batch_size: int = option(8, "images per step")
+    dec_layers: int = option(3, "hidden layers of the decoder")
+    dec_dim: int = option(256, "width of the decoder's hidden layers")
+    threads: int = option(1, "torch threads of the cryoDRGN process")
+    timeout_s: float = option(3600.0, "stop cryoDRGN after this many seconds")
+
+
+@dataclass(frozen=True)
+class CryoDRGNPeerConfig(CryoDRGNPeerHomoConfig):
+    """Options of cryoDRGN 4.3's ``train_vae`` run as a peer."""
+
+    zdim: int = option(8, "latent dimension")
+    enc_layers: int = option(3, "hidden layers of the encoder")
+    enc_dim: int = option(256, "width of the encoder's hidden layers")
+
+
 RELION_ADAPTERS = {
     "relion-reconstruct": Recipe(
         name="relion-reconstruct", fit=relion.fit_relion_reconstruct,
         summary="RELION 3.1 relion_reconstruct --ctf (known poses), half maps by --subset",
-        defaults={"pad": 2, "seed": 0, "timeout_s": 3600}, needs=frozenset({"poses", "ctf"}),
+        config=RelionReconstructConfig, needs=frozenset({"poses", "ctf"}),
         heterogeneity="homogeneous", reference="Scheres 2012 (RELION 3.1)"),
     "relion-autorefine": Recipe(
         name="relion-autorefine", fit=relion.fit_relion_refine,
         summary="RELION 3.1 3D auto-refine (relion_refine_mpi, gold-standard halves) from a low-passed initial model",
-        defaults={"initial_model": "", "ini_high_A": 30.0, "healpix_order": 1, "local_healpix_order": 3,
-                  "offset_range_px": 2, "offset_step_px": 1, "particle_diameter_A": 0.0, "seed": 0,
-                  "timeout_s": 3600},
+        config=RelionRefineConfig,
         needs=frozenset({"ctf"}), heterogeneity="homogeneous", reference="Scheres 2012 (RELION 3.1 auto-refine)"),
 }
 
@@ -63,25 +106,23 @@ def _peer_fit(mod, heterogeneous: bool):
 
         work = run.path("cryodrgn")
         inputs = mod.prepare_inputs(particles, work / "inputs")
-        common = dict(epochs=int(config["epochs"]), batch_size=int(config["batch_size"]), seed=int(config["seed"]),
-                      threads=int(config["threads"]), timeout=float(config["timeout_s"]))
+        common = dict(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                      threads=config.threads, timeout=config.timeout_s)
         px = particles.pixel_size
         if not heterogeneous:
-            res = mod.train_nn(inputs, work / "train", layers=int(config["dec_layers"]), dim=int(config["dec_dim"]),
-                               **common)
+            res = mod.train_nn(inputs, work / "train", layers=config.dec_layers, dim=config.dec_dim, **common)
             vol = mod.read_maps(work / "train" / "reconstruct.mrc")[0]
             return MethodOutputs(pixel_size=px, volume=torch.from_numpy(vol),
                                  metrics={"cryodrgn_wall_s": res.wall_s, "cryodrgn_peak_rss_mib": res.peak_rss_mib})
-        res = mod.train_vae(inputs, work / "train", zdim=int(config["zdim"]), enc_layers=int(config["enc_layers"]),
-                            enc_dim=int(config["enc_dim"]), dec_layers=int(config["dec_layers"]),
-                            dec_dim=int(config["dec_dim"]), **common)
+        res = mod.train_vae(inputs, work / "train", zdim=config.zdim, enc_layers=config.enc_layers,
+                            enc_dim=config.enc_dim, dec_layers=config.dec_layers, dec_dim=config.dec_dim, **common)
         z = mod.read_latents(work / "train")
         calls = [0]
 
         def decode(zz: torch.Tensor) -> torch.Tensor:
             calls[0] += 1
             paths = mod.eval_vol(work / "train", zz.detach().cpu().numpy(), work / f"eval_{calls[0]:03d}", px,
-                                 threads=int(config["threads"]))
+                                 threads=config.threads)
             return torch.from_numpy(mod.read_maps(paths)).to(zz.device)
 
         mean = decode(torch.as_tensor(np.asarray(z).mean(0, keepdims=True)))[0]
@@ -96,19 +137,17 @@ def peer_adapters(mod) -> dict[str, Recipe]:
     as two adapters; ``{}`` when the module lacks them."""
     if mod is None or not all(hasattr(mod, f) for f in _PEER_FUNCTIONS):
         return {}
-    base = {"epochs": 8, "batch_size": 8, "seed": 0, "dec_layers": 3, "dec_dim": 256, "threads": 1,
-            "timeout_s": 3600}
     ref = "Zhong et al. 2021 (cryoDRGN 4.3, run in its own environment)"
     return {
         "cryodrgn-4.3": Recipe(name="cryodrgn-4.3", fit=_peer_fit(mod, True),
                                summary="cryoDRGN 4.3 train_vae (the original program), poses and CTF known",
-                               defaults={**base, "zdim": 8, "enc_layers": 3, "enc_dim": 256},
+                               config=CryoDRGNPeerConfig,
                                needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
                                reference=ref),
         "cryodrgn-4.3-homo": Recipe(name="cryodrgn-4.3-homo", fit=_peer_fit(mod, False),
                                     summary="cryoDRGN 4.3 train_nn (the original program), poses and CTF known",
-                                    defaults=base, needs=frozenset({"poses", "ctf"}), heterogeneity="homogeneous",
-                                    learned=True, reference=ref),
+                                    config=CryoDRGNPeerHomoConfig, needs=frozenset({"poses", "ctf"}),
+                                    heterogeneity="homogeneous", learned=True, reference=ref),
     }
 
 

@@ -251,15 +251,15 @@ def _half_map_outputs(half1: np.ndarray, half2: np.ndarray, full: np.ndarray, pi
                                     torch.from_numpy(np.ascontiguousarray(half2))), metrics=metrics)
 
 
-def fit_relion_reconstruct(particles, known, run, config: dict, device=None, progress: bool = True):
+def fit_relion_reconstruct(particles, known, run, config, device=None, progress: bool = True):
     """Adapter: ``relion_reconstruct --ctf`` from the known poses and CTFs, once per random half
     (``--subset 1/2``) and once for all images; the files stay in ``run/relion``."""
     wd = run.path("relion")
     wd.mkdir(parents=True, exist_ok=True)
-    _write_input_star(particles, wd, int(config.get("seed", 0)))
+    _write_input_star(particles, wd, config.seed)
     ctf = particles.ctf is not None
-    pad = int(config.get("pad", 2))
-    t = float(config.get("timeout_s", 3600))
+    pad = config.pad
+    t = config.timeout_s
     maps = []
     for name, extra in (("half1.mrc", ["--subset", "1"]), ("half2.mrc", ["--subset", "2"]), ("map.mrc", [])):
         args = ["--i", "particles.star", "--o", name, "--pad", pad, "--angpix", particles.pixel_size, *extra]
@@ -270,14 +270,14 @@ def fit_relion_reconstruct(particles, known, run, config: dict, device=None, pro
     return _half_map_outputs(maps[0], maps[1], maps[2], particles.pixel_size, {})
 
 
-def refine_command(config: dict, pixel_size: float, box: int, ctf: bool) -> list[str]:
+def refine_command(config, pixel_size: float, box: int, ctf: bool) -> list[str]:
     """The ``relion_refine_mpi`` arguments of the auto-refine adapter (3D auto-refine with gold-standard
     halves, starting from ``initial_model`` low-pass filtered to ``ini_high_A``)."""
-    diameter = float(config.get("particle_diameter_A") or 0.9 * box * pixel_size)
-    args = ["--i", "particles.star", "--o", "out/run", "--ref", "initial.mrc", "--ini_high", config["ini_high_A"],
+    diameter = config.particle_diameter_A or 0.9 * box * pixel_size
+    args = ["--i", "particles.star", "--o", "out/run", "--ref", "initial.mrc", "--ini_high", config.ini_high_A,
             "--auto_refine", "--split_random_halves", "--particle_diameter", f"{diameter:.1f}",
-            "--healpix_order", config["healpix_order"], "--auto_local_healpix_order", config["local_healpix_order"],
-            "--offset_range", config["offset_range_px"], "--offset_step", config["offset_step_px"], "--sym", "C1",
+            "--healpix_order", config.healpix_order, "--auto_local_healpix_order", config.local_healpix_order,
+            "--offset_range", config.offset_range_px, "--offset_step", config.offset_step_px, "--sym", "C1",
             "--pad", 2, "--low_resol_join_halves", 40, "--norm", "--scale", "--flatten_solvent", "--zero_mask",
             "--oversampling", 1, "--dont_combine_weights_via_disc", "--pool", 30, "--j", 1, "--angpix", pixel_size,
             "--firstiter_cc"]
@@ -309,20 +309,20 @@ def read_refine_outputs(out_dir: str | os.PathLike, particles) -> tuple[np.ndarr
     return rots, shifts, info
 
 
-def fit_relion_refine(particles, known, run, config: dict, device=None, progress: bool = True):
+def fit_relion_refine(particles, known, run, config, device=None, progress: bool = True):
     """Adapter: RELION 3D auto-refine (``mpirun -np 3 relion_refine_mpi``: a master and two workers,
-    one per half) from ``config["initial_model"]`` (a map path, low-pass filtered by RELION to
+    one per half) from ``config.initial_model`` (a map path, low-pass filtered by RELION to
     ``ini_high_A``); returns the final map, the unfiltered half maps and the refined poses."""
     import torch
 
     from ..io.mrc import write_volume
 
-    init = config.get("initial_model")
+    init = config.initial_model
     if not init:
         raise RelionError("relion_refine adapter: no initial_model given (the runner passes the task's)")
     wd = run.path("relion")
     (wd / "out").mkdir(parents=True, exist_ok=True)
-    _write_input_star(particles, wd, int(config.get("seed", 0)))
+    _write_input_star(particles, wd, config.seed)
     vol, _ = read_volume(init)
     write_volume(wd / "initial.mrc", vol, particles.pixel_size)
     args = refine_command(config, particles.pixel_size, particles.box_size, particles.ctf is not None)
@@ -336,7 +336,7 @@ def fit_relion_refine(particles, known, run, config: dict, device=None, progress
     log_path = wd / "relion_refine.log"  # streamed, so a long refinement can be followed
     with open(log_path, "w") as log_fh:
         proc = subprocess.run(cmd, cwd=str(wd), stdout=log_fh, stderr=subprocess.STDOUT, text=True, env=env,
-                              timeout=float(config.get("timeout_s", 3600)))
+                              timeout=config.timeout_s)
     if proc.returncode != 0 or not (wd / "out" / "run_class001.mrc").is_file():
         tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-15:])
         raise RelionError(f"relion_refine_mpi (in {wd}) exited with {proc.returncode}:\n{tail}")

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .config import OptionSpec, RecipeConfig, as_dict, build_config, coerce, option_specs
+from .config import OptionSpec, RecipeConfig, as_dict, build_config, option_specs
 
 HETEROGENEITY = ("homogeneous", "discrete", "continuous")
 
@@ -87,7 +86,7 @@ class Recipe:
 
     After construction ``defaults`` holds every option's effective default (class default, then the
     recipe's override), so ``build_config(config_class, name, defaults, overrides)`` is the recipe's
-    config. A recipe without a config class (transition only) keeps its plain dict of defaults.
+    config. A recipe that declares no config class has the base options only (``seed``).
     """
 
     def __init__(self, name: str, fit: FitFn, summary: str, config: type[RecipeConfig] | None = None,
@@ -96,45 +95,31 @@ class Recipe:
         self.name, self.fit, self.summary = name, fit, summary
         self.needs, self.heterogeneity = frozenset(needs), heterogeneity
         self.learned, self.reference = learned, reference
-        self.config_class = config
+        self.config_class = config or RecipeConfig
         if heterogeneity not in HETEROGENEITY:
             raise ValueError(f"recipe {name}: heterogeneity must be one of {HETEROGENEITY}")
         unknown = set(self.needs) - {"poses", "ctf"}
         if unknown:
             raise ValueError(f"recipe {name}: unknown needs {sorted(unknown)}")
-        if config is None:
-            self.defaults = dict(defaults or {})
-        else:
-            self.defaults = as_dict(build_config(config, name, defaults))
+        self.defaults = as_dict(build_config(self.config_class, name, defaults))
 
     def __repr__(self) -> str:
-        cls = self.config_class.__name__ if self.config_class else "dict"
-        return f"Recipe(name={self.name!r}, config={cls}, heterogeneity={self.heterogeneity!r})"
+        return f"Recipe(name={self.name!r}, config={self.config_class.__name__}, heterogeneity={self.heterogeneity!r})"
 
     def accepts(self, known: Known) -> bool:
         """True when every variable this recipe needs is known."""
         return ("poses" not in self.needs or known.poses) and ("ctf" not in self.needs or known.ctf)
 
-    def config(self, overrides: dict[str, Any] | None = None) -> RecipeConfig | dict:
+    def config(self, overrides: dict[str, Any] | None = None) -> RecipeConfig:
         """The recipe's options with ``overrides`` applied (text or JSON values are coerced).
 
         An unknown option or a value of the wrong type is an :class:`InputError` naming the recipe and
-        the field. (Transition: a recipe without a config class returns a plain dict.)
+        the field.
         """
-        if self.config_class is not None:
-            return build_config(self.config_class, self.name, self.defaults, overrides)
-        cfg = dict(self.defaults)
-        for k, v in (overrides or {}).items():
-            if k not in cfg:
-                raise InputError(f"recipe {self.name}: no option {k!r} (options: {', '.join(sorted(cfg))})")
-            typ = type(cfg[k])
-            cfg[k] = coerce(v, typ, f"recipe {self.name}: option {k}") if typ in (int, float, bool, str) else v
-        return cfg
+        return build_config(self.config_class, self.name, self.defaults, overrides)
 
     def options(self) -> dict[str, OptionSpec]:
         """Every option with the recipe's effective default, type and doc, in declaration order."""
-        if self.config_class is None:
-            return {k: OptionSpec(k, type(v) if v is not None else Any, v, "") for k, v in self.defaults.items()}
         specs = option_specs(self.config_class)
         return {k: dataclasses.replace(s, default=self.defaults[k]) for k, s in specs.items()}
 

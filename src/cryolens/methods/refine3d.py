@@ -133,7 +133,6 @@ def fit(particles: Particles, known, run, config: Refine3DConfig, device=None, p
     """Registry entry point of both recipes: the initial map (module docstring; ``inputs={"init_map": tensor}``
     gives it as a tensor), then :func:`auto_refine`. A dict config is read over the defaults."""
     from .registry import MethodOutputs
-
     if isinstance(config, dict):
         config = replace(Refine3DConfig(), **config)
     if particles.ctf is None:
@@ -147,4 +146,5 @@ def fit(particles: Particles, known, run, config: Refine3DConfig, device=None, p
         metrics["relax_symmetry_axis_xyz"] = [float(x) for x in result.relax_axis]
     return MethodOutputs(pixel_size=result.pixel_size, volume=result.volume, half_maps=result.half_maps,
                          rotations=result.rotations, shifts=result.shifts, half_labels=np.asarray(result.half),
-                         history=list(result.history), metrics=metrics)
+                         history=list(result.history), metrics=metrics,  # an ab initio start map is kept
+                         extra_volumes={"abinit/map": vol} if note.startswith("cryosparc-abinit") else {})

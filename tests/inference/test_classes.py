@@ -408,38 +408,6 @@ def test_fixed_poses_are_the_estep_on_a_one_pose_grid_per_image(tmp_path):
                              sigma2, ctf=ctf, pixel_size=PIX, k_max=5)
 
 
-def test_kept_estep_slices_equal_the_rendered_ones():
-    """With per-image rotations, class_pose_posterior(keep_slices=True) returns for each class exactly
-    the slicer's slices at each image's rotations (a shared grid returns none), and class_sums given
-    them yields bit for bit the residual power and per-rotation sums of rendering them again."""
-    from cryolens.inference.likelihood import as_slicer, ctf_images
-    from cryolens.inference.mstep import class_sums
-
-    g = torch.Generator().manual_seed(3)
-    vols, img, _, ctf = _two_class_images(3, noise_sd=0.4, seed=3)
-    rots = random_rotations(3, generator=g, dtype=torch.float64)
-    shifts = torch.zeros(3, 1, 2, dtype=torch.float64)
-    y, c = fft2_centered(img), ctf_images(ctf, 3, D, PIX, "cpu", torch.float64)
-    slicers = [as_slicer(prepare_volume_ft(v), D) for v in vols]
-    sigma2 = torch.full((D // 2 + 1,), 50.0, dtype=torch.float64)
-    post = class_pose_posterior(y, slicers, rots[:, None], shifts, sigma2, ctf=c, k_max=5, keep_slices=True)
-    assert class_pose_posterior(y, slicers, rots, shifts[0], sigma2, ctf=c, k_max=5, keep_slices=True).slices is None
-    for sl, kept in zip(slicers, post.slices, strict=True):
-        assert kept.shape == (3, 1, D, D) and torch.equal(kept[:, 0], sl(rots))
-    keep, w = post.pairs(0.0)
-    bi, ki = keep.nonzero(as_tuple=True)
-    pairs = (bi, post.class_index[bi, ki], post.rotation_index[bi, ki] + bi, post.shift_index[bi, ki], w[bi, ki])
-    got = {True: [], False: []}
-    for cached in (True, False):
-        out = got[cached]
-        power = class_sums(y, c, pairs, w.sum(1), shifts, rots, slicers,
-                           lambda k, u, s1, s2, o=out: o.extend((u, s1, s2)),
-                           slices=[s[:, 0] for s in post.slices] if cached else None)
-        out.append(power)
-    assert len(got[True]) == 7  # both classes have pairs (soft weights): 2 × (used, S1, S2), then the power
-    assert all(torch.equal(a, b) for a, b in zip(got[True], got[False], strict=True))
-
-
 def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):
     """The relion-class3d recipe with skip_align: 300 images (SNR ≈ 0.1) of two blob volumes at their
     given poses, started from one low-passed average with a random first assignment, recover the

@@ -185,7 +185,7 @@ def _searched_batch(w: _Work, idx, y, c, rot, sh_b, scorers, opts: dict) -> None
     dev, n_cls, modal = y.device, len(w.accs), opts["modal"]
     post = class_pose_posterior(y, scorers, rot, sh_b, w.s2, ctf=c, k_max=w.k_max, log_class_prior=_prior_of(w, idx),
                                 mass=opts["mass"], max_significant=1 if modal else opts["max_significant"],
-                                rotation_chunk=opts["rotation_chunk"], keep_slices=rot.dim() == 4)
+                                rotation_chunk=opts["rotation_chunk"])
     if modal:
         keep, w_all = post.rotation_index[:, :1] >= 0, torch.ones_like(post.weight[:, :1])
         cls_i, rot_i, sh_i = post.class_index[:, :1], post.rotation_index[:, :1], post.shift_index[:, :1]
@@ -196,14 +196,11 @@ def _searched_batch(w: _Work, idx, y, c, rot, sh_b, scorers, opts: dict) -> None
     w.class_mass += p_cls.double().sum(0)
     bi, ki = keep.nonzero(as_tuple=True)
     r_pair = rot_i[bi, ki]
-    slices = None
-    if rot.dim() == 4:  # per-image rotation sets, flattened to one (B·M, 3, 3) set, with the E-step's slices
+    if rot.dim() == 4:  # per-image rotation sets, flattened to one (B·M, 3, 3) set
         r_pair, rot = r_pair + bi * rot.shape[1], rot.reshape(-1, 3, 3)
-        slices = [s.reshape(-1, *s.shape[2:]) for s in post.slices]
     pairs = (bi, cls_i[bi, ki], r_pair, sh_i[bi, ki], w_all[bi, ki])
     power = class_sums(y, c, pairs, w_all.sum(1), sh_b, rot, w.slicers,
-                       lambda k, used, s1, s2: insert_aggregates(w.accs[k], s1, s2, rot[used]), opts["pair_chunk"],
-                       slices=slices)
+                       lambda k, used, s1, s2: insert_aggregates(w.accs[k], s1, s2, rot[used]), opts["pair_chunk"])
     w.noise.add(power, pairs[4].sum().double())
     t0 = post.shift_index[:, 0]
     shift = sh_b[t0] if sh_b.dim() == 2 else sh_b[torch.arange(y.shape[0], device=dev), t0]

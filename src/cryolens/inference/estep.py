@@ -176,14 +176,11 @@ class ClassPosePosterior(PosePosterior):
     """Significant (class, rotation, shift) triples of ``B`` images, sorted by decreasing weight: the
     fields of :class:`PosePosterior` (``rotation_index``, ``shift_index``, ``weight``, ``count``,
     ``log_evidence``, ``kept_mass``, ``map_log_likelihood`` of the MAP triple) and class_index: ``(B, S)``
-    int64 (``−1`` past ``count``); class_probability: ``(B, K)`` exact ``P(k | Y_i)`` (all poses);
-    slices: with ``keep_slices`` and per-image rotations, each class's rendered ``(B, M, D, D)`` slices
-    (for :func:`~cryolens.inference.mstep.class_sums`, which then need not render them again), else ``None``.
+    int64 (``−1`` past ``count``); class_probability: ``(B, K)`` exact ``P(k | Y_i)`` (all poses).
     """
 
     class_index: torch.Tensor
     class_probability: torch.Tensor
-    slices: list[torch.Tensor] | None = None
 
     def dense(self, n_classes: int, n_rotations: int, n_shifts: int) -> torch.Tensor:
         """``(B, K, M, T)`` table of the significant weights (0 elsewhere) — for tests and small grids."""
@@ -218,10 +215,8 @@ class WeightedPairs:
     n_significant: torch.Tensor
 
 
-def _score_all(top: StreamingTop, terms, scorers: list, rot: torch.Tensor, priors, chunk: int,
-               kept: list[list[torch.Tensor]] | None = None) -> None:
-    """Stream every (class, rotation chunk) table through ``top`` (``priors`` = log π_k, π_m, π_t);
-    ``kept``: per class, a list that collects the per-image slices ``(B, M_c, D, D)`` rendered."""
+def _score_all(top: StreamingTop, terms, scorers: list, rot: torch.Tensor, priors, chunk: int) -> None:
+    """Stream every (class, rotation chunk) table through ``top`` (``priors`` = log π_k, π_m, π_t)."""
     lp_k, lp_r, lp_t = priors
     b, t, m = terms.n_images, lp_t.shape[-1], rot.shape[-3]
     for kc, sc in enumerate(scorers):
@@ -232,10 +227,7 @@ def _score_all(top: StreamingTop, terms, scorers: list, rot: torch.Tensor, prior
                 ll = log_likelihood_table(terms, sc[start:stop], on_pixels=True)  # (B, T, M_c)
             elif rot.dim() == 4:  # each image's own rotations: (B, M_c, D, D) slices
                 r = rot[:, start:stop].reshape(-1, 3, 3)
-                sl = sc(r).reshape(b, mc, terms.size, terms.size)
-                ll = log_likelihood_table(terms, sl)
-                if kept is not None:
-                    kept[kc].append(sl)
+                ll = log_likelihood_table(terms, sc(r).reshape(b, mc, terms.size, terms.size))
             else:
                 ll = log_likelihood_table(terms, sc(rot[start:stop]))
             lp = (ll + lp_t[:, :, None] + lp_r[:, None, start:stop] + lp_k[:, kc, None, None]).reshape(b, t * mc)
@@ -250,7 +242,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
                          log_class_prior: torch.Tensor | None = None,
                          log_prior_rotation: torch.Tensor | None = None, log_prior_shift: torch.Tensor | None = None,
                          mass: float = 0.999, max_significant: int = 1000,
-                         rotation_chunk: int | None = None, keep_slices: bool = False) -> ClassPosePosterior:
+                         rotation_chunk: int | None = None) -> ClassPosePosterior:
     """Posterior over every (class, rotation, shift) for a batch of images (module docstring).
 
     images_ft: ``(B, D, D)`` complex centered transforms. slices: one per class, a
@@ -264,8 +256,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` or ``(B, K)`` ``log π_k`` (uniform when
     ``None``). log_prior_rotation ``(M,)``/``(B, M)``, log_prior_shift ``(T,)``/``(B, T)``: uniform when
     ``None`` (they need not be normalised). mass, max_significant: the significant set over
-    ``(k, m, j)``. rotation_chunk: ``M_c`` (default :func:`default_rotation_chunk`). keep_slices: with
-    per-image rotations, return the slices rendered to score them (``slices``; memory ``K·B·M·D²``).
+    ``(k, m, j)``. rotation_chunk: ``M_c`` (default :func:`default_rotation_chunk`).
     """
     b, size = images_ft.shape[0], images_ft.shape[-1]
     dev, rdt = images_ft.device, images_ft.real.dtype
@@ -285,8 +276,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     chunk = default_rotation_chunk(b, t, size) if rotation_chunk is None else int(rotation_chunk)
     keep_n = min(max_significant, n_cls * m * t)
     top = StreamingTop(b, keep_n, 3, n_cls, dev, rdt)
-    kept = [[] for _ in scorers] if keep_slices and rot.dim() == 4 else None
-    _score_all(top, terms, scorers, rot, priors, chunk, kept)
+    _score_all(top, terms, scorers, rot, priors, chunk)
     top_v, (top_k, top_r, top_t) = top.sorted()
     lse = torch.logsumexp(top.lse, dim=1)
     w, keep = significant(top_v, lse, mass, keep_n, finite_only=False)
@@ -298,8 +288,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
                               rotation_index=torch.where(keep, top_r, minus),
                               shift_index=torch.where(keep, top_t, minus), weight=w, count=keep.sum(1),
                               log_evidence=lse, kept_mass=w.sum(1), class_probability=torch.exp(top.lse - lse[:, None]),
-                              map_log_likelihood=top_v[:, 0] - map_prior,
-                              slices=None if kept is None else [torch.cat(k, 1) for k in kept])
+                              map_log_likelihood=top_v[:, 0] - map_prior)
 
 
 def slice_values(slicer: SliceFn, rotations: torch.Tensor, size: int, k_max: int | None = None,

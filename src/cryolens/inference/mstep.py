@@ -114,17 +114,15 @@ def rotation_sums(cy: torch.Tensor, c2: torch.Tensor, source: torch.Tensor, rota
     return used, s1, s2
 
 
-def expected_residual_power(s1: torch.Tensor, s2: torch.Tensor, slicer: SliceFn | torch.Tensor,
-                            rotations: torch.Tensor, chunk: int | None = 2048,
-                            start: torch.Tensor | None = None) -> torch.Tensor:
+def expected_residual_power(s1: torch.Tensor, s2: torch.Tensor, slicer: SliceFn, rotations: torch.Tensor,
+                            chunk: int | None = 2048, start: torch.Tensor | None = None) -> torch.Tensor:
     """``(D, D)`` ``Σ_m [−2 Re(conj(S1_m) P_m) + S2_m |P_m|²]`` with ``P_m`` the reference's slice along
     ``rotations (U, 3, 3)``: with ``Σ w |Y|²`` added, the posterior-weighted ``Σ w |Y' − C P|²``.
-    slicer: the reference, or its slices ``(U, D, D)`` along ``rotations`` already rendered.
     ``chunk``: slices rendered together (``None``: all at once); ``start``: a power image to add to."""
     step = rotations.shape[0] if chunk is None else chunk
     power = torch.zeros(s1.shape[1:], dtype=s2.dtype, device=s2.device) if start is None else start
     for s in range(0, rotations.shape[0], max(1, step)):
-        p = slicer[s:s + step] if isinstance(slicer, torch.Tensor) else slicer(rotations[s:s + step])
+        p = slicer(rotations[s:s + step])
         power = power + (-2 * (s1[s:s + step].conj() * p).real + s2[s:s + step] * p.abs().square()).sum(0)
     return power
 
@@ -132,8 +130,7 @@ def expected_residual_power(s1: torch.Tensor, s2: torch.Tensor, slicer: SliceFn 
 def class_sums(y: torch.Tensor, c: torch.Tensor | None, pairs: tuple[torch.Tensor, ...], image_weight: torch.Tensor,
                shifts: torch.Tensor, rotations: torch.Tensor, slicers: list[SliceFn],
                on_sums: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None],
-               chunk: int | None = 2048, ctf_first: bool = False,
-               slices: list[torch.Tensor] | None = None) -> torch.Tensor:
+               chunk: int | None = 2048, ctf_first: bool = False) -> torch.Tensor:
     """The M-step statistics of one batch's weighted pairs over ``K`` classes.
 
     pairs: ``(image, class, rotation index, shift index, weight)``, each ``(P,)``; image_weight: ``(B,)``
@@ -143,8 +140,7 @@ def class_sums(y: torch.Tensor, c: torch.Tensor | None, pairs: tuple[torch.Tenso
     ``(D, D)`` posterior-weighted residual power ``Σ w |Y' − C P_k|²`` (for :class:`NoiseStats`).
     ``chunk``: pairs and slices processed together (``None``: all); ``ctf_first``: terms formed as
     ``(w C) Y'`` rather than ``w (C Y')`` (the same sums up to rounding; ab initio's and the plain EM
-    iteration's arithmetic); slices: per class the slices ``(M, D, D)`` along every rotation of
-    ``rotations``, already rendered (e.g. by the E-step), used instead of rendering them again.
+    iteration's arithmetic).
     """
     image, cls, rot, sh, w = pairs
     cy, c2, src = shifted_sources(y, c, image, sh, shifts, multiply=not ctf_first)
@@ -155,8 +151,7 @@ def class_sums(y: torch.Tensor, c: torch.Tensor | None, pairs: tuple[torch.Tenso
             continue
         used, s1, s2 = rotation_sums(cy, c2, src[sel], rot[sel], w[sel], chunk or rot.shape[0], not ctf_first)
         on_sums(kc, used, s1, s2)
-        ref = slicer if slices is None else slices[kc][used]
-        power = expected_residual_power(s1, s2, ref, rotations[used], chunk, start=power)
+        power = expected_residual_power(s1, s2, slicer, rotations[used], chunk, start=power)
     return power
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..imaging.grids import shell_index_3d, spherical_mask
-from ..imaging.slice import finish_staging, scatter_slices, staging_grid, volume_from_ft
+from ..imaging.slice import finish_staging, scatter_slices, scatter_slices_shared, staging_grid, volume_from_ft
 from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
 
 
@@ -40,6 +40,22 @@ class FourierAccumulator:
             scatter_slices(self.staging, images_ft * c, rotations, self.padded, c * c, hermitian=True)
         self.count += images_ft.shape[0]
         self._done = None
+
+    @staticmethod
+    def add_shared(accs: list[FourierAccumulator], images_ft: torch.Tensor, rotations: torch.Tensor,
+                   ctf: torch.Tensor | None, scales: torch.Tensor) -> None:
+        """:meth:`add` of the same images along the same rotations into several accumulators (e.g. one
+        per class) with per-accumulator weights ``scales (B, len(accs))``; the slice geometry is
+        computed once."""
+        c = torch.ones_like(images_ft.real) if ctf is None else ctf
+        yc, c2 = images_ft * c, c * c
+        s = scales.to(c.dtype)
+        scatter_slices_shared([a.staging for a in accs], [yc * s[:, k, None, None] for k in range(len(accs))],
+                              rotations, accs[0].padded, [c2 * s[:, k, None, None] for k in range(len(accs))],
+                              hermitian=True)
+        for k, a in enumerate(accs):
+            a.count += int((scales[:, k] != 0).sum())
+            a._done = None
 
     def add_points(self, values: torch.Tensor, weights: torch.Tensor, rotations: torch.Tensor,
                    freqs: torch.Tensor, multiplicity: torch.Tensor) -> None:

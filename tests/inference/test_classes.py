@@ -357,57 +357,6 @@ def test_fixed_pose_m_step_prunes_insignificant_classes(tmp_path):
     assert not torch.allclose(hard.volumes, soft.volumes, rtol=0, atol=1e-3 * float(soft.volumes.abs().max()))
 
 
-def test_fixed_poses_are_the_estep_on_a_one_pose_grid_per_image(tmp_path):
-    """The E-step of --skip_align is class_pose_posterior with a one-pose grid per image: for one image
-    and two classes its class probabilities, its one weight per class and its log-evidence equal a
-    float64 hand computation (forward_fourier at the given rotation, shift and CTF, the Gaussian
-    log-likelihood from its definition over shells ≤ k_max, softmax with unequal class priors), and
-    class_em_iteration_fixed_poses reports the same probabilities; per-image sets score each image on
-    its own rotations (each image's table equals a shared grid of its set alone; with swapped sets both
-    images find their pose first), and cached slice values,
-    which belong to one shared grid, are refused with per-image rotations."""
-    import pytest
-
-    from cryolens.inference.classes import class_em_iteration_fixed_poses
-    from cryolens.inference.estep import slice_values
-    from cryolens.inference.likelihood import as_slicer
-
-    g = torch.Generator().manual_seed(21)
-    vols, _, _, ctf = _two_class_images(2, noise_sd=0.4, seed=21, labels=[0, 1])
-    rots = random_rotations(2, generator=g, dtype=torch.float64)
-    shifts = (torch.rand(2, 2, generator=g, dtype=torch.float64) - 0.5) * 2
-    img = render_images(vols[1], rots, shifts, ctf, PIX) + 0.4 * torch.randn(2, D, D, generator=g, dtype=torch.float64)
-    y = fft2_centered(img)
-    vfts = [prepare_volume_ft(v) for v in vols]
-    sigma2 = torch.full((D // 2 + 1,), 500 * 0.4**2 * D * D, dtype=torch.float64)  # tempered: both classes weigh
-    prior = torch.tensor([0.6, 0.4], dtype=torch.float64)
-    post = class_pose_posterior(y[:1], vfts, rots[:1, None], shifts[:1, None], sigma2, ctf=ctf[[0]], pixel_size=PIX,
-                                k_max=5, log_class_prior=torch.log(prior))
-    i = np.arange(D) - D // 2
-    inside = torch.as_tensor(np.rint(np.hypot(i[None, :], i[:, None])) <= 5)
-    ll = torch.stack([-((y[0] - forward_fourier(f, rots[:1], D, shifts[:1], ctf[[0]], PIX)[0]).abs() ** 2
-                        / (2 * sigma2[0]))[inside].sum() for f in vfts])
-    want = torch.softmax(ll + torch.log(prior), 0)
-    assert 0.05 < float(want[1]) < 0.95
-    torch.testing.assert_close(post.class_probability[0], want, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(post.dense(2, 1, 1)[0, :, 0, 0], want, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(post.log_evidence[0], torch.logsumexp(ll + torch.log(prior), 0), rtol=1e-12, atol=1e-9)
-    res = class_em_iteration_fixed_poses(_particles(tmp_path, img[:1], rots[:1], shifts[:1], ctf[[0]]), vols, sigma2,
-                                         prior, k_max=5)
-    torch.testing.assert_close(res.class_probability[0].double(), want, rtol=1e-5, atol=1e-6)
-    # per-image sets: image b scored on its own two rotations, the same as a shared grid for it alone
-    sets = torch.stack([rots, rots.flip(0)])  # (B = 2, M = 2, 3, 3)
-    both = class_pose_posterior(y, vfts, sets, shifts[:, None], sigma2, ctf=ctf, pixel_size=PIX, k_max=5)
-    for b in range(2):
-        one = class_pose_posterior(y[b:b + 1], vfts, sets[b], shifts[b:b + 1, None], sigma2, ctf=ctf[[b]],
-                                   pixel_size=PIX, k_max=5)
-        torch.testing.assert_close(both.dense(2, 2, 1)[b], one.dense(2, 2, 1)[0], rtol=1e-9, atol=1e-12)
-    assert both.rotation_index[:, 0].tolist() == [0, 0]  # each image's own pose is first in its set
-    with pytest.raises(ValueError, match="per-image rotations"):
-        class_pose_posterior(y, [slice_values(as_slicer(f, D), rots, D, 5) for f in vfts], sets, shifts[:, None],
-                             sigma2, ctf=ctf, pixel_size=PIX, k_max=5)
-
-
 def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):
     """The relion-class3d recipe with skip_align: 300 images (SNR ≈ 0.1) of two blob volumes at their
     given poses, started from one low-passed average with a random first assignment, recover the

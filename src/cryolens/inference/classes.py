@@ -4,10 +4,9 @@
 **E-step**: the posterior over (class, rotation, shift) of :func:`~cryolens.inference.estep.class_pose_posterior`
 (class priors ``π_k``, uniform pose priors, significant set over ``(k, m, j)`` jointly, so a class that
 explains an image badly contributes no insertions); **fixed poses** (RELION's ``--skip_align``,
-:func:`class_em_iteration_fixed_poses`): the same E-step on a one-pose grid per image (its given
-rotation and shift), so only the class is hidden, ``P(k | Y_i) ∝ π_k exp(ℓ_ik)``;
-**modal** (``modal=True``): only the best ``(k, m, j)`` per image, weight 1 (hard-EM), class priors
-then the fraction of images assigned to each class.
+:func:`class_em_iteration_fixed_poses`): each image keeps its given pose, only the class is hidden,
+``P(k | Y_i) ∝ π_k exp(ℓ_ik)``; **modal** (``modal=True``): only the best ``(k, m, j)`` per image, weight 1
+(hard-EM), class priors then the fraction of images assigned to each class.
 
 **M-step** per class (:mod:`~cryolens.inference.mstep`): per-class weighted back-projection, map
 ``data / (weight + λ_k(s))`` with the prior of :func:`~cryolens.inference.prior.map_prior`
@@ -32,12 +31,13 @@ import torch
 from ..errors import InputError
 from ..imaging.ctf import CTFParams
 from ..imaging.fft import fft2_centered
+from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..imaging.spectra import fourier_crop_images, power_spectrum, projector_power_spectrum, resize_volume  # noqa: F401
 from ..io.particles import Particles
 from .em import batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
-from .likelihood import SliceFn, as_slicer, ctf_images, log_normaliser, used_pixels
+from .likelihood import SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_normaliser, used_pixels
 from .mstep import NoiseStats, class_sums, insert_aggregates
 from .prior import map_prior
 from .reconstruct import FourierAccumulator
@@ -162,8 +162,8 @@ def _work(volumes: torch.Tensor, sigma2: torch.Tensor, class_prior, tau2, k_max,
                  class_mass=torch.zeros(n_cls, device=dev, dtype=torch.float64), records={k: [] for k in keys.split()})
 
 
-def _batch_images(w: _Work, images: torch.Tensor, c_b):
-    """``(Y (B, d, d) complex, C (B, d, d) or None)`` of a batch in the working box."""
+def _batch_images(w: _Work, images: torch.Tensor, c_b, shifts: torch.Tensor | None = None):
+    """``(Y (B, d, d) complex, C (B, d, d) or None)`` of a batch in the working box (shift undone when given)."""
     dev, dt = w.vols.device, w.vols.dtype
     y = fft2_centered(images.to(device=dev, dtype=dt))
     if w.size != w.full:
@@ -171,6 +171,8 @@ def _batch_images(w: _Work, images: torch.Tensor, c_b):
         if isinstance(c_b, torch.Tensor):  # CTF images: the same frequencies, no rescaling
             lo = w.full // 2 - w.size // 2
             c_b = c_b[..., lo:lo + w.size, lo:lo + w.size]
+    if shifts is not None:
+        y = phase_shift(y, -shifts.to(device=dev, dtype=dt) * w.ratio)
     return y, ctf_images(c_b, images.shape[0], w.size, w.px_work, dev, dt)
 
 
@@ -178,11 +180,10 @@ def _prior_of(w: _Work, idx: torch.Tensor) -> torch.Tensor:
     return w.log_prior[idx.to(w.log_prior.device)] if w.log_prior.dim() == 2 else w.log_prior
 
 
-def _searched_batch(w: _Work, idx, y, c, rot, sh_b, scorers, opts: dict) -> None:
-    """E-step and M-step sums of one batch over the rotations ``rot`` ``(M, 3, 3)`` (:func:`class_em_iteration`)
-    or each image's own ``(B, M, 3, 3)`` (``M = 1``: :func:`class_em_iteration_fixed_poses`) × the shifts
-    ``sh_b`` ``(T, 2)`` or ``(B, T, 2)`` px of the working box."""
+def _searched_batch(w: _Work, idx, y, c, rot, sh, scorers, opts: dict) -> None:
+    """E-step and M-step sums of one batch, poses searched (:func:`class_em_iteration`)."""
     dev, n_cls, modal = y.device, len(w.accs), opts["modal"]
+    sh_b = sh[idx.to(dev)] if sh.dim() == 3 else sh
     post = class_pose_posterior(y, scorers, rot, sh_b, w.s2, ctf=c, k_max=w.k_max, log_class_prior=_prior_of(w, idx),
                                 mass=opts["mass"], max_significant=1 if modal else opts["max_significant"],
                                 rotation_chunk=opts["rotation_chunk"])
@@ -195,10 +196,7 @@ def _searched_batch(w: _Work, idx, y, c, rot, sh_b, scorers, opts: dict) -> None
         cls_i, rot_i, sh_i, p_cls = post.class_index, post.rotation_index, post.shift_index, post.class_probability
     w.class_mass += p_cls.double().sum(0)
     bi, ki = keep.nonzero(as_tuple=True)
-    r_pair = rot_i[bi, ki]
-    if rot.dim() == 4:  # per-image rotation sets, flattened to one (B·M, 3, 3) set
-        r_pair, rot = r_pair + bi * rot.shape[1], rot.reshape(-1, 3, 3)
-    pairs = (bi, cls_i[bi, ki], r_pair, sh_i[bi, ki], w_all[bi, ki])
+    pairs = (bi, cls_i[bi, ki], rot_i[bi, ki], sh_i[bi, ki], w_all[bi, ki])
     power = class_sums(y, c, pairs, w_all.sum(1), sh_b, rot, w.slicers,
                        lambda k, used, s1, s2: insert_aggregates(w.accs[k], s1, s2, rot[used]), opts["pair_chunk"])
     w.noise.add(power, pairs[4].sum().double())
@@ -268,13 +266,41 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
             "rotation_chunk": rotation_chunk, "pair_chunk": pair_chunk}
     for idx, images, c_b in batches(data, ctf, batch_size):
         y, c = _batch_images(w, images, c_b)
-        _searched_batch(w, idx, y, c, rot, sh[idx.to(dev)] if sh.dim() == 3 else sh, scorers, opts)
+        _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
         if progress is not None:
             progress.update(images.shape[0])
     cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map)
     return ClassEMResult(**model, class_probability=cat["p"], labels=cat["p"].argmax(1), map_class=cat["k"],
                          map_rotation_index=cat["r"], map_shift_index=cat["t"], map_shift=cat["ts"],
                          max_weight=cat["w"], n_significant=cat["n"])
+
+
+def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weight_floor: float) -> None:
+    """E-step and M-step sums of one batch at the images' given poses (:func:`class_em_iteration_fixed_poses`)."""
+    b, n_cls = images.shape[0], len(w.accs)
+    y, c = _batch_images(w, images, c_b, torch.zeros(b, 2) if data.shifts is None else data.shifts[idx])
+    rot = data.rotations[idx].to(device=y.device, dtype=y.real.dtype)
+    preds = torch.stack([sl(rot) for sl in w.slicers], 1)  # (B, K, d, d)
+    lp = gaussian_log_likelihood(y, preds, w.s2, w.k_max, c) + _prior_of(w, idx)
+    lz = torch.logsumexp(lp, 1)
+    p = torch.exp(lp - lz[:, None])
+    if modal:
+        p = torch.nn.functional.one_hot(p.argmax(1), n_cls).to(y.real.dtype)
+    w.class_mass += p.double().sum(0)
+    wt = torch.where(p >= weight_floor * p.max(1, keepdim=True).values, p, torch.zeros_like(p))
+    wt = wt / wt.sum(1, keepdim=True)
+    kept = wt > 0
+    if int(kept.sum()) > 0.75 * kept.numel():  # mostly soft: one shared insertion geometry for all classes
+        FourierAccumulator.add_shared(w.accs, y, rot, c, wt)
+    else:  # mostly one class per image: each class inserts only its own images
+        for kc in range(n_cls):
+            sel = kept[:, kc].nonzero(as_tuple=True)[0]
+            if sel.numel() > 0:
+                w.accs[kc].add(y[sel], rot[sel], None if c is None else c[sel], scale=wt[sel, kc])
+    model = preds if c is None else preds * c[:, None]
+    w.noise.add(((y[:, None] - model).abs().square() * wt[:, :, None, None]).sum((0, 1)), b)
+    for key, v in (("idx", idx), ("lz", lz), ("p", p)):
+        w.records[key].append(v)
 
 
 def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma2: torch.Tensor,
@@ -288,25 +314,19 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     data: :class:`Particles` with ``rotations (N, 3, 3)`` and ``shifts (N, 2)`` px (``None``: centred) and
     CTFs. Other arguments as :func:`class_em_iteration`. weight_floor: an image is inserted into class
     ``k`` only where ``P(k | Y_i) ≥ weight_floor · max_k P(k | Y_i)`` (renormalised over the kept
-    classes). E-step: :func:`~cryolens.inference.estep.class_pose_posterior` on a one-pose grid per
-    image (its rotation, its shift): ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)``, shells ``≤ k_max``;
-    M-step as :func:`class_em_iteration`. Returns a :class:`ClassEMResult` whose ``map_rotation_index``
-    is each image's own index, ``map_shift`` its given shift and ``max_weight`` its largest class
-    probability.
+    classes). E-step: ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)`` with ``ℓ_ik``
+    :func:`~cryolens.inference.likelihood.gaussian_log_likelihood` at the image's pose (shift undone),
+    shells ``≤ k_max``. Returns a :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
+    own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability.
     """
     if data.rotations is None:
         raise InputError(f"{data.name}: no poses (rlnAngleRot/Tilt/Psi); classification "
                          "with fixed poses (skip_align) needs them")
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
-    w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p k r t ts w n")
-    opts = {"modal": modal, "mass": 1.0, "max_significant": volumes.shape[0], "weight_floor": weight_floor,
-            "rotation_chunk": None, "pair_chunk": 2048}
+    w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
     for idx, images, c_b in batches(data, None, batch_size):
-        y, c = _batch_images(w, images, c_b)
-        rot = data.rotations[idx].to(device=dev, dtype=dt)[:, None]  # (B, 1, 3, 3): a one-pose grid per image
-        sh_b = (torch.zeros(len(idx), 2) if data.shifts is None else data.shifts[idx]).to(device=dev, dtype=dt)
-        _searched_batch(w, idx, y, c, rot, sh_b[:, None] * w.ratio, w.slicers, opts)
+        _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
         if progress is not None:
             progress.update(images.shape[0])
     cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map)

@@ -8,8 +8,7 @@ log-likelihood ``ℓ_ikmj`` of :mod:`cryolens.inference.likelihood` (per-shell `
 (uniform priors by default, so ``log Z_i`` is the log-evidence of the grid, a Riemann sum of
 ``p(Y_i) = Σ_k π_k ∫ p(Y_i | V_k, R, t) p(R, t)``, up to the likelihood's dropped constant). One class
 (``K = 1``) is the pose posterior (:mod:`~cryolens.inference.posterior`); Class3D's ``--skip_align``
-is a one-pose grid per image (per-image ``rotations (B, 1, 3, 3)``, shift grid ``(B, 1, 2)``: only the
-class is hidden); the adaptive oversampling of auto-refine
+scores each image at its one given pose; the adaptive oversampling of auto-refine
 (:mod:`~cryolens.inference.oversampling`) produces the same weighted pairs pass by pass.
 
 **Significant weights** (RELION's ``--adaptive_fraction`` / maximum significants,
@@ -218,16 +217,13 @@ class WeightedPairs:
 def _score_all(top: StreamingTop, terms, scorers: list, rot: torch.Tensor, priors, chunk: int) -> None:
     """Stream every (class, rotation chunk) table through ``top`` (``priors`` = log π_k, π_m, π_t)."""
     lp_k, lp_r, lp_t = priors
-    b, t, m = terms.n_images, lp_t.shape[-1], rot.shape[-3]
+    b, t, m = terms.n_images, lp_t.shape[-1], rot.shape[0]
     for kc, sc in enumerate(scorers):
         for start in range(0, m, chunk):
             stop = min(m, start + chunk)
             mc = stop - start
             if isinstance(sc, torch.Tensor):
                 ll = log_likelihood_table(terms, sc[start:stop], on_pixels=True)  # (B, T, M_c)
-            elif rot.dim() == 4:  # each image's own rotations: (B, M_c, D, D) slices
-                r = rot[:, start:stop].reshape(-1, 3, 3)
-                ll = log_likelihood_table(terms, sc(r).reshape(b, mc, terms.size, terms.size))
             else:
                 ll = log_likelihood_table(terms, sc(rot[start:stop]))
             lp = (ll + lp_t[:, :, None] + lp_r[:, None, start:stop] + lp_k[:, kc, None, None]).reshape(b, t * mc)
@@ -249,9 +245,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     :data:`~cryolens.inference.likelihood.SliceFn`, an oversampled volume transform ``(Dp, Dp, Dp)``,
     or the slice values ``(M, N_p)`` complex of every rotation on the pixels of
     :func:`~cryolens.inference.likelihood.used_pixels` ``(D, k_max)`` (:func:`slice_values`).
-    rotations: ``(M, 3, 3)`` image → volume frame, or ``(B, M, 3, 3)`` each image's own set (slicers
-    only; ``M = 1``: each image at its given pose, Class3D's ``--skip_align``; ``rotation_index`` then
-    indexes the image's set). shifts: ``(T, 2)`` or ``(B, T, 2)`` px ``(x, y)``.
+    rotations: ``(M, 3, 3)`` image → volume frame. shifts: ``(T, 2)`` or ``(B, T, 2)`` px ``(x, y)``.
     sigma2: ``(D//2+1,)`` noise power per Fourier component. ctf: ``(B, D, D)`` or :class:`CTFParams`
     (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` or ``(B, K)`` ``log π_k`` (uniform when
     ``None``). log_prior_rotation ``(M,)``/``(B, M)``, log_prior_shift ``(T,)``/``(B, T)``: uniform when
@@ -266,9 +260,7 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
         raise ValueError(f"max_significant must be >= 1, got {max_significant}")
     scorers = [s if isinstance(s, torch.Tensor) and s.dim() == 2 else as_slicer(s, size) for s in slices]
     n_cls, rot = len(scorers), rotations.to(dev, rdt)
-    m, t = rot.shape[-3], shifts.shape[-2]
-    if rot.dim() == 4 and (rot.shape[0] != b or any(isinstance(s, torch.Tensor) for s in scorers)):
-        raise ValueError(f"per-image rotations must be ({b}, M, 3, 3) and scored with slicers, got {tuple(rot.shape)}")
+    m, t = rot.shape[0], shifts.shape[-2]
     terms = prepare_image_terms(images_ft, sigma2, shifts, ctf_images(ctf, b, size, pixel_size, dev, rdt), k_max)
     priors = (log_prior(log_class_prior, n_cls, b, "log_class_prior", dev, rdt),
               log_prior(log_prior_rotation, m, b, "log_prior_rotation", dev, rdt),

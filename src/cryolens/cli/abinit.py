@@ -66,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     particles = read_particles(args.input)
     out, metrics = fit_and_write("abinit", recipe, particles, Known(poses=False, ctf=True), config, args, device)
+    if metrics is None:  # not rank 0 of a multi-process run: rank 0 reports
+        return 0
     if "resolution_halfmap_0143_A" in metrics:
         print(f"refined half-map resolution (FSC 0.143): {metrics['resolution_halfmap_0143_A']:.2f} Å")
     if "class_prior" in metrics:

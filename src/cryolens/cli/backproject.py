@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
 RECIPE = "backprojection"
 
@@ -34,6 +33,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from ..io.dataset import read_particles
     from ..io.mrc import read_volume
     from ..methods.registry import Known, get
@@ -55,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
         reference = require_reference(torch.from_numpy(ref), particles.box_size, args.reference)
     known = Known(poses=True, ctf=particles.ctf is not None)
     _, metrics = fit_and_write("backproject", recipe, particles, known, config, args, device, reference)
+    if metrics is None:  # not rank 0 of a multi-process run: rank 0 reports
+        return 0
     print(f"half-map resolution (FSC 0.143): {metrics['resolution_halfmap_0143_A']:.2f} Å")
     if "resolution_vs_ground_truth_05_A" in metrics:
         print(f"resolution against the reference (FSC 0.5): {metrics['resolution_vs_ground_truth_05_A']:.2f} Å")

@@ -48,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
     particles = read_particles(args.input)
     known = Known(poses=bool(config_value(config, "skip_align")), ctf=True)
     out, metrics = fit_and_write("classify", recipe, particles, known, config, args, device)
+    if metrics is None:  # not rank 0 of a multi-process run: rank 0 reports
+        return 0
     pops = ", ".join(f"{100 * p:.1f} %" for p in metrics["class_prior"])
     print(f"classes: {pops}; resolution (data vs prior = 1): {metrics['resolution_A']:.2f} Å")
     print(f"wrote {args.out}/class_*.mrc, particles.star, metrics.json and report.html")

@@ -43,19 +43,28 @@ def fit_and_write(command: str, recipe, particles, known, config, args, device, 
                   metrics: dict | None = None, title: str | None = None):
     """The body of a recipe command: ``config.json``, ``recipe.fit``, then the one writer
     (:func:`cryolens.analysis.writer.write_run`) into ``args.out``. Returns ``(outputs, metrics)``.
+    Under ``torchrun`` every rank fits (the EM core shares the work) and rank 0 alone writes; the
+    other ranks get ``None`` metrics (the command then prints nothing).
 
     Unless the config resumes, a ``metrics.json`` left by an earlier run in the folder is removed first
     (what ``fit`` writes while it runs is kept under the writer's numbers)."""
     from ..analysis.writer import title_for, write_run
+    from ..inference.distributed import barrier, finish_distributed, init_distributed, is_main
     from ..io.runfolder import RunFolder
 
+    device = init_distributed(device) or device  # under torchrun: join the process group (no-op otherwise)
     run = RunFolder(args.out)
     resume = bool(config_value(config, "resume", False))
-    if not resume:
+    if not resume and is_main():
         run.path("metrics.json").unlink(missing_ok=True)
         fixed = {k: v for k, v in vars(args).items() if not k.startswith(("_", "opt__")) and k != "set"}
         run.write_config(command, {**fixed, "recipe": recipe.name, "options": config_dict(config)})
-    out = recipe.fit(particles, known, run, config, device, not args.quiet)
-    m = write_run(out, particles, run, recipe, reference, metrics=metrics, keep_existing=True,
-                  title=title or title_for(command, recipe, args.input))
+    barrier()
+    main = is_main()
+    try:
+        out = recipe.fit(particles, known, run, config, device, not args.quiet and main)
+        m = (write_run(out, particles, run, recipe, reference, metrics=metrics, keep_existing=True,
+                       title=title or title_for(command, recipe, args.input)) if main else None)
+    finally:
+        finish_distributed()
     return out, m

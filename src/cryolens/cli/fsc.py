@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -22,6 +20,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
     from ..errors import InputError
     from ..io.mrc import read_volume
     from ..metrics.fsc import fsc, resolution_at

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -27,6 +26,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _range(values, unit: str = "", fmt: str = "{:.4g}") -> str:
+    import numpy as np
+
     a = np.asarray(values, dtype=np.float64)
     lo, hi = a.min(), a.max()
     text = fmt.format(lo) if np.isclose(lo, hi, rtol=1e-6, atol=0) else f"{fmt.format(lo)} to {fmt.format(hi)}"
@@ -35,6 +36,8 @@ def _range(values, unit: str = "", fmt: str = "{:.4g}") -> str:
 
 def describe_particles(particles, max_stacks: int = 10) -> list[str]:
     """Lines describing a :class:`~cryolens.io.particles.Particles`."""
+    import numpy as np
+
     from ..io.mrc import stack_info
 
     p = particles
@@ -68,6 +71,8 @@ def describe_particles(particles, max_stacks: int = 10) -> list[str]:
 
 def check_images(particles, batch_size: int = 1024) -> list[str]:
     """Stream every image once (raises on NaN / inf); lines with the pixel statistics."""
+    import numpy as np
+
     from ..io.dataset import iterate_batches
 
     count, total, total_sq = 0, 0.0, 0.0
@@ -95,6 +100,8 @@ def describe_volume(path) -> list[str]:
 
 
 def describe_pickle(path) -> list[str]:
+    import numpy as np
+
     from ..errors import InputError
     from ..io.cryodrgn import load_pickle
 

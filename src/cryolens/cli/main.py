@@ -13,13 +13,16 @@ import importlib
 import os
 import sys
 
-from ..errors import InputError
+from ..errors import DistributedError, InputError
 
 COMMANDS = ["simulate", "backproject", "fsc", "convert", "info", "demo", "refine", "classify", "abinit", "train",
             "eval-vol", "analyze", "bench", "recipes"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``only``, just that command gets its arguments (the others
+    keep their name and help line). The arguments of recipe commands are generated from the recipe
+    registry, which imports torch: ``cryolens --help`` and a light command skip that."""
     parser = argparse.ArgumentParser(prog="cryolens", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -27,14 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (module.__doc__ or name).strip()
         p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_args(p)
+        if only is None or name == only:
+            module.add_args(p)
         p.set_defaults(_main=module.main)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (its first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` in-process; returns the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv) or "")  # "": no command's arguments (usage, --help)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse's usage errors (exit 2) and --help (exit 0), as a return code
@@ -44,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"cryolens {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except DistributedError as e:
+        print(f"cryolens {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"cryolens {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
 RECIPES = ("relion-refine3d", "cryosparc-refine")
 ALIASES = {"relax_symmetry": ["--relax-sym"]}
@@ -38,6 +37,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from ..errors import InputError
     from ..io.dataset import read_particles
     from ..io.files import require_file
@@ -61,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"{RunFolder(args.out).path('checkpoint.pt')}: no checkpoint to resume from")
     out, metrics = fit_and_write("refine", recipe, particles, Known(poses=False, ctf=True), config, args, device,
                                  reference, {"initial_lowpass_A": config_value(config, "lowpass")})
+    if metrics is None:  # not rank 0 of a multi-process run: rank 0 reports
+        return 0
     print(f"initial map: {metrics.get('initial_map')}")
     state = "converged" if metrics.get("converged") else "iteration cap reached"
     print(f"{metrics.get('iterations')} iterations ({state}); "

@@ -55,6 +55,7 @@ from ..imaging.so3_grid import so3_grid
 from ..io.dataset import read_images
 from ..io.particles import Particles
 from ..imaging.spectra import fourier_crop_images, power_spectrum, resize_volume
+from .distributed import all_reduce_sum, gather_rows, is_main, shard
 from .estep import class_pose_posterior, translation_grid
 from .likelihood import as_slicer
 from .mstep import class_sums, insert_aggregates, noise_power
@@ -245,7 +246,7 @@ class AbInitio:
         st.generator_state = gen.get_state()
         k_t = cfg.k_schedule(t, self.size, self.pixel_size)
         eta = cfg.step_size(t)
-        y, c = self._batch(idx)
+        y, c = self._batch(shard(idx))  # this rank's share of the mini-batch (all of it in one process)
         size, dev, dt = self.size, self.device, self.dtype
         slicers = [as_slicer(prepare_volume_ft(v, cfg.pad), size) for v in st.volumes]
         log_prior = torch.log(st.class_prior.clamp_min(1e-300)).to(dev, dt)
@@ -258,13 +259,14 @@ class AbInitio:
         npix = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shell_index_2d(size, device=dev), size // 2 + 1)
         batch_sigma2 = noise_power(shell_sum(power, shell_index_2d(size, device=dev), size // 2 + 1), b, npix)
         st.sigma2 = (1 - eta) * st.sigma2 + eta * batch_sigma2.to(dt)
-        st.class_prior = (1 - eta) * st.class_prior + eta * post.class_probability.double().mean(0).cpu()
+        sums = torch.cat([post.class_probability.double().sum(0), post.log_evidence.double().sum()[None],
+                          post.weight[:, 0].double().sum()[None]]).cpu()
+        all_reduce_sum(sums)  # the whole mini-batch's class masses, log-evidence and MAP weights
+        st.class_prior = (1 - eta) * st.class_prior + eta * sums[:-2] / b
         st.iteration += 1
         record = {"iteration": st.iteration, "k_max": k_t, "resolution_A": size * self.pixel_size / max(k_t, 1),
-                  "batch_size": b, "step_size": eta,
-                  "mean_log_evidence": float(post.log_evidence.double().mean()),
-                  "mean_max_weight": float(post.weight[:, 0].double().mean()),
-                  "class_prior": st.class_prior.tolist()}
+                  "batch_size": b, "step_size": eta, "mean_log_evidence": float(sums[-2] / b),
+                  "mean_max_weight": float(sums[-1] / b), "class_prior": st.class_prior.tolist()}
         st.history.append(record)
         return record
 
@@ -276,19 +278,18 @@ class AbInitio:
         tau2 = torch.stack([power_spectrum(v) for v in st.volumes])
         lam = map_prior(st.sigma2, tau2, cfg.tau2_fudge * cfg.pad ** 3)[0]
         lam[:, k_t + 1:] = float("inf")
-        accs = []
-        for kc in range(st.volumes.shape[0]):
-            acc = FourierAccumulator(self.size, cfg.pad, self.device, self.dtype)
-            acc.staging = st.staging[kc].mul_(1 - eta)
-            accs.append(acc)
+        accs = [FourierAccumulator(self.size, cfg.pad, self.device, self.dtype) for _ in range(st.volumes.shape[0])]
+
         def insert(k: int, used: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> None:
             insert_aggregates(accs[k], s1 * gain, s2 * gain, self.rotations[used])
 
         power = class_sums(y, c, pairs, image_weight, self.shifts, self.rotations, slicers, insert, chunk=None,
                            ctf_first=True)
+        all_reduce_sum(power)
         vols = []
         for kc, acc in enumerate(accs):
-            st.staging[kc] = acc.staging
+            acc.all_reduce()  # the whole mini-batch's sums, then S ← (1 − η) S + η (N / B) S_batch
+            acc.staging = st.staging[kc] = st.staging[kc].mul_(1 - eta).add_(acc.staging)
             vols.append(acc.reconstruct(lam[kc]) if float(acc.weight.abs().sum()) > 0 else st.volumes[kc])
         return torch.stack(vols), power
 
@@ -302,8 +303,9 @@ class AbInitio:
         slicers = [as_slicer(prepare_volume_ft(v, self.cfg.pad), self.size) for v in st.volumes]
         log_prior = torch.log(st.class_prior.clamp_min(1e-300)).to(self.device, self.dtype)
         out = {"labels": [], "rotations": [], "shifts": [], "class_probability": []}
-        for s in range(0, n, batch_size):
-            idx = np.arange(s, min(n, s + batch_size))
+        mine = shard(np.arange(n))  # this rank's images (all in one process); the rows are joined below
+        for s in range(0, mine.size, batch_size):
+            idx = mine[s:s + batch_size]
             y, c = self._batch(idx)
             post = class_pose_posterior(y, slicers, self.rotations, self.shifts, st.sigma2, ctf=c, k_max=k_t,
                                         log_class_prior=log_prior, mass=self.cfg.mass, max_significant=1)
@@ -313,7 +315,7 @@ class AbInitio:
             out["class_probability"].append(post.class_probability.cpu())
             if progress is not None:
                 progress.update(len(idx))
-        return {k: torch.cat(v) for k, v in out.items()}
+        return {k: gather_rows(torch.as_tensor(mine), torch.cat(v), n) for k, v in out.items()}
 
     def result_volumes(self) -> torch.Tensor:
         """``(K, D, D, D)`` the current maps at the particles' box (Fourier zero-padded)."""
@@ -329,7 +331,7 @@ def ab_initio(particles: Particles, config: AbinitConfig | None = None, *, init_
 
     run = AbInitio(particles, config or AbinitConfig(), device)
     run.init(init_volumes)
-    with tqdm(total=run.cfg.n_iterations, desc="ab initio", disable=not progress) as bar:
+    with tqdm(total=run.cfg.n_iterations, desc="ab initio", disable=not (progress and is_main())) as bar:
         while not run.done:
             rec = run.step()
             bar.update(1)
@@ -358,11 +360,12 @@ def run_ab_initio(particles: Particles, config: AbinitConfig, checkpoint=None, e
         ab.load(saved["state"])
     else:
         ab.init(init_volumes)
-    with tqdm(total=config.n_iterations, initial=ab.state.iteration, desc="ab initio", disable=not progress) as bar:
+    with tqdm(total=config.n_iterations, initial=ab.state.iteration, desc="ab initio",
+              disable=not (progress and is_main())) as bar:
         while not ab.done:
             rec = ab.step()
             bar.update(1)
             bar.set_postfix(res=f"{rec['resolution_A']:.1f}Å", maxw=f"{rec['mean_max_weight']:.2f}")
-            if checkpoint is not None and (ab.state.iteration % max(1, every) == 0 or ab.done):
+            if checkpoint is not None and is_main() and (ab.state.iteration % max(1, every) == 0 or ab.done):
                 save_checkpoint(checkpoint, {"config": made, "state": ab.state.to_dict()})
     return ab

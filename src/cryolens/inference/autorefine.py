@@ -42,6 +42,11 @@ Nothing here writes user files: ``on_iteration(state)`` lets the recipe write pe
 (:mod:`cryolens.methods.refine3d`); with a run folder the checkpoint ``checkpoint.pt``
 (:mod:`cryolens.io.checkpoint`) is saved after each iteration, and ``resume=True`` continues from it to
 the same result as an uninterrupted run.
+
+**Many processes** (``torchrun``, :mod:`~cryolens.inference.distributed`): each rank runs the E-step on
+its share of each half-set; the accumulators and noise sums are all-reduced before the M-step, so every
+rank computes the same maps; per-image poses are merged. Rank 0 alone calls ``on_iteration`` and writes
+the checkpoint, which a run with any number of ranks can resume.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
+from .distributed import barrier, is_main, merge_rows, shard
 from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
@@ -140,6 +146,11 @@ class _Tally:
     change: torch.Tensor
     max_weight: torch.Tensor
     n_significant: torch.Tensor
+    mine: torch.Tensor  # (N,) bool: the images this rank's E-steps saw
+
+    def merge(self) -> None:
+        """Every rank gets every image's outcome (no-op in one process)."""
+        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant], self.mine)
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
@@ -152,7 +163,9 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
     s2 = state.sigma2[h].to(dev)
     acc, noise = FourierAccumulator(size, cfg.pad, dev), NoiseStats(size, dev)
     where = InsertPixels(size, stage.k_max, dev, torch.float32)
-    for idx, images in iterate_batches(particles, cfg.batch_size, np.nonzero(half == h)[0]):
+    mine = shard(np.nonzero(half == h)[0])  # this rank's images of the half (all in one process)
+    tally.mine[mine] = True
+    for idx, images in iterate_batches(particles, cfg.batch_size, mine):
         it = torch.as_tensor(idx)
         y = fft2_centered(images.to(dev))
         c = None if particles.ctf is None else ctf_2d(particles.ctf[it].to(dev), size, px, device=dev)
@@ -174,6 +187,8 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         tally.max_weight[it] = poses.max_weight.double().cpu()
         tally.n_significant[it] = poses.n_significant.double().cpu()
         bar.update(len(idx))
+    acc.all_reduce()
+    noise.all_reduce()
     return acc, noise.estimate().float()
 
 
@@ -232,11 +247,12 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     stage.mates = state.relax_ops
     nan = torch.full((n,), float("nan"), dtype=torch.float64)
     tally = _Tally(state.rotations.clone(), state.shifts.clone(), nan, torch.zeros(n, dtype=torch.float64),
-                   torch.zeros(n, dtype=torch.float64))
-    bar = tqdm(total=n, desc=f"iter {state.iteration + 1} (order {stage.order}, "
+                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
+    bar = tqdm(total=len(shard(np.arange(n))), desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
     accs, sigma2 = zip(*[_half_e_step(particles, state, h, stage, cfg, dev, tally, bar) for h in (0, 1)])
     bar.close()
+    tally.merge()
     maps = _maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px)
     sched = _schedule(state, stage, maps, tally, cfg, size, px)
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
@@ -304,16 +320,18 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
 
     cfg = config or RefineConfig()
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    progress = progress and is_main()
     state = _resumed_state(run, cfg) if resume else _initial_state(particles, initial_volume, cfg, dev)
     while not state.converged and state.iteration < cfg.max_iterations:
         t0 = time.perf_counter()
         state = _iteration(particles, state, cfg, dev, progress)
         state.elapsed_s = state.elapsed_s + time.perf_counter() - t0
         state.history[-1]["elapsed_s"] = state.elapsed_s
-        if on_iteration is not None:
+        if on_iteration is not None and is_main():
             on_iteration(state)
-        if run is not None:
+        if run is not None and is_main():
             save_checkpoint(run.path(CHECKPOINT), state.to_dict())
+        barrier()  # the checkpoint is complete before any rank goes on (a resume reads it)
         if progress:
             h = state.history[-1]
             tqdm.write(f"iteration {h['iteration']}: {h['resolution_A']:.2f} Å, step {h['angular_step_deg']:.2f}°, "

@@ -18,6 +18,10 @@ maps ``τ²_k(s)`` is, as RELION's (``MlModel::setFourierTransformMaps``, checke
 ~1e-4 … 1e-6 of the peak power above its cut-off there, so those shells can grow. Class priors:
 ``π_k = (1/N) Σ_i P(k | Y_i)``. Noise: the posterior-weighted residual power
 (:func:`~cryolens.inference.mstep.noise_power`).
+
+**Many processes** (:mod:`~cryolens.inference.distributed`): each rank takes its share of the images;
+the class accumulators, noise sums and class masses are all-reduced and the per-image records
+gathered before the M-step, so every rank computes the same model.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..imaging.spectra import fourier_crop_images, power_spectrum, projector_power_spectrum, resize_volume  # noqa: F401
 from ..io.particles import Particles
+from .distributed import all_reduce_sum, gather_rows
 from .em import batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
 from .likelihood import SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_normaliser, used_pixels
@@ -208,13 +213,18 @@ def _searched_batch(w: _Work, idx, y, c, rot, sh, scorers, opts: dict) -> None:
         w.records[key].append(v)
 
 
-def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_map: int) -> tuple[dict, dict]:
-    """The M-step of an iteration: ``(per-image records sorted by image, new model)`` with keys
-    ``volumes, tau2, regularisation, data_vs_prior, sigma2, class_prior, log_likelihood``."""
+def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_map: int,
+            n_images: int) -> tuple[dict, dict]:
+    """The M-step of an iteration, after joining the ranks' sums and records (one process: nothing to
+    join): ``(per-image records (n_images, ...) in image order, new model)`` with keys ``volumes, tau2,
+    regularisation, data_vs_prior, sigma2, class_prior, log_likelihood``."""
     dev, dt = w.vols.device, w.vols.dtype
-    order = torch.argsort(torch.cat(w.records["idx"]))
-    cat = {k: torch.cat(v).to(dev)[order.to(dev)] for k, v in w.records.items() if k != "idx"}
-    n_images = order.shape[0]
+    for acc in w.accs:
+        acc.all_reduce()
+    w.noise.all_reduce()
+    all_reduce_sum(w.class_mass)
+    idx = torch.cat(w.records["idx"]).to(dev)
+    cat = {k: gather_rows(idx, torch.cat(v).to(dev), n_images) for k, v in w.records.items() if k != "idx"}
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:w.size // 2 + 1] = w.noise.estimate().to(dt) / w.ratio ** 4
     vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full)
@@ -264,12 +274,12 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                if len(w.slicers) * rot.shape[0] * n_pix * itemsize <= cache_bytes else w.slicers)
     opts = {"modal": modal, "mass": mass, "max_significant": max_significant, "weight_floor": weight_floor,
             "rotation_chunk": rotation_chunk, "pair_chunk": pair_chunk}
-    for idx, images, c_b in batches(data, ctf, batch_size):
+    for idx, images, c_b in batches(data, ctf, batch_size, sharded=True):
         y, c = _batch_images(w, images, c_b)
         _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
         if progress is not None:
             progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map)
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data))
     return ClassEMResult(**model, class_probability=cat["p"], labels=cat["p"].argmax(1), map_class=cat["k"],
                          map_rotation_index=cat["r"], map_shift_index=cat["t"], map_shift=cat["ts"],
                          max_weight=cat["w"], n_significant=cat["n"])
@@ -325,11 +335,11 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
     w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
-    for idx, images, c_b in batches(data, None, batch_size):
+    for idx, images, c_b in batches(data, None, batch_size, sharded=True):
         _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
         if progress is not None:
             progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map)
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data))
     probs, n_images = cat["p"], cat["p"].shape[0]
     all_idx = torch.arange(n_images, device=dev)
     shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)

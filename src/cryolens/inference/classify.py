@@ -13,7 +13,9 @@ The options object ``cfg`` is the recipe's typed config (:class:`cryolens.method
 ``n_classes, n_iterations, tau2_fudge, healpix_order, offset_range, offset_step, initial_lowpass,
 incr_size, mass, max_significant, modal, pad, batch_size, seed, abinit_iterations, work_margin,
 minres_map, skip_align``. Each iteration is checkpointed (``checkpoint.pt``) when a run folder is given;
-``resume`` continues from it to the same result as an uninterrupted run.
+``resume`` continues from it to the same result as an uninterrupted run. Under ``torchrun`` every rank
+runs the schedule on its share of the images (:mod:`~cryolens.inference.classes`); rank 0 writes the
+checkpoint, which any number of ranks can resume.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from . import classes
+from .distributed import barrier, is_main, shard
 from .estep import translation_grid
 from .refine_state import CheckpointState
 
@@ -186,6 +189,7 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     d, n, k = particles.box_size, len(particles), cfg.n_classes
+    progress = progress and is_main()
     if particles.ctf is None:
         raise InputError(f"{particles.name}: no CTF parameters; relion-class3d needs them")
     ckpt = run.path("checkpoint.pt") if run is not None else None
@@ -196,15 +200,18 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
     shifts = translation_grid(float(cfg.offset_range), float(cfg.offset_step), circular=True, device=dev)
     resumed = resume and ckpt is not None and ckpt.is_file()
     st = _resumed(ckpt, n, k, d, dev) if resumed else _start(particles, init_volume, cfg, dev, progress)
-    bar = tqdm(total=cfg.n_iterations * n, initial=st.iteration * n, desc="Class3D", unit="img", disable=not progress)
+    n_mine = len(shard(np.arange(n)))  # this rank's images per iteration (all in one process)
+    bar = tqdm(total=cfg.n_iterations * n_mine, initial=st.iteration * n_mine, desc="Class3D", unit="img",
+               disable=not progress)
     while st.iteration < cfg.n_iterations:
         t0 = time.time()
         res = _em_step(particles, st, cfg, rot, shifts, dev, bar)
         _advance(st, res, cfg, d, particles.pixel_size, t0)
-        if ckpt is not None:
+        if ckpt is not None and is_main():
             save_checkpoint(ckpt, st.to_dict())
-        if on_iteration is not None:
+        if on_iteration is not None and is_main():
             on_iteration(st.iteration, res)
+        barrier()
     bar.close()
     last = st.last
     return ClassifyResult(volumes=st.volumes.float().cpu(), class_prior=torch.as_tensor(st.class_prior).double(),

@@ -1,17 +1,44 @@
-"""Multi-process training with PyTorch DDP: set-up from ``torchrun``'s environment, and small helpers.
+"""Many processes with ``torch.distributed``: set-up from ``torchrun``'s environment, and the few
+collectives the EM core and the training engine use.
 
-``torchrun --nproc_per_node=K --no-python cryolens train ...`` (or a test spawning processes) sets
-``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; :func:`init_distributed`
-then joins the process group — NCCL when the device is a GPU, gloo on the CPU — and every rank runs
-the same training engine on its share of each global batch (``DistributedSampler``).
+``torchrun --nproc_per_node=K --no-python cryolens refine ...`` (or ``train``, ``classify``,
+``abinit``; or a test spawning processes) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``; :func:`init_distributed` then joins the process group — NCCL when
+the device is a GPU, gloo on the CPU. Learned recipes run DDP on each rank's share of every global
+batch (``DistributedSampler``). The EM family is data-parallel as RELION's MPI version is: each rank
+takes its contiguous share of the images (:func:`shard`; half-sets and classes are per image, so they do
+not depend on the number of ranks), accumulates its Fourier sums and noise statistics, and one
+all-reduce per iteration (:func:`all_reduce_sum`) joins them; per-image results are merged
+(:func:`merge_rows`, :func:`gather_rows`) so that every rank holds the same state, and rank 0 writes.
+
+A collective that fails (a rank died, or cannot be reached within ``CRYOLENS_DIST_TIMEOUT`` seconds,
+default 600) raises :class:`DistributedError` with a one-line message instead of hanging.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from ..errors import DistributedError
+
+TIMEOUT_ENV = "CRYOLENS_DIST_TIMEOUT"
+
+
+def _fail(what: str, err: Exception) -> DistributedError:
+    rank, n = world() if dist.is_initialized() else (os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1"))
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return DistributedError(f"rank {rank} of {n}: {what} failed — another process died or cannot be reached "
+                            f"(timeout {timeout_s():.0f} s, {TIMEOUT_ENV}): {first}")
+
+
+def timeout_s() -> float:
+    """Seconds a rendezvous or collective waits for the other ranks (``CRYOLENS_DIST_TIMEOUT``, default 600)."""
+    return float(os.environ.get(TIMEOUT_ENV, "600"))
 
 
 def world() -> tuple[int, int]:
@@ -38,14 +65,74 @@ def init_distributed(device: torch.device | str | None = None) -> torch.device |
     if cuda:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
+    except Exception as e:  # the rendezvous: MASTER_ADDR unreachable, ranks missing
+        raise _fail("joining the process group", e) from None
     return dev
+
+
+def is_distributed() -> bool:
+    """True when this process is one of several in an initialised process group."""
+    return world()[1] > 1
+
+
+def shard(indices: np.ndarray) -> np.ndarray:
+    """This rank's contiguous share of ``indices`` ``(n,)`` (all of them in one process): the ranks'
+    shares, in rank order, are ``indices`` in order, sizes differing by at most one."""
+    rank, n = world()
+    return np.asarray(indices) if n == 1 else np.array_split(np.asarray(indices), n)[rank]
+
+
+def _collective_device(t: torch.Tensor) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over the ranks, in place (every rank gets the sum); no-op in one process. Bool
+    tensors are summed as integers (then any-true); CPU tensors travel through the GPU under NCCL."""
+    if not is_distributed():
+        return
+    for t in tensors:
+        dev = _collective_device(t)
+        work = t.to(device=dev, dtype=torch.int64 if t.dtype == torch.bool else t.dtype)
+        try:
+            dist.all_reduce(work)
+        except Exception as e:
+            raise _fail("an all-reduce", e) from None
+        if work.data_ptr() != t.data_ptr():
+            t.copy_(work.to(device=t.device, dtype=t.dtype) if t.dtype != torch.bool else work > 0)
+
+
+def merge_rows(tensors: list[torch.Tensor], mine: torch.Tensor) -> None:
+    """Per-item results ``(N, ...)`` of which each rank computed the rows ``mine`` ``(N,)`` bool (the
+    ranks' rows disjoint, covering what changed): every rank's tensors get, in place, each row from the
+    rank that owns it (rows no rank owns become 0). No-op in one process."""
+    if not is_distributed():
+        return
+    for t in tensors:
+        m = mine.to(t.device).reshape(-1, *([1] * (t.dim() - 1)))
+        local = torch.where(m, t, torch.zeros_like(t))
+        all_reduce_sum(local)
+        t.copy_(local)
+
+
+def gather_rows(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """The rows ``values (n_local, ...)`` each rank computed for items ``index (n_local,)`` joined into
+    ``(n, ...)`` on every rank (each item owned by one rank). In one process: ``values`` in ``index`` order."""
+    out = torch.zeros((n, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    out[index.to(values.device)] = values
+    all_reduce_sum(out)
+    return out
 
 
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        try:
+            dist.barrier()
+        except Exception as e:
+            raise _fail("a barrier", e) from None
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
@@ -68,5 +155,8 @@ def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
 def finish_distributed() -> None:
     """Leave the process group (after a barrier) if this process joined one."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        try:
+            dist.barrier()
+        except Exception:  # another rank failed: its error is the one to report
+            pass
         dist.destroy_process_group()

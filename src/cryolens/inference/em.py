@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..imaging.ctf import CTFParams
@@ -50,6 +51,7 @@ from ..imaging.fft import fft2_centered
 from ..imaging.slice import prepare_volume_ft
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
+from .distributed import shard
 from .likelihood import ctf_images, log_normaliser, shell_weights, volume_slicer
 from .mstep import NoiseStats, class_sums, exact_m_step, insert_aggregates, insert_weighted  # noqa: F401
 from .posterior import pose_posterior
@@ -84,21 +86,23 @@ class EMResult:
     n_significant: torch.Tensor
 
 
-def batches(data: Particles | torch.Tensor, ctf, batch_size: int
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, CTFParams | torch.Tensor | None]]:
-    """``(indices (B,), images (B, D, D) real, ctf of the batch)``."""
+def batches(data: Particles | torch.Tensor, ctf, batch_size: int, sharded: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, CTFParams | torch.Tensor | None]]:
+    """``(indices (B,), images (B, D, D) real, ctf of the batch)``; with ``sharded``, only this rank's
+    share of the images (:func:`~cryolens.inference.distributed.shard`; all of them in one process)."""
+    n = len(data) if isinstance(data, Particles) else data.shape[0]
+    mine = shard(np.arange(n)) if sharded else np.arange(n)
     if isinstance(data, Particles):
-        for idx, images in iterate_batches(data, batch_size):
+        for idx, images in iterate_batches(data, batch_size, mine):
             idx_t = torch.as_tensor(idx)
             yield idx_t, images, None if data.ctf is None else data.ctf[idx_t]
         return
-    n = data.shape[0]
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size))
+    for start in range(0, mine.size, batch_size):
+        idx = torch.as_tensor(mine[start:start + batch_size])
         c = None
         if ctf is not None:
             c = ctf[idx] if isinstance(ctf, CTFParams) or ctf.dim() == 3 else ctf
-        yield idx, data[start:start + batch_size], c
+        yield idx, data[idx], c
 
 
 def em_iteration(data: Particles | torch.Tensor, volume: torch.Tensor, sigma2: torch.Tensor,

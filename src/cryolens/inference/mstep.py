@@ -25,6 +25,7 @@ import torch
 from ..imaging.grids import freq_grid_2d, shell_index_2d, shell_sum
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
+from .distributed import all_reduce_sum, is_distributed
 from .likelihood import SliceFn, used_pixels, volume_slicer
 from .reconstruct import FourierAccumulator
 
@@ -48,6 +49,12 @@ class NoiseStats:
         """Add a ``(D, D)`` residual power image of total weight ``weight`` (images or summed pair weights)."""
         self.power += shell_sum(power, self.shells, self.n_shells).double()
         self.weight = self.weight + weight
+
+    def all_reduce(self) -> None:
+        """Sum the statistics over the ranks of a process group, in place (no-op in one process)."""
+        if is_distributed():
+            self.weight = torch.as_tensor(self.weight, dtype=torch.float64, device=self.power.device).clone()
+            all_reduce_sum(self.power, self.weight)
 
     def estimate(self) -> torch.Tensor:
         """``(D//2+1,)`` float64 σ²."""

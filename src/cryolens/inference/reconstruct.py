@@ -13,6 +13,7 @@ import torch
 
 from ..imaging.grids import shell_index_3d, spherical_mask
 from ..imaging.slice import finish_staging, scatter_slices, scatter_slices_shared, staging_grid, volume_from_ft
+from .distributed import all_reduce_sum, is_distributed
 from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
 
 
@@ -88,6 +89,13 @@ class FourierAccumulator:
                                               minlength=g ** 3)
         self.count += values.shape[0]
         self._done = None
+
+    def all_reduce(self) -> None:
+        """Sum the accumulator over the ranks of a process group, in place (no-op in one process)."""
+        if is_distributed():
+            count = torch.tensor([float(self.count)], dtype=torch.float64)
+            all_reduce_sum(self.staging, count)
+            self.count, self._done = int(count), None
 
     @property
     def data(self) -> torch.Tensor:

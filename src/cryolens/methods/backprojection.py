@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.shift import phase_shift
+from ..inference.distributed import shard
 from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
@@ -55,9 +56,9 @@ def accumulate(particles: Particles, pad: int = 2, batch_size: int = 256, device
     d = particles.box_size
     labels = torch.as_tensor(half_set_labels(particles, seed))
     halves = (FourierAccumulator(d, pad, device), FourierAccumulator(d, pad, device))
-    bar = tqdm(total=len(particles), desc="back-projecting", unit="img", disable=not progress)
+    bar = tqdm(total=len(shard(np.arange(len(particles)))), desc="back-projecting", unit="img", disable=not progress)
     pool = ThreadPoolExecutor(max_workers=2)
-    for idx, images in iterate_batches(particles, batch_size):
+    for idx, images in iterate_batches(particles, batch_size, shard(np.arange(len(particles)))):  # this rank's
         idx_t = torch.as_tensor(idx)
         f = fft2_centered(images.to(device))
         if particles.shifts is not None:
@@ -81,6 +82,8 @@ def accumulate(particles: Particles, pad: int = 2, batch_size: int = 256, device
         bar.update(len(idx))
     bar.close()
     pool.shutdown()
+    for acc in halves:  # the ranks' sums joined (torchrun; nothing to do in one process)
+        acc.all_reduce()
     return halves
 
 

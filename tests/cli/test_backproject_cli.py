@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 
+import mrcfile
 import numpy as np
 import pytest
 
@@ -46,6 +47,20 @@ def test_backproject_writes_the_run_folder(star_dataset, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "resolution" in capsys.readouterr().out
+
+
+def test_no_report_writes_the_maps_and_numbers_only(star_dataset, tmp_path):
+    """--no-report: the same maps and metrics as with the report, and no PNG or HTML."""
+    star, truth = star_dataset
+    fast, full = tmp_path / "fast", tmp_path / "full"
+    common = ["backproject", str(star), "--reference", str(truth), "--quiet"]
+    assert main([*common, "--out", str(fast), "--no-report"]) == 0
+    assert main([*common, "--out", str(full)]) == 0
+    assert not list(fast.glob("*.png")) and not (fast / "report.html").exists()
+    for name in ("map.mrc", "half1.mrc", "half2.mrc"):
+        np.testing.assert_array_equal(mrcfile.read(fast / name), mrcfile.read(full / name), err_msg=name)
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (fast, full))
+    assert a["resolution_vs_ground_truth_05_A"] == b["resolution_vs_ground_truth_05_A"]
 
 
 def test_fsc_command_matches_library(star_dataset, tmp_path, capsys):

@@ -49,14 +49,15 @@ def _np(x) -> np.ndarray:
 def write_run(outputs: MethodOutputs, particles: Particles, run: RunFolder | str | os.PathLike,
               recipe: Recipe | None = None, reference: torch.Tensor | None = None, report: bool = True,
               title: str | None = None, metrics: dict | None = None, mask: torch.Tensor | None = None,
-              keep_existing: bool = False) -> dict:
+              keep_existing: bool = False, plots: bool = True) -> dict:
     """Write the run folder of ``outputs`` (module docstring) into ``run``; returns the metrics.
 
     particles: the images the recipe was given (their STAR rows are the base of ``particles.star``).
     reference: a ground-truth ``(D, D, D)`` map in the frame of the output (FSC against it, optionally
     under ``mask``). metrics: entries written on top of everything else (e.g. the benchmark's scores).
     keep_existing: start from the ``metrics.json`` already in ``run`` (what ``fit`` wrote as run state,
-    a resumed run's numbers), lowest precedence.
+    a resumed run's numbers), lowest precedence. report / plots: write ``report.html`` / the PNG plots
+    (both after the maps, STAR and metrics; a user in a hurry skips them with ``--no-report``).
     """
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     px = float(outputs.pixel_size or particles.pixel_size)
@@ -86,8 +87,9 @@ def write_run(outputs: MethodOutputs, particles: Particles, run: RunFolder | str
         curves["map vs ground truth"] = gt
         sections["ground truth"] = ref.numpy()
     m.update(metrics or {})
-    _plots(outputs, particles, run, px, curves, sections)
     run.write_metrics(m)
+    if plots:
+        _plots(outputs, particles, run, px, curves, sections)
     if report:
         from .report import write_report
 

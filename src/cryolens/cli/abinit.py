@@ -30,6 +30,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="write the maps, STAR and metrics.json only "
+                   "(no PNG plots, no report.html)")
     recipes = [get(r) for r in RECIPES]
     if "refine_options" in recipes[0].defaults:  # transition: refinement options still nested in one dict
         p.add_argument("--refine-max-iterations", type=int, default=None, help="cap on refinement iterations")

@@ -29,6 +29,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="ground-truth map (.mrc) to compute the FSC against")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="write the maps, STAR and metrics.json only "
+                   "(no PNG plots, no report.html)")
     add_recipe_options(p, get(RECIPE))
 
 

@@ -63,8 +63,10 @@ def fit_and_write(command: str, recipe, particles, known, config, args, device, 
     main = is_main()
     try:
         out = recipe.fit(particles, known, run, config, device, not args.quiet and main)
+        quick = bool(getattr(args, "no_report", False))
         m = (write_run(out, particles, run, recipe, reference, metrics=metrics, keep_existing=True,
-                       title=title or title_for(command, recipe, args.input)) if main else None)
+                       title=title or title_for(command, recipe, args.input), report=not quick, plots=not quick)
+             if main else None)
     finally:
         finish_distributed()
     return out, m

@@ -38,6 +38,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         q.add_argument("--ctf", help="cryoDRGN CTF pickle (with an .mrcs input)")
         q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
+        q.add_argument("--no-report", action="store_true", help="write the maps, z and metrics.json only "
+                       "(no PNG plots, no report.html)")
         add_recipe_options(q, rec)
 
 
@@ -71,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
         finish_distributed()
     if not is_main():
         return 0
-    write_run(out, particles, run, recipe, keep_existing=True, title=title_for("train", recipe, args.input))
+    write_run(out, particles, run, recipe, keep_existing=True, title=title_for("train", recipe, args.input),
+              report=not args.no_report, plots=not args.no_report)
     print(f"trained {recipe.name} on {len(particles)} images; wrote {run.root}/ (map.mrc"
           + (", z.npy" if out.latents is not None else "") + ", checkpoint.pt, log.jsonl, report.html)")
     return 0

@@ -32,11 +32,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="write the maps, STAR and metrics.json only "
                    "(no PNG plots, no report.html)")
-    recipes = [get(r) for r in RECIPES]
-    if "refine_options" in recipes[0].defaults:  # transition: refinement options still nested in one dict
-        p.add_argument("--refine-max-iterations", type=int, default=None, help="cap on refinement iterations")
-        p.add_argument("--relax-sym", metavar="Cn", default=None, help="refinement: pseudo-symmetry (C2, ...)")
-    add_recipe_options(p, recipes, ALIASES)
+    add_recipe_options(p, [get(r) for r in RECIPES], ALIASES)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -52,15 +48,7 @@ def main(args: argparse.Namespace) -> int:
     if k < 1:
         raise InputError(f"--classes {k}: need at least 1")
     recipe = get(RECIPES[0] if k == 1 else RECIPES[1])
-    extra = {"n_classes": k}
-    if "refine_options" in recipe.defaults:  # transition (see add_args)
-        nested = dict(recipe.defaults["refine_options"])
-        if getattr(args, "refine_max_iterations", None) is not None:
-            nested["max_iterations"] = args.refine_max_iterations
-        if getattr(args, "relax_sym", None) is not None:
-            nested["relax_symmetry"] = args.relax_sym
-        extra["refine_options"] = nested
-    config = recipe.config({**extra, **over})
+    config = recipe.config({"n_classes": k, **over})
     if config_value(config, "init_map"):
         from ..io.files import require_file
 

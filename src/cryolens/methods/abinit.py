@@ -52,6 +52,7 @@ class AbinitRecipeConfig(RecipeConfig):
     handover_lowpass: float = option(30.0, "low-pass of the handed-over maps, Å")
     refine_max_iterations: int = option(30, "refinement: iteration cap")
     refine_relax_symmetry: str = option("C1", "refinement: C1, or Cn whose mates local searches visit")
+    refine_offset_step: float = option(2.0, "refinement: offset step, px (RELION's --offset_step)")
     class3d_iterations: int = option(10, "Class3D iterations after a multi-class ab initio")
     checkpoint_every: int = option(10, "ab initio iterations between checkpoints")
     resume: bool = option(False, "continue from the run folder's checkpoints")
@@ -67,7 +68,7 @@ def as_config(config: AbinitRecipeConfig | dict) -> AbinitRecipeConfig:
         return config
     d = dict(config)
     for key, value in dict(d.pop("refine_options", None) or {}).items():
-        if key not in ("max_iterations", "relax_symmetry"):
+        if key not in ("max_iterations", "relax_symmetry", "offset_step"):
             raise InputError(f"recipe cryosparc-abinit: refine_options.{key} is not an option")
         if value is not None:
             d[f"refine_{key}"] = value
@@ -84,7 +85,8 @@ def refine_handover(particles: Particles, volume: torch.Tensor, cfg: AbinitRecip
 
     cfg = as_config(cfg)
     rcfg = autorefine.RefineConfig(seed=cfg.seed, offset_range=cfg.max_shift, initial_lowpass=cfg.handover_lowpass,
-                                   max_iterations=cfg.refine_max_iterations, relax_symmetry=cfg.refine_relax_symmetry)
+                                   max_iterations=cfg.refine_max_iterations, relax_symmetry=cfg.refine_relax_symmetry,
+                                   offset_step=cfg.refine_offset_step)
     start, moved = center_volume(volume) if centre else (volume, np.zeros(3))
     res = autorefine.auto_refine(particles, start, config=rcfg, run=run, device=device, progress=progress,
                                  resume=resume, on_iteration=None if run is None else iteration_writer(run, particles))

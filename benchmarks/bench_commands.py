@@ -1,0 +1,86 @@
+"""Whole commands as a user times them: ``cryolens backproject`` against ``relion_reconstruct`` on the same
+STAR file, and the start-up of ``cryolens --help`` and ``cryolens info``.
+
+Each command runs under ``/usr/bin/time -v`` as its own process (imports, reading, writing, report
+included), the two programs alternating, ``--repeats`` times each; reported: the median wall time, CPU
+time (user + system) and peak RSS of each, and the ratios cryolens / RELION. Default threads for both
+(what a user gets). Dataset: the STAR given, or the 5,000-image 4E43 set of ``bench_refine.py`` (D = 64,
+1.5 Å/px, CTF, shifts ≤ 3 px, SNR 0.1), first ``--n`` images.
+
+  .venv/bin/python benchmarks/bench_commands.py --n 5000 --repeats 3 --out /tmp/bench_commands
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``: wall s, CPU s, peak RSS MiB (a failure stops the benchmark)."""
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    log.write_text(out.stdout + out.stderr)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}); see {log}")
+
+    def field(name: str) -> str:
+        return re.search(rf"{re.escape(name)}: (.+)", out.stderr).group(1).strip()
+
+    h, m, s = (["0"] + field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":"))[-3:]
+    return {"wall_s": int(h) * 3600 + int(m) * 60 + float(s),
+            "cpu_s": float(field("User time (seconds)")) + float(field("System time (seconds)")),
+            "peak_rss_mib": int(field("Maximum resident set size (kbytes)")) / 1024}
+
+
+def summary(runs: list[dict]) -> dict:
+    return {k: float(np.median([r[k] for r in runs])) for k in ("wall_s", "cpu_s", "peak_rss_mib")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--star", type=Path, help="particles (default: the 4E43 set of bench_refine.py)")
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    star = args.star
+    if star is None:
+        from bench_refine import prepare
+
+        star = Path(prepare(args.out, args.n)["star"])
+    cryolens = str(BIN / "cryolens")
+    commands = {
+        "cryolens backproject": [cryolens, "backproject", str(star), "--out", str(args.out / "run"), "--quiet"],
+        "cryolens backproject --no-report": [cryolens, "backproject", str(star), "--out", str(args.out / "fast"),
+                                             "--quiet", "--no-report"],
+        "relion_reconstruct": ["relion_reconstruct", "--i", str(star), "--o", str(args.out / "relion.mrc"), "--ctf",
+                               "--pad", "2"],
+        "cryolens --help": [cryolens, "--help"],
+        "cryolens info": [cryolens, "info", str(star)],
+    }
+    runs: dict[str, list[dict]] = {k: [] for k in commands}
+    for k in range(args.repeats):  # alternating, so that a change of load hits every command alike
+        for name, cmd in commands.items():
+            runs[name].append(timed(cmd, args.out / f"{name.replace(' ', '_')}_{k}.log"))
+            print(name, json.dumps(runs[name][-1]), flush=True)
+    med = {name: summary(r) for name, r in runs.items()}
+    relion = med["relion_reconstruct"]
+    ratios = {name: {k: med[name][k] / relion[k] for k in relion} for name in commands if "backproject" in name}
+    res = {"star": str(star), "repeats": args.repeats, "median": med, "vs_relion_reconstruct": ratios, "runs": runs}
+    (args.out / "commands.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps({"median": med, "vs_relion_reconstruct": ratios}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

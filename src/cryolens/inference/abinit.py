@@ -55,7 +55,7 @@ from ..imaging.so3_grid import so3_grid
 from ..io.dataset import read_images
 from ..io.particles import Particles
 from ..imaging.spectra import fourier_crop_images, power_spectrum, resize_volume
-from .distributed import all_reduce_sum, gather_rows, is_main, shard
+from .distributed import all_reduce_sum, gather_rows, is_distributed, is_main, shard
 from .estep import class_pose_posterior, translation_grid
 from .likelihood import as_slicer
 from .mstep import class_sums, insert_aggregates, noise_power
@@ -259,14 +259,16 @@ class AbInitio:
         npix = shell_sum(torch.ones(size, size, device=dev, dtype=dt), shell_index_2d(size, device=dev), size // 2 + 1)
         batch_sigma2 = noise_power(shell_sum(power, shell_index_2d(size, device=dev), size // 2 + 1), b, npix)
         st.sigma2 = (1 - eta) * st.sigma2 + eta * batch_sigma2.to(dt)
-        sums = torch.cat([post.class_probability.double().sum(0), post.log_evidence.double().sum()[None],
-                          post.weight[:, 0].double().sum()[None]]).cpu()
-        all_reduce_sum(sums)  # the whole mini-batch's class masses, log-evidence and MAP weights
-        st.class_prior = (1 - eta) * st.class_prior + eta * sums[:-2] / b
+        means = torch.cat([post.class_probability.double().mean(0), post.log_evidence.double().mean()[None],
+                           post.weight[:, 0].double().mean()[None]]).cpu()
+        if is_distributed():  # each rank's means weighted by its share, summed: the whole mini-batch's
+            means.mul_(y.shape[0] / b)
+            all_reduce_sum(means)
+        st.class_prior = (1 - eta) * st.class_prior + eta * means[:-2]
         st.iteration += 1
         record = {"iteration": st.iteration, "k_max": k_t, "resolution_A": size * self.pixel_size / max(k_t, 1),
-                  "batch_size": b, "step_size": eta, "mean_log_evidence": float(sums[-2] / b),
-                  "mean_max_weight": float(sums[-1] / b), "class_prior": st.class_prior.tolist()}
+                  "batch_size": b, "step_size": eta, "mean_log_evidence": float(means[-2]),
+                  "mean_max_weight": float(means[-1]), "class_prior": st.class_prior.tolist()}
         st.history.append(record)
         return record
 
@@ -279,6 +281,10 @@ class AbInitio:
         lam = map_prior(st.sigma2, tau2, cfg.tau2_fudge * cfg.pad ** 3)[0]
         lam[:, k_t + 1:] = float("inf")
         accs = [FourierAccumulator(self.size, cfg.pad, self.device, self.dtype) for _ in range(st.volumes.shape[0])]
+        joined = is_distributed()  # ranks insert into zeroed sums and join them below; one process inserts
+        if not joined:             # straight into the decayed running sums (the same up to rounding)
+            for acc, staging in zip(accs, st.staging):
+                acc.staging = staging.mul_(1 - eta)
 
         def insert(k: int, used: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> None:
             insert_aggregates(accs[k], s1 * gain, s2 * gain, self.rotations[used])
@@ -288,8 +294,10 @@ class AbInitio:
         all_reduce_sum(power)
         vols = []
         for kc, acc in enumerate(accs):
-            acc.all_reduce()  # the whole mini-batch's sums, then S ← (1 − η) S + η (N / B) S_batch
-            acc.staging = st.staging[kc] = st.staging[kc].mul_(1 - eta).add_(acc.staging)
+            if joined:  # the whole mini-batch's sums, then S ← (1 − η) S + η (N / B) S_batch
+                acc.all_reduce()
+                acc.staging = st.staging[kc].mul_(1 - eta).add_(acc.staging)
+            st.staging[kc] = acc.staging
             vols.append(acc.reconstruct(lam[kc]) if float(acc.weight.abs().sum()) > 0 else st.volumes[kc])
         return torch.stack(vols), power
 

@@ -72,7 +72,7 @@ from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
-from .distributed import barrier, is_main, merge_rows, shard
+from .distributed import barrier, is_main, merge_rows, on_ranks, shard
 from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
@@ -158,13 +158,14 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
     """E-step and M-step sums of half ``h``: its filled accumulator and new ``σ²_h`` (module docstring)."""
     size, px = particles.box_size, particles.pixel_size
     half = state.half.cpu().numpy()
-    ref = Reference(_reference_map(state.volumes[h].to(dev), cfg, size, px), cfg.pad, stage.k_max,
-                    int((half == h).sum()))
-    s2 = state.sigma2[h].to(dev)
     acc, noise = FourierAccumulator(size, cfg.pad, dev), NoiseStats(size, dev)
-    where = InsertPixels(size, stage.k_max, dev, torch.float32)
-    mine = shard(np.nonzero(half == h)[0])  # this rank's images of the half (all in one process)
+    mine = shard(np.nonzero(half == h)[0], h, 2)  # this rank's images of the half (all in one process)
     tally.mine[mine] = True
+    if mine.size:  # (with an even number of ranks, half h is on ranks r ≡ h mod 2 only)
+        ref = Reference(_reference_map(state.volumes[h].to(dev), cfg, size, px), cfg.pad, stage.k_max,
+                        int((half == h).sum()))
+        s2 = state.sigma2[h].to(dev)
+        where = InsertPixels(size, stage.k_max, dev, torch.float32)
     for idx, images in iterate_batches(particles, cfg.batch_size, mine):
         it = torch.as_tensor(idx)
         y = fft2_centered(images.to(dev))
@@ -193,20 +194,30 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
 
 
 def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: float, size: int, px: float) -> dict:
-    """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both."""
+    """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both.
+    Under ``torchrun`` the five reconstructions are spread over the ranks (:func:`on_ranks`)."""
     nsh = size // 2 + 1
+    dev = accs[0].staging.device
     weights = [a.shell_weight() for a in accs]
-    weak = [a.reconstruct(1e-3 * w.mean() * torch.ones(nsh, dtype=torch.float64, device=w.device))
-            for a, w in zip(accs, weights)]
+
+    def weak_map(h: int) -> torch.Tensor:
+        return accs[h].reconstruct(1e-3 * weights[h].mean() * torch.ones(nsh, dtype=torch.float64, device=dev))
+
+    weak = on_ranks([lambda: weak_map(0), lambda: weak_map(1)], dev)
     # shells beyond the E-step's band hold no data, only what the crop and mask leak: no correlation
     data = ((weights[0] > 0) & (weights[1] > 0)).cpu().numpy()
     curve = np.where(data, fsc_curve(weak[0], weak[1]), 0.0)
-    volumes = [a.reconstruct(map_prior(s2, tau2_from_fsc(curve, s2, w, fudge))[0]).float()
-               for a, w, s2 in zip(accs, weights, sigma2)]
-    merged = accs[0].merged(accs[1])
     f_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
     s2_full = 0.5 * (sigma2[0] + sigma2[1])
-    full = merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
+
+    def map_half(h: int) -> torch.Tensor:
+        return accs[h].reconstruct(map_prior(sigma2[h], tau2_from_fsc(curve, sigma2[h], weights[h], fudge))[0]).float()
+
+    def full_map() -> torch.Tensor:
+        merged = accs[0].merged(accs[1])
+        return merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
+
+    *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
     return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak],
             "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size))}
 
@@ -248,7 +259,8 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     nan = torch.full((n,), float("nan"), dtype=torch.float64)
     tally = _Tally(state.rotations.clone(), state.shifts.clone(), nan, torch.zeros(n, dtype=torch.float64),
                    torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
-    bar = tqdm(total=len(shard(np.arange(n))), desc=f"iter {state.iteration + 1} (order {stage.order}, "
+    seen = sum(len(shard(np.nonzero(state.half.numpy() == h)[0], h, 2)) for h in (0, 1))  # this rank's images
+    bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
     accs, sigma2 = zip(*[_half_e_step(particles, state, h, stage, cfg, dev, tally, bar) for h in (0, 1)])
     bar.close()

@@ -77,11 +77,21 @@ def is_distributed() -> bool:
     return world()[1] > 1
 
 
-def shard(indices: np.ndarray) -> np.ndarray:
+def shard(indices: np.ndarray, group: int = 0, groups: int = 1) -> np.ndarray:
     """This rank's contiguous share of ``indices`` ``(n,)`` (all of them in one process): the ranks'
-    shares, in rank order, are ``indices`` in order, sizes differing by at most one."""
+    shares, in rank order, are ``indices`` in order, sizes differing by at most one.
+
+    groups: with ``groups > 1`` dividing the number of ranks, only the ranks ``r ≡ group (mod groups)``
+    share ``indices`` and the others get none — e.g. each half-set on its own ranks, as RELION pairs its
+    MPI workers with the half-sets, so that a rank prepares one half's reference, not both; when
+    ``groups`` does not divide the number of ranks every rank takes a share."""
     rank, n = world()
-    return np.asarray(indices) if n == 1 else np.array_split(np.asarray(indices), n)[rank]
+    indices = np.asarray(indices)
+    if n == 1:
+        return indices
+    if groups > 1 and n % groups == 0:
+        return np.array_split(indices, n // groups)[rank // groups] if rank % groups == group else indices[:0]
+    return np.array_split(indices, n)[rank]
 
 
 def _collective_device(t: torch.Tensor) -> torch.device:
@@ -102,6 +112,25 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             raise _fail("an all-reduce", e) from None
         if work.data_ptr() != t.data_ptr():
             t.copy_(work.to(device=t.device, dtype=t.dtype) if t.dtype != torch.bool else work > 0)
+
+
+def on_ranks(jobs: list, device: torch.device | str | None = None) -> list:
+    """Run job ``j`` (a callable returning a tensor) on rank ``j mod world`` only, then give every rank
+    every result on ``device`` (broadcast from the rank that made it, through the CPU): work that every
+    rank needs but one can do. In one process: ``[job() for job in jobs]``."""
+    rank, n = world()
+    if n == 1:
+        return [job() for job in jobs]
+    made = {j: job() for j, job in enumerate(jobs) if j % n == rank}  # ours first: no rank waits on another
+    out = []
+    for j in range(len(jobs)):
+        box = [made[j].cpu() if j in made else None]
+        try:
+            dist.broadcast_object_list(box, src=j % n)
+        except Exception as e:
+            raise _fail("a broadcast", e) from None
+        out.append(made[j] if j in made else box[0].to(device or "cpu"))
+    return out
 
 
 def merge_rows(tensors: list[torch.Tensor], mine: torch.Tensor) -> None:

@@ -26,9 +26,10 @@ sys.path.insert(0, str(HERE))
 BIN = Path(sys.executable).parent
 
 
-def timed(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` under ``/usr/bin/time -v``: wall s, CPU s, peak RSS MiB (a failure stops the benchmark)."""
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+def timed(cmd: list[str], log: Path, cwd: Path | None = None) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v`` (in ``cwd``): wall s, CPU s, peak RSS MiB (a failure stops
+    the benchmark)."""
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd)
     log.write_text(out.stdout + out.stderr)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}); see {log}")
@@ -59,6 +60,8 @@ def main() -> None:
         from bench_refine import prepare
 
         star = Path(prepare(args.out, args.n)["star"])
+    star = star.resolve()
+    args.out = args.out.resolve()
     cryolens = str(BIN / "cryolens")
     commands = {
         "cryolens backproject": [cryolens, "backproject", str(star), "--out", str(args.out / "run"), "--quiet"],
@@ -72,7 +75,9 @@ def main() -> None:
     runs: dict[str, list[dict]] = {k: [] for k in commands}
     for k in range(args.repeats):  # alternating, so that a change of load hits every command alike
         for name, cmd in commands.items():
-            runs[name].append(timed(cmd, args.out / f"{name.replace(' ', '_')}_{k}.log"))
+            # RELION reads the stack names relative to where it runs: the STAR file's folder
+            cwd = star.parent if name.startswith("relion") else None
+            runs[name].append(timed(cmd, args.out / f"{name.replace(' ', '_')}_{k}.log", cwd))
             print(name, json.dumps(runs[name][-1]), flush=True)
     med = {name: summary(r) for name, r in runs.items()}
     relion = med["relion_reconstruct"]

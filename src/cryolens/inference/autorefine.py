@@ -154,8 +154,9 @@ class _Tally:
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
-                 tally: _Tally, bar) -> tuple[FourierAccumulator, torch.Tensor]:
-    """E-step and M-step sums of half ``h``: its filled accumulator and new ``σ²_h`` (module docstring)."""
+                 tally: _Tally, bar) -> tuple[FourierAccumulator, NoiseStats]:
+    """E-step and M-step sums of half ``h`` over this rank's images: its accumulator and noise sums (joined
+    over the ranks by the caller, after both halves: a rank holding one half must not wait on the other)."""
     size, px = particles.box_size, particles.pixel_size
     half = state.half.cpu().numpy()
     acc, noise = FourierAccumulator(size, cfg.pad, dev), NoiseStats(size, dev)
@@ -188,9 +189,7 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         tally.max_weight[it] = poses.max_weight.double().cpu()
         tally.n_significant[it] = poses.n_significant.double().cpu()
         bar.update(len(idx))
-    acc.all_reduce()
-    noise.all_reduce()
-    return acc, noise.estimate().float()
+    return acc, noise
 
 
 def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: float, size: int, px: float) -> dict:
@@ -262,8 +261,12 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     seen = sum(len(shard(np.nonzero(state.half.numpy() == h)[0], h, 2)) for h in (0, 1))  # this rank's images
     bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
-    accs, sigma2 = zip(*[_half_e_step(particles, state, h, stage, cfg, dev, tally, bar) for h in (0, 1)])
+    accs, noises = zip(*[_half_e_step(particles, state, h, stage, cfg, dev, tally, bar) for h in (0, 1)])
     bar.close()
+    for acc, noise in zip(accs, noises):  # the ranks' sums joined (no-op in one process)
+        acc.all_reduce()
+        noise.all_reduce()
+    sigma2 = [noise.estimate().float() for noise in noises]
     tally.merge()
     maps = _maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px)
     sched = _schedule(state, stage, maps, tally, cfg, size, px)

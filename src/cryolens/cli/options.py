@@ -25,6 +25,14 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every command that fits a recipe has: ``--device``, ``--quiet``, ``--no-report``."""
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="write the maps, STAR and metrics.json only "
+                   "(no PNG plots, no report.html)")
+
+
 def add_recipe_options(p: argparse.ArgumentParser, recipes: Recipe | Iterable[Recipe],
                        aliases: dict[str, list[str]] | None = None, required: Iterable[str] = (),
                        title: str | None = None) -> None:

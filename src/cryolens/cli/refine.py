@@ -25,16 +25,13 @@ ALIASES = {"relax_symmetry": ["--relax-sym"]}
 
 def add_args(p: argparse.ArgumentParser) -> None:
     from ..methods.registry import get
-    from .options import add_recipe_options
+    from .options import add_recipe_options, add_run_flags
 
     p.add_argument("input", help="particles with CTF: RELION .star or cryoSPARC .cs (poses, if any, are ignored)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--recipe", choices=RECIPES, default="relion-refine3d")
     p.add_argument("--reference", help="ground-truth map (.mrc) to compute the FSC against")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--no-report", action="store_true", help="write the maps, STAR and metrics.json only "
-                   "(no PNG plots, no report.html)")
+    add_run_flags(p)
     add_recipe_options(p, [get(r) for r in RECIPES], ALIASES)
 
 

@@ -23,7 +23,7 @@ import argparse
 
 def add_args(p: argparse.ArgumentParser) -> None:
     from ..methods.registry import recipes
-    from .options import add_recipe_options
+    from .options import add_recipe_options, add_run_flags
 
     sub = p.add_subparsers(dest="recipe", metavar="RECIPE", required=True,
                            help="a learned recipe (list them all with: cryolens recipes)")
@@ -36,10 +36,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         q.add_argument("--out", required=True, help="run folder to write")
         q.add_argument("--poses", help="cryoDRGN pose pickle (with an .mrcs input)")
         q.add_argument("--ctf", help="cryoDRGN CTF pickle (with an .mrcs input)")
-        q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-        q.add_argument("--quiet", action="store_true", help="no progress bar")
-        q.add_argument("--no-report", action="store_true", help="write the maps, z and metrics.json only "
-                       "(no PNG plots, no report.html)")
+        add_run_flags(q)
         add_recipe_options(q, rec)
 
 

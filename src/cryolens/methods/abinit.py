@@ -16,7 +16,6 @@ the refined or class maps, final poses (and classes) and each stage's ``history`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from .config import RecipeConfig, as_dict, build_config, option
 CHECKPOINT = "abinit_checkpoint.pt"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AbinitRecipeConfig(RecipeConfig):
     """Options of cryosparc-abinit and cryosparc-abinit-hetero (cryoSPARC ab initio defaults)."""
 
@@ -60,6 +59,7 @@ class AbinitRecipeConfig(RecipeConfig):
 
 DEFAULTS = as_dict(AbinitRecipeConfig())
 _ABINIT_KEYS = [f.name for f in dataclasses.fields(_abinit.AbinitConfig) if f.name in DEFAULTS]
+_REFINE_KEYS = ("max_iterations", "relax_symmetry", "offset_step")  # refine_<key>: the hand-over's options
 
 
 def as_config(config: AbinitRecipeConfig | dict) -> AbinitRecipeConfig:
@@ -67,11 +67,10 @@ def as_config(config: AbinitRecipeConfig | dict) -> AbinitRecipeConfig:
     if isinstance(config, AbinitRecipeConfig):  # (scripts pass dicts)
         return config
     d = dict(config)
-    for key, value in dict(d.pop("refine_options", None) or {}).items():
-        if key not in ("max_iterations", "relax_symmetry", "offset_step"):
-            raise InputError(f"recipe cryosparc-abinit: refine_options.{key} is not an option")
-        if value is not None:
-            d[f"refine_{key}"] = value
+    nested = dict(d.pop("refine_options", None) or {})  # the older nested form of the refine_* options
+    if set(nested) - set(_REFINE_KEYS):
+        raise InputError(f"cryosparc-abinit: no options refine_options {sorted(set(nested) - set(_REFINE_KEYS))}")
+    d.update({f"refine_{k}": v for k, v in nested.items() if v is not None})
     return build_config(AbinitRecipeConfig, "cryosparc-abinit", None, d)
 
 
@@ -85,8 +84,7 @@ def refine_handover(particles: Particles, volume: torch.Tensor, cfg: AbinitRecip
 
     cfg = as_config(cfg)
     rcfg = autorefine.RefineConfig(seed=cfg.seed, offset_range=cfg.max_shift, initial_lowpass=cfg.handover_lowpass,
-                                   max_iterations=cfg.refine_max_iterations, relax_symmetry=cfg.refine_relax_symmetry,
-                                   offset_step=cfg.refine_offset_step)
+                                   **{k: getattr(cfg, f"refine_{k}") for k in _REFINE_KEYS})
     start, moved = center_volume(volume) if centre else (volume, np.zeros(3))
     res = autorefine.auto_refine(particles, start, config=rcfg, run=run, device=device, progress=progress,
                                  resume=resume, on_iteration=None if run is None else iteration_writer(run, particles))

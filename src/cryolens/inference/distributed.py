@@ -17,6 +17,7 @@ default 600) raises :class:`DistributedError` with a one-line message instead of
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from ..errors import DistributedError
 
 TIMEOUT_ENV = "CRYOLENS_DIST_TIMEOUT"
+log = logging.getLogger(__name__)
 
 
 def _fail(what: str, err: Exception) -> DistributedError:
@@ -186,6 +188,6 @@ def finish_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
-        except Exception:  # another rank failed: its error is the one to report
-            pass
+        except Exception as e:  # another rank failed: its error, not this one, is the one to report
+            log.debug("leaving the process group without the final barrier: %s", e)
         dist.destroy_process_group()

@@ -202,8 +202,7 @@ def main() -> None:
             # control starts from the truth (centred already) low-passed to 20 Å
             cfg = {**DEFAULTS, "seed": seed, "max_shift": 3.0,
                    "handover_lowpass": 20.0 if args.from_truth else args.handover_lowpass,
-                   "refine_options": {"max_iterations": args.refine_max_iterations,
-                                      "relax_symmetry": args.relax_sym}}
+                   "refine_max_iterations": args.refine_max_iterations, "refine_relax_symmetry": args.relax_sym}
             res, _ = refine_handover(blind, vol, cfg, run, centre=args.centre and not args.from_truth)
             row["refine_wall_s"] = time.perf_counter() - t0
             row["refine"] = evaluate(res.volume, res.rotations, gt, truth, px, pseudo_c2=not args.select)

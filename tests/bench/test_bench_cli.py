@@ -39,3 +39,20 @@ def test_bench_bad_input(tmp_path, capsys):
     assert err.count("\n") == 0 and "nope" in err
     assert main(["bench", "run", "--tasks", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_bench_suite_with_unknown_option(tmp_path, capsys):
+    """A suite file whose method_config names an option the recipe does not have (a typo, or a renamed
+    option): refused before anything runs, one line naming the file, the method and the option with the
+    near match — not run silently with the default (as cryosparc-abinit's lost refine_options was)."""
+    import importlib.resources
+
+    text = (importlib.resources.files("cryolens.bench") / "tasks" / "tiny.yaml").read_text()
+    suite = tmp_path / "typo.yaml"
+    suite.write_text(text + "method_config:\n  backprojection: {batch_sise: 64}\n")
+    out = tmp_path / "o"
+    assert main(["bench", "run", "--tasks", str(suite), "--methods", "backprojection", "--out", str(out),
+                 "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "typo.yaml" in err and "batch_sise" in err and "did you mean batch_size" in err, err
+    assert not (tmp_path / "cache").exists() and not (out / "runs").exists()

@@ -64,10 +64,9 @@ def test_preferred_orientation_spread():
 @pytest.mark.parametrize("suite", ["default", "tiny", "preferred"])
 def test_every_option_a_suite_sets_exists(suite):
     """Each option a bundled suite sets for a method is an option of that recipe or adapter, and
-    survives coercion to the recipe's typed config with the suite's value: the runner drops unknown
-    options with only a log line (for suites naming recipes that have not landed), so a renamed option
-    would otherwise silently run the suite with the default (it did: cryosparc-abinit's nested
-    refine_options, lost when the configs became typed)."""
+    survives coercion to the recipe's typed config with the suite's value. (The runner refuses an
+    unknown option since the bundled suite's nested refine_options of cryosparc-abinit were silently
+    dropped when the configs became typed; this checks the bundled files themselves, values included.)"""
     from cryolens.bench.runner import available_methods
     from cryolens.methods.config import as_dict
 

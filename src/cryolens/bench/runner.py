@@ -28,6 +28,7 @@ again (resume), unless ``rerun``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import multiprocessing as mp
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io.files import atomic_write_text
 from ..methods.registry import Recipe, recipes
 from .suite import Task, ensure_dataset
@@ -122,20 +124,34 @@ def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Pa
 INITIAL_MODEL_KEYS = ("initial_model", "init_map")
 
 
+def check_method_config(tasks: list[Task], methods: dict[str, Method]) -> None:
+    """Refuse a suite whose ``method_config`` names an option a selected method does not have
+    (InputError naming the suite file, the method and the option): a typo or a renamed option would
+    otherwise run the whole suite with the default. Methods the suite configures but that are not
+    selected or not available (a peer not installed) are not checked."""
+    for task in tasks:
+        for name, opts in (task.options.get("method_config") or {}).items():
+            if name not in methods:
+                continue
+            unknown = sorted(set(opts or {}) - set(methods[name].recipe.defaults))
+            if unknown:
+                hint = {k: difflib.get_close_matches(k, methods[name].recipe.defaults, 1) for k in unknown}
+                near = "; ".join(f"{k}: did you mean {v[0]}?" for k, v in hint.items() if v)
+                raise InputError(f"{task.source or task.name}: method_config.{name}: no option(s) "
+                                 f"{', '.join(unknown)}" + (f" ({near})" if near else "")
+                                 + f"; see `cryolens recipes {name}`")
+
+
 def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict):
     """The recipe's defaults updated with the task file's ``method_config`` and the caller's
-    overrides (options the recipe does not have are dropped from the task file's, with a log line,
-    since a suite names options of recipes that may not have landed; the caller's must exist).
+    overrides (both checked by :func:`check_method_config` before a suite starts: every option named
+    must exist).
     Methods listed in the task's ``initial_model.methods`` get the ground truth low-pass filtered
     to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty.
     Everything goes through the recipe's :meth:`~cryolens.methods.registry.Recipe.config` (typed,
     coerced; an unknown or mistyped option of the caller's is an InputError naming the recipe)."""
     rec = method.recipe
-    from_task = dict(task.options.get("method_config", {}).get(method.name, {}) or {})
-    dropped = sorted(set(from_task) - set(rec.defaults))
-    if dropped:
-        log.warning("task %s: %s has no options %s; ignored", task.name, method.name, dropped)
-    over = {k: v for k, v in from_task.items() if k in rec.defaults}
+    over = dict(task.options.get("method_config", {}).get(method.name, {}) or {})
     over.update({k: v for k, v in (overrides.get(method.name, {}) or {}).items()})
     over.update({k: v for k, v in (overrides.get("*", {}) or {}).items() if k in rec.defaults})
     init = task.options.get("initial_model", {}) or {}
@@ -322,6 +338,7 @@ def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathL
     """Run every compatible method × task (module docstring); returns all result rows (also in
     ``out/results.json``). ``overrides``: ``{method: {option: value}}``, ``"*"`` for every recipe
     that has the option."""
+    check_method_config(tasks, methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -33,9 +33,9 @@ from .simulator import PhysicsGenerator
 
 
 class Critic(nn.Module):
-    """CNN critic on ``(B, D, D)`` images (``D`` a power of two times ≥ 4): blocks of a 3×3 convolution and
-    a stride-2 4×4 convolution (LeakyReLU 0.2) halve the image until it is 4 px, channels ``channels``
-    doubling up to ``max_channels``; a linear layer gives one score per image."""
+    """CNN critic on ``(B, D, D)`` images (``D`` even): blocks of a 3×3 convolution and a stride-2 4×4
+    convolution (LeakyReLU 0.2) halve the image until it is at most 4 px, channels ``channels`` doubling up
+    to ``max_channels``; a linear layer gives one score per image."""
 
     def __init__(self, box_size: int, channels: int = 16, max_channels: int = 128):
         super().__init__()

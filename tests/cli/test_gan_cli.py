@@ -56,3 +56,27 @@ def test_train_multi_cryogan_writes_centres_samples_and_populations(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert len(m["populations"]) == 2 and sum(m["populations"]) == 1 and m["populations"][0] >= m["populations"][1]
     assert {"critic", "wasserstein"} <= set(m["history"][0])
+
+
+def test_train_cryovaegan_writes_latents_and_readouts(tmp_path):
+    """``cryolens train cryovaegan`` on one view with the in-plane angle and the defocus varying: z per image,
+    the read-out columns in the STAR file and the read-out metrics (values in range; their accuracy needs
+    real training, see benchmarks/RESULTS.md)."""
+    from cryolens.imaging.rotations import inplane_rotation
+    from cryolens.io.star import read_star
+
+    vol = gaussian_volume(torch.tensor([[-3.0, 1.0, 0.0], [2.0, -1.0, 1.0]]), torch.tensor([1.5, 1.2]),
+                          torch.tensor([1.0, 0.6]), 16)
+    psi = torch.linspace(-3.1, 3.1, 48)
+    ds = simulate_dataset(tmp_path / "ds", vol, 48, 3.0, 2.0, rotations=inplane_rotation(psi), seed=0,
+                          progress=False)
+    run = tmp_path / "run"
+    assert main(["train", "cryovaegan", str(ds / "particles.star"), "--out", str(run), "--epochs", "1",
+                 "--zdim", "3", "--set", "enc_channels=4", "--set", "dec_channels=4", "--set", "hidden=16",
+                 "--batch-size", "16", *TINY]) == 0
+    assert np.load(run / "z.npy").shape == (48, 3)
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["inplane_circular_correlation"] <= 1 and -1 <= m["defocus_spearman"] <= 1
+    assert m["defocus_pc"] in (0, 1, 2) and {"discriminator", "recon", "kl"} <= set(m["history"][0])
+    star = read_star(run / "particles.star")
+    assert "rlnCryolensLatentAngle" in str(star)

@@ -12,7 +12,8 @@ registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchma
 - ``cryoai``, ``cryoposenet`` (:mod:`~cryolens.methods.cryoai`, :mod:`~cryolens.methods.cryoposenet`): ab initio
   with amortized poses (pose encoder), neural Fourier volume or real-space voxels.
 - ``cryogan``, ``multi-cryogan`` (:mod:`~cryolens.methods.cryogan`, :mod:`~cryolens.methods.multi_cryogan`):
-  likelihood-free, the physics as a GAN generator (WGAN-GP) of one map or of a population of maps.
+  likelihood-free, the physics as a GAN generator (WGAN-GP) of one map or of a population of maps;
+  ``cryovaegan`` (:mod:`~cryolens.methods.cryovaegan`): a 2D VAE-GAN, in-plane angle and defocus from z.
 """
 
 from . import backprojection
@@ -121,3 +122,12 @@ register(Recipe(
             "simulator, WGAN-GP; sampled maps and their k-means centres with populations",
     needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
     reference="Gupta, Phan, Yoo, Unser 2020, ECCV (Multi-CryoGAN); generator architecture ours"), replace=True)
+
+from . import cryovaegan  # noqa: E402
+
+register(Recipe(
+    name="cryovaegan", fit=cryovaegan.fit, config=cryovaegan.CryoVAEGANConfig,
+    summary="2D VAE-GAN on the images (encoder, decoder with a learned scale, discriminator); in-plane angle and "
+            "defocus read off the latent; no 3D map",
+    needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
+    reference="Miolane, Poitevin, Li, Holmes 2020, CVPR workshops (CryoVAEGAN; ninamiolane/vaetree)"), replace=True)

@@ -25,8 +25,8 @@ def epoch_means(records: list[dict]) -> dict[str, np.ndarray]:
 
 
 def plot_training_curves(records: list[dict], path: str | os.PathLike, title: str = "training") -> Path:
-    """One panel per loss term: value per step and per-epoch mean against epochs (log scale when the
-    values are positive and span more than a decade)."""
+    """One panel per loss term: value per step and per-epoch mean against epochs (linear axes: a log axis
+    tripled the drawing time, and adversarial losses are signed)."""
     steps = [r for r in records if not r.get("epoch_end")]
     means = epoch_means(records)
     terms = [k for k in means if k != "epoch"]
@@ -45,8 +45,6 @@ def plot_training_curves(records: list[dict], path: str | os.PathLike, title: st
                 pos.append(e - 1 + seen[e] / n_per_epoch[e])
         ax.plot(pos, vals, color="tab:blue", alpha=0.25, lw=0.6, label="step")
         ax.plot(means["epoch"], means[t], "o-", color="tab:blue", ms=3, label="epoch mean")
-        if len(vals) and np.all(vals > 0) and vals.max() > 10 * vals.min():
-            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(t)
     axes[0][0].legend(fontsize=8)

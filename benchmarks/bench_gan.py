@@ -11,7 +11,7 @@ uniform poses, CTF from the dataset (defocus 1–2.5 µm), no shifts, at a given
   against the true map gives the 0.5 crossing. The median pose error after alignment is reported too.
 
   nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_gan.py \
-      --out /tmp/bench_gan --n 2000 --box 32 --snr 1 --epochs 30
+      --out /tmp/bench_gan --n 2000 --box 32 --snr 1 --epochs 30 [--set blur_decay=0.9 ...]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--n-align", type=int, default=300)
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE option of cryogan (repeatable)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     ds, truth = dataset(args.out, args.n, args.box, args.snr)
@@ -83,19 +84,21 @@ def main() -> None:
     bp = backproject(particles, progress=False)
     result = {"n": args.n, "box": args.box, "snr": args.snr, "pixel_size": PX,
               "backprojection": {"res05_A": res05(bp.volume, truth, args.box), "seconds": time.time() - t0}}
+    tag = "_".join([str(args.box), str(args.n), f"{args.snr:g}", *args.set]).replace("=", "")
     recipe = get("cryogan")
-    config = recipe.config({"epochs": args.epochs})
+    config = recipe.config({"epochs": args.epochs, **dict(kv.split("=", 1) for kv in args.set)})
     blind = dataclasses.replace(particles, rotations=None, shifts=None)
     t0 = time.time()
-    out = recipe.fit(blind, None, RunFolder(args.out / f"run_{args.box}_{args.n}_{args.snr:g}"), config, progress=False)
+    out = recipe.fit(blind, None, RunFolder(args.out / f"run_{tag}"), config, progress=False)
     seconds = time.time() - t0
     volume, median_err = aligned(out.volume, particles, truth_rot, args.n_align)
     hist = out.history
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["cryogan"] = {"res05_A": res05(volume, truth, args.box), "seconds": seconds, "epochs": args.epochs,
+    result["cryogan"] = {"options": args.set, "res05_A": res05(volume, truth, args.box), "seconds": seconds,
+                         "epochs": args.epochs,
                          "peak_rss_MiB": peak, "median_pose_error_aligned_deg": median_err,
                          "wasserstein_first_last_epoch": [hist[0]["wasserstein"], hist[-1]["wasserstein"]]}
-    (args.out / f"result_{args.box}_{args.n}_{args.snr:g}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"result_{tag}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -25,8 +25,8 @@ def epoch_means(records: list[dict]) -> dict[str, np.ndarray]:
 
 
 def plot_training_curves(records: list[dict], path: str | os.PathLike, title: str = "training") -> Path:
-    """One panel per loss term: value per step and per-epoch mean against epochs (log scale when the
-    values are positive)."""
+    """One panel per loss term: value per step and per-epoch mean against epochs (linear axes: a log axis
+    tripled the drawing time, and adversarial losses are signed)."""
     steps = [r for r in records if not r.get("epoch_end")]
     means = epoch_means(records)
     terms = [k for k in means if k != "epoch"]
@@ -45,10 +45,20 @@ def plot_training_curves(records: list[dict], path: str | os.PathLike, title: st
                 pos.append(e - 1 + seen[e] / n_per_epoch[e])
         ax.plot(pos, vals, color="tab:blue", alpha=0.25, lw=0.6, label="step")
         ax.plot(means["epoch"], means[t], "o-", color="tab:blue", ms=3, label="epoch mean")
-        if len(vals) and np.all(vals > 0):
-            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(t)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_log_curves(records: list[dict], path: str | os.PathLike) -> Path | None:
+    """The training curves of a ``log.jsonl``: a log of the training engine (step records with loss terms
+    and ``epoch_end`` records) by :func:`plot_training_curves` (every loss term, e.g. a GAN's generator and
+    critic losses and Wasserstein estimate); any other log by
+    :func:`~cryolens.analysis.bench_plots.plot_training_curves` (every key numeric in every record)."""
+    if any(r.get("epoch_end") for r in records) and any(not r.get("epoch_end") for r in records):
+        return plot_training_curves(records, path)
+    from .bench_plots import plot_training_curves as plot_any
+
+    return plot_any(records, path)

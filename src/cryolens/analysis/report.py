@@ -58,9 +58,9 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 def _training_curves(run: Path) -> None:
     if (run / "training_curves.png").exists() or not (run / "log.jsonl").is_file():
         return
-    from .bench_plots import plot_training_curves
+    from .curves import plot_log_curves
 
-    plot_training_curves(read_log(run / "log.jsonl"), run / "training_curves.png")
+    plot_log_curves(read_log(run / "log.jsonl"), run / "training_curves.png")
 
 
 def write_report(run_dir: str | os.PathLike, title: str, captions: dict[str, str] | None = None) -> Path:

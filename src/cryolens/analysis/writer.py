@@ -209,10 +209,10 @@ def _plots(outputs: MethodOutputs, particles: Particles, run: RunFolder, px: flo
         plot_history(recs, run, px, d, f"{stage}_" if stage else "")
     _plot_particles(particles, run)
     if run.path("log.jsonl").is_file() and not run.path("training_curves.png").exists():
-        from .bench_plots import plot_training_curves
+        from .curves import plot_log_curves
         from .report import read_log
 
-        plot_training_curves(read_log(run.path("log.jsonl")), run.path("training_curves.png"))
+        plot_log_curves(read_log(run.path("log.jsonl")), run.path("training_curves.png"))
 
 
 def plot_history(history: list[dict], run: RunFolder, pixel_size: float, box: int, prefix: str = "") -> None:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .fft import fft3_centered, ifft3_centered
+from .fft import fft2_centered, fft3_centered, ifft2_centered, ifft3_centered
 
 
 def _axis(d: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -126,6 +126,16 @@ def lowpass_filter_3d(d: int, cutoff: float, width: float = 0.02, device=None,
                       dtype=torch.float32) -> torch.Tensor:
     """``(D, D, D)`` soft low-pass filter in the centered Fourier layout; cycles/px."""
     return soft_edge(freq_grid_3d(d, device, dtype).norm(dim=-1), cutoff, width)
+
+
+def gaussian_blur_2d(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``images (..., D, D)`` real convolved with a Gaussian of standard deviation ``sigma`` px (in Fourier
+    space: the transform times ``exp(−2π² σ² |f|²)``, ``f`` in cycles/px; periodic). ``sigma ≤ 0``: unchanged."""
+    if sigma <= 0:
+        return images
+    d = images.shape[-1]
+    k2 = freq_grid_2d(d, images.device, images.dtype).square().sum(-1)
+    return ifft2_centered(fft2_centered(images) * torch.exp(-2 * math.pi**2 * sigma**2 * k2)).real
 
 
 def shell_filter_volume(volume: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .fft import fft2_centered, ifft2_centered
-from .grids import shell_index_2d
+from .grids import coord_grid_2d, shell_index_2d
 
 
 def noise_sigma_for_snr(signal_variance: float, snr: float) -> float:
@@ -57,3 +57,15 @@ def add_noise_at_snr(images: torch.Tensor, snr: float, generator: torch.Generato
         noise = colored_noise(images.shape[0], images.shape[-1], sigma, spectrum, generator, images.device,
                               images.dtype)
     return images + noise, sigma
+
+
+def background_sigma(images: torch.Tensor, radius: float) -> float:
+    """Real-space noise standard deviation estimated from the background of ``images (N, D, D)``: the std of
+    every pixel farther than ``radius`` px from the image centre ``D//2`` (where a centred particle of that
+    radius puts no density; its CTF fringes that reach out there are counted as noise)."""
+    d = images.shape[-1]
+    r = coord_grid_2d(d, images.device, torch.float64).norm(dim=-1)
+    outside = images[:, r > radius].double()
+    if outside.numel() < 2:
+        raise ValueError(f"no background pixels beyond a radius of {radius} px in a {d} px box")
+    return float(outside.std())

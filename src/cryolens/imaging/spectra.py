@@ -9,8 +9,8 @@ import functools
 
 import torch
 
-from .fft import fft3_centered, ifft3_centered
-from .grids import shell_index_3d
+from .fft import fft2_centered, fft3_centered, ifft3_centered
+from .grids import shell_index_2d, shell_index_3d
 
 
 def fourier_crop_images(images_ft: torch.Tensor, size: int) -> torch.Tensor:
@@ -84,3 +84,16 @@ def _padded_shells(padded: int, size: int, device: str) -> tuple[torch.Tensor, t
     keep = torch.nonzero(shells < nsh).reshape(-1)
     count = torch.bincount(shells[keep], minlength=nsh).double().clamp_min(1)
     return keep, shells[keep], count
+
+
+def image_power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """``(D//2+1,)`` float64 per-shell mean power ``⟨|Ỹ(f)|²⟩`` of real images ``(N, D, D)`` (their
+    unnormalised centered 2D transforms, averaged over the images and over each shell ``round(|f|·D)``;
+    corner frequencies past Nyquist left out). White noise of variance ``s²`` gives ``s² D²`` in every shell."""
+    size = images.shape[-1]
+    nsh = size // 2 + 1
+    p = fft2_centered(images.double()).abs().square().mean(0).reshape(-1)
+    shells = shell_index_2d(size, device=images.device).reshape(-1)
+    keep = shells < nsh
+    s = torch.zeros(nsh, dtype=torch.float64, device=images.device).index_add_(0, shells[keep], p[keep])
+    return s / torch.bincount(shells[keep], minlength=nsh).double().clamp_min(1)

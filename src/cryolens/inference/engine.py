@@ -6,7 +6,10 @@ terms, ``"loss"`` (the scalar optimised) first; every term is logged. A batch is
 ``shift (B, 2)`` px, and when known ``rotation (B, 3, 3)`` (image → volume frame) and ``ctf``
 (:class:`~cryolens.imaging.ctf.CTFParams`). A model may define ``param_groups()`` (per-group
 learning rates), ``on_epoch_start(epoch, trainer)`` (a schedule, e.g. frequency marching) and
-``on_epoch_end(epoch, trainer)`` (called before the epoch's checkpoint is written). Hidden variables that
+``on_epoch_end(epoch, trainer)`` (called before the epoch's checkpoint is written), ``before_step(batch,
+trainer) -> dict[str, Tensor]`` (updates of its own before each engine step, e.g. a GAN critic's steps; the
+terms it returns are logged with the step's) and ``inner_optimizers() -> dict[str, Optimizer]`` (the
+optimisers such updates use, outside the engine's: checkpointed and resumed with it). Hidden variables that
 are inferred rather than learned as parameters (e.g. poses found by a search) are
 :class:`~cryolens.inference.strategy.InferenceStrategy` callbacks given to the :class:`Trainer`
 (``strategies``): their epoch hooks run after the model's, ``before_batch`` fills their values into each
@@ -207,6 +210,8 @@ class Trainer:
                "sampler": {"seed": self.cfg.seed, "epoch": self.epoch}, "train_config": asdict(self.cfg)}
         if self.strategies:
             out["strategies"] = [s.state_dict() for s in self.strategies]
+        if hasattr(self.model, "inner_optimizers"):
+            out["inner_optimizers"] = {k: o.state_dict() for k, o in self.model.inner_optimizers().items()}
         return out
 
     def save(self) -> None:
@@ -228,6 +233,9 @@ class Trainer:
                                  "with the recipe and options the run was started with")
             for strategy, state in zip(self.strategies, states):
                 strategy.load_state_dict(state)
+        if hasattr(self.model, "inner_optimizers"):
+            for name, opt in self.model.inner_optimizers().items():
+                opt.load_state_dict(ck["inner_optimizers"][name])
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
         set_rng_state(ck["rng"])
@@ -312,6 +320,7 @@ class Trainer:
             with autocast:
                 for strategy in self.strategies:
                     batch = strategy.before_batch(batch, self)
+                inner = self.model.before_step(batch, self) if hasattr(self.model, "before_step") else {}
                 terms = self.net(batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
@@ -322,7 +331,8 @@ class Trainer:
             self.scaler.update()
             self.step += 1
             n = len(batch["index"]) * self.world
-            rec = {"epoch": self.epoch + 1, "step": self.step, **{k: float(v.detach()) for k, v in terms.items()}}
+            rec = {"epoch": self.epoch + 1, "step": self.step,
+                   **{k: float(v.detach()) for k, v in {**inner, **terms}.items()}}
             if not math.isfinite(rec["loss"]):
                 raise FloatingPointError(f"loss became {rec['loss']} at step {self.step}: lower the "
                                          "learning rate or turn off amp")

@@ -11,6 +11,9 @@ registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchma
   ``cryodrgn2`` (:mod:`~cryolens.methods.cryodrgn2`): neural volumes, amortized or per-image z, ab initio.
 - ``cryoai``, ``cryoposenet`` (:mod:`~cryolens.methods.cryoai`, :mod:`~cryolens.methods.cryoposenet`): ab initio
   with amortized poses (pose encoder), neural Fourier volume or real-space voxels.
+- ``cryogan``, ``multi-cryogan`` (:mod:`~cryolens.methods.cryogan`, :mod:`~cryolens.methods.multi_cryogan`):
+  likelihood-free, the physics as a GAN generator (WGAN-GP) of one map or of a population of maps;
+  ``cryovaegan`` (:mod:`~cryolens.methods.cryovaegan`): a 2D VAE-GAN, in-plane angle and defocus from z.
 """
 
 from . import backprojection
@@ -100,3 +103,31 @@ register(Recipe(
     summary="ab initio: CNN pose encoder + real-space voxel grid, real-space projection, CTF, L2 loss",
     needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Nashed et al. 2021, ICCV workshops (CryoPoseNet)"), replace=True)
+
+# --- adversarial, likelihood-free (methods/adversarial.py, methods/cryogan.py) ---
+from . import cryogan  # noqa: E402
+
+register(Recipe(
+    name="cryogan", fit=cryogan.fit, config=cryogan.CryoGANConfig,
+    summary="likelihood-free: real-space voxel map as a simulator (poses from the SO(3) prior, CTFs from the data, "
+            "noise) trained against a CNN critic (WGAN-GP); no per-image inference",
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Gupta, McCann, Donati, Unser 2021, IEEE Trans. Comput. Imaging 7:759 (CryoGAN)"), replace=True)
+
+from . import multi_cryogan  # noqa: E402
+
+register(Recipe(
+    name="multi-cryogan", fit=multi_cryogan.fit, config=multi_cryogan.MultiCryoGANConfig,
+    summary="likelihood-free heterogeneity: a map generator z ~ N(0, I) -> V(z) (voxel decoder) in CryoGAN's "
+            "simulator, WGAN-GP; sampled maps and their k-means centres with populations",
+    needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
+    reference="Gupta, Phan, Yoo, Unser 2020, ECCV (Multi-CryoGAN); generator architecture ours"), replace=True)
+
+from . import cryovaegan  # noqa: E402
+
+register(Recipe(
+    name="cryovaegan", fit=cryovaegan.fit, config=cryovaegan.CryoVAEGANConfig,
+    summary="2D VAE-GAN on the images (encoder, decoder with a learned scale, discriminator); in-plane angle and "
+            "defocus read off the latent; no 3D map",
+    needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
+    reference="Miolane, Poitevin, Li, Holmes 2020, CVPR workshops (CryoVAEGAN; ninamiolane/vaetree)"), replace=True)

@@ -78,6 +78,10 @@ class RealVoxelVolume(nn.Module):
     def project(self, rotations: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         return project_real(self.density, rotations)
 
+    def maps(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The density ``(1, D, D, D)``, differentiable (``render`` detached)."""
+        return self.density[None]
+
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Complex values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px, trilinear in the centered transform
         of the density (:func:`sample_fourier`; the values of a :class:`VoxelVolume` made from it)."""

@@ -1,0 +1,129 @@
+"""Adversarial (likelihood-free) training on the one engine: a Wasserstein GAN with gradient penalty
+(WGAN-GP; Gulrajani et al. 2017) whose generator is the physics (:mod:`~cryolens.inference.simulator`), as in
+CryoGAN and Multi-CryoGAN (docs/METHODS.md).
+
+- :class:`Critic`: a CNN on ``(B, D, D)`` images → ``(B,)`` scores, LeakyReLU, no normalisation layers (the
+  gradient penalty is per sample, so batch statistics must not mix samples).
+- :func:`gradient_penalty`: ``λ · mean((‖∇ₓ D(x̂)‖₂ − 1)²)`` at ``x̂ = ε x_real + (1 − ε) x_fake``.
+- :func:`critic_losses`: the critic's loss ``mean D(fake) − mean D(real) + GP`` and the Wasserstein estimate
+  ``mean D(real) − mean D(fake)``.
+- :class:`AdversarialModel`: the engine's model. The engine's optimiser (Adam, ``betas`` from
+  :meth:`~AdversarialModel.param_groups`) steps the generator on ``−mean D(blur(fake))``; before every
+  generator step :meth:`~AdversarialModel.before_step` takes ``n_critic`` critic steps with the critic's own
+  Adam (an engine hook; the optimiser is checkpointed through ``inner_optimizers``), one per ``1/n_critic``
+  of the engine's batch of real images (so the engine batch holds ``n_critic × batch`` real images and an
+  epoch is one pass of the critic over the data). Real and fake images are both blurred by a Gaussian of
+  σ = ``blur_sigma · blur_decay^epoch`` px (:func:`~cryolens.imaging.grids.gaussian_blur_2d`). Real images
+  are divided by ``norm`` (the data scale) before the critic sees them; the generator works in those units.
+
+Logged per step: ``loss`` (the generator's), ``critic`` (its loss with the penalty), ``gradient_penalty`` and
+``wasserstein`` (means over the step's critic steps) — the Wasserstein estimate is the convergence signal.
+Single process: the critic's gradients are not averaged over DDP ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..imaging.grids import gaussian_blur_2d
+from .simulator import PhysicsGenerator
+
+
+class Critic(nn.Module):
+    """CNN critic on ``(B, D, D)`` images (``D`` even): blocks of a 3×3 convolution and a stride-2 4×4
+    convolution (LeakyReLU 0.2) halve the image until it is at most 4 px, channels ``channels`` doubling up
+    to ``max_channels``; a linear layer gives one score per image."""
+
+    def __init__(self, box_size: int, channels: int = 16, max_channels: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, c, size = 1, int(channels), int(box_size)
+        while size > 4:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.2),
+                       nn.Conv2d(c, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            c_in, c, size = c, min(2 * c, int(max_channels)), size // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in * size * size, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images[:, None]).flatten(1))[:, 0]
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float,
+                     eps: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP's penalty ``weight · mean_b (‖∇ₓ critic(x̂_b)‖₂ − 1)²`` at ``x̂ = ε real + (1 − ε) fake``
+    (``real``, ``fake`` ``(B, D, D)``; ``eps (B,)`` uniform on [0, 1] unless given). Differentiable in the
+    critic's parameters (``create_graph``)."""
+    if eps is None:
+        eps = torch.rand(real.shape[0]).to(real.device)
+    e = eps.to(real.dtype).reshape(-1, *([1] * (real.dim() - 1)))
+    x = (e * real.detach() + (1 - e) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return weight * (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def critic_losses(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
+    """``{"critic": mean D(fake) − mean D(real) + GP, "gradient_penalty": GP, "wasserstein": mean D(real) −
+    mean D(fake)}`` for image batches ``(B, D, D)`` (:func:`gradient_penalty` with ``weight``)."""
+    w = critic(real).mean() - critic(fake).mean()
+    gp = gradient_penalty(critic, real, fake, weight)
+    return {"critic": gp - w, "gradient_penalty": gp, "wasserstein": w}
+
+
+class AdversarialModel(nn.Module):
+    """WGAN-GP of a :class:`PhysicsGenerator` against a :class:`Critic` on the engine (module docstring).
+    config: ``n_critic``, ``gp_weight``, ``lr``, ``critic_lr``, ``betas`` (2 floats), ``batch_size`` (fake
+    images per generator step), ``blur_sigma`` (px), ``blur_decay`` (per epoch); ``constrain`` (optional): a
+    callable run on the generator's volume before every step (e.g. positivity, a projection)."""
+
+    def __init__(self, generator: PhysicsGenerator, critic: Critic, config: Any, norm: float = 1.0,
+                 constrain=None):
+        super().__init__()
+        self.generator, self.critic, self.constrain = generator, critic, constrain
+        self.n_critic, self.gp_weight = int(config.n_critic), float(config.gp_weight)
+        self.batch_size, self.betas = int(config.batch_size), tuple(float(b) for b in config.betas)
+        self.sigma0, self.decay = float(config.blur_sigma), float(config.blur_decay)
+        self.sigma = self.sigma0
+        self.register_buffer("norm", torch.tensor(float(norm)))
+        self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=float(config.critic_lr), betas=self.betas)
+
+    def param_groups(self) -> list[dict]:
+        """The engine optimiser's groups: the generator's parameters with the GAN's Adam betas."""
+        return [{"params": list(self.generator.parameters()), "betas": self.betas}]
+
+    def inner_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_optimizer}
+
+    def on_epoch_start(self, epoch: int, trainer: Any) -> None:
+        self.sigma = self.sigma0 * self.decay ** epoch
+
+    def blur(self, images: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur_2d(images, self.sigma)
+
+    def before_step(self, batch: dict, trainer: Any) -> dict[str, torch.Tensor]:
+        """``n_critic`` critic steps on the batch's real images, split in ``n_critic`` parts, each against as
+        many fresh fakes; returns the mean of their terms (:func:`critic_losses`)."""
+        if self.constrain is not None:
+            with torch.no_grad():
+                self.constrain(self.generator.volume)
+        real = batch["image"] / self.norm
+        terms: list[dict[str, torch.Tensor]] = []
+        for part in torch.tensor_split(real, self.n_critic):
+            if len(part) == 0:
+                continue
+            with torch.no_grad():
+                fake = self.generator(len(part))
+            out = critic_losses(self.critic, self.blur(part), self.blur(fake), self.gp_weight)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            out["critic"].backward()
+            self.critic_optimizer.step()
+            terms.append({k: v.detach() for k, v in out.items()})
+        return {k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]} if terms else {}
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The generator's loss ``−mean D(blur(fake))`` on ``batch_size`` fresh fakes."""
+        score = self.critic(self.blur(self.generator(self.batch_size))).mean()
+        return {"loss": -score}

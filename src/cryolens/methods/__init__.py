@@ -100,3 +100,13 @@ register(Recipe(
     summary="ab initio: CNN pose encoder + real-space voxel grid, real-space projection, CTF, L2 loss",
     needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Nashed et al. 2021, ICCV workshops (CryoPoseNet)"), replace=True)
+
+# --- 3DFlex (methods/flex3d.py) ---
+from . import flex3d  # noqa: E402
+
+register(Recipe(
+    name="3dflex", fit=flex3d.fit, config=flex3d.Flex3DConfig,
+    summary="canonical real-space map convected along an MLP flow from z on a coarse mesh (rigidity, latent noise); "
+            "flow by SGD, canonical map by L-BFGS per half-set with the flows fixed; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Punjani & Fleet 2023, Nat. Methods (3DFlex; bioRxiv 10.1101/2021.04.22.440893)"), replace=True)

@@ -113,11 +113,11 @@ class _Bound:
     """A :class:`DeformedVolume` at fixed flows, with the ``project(rotations)`` that
     :class:`~cryolens.imaging.forward.ProjectorForward` calls."""
 
-    def __init__(self, volume: DeformedVolume, flow: torch.Tensor):
-        self.volume, self.flow = volume, flow
+    def __init__(self, density: torch.Tensor, flow: torch.Tensor):
+        self.density, self.flow = density, flow
 
     def project(self, rotations: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        return project_convected(self.volume.density, self.flow, rotations)
+        return project_convected(self.density, self.flow, rotations)
 
 
 class DeformedVolume(nn.Module):
@@ -137,9 +137,11 @@ class DeformedVolume(nn.Module):
         """Vertex displacements ``(B, 3, n+1, n+1, n+1)`` px for ``z (B, L)``."""
         return self.generator(z)
 
-    def at(self, z: torch.Tensor | None = None, flow: torch.Tensor | None = None) -> _Bound:
-        """The volume at conformations ``z`` (or given flows), with ``project(rotations)``."""
-        return _Bound(self, self.flow(z) if flow is None else flow)
+    def at(self, z: torch.Tensor | None = None, flow: torch.Tensor | None = None,
+           density: torch.Tensor | None = None) -> _Bound:
+        """The volume at conformations ``z`` (or given flows ``(B, 3, n+1, n+1, n+1)``), with
+        ``project(rotations)``; ``density``: another canonical map ``(D, D, D)`` in place of ``V0``."""
+        return _Bound(self.density if density is None else density, self.flow(z) if flow is None else flow)
 
     def project(self, rotations: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Real-space projections ``(B, D, D)`` of the maps at ``z (B, L)`` under ``rotations (B, 3, 3)``."""

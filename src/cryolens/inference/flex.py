@@ -45,7 +45,7 @@ class FlexModel(nn.Module):
         self.latent_noise, self.prior_weight = float(latent_noise), float(prior_weight)
         self.rigidity_weight, self.smoothness_weight = float(rigidity_weight), float(smoothness_weight)
         self.volume = DeformedVolume(box_size, zdim, cells, layers, hidden, volume)
-        self.table = LatentTable(n_images, zdim, seed=seed)
+        self.table = LatentTable(n_images, zdim, init_std=1.0, seed=seed)  # drawn from the prior N(0, I)
         self.forward_model = ProjectorForward()
         self.register_buffer("norm", torch.ones(()))
         self.register_buffer("sigma2", torch.ones(()))
@@ -55,17 +55,18 @@ class FlexModel(nn.Module):
         own = [p for n, p in self.named_parameters() if not n.startswith("table.") and p.requires_grad]
         return [{"params": own}, {"params": list(self.table.parameters()), "lr": self.z_lr}]
 
-    def image_terms(self, batch: dict, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(squared residual per image (B,), flow (B, 3, n+1, n+1, n+1))`` at latents ``z (B, L)``."""
-        flow = self.volume.flow(z)
-        pred = self.forward_model(self.volume.at(flow=flow), batch["rotation"], batch.get("shift"),
+    def squared_residuals(self, batch: dict, flow: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B,)`` squared residual (scaled units) of each image of ``batch`` against the forward model of the
+        canonical map (``density`` or ``V0``) convected along ``flow (B, 3, n+1, n+1, n+1)``."""
+        pred = self.forward_model(self.volume.at(flow=flow, density=density), batch["rotation"], batch.get("shift"),
                                   batch.get("ctf"), self.pixel_size)
-        return (pred - batch["image"] / self.norm).square().sum((-2, -1)), flow
+        return (pred - batch["image"] / self.norm).square().sum((-2, -1))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         mu, _ = self.table(batch["index"])
         z = mu + self.latent_noise * torch.randn_like(mu) if self.training else mu
-        sq, flow = self.image_terms(batch, z)
+        flow = self.volume.flow(z)
+        sq = self.squared_residuals(batch, flow)
         d = self.volume.box_size
         weights = cell_mass(self.volume.density, self.volume.cells)
         rig, smooth = rigidity(flow, d, weights), smoothness(flow)
@@ -136,9 +137,7 @@ def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray
         total.backward()
         total = total.detach()
         for b, flow in zip(batches, flows):
-            pred = model.forward_model(model.volume.at(flow=flow, density=v), b["rotation"], b.get("shift"), b.get("ctf"),
-                                       model.pixel_size)
-            part = (pred - b["image"] / model.norm).square().sum() * (scale / (2 * float(model.sigma2)))
+            part = model.squared_residuals(b, flow, v).sum() * (scale / (2 * float(model.sigma2)))
             part.backward()
             total = total + part.detach()
         return total

@@ -5,8 +5,8 @@
   :mod:`cryolens.imaging.convect`); the flow is given at its ``(n+1)³`` vertices and interpolated
   trilinearly to every point. Each cube is split into the six Kuhn tetrahedra (those along the main
   diagonal) on which the structure terms are measured.
-- :class:`FlowGenerator`: an MLP ``z (B, L) → flow (B, 3, n+1, n+1, n+1)`` px; its last layer starts at
-  zero, so training starts from the undeformed canonical map.
+- :class:`FlowGenerator`: an MLP ``z (B, L) → flow (B, 3, n+1, n+1, n+1)`` px; its last layer starts
+  small, so training starts near the undeformed canonical map.
 - :class:`DeformedVolume`: ``V0 (D, D, D)`` as a parameter and the generator; ``render(z)`` the convected
   maps, ``project(rotations, z)`` their real-space projections (a
   :class:`~cryolens.volumes.protocol.RealSpaceProjector`), ``fourier`` / ``hartley`` from the rendered maps
@@ -90,9 +90,10 @@ def cell_mass(volume: torch.Tensor, cells: int) -> torch.Tensor:
 
 class FlowGenerator(nn.Module):
     """``z (B, L) → flow (B, 3, n+1, n+1, n+1)`` px: ``layers`` hidden ReLU layers of ``hidden`` units
-    (3DFlex's fully connected generator), a linear output layer initialised to zero."""
+    (3DFlex's fully connected generator), a linear output layer initialised small (weights of std
+    ``init_std`` px, zero bias: the flow starts near zero but already depends on ``z``)."""
 
-    def __init__(self, zdim: int, cells: int, layers: int = 6, hidden: int = 64):
+    def __init__(self, zdim: int, cells: int, layers: int = 6, hidden: int = 64, init_std: float = 1e-3):
         super().__init__()
         self.cells = int(cells)
         dims = [int(zdim)] + [int(hidden)] * int(layers)
@@ -101,7 +102,7 @@ class FlowGenerator(nn.Module):
             blocks += [nn.Linear(a, b), nn.ReLU()]
         self.hidden = nn.Sequential(*blocks)
         self.out = nn.Linear(dims[-1], 3 * (self.cells + 1) ** 3)
-        nn.init.zeros_(self.out.weight)
+        nn.init.normal_(self.out.weight, std=init_std)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

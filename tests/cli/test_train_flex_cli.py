@@ -1,7 +1,8 @@
 """`cryolens train 3dflex` end to end on a tiny two-state set (one blob of a four-blob map sits 8 px to
 the left or to the right): the run folder holds the canonical, half, consensus and local-resolution maps
 and the latents; the training loss falls; the first principal component of the latents separates the two
-states (a threshold on it labels them, against 50 % by chance)."""
+states (a threshold on it labels them, against 50 % by chance); `eval-vol` decodes a state-0 and a
+state-1 image's z to maps each closer to its own state's map."""
 
 import json
 import sys
@@ -60,3 +61,12 @@ def test_train_3dflex_separates_two_states(tmp_path):
     split = pc1 > np.median(pc1)
     accuracy = max(np.mean(split == state), np.mean(split != state))
     assert accuracy >= 0.85, accuracy
+    # eval-vol decodes the run: the map at a state-0 image's z is closer to state 0's map, and vice versa
+    a, b = int(np.nonzero(state == 0)[0][0]), int(np.nonzero(state == 1)[0][0])
+    assert main(["eval-vol", str(run), "--z-index", str(a), str(b), "--out", str(tmp_path / "maps"),
+                 "--device", "cpu"]) == 0
+    truth = [blob_volume(16, -1.0).numpy(), blob_volume(16, 1.0).numpy()]
+    for k, name in enumerate(("vol_000.mrc", "vol_001.mrc")):
+        v, _ = read_volume(tmp_path / "maps" / name)
+        err = [np.linalg.norm(v / np.linalg.norm(v) - t / np.linalg.norm(t)) for t in truth]
+        assert err[k] < err[1 - k], (name, err)

@@ -20,12 +20,17 @@ and CTF).
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..imaging.forward import ProjectorForward
+from ..io.checkpoint import load_checkpoint
 from ..io.dataset import read_images
+from ..io.mrc import read_volume
 from ..io.particles import Particles
 from ..volumes.deformation import DeformedVolume, cell_mass, rigidity, smoothness
 from ..volumes.voxel import RealVoxelVolume
@@ -41,7 +46,7 @@ class FlexModel(nn.Module):
                  hidden: int, volume: torch.Tensor, latent_noise: float, prior_weight: float,
                  rigidity_weight: float, smoothness_weight: float, z_lr: float, seed: int = 0):
         super().__init__()
-        self.pixel_size, self.z_lr = float(pixel_size), float(z_lr)
+        self.pixel_size, self.z_lr, self.zdim = float(pixel_size), float(z_lr), int(zdim)
         self.latent_noise, self.prior_weight = float(latent_noise), float(prior_weight)
         self.rigidity_weight, self.smoothness_weight = float(rigidity_weight), float(smoothness_weight)
         self.volume = DeformedVolume(box_size, zdim, cells, layers, hidden, volume)
@@ -144,3 +149,18 @@ def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray
 
     opt.step(closure)
     return v.detach()
+
+
+def load_flex_model(run: str | Path, meta: dict, device=None) -> FlexModel:
+    """A finished 3dflex run folder as a :class:`FlexModel` in eval mode on ``device``: ``meta`` is its
+    ``model.json`` (box, pixel size, number of images, the recipe's options), the generator and latents come
+    from ``checkpoint.pt`` and the canonical map from ``map.mrc`` (the map after the L-BFGS stage)."""
+    run, c = Path(run), SimpleNamespace(**meta["config"])
+    d = int(meta["box_size"])
+    model = FlexModel(d, float(meta["pixel_size"]), int(meta["n_images"]), c.zdim, c.mesh_cells, c.gen_layers,
+                      c.gen_dim, torch.zeros(d, d, d), c.latent_noise, c.prior_weight, c.rigidity_weight,
+                      c.smoothness_weight, c.z_lr)
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"])
+    canonical, _ = read_volume(run / "map.mrc")
+    model.volume.density.data.copy_(torch.as_tensor(np.asarray(canonical)) / model.norm)
+    return model.to(torch.device(device or "cpu")).eval()

@@ -29,7 +29,7 @@ from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc, resolution_at
 from ..metrics.local_resolution import local_resolution
 from .backprojection import backproject
-from .config import option
+from .config import as_dict, option
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
 
@@ -73,6 +73,10 @@ def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, pro
     model.volume.density.requires_grad_(False)  # stage 1: the canonical map is held fixed
     model.norm.fill_(scale)
     model.sigma2.fill_(noise_variance(particles, bp.volume / scale, scale, seed=config.seed, device=device))
+    if is_main():  # what inference.latent_model.load_trained needs to decode the run (eval-vol, analyze)
+        run.write_json("model.json", {"recipe": "3dflex", "mode": "3dflex", "box_size": particles.box_size,
+                                      "pixel_size": particles.pixel_size, "n_images": len(particles),
+                                      "config": as_dict(config)})
     train(model, particles, run, config, device, progress)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)

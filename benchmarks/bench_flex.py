@@ -12,8 +12,8 @@ known. Trains ``3dflex`` through the registry and reports
   it, so the state it matches best is the fair reference); the same with the whole map;
 - training speed (images/s of the engine) and wall time of each stage.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_flex.py --n 1500 --box 32 --apix 2.5 \\
-        --epochs 6 --set mesh_cells=8 --set lbfgs_iterations=10
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_flex.py --n 1500 --snr 0.1 \\
+        --epochs 4 --set mesh_cells=8 --set lbfgs_iterations=4 --set lr=3e-3 --set z_lr=0.3
 """
 
 from __future__ import annotations

@@ -184,6 +184,14 @@ def load_trained(run_dir: str | Path, device: torch.device | str | None = None,
         raise InputError(f"{run}: not a trained cryoDRGN-family run (no model.json)")
     meta = json.loads(meta_path.read_text())
     dev = torch.device(device or "cpu")
+    z = np.load(run / "z.npy") if (run / "z.npy").is_file() else None
+    if meta.get("recipe") == "3dflex":  # a deformed canonical map (inference/flex.py), decoded by its flows
+        from .flex import load_flex_model
+
+        flex = load_flex_model(run, meta, dev)
+        return TrainedModel(decode=flex.decode, latents=z, pixel_size=float(meta["pixel_size"]),
+                            box_size=int(meta["box_size"]), config={**meta["config"], "recipe": "3dflex",
+                                                                    "mode": "3dflex"}, model=flex)
     cfg = {**(defaults or {}), **meta["config"]}
     model = CryoDRGN(int(meta["box_size"]), float(meta["pixel_size"]), int(meta["n_images"]),
                      SimpleNamespace(**cfg), meta["mode"])
@@ -192,7 +200,6 @@ def load_trained(run_dir: str | Path, device: torch.device | str | None = None,
     state = {k: v for k, v in state.items() if k not in ("pose_rotations", "pose_shifts")}
     model.load_state_dict(state)
     model.to(dev).eval()
-    z = np.load(run / "z.npy") if (run / "z.npy").is_file() else None
     field = model.field
 
     def decode(zb: torch.Tensor | None) -> torch.Tensor:

@@ -131,3 +131,13 @@ register(Recipe(
             "defocus read off the latent; no 3D map",
     needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
     reference="Miolane, Poitevin, Li, Holmes 2020, CVPR workshops (CryoVAEGAN; ninamiolane/vaetree)"), replace=True)
+
+# --- 3DFlex (methods/flex3d.py) ---
+from . import flex3d  # noqa: E402
+
+register(Recipe(
+    name="3dflex", fit=flex3d.fit, config=flex3d.Flex3DConfig,
+    summary="canonical real-space map convected along an MLP flow from z on a coarse mesh (rigidity, latent noise); "
+            "flow by SGD, canonical map by L-BFGS per half-set with the flows fixed; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Punjani & Fleet 2023, Nat. Methods (3DFlex; bioRxiv 10.1101/2021.04.22.440893)"), replace=True)

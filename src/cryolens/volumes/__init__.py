@@ -9,6 +9,8 @@
   Hartley values, central slices, and ``render(z, D) → (D, D, D)`` real-space maps.
 - :mod:`~cryolens.volumes.protocol`: the interface every parametrization answers
   (:class:`~cryolens.volumes.protocol.VolumeModel`, optional real-space projection).
+- :mod:`~cryolens.volumes.deformation`: 3DFlex's canonical density convected along a flow that an MLP
+  computes from ``z`` on a coarse mesh, with the mesh's rigidity and smoothness terms.
 - :mod:`~cryolens.volumes.voxel`: a learnable voxel grid answering the same interface (Fourier), and a
   real-space voxel grid with real-space projection (CryoPoseNet).
 """

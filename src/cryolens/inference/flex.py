@@ -1,0 +1,166 @@
+"""3DFlex's inference (Punjani & Fleet 2023; docs/METHODS.md "3DFlex"): per-image latents by an
+autodecoder with fixed latent noise, the flow generator trained on the one engine with the canonical map
+held (low-passed) fixed, and the canonical map then refined full-batch by L-BFGS with the flows held fixed.
+
+Loss of one image ``i`` (negative log posterior, in nats; the batch loss is its mean divided by ``D²`` so
+that it is O(1)):
+
+    ‖CTF_i ∗ shift_i(P_{R_i} conv(V0, u(z̃_i)))  −  Y_i / s‖² / (2σ²)        (Gaussian likelihood)
+    + ½ · prior_weight · ‖z_i‖²                                           (Gaussian prior on z)
+    + rigidity_weight · rigidity(u)  +  smoothness_weight · smoothness(u)  (mesh structure terms)
+
+with ``z̃_i = z_i + latent_noise · ε`` during training (``ε ~ N(0, I)``; 3DFlex's fixed isotropic noise:
+the latent is a point estimate but the decoder must be robust to perturbations of that size), ``s`` the
+image scale (std of the images), ``σ²`` the per-pixel noise variance of the scaled images
+(:func:`noise_variance`), and the rigidity weighted per mesh cell by the canonical density inside it
+(:func:`~cryolens.volumes.deformation.cell_mass`). Images are formed by the framework's forward model
+(:class:`~cryolens.imaging.forward.ProjectorForward`: the convected map's real-space projection, shift
+and CTF).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..imaging.forward import ProjectorForward
+from ..io.checkpoint import load_checkpoint
+from ..io.dataset import read_images
+from ..io.mrc import read_volume
+from ..io.particles import Particles
+from ..volumes.deformation import DeformedVolume, cell_mass, rigidity, smoothness
+from ..volumes.voxel import RealVoxelVolume
+from .encoders import LatentTable
+
+
+class FlexModel(nn.Module):
+    """The trainable 3DFlex model (module docstring): a :class:`DeformedVolume` and a :class:`LatentTable`.
+    ``forward(batch) → {"loss", "mse", "prior", "rigidity", "smoothness"}`` (the engine's contract; ``mse``
+    per pixel in scaled units). ``volume``: the starting canonical map ``(D, D, D)`` in scaled units."""
+
+    def __init__(self, box_size: int, pixel_size: float, n_images: int, zdim: int, cells: int, layers: int,
+                 hidden: int, volume: torch.Tensor, latent_noise: float, prior_weight: float,
+                 rigidity_weight: float, smoothness_weight: float, z_lr: float, seed: int = 0):
+        super().__init__()
+        self.pixel_size, self.z_lr, self.zdim = float(pixel_size), float(z_lr), int(zdim)
+        self.latent_noise, self.prior_weight = float(latent_noise), float(prior_weight)
+        self.rigidity_weight, self.smoothness_weight = float(rigidity_weight), float(smoothness_weight)
+        self.volume = DeformedVolume(box_size, zdim, cells, layers, hidden, volume)
+        self.table = LatentTable(n_images, zdim, init_std=1.0, seed=seed)  # drawn from the prior N(0, I)
+        self.forward_model = ProjectorForward()
+        self.register_buffer("norm", torch.ones(()))
+        self.register_buffer("sigma2", torch.ones(()))
+
+    def param_groups(self) -> list[dict]:
+        """The generator (and ``V0`` where it is trainable) at the engine's rate, the latents at ``z_lr``."""
+        own = [p for n, p in self.named_parameters() if not n.startswith("table.") and p.requires_grad]
+        return [{"params": own}, {"params": list(self.table.parameters()), "lr": self.z_lr}]
+
+    def squared_residuals(self, batch: dict, flow: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B,)`` squared residual (scaled units) of each image of ``batch`` against the forward model of the
+        canonical map (``density`` or ``V0``) convected along ``flow (B, 3, n+1, n+1, n+1)``."""
+        pred = self.forward_model(self.volume.at(flow=flow, density=density), batch["rotation"], batch.get("shift"),
+                                  batch.get("ctf"), self.pixel_size)
+        return (pred - batch["image"] / self.norm).square().sum((-2, -1))
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        mu, _ = self.table(batch["index"])
+        z = mu + self.latent_noise * torch.randn_like(mu) if self.training else mu
+        flow = self.volume.flow(z)
+        sq = self.squared_residuals(batch, flow)
+        d = self.volume.box_size
+        weights = cell_mass(self.volume.density, self.volume.cells)
+        rig, smooth = rigidity(flow, d, weights), smoothness(flow)
+        prior = 0.5 * self.prior_weight * mu.square().sum(-1)
+        total = sq / (2 * self.sigma2) + prior + self.rigidity_weight * rig + self.smoothness_weight * smooth
+        return {"loss": total.mean() / d**2, "mse": sq.mean() / d**2, "prior": prior.mean(),
+                "rigidity": rig.mean(), "smoothness": smooth.mean()}
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Convected maps ``(B, D, D, D)`` in image units at latents ``z (B, L)``."""
+        dev = self.volume.density.device
+        return self.volume.render(z.to(dev).float()) * self.norm
+
+
+@torch.no_grad()
+def noise_variance(particles: Particles, volume: torch.Tensor, scale: float, n: int = 256, seed: int = 0,
+                   device=None) -> float:
+    """Per-pixel variance of ``images / scale`` minus the projections of ``volume (D, D, D)`` (scaled
+    units; forward model :class:`ProjectorForward` at the known poses and CTFs) on up to ``n`` seeded
+    images: the noise σ² of the likelihood (with heterogeneity the consensus leaves unexplained)."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(particles), size=min(n, len(particles)), replace=False))
+    device = torch.device(device or "cpu")
+    t = torch.as_tensor(idx)
+    images = read_images(particles, idx).to(device) / scale
+    ctf = None if particles.ctf is None else particles.ctf[t].to(device)
+    shifts = None if particles.shifts is None else particles.shifts[t].to(device)
+    pred = ProjectorForward()(RealVoxelVolume(volume.shape[-1], volume).to(device), particles.rotations[t].to(device),
+                              shifts, ctf, particles.pixel_size)
+    return float((images - pred).square().mean())
+
+
+def _batches(particles: Particles, indices: np.ndarray, batch_size: int, device) -> list[dict]:
+    """The images ``indices`` as engine-style batch dicts on ``device`` (kept in memory for L-BFGS)."""
+    out = []
+    for s in range(0, len(indices), batch_size):
+        idx = indices[s:s + batch_size]
+        t = torch.as_tensor(idx)
+        b = {"index": t.to(device), "image": read_images(particles, idx).to(device),
+             "rotation": particles.rotations[t].to(device)}
+        if particles.shifts is not None:
+            b["shift"] = particles.shifts[t].to(device)
+        if particles.ctf is not None:
+            b["ctf"] = particles.ctf[t].to(device)
+        out.append(b)
+    return out
+
+
+def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray, start: torch.Tensor,
+                     iterations: int = 20, ridge: float = 1e-3, batch_size: int = 64, device=None) -> torch.Tensor:
+    """The canonical map ``(D, D, D)`` (scaled units) that best explains images ``indices`` with their
+    flows held fixed at the latents' means: full-batch L-BFGS (strong Wolfe line search, ``iterations``
+    iterations) on ``Σ_i ‖Y_i/s − A_i V0‖² / (2σ²) + ½ · ridge · ‖V0‖²`` (scaled by ``1 / (N D²)``),
+    from ``start``. The model's own ``V0`` is left untouched."""
+    device = torch.device(device or "cpu")
+    batches = _batches(particles, np.asarray(indices), batch_size, device)
+    with torch.no_grad():
+        flows = [model.volume.flow(model.table.mu[b["index"]]) for b in batches]
+    v = start.detach().clone().to(device).requires_grad_(True)
+    scale = 1.0 / (max(len(indices), 1) * v.shape[-1] ** 2)
+    opt = torch.optim.LBFGS([v], lr=1.0, max_iter=int(iterations), history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        total = (0.5 * ridge * scale) * v.square().sum()
+        total.backward()
+        total = total.detach()
+        for b, flow in zip(batches, flows):
+            part = model.squared_residuals(b, flow, v).sum() * (scale / (2 * float(model.sigma2)))
+            part.backward()
+            total = total + part.detach()
+        return total
+
+    opt.step(closure)
+    return v.detach()
+
+
+def load_flex_model(run: str | Path, meta: dict, device=None) -> FlexModel:
+    """A finished 3dflex run folder as a :class:`FlexModel` in eval mode on ``device``: ``meta`` is its
+    ``model.json`` (box, pixel size, number of images, the recipe's options), the generator and latents come
+    from ``checkpoint.pt`` and the canonical map from ``map.mrc`` (the map after the L-BFGS stage)."""
+    run, c = Path(run), SimpleNamespace(**meta["config"])
+    d = int(meta["box_size"])
+    model = FlexModel(d, float(meta["pixel_size"]), int(meta["n_images"]), c.zdim, c.mesh_cells, c.gen_layers,
+                      c.gen_dim, torch.zeros(d, d, d), c.latent_noise, c.prior_weight, c.rigidity_weight,
+                      c.smoothness_weight, c.z_lr)
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"])
+    canonical, _ = read_volume(run / "map.mrc")
+    model.volume.density.data.copy_(torch.as_tensor(np.asarray(canonical)) / model.norm)
+    return model.to(torch.device(device or "cpu")).eval()

@@ -1,0 +1,100 @@
+"""3DFlex (Punjani & Fleet 2023, Nat. Methods; bioRxiv 10.1101/2021.04.22.440893): a canonical real-space
+density convected along a flow that an MLP computes from a per-image latent ``z``; poses and CTFs known.
+
+Composition (docs/METHODS.md "3DFlex"): the consensus back-projection (:mod:`~cryolens.methods.backprojection`)
+gives the starting canonical map and its two half maps; :class:`~cryolens.inference.flex.FlexModel`
+(:class:`~cryolens.volumes.deformation.DeformedVolume` × an autodecoder with fixed latent noise × the
+Gaussian likelihood, a Gaussian prior on ``z``, rigidity and smoothness) is trained on the one engine with the
+canonical map low-passed to ``flow_lowpass_A`` and held fixed (stage 1: flow and latents); then, with the
+flows held fixed, each half-set's canonical map is refined at full resolution by full-batch L-BFGS from that
+half's back-projection (stage 2, :func:`~cryolens.inference.flex.refine_canonical`), which gives a
+gold-standard half-map FSC and a windowed local resolution
+(:func:`~cryolens.metrics.local_resolution.local_resolution`). The final canonical map is the mean of
+the two halves. Where the defaults come from and where this departs from the paper: docs/METHODS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..imaging.grids import lowpass_volume
+from ..inference.distributed import is_main
+from ..inference.flex import FlexModel, noise_variance, refine_canonical
+from ..inference.training import sample_images
+from ..io.particles import Particles, half_set_labels
+from ..metrics.fsc import fsc, resolution_at
+from ..metrics.local_resolution import local_resolution
+from .backprojection import backproject
+from .config import as_dict, option
+from .registry import MethodOutputs
+from .training import TrainingConfig, run_summary, train
+
+
+@dataclass(frozen=True)
+class Flex3DConfig(TrainingConfig):
+    """Options of 3dflex (docs/METHODS.md "3DFlex": sources of the defaults)."""
+
+    zdim: int = option(2, "dimension of the latent z")
+    mesh_cells: int = option(20, "cells of the coarse flow mesh per box edge")
+    gen_layers: int = option(6, "hidden layers of the flow generator MLP")
+    gen_dim: int = option(64, "units per hidden layer of the flow generator")
+    latent_noise: float = option(0.5, "std of the fixed noise added to each latent while training")
+    prior_weight: float = option(1.0, "precision of the Gaussian prior on z (nats per unit z², per image)")
+    rigidity_weight: float = option(10.0, "weight of the density-weighted rigidity term (nats per image)")
+    smoothness_weight: float = option(1.0, "weight of the flow smoothness term (nats per px², per image)")
+    flow_lowpass_A: float = option(10.0, "resolution (Å) the canonical map is low-passed to while the flow trains")
+    z_lr: float = option(0.1, "learning rate of the per-image latents")
+    lbfgs_iterations: int = option(20, "L-BFGS iterations of the canonical map per half-set")
+    ridge: float = option(1e-3, "L2 penalty on the canonical map during L-BFGS (nats per unit², per image)")
+    local_radius: float = option(6.0, "radius (px) of the local-resolution window")
+    local_step: int = option(4, "spacing (px) of the local-resolution centres")
+    batch_size: int = option(32, "images per optimiser step, over all DDP processes")
+    lr: float = option(1e-3, "learning rate of Adam / AdamW (flow generator)")
+
+
+def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, progress=True) -> MethodOutputs:
+    """Registry entry point of ``3dflex`` (module docstring)."""
+    if particles.rotations is None:
+        raise InputError(f"{particles.name}: 3dflex needs poses (rlnAngleRot/Tilt/Psi)")
+    if config.mesh_cells < 1 or config.zdim < 1:
+        raise InputError(f"3dflex: mesh_cells ({config.mesh_cells}) and zdim ({config.zdim}) must be >= 1")
+    device = torch.device(device or "cpu")
+    torch.manual_seed(config.seed)
+    bp = backproject(particles, device=device, seed=config.seed, progress=progress)
+    scale = float(sample_images(particles, config.norm_images, config.seed).std())
+    start = lowpass_volume(bp.volume, config.flow_lowpass_A, particles.pixel_size) / scale
+    model = FlexModel(particles.box_size, particles.pixel_size, len(particles), config.zdim, config.mesh_cells,
+                      config.gen_layers, config.gen_dim, start, config.latent_noise, config.prior_weight,
+                      config.rigidity_weight, config.smoothness_weight, config.z_lr, config.seed)
+    model.volume.density.requires_grad_(False)  # stage 1: the canonical map is held fixed
+    model.norm.fill_(scale)
+    model.sigma2.fill_(noise_variance(particles, bp.volume / scale, scale, seed=config.seed, device=device))
+    if is_main():  # what inference.latent_model.load_trained needs to decode the run (eval-vol, analyze)
+        run.write_json("model.json", {"recipe": "3dflex", "mode": "3dflex", "box_size": particles.box_size,
+                                      "pixel_size": particles.pixel_size, "n_images": len(particles),
+                                      "config": as_dict(config)})
+    train(model, particles, run, config, device, progress)
+    if not is_main():
+        return MethodOutputs(pixel_size=particles.pixel_size)
+    model.eval()
+    labels = half_set_labels(particles, config.seed)
+    halves = [refine_canonical(model, particles, np.nonzero(labels == h)[0], start_map / scale,
+                               config.lbfgs_iterations, config.ridge, device=device).cpu() * scale
+              for h, start_map in ((0, bp.half1), (1, bp.half2))]
+    canonical = 0.5 * (halves[0] + halves[1])
+    model.volume.density.data.copy_(canonical.to(device) / scale)
+    curve = fsc(halves[0], halves[1])
+    res = resolution_at(curve, 0.143, particles.pixel_size, particles.box_size)
+    local = local_resolution(halves[0], halves[1], particles.pixel_size, config.local_radius, config.local_step)
+    summary, history = run_summary(run, config)
+    metrics = {**summary, "resolution_halfmap_0143_A": res, "fsc_halfmaps": np.asarray(curve).tolist(),
+               "consensus_resolution_halfmap_0143_A": bp.resolution,
+               "noise_variance_scaled": float(model.sigma2)}
+    return MethodOutputs(pixel_size=particles.pixel_size, volume=canonical, half_maps=(halves[0], halves[1]),
+                         latents=model.table.mu.detach().cpu().numpy().astype(np.float32),
+                         decode=model.decode, half_labels=labels, metrics=metrics, history=history,
+                         extra_volumes={"consensus": bp.volume, "local_resolution": local})

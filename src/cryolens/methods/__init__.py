@@ -100,3 +100,12 @@ register(Recipe(
     summary="ab initio: CNN pose encoder + real-space voxel grid, real-space projection, CTF, L2 loss",
     needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Nashed et al. 2021, ICCV workshops (CryoPoseNet)"), replace=True)
+
+# --- variational inference on the volume and the poses (methods/fstdiff.py) ---
+from . import fstdiff  # noqa: E402
+
+register(Recipe(
+    name="fstdiff", fit=fstdiff.fit, config=fstdiff.FSTdiffConfig,
+    summary="variational q(V) per Fourier voxel + q(R, t) per image (Lie-algebra Gaussian) or encoder; ELBO, std map",
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Ullrich et al. 2019, arXiv 1906.07582 (FSTdiff; KarenUllrich/Pytorch-Backprojection)"), replace=True)

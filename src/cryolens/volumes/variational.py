@@ -44,7 +44,8 @@ def hermitian_complete(grid: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
     partners, zero elsewhere (beyond Nyquist)."""
     kept = torch.where(free, grid, torch.zeros_like(grid))
     dims = (-3, -2, -1)
-    return kept + torch.where(flip_centered(free, dims), flip_centered(kept, dims).conj(), torch.zeros_like(kept))
+    partner = flip_centered(free, dims) & ~free  # the zero frequency is its own partner: kept once
+    return kept + torch.where(partner, flip_centered(kept, dims).conj(), torch.zeros_like(kept))
 
 
 class VariationalVoxelVolume(nn.Module):
@@ -63,7 +64,6 @@ class VariationalVoxelVolume(nn.Module):
         d = int(box_size)
         self.box_size, self.zdim = d, 0
         ft = torch.zeros(d, d, d, dtype=torch.complex64) if volume is None else fft3_centered(volume.float())
-        self.mean = nn.Parameter(torch.view_as_real(ft.to(torch.complex64)).clone())
         f = freq_grid_3d(d)
         free = canonical_half(f) & (f.norm(dim=-1) < 0.5)
         self.register_buffer("free", free, persistent=False)
@@ -74,29 +74,37 @@ class VariationalVoxelVolume(nn.Module):
             prior_var = power.clamp_min(1e-6 * float(power.max())) if volume is not None else torch.ones(d // 2 + 1)
         log_prior = torch.log(torch.as_tensor(prior_var, dtype=torch.float32))
         self.logvar = nn.Parameter(log_prior[self.shells] + float(init_logvar))
+        # the mean in units of its shell's starting prior std, so that one Adam step is alike in every shell
+        self.register_buffer("unit", (0.5 * log_prior).exp()[self.shells][..., None].clone())
+        self.scaled_mean = nn.Parameter(torch.view_as_real(ft.to(torch.complex64)) / self.unit)
         if learn_prior:
             self.log_prior_var = nn.Parameter(log_prior.clone())
         else:
             self.register_buffer("log_prior_var", log_prior.clone())
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """The posterior means ``(D, D, D, 2)`` (real, imaginary parts)."""
+        return self.scaled_mean * self.unit
+
     def mean_grid(self) -> torch.Tensor:
         """The posterior mean ``(D, D, D)`` complex, Friedel-completed, real at the zero frequency."""
-        mu = torch.view_as_complex(self.mean)
+        mu = torch.view_as_complex(self.mean.contiguous())
         return hermitian_complete(torch.where(self.dc, mu.real.to(mu.dtype), mu), self.free)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw ``(D, D, D)`` complex of ``q(V)`` by reparametrisation (module docstring),
         Friedel-completed; differentiable in ``mean`` and ``logvar``."""
-        s = (0.5 * self.logvar).exp()
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        draw = torch.view_as_complex((self.mean + s[..., None] * eps).contiguous())
+        s, mean = (0.5 * self.logvar).exp(), self.mean
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        draw = torch.view_as_complex((mean + s[..., None] * eps).contiguous())
         return hermitian_complete(torch.where(self.dc, draw.real.to(draw.dtype), draw), self.free)
 
     def kl(self) -> torch.Tensor:
         """``KL(q(V) ‖ p(V))`` (scalar, nats): the Gaussian KL of every free real degree of freedom."""
         prior = self.log_prior_var.exp()[self.shells]
-        var = self.logvar.exp()
-        per = gaussian_kl(self.mean[..., 0], var, prior) + gaussian_kl(self.mean[..., 1], var, prior) * ~self.dc
+        var, mean = self.logvar.exp(), self.mean
+        per = gaussian_kl(mean[..., 0], var, prior) + gaussian_kl(mean[..., 1], var, prior) * ~self.dc
         return (per * self.free).sum()
 
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:

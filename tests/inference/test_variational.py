@@ -88,15 +88,15 @@ def test_pose_kl_terms_match_monte_carlo():
 
 
 def test_sampled_poses_follow_the_lie_algebra_gaussian():
-    """R = R̄ exp([ε]×): the rotation vectors of R̄ᵀR drawn by sample_poses have std σ per axis (2 %)."""
+    """R = R̄ exp([ε]×): the rotation vectors of R̄ᵀR drawn by sample_poses have std σ per axis (4 %)."""
     from cryolens.imaging.rotations import matrix_to_rotvec
 
-    rot = random_rotations(1).expand(20000, 3, 3)
+    rot = random_rotations(1).expand(6000, 3, 3)
     sigma = torch.tensor([0.02, 0.05, 0.1])
-    r, _ = sample_poses(rot, sigma.log().expand(20000, 3), torch.zeros(20000, 2), None,
+    r, _ = sample_poses(rot, sigma.log().expand(6000, 3), torch.zeros(6000, 2), None,
                         torch.Generator().manual_seed(4))
     eps = matrix_to_rotvec(rot.transpose(-1, -2) @ r)
-    torch.testing.assert_close(eps.std(0), sigma, rtol=0.02, atol=0)
+    torch.testing.assert_close(eps.std(0), sigma, rtol=0.04, atol=0)
 
 
 def test_elbo_gradient_wrt_pose_matches_finite_differences():

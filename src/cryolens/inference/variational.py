@@ -45,13 +45,15 @@ class VariationalReconstruction(nn.Module):
     log s | None)``) or None (the batch's ``rotation`` and ``shift`` are used as they are). n_images: ``N``.
     pixel_size: Å/px (for the CTF). noise_power: ``(D//2+1,)`` initial ``σ²(k)`` (the normalised images'
     units). learn_noise: ``σ²`` is a parameter. samples: Monte Carlo draws per step. shift_prior_std: the
-    shift prior's std (px). pose_lr: learning rate of the pose posterior's parameters, var_lr: of ``q(V)``'s log-variances and of ``log σ²`` (None: the engine's)."""
+    shift prior's std (px). pose_lr: learning rate of the pose posterior's parameters; var_lr: of ``q(V)``'s
+    log-variances and of ``log σ²`` (None: the engine's). lr_decay: every learning rate is multiplied by
+    this factor per epoch (1: constant), so that Adam's steady jitter shrinks and the variances settle."""
 
     def __init__(self, volume: VariationalVoxelVolume, poses: nn.Module | None, n_images: int, pixel_size: float,
                  noise_power: torch.Tensor, learn_noise: bool = True, samples: int = 1, shift_prior_std: float = 2.0,
-                 pose_lr: float | None = None, var_lr: float | None = None):
+                 pose_lr: float | None = None, var_lr: float | None = None, lr_decay: float = 1.0):
         super().__init__()
-        self.pose_lr, self.var_lr = pose_lr, var_lr
+        self.pose_lr, self.var_lr, self.lr_decay = pose_lr, var_lr, float(lr_decay)
         d = volume.box_size
         self.volume, self.poses = volume, poses
         self.n_images, self.pixel_size, self.samples = int(n_images), float(pixel_size), int(samples)
@@ -120,6 +122,12 @@ class VariationalReconstruction(nn.Module):
         ids = {id(q) for params, lr in own if lr is not None for q in params}
         groups = [{"params": [q for q in self.parameters() if id(q) not in ids]}]
         return groups + [{"params": params, "lr": lr} for params, lr in own if params and lr is not None]
+
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        """Learning rates of epoch ``epoch`` (0-based): the starting ones times ``lr_decay ** epoch``."""
+        for group in trainer.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * self.lr_decay**epoch
 
     def on_epoch_end(self, epoch: int, trainer) -> None:
         """Fold the pose table's Lie-algebra offsets into its means (the retraction)."""

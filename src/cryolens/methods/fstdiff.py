@@ -52,6 +52,7 @@ class FSTdiffConfig(TrainingConfig):
     lr: float = option(0.02, "Adam learning rate of q(V), the noise and the prior")
     pose_lr: float = option(0.01, "Adam learning rate of the pose posterior (0 = lr)")
     var_lr: float = option(0.1, "Adam learning rate of q(V)'s log-variances and the noise (0 = lr)")
+    lr_decay: float = option(0.95, "every learning rate times this per epoch")
     pose: Literal["variational", "amortized", "known"] = option("variational", "q(R, t): per image, encoder, known")
     start_poses: Literal["metadata", "random"] = option("metadata", "pose table start (metadata: when present)")
     init_map: str | None = option(None, "start map (.mrc); none: zero mean (ab initio)")
@@ -96,7 +97,8 @@ def outputs(model, particles, truth, run, config: FSTdiffConfig, device) -> Meth
     post_std, prior_std = model.volume.shell_std()
     summary, history = run_summary(run, config)
     metrics = {**summary, "posterior_std_per_shell": (post_std * norm).tolist(),
-               "prior_std_per_shell": (prior_std * norm).tolist(), "noise_power_per_shell": model.noise_power().tolist()}
+               "prior_std_per_shell": (prior_std * norm).tolist(),
+               "noise_power_per_shell": model.noise_power().tolist()}
     if config.pose == "known":
         return MethodOutputs(pixel_size=particles.pixel_size, volume=volume, extra_volumes={"std": std},
                              metrics=metrics, history=history)

@@ -54,8 +54,8 @@ class VariationalVoxelVolume(nn.Module):
     posterior mean.
 
     box_size: ``D``. volume: real-space start map ``(D, D, D)`` ``[z, y, x]`` (its transform is the initial
-    mean) or None (zeros). init_logvar: initial ``log(s²/τ²(k))`` of every voxel (relative to its shell's prior). prior_var:
-    ``(D//2+1,)`` initial ``τ²`` per shell, or None (the shell power of the start map, or 1).
+    mean) or None (zeros). init_logvar: initial ``log(s²/τ²(k))`` of every voxel (relative to its shell's
+    prior). prior_var: ``(D//2+1,)`` initial ``τ²`` per shell, or None (the shell power of the start map, or 1).
     learn_prior: ``τ²`` is a parameter (else a fixed buffer)."""
 
     def __init__(self, box_size: int, volume: torch.Tensor | None = None, init_logvar: float = -6.0,

@@ -10,7 +10,7 @@ import torch
 
 from cryolens.imaging.ctf import ctf_2d
 from cryolens.imaging.fft import fft2_centered
-from cryolens.imaging.fft import fft3_centered, ifft3_centered
+from cryolens.imaging.fft import ifft3_centered
 from cryolens.imaging.grids import freq_grid_2d, freq_grid_3d, shell_index_3d, spherical_mask
 from cryolens.inference.likelihood import shell_weights
 from cryolens.imaging.shift import phase_shift
@@ -36,7 +36,8 @@ def _exact_map(particles, sigma2: torch.Tensor, tau2: torch.Tensor) -> torch.Ten
     y = fft2_centered(images)
     ctf = ctf_2d(particles.ctf, d, particles.pixel_size, dtype=torch.float64)
     ramp = phase_shift(torch.ones_like(y), particles.shifts.double())
-    plane = torch.cat([freq_grid_2d(d, dtype=torch.float64).reshape(-1, 2), torch.zeros(d * d, 1, dtype=torch.float64)], 1)
+    plane = freq_grid_2d(d, dtype=torch.float64).reshape(-1, 2)
+    plane = torch.cat([plane, torch.zeros(d * d, 1, dtype=torch.float64)], 1)
     coords = torch.einsum("bij,mj->bmi", particles.rotations.double(), plane)
     w = shell_weights(sigma2, d, d // 2 - 1)
     prior = tau2[shell_index_3d(d).clamp_max(d // 2)][free]
@@ -79,9 +80,9 @@ def test_tiny_variance_reproduces_the_map_reconstruction(tmp_path):
     interpolation, which live at the box edges."""
     particles, _ = blob_dataset(tmp_path, 30, 8, noise=0.3)
     rec = get("fstdiff")
-    cfg = rec.config({"pose": "known", "epochs": 100, "batch_size": 30, "lr": 0.2, "lr_decay": 0.95, "init_logvar": -30.0,
-                      "var_lr": 1e-12, "learn_noise": False, "learn_prior": False, "norm_images": 30,
-                      "std_samples": 2})
+    cfg = rec.config({"pose": "known", "epochs": 100, "batch_size": 30, "lr": 0.2, "lr_decay": 0.95,
+                      "init_logvar": -30.0, "var_lr": 1e-12, "learn_noise": False, "learn_prior": False,
+                      "norm_images": 30, "std_samples": 2})
     out = rec.fit(particles, Known(), RunFolder(tmp_path / "run"), cfg, "cpu", False)
     sigma2 = torch.tensor(out.metrics["noise_power_per_shell"], dtype=torch.float64)
     tau2 = torch.tensor(out.metrics["prior_std_per_shell"], dtype=torch.float64).square()

@@ -16,7 +16,9 @@ ELBO over ``N`` images, estimated on a batch ``b`` of ``B``::
          ≈ N · mean_{i ∈ b} (ℓ̂_i − KL_i) − KL_V
 
 with ``ℓ̂_i`` the Monte Carlo estimate over ``samples`` joint draws of ``V`` (one grid per draw, shared by the
-batch) and of each image's pose, the Gaussian log-density including its normaliser
+batch) and of each image's pose (``analytic``: the expectation over ``q(V)`` in closed form given the pose,
+``|Y − C·ramp·P_R μ|² + C² Σ_j a_j² E|V_j − μ_j|²`` per pixel with ``a_j`` the trilinear weights, Monte Carlo
+over the pose only: the same ELBO with a lower-variance gradient for the variances), the Gaussian log-density including its normaliser
 (:func:`~cryolens.inference.likelihood.log_normaliser`, which matters while ``σ²`` is learned); the KL
 terms are closed form (:meth:`VariationalVoxelVolume.kl`, :func:`rotation_kl_uniform`, :func:`shift_kl`).
 The engine minimises ``loss = −ELBO / (N · P)`` (``P`` the pixels inside the likelihood's shell limit),
@@ -28,12 +30,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.forward import shift_and_ctf
 from ..imaging.grids import freq_grid_2d, shell_index_2d
 from ..volumes.variational import VariationalVoxelVolume
 from ..volumes.voxel import sample_fourier
-from .likelihood import gaussian_log_likelihood, log_normaliser
+from .likelihood import gaussian_log_likelihood, log_normaliser, shell_weights
 from .variational_pose import rotation_kl_uniform, sample_poses, shift_kl
 
 
@@ -47,12 +50,15 @@ class VariationalReconstruction(nn.Module):
     units). learn_noise: ``σ²`` is a parameter. samples: Monte Carlo draws per step. shift_prior_std: the
     shift prior's std (px). pose_lr: learning rate of the pose posterior's parameters; var_lr: of ``q(V)``'s
     log-variances and of ``log σ²`` (None: the engine's). lr_decay: every learning rate is multiplied by
-    this factor per epoch (1: constant), so that Adam's steady jitter shrinks and the variances settle."""
+    this factor per epoch (1: constant), so that Adam's steady jitter shrinks and the variances settle.
+    analytic: the expectation over ``q(V)`` in closed form instead of by sampling (module docstring)."""
 
     def __init__(self, volume: VariationalVoxelVolume, poses: nn.Module | None, n_images: int, pixel_size: float,
                  noise_power: torch.Tensor, learn_noise: bool = True, samples: int = 1, shift_prior_std: float = 2.0,
-                 pose_lr: float | None = None, var_lr: float | None = None, lr_decay: float = 1.0):
+                 pose_lr: float | None = None, var_lr: float | None = None, lr_decay: float = 1.0,
+                 analytic: bool = False):
         super().__init__()
+        self.analytic = bool(analytic)
         self.pose_lr, self.var_lr, self.lr_decay = pose_lr, var_lr, float(lr_decay)
         d = volume.box_size
         self.volume, self.poses = volume, poses
@@ -69,11 +75,14 @@ class VariationalReconstruction(nn.Module):
         self.register_buffer("norm", torch.ones(()))
         self.generator: torch.Generator | None = None  # None: the global RNG (checkpointed by the engine)
 
+    def coords(self, rotations: torch.Tensor) -> torch.Tensor:
+        """Slice points ``(B, D·D, 3)`` cycles/px (volume frame) of ``rotations (B, 3, 3)``: ``R · [kx, ky, 0]``."""
+        return torch.einsum("bij,mj->bmi", rotations.to(self.plane.dtype), self.plane)
+
     def slices(self, grid: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         """Central slices ``(B, D, D)`` complex of a grid ``(D, D, D)`` at ``rotations (B, 3, 3)``."""
         d = self.volume.box_size
-        coords = torch.einsum("bij,mj->bmi", rotations.to(self.plane.dtype), self.plane)
-        return sample_fourier(grid, coords).reshape(-1, d, d)
+        return sample_fourier(grid, self.coords(rotations)).reshape(-1, d, d)
 
     def pose_posterior(self, batch: dict):
         """``(R̄, log σ, t̄, log s | None)`` of the batch, or None with known poses."""
@@ -90,13 +99,19 @@ class VariationalReconstruction(nn.Module):
         pred = shift_and_ctf(self.slices(grid, rotations), shifts, batch.get("ctf"), self.pixel_size)
         sigma2 = self.log_noise.exp().to(self.plane.dtype)
         d = self.volume.box_size
-        return gaussian_log_likelihood(y, pred, sigma2, self.k_max) + log_normaliser(sigma2, d, self.k_max)
+        ll = gaussian_log_likelihood(y, pred, sigma2, self.k_max) + log_normaliser(sigma2, d, self.k_max)
+        if self.analytic:  # E over q(V) of the residual's power: the slice's variance times C²
+            var = self.volume.slice_variance(self.coords(rotations)).reshape(-1, d, d)
+            if batch.get("ctf") is not None:
+                var = var * ctf_2d(batch["ctf"], d, self.pixel_size, device=var.device, dtype=var.dtype).square()
+            ll = ll - (shell_weights(sigma2, d, self.k_max) * var).sum((-2, -1))
+        return ll
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         post = self.pose_posterior(batch)
         ll = 0.0
         for _ in range(self.samples):
-            grid = self.volume.sample(self.generator)
+            grid = self.volume.mean_grid() if self.analytic else self.volume.sample(self.generator)
             if post is None:
                 rot, sh = batch["rotation"], batch.get("shift")
             else:

@@ -65,6 +65,7 @@ class FSTdiffConfig(TrainingConfig):
     learn_prior: bool = option(True, "learn the per-shell prior variance (empirical Bayes)")
     learn_noise: bool = option(True, "learn the per-shell noise power")
     samples: int = option(1, "Monte Carlo draws of (V, R, t) per step")
+    expectation: Literal["sampled", "analytic"] = option("sampled", "E over q(V): reparametrised draws or closed form")
     std_samples: int = option(32, "draws of q(V) for the real-space std map")
     enc_channels: int = option(16, "amortized: channels of the encoder's first block")
     enc_max_channels: int = option(128, "amortized: most channels of an encoder block")

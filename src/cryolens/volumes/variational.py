@@ -107,6 +107,28 @@ class VariationalVoxelVolume(nn.Module):
         per = gaussian_kl(mean[..., 0], var, prior) + gaussian_kl(mean[..., 1], var, prior) * ~self.dc
         return (per * self.free).sum()
 
+    def slice_variance(self, coords: torch.Tensor) -> torch.Tensor:
+        """``E|V(k) − μ(k)|²`` ``(B, M)`` at ``coords (B, M, 3)`` cycles/px under ``q(V)``, for the trilinear
+        interpolation :meth:`fourier` uses: ``Σ_j a_j² · 2 s_j²`` over the 8 neighbours ``j`` with weights
+        ``a_j`` (``s²`` only at the real zero frequency); zero at ``|k| ≥ ½``."""
+        d = self.box_size
+        var = torch.where(self.dc, 0.5, 1.0) * 2 * self.logvar.exp()
+        cplx = torch.complex128 if var.dtype == torch.float64 else torch.complex64
+        var = hermitian_complete(var.to(cplx), self.free).real.to(self.logvar.dtype)
+        pos = coords * d + d // 2  # index units (x, y, z); the grid is periodic
+        base = pos.floor()
+        frac = (pos - base).to(var.dtype)
+        base = base.long()
+        out = torch.zeros(coords.shape[:-1], dtype=var.dtype, device=var.device)
+        for corner in range(8):
+            bits = [(corner >> a) & 1 for a in range(3)]
+            w = torch.ones_like(out)
+            for a, b in enumerate(bits):
+                w = w * (frac[..., a] if b else 1 - frac[..., a])
+            ix, iy, iz = ((base[..., a] + b) % d for a, b in enumerate(bits))
+            out = out + w.square() * var[iz, iy, ix]
+        return out * (coords.norm(dim=-1) < 0.5)
+
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior-mean values ``(B, M)`` complex at ``coords (B, M, 3)`` cycles/px; zero at ``|k| ≥ ½``."""
         return sample_fourier(self.mean_grid(), coords)

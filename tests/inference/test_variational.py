@@ -134,10 +134,11 @@ def test_elbo_gradient_wrt_pose_matches_finite_differences():
 
 
 def test_slice_variance_is_the_variance_of_sampled_slices():
-    """``slice_variance``: at 300 random frequencies (1.5/D < |k| < 0.45) the closed-form E|V(k) − μ(k)|² equals the variance of the interpolated values over
-    250 draws of q(V) (the mean ratio within 3 %, every point within 50 %); and, for images equal to the
-    mean's predictions, the closed-form expected log-likelihood is the mean of the sampled one over 150
-    draws (4 standard errors), its variance term being over 20 standard errors."""
+    """``slice_variance``: at 300 random frequencies (1.5/D < |k| < 0.45) the closed-form E|V(k) − μ(k)|²
+    equals the variance of the interpolated values over 250 draws of q(V) (the mean ratio within 3 %, every
+    point within 50 %); and, for images equal to the mean's predictions, the closed-form expected
+    log-likelihood is the mean of the sampled one over 150 draws (4 standard errors), its variance term
+    being over 20 standard errors."""
     from cryolens.imaging import CTFParams
     from cryolens.volumes.voxel import sample_fourier
 

@@ -16,10 +16,11 @@ ELBO over ``N`` images, estimated on a batch ``b`` of ``B``::
          ≈ N · mean_{i ∈ b} (ℓ̂_i − KL_i) − KL_V
 
 with ``ℓ̂_i`` the Monte Carlo estimate over ``samples`` joint draws of ``V`` (one grid per draw, shared by the
-batch) and of each image's pose (``analytic``: the expectation over ``q(V)`` in closed form given the pose,
-``|Y − C·ramp·P_R μ|² + C² Σ_j a_j² E|V_j − μ_j|²`` per pixel with ``a_j`` the trilinear weights, Monte Carlo
-over the pose only: the same ELBO with a lower-variance gradient for the variances), the Gaussian log-density including its normaliser
-(:func:`~cryolens.inference.likelihood.log_normaliser`, which matters while ``σ²`` is learned); the KL
+batch) and of each image's pose (``analytic``: the expectation over ``q(V)`` in closed form given the
+pose, ``|Y − C·ramp·P_R μ|² + C² Σ_j a_j² E|V_j − μ_j|²`` per pixel with ``a_j`` the trilinear weights,
+Monte Carlo over the pose only: the same ELBO with a lower-variance gradient for the variances), the
+Gaussian log-density including its normaliser (:func:`~cryolens.inference.likelihood.log_normaliser`,
+which matters while ``σ²`` is learned); the KL
 terms are closed form (:meth:`VariationalVoxelVolume.kl`, :func:`rotation_kl_uniform`, :func:`shift_kl`).
 The engine minimises ``loss = −ELBO / (N · P)`` (``P`` the pixels inside the likelihood's shell limit),
 the per-pixel negative ELBO, so learning rates do not depend on the box or the dataset size.

@@ -15,10 +15,11 @@ interpolation attenuates it): the comparison there measures that bias too.
 DEG degrees about a random axis, the start map is the truth low-passed to ``--start-res`` Å, and the recipe
 runs with ``pose=variational`` from those poses; reported: the median rotation error of the mean poses
 against the truth (after global alignment), its start value, and the Spearman correlation between each
-image's rotational spread (rlnCryolensRotStdDeg) and its error.
+image's rotational spread (rlnCryolensRotStdDeg) and its error. ``--abinit``: the same from random start
+poses and a zero map ("start" error: that of random rotations).
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
-      [--set epochs=20 ...] [--refine 5 --start-res 20] [--json out.json]
+      [--set epochs=20 ...] [--refine 5 --start-res 20 | --abinit] [--json out.json]
 """
 
 from __future__ import annotations
@@ -69,12 +70,13 @@ def calibration(model, truth: torch.Tensor) -> dict:
     return {"per_shell": rows}
 
 
-def refinement(particles, truth: torch.Tensor, deg: float, start_res: float, sets: list[str]) -> dict:
-    """The ``--refine`` measurement (module docstring)."""
+def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: float, sets: list[str]) -> dict:
+    """The ``--refine`` measurement (module docstring); ``deg`` None: ``--abinit`` (random start poses,
+    zero start map)."""
     from scipy.stats import spearmanr
 
     from cryolens.imaging.grids import lowpass_volume
-    from cryolens.imaging.rotations import rotvec_to_matrix
+    from cryolens.imaging.rotations import random_rotations, rotvec_to_matrix
     from cryolens.io.mrc import write_volume
     from cryolens.io.runfolder import RunFolder
     from cryolens.methods import Known, get
@@ -82,18 +84,20 @@ def refinement(particles, truth: torch.Tensor, deg: float, start_res: float, set
 
     g = torch.Generator().manual_seed(1)
     axis = torch.randn(len(particles), 3, generator=g)
-    kick = rotvec_to_matrix(axis / axis.norm(dim=-1, keepdim=True) * np.radians(deg))
+    kick = rotvec_to_matrix(axis / axis.norm(dim=-1, keepdim=True) * np.radians(deg or 0.0))
     start = dataclasses.replace(particles, rotations=particles.rotations @ kick)
     with tempfile.TemporaryDirectory() as tmp:
         write_volume(Path(tmp) / "start.mrc", lowpass_volume(truth, start_res, particles.pixel_size).numpy(),
                      particles.pixel_size)
         rec = get("fstdiff")
-        cfg = rec.config({"pose": "variational", "init_map": str(Path(tmp) / "start.mrc"),
-                          **dict(s.split("=", 1) for s in sets)})
+        begin = {"init_map": str(Path(tmp) / "start.mrc")} if deg is not None else {"start_poses": "random"}
+        cfg = rec.config({"pose": "variational", **begin, **dict(s.split("=", 1) for s in sets)})
         t0 = time.perf_counter()
         out = rec.fit(start, Known(poses=False), RunFolder(Path(tmp) / "run"), cfg, "cpu", False)
         elapsed = time.perf_counter() - t0
     err = rotation_errors(out.rotations, particles.rotations)
+    if deg is None:
+        start = dataclasses.replace(particles, rotations=random_rotations(len(particles), g))
     spread = out.particle_columns["rlnCryolensRotStdDeg"]
     return {"options": dataclasses.asdict(cfg), "fit_s": elapsed, "epoch_s": elapsed / cfg.epochs,
             "start_median_error_deg": float(np.median(rotation_errors(start.rotations, particles.rotations))),
@@ -110,6 +114,7 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--set", action="append", default=[], help="recipe option key=value")
     ap.add_argument("--refine", type=float, default=0.0, help="pose refinement from poses perturbed by DEG")
+    ap.add_argument("--abinit", action="store_true", help="ab initio: random start poses, zero start map")
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -127,8 +132,9 @@ def main() -> None:
     ds = ensure(a.n, a.box, a.apix, a.snr)
     particles = read_star(ds / "particles.star")
     truth = torch.from_numpy(np.asarray(read_volume(ds / "ground_truth" / "volume_000.mrc")[0], dtype=np.float32))
-    if a.refine > 0:
-        res = {"dataset": ds.name, **refinement(particles, truth, a.refine, a.start_res, a.set)}
+    if a.refine > 0 or a.abinit:
+        deg = None if a.abinit else a.refine
+        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set)}
         print(json.dumps({k: v for k, v in res.items() if k != "options"}, indent=1))
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))

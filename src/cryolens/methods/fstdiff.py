@@ -16,9 +16,9 @@ map under ``q(V)`` (``std_samples`` draws); per shell the posterior and prior st
 ``rlnCryolensShiftStdPx`` (shift spread, px) in the STAR.
 
 Values: the paper's model (Gaussian noise in Fourier space, factorised Gaussian ``q(V)``, reparametrised
-pose posteriors, Adam) is followed; the training numbers below (learning rates, starting spreads, batch,
-epochs, prior on shifts) are ours, chosen on the tests' tiny sets: the paper gives no table of them that
-we could check. Every option is a ``--set key=value`` of ``cryolens train fstdiff``.
+pose posteriors, Adam) is followed; the training numbers below (learning rates and their decay, starting
+spreads, batch, epochs, prior on shifts) are ours, chosen on small simulated sets: we found none in what we
+read of the paper's code. Every option is a ``--set key=value`` of ``cryolens train fstdiff``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Building and reading an FSTdiff model (:class:`~cryolens.inference.variational.VariationalReconstruction`):
 its starting spectra, its pose posterior, and the per-image posterior summaries after training.
 
-- :func:`image_power` — the power per Fourier component and shell of the normalised images. Halved, it is
-  the starting prior ``τ²(k)`` per real degree of freedom of a map started from nothing (signal plus
-  noise: an upper bound); the starting noise power ``σ²`` is white, the median of the outer half of the
-  shells (where the signal is weakest). Both are then learned by the ELBO unless frozen.
+- :func:`image_power` — the power per Fourier component and shell of the normalised images. The starting
+  noise power ``σ²`` is white, the median of the outer half of the shells (where the signal is weakest);
+  the starting prior ``τ²(k)`` of a map started from nothing is the power above it divided by the CTF's
+  mean square (:func:`signal_prior`). Both are then learned by the ELBO unless frozen.
 - :func:`build_model` — the volume ``q(V)`` (mean from a start map, or zero), the pose posterior by ``pose``
   (``"variational"``: a table started at the given rotations; ``"amortized"``: an encoder; ``"known"``:
   none), the ELBO model, on the data scale.
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.grids import radial_average, shell_index_2d
 from ..io.dataset import iterate_batches
@@ -39,6 +40,19 @@ def image_power(images: torch.Tensor) -> torch.Tensor:
     return radial_average(power, shell_index_2d(d).clamp_max(d // 2), d // 2 + 1).float()
 
 
+def signal_prior(power: torch.Tensor, noise: torch.Tensor, particles: Particles, n_ctf: int = 256) -> torch.Tensor:
+    """Starting ``τ²(k)`` ``(D//2+1,)`` per real coordinate of the map's transform: the images' power above
+    the noise, ``(power − σ²) / (2 · mean C²)`` per shell (the slice theorem: an image coefficient is ``C``
+    times a map coefficient), floored at 10⁻³ of its largest value."""
+    d = particles.box_size
+    c2 = torch.ones_like(power)
+    if particles.ctf is not None:
+        c = ctf_2d(particles.ctf[:n_ctf], d, particles.pixel_size, dtype=torch.float64)
+        c2 = radial_average(c.square().mean(0), shell_index_2d(d).clamp_max(d // 2), d // 2 + 1).float()
+    tau2 = (power - noise).clamp_min(0) / (2 * c2.clamp_min(1e-2))
+    return tau2.clamp_min(1e-3 * float(tau2.max()))
+
+
 def build_model(particles: Particles, options: Any, images: torch.Tensor, start_map: torch.Tensor | None,
                 start_rotations: torch.Tensor | None) -> VariationalReconstruction:
     """The ELBO model (module docstring) for ``particles``. options: the recipe's (``pose``,
@@ -49,8 +63,10 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
     o, d, n = options, particles.box_size, len(particles)
     norm = float(images.std())
     power = image_power(images / norm)
+    noise = power[d // 4:].median()  # white noise at the outer shells' power
     mean = None if start_map is None else start_map / norm
-    volume = VariationalVoxelVolume(d, mean, o.init_logvar, None if mean is not None else power / 2, o.learn_prior)
+    volume = VariationalVoxelVolume(d, mean, o.init_logvar, None if mean is not None else
+                                    signal_prior(power, noise, particles), o.learn_prior)
     rot_std, shift_std = math.radians(o.rot_std_deg), (o.shift_std if o.infer_shifts else None)
     poses = None
     if o.pose == "variational":
@@ -61,8 +77,8 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
                               o.max_shift if o.infer_shifts else 0.0)
         encoder.set_scale(norm)
         poses = AmortizedPosePosterior(encoder, tuple(o.enc_hidden), rot_std, shift_std)
-    noise = power[d // 4:].median().expand(d // 2 + 1).clone()  # white noise at the outer shells' power
-    model = VariationalReconstruction(volume, poses, n, particles.pixel_size, noise, o.learn_noise, o.samples,
+    model = VariationalReconstruction(volume, poses, n, particles.pixel_size, noise.expand(d // 2 + 1).clone(),
+                                      o.learn_noise, o.samples,
                                       o.shift_prior_std, o.pose_lr or None, o.var_lr or None, o.lr_decay,
                                       o.expectation == "analytic")
     model.norm.fill_(norm)

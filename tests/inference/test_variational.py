@@ -14,6 +14,7 @@ from cryolens.imaging.grids import freq_grid_3d
 from cryolens.inference.variational import VariationalReconstruction
 from cryolens.inference.variational_pose import (VariationalPoseTable, haar_log_jacobian, rotation_kl_uniform,
                                                  sample_poses, shift_kl)
+from cryolens.volumes.protocol import VolumeModel
 from cryolens.volumes.variational import VariationalVoxelVolume
 
 
@@ -29,7 +30,8 @@ def _volume(d: int = 8, seed: int = 0) -> VariationalVoxelVolume:
 def test_sampler_moments_and_friedel_symmetry():
     """Draws of q(V): on the free voxels the real and imaginary parts have mean μ and variance s² (each, within
     5 standard errors over 1500 draws); the DC voxel is real; every draw's inverse transform is a real map
-    (Friedel partners conjugate); voxels beyond Nyquist are zero."""
+    (Friedel partners conjugate); voxels beyond Nyquist are zero; it answers the volume protocol with its
+    mean."""
     v = _volume()
     g = torch.Generator().manual_seed(1)
     draws = torch.stack([v.sample(g).detach() for _ in range(1500)])
@@ -45,6 +47,7 @@ def test_sampler_moments_and_friedel_symmetry():
     assert float(maps.imag.abs().max()) < 1e-5 * float(maps.real.abs().max())
     assert float(draws[:, freq_grid_3d(8).norm(dim=-1) >= 0.5].abs().max()) == 0.0
     torch.testing.assert_close(ifft3_centered(v.mean_grid().detach()).real[None], v.render(), atol=1e-6, rtol=0)
+    assert isinstance(v, VolumeModel)
 
 
 def test_volume_kl_matches_monte_carlo():

@@ -79,10 +79,17 @@ class PoseEncoder(nn.Module):
     def hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rotations (B, M, 3, 3), shifts (B, 2))``: the ``M = heads`` rotation hypotheses of each image
         and its one shift."""
+        return self.from_features(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's features ``(B, F)`` of ``images (B, D, D)`` (low-passed and scaled first)."""
         x = images.float()
         if self.filter.numel():
             x = ifft2_centered(fft2_centered(x) * self.filter).real
-        feat = self.trunk((x / self.scale)[:, None])
+        return self.trunk((x / self.scale)[:, None])
+
+    def from_features(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`hypotheses` from the trunk's features ``(B, F)``."""
         rot = s2s2_to_matrix(self.rotation_head(feat).float().reshape(-1, self.heads, 6))
         if self.shift_head is None:
             return rot, feat.new_zeros(feat.shape[0], 2)

@@ -141,3 +141,12 @@ register(Recipe(
             "flow by SGD, canonical map by L-BFGS per half-set with the flows fixed; poses, CTF known",
     needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
     reference="Punjani & Fleet 2023, Nat. Methods (3DFlex; bioRxiv 10.1101/2021.04.22.440893)"), replace=True)
+
+# --- variational inference on the volume and the poses (methods/fstdiff.py) ---
+from . import fstdiff  # noqa: E402
+
+register(Recipe(
+    name="fstdiff", fit=fstdiff.fit, config=fstdiff.FSTdiffConfig,
+    summary="variational q(V) per Fourier voxel + q(R, t) per image (Lie-algebra Gaussian) or encoder; ELBO, std map",
+    needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
+    reference="Ullrich et al. 2019, arXiv 1906.07582 (FSTdiff; KarenUllrich/Pytorch-Backprojection)"), replace=True)

@@ -5,8 +5,12 @@ A mixture ``V(r) = Σ_j a_j exp(−|r − μ_j|² / (2 σ_j²))`` with centres `
 is ``Σ_j a_j √(2π) σ_j exp(−|p − c_j|² / (2 σ_j²))`` with ``c_j`` the first two components of
 ``Rᵀ μ_j``; its 2D continuous Fourier transform is
 ``Σ_j a_j (2π)^{3/2} σ_j³ exp(−2π² σ_j² |k|²) exp(−2πi k·c_j)`` (k in cycles/px).
-These closed forms are the independent references for the voxel projectors, and the
-projection model of Gaussian-mixture volumes.
+These closed forms are the independent references for the voxel projectors.
+
+The ``mixture_*`` functions are the batched, separable versions used by the Gaussian-mixture volume
+(:mod:`cryolens.volumes.gaussian_mixture`): one mixture per row (``B`` conformations), maps and
+projections sampled axis by axis (a ``(D, D, D)`` map costs ``D³·M`` multiply-adds with no ``(D³, M)``
+intermediate), and the 3D transform at any frequencies.
 """
 
 from __future__ import annotations
@@ -56,3 +60,66 @@ def gaussian_projection_ft(centers: torch.Tensor, sigmas: torch.Tensor, amplitud
     env = amplitudes * (2 * math.pi) ** 1.5 * sigmas**3 * torch.exp(-2 * math.pi**2 * sigmas**2 * k2)
     phase = -2 * math.pi * torch.einsum("yxc,nmc->nyxm", k, c)
     return (env * torch.polar(torch.ones_like(phase), phase)).sum(-1)
+
+
+# Batched mixtures (one mixture per row): separable sampling, so a map costs D³·M and an image D²·M
+# multiply-adds without a (…, D, D, M) intermediate. Centres (B, M, 3) voxels, sigmas and amplitudes
+# (B, M); a batch of 1 broadcasts against the rotations or frequencies.
+_CHUNK = 1 << 22  # entries of one chunk's intermediate: bounds the working memory
+
+
+def _profiles(centers: torch.Tensor, sigmas: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, M, C, D)`` 1D Gaussians ``exp(−(i − D//2 − c)² / 2σ²)`` along each of the ``C`` axes."""
+    x = torch.arange(size, device=centers.device, dtype=centers.dtype) - size // 2
+    s = sigmas[..., None, None]
+    return torch.exp(-(x - centers[..., None]) ** 2 / (2 * s * s))
+
+
+def mixture_volumes(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
+                    size: int) -> torch.Tensor:
+    """``(B, D, D, D)`` ``[z, y, x]`` point samples of ``B`` mixtures (centres ``(B, M, 3)`` voxels
+    ``(x, y, z)`` from the centre ``D//2``, sigmas ``(B, M)`` voxels, amplitudes ``(B, M)`` peak values):
+    the same values as :func:`gaussian_volume`, one mixture per row. Differentiable; chunked over the
+    Gaussians."""
+    b, m = centers.shape[:2]
+    d = int(size)
+    out = centers.new_zeros(b, d * d, d)
+    step = max(1, _CHUNK // (b * d * d))
+    for s in range(0, m, step):
+        g = _profiles(centers[:, s:s + step], sigmas[:, s:s + step], d)  # (B, m, 3, D)
+        zy = (amplitudes[:, s:s + step, None, None] * g[:, :, 2, :, None] * g[:, :, 1, None, :]).flatten(2)
+        out = out + torch.bmm(zy.transpose(1, 2), g[:, :, 0])  # Σ_m a g_z g_y · g_x
+    return out.reshape(b, d, d, d)
+
+
+def mixture_projections(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
+                        rotations: torch.Tensor, size: int) -> torch.Tensor:
+    """Exact projections ``(B, D, D)`` (point samples of the line integrals, voxel steps) of mixture ``b``
+    under ``rotations[b] (3, 3)`` (image → volume frame): :func:`gaussian_projection` per row, with the
+    centres ``(B or 1, M, 3)`` of each row's own mixture."""
+    rot = rotations.to(centers.dtype)
+    c = torch.einsum("nji,nmj->nmi", rot, centers.expand(rot.shape[0], -1, -1))[..., :2]  # Rᵀ μ, (x, y)
+    g = _profiles(c, sigmas.expand(c.shape[:2]), size)  # (B, M, 2, D)
+    w = amplitudes * math.sqrt(2 * math.pi) * sigmas  # ∫ exp(−z²/2σ²) dz
+    return torch.bmm((w.expand(c.shape[:2])[..., None] * g[:, :, 1]).transpose(1, 2), g[:, :, 0])
+
+
+def mixture_fourier(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
+                    coords: torch.Tensor) -> torch.Tensor:
+    """Continuous 3D Fourier transform ``(B, K)`` complex of each mixture at ``coords (B, K, 3)`` cycles/px
+    ``(kx, ky, kz)``: ``Σ_m a_m (2π)^{3/2} σ_m³ exp(−2π² σ_m² |k|²) exp(−2πi k·μ_m)`` (the sign and
+    normalisation of the centered DFT, :mod:`cryolens.imaging.fft`, which it equals for well-sampled
+    Gaussians). Chunked over the Gaussians; differentiable."""
+    k2 = (coords * coords).sum(-1, keepdim=True)  # (B, K, 1)
+    b = max(coords.shape[0], centers.shape[0])
+    m = centers.shape[1]
+    step = max(1, _CHUNK // (b * coords.shape[1]))
+    re = coords.new_zeros(b, coords.shape[1])
+    im = coords.new_zeros(b, coords.shape[1])
+    for s in range(0, m, step):
+        sg, a = sigmas[:, None, s:s + step], amplitudes[:, None, s:s + step]
+        env = a * (2 * math.pi) ** 1.5 * sg ** 3 * torch.exp(-2 * math.pi ** 2 * sg * sg * k2)  # (B, K, m)
+        phase = (2 * math.pi) * torch.matmul(coords, centers[:, s:s + step].transpose(1, 2))
+        re = re + (env * torch.cos(phase)).sum(-1)
+        im = im - (env * torch.sin(phase)).sum(-1)
+    return torch.complex(re, im)

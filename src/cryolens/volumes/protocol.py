@@ -17,8 +17,10 @@ is ``H = Re F − Im F``.
   as a Gaussian mixture does analytically and a real-space voxel grid does by rotating and summing.
 
 Implementations: :class:`~cryolens.volumes.neural.NeuralField` (cryoDRGN's MLP),
-:class:`~cryolens.volumes.voxel.VoxelVolume` (Fourier voxels) and
-:class:`~cryolens.volumes.voxel.RealVoxelVolume` (real-space voxels; also a :class:`RealSpaceProjector`).
+:class:`~cryolens.volumes.voxel.VoxelVolume` (Fourier voxels),
+:class:`~cryolens.volumes.voxel.RealVoxelVolume` (real-space voxels; also a :class:`RealSpaceProjector`) and
+:class:`~cryolens.volumes.gaussian_mixture.GaussianMixtureVolume` (Gaussians moved by ``z``; closed-form
+transform and projection, also a :class:`RealSpaceProjector`).
 Both protocols are ``runtime_checkable``: ``isinstance(x, VolumeModel)`` checks the methods are there.
 """
 

@@ -27,8 +27,8 @@ class _Linear(nn.Module):
     def __init__(self, n: int, zdim: int, amplitudes: bool = True, dtype=F64):
         super().__init__()
         g = torch.Generator().manual_seed(1)
-        self.wc = torch.randn(zdim, n * 3, generator=g, dtype=dtype)
-        self.wa = torch.randn(zdim, n, generator=g, dtype=dtype) * 0.2 if amplitudes else None
+        self.register_buffer("wc", torch.randn(zdim, n * 3, generator=g, dtype=dtype))
+        self.register_buffer("wa", torch.randn(zdim, n, generator=g, dtype=dtype) * 0.2 if amplitudes else None)
         self.n = n
 
     def forward(self, z):
@@ -49,15 +49,15 @@ def _rel(a, b):
     return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
-def test_fourier_values_equal_the_fft_of_the_rendered_map():
+def test_fourier_values_equal_the_fft_of_the_rendered_map(device):
     """fourier(k, z) on the whole grid = the centred DFT of density(z), per row of z, in float64 (the
     sign and 2π of the phase, the (2π)^{3/2} σ³ normalisation and the decoder's Δ all enter both);
     hartley = Re − Im."""
-    vol = _mixture()
+    vol = _mixture().to(device)
     assert isinstance(vol, VolumeModel) and isinstance(vol, RealSpaceProjector)
-    z = torch.tensor([[0.0, 0.0], [1.5, -1.0]], dtype=F64)
+    z = torch.tensor([[0.0, 0.0], [1.5, -1.0]], dtype=F64, device=device)
     d = vol.box_size
-    k = freq_grid_3d(d, dtype=F64).reshape(1, -1, 3).expand(2, -1, -1)
+    k = freq_grid_3d(d, device=device, dtype=F64).reshape(1, -1, 3).expand(2, -1, -1)
     f = vol.fourier(k, z).detach().reshape(2, d, d, d)
     ref = fft3_centered(vol.density(z).detach())
     assert f.dtype == torch.complex128
@@ -85,12 +85,12 @@ def test_maps_place_each_gaussian_at_its_displaced_centre():
     assert _rel(vol.density(z, size=d // 2)[0], half) < 1e-12
 
 
-def test_projection_matches_the_fourier_slice_projection_of_its_map():
+def test_projection_matches_the_fourier_slice_projection_of_its_map(device):
     """project(R, z) (closed form) = the oversampled Fourier-slice projection of density(z) per row; the
     interpolation error falls with the oversampling as for any map (imaging/test_physics)."""
-    vol = _mixture(d=24, px=2.0)
-    rots = random_rotations(4, generator=torch.Generator().manual_seed(3)).to(F64)
-    z = torch.tensor([[0.0, 0.0], [0.5, 0.5], [-0.4, 0.3], [0.2, -0.6]], dtype=F64)
+    vol = _mixture(d=24, px=2.0).to(device)
+    rots = random_rotations(4, generator=torch.Generator().manual_seed(3)).to(device, F64)
+    z = torch.tensor([[0.0, 0.0], [0.5, 0.5], [-0.4, 0.3], [0.2, -0.6]], dtype=F64, device=device)
     proj = vol.project(rots, z)
     maps = vol.density(z)
     ref2 = torch.cat([render_images(maps[i], rots[i:i + 1], pad=2) for i in range(4)])

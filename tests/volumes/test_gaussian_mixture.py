@@ -162,3 +162,16 @@ def test_bad_construction_is_refused():
         GaussianMixtureVolume(torch.zeros(2, 3), torch.ones(2), torch.ones(2), 16, 1.0, zdim=2)
     assert math.isclose(GaussianMixtureVolume(torch.zeros(2, 3), torch.ones(2), torch.ones(2), 16, 1.0)
                         .project(torch.eye(3)[None]).sum().item(), 2 * (2 * math.pi) ** 1.5, rel_tol=1e-4)
+
+
+def test_chunked_transform_has_the_finite_difference_gradient(monkeypatch):
+    """With the Gaussians split into several checkpointed chunks, the gradients of the transform with
+    respect to centres, widths, amplitudes and frequencies are the finite-difference ones (float64)."""
+    import cryolens.imaging.gaussian as gaussian
+
+    monkeypatch.setattr(gaussian, "_CHUNK", 12)  # B·K = 6 → two Gaussians per chunk, three chunks
+    g = torch.Generator().manual_seed(4)
+    args = (torch.randn(1, 5, 3, generator=g, dtype=F64), 1.5 + torch.rand(1, 5, generator=g, dtype=F64),
+            torch.rand(1, 5, generator=g, dtype=F64), torch.rand(2, 3, 3, generator=g, dtype=F64) - 0.5)
+    args = tuple(a.requires_grad_() for a in args)
+    assert torch.autograd.gradcheck(lambda *x: torch.view_as_real(gaussian.mixture_fourier(*x)), args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .grids import coord_grid_2d, coord_grid_3d, freq_grid_2d
 
@@ -104,22 +105,33 @@ def mixture_projections(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes:
     return torch.bmm((w.expand(c.shape[:2])[..., None] * g[:, :, 1]).transpose(1, 2), g[:, :, 0])
 
 
+def _fourier_chunk(coords: torch.Tensor, k2: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor,
+                   amplitudes: torch.Tensor) -> torch.Tensor:
+    """``(2, B, K)`` real and imaginary parts of :func:`mixture_fourier` for one chunk of Gaussians."""
+    sg, a = sigmas[:, None], amplitudes[:, None]
+    env = a * (2 * math.pi) ** 1.5 * sg ** 3 * torch.exp(-2 * math.pi ** 2 * sg * sg * k2)  # (B, K, m)
+    phase = (2 * math.pi) * torch.matmul(coords, centers.transpose(1, 2))
+    return torch.stack([(env * torch.cos(phase)).sum(-1), -(env * torch.sin(phase)).sum(-1)])
+
+
 def mixture_fourier(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
                     coords: torch.Tensor) -> torch.Tensor:
     """Continuous 3D Fourier transform ``(B, K)`` complex of each mixture at ``coords (B, K, 3)`` cycles/px
     ``(kx, ky, kz)``: ``Σ_m a_m (2π)^{3/2} σ_m³ exp(−2π² σ_m² |k|²) exp(−2πi k·μ_m)`` (the sign and
     normalisation of the centered DFT, :mod:`cryolens.imaging.fft`, which it equals for well-sampled
-    Gaussians). Chunked over the Gaussians; differentiable."""
+    Gaussians). Differentiable in every input. Chunked over the Gaussians (``B·K·m ≤ 4M`` entries per chunk);
+    with several chunks under autograd each is recomputed in the backward pass (checkpointing: about 1.5×
+    the time), so the memory stays that of one chunk whatever ``M``. The real-space projection
+    (:func:`mixture_projections`, ``O(B·M·D)``) is far cheaper than a slice of this (``O(B·D²·M)``
+    transcendentals)."""
     k2 = (coords * coords).sum(-1, keepdim=True)  # (B, K, 1)
     b = max(coords.shape[0], centers.shape[0])
-    m = centers.shape[1]
     step = max(1, _CHUNK // (b * coords.shape[1]))
-    re = coords.new_zeros(b, coords.shape[1])
-    im = coords.new_zeros(b, coords.shape[1])
+    m = centers.shape[1]
+    grad = (m > step and torch.is_grad_enabled()  # one chunk: its saved tensors are already bounded
+            and any(t.requires_grad for t in (centers, sigmas, amplitudes, coords)))
+    out = coords.new_zeros(2, b, coords.shape[1])
     for s in range(0, m, step):
-        sg, a = sigmas[:, None, s:s + step], amplitudes[:, None, s:s + step]
-        env = a * (2 * math.pi) ** 1.5 * sg ** 3 * torch.exp(-2 * math.pi ** 2 * sg * sg * k2)  # (B, K, m)
-        phase = (2 * math.pi) * torch.matmul(coords, centers[:, s:s + step].transpose(1, 2))
-        re = re + (env * torch.cos(phase)).sum(-1)
-        im = im - (env * torch.sin(phase)).sum(-1)
-    return torch.complex(re, im)
+        part = (coords, k2, centers[:, s:s + step], sigmas[:, s:s + step], amplitudes[:, s:s + step])
+        out = out + (checkpoint(_fourier_chunk, *part, use_reentrant=False) if grad else _fourier_chunk(*part))
+    return torch.complex(out[0], out[1])

@@ -100,3 +100,13 @@ register(Recipe(
     summary="ab initio: CNN pose encoder + real-space voxel grid, real-space projection, CTF, L2 loss",
     needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Nashed et al. 2021, ICCV workshops (CryoPoseNet)"), replace=True)
+
+# --- Gaussian mixtures (methods/e2gmm.py) ---
+from . import e2gmm  # noqa: E402
+
+register(Recipe(
+    name="e2gmm", fit=e2gmm.fit, config=e2gmm.E2GMMConfig,
+    summary="Gaussian mixture (fitted to the consensus map, or residues of a model) moved by an MLP of z; encoder "
+            "on per-image FRC gradients; FRC loss; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Chen & Ludtke 2021, Nat. Methods 18:930 (EMAN2 e2gmm_refine_new.py)"), replace=True)

@@ -175,3 +175,19 @@ def test_chunked_transform_has_the_finite_difference_gradient(monkeypatch):
             torch.rand(1, 5, generator=g, dtype=F64), torch.rand(2, 3, 3, generator=g, dtype=F64) - 0.5)
     args = tuple(a.requires_grad_() for a in args)
     assert torch.autograd.gradcheck(lambda *x: torch.view_as_real(gaussian.mixture_fourier(*x)), args)
+
+
+def test_slices_on_the_image_grid_are_central_slices_and_projection_transforms(device):
+    """project_fourier(R, z) (separable) = fourier(R · [kx, ky, 0], z) (the 3D closed form at the slice
+    points) and = the centred 2D DFT of project(R, z), in float64."""
+    from cryolens.imaging import fft2_centered
+    from cryolens.imaging.grids import freq_grid_2d
+
+    vol = _mixture(d=24, px=2.0).to(device)
+    rots = random_rotations(3, generator=torch.Generator().manual_seed(5), dtype=F64).to(device)
+    z = torch.tensor([[0.0, 0.0], [0.8, -0.3], [-0.5, 0.6]], dtype=F64, device=device)
+    sl = vol.project_fourier(rots, z).detach()
+    f2 = freq_grid_2d(24, device=device, dtype=F64).reshape(-1, 2)
+    pts = torch.einsum("kj,bij->bki", torch.cat([f2, torch.zeros_like(f2[:, :1])], 1), rots)
+    assert _rel(sl.reshape(3, -1), vol.fourier(pts, z).detach()) < 1e-12
+    assert _rel(sl, fft2_centered(vol.project(rots, z).detach())) < 1e-5

@@ -9,7 +9,7 @@ from .fft import (fft2_centered, fft3_centered, hartley2, hartley3, ifft2_center
                   ihartley2, ihartley3, irfft2_centered, rfft2_centered, rfft3_centered)
 from .forward import forward_fourier, render_images
 from .gaussian import (gaussian_projection, gaussian_projection_ft, gaussian_volume, mixture_fourier,
-                       mixture_projections, mixture_volumes)
+                       mixture_projection_ft, mixture_projections, mixture_volumes)
 from .grids import (circular_mask, coord_grid_2d, coord_grid_3d, flatten_solvent, flip_centered, freq_grid_2d,
                     freq_grid_3d, lowpass_filter_2d, lowpass_filter_3d, lowpass_volume, radial_average,
                     shell_filter_volume, shell_index_2d, shell_index_3d, shell_sum, spherical_mask)

@@ -98,11 +98,34 @@ def mixture_projections(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes:
     """Exact projections ``(B, D, D)`` (point samples of the line integrals, voxel steps) of mixture ``b``
     under ``rotations[b] (3, 3)`` (image → volume frame): :func:`gaussian_projection` per row, with the
     centres ``(B or 1, M, 3)`` of each row's own mixture."""
+    c, s, a = _in_image(centers, sigmas, amplitudes, rotations)
+    g = _profiles(c, s, size)  # (B, M, 2, D)
+    w = a * math.sqrt(2 * math.pi) * s  # ∫ exp(−z²/2σ²) dz
+    return torch.bmm((w[..., None] * g[:, :, 1]).transpose(1, 2), g[:, :, 0])
+
+
+def _in_image(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
+              rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image-frame centres ``(B, M, 2)`` (the ``(x, y)`` of ``Rᵀ μ``), sigmas and amplitudes ``(B, M)``."""
     rot = rotations.to(centers.dtype)
-    c = torch.einsum("nji,nmj->nmi", rot, centers.expand(rot.shape[0], -1, -1))[..., :2]  # Rᵀ μ, (x, y)
-    g = _profiles(c, sigmas.expand(c.shape[:2]), size)  # (B, M, 2, D)
-    w = amplitudes * math.sqrt(2 * math.pi) * sigmas  # ∫ exp(−z²/2σ²) dz
-    return torch.bmm((w.expand(c.shape[:2])[..., None] * g[:, :, 1]).transpose(1, 2), g[:, :, 0])
+    c = torch.einsum("nji,nmj->nmi", rot, centers.expand(rot.shape[0], -1, -1))[..., :2]
+    return c, sigmas.expand(c.shape[:2]), amplitudes.expand(c.shape[:2])
+
+
+def mixture_projection_ft(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
+                          rotations: torch.Tensor, size: int) -> torch.Tensor:
+    """Continuous 2D transforms ``(B, D, D)`` complex of :func:`mixture_projections`, sampled on the centred
+    grid ``(i − D//2)/D`` cycles/px: the central slices ``R · [kx, ky, 0]`` of :func:`mixture_fourier`
+    (Fourier slice theorem), :func:`gaussian_projection_ft` per row. Separable in ``kx`` and ``ky`` (the
+    envelope ``exp(−2π²σ²|k|²)`` and the phase both factor), so a batch costs ``O(B·M·D)`` exponentials and
+    one ``(D × M)·(M × D)`` complex product per image instead of ``O(B·D²·M)``."""
+    c, s, a = _in_image(centers, sigmas, amplitudes, rotations)
+    k = (torch.arange(size, device=c.device, dtype=c.dtype) - size // 2) / size
+    sg = s[..., None, None]
+    prof = torch.polar(torch.exp(-2 * math.pi ** 2 * sg * sg * k * k).expand(*c.shape, size),
+                       -2 * math.pi * c[..., None] * k)  # (B, M, 2, D)
+    w = (a * (2 * math.pi) ** 1.5 * s ** 3).to(prof.dtype)
+    return torch.bmm((w[..., None] * prof[:, :, 1]).transpose(1, 2), prof[:, :, 0])
 
 
 def _fourier_chunk(coords: torch.Tensor, k2: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor,

@@ -10,7 +10,8 @@ These closed forms are the independent references for the voxel projectors.
 The ``mixture_*`` functions are the batched, separable versions used by the Gaussian-mixture volume
 (:mod:`cryolens.volumes.gaussian_mixture`): one mixture per row (``B`` conformations), maps and
 projections sampled axis by axis (a ``(D, D, D)`` map costs ``D³·M`` multiply-adds with no ``(D³, M)``
-intermediate), and the 3D transform at any frequencies.
+intermediate), their central slices on the image grid (separable too), and the 3D transform at any
+frequencies.
 """
 
 from __future__ import annotations

@@ -242,7 +242,8 @@ def write_atoms(path: str | os.PathLike, atoms: Atoms) -> Path:
 
 def write_models(path: str | os.PathLike, models: Sequence[Atoms]) -> Path:
     """Write several models (e.g. the same atoms along a latent traversal) as one multi-model mmCIF
-    (or PDB with MODEL records), atomically: ChimeraX and PyMOL open it as a trajectory (states)."""
+    (or PDB with MODEL records), atomically. PyMOL loads the models as the states of one object; ChimeraX
+    plays them as a trajectory when opened with ``open FILE coordsets true``."""
     if not models:
         raise ValueError(f"{path}: no models to write")
     return _write_structure(path, atoms_to_structure(models))

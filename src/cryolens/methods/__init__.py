@@ -110,3 +110,12 @@ register(Recipe(
             "on per-image FRC gradients; FRC loss; poses, CTF known",
     needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
     reference="Chen & Ludtke 2021, Nat. Methods 18:930 (EMAN2 e2gmm_refine_new.py)"), replace=True)
+
+from . import cryofold  # noqa: E402
+
+register(Recipe(
+    name="cryofold", fit=cryofold.fit, config=cryofold.CryoFoldConfig,
+    summary="one Gaussian per residue of a given model, moved by an MLP of z; VAE on z, Gaussian likelihood, "
+            "Ca-distance and pull-to-base restraints; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Zhong, Lerer, Davis & Berger 2021, arXiv 2107.01331 (no public code)"), replace=True)

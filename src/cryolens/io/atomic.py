@@ -115,7 +115,7 @@ def read_atoms(path: str | os.PathLike, waters: bool = False, hydrogens: bool = 
     try:
         st = gemmi.read_structure(str(p))
     except Exception as e:  # gemmi raises RuntimeError / ValueError with a multi-line text
-        raise InputError(f"{p}: not a readable PDB/mmCIF file ({' '.join(str(e).split())})") from None
+        raise InputError(f"{p}: not a PDB/mmCIF model (unreadable: {' '.join(str(e).split())})") from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError(f"{p}: not a PDB/mmCIF model: no atoms in the file")
     if not waters:

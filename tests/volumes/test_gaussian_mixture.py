@@ -164,9 +164,10 @@ def test_bad_construction_is_refused():
                         .project(torch.eye(3)[None]).sum().item(), 2 * (2 * math.pi) ** 1.5, rel_tol=1e-4)
 
 
-def test_chunked_transform_has_the_finite_difference_gradient(monkeypatch):
-    """With the Gaussians split into several checkpointed chunks, the gradients of the transform with
-    respect to centres, widths, amplitudes and frequencies are the finite-difference ones (float64)."""
+def test_chunked_transform_and_map_have_the_finite_difference_gradient(monkeypatch):
+    """With the Gaussians split into several checkpointed chunks, the gradients of the transform (with
+    respect to centres, widths, amplitudes and frequencies) and of the map are the finite-difference ones
+    (float64)."""
     import cryolens.imaging.gaussian as gaussian
 
     monkeypatch.setattr(gaussian, "_CHUNK", 12)  # B·K = 6 → two Gaussians per chunk, three chunks
@@ -174,7 +175,11 @@ def test_chunked_transform_has_the_finite_difference_gradient(monkeypatch):
     args = (torch.randn(1, 5, 3, generator=g, dtype=F64), 1.5 + torch.rand(1, 5, generator=g, dtype=F64),
             torch.rand(1, 5, generator=g, dtype=F64), torch.rand(2, 3, 3, generator=g, dtype=F64) - 0.5)
     args = tuple(a.requires_grad_() for a in args)
-    assert torch.autograd.gradcheck(lambda *x: torch.view_as_real(gaussian.mixture_fourier(*x)), args)
+    w = torch.randn(2, 2, 3, 2, generator=g, dtype=F64)  # a fixed random weighting of the outputs
+    assert torch.autograd.gradcheck(lambda *x: (torch.view_as_real(gaussian.mixture_fourier(*x)) * w).sum(), args)
+    monkeypatch.setattr(gaussian, "_CHUNK", 2 * 6 * 6)  # D = 6: two Gaussians per chunk
+    w = torch.randn(1, 6, 6, 6, generator=g, dtype=F64)
+    assert torch.autograd.gradcheck(lambda *x: (gaussian.mixture_volumes(*x, 6) * w).sum(), args[:3])
 
 
 def test_slices_on_the_image_grid_are_central_slices_and_projection_transforms(device):

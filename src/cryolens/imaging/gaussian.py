@@ -77,21 +77,38 @@ def _profiles(centers: torch.Tensor, sigmas: torch.Tensor, size: int) -> torch.T
     return torch.exp(-(x - centers[..., None]) ** 2 / (2 * s * s))
 
 
+def _chunked_sum(fn, shared: tuple, per_gaussian: tuple, step: int) -> torch.Tensor:
+    """``Σ_chunks fn(*shared, *chunk)`` over chunks of ``step`` Gaussians (dim 1 of ``per_gaussian``). With
+    several chunks under autograd each is checkpointed (recomputed in the backward pass), so the memory is
+    one chunk's whatever the number of Gaussians, for about 1.5× the time."""
+    m = per_gaussian[0].shape[1]
+    grad = m > step and torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in shared + per_gaussian)
+    out = 0
+    for s in range(0, m, step):
+        part = shared + tuple(t[:, s:s + step] for t in per_gaussian)
+        out = out + (checkpoint(fn, *part, use_reentrant=False) if grad else fn(*part))
+    return out
+
+
+def _volume_chunk(size: int, centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor) -> torch.Tensor:
+    """``(B, D², D)`` sum of one chunk's Gaussians: ``Σ_m a g_z g_y · g_x``."""
+    g = _profiles(centers, sigmas, size)  # (B, m, 3, D)
+    zy = (amplitudes[:, :, None, None] * g[:, :, 2, :, None] * g[:, :, 1, None, :]).flatten(2)
+    return torch.bmm(zy.transpose(1, 2), g[:, :, 0])
+
+
 def mixture_volumes(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
                     size: int) -> torch.Tensor:
     """``(B, D, D, D)`` ``[z, y, x]`` point samples of ``B`` mixtures (centres ``(B, M, 3)`` voxels
     ``(x, y, z)`` from the centre ``D//2``, sigmas ``(B, M)`` voxels, amplitudes ``(B, M)`` peak values):
     the same values as :func:`gaussian_volume`, one mixture per row. Differentiable; chunked over the
-    Gaussians."""
-    b, m = centers.shape[:2]
-    d = int(size)
-    out = centers.new_zeros(b, d * d, d)
+    Gaussians (``B·m·D² ≤ 4M`` entries, checkpointed under autograd: :func:`_chunked_sum`)."""
+    b, d = centers.shape[0], int(size)
+    if centers.shape[1] == 0:
+        return centers.new_zeros(b, d, d, d)
     step = max(1, _CHUNK // (b * d * d))
-    for s in range(0, m, step):
-        g = _profiles(centers[:, s:s + step], sigmas[:, s:s + step], d)  # (B, m, 3, D)
-        zy = (amplitudes[:, s:s + step, None, None] * g[:, :, 2, :, None] * g[:, :, 1, None, :]).flatten(2)
-        out = out + torch.bmm(zy.transpose(1, 2), g[:, :, 0])  # Σ_m a g_z g_y · g_x
-    return out.reshape(b, d, d, d)
+    return _chunked_sum(_volume_chunk, (d,), (centers, sigmas, amplitudes), step).reshape(b, d, d, d)
 
 
 def mixture_projections(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
@@ -143,19 +160,14 @@ def mixture_fourier(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: tor
     """Continuous 3D Fourier transform ``(B, K)`` complex of each mixture at ``coords (B, K, 3)`` cycles/px
     ``(kx, ky, kz)``: ``Σ_m a_m (2π)^{3/2} σ_m³ exp(−2π² σ_m² |k|²) exp(−2πi k·μ_m)`` (the sign and
     normalisation of the centered DFT, :mod:`cryolens.imaging.fft`, which it equals for well-sampled
-    Gaussians). Differentiable in every input. Chunked over the Gaussians (``B·K·m ≤ 4M`` entries per chunk);
-    with several chunks under autograd each is recomputed in the backward pass (checkpointing: about 1.5×
-    the time), so the memory stays that of one chunk whatever ``M``. The real-space projection
-    (:func:`mixture_projections`, ``O(B·M·D)``) is far cheaper than a slice of this (``O(B·D²·M)``
-    transcendentals)."""
+    Gaussians). Differentiable in every input. Chunked over the Gaussians (``B·K·m ≤ 4M`` entries per chunk,
+    checkpointed under autograd: :func:`_chunked_sum`). The slices on the image grid
+    (:func:`mixture_projection_ft`, ``O(B·M·D)`` exponentials) are far cheaper than this at the same points
+    (``O(B·D²·M)`` transcendentals)."""
     k2 = (coords * coords).sum(-1, keepdim=True)  # (B, K, 1)
     b = max(coords.shape[0], centers.shape[0])
+    if centers.shape[1] == 0:
+        return torch.complex(coords.new_zeros(b, coords.shape[1]), coords.new_zeros(b, coords.shape[1]))
     step = max(1, _CHUNK // (b * coords.shape[1]))
-    m = centers.shape[1]
-    grad = (m > step and torch.is_grad_enabled()  # one chunk: its saved tensors are already bounded
-            and any(t.requires_grad for t in (centers, sigmas, amplitudes, coords)))
-    out = coords.new_zeros(2, b, coords.shape[1])
-    for s in range(0, m, step):
-        part = (coords, k2, centers[:, s:s + step], sigmas[:, s:s + step], amplitudes[:, s:s + step])
-        out = out + (checkpoint(_fourier_chunk, *part, use_reentrant=False) if grad else _fourier_chunk(*part))
+    out = _chunked_sum(_fourier_chunk, (coords, k2), (centers, sigmas, amplitudes), step)
     return torch.complex(out[0], out[1])

@@ -10,8 +10,9 @@ std of their Hartley transforms, the prediction — the exact projection of the 
 multiplied by one learned scale ``e^{log_scale}``) + ``β`` KL / P (cryoDRGN's scaling) + the weighted
 structure terms of :class:`~cryolens.inference.structure_losses.StructureRestraints` (Å², batch means).
 
-Engine contract: ``forward(batch) → {"loss", "mse", "kl", <each structure term>}``; :meth:`CryoFoldModel.posterior`
-and ``zdim`` / ``table`` make :func:`~cryolens.inference.latent_model.infer_latents` work unchanged.
+Engine contract: ``forward(batch) → {"loss", "mse", "kl", <each structure term>}``
+(:meth:`CryoFoldModel.vae_loss`); :meth:`CryoFoldModel.posterior` and ``zdim`` / ``table`` make
+:func:`~cryolens.inference.latent_model.infer_latents` work unchanged.
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ class CryoFoldModel(nn.Module):
         lat = self._lattice(batch["image"].device)
         return self.encoder(lat.scatter(lat.gather(self.targets(batch))))
 
-    def predicted(self, batch: dict, z: torch.Tensor | None) -> torch.Tensor:
-        """``(B, P)`` predicted Hartley values on the lattice (unscaled, normalised units) at ``z``."""
+    def predicted(self, batch: dict, z: torch.Tensor | None, rotations: torch.Tensor | None = None,
+                  shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, P)`` predicted Hartley values on the lattice (unscaled, normalised units) at ``z``, under
+        ``rotations`` (default the batch's) shifted by ``shifts`` px (default none: the target is centred)."""
         lat = self._lattice(batch["image"].device)
-        f = predicted_transforms(self.volume, batch["rotation"], z, None, batch.get("ctf"), self.volume.pixel_size)
+        rot = batch["rotation"] if rotations is None else rotations
+        f = predicted_transforms(self.volume, rot, z, shifts, batch.get("ctf"), self.volume.pixel_size)
         return lat.gather(fourier_to_hartley(f)) / self.norm
 
     @torch.no_grad()
@@ -73,17 +77,23 @@ class CryoFoldModel(nn.Module):
         self.log_scale.fill_(float(torch.log(torch.tensor(abs(scale) + 1e-20))))
         return scale
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def vae_loss(self, batch: dict, rotations: torch.Tensor | None = None,
+                 shifts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loss terms (module docstring) of a batch seen under ``rotations`` and ``shifts`` (default: the
+        batch's rotations, centred targets)."""
         lat = self._lattice(batch["image"].device)
         mu, logvar = self.posterior(batch)
         z = reparametrize(mu, logvar) if self.training else mu
-        pred = self.predicted(batch, z) * self.log_scale.exp()
+        pred = self.predicted(batch, z, rotations, shifts) * self.log_scale.exp()
         mse = image_mse(pred, lat.gather(self.targets(batch))).mean()
         kl = kl_standard_normal(mu, logvar).mean()
         terms = self.restraints.terms(self.volume.params(z)[0])
         structure = self.restraints.total(terms).mean()
         return {"loss": mse + self.beta * kl / len(lat) + structure, "mse": mse.detach(), "kl": kl.detach(),
                 **{k: v.mean().detach() for k, v in terms.items()}}
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.vae_loss(batch)
 
 
 @torch.no_grad()

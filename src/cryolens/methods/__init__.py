@@ -119,3 +119,12 @@ register(Recipe(
             "Ca-distance and pull-to-base restraints; poses, CTF known",
     needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
     reference="Zhong, Lerer, Davis & Berger 2021, arXiv 2107.01331 (no public code)"), replace=True)
+
+from . import atomvae  # noqa: E402
+
+register(Recipe(
+    name="atomvae", fit=atomvae.fit, config=atomvae.AtomVAEConfig,
+    summary="base atomic model + MLP(z) displacements, one Gaussian per atom; encoders for z and the pose, "
+            "pose-only warm-up then joint; Gaussian likelihood, beta-KL, bond and pull terms; CTF known",
+    needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
+    reference="Rosenbaum et al. 2021, arXiv 2106.14108 (no public code)"), replace=True)

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from ..inference.cryofold import CryoFoldModel, ca_outside_fraction
 from ..inference.distributed import is_main
 from ..inference.latent_model import infer_latents
-from ..inference.structure_losses import StructureRestraints, consecutive_pairs
+from ..inference.structure_losses import StructureRestraints, consecutive_pairs, neighbour_pairs
 from ..inference.engine import ParticleBatches, to_device
 from ..io.atomic import load_model_for_box, residue_index
 from ..io.particles import Particles
-from ..volumes.gaussian_mixture import from_atoms
+from ..volumes.gaussian_mixture import GaussianMixtureVolume, from_atoms
 from ..volumes.mixture_decoder import MixtureDecoder
 from .config import option
 from .registry import MethodOutputs
@@ -55,28 +56,44 @@ class CryoFoldConfig(TrainingConfig):
     rigid_cutoff: float = option(10.0, "residues closer than this in the base model keep their distance, Å")
 
 
+def atomic_mixture(particles: Particles, config, device, per: str = "residue"
+                   ) -> tuple[GaussianMixtureVolume, StructureRestraints]:
+    """The mixture of ``config.model`` (one Gaussian per residue or per atom, width ``config.sigma``, a decoder of
+    the centres) and its restraints (Cα pairs of consecutive residues; covalent bonds — pairs closer than 1.9 Å
+    — of an all-atom model; pull; rigidity), on ``device``."""
+    if not config.model:
+        raise InputError("option model (a PDB/mmCIF file) is required")
+    d, px = particles.box_size, particles.pixel_size
+    atoms = load_model_for_box(config.model, d, px)
+    groups = residue_index(atoms) if per == "residue" else np.arange(len(atoms))
+    decoder = MixtureDecoder(config.zdim, int(groups.max()) + 1, config.dec_layers, config.dec_dim, dropout=0.0,
+                             batchnorm=False, amplitudes=False, shift_scale=config.max_shift)
+    volume = from_atoms(atoms, d, px, per=per, sigma=config.sigma or 1.5 * px, decoder=decoder,
+                        zdim=config.zdim, learn=(), device=device)
+    ca = np.flatnonzero((atoms.atom_names == "CA") & (atoms.elements == "C"))
+    ca = ca[np.unique(groups[ca], return_index=True)[1]]  # one Cα per Gaussian (the first altloc)
+    pairs = torch.as_tensor(groups[ca])[consecutive_pairs(atoms.chain_ids[ca], atoms.residue_numbers[ca])]
+    base = volume.centers.detach().cpu()
+    restraints = StructureRestraints.from_base(
+        base, ca_pairs=pairs, bonds=neighbour_pairs(base, 1.9) if per == "atom" else pairs,
+        rigid_cutoff=config.rigid_cutoff if config.w_rigid > 0 else 0.0, w_ca=config.w_ca,
+        w_bond=getattr(config, "w_bond", 0.0), w_pull=config.w_pull, w_rigid=config.w_rigid)
+    return volume, restraints.to(device)
+
+
 def build(particles: Particles, config: CryoFoldConfig, device) -> CryoFoldModel:
     """The untrained model on ``device`` (the seed fixes the initial weights), its data scale and prediction
     scale set on the first ``norm_images`` images."""
-    if not config.model:
-        raise InputError("recipe cryofold: option model (a PDB/mmCIF file) is required")
     torch.manual_seed(config.seed)
-    d, px = particles.box_size, particles.pixel_size
-    atoms = load_model_for_box(config.model, d, px)
-    decoder = MixtureDecoder(config.zdim, int(residue_index(atoms).max()) + 1, config.dec_layers, config.dec_dim,
-                             dropout=0.0, batchnorm=False, amplitudes=False, shift_scale=config.max_shift)
-    volume = from_atoms(atoms, d, px, per="residue", sigma=config.sigma or 1.5 * px, decoder=decoder,
-                        zdim=config.zdim, learn=(), device=device)
-    first = residue_index(atoms)
-    keep = [int((first == g).nonzero()[0][0]) for g in range(volume.n_gaussians)]  # first atom of each residue
-    pairs = consecutive_pairs(atoms.chain_ids[keep], atoms.residue_numbers[keep])
-    restraints = StructureRestraints.from_base(volume.centers.detach().cpu(), ca_pairs=pairs,
-                                               rigid_cutoff=config.rigid_cutoff if config.w_rigid > 0 else 0.0,
-                                               w_ca=config.w_ca, w_pull=config.w_pull, w_rigid=config.w_rigid)
-    model = CryoFoldModel(volume, restraints.to(device), config.enc_layers, config.enc_dim, config.beta).to(device)
-    model.set_scale(to_device(ParticleBatches(particles)[list(range(min(len(particles), config.norm_images)))],
-                              device))
+    volume, restraints = atomic_mixture(particles, config, device)
+    model = CryoFoldModel(volume, restraints, config.enc_layers, config.enc_dim, config.beta).to(device)
+    model.set_scale(first_images(particles, config.norm_images, device))
     return model
+
+
+def first_images(particles: Particles, n: int, device) -> dict:
+    """The engine's batch of the first ``n`` images, on ``device``."""
+    return to_device(ParticleBatches(particles)[list(range(min(len(particles), n)))], device)
 
 
 def fit(particles: Particles, known, run, config: CryoFoldConfig, device=None, progress=True) -> MethodOutputs:

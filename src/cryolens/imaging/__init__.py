@@ -1,7 +1,8 @@
 """The physics: transforms, grids, rotations, CTF, projection, shifts, noise, the forward model.
 
 Torch only; every function works on batched tensors on any device and depends on nothing
-else in cryolens.
+else in cryolens. The exception, :mod:`.form_factor` (the elements' electron scattering factors),
+reads gemmi's tables and is imported from its module, not from here.
 """
 
 from .ctf import CTFParams, ctf_2d, ctf_from_freqs, electron_wavelength

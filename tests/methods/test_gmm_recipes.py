@@ -2,19 +2,21 @@
 blob set (one blob 8 px apart between the states) learns — the FRC rises over the epochs and the first
 principal component of z separates the states — and a model file that is not a PDB/mmCIF is one line,
 exit code 2; ``cryolens train cryofold`` from the open state of a 16-residue Cα hairpin learns the hinged
-state (its decoded model moves most of the way to the true one)."""
+state (its decoded model moves most of the way to the true one) and writes the models; ``atomvae`` runs
+its warm-up schedule without poses."""
 
 import json
 import sys
 from pathlib import Path
 
+import gemmi
 import numpy as np
 import torch
 
 from cryolens.cli.main import main
 from cryolens.imaging import CTFParams, random_rotations, render_images
 from cryolens.imaging.forward import ProjectorForward
-from cryolens.io.atomic import Atoms, write_atoms
+from cryolens.io.atomic import Atoms, read_atoms, write_atoms
 from cryolens.io.checkpoint import load_checkpoint
 from cryolens.io.mrc import write_stack
 from cryolens.io.particles import Particles
@@ -127,6 +129,11 @@ def test_cryofold_from_the_cli_moves_the_base_model_to_the_hinged_state(tmp_path
         rmsd[s] = np.sqrt(((decoded + com - hairpin(40.0 * s).coords) ** 2).sum(1).mean())
     base_rmsd = np.sqrt(((hairpin(0.0).coords - hairpin(40.0).coords) ** 2).sum(1).mean())
     assert rmsd[1] < 0.5 * base_rmsd and rmsd[0] < 1.5, (rmsd, base_rmsd)
+    # the models written by the writer: at the mean z (re-read by gemmi, to 1e-3 Å) and 10 along PC1
+    mean_model = model.volume.atomic_models(torch.as_tensor(z.mean(0, keepdims=True)))[0]
+    np.testing.assert_allclose(read_atoms(run / "model.cif").coords, mean_model.coords, atol=1e-3)
+    traversal = gemmi.read_structure(str(run / "models_pc1.cif"))
+    assert len(traversal) == 10 and all(m.count_atom_sites() == 16 for m in traversal)
 
 
 def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path):

@@ -67,4 +67,5 @@ def fit(particles: Particles, known, run, config: AtomVAEConfig, device=None, pr
     mean = torch.as_tensor(z.mean(0, keepdims=True), device=device)
     metrics = {k: summary.get(k) for k in ("epochs", "final_loss", "final_mse", "images_per_s")}
     return MethodOutputs(pixel_size=particles.pixel_size, volume=volume.render(mean)[0].cpu(), latents=z,
-                         rotations=rotations, shifts=shifts, decode=decode, metrics=metrics, history=history)
+                         rotations=rotations, shifts=shifts, decode=decode, metrics=metrics, history=history,
+                         decode_models=lambda zb: volume.atomic_models(zb.to(device)))

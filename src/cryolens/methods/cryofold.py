@@ -117,4 +117,5 @@ def fit(particles: Particles, known, run, config: CryoFoldConfig, device=None, p
         return volume.render(zb.to(device))
 
     return MethodOutputs(pixel_size=particles.pixel_size, volume=volume.render(zt.mean(0, keepdim=True))[0].cpu(),
-                         latents=z, decode=decode, metrics=metrics, history=history)
+                         latents=z, decode=decode, metrics=metrics, history=history,
+                         decode_models=lambda zb: volume.atomic_models(zb.to(device)))

@@ -118,5 +118,7 @@ def mixture_outputs(model: E2GMMModel, particles: Particles, run, config, device
         return volume.render(zb.to(device))
 
     metrics = {k: summary.get(k) for k in ("epochs", "final_loss", "final_frc", "images_per_s")}
+    models = None if volume.atoms is None else (lambda zb: volume.atomic_models(zb.to(device)))
     return MethodOutputs(pixel_size=particles.pixel_size, volume=volume.render(mean)[0].cpu(), latents=z,
-                         decode=decode, metrics={**metrics, "n_gaussians": volume.n_gaussians}, history=history)
+                         decode=decode, metrics={**metrics, "n_gaussians": volume.n_gaussians}, history=history,
+                         decode_models=models)

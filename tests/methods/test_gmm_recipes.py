@@ -134,6 +134,16 @@ def test_cryofold_from_the_cli_moves_the_base_model_to_the_hinged_state(tmp_path
     np.testing.assert_allclose(read_atoms(run / "model.cif").coords, mean_model.coords, atol=1e-3)
     traversal = gemmi.read_structure(str(run / "models_pc1.cif"))
     assert len(traversal) == 10 and all(m.count_atom_sites() == 16 for m in traversal)
+    # eval-vol --models at the z of particles 0 and 1, from the run folder alone; analyze runs on it
+    out = tmp_path / "decoded"
+    assert main(["eval-vol", str(run), "--z-index", "0", "1", "--models", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "vol_001.mrc").is_file()
+    written = gemmi.read_structure(str(out / "models.cif"))
+    expected = model.volume.atomic_models(torch.as_tensor(z[:2]))
+    for m, e in zip(written, expected):
+        np.testing.assert_allclose([a.pos.tolist() for r in m[0] for a in r], e.coords, atol=1e-3)
+    assert len(written) == 2
+    assert main(["analyze", str(run), "--clusters", "2", "--no-umap", "--device", "cpu"]) == 0
 
 
 def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path):

@@ -54,11 +54,11 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.dataset import read_particles
     from ..io.runfolder import RunFolder
-    from ..methods.cryodrgn import load_trained
+    from ..methods.mixture_run import load_trained_run
     from .common import pick_device
 
     device = pick_device(args.device)
-    trained = load_trained(args.run, device)
+    trained = load_trained_run(args.run, device)
     if trained.latents is None:
         raise InputError(f"{args.run}: no z.npy (a homogeneous run has no latent space)")
     run = RunFolder(args.run)

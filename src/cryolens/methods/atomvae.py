@@ -26,6 +26,7 @@ from ..inference.pose_encoder import PoseEncoder
 from ..io.particles import Particles
 from .config import option
 from .cryofold import CryoFoldConfig, atomic_mixture, first_images
+from .mixture_run import write_mixture_json
 from .registry import MethodOutputs
 from .training import run_summary, train
 
@@ -53,6 +54,8 @@ def fit(particles: Particles, known, run, config: AtomVAEConfig, device=None, pr
     model = AtomVAEModel(volume, restraints, pose, config.enc_layers, config.enc_dim, config.beta,
                          config.warmup_epochs).to(device)
     model.set_scale(first_images(particles, config.norm_images, device))
+    if is_main():
+        write_mixture_json(run, "atomvae", volume, len(particles), config)
     train(model, particles, run, config, device, progress)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)

@@ -32,6 +32,7 @@ from ..io.particles import Particles
 from ..volumes.gaussian_mixture import GaussianMixtureVolume, from_atoms
 from ..volumes.mixture_decoder import MixtureDecoder
 from .config import option
+from .mixture_run import write_mixture_json
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
 
@@ -102,6 +103,8 @@ def fit(particles: Particles, known, run, config: CryoFoldConfig, device=None, p
         raise InputError(f"{particles.name}: cryofold needs poses (rlnAngleRot/Tilt/Psi)")
     device = torch.device(device or "cpu")
     model = build(particles, config, device)
+    if is_main():
+        write_mixture_json(run, "cryofold", model.volume, len(particles), config)
     train(model, particles, run, config, device, progress)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)

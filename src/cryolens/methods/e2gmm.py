@@ -32,6 +32,7 @@ from ..volumes.gaussian_mixture import GaussianMixtureVolume, fit_to_map, from_a
 from ..volumes.mixture_decoder import MixtureDecoder
 from .backprojection import backproject
 from .config import option
+from .mixture_run import write_mixture_json
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
 
@@ -100,6 +101,8 @@ def fit(particles: Particles, known, run, config: E2GMMConfig, device=None, prog
         raise InputError(f"{particles.name}: e2gmm needs poses (rlnAngleRot/Tilt/Psi)")
     device = torch.device(device or "cpu")
     model = build(particles, config, device, progress)
+    if is_main():
+        write_mixture_json(run, "e2gmm", model.volume, len(particles), config)
     train(model, particles, run, config, device, progress)
     if not is_main():  # the other DDP ranks return nothing
         return MethodOutputs(pixel_size=particles.pixel_size)

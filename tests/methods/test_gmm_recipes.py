@@ -144,6 +144,8 @@ def test_cryofold_from_the_cli_moves_the_base_model_to_the_hinged_state(tmp_path
         np.testing.assert_allclose([a.pos.tolist() for r in m[0] for a in r], e.coords, atol=1e-3)
     assert len(written) == 2
     assert main(["analyze", str(run), "--clusters", "2", "--no-umap", "--device", "cpu"]) == 0
+    assert len(gemmi.read_structure(str(run / "analysis" / "models_kmeans.cif"))) == 2
+    assert len(gemmi.read_structure(str(run / "analysis" / "models_pc2.cif"))) == 10
 
 
 def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path):

@@ -73,7 +73,7 @@ def write_run(outputs: MethodOutputs, particles: Particles, run: RunFolder | str
         with atomic_path(run.path("z.npy")) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.asarray(outputs.latents, dtype=np.float32), allow_pickle=False)
         if outputs.decode_models is not None:
-            _write_models(outputs.decode_models, np.asarray(outputs.latents, dtype=np.float32), run)
+            write_latent_models(outputs.decode_models, np.asarray(outputs.latents, dtype=np.float32), run.root)
     m = dict(run.read_json("metrics.json")) if keep_existing else {}
     m.update({"n_images": len(particles), "box_size": particles.box_size, "pixel_size": px})
     if recipe is not None:
@@ -119,13 +119,25 @@ def _write_maps(outputs: MethodOutputs, run: RunFolder, px: float) -> None:
         write_volume(path, _np(v), px)
 
 
-def _write_models(decode_models, z: np.ndarray, run: RunFolder, n: int = 10) -> None:
-    """``model.cif`` at the mean of ``z (N, L)`` and ``models_pc1.cif``, ``n`` models along its PC1 (module
-    docstring)."""
-    write_atoms(run.path("model.cif"), decode_models(torch.as_tensor(z.mean(0, keepdims=True)))[0])
-    if z.shape[0] > 1:
-        points, _ = pc_traversal(pca(z), 0, n)
-        write_models(run.path("models_pc1.cif"), decode_models(torch.as_tensor(points, dtype=torch.float32)))
+def write_latent_models(decode_models, z: np.ndarray, folder: str | os.PathLike, centers: np.ndarray | None = None,
+                        n_pcs: int = 1, n: int = 10) -> list[Path]:
+    """Atomic models decoded from latents ``z (N, L)`` into ``folder``: ``model.cif`` at their mean,
+    ``models_pc<c>.cif`` with ``n`` models along principal component ``c = 1 … n_pcs`` (5th to 95th percentile
+    of its scores) and, given ``centers (K, L)`` (e.g. k-means centres), ``models_kmeans.cif``; each a
+    multi-model mmCIF. decode_models: ``z (B, L) float32 tensor → B`` models. Returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    z = np.asarray(z, dtype=np.float32)
+    paths = [write_atoms(folder / "model.cif", decode_models(torch.as_tensor(z.mean(0, keepdims=True)))[0])]
+    p = pca(z) if z.shape[0] > 1 else None
+    for c in range(min(n_pcs, 0 if p is None else p.components.shape[0])):
+        points, _ = pc_traversal(p, c, n)
+        paths.append(write_models(folder / f"models_pc{c + 1}.cif",
+                                  decode_models(torch.as_tensor(points, dtype=torch.float32))))
+    if centers is not None:
+        paths.append(write_models(folder / "models_kmeans.cif",
+                                  decode_models(torch.as_tensor(np.asarray(centers, dtype=np.float32)))))
+    return paths
 
 
 def _has_per_image(outputs: MethodOutputs) -> bool:

@@ -12,6 +12,9 @@ What it writes (each only when the outputs hold it):
   (1-based; with more than one class), ``rlnRandomSubset`` (1/2, the gold-standard half), latents
   as ``rlnCryolensLatent1`` …, and every ``particle_columns`` entry; ``z.npy``: latents ``(N, L)``
   float32 in input order;
+- atomic models (when the outputs can decode them, ``decode_models``): ``model.cif``, the model at the mean
+  of the latents, and ``models_pc1.cif``, 10 models along their first principal component (5th to 95th
+  percentile of its scores), one multi-model mmCIF that ChimeraX and PyMOL open as a trajectory;
 - ``metrics.json``: image count, box, pixel size, the recipe's own metrics, the half-map FSC and its
   0.143 resolution, class counts, per-iteration history (``history``; records carrying a ``stage``
   key go to ``<stage>_history``), the FSC against a ``reference`` map (0.5 resolution);
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from ..imaging.ctf import ctf_2d
+from ..io.atomic import write_atoms, write_models
 from ..io.dataset import iterate_batches
 from ..io.files import atomic_path
 from ..io.mrc import write_volume
@@ -40,6 +44,7 @@ from ..io.runfolder import RunFolder
 from ..io.star import write_star
 from ..metrics.fsc import fsc, resolution_at
 from ..methods.registry import MethodOutputs, Recipe
+from .latent import pca, pc_traversal
 
 
 def _np(x) -> np.ndarray:
@@ -67,6 +72,8 @@ def write_run(outputs: MethodOutputs, particles: Particles, run: RunFolder | str
     if outputs.latents is not None:
         with atomic_path(run.path("z.npy")) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.asarray(outputs.latents, dtype=np.float32), allow_pickle=False)
+        if outputs.decode_models is not None:
+            write_latent_models(outputs.decode_models, np.asarray(outputs.latents, dtype=np.float32), run.root)
     m = dict(run.read_json("metrics.json")) if keep_existing else {}
     m.update({"n_images": len(particles), "box_size": particles.box_size, "pixel_size": px})
     if recipe is not None:
@@ -110,6 +117,27 @@ def _write_maps(outputs: MethodOutputs, run: RunFolder, px: float) -> None:
         path = run.path(f"{key}.mrc")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_volume(path, _np(v), px)
+
+
+def write_latent_models(decode_models, z: np.ndarray, folder: str | os.PathLike, centers: np.ndarray | None = None,
+                        n_pcs: int = 1, n: int = 10) -> list[Path]:
+    """Atomic models decoded from latents ``z (N, L)`` into ``folder``: ``model.cif`` at their mean,
+    ``models_pc<c>.cif`` with ``n`` models along principal component ``c = 1 … n_pcs`` (5th to 95th percentile
+    of its scores) and, given ``centers (K, L)`` (e.g. k-means centres), ``models_kmeans.cif``; each a
+    multi-model mmCIF. decode_models: ``z (B, L) float32 tensor → B`` models. Returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    z = np.asarray(z, dtype=np.float32)
+    paths = [write_atoms(folder / "model.cif", decode_models(torch.as_tensor(z.mean(0, keepdims=True)))[0])]
+    p = pca(z) if z.shape[0] > 1 else None
+    for c in range(min(n_pcs, 0 if p is None else p.components.shape[0])):
+        points, _ = pc_traversal(p, c, n)
+        paths.append(write_models(folder / f"models_pc{c + 1}.cif",
+                                  decode_models(torch.as_tensor(points, dtype=torch.float32))))
+    if centers is not None:
+        paths.append(write_models(folder / "models_kmeans.cif",
+                                  decode_models(torch.as_tensor(np.asarray(centers, dtype=np.float32)))))
+    return paths
 
 
 def _has_per_image(outputs: MethodOutputs) -> bool:

@@ -54,11 +54,11 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.dataset import read_particles
     from ..io.runfolder import RunFolder
-    from ..methods.cryodrgn import load_trained
+    from ..methods.mixture_run import load_trained_run
     from .common import pick_device
 
     device = pick_device(args.device)
-    trained = load_trained(args.run, device)
+    trained = load_trained_run(args.run, device)
     if trained.latents is None:
         raise InputError(f"{args.run}: no z.npy (a homogeneous run has no latent space)")
     run = RunFolder(args.run)
@@ -73,6 +73,13 @@ def main(args: argparse.Namespace) -> int:
                               values=_values(args.values, len(trained.latents)) or None, particles=particles,
                               n_clusters=args.clusters, n_pcs=args.pcs, umap=not args.no_umap,
                               subset_clusters=subsets, device=device)
+    if getattr(trained.model, "atoms", None) is not None:  # a mixture run from an atomic model: models too
+        import numpy as np
+
+        from ..analysis.writer import write_latent_models
+
+        write_latent_models(lambda zb: trained.model.atomic_models(zb.to(device)), trained.latents,
+                            run.path("analysis"), np.load(run.path("analysis") / "kmeans_centers.npy"), args.pcs)
     print(f"analysed {len(trained.latents)} latents of {args.run}: maps, plots and subsets in "
           f"{run.path('analysis')}/, report.html updated")
     return 0

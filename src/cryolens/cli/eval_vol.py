@@ -5,6 +5,10 @@ Writes vol_000.mrc, vol_001.mrc, ... (voxel size set) and z_values.txt into --ou
   cryolens eval-vol run/ --z "0.1,0.2,0,0,0,0,0,0" --out maps/
   cryolens eval-vol run/ --z-file z.txt --out maps/       (one z per line, whitespace or comma separated)
   cryolens eval-vol run/ --z-index 0 17 256 --out maps/   (the z of these particles, from z.npy)
+  cryolens eval-vol run/ --z-index 0 17 --models --out m/  (a mixture run from a model: also models.cif)
+
+With --models (e2gmm from a model, cryofold, atomvae) the moved atomic models at the same z are written as one
+multi-model mmCIF, models.cif (model k ↔ vol_k), which ChimeraX and PyMOL open as a trajectory.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--z", action="append", default=[], help="one z, comma separated (repeatable)")
     g.add_argument("--z-file", help="text file of z values, one per line")
     g.add_argument("--z-index", type=int, nargs="+", help="particle indices whose z (z.npy) to decode")
+    p.add_argument("--models", action="store_true", help="also write the moved atomic models (models.cif)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 
 
@@ -66,12 +71,14 @@ def main(args: argparse.Namespace) -> int:
     from ..io.files import atomic_write_text
     from ..io.mrc import write_volume
     from ..io.runfolder import RunFolder
-    from ..methods.cryodrgn import load_trained
+    from ..methods.mixture_run import load_trained_run
     from .common import pick_device
 
     device = pick_device(args.device)
-    trained = load_trained(args.run, device)
+    trained = load_trained_run(args.run, device)
     z = read_z(args, trained.model.zdim, trained.latents)
+    if args.models:
+        write_models_at(trained, z, args.run, args.out)
     out = RunFolder(args.out)
     maps = []
     if z is None:
@@ -85,3 +92,17 @@ def main(args: argparse.Namespace) -> int:
         atomic_write_text(out.path("z_values.txt"), "\n".join(" ".join(f"{v:.6g}" for v in row) for row in z) + "\n")
     print(f"wrote {len(maps)} map(s) to {out.root}/ ({trained.box_size}³, {trained.pixel_size:g} Å/px)")
     return 0
+
+
+def write_models_at(trained, z, run: str, out: str) -> None:
+    """``out/models.cif``: the moved models of a mixture run at ``z (K, L)``; one line and exit 2 otherwise."""
+    import torch
+
+    from ..errors import InputError
+    from ..io.atomic import write_models
+    from ..io.runfolder import RunFolder
+
+    if z is None or getattr(trained.model, "atoms", None) is None:
+        raise InputError(f"{run}: --models needs a run built from an atomic model (e2gmm with --model, cryofold, "
+                         "atomvae)")
+    write_models(RunFolder(out).path("models.cif"), trained.model.atomic_models(torch.from_numpy(z)))

@@ -1,14 +1,16 @@
 """The physics: transforms, grids, rotations, CTF, projection, shifts, noise, the forward model.
 
 Torch only; every function works on batched tensors on any device and depends on nothing
-else in cryolens.
+else in cryolens. The exception, :mod:`.form_factor` (the elements' electron scattering factors),
+reads gemmi's tables and is imported from its module, not from here.
 """
 
 from .ctf import CTFParams, ctf_2d, ctf_from_freqs, electron_wavelength
 from .fft import (fft2_centered, fft3_centered, hartley2, hartley3, ifft2_centered, ifft3_centered,
                   ihartley2, ihartley3, irfft2_centered, rfft2_centered, rfft3_centered)
 from .forward import forward_fourier, render_images
-from .gaussian import gaussian_projection, gaussian_projection_ft, gaussian_volume
+from .gaussian import (gaussian_projection, gaussian_projection_ft, gaussian_volume, mixture_fourier,
+                       mixture_projection_ft, mixture_projections, mixture_volumes)
 from .grids import (circular_mask, coord_grid_2d, coord_grid_3d, flatten_solvent, flip_centered, freq_grid_2d,
                     freq_grid_3d, lowpass_filter_2d, lowpass_filter_3d, lowpass_volume, radial_average,
                     shell_filter_volume, shell_index_2d, shell_index_3d, shell_sum, spherical_mask)

@@ -2,13 +2,18 @@
 
 Coordinates are ``(x, y, z)`` in Å, in the model file's own frame. Alternate conformations are
 kept with their occupancies (so a density sums them with the right weights); waters and
-hydrogens can be dropped on reading. :func:`write_atoms` writes a (moved) model as PDB, so a
-simulated dataset can ship the exact atoms each ground-truth map was computed from.
+hydrogens can be dropped on reading. :func:`write_atoms` writes a (moved) model as PDB or mmCIF, so
+a simulated dataset can ship the exact atoms each ground-truth map was computed from;
+:func:`write_models` writes several models of the same atoms as one multi-model file (a trajectory
+for ChimeraX or PyMOL). :func:`moved_model` moves every atom with its residue (a residue-level
+Gaussian mixture's displacement), and :func:`load_model_for_box` is the checked entry point of the
+methods that start from a model (a protein that fits the box).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -110,9 +115,9 @@ def read_atoms(path: str | os.PathLike, waters: bool = False, hydrogens: bool = 
     try:
         st = gemmi.read_structure(str(p))
     except Exception as e:  # gemmi raises RuntimeError / ValueError with a multi-line text
-        raise InputError(f"{p}: not a readable PDB/mmCIF file ({' '.join(str(e).split())})") from None
-    if len(st) == 0:
-        raise InputError(f"{p}: no model (no atoms) in the file")
+        raise InputError(f"{p}: not a PDB/mmCIF model (unreadable: {' '.join(str(e).split())})") from None
+    if len(st) == 0 or st[0].count_atom_sites() == 0:
+        raise InputError(f"{p}: not a PDB/mmCIF model: no atoms in the file")
     if not waters:
         st.remove_waters()
     if not hydrogens:
@@ -144,11 +149,32 @@ def read_atoms(path: str | os.PathLike, waters: bool = False, hydrogens: bool = 
     return Atoms(coords=coords, source=str(p), **cols)
 
 
-def atoms_to_structure(atoms: Atoms) -> gemmi.Structure:
-    """A one-model gemmi structure holding ``atoms`` (chains and residues in first-seen order)."""
-    st = gemmi.Structure()
-    st.name = Path(atoms.source).stem if atoms.source else "cryolens"
-    model = gemmi.Model("1")
+def residue_index(atoms: Atoms) -> np.ndarray:
+    """``(M,)`` int: the residue of each atom, numbered 0, 1, … in first-seen order, a residue being one
+    (chain, residue number, residue name) as :func:`atoms_to_structure` groups them (alternate
+    conformations of a residue share it)."""
+    seen: dict[tuple, int] = {}
+    keys = zip(atoms.chain_ids, atoms.residue_numbers.tolist(), atoms.residue_names)
+    return np.array([seen.setdefault(k, len(seen)) for k in keys], dtype=np.int64)
+
+
+def moved_model(atoms: Atoms, residue_of_atom: np.ndarray, displacement: np.ndarray) -> Atoms:
+    """A copy of ``atoms`` with atom ``i`` moved by ``displacement[residue_of_atom[i]]`` (Å): every atom
+    translated with its residue's Gaussian. residue_of_atom: ``(M,)`` int (e.g. :func:`residue_index`, or
+    the identity for one Gaussian per atom); displacement ``(G, 3)`` Å. B-factors, occupancies and names
+    are kept."""
+    idx = np.asarray(residue_of_atom, dtype=np.int64).reshape(-1)
+    disp = np.asarray(displacement, dtype=np.float64).reshape(-1, 3)
+    if idx.shape != (len(atoms),):
+        raise ValueError(f"moved_model: {idx.shape[0]} residue indices for {len(atoms)} atoms")
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(disp)):
+        raise ValueError(f"moved_model: residue indices must lie in [0, {len(disp)})")
+    return atoms.with_coords(atoms.coords + disp[idx])
+
+
+def _model(atoms: Atoms, name: str) -> gemmi.Model:
+    """One gemmi model holding ``atoms`` (chains and residues in first-seen order)."""
+    model = gemmi.Model(name)
     chains: dict[str, gemmi.Chain] = {}
     residues: dict[tuple, gemmi.Residue] = {}
     order: list[tuple] = []
@@ -176,17 +202,66 @@ def atoms_to_structure(atoms: Atoms) -> gemmi.Structure:
         chains[key[0]].add_residue(residues[key])
     for ch in chains.values():
         model.add_chain(ch)
-    st.add_model(model)
+    return model
+
+
+def atoms_to_structure(atoms: Atoms | Sequence[Atoms]) -> gemmi.Structure:
+    """A gemmi structure holding ``atoms`` as model 1, or a sequence of them as models 1, 2, …"""
+    models = [atoms] if isinstance(atoms, Atoms) else list(atoms)
+    st = gemmi.Structure()
+    st.name = Path(models[0].source).stem if models and models[0].source else "cryolens"
+    for k, m in enumerate(models):
+        st.add_model(_model(m, str(k + 1)))
     st.setup_entities()
     return st
 
 
+def _write_structure(path: str | os.PathLike, st: gemmi.Structure) -> Path:
+    """``st`` as mmCIF (``.cif``, ``.mmcif``) or PDB (``.pdb``, ``.ent``), by the suffix, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".cif", ".mmcif"):
+        text = st.make_mmcif_document().as_string()
+    elif suffix in (".pdb", ".ent"):
+        opts = gemmi.PdbWriteOptions()
+        opts.minimal_file = True
+        opts.cryst1_record = False  # a simulation box is not a crystal cell
+        text = st.make_pdb_string(opts)
+    else:
+        raise ValueError(f"{path}: an atomic model is written as .pdb/.ent or .cif/.mmcif")
+    atomic_write_text(path, text)
+    return path
+
+
 def write_atoms(path: str | os.PathLike, atoms: Atoms) -> Path:
-    """Write ``atoms`` as a PDB file, atomically (chain, residue and atom names, element, B,
-    occupancy and altloc as held in ``atoms``). Returns the path."""
-    st = atoms_to_structure(atoms)
-    opts = gemmi.PdbWriteOptions()
-    opts.minimal_file = True
-    opts.cryst1_record = False  # a simulation box is not a crystal cell
-    atomic_write_text(path, st.make_pdb_string(opts))
-    return Path(path)
+    """Write ``atoms`` as PDB (``.pdb``/``.ent``) or mmCIF (``.cif``/``.mmcif``), by the suffix,
+    atomically (chain, residue and atom names, element, B, occupancy and altloc as held in
+    ``atoms``). Returns the path."""
+    return _write_structure(path, atoms_to_structure(atoms))
+
+
+def write_models(path: str | os.PathLike, models: Sequence[Atoms]) -> Path:
+    """Write several models (e.g. the same atoms along a latent traversal) as one multi-model mmCIF
+    (or PDB with MODEL records), atomically. PyMOL loads the models as the states of one object; ChimeraX
+    plays them as a trajectory when opened with ``open FILE coordsets true``."""
+    if not models:
+        raise ValueError(f"{path}: no models to write")
+    return _write_structure(path, atoms_to_structure(models))
+
+
+def load_model_for_box(path: str | os.PathLike, box_size: int, pixel_size: float,
+                       center: np.ndarray | None = None, waters: bool = False) -> Atoms:
+    """Read a protein model that a method will place in a ``box_size``-px box of ``pixel_size`` Å/px,
+    centred on ``center`` (Å, default its centre of mass). Raises :class:`InputError` naming the file when
+    it is not a PDB/mmCIF model, has no Cα atoms, or is larger than the box (an atom farther than
+    ``D·p/2`` from the centre leaves the box in some orientation)."""
+    atoms = read_atoms(path, waters=waters)
+    if not bool(((atoms.atom_names == "CA") & (atoms.elements == "C")).any()):
+        raise InputError(f"{path}: no Cα atoms (no atom named CA): not a protein model")
+    centre = atoms.center_of_mass() if center is None else np.asarray(center, dtype=np.float64).reshape(3)
+    reach = float(np.linalg.norm(atoms.coords - centre, axis=1).max())
+    half = box_size * pixel_size / 2
+    if reach > half:
+        raise InputError(f"{path}: the model is larger than the box: atoms reach {reach:.1f} Å from its centre "
+                         f"but a box of {box_size} px × {pixel_size:g} Å/px holds ±{half:.1f} Å")
+    return atoms

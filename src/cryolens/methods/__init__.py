@@ -150,3 +150,31 @@ register(Recipe(
     summary="variational q(V) per Fourier voxel + q(R, t) per image (Lie-algebra Gaussian) or encoder; ELBO, std map",
     needs=frozenset({"ctf"}), heterogeneity="homogeneous", learned=True,
     reference="Ullrich et al. 2019, arXiv 1906.07582 (FSTdiff; KarenUllrich/Pytorch-Backprojection)"), replace=True)
+
+# --- Gaussian mixtures (methods/e2gmm.py) ---
+from . import e2gmm  # noqa: E402
+
+register(Recipe(
+    name="e2gmm", fit=e2gmm.fit, config=e2gmm.E2GMMConfig,
+    summary="Gaussian mixture (fitted to the consensus map, or residues of a model) moved by an MLP of z; encoder "
+            "on per-image FRC gradients; FRC loss; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Chen & Ludtke 2021, Nat. Methods 18:930 (EMAN2 e2gmm_refine_new.py)"), replace=True)
+
+from . import cryofold  # noqa: E402
+
+register(Recipe(
+    name="cryofold", fit=cryofold.fit, config=cryofold.CryoFoldConfig,
+    summary="one Gaussian per residue of a given model, moved by an MLP of z; VAE on z, Gaussian likelihood, "
+            "Ca-distance and pull-to-base restraints; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Zhong, Lerer, Davis & Berger 2021, arXiv 2107.01331 (no public code)"), replace=True)
+
+from . import atomvae  # noqa: E402
+
+register(Recipe(
+    name="atomvae", fit=atomvae.fit, config=atomvae.AtomVAEConfig,
+    summary="base atomic model + MLP(z) displacements, one Gaussian per atom; encoders for z and the pose, "
+            "pose-only warm-up then joint; Gaussian likelihood, beta-KL, bond and pull terms; CTF known",
+    needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
+    reference="Rosenbaum et al. 2021, arXiv 2106.14108 (no public code)"), replace=True)

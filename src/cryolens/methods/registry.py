@@ -58,6 +58,9 @@ class MethodOutputs:
     half_labels: ``(N,)`` 0/1 gold-standard half of each image, if the method split the data.
     extra_volumes: more maps, each written as ``<key>.mrc`` (a key may contain one ``/``).
     particle_columns: more per-image STAR columns ``{rlnName: (N,) array}``.
+    decode_models: for models built from an atomic model, ``z (B, L) float32 → B`` moved models
+    (:class:`~cryolens.io.atomic.Atoms`, every atom moved with its Gaussian); the writer writes the model at the
+    mean ``z`` and a traversal along the first principal component of the latents.
     """
 
     pixel_size: float
@@ -74,6 +77,7 @@ class MethodOutputs:
     half_labels: np.ndarray | None = None
     extra_volumes: dict[str, torch.Tensor] = field(default_factory=dict)
     particle_columns: dict[str, np.ndarray] = field(default_factory=dict)
+    decode_models: Callable[[torch.Tensor], list] | None = None
 
 
 FitFn = Callable[..., MethodOutputs]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from .dataset import read_ground_truth, simulate_dataset, volumes_from_models
-from .density import (atoms_extent, atoms_to_volume, default_blur, form_factor, form_factor_coefficients,
-                      gaussian_sum_volume, resample_map)
+from ..imaging.form_factor import default_blur, form_factor, form_factor_coefficients
+from .density import atoms_extent, atoms_to_volume, gaussian_sum_volume, resample_map
 from .nuisance import image_noise, random_ctf, random_shifts
 from .motion import (TERMINAL_SHEET, Hinge, bundled_hinge, dimer_hinge, hinge_trajectory, rmsd, rotate_about_axis,
                      rotation_matrix, sample_states, select_atoms, trajectory_from_files)

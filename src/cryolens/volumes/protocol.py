@@ -19,8 +19,9 @@ is ``H = Re F − Im F``.
 Implementations: :class:`~cryolens.volumes.neural.NeuralField` (cryoDRGN's MLP),
 :class:`~cryolens.volumes.voxel.VoxelVolume` (Fourier voxels),
 :class:`~cryolens.volumes.variational.VariationalVoxelVolume` (Fourier voxels with a Gaussian posterior; its
-posterior mean answers) and :class:`~cryolens.volumes.voxel.RealVoxelVolume` (real-space voxels; also a
-:class:`RealSpaceProjector`).
+posterior mean answers), :class:`~cryolens.volumes.voxel.RealVoxelVolume` (real-space voxels; also a
+:class:`RealSpaceProjector`) and :class:`~cryolens.volumes.gaussian_mixture.GaussianMixtureVolume` (Gaussians
+moved by ``z``; closed-form transform and projection, also a :class:`RealSpaceProjector`).
 Both protocols are ``runtime_checkable``: ``isinstance(x, VolumeModel)`` checks the methods are there.
 """
 

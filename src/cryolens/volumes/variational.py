@@ -29,7 +29,7 @@ from torch import nn
 from ..imaging.fft import fft3_centered, ifft3_centered
 from ..imaging.grids import flip_centered, freq_grid_3d, radial_average, shell_index_3d
 from .neural import canonical_half
-from .voxel import sample_fourier
+from .voxel import FourierGridModel
 
 
 def gaussian_kl(mean: torch.Tensor, var: torch.Tensor, prior_var: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ def hermitian_complete(grid: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
     return kept + torch.where(partner, flip_centered(kept, dims).conj(), torch.zeros_like(kept))
 
 
-class VariationalVoxelVolume(nn.Module):
+class VariationalVoxelVolume(FourierGridModel):
     """``q(V)`` on a ``(D, D, D)`` Fourier grid (module docstring); a
     :class:`~cryolens.volumes.protocol.VolumeModel` whose ``fourier``/``hartley``/``render`` give the
     posterior mean.
@@ -129,21 +129,10 @@ class VariationalVoxelVolume(nn.Module):
             out = out + w.square() * var[iz, iy, ix]
         return out * (coords.norm(dim=-1) < 0.5)
 
-    def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Posterior-mean values ``(B, M)`` complex at ``coords (B, M, 3)`` cycles/px; zero at ``|k| ≥ ½``."""
-        return sample_fourier(self.mean_grid(), coords)
-
-    def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        f = self.fourier(coords, z)
-        return f.real - f.imag
-
-    def hartley(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Hartley values ``(B, M)`` of the posterior mean."""
-        return self(coords, z)
-
-    def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """The posterior-mean map ``(1, D, D, D)`` float32 real space."""
-        return ifft3_centered(self.mean_grid().detach())[None].real.float()
+    def grid(self) -> torch.Tensor:
+        """The posterior mean's transform: ``fourier``, ``hartley`` and ``render``
+        (:class:`~cryolens.volumes.voxel.FourierGridModel`) answer for the posterior mean."""
+        return self.mean_grid()
 
     @torch.no_grad()
     def std_map(self, samples: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -34,20 +34,20 @@ def sample_fourier(volume_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     return torch.complex(out[0] * inside, torch.where(up, out[1], -out[1]) * inside)
 
 
-class VoxelVolume(nn.Module):
-    """``(D, D, D)`` complex Fourier coefficients as a parameter (``(D, D, D, 2)`` real), initialised from
-    ``volume`` (a real-space map ``[z, y, x]``) or zeros."""
+class FourierGridModel(nn.Module):
+    """A homogeneous volume held as a centered ``(D, D, D)`` complex transform, :meth:`grid`: its values
+    (:func:`sample_fourier`), Hartley values and real-space map. Subclasses define :meth:`grid`."""
 
-    def __init__(self, box_size: int, volume: torch.Tensor | None = None):
-        super().__init__()
-        d = int(box_size)
-        ft = torch.zeros(d, d, d, dtype=torch.complex64) if volume is None else fft3_centered(volume.float())
-        self.box_size, self.zdim = d, 0
-        self.ft = nn.Parameter(torch.view_as_real(ft.to(torch.complex64)).clone())
+    box_size: int
+    zdim: int = 0
+
+    def grid(self) -> torch.Tensor:
+        """The centered transform ``(D, D, D)`` complex the values are read from."""
+        raise NotImplementedError
 
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Complex values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px; zero at ``|k| ≥ ½``."""
-        return sample_fourier(torch.view_as_complex(self.ft), coords)
+        return sample_fourier(self.grid(), coords)
 
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         f = self.fourier(coords, z)
@@ -59,7 +59,22 @@ class VoxelVolume(nn.Module):
 
     def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         """The real-space map ``(1, D, D, D)`` (real part of the inverse centered transform)."""
-        return ifft3_centered(torch.view_as_complex(self.ft.detach()))[None].real.float()
+        return ifft3_centered(self.grid().detach())[None].real.float()
+
+
+class VoxelVolume(FourierGridModel):
+    """``(D, D, D)`` complex Fourier coefficients as a parameter (``(D, D, D, 2)`` real), initialised from
+    ``volume`` (a real-space map ``[z, y, x]``) or zeros."""
+
+    def __init__(self, box_size: int, volume: torch.Tensor | None = None):
+        super().__init__()
+        d = int(box_size)
+        ft = torch.zeros(d, d, d, dtype=torch.complex64) if volume is None else fft3_centered(volume.float())
+        self.box_size, self.zdim = d, 0
+        self.ft = nn.Parameter(torch.view_as_real(ft.to(torch.complex64)).clone())
+
+    def grid(self) -> torch.Tensor:
+        return torch.view_as_complex(self.ft)
 
 
 class RealVoxelVolume(nn.Module):

@@ -84,3 +84,20 @@ def test_every_option_a_suite_sets_exists(suite):
             named += 1
     if suite == "default":
         assert named > 0
+
+
+def test_atomic_model_methods_get_the_tasks_model(tmp_path):
+    """A suite's ``atomic_model.methods`` get the task's model file (the one its states are simulated from,
+    state 0 as read) as their ``model`` option, unless the suite or the caller sets one; other methods and
+    recipes without a ``model`` option are untouched."""
+    from cryolens.bench.runner import _config_for, available_methods
+    from cryolens.simulate import bundled_model
+
+    pool = available_methods(["cryofold", "atomvae", "e2gmm"])
+    task = [t for t in load_tasks("default") if t.name == "continuous-poses-snr1"][0]
+    assert task.options["atomic_model"]["methods"] == ["cryofold", "atomvae"]
+    got = _config_for(pool["cryofold"], task, tmp_path, {})
+    assert got.model == str(bundled_model("4E43")) and got.epochs == 4
+    assert _config_for(pool["atomvae"], task, tmp_path, {}).model == str(bundled_model("4E43"))
+    assert _config_for(pool["cryofold"], task, tmp_path, {"cryofold": {"model": "mine.pdb"}}).model == "mine.pdb"
+    assert _config_for(pool["e2gmm"], task, tmp_path, {}).model is None

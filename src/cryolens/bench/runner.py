@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.files import atomic_write_text
 from ..methods.registry import Recipe, recipes
-from .suite import Task, ensure_dataset
+from .suite import Task, ensure_dataset, model_path
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict):
     overrides (both checked by :func:`check_method_config` before a suite starts: every option named
     must exist).
     Methods listed in the task's ``initial_model.methods`` get the ground truth low-pass filtered
-    to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty.
+    to ``initial_model.lowpass_A`` as their ``initial_model`` / ``init_map`` when that is empty; methods
+    listed in ``atomic_model.methods`` get the task's atomic model (its state 0) as their ``model``.
     Everything goes through the recipe's :meth:`~cryolens.methods.registry.Recipe.config` (typed,
     coerced; an unknown or mistyped option of the caller's is an InputError naming the recipe)."""
     rec = method.recipe
@@ -159,6 +160,9 @@ def _config_for(method: Method, task: Task, dataset_dir: Path, overrides: dict):
     for key in INITIAL_MODEL_KEYS:
         if wants and key in rec.defaults and not over.get(key, rec.defaults[key]):
             over[key] = str(initial_model(dataset_dir, float(init.get("lowpass_A", INITIAL_LOWPASS_A))))
+    if method.name in ((task.options.get("atomic_model") or {}).get("methods") or []) and \
+            "model" in rec.defaults and not over.get("model", rec.defaults["model"]):
+        over["model"] = str(model_path(task.dataset))  # the base model of a method built on one
     return rec.config(over)
 
 

@@ -147,7 +147,7 @@ def parse_tasks(doc: dict, where: str = "tasks") -> list[Task]:
     base = doc.get("base", {})
     hets = doc.get("heterogeneity", {"homogeneous": {"kind": "homogeneous"}})
     # suite-wide options: recipe options per method, which methods get an initial model
-    options = {k: doc[k] for k in ("method_config", "initial_model", "consensus_methods",
+    options = {k: doc[k] for k in ("method_config", "initial_model", "atomic_model", "consensus_methods",
                                    "pose_estimators_on_known_poses") if doc.get(k)}
     tasks: list[Task] = []
     grid = doc.get("grid")
@@ -234,14 +234,22 @@ def _preferred_rotations(n: int, tilt_sigma_deg: float, generator: torch.Generat
     return euler_to_matrix(u[:, 0], tilt, u[:, 1]).float()
 
 
+def model_path(spec: dict) -> Path:
+    """The atomic model file a task's dataset is simulated from (``model``: a path, or the name of a
+    bundled model): its state 0 (hinge angle 0) is the model as read, centred on its centre of mass."""
+    from ..simulate import bundled_model
+
+    model = str(spec.get("model", "4E43"))
+    return Path(model) if Path(model).suffix else bundled_model(model)
+
+
 def _states(spec: dict, device) -> tuple[torch.Tensor, list, np.ndarray | None, list[float] | None]:
     """``(volumes (K, D, D, D), models, state angles (K,) degrees or None, populations or None)``."""
     from ..io.atomic import read_atoms
-    from ..simulate import bundled_hinge, bundled_model, volumes_from_models
+    from ..simulate import bundled_hinge, volumes_from_models
 
     model = str(spec.get("model", "4E43"))
-    path = Path(model) if Path(model).suffix else bundled_model(model)
-    atoms = read_atoms(path)
+    atoms = read_atoms(model_path(spec))
     het = spec["heterogeneity"]
     box, px = int(spec["box"]), float(spec["pixel_size"])
     if het["kind"] == "homogeneous":

@@ -14,6 +14,11 @@ registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchma
 - ``cryogan``, ``multi-cryogan`` (:mod:`~cryolens.methods.cryogan`, :mod:`~cryolens.methods.multi_cryogan`):
   likelihood-free, the physics as a GAN generator (WGAN-GP) of one map or of a population of maps;
   ``cryovaegan`` (:mod:`~cryolens.methods.cryovaegan`): a 2D VAE-GAN, in-plane angle and defocus from z.
+- ``3dflex`` (:mod:`~cryolens.methods.flex3d`): a canonical map convected along a flow decoded from z.
+- ``fstdiff`` (:mod:`~cryolens.methods.fstdiff`): variational q(V) per Fourier voxel and q(R, t) per image.
+- ``e2gmm``, ``cryofold``, ``atomvae`` (:mod:`~cryolens.methods.e2gmm`, :mod:`~cryolens.methods.cryofold`,
+  :mod:`~cryolens.methods.atomvae`): Gaussian mixtures moved by z (free blobs, or the residues / atoms of a
+  model; atomic models out).
 """
 
 from . import backprojection

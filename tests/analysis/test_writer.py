@@ -83,3 +83,24 @@ def test_half_maps_give_fsc_and_reference_metrics(particles, tmp_path):
     assert not (run / "report.html").exists() and not (run / "particles.star").exists()
     assert np.allclose(m["fsc_halfmaps"], 1.0, atol=1e-5) and np.allclose(m["fsc_vs_ground_truth"], 1.0, atol=1e-5)
     assert m["score"] == 3 and m["resolution_halfmap_0143_A"] == pytest.approx(2 * particles.pixel_size, rel=0.2)
+
+
+def test_particle_mosaic_places_each_tile():
+    """particles.png's picture: particle i's grey tile at column block i of the top row (the last array rows,
+    shown on top with origin "lower"), its CTF below on RdBu_r over −1 … 1, white gaps between."""
+    import matplotlib
+    import numpy as np
+
+    from cryolens.analysis.plots import particle_mosaic
+
+    rng = np.random.default_rng(0)
+    images, ctfs = rng.normal(size=(3, 16, 16)), np.tanh(rng.normal(size=(3, 16, 16)))
+    mosaic, gap = particle_mosaic(images, ctfs)
+    assert gap == 1 and mosaic.shape == (2 * 16 + 1, 3 * 16 + 2, 3)
+    for i in range(3):
+        x0 = i * 17
+        im = images[i]
+        grey = matplotlib.colormaps["gray"]((im - im.min()) / (im.max() - im.min()))[..., :3]
+        assert np.allclose(mosaic[17:, x0:x0 + 16], grey)
+        assert np.allclose(mosaic[:16, x0:x0 + 16], matplotlib.colormaps["RdBu_r"]((ctfs[i] + 1) / 2)[..., :3])
+    assert np.all(mosaic[16] == 1) and np.all(mosaic[:, 16] == 1)

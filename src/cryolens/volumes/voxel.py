@@ -10,6 +10,8 @@ also a :class:`~cryolens.volumes.protocol.RealSpaceProjector`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,16 +36,17 @@ def sample_fourier(volume_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     return torch.complex(out[0] * inside, torch.where(up, out[1], -out[1]) * inside)
 
 
-class FourierGridModel(nn.Module):
+class FourierGridModel(nn.Module, ABC):
     """A homogeneous volume held as a centered ``(D, D, D)`` complex transform, :meth:`grid`: its values
-    (:func:`sample_fourier`), Hartley values and real-space map. Subclasses define :meth:`grid`."""
+    (:func:`sample_fourier`), Hartley values and real-space map. Subclasses define :meth:`grid` (an abstract
+    method: the class itself cannot be instantiated)."""
 
     box_size: int
     zdim: int = 0
 
+    @abstractmethod
     def grid(self) -> torch.Tensor:
         """The centered transform ``(D, D, D)`` complex the values are read from."""
-        raise NotImplementedError
 
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Complex values ``(B, M)`` at ``coords (B, M, 3)`` cycles/px; zero at ``|k| ≥ ½``."""

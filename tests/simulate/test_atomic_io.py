@@ -63,3 +63,25 @@ def test_missing_and_corrupt_files(tmp_path):
     empty.write_text("HEADER    NOTHING\nEND\n")
     with pytest.raises(InputError, match="no atoms"):
         read_atoms(empty)
+
+
+def test_every_bundled_model_matches_its_provenance_table_and_reads():
+    """Each bundled file has a row in data/README.md whose checksums match the file (and, for a ``.gz``, the
+    package's file inside it), and reads to as many atoms as its text has ATOM/HETATM records less waters."""
+    import gzip
+    import hashlib
+    import re
+
+    from cryolens.simulate import BUNDLED_MODELS, DATA_DIR
+
+    table = (DATA_DIR / "README.md").read_text()
+    for name, filename in BUNDLED_MODELS.items():
+        raw = (DATA_DIR / filename).read_bytes()
+        text = gzip.decompress(raw) if filename.endswith(".gz") else raw
+        digests = {hashlib.sha256(raw).hexdigest(), hashlib.sha256(text).hexdigest()}
+        row = next((ln for ln in table.splitlines() if ln.startswith(f"| `{filename}`")), None)
+        assert row is not None, f"{filename} has no provenance row"
+        assert digests <= set(re.findall(r"[0-9a-f]{64}", row)), f"{filename}: checksum differs from the table"
+        records = [ln for ln in text.decode().splitlines() if ln.startswith(("ATOM", "HETATM"))]
+        expected = sum(1 for ln in records if ln[17:20] not in ("HOH", "WAT"))
+        assert len(read_atoms(bundled_model(name))) == expected, name

@@ -5,10 +5,13 @@ Atomic model → map (:mod:`.density`, electron form factors), conformational he
 (:mod:`.dataset`: poses, shifts, CTF, noise at a target SNR → ``particles.mrcs``,
 ``particles.star`` and ``ground_truth/``).
 
-Bundled models (``cryolens/data``, used by ``cryolens simulate --model NAME`` and the demo), both
-HIV-1 protease homodimers from the Protein Data Bank (wwPDB, CC0): ``4E43`` (with acetate in the exo
-site and a peptide in the active site) and ``1hvr`` (with the inhibitor XK263). :func:`bundled_model`
-gives their paths.
+Bundled models (``cryolens/data``, used by ``cryolens simulate --model NAME``, the demo and the
+benchmarks): entries of the Protein Data Bank (wwPDB, CC0), two HIV-1 protease dimers (``4E43``, ``1hvr``)
+and twelve other proteins and complexes that structural-biology packages ship as test data (adenylate
+kinase closed and open, enolase, a DD-peptidase, a methyltransferase with DNA, two glutamate-receptor
+domain dimers, the RuvB hexamer on a Holliday junction, ubiquitin, HIV-1 integrase, mTOR–mLST8 and an MD
+frame of rhodopsin). ``cryolens/data/README.md`` gives each one's source, licence and checksum;
+:func:`bundled_model` gives their paths.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from .motion import (TERMINAL_SHEET, Hinge, bundled_hinge, dimer_hinge, hinge_tr
                      rotation_matrix, sample_states, select_atoms, trajectory_from_files)
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-BUNDLED_MODELS = {"4E43": "4E43.pdb", "1HVR": "1hvr.pdb"}
+BUNDLED_MODELS = {"4E43": "4E43.pdb", "1HVR": "1hvr.pdb", **{name.upper(): f"{name}.pdb.gz" for name in (
+    "1ake", "4ake", "3enl", "1pwc", "3mht", "3hsy", "6flr", "7pbl", "1ubi", "1bhl", "4jsv", "1u19md")}}
 
 
 def bundled_model(name: str) -> Path:
-    """Path of a bundled model by name (``"4E43"``, ``"1hvr"``; case-insensitive)."""
-    key = name.upper().removesuffix(".PDB")
+    """Path of a bundled model by name (``"4E43"``, ``"1hvr"``, ``"1ake"``, ...; case-insensitive)."""
+    key = name.upper().removesuffix(".GZ").removesuffix(".PDB")
     if key not in BUNDLED_MODELS:
         raise InputError(f"model {name!r}: not a bundled model (choose from {', '.join(BUNDLED_MODELS)})")
     return DATA_DIR / BUNDLED_MODELS[key]

@@ -30,7 +30,8 @@ HEADLINE = {"homogeneous": ("gt_resolution_A", "Å (FSC 0.5 vs truth)"),
             "continuous": ("per_image_fsc_auc_mean", "per-image FSC-AUC")}
 COLUMNS = ["gt_resolution_A", "halfmap_resolution_A", "gt_auc", "pose_error_median_deg", "class_accuracy",
            "conformation_mean_resolution_A", "per_image_fsc_auc_mean", "latent_truth_r2", "latent_truth_w1_deg",
-           "conformational_w2_relative", "clustering_mean_rand_index"]
+           "conformational_w2_relative", "clustering_mean_rand_index", "per_image_ca_rmsd_median_A",
+           "per_image_ca_rmsd_base_median_A"]
 
 
 def collect(run_dir: str | os.PathLike) -> list[dict]:

@@ -43,6 +43,7 @@ class Truth:
         self.pixel_size = float(gt["pixel_size"])
         pops = np.bincount(self.labels, minlength=self.volumes.shape[0]) / len(self.labels)
         self.consensus = (torch.as_tensor(pops, dtype=torch.float32)[:, None, None, None] * self.volumes).sum(0)
+        self.model_files = list(gt["model_files"])
         self.symmetry = symmetry_operators(gt["model_files"][0] if gt["model_files"] else None)
 
 
@@ -176,6 +177,19 @@ def _curve_metrics(curve: np.ndarray, threshold: float, px: float, d: int, prefi
             f"{prefix}_resolution_A": resolution_at(curve, threshold, px, d)}
 
 
+def _ca_rmsd_metrics(task, truth: Truth, outputs, n_images: int, device, arrays: dict) -> dict:
+    """Median per-image Cα RMSD of the decoded models and of the base model the method was given
+    (:func:`cryolens.bench.atomic_scoring.per_image_ca_rmsd`); the per-image values go to ``arrays``."""
+    from .atomic_scoring import per_image_ca_rmsd
+    from .suite import model_path
+
+    r = per_image_ca_rmsd(outputs.decode_models, outputs.latents, truth.model_files, truth.labels,
+                          base_model=model_path(task.dataset), n_images=n_images, device=device)
+    arrays["per_image_ca_rmsd"] = r["rmsd"]
+    return {"per_image_ca_rmsd_median_A": float(np.nanmedian(r["rmsd"])),
+            "per_image_ca_rmsd_base_median_A": float(np.nanmedian(r["base_rmsd"]))}
+
+
 def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, n_cluster: int = 24,
           halves_latents: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
     """Metrics of ``outputs`` (a :class:`MethodOutputs`) on ``task``; returns ``(metrics, arrays)``:
@@ -253,6 +267,9 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
             cc = conformational_clustering(est, truth.volumes[torch.as_tensor(labels_true[idx])], px)
             m["clustering_mean_rand_index"] = cc["mean_rand_index"]
             m["clustering"] = cc
+    if outputs.decode_models is not None and outputs.latents is not None and "per_image_ca_rmsd" in scores \
+            and len(truth.model_files) == truth.volumes.shape[0]:
+        m.update(_ca_rmsd_metrics(task, truth, outputs, n_images, device, arrays))
     if outputs.latents is not None:
         z = np.asarray(outputs.latents, dtype=np.float64)
         arrays["latents"] = z

@@ -48,16 +48,16 @@ from ..methods.registry import Known
 
 DEFAULT_SUITE = "default"
 SCORES = ("fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc", "per_image_fsc_auc",
-          "latent_truth", "conformational_resolution", "conformational_clustering")
+          "latent_truth", "conformational_resolution", "conformational_clustering", "per_image_ca_rmsd")
 _KINDS = ("homogeneous", "discrete", "continuous")
 # which recipe heterogeneity may run on which task heterogeneity (a task may override it)
 DEFAULT_METHOD_KINDS = {"homogeneous": ["homogeneous"], "discrete": ["discrete", "continuous"],
                         "continuous": ["continuous", "discrete"]}
 DEFAULT_SCORES = {"homogeneous": ["fsc_gt", "fsc_halfmaps", "pose_error"],
                   "discrete": ["fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc",
-                               "per_image_fsc_auc", "conformational_clustering"],
+                               "per_image_fsc_auc", "conformational_clustering", "per_image_ca_rmsd"],
                   "continuous": ["fsc_gt", "fsc_halfmaps", "pose_error", "per_image_fsc_auc", "latent_truth",
-                                 "conformational_resolution", "conformational_clustering"]}
+                                 "conformational_resolution", "conformational_clustering", "per_image_ca_rmsd"]}
 
 
 @dataclass

@@ -39,7 +39,8 @@ class Truth:
                                     for p in gt["volume_files"]]).float()
         self.labels = np.asarray(gt["labels"]).astype(np.int64)
         self.rotations = torch.from_numpy(np.asarray(gt["rotations"], dtype=np.float32))
-        self.state_values = np.asarray(gt["hinge_angle_deg"]) if "hinge_angle_deg" in gt else None
+        # each image's continuous coordinate (a hinge or swing angle, an ANM amplitude), when the states have one
+        self.state_values = np.asarray(gt["state_values"])[self.labels] if "state_values" in gt else None
         self.pixel_size = float(gt["pixel_size"])
         pops = np.bincount(self.labels, minlength=self.volumes.shape[0]) / len(self.labels)
         self.consensus = (torch.as_tensor(pops, dtype=torch.float32)[:, None, None, None] * self.volumes).sum(0)

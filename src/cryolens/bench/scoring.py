@@ -24,7 +24,8 @@ from ..io.mrc import read_volume
 from ..metrics.classes import class_accuracy
 from ..metrics.fsc import fsc, fsc_auc, resolution_at
 from ..metrics.heterogeneity import conformational_clustering, per_conformation_fsc, per_image_fsc_auc
-from ..metrics.latent import latent_vs_truth
+from ..metrics.discrete import discrete_scores
+from ..metrics.latent import latent_vs_truth, spearman_best_axis
 from ..metrics.pose_error import align_rotations, apply_alignment, rotate_map
 from ..simulate.dataset import read_ground_truth
 
@@ -177,6 +178,24 @@ def _curve_metrics(curve: np.ndarray, threshold: float, px: float, d: int, prefi
             f"{prefix}_resolution_A": resolution_at(curve, threshold, px, d)}
 
 
+def _partition_scores(outputs, labels_true: np.ndarray, seed: int = 0) -> dict:
+    """CryoBench's scores of a discrete set: AMI and class accuracy of the method's labels, or, for a method
+    with continuous latents only, of k-means clusters of its latents (k = the number of true states,
+    :class:`sklearn.cluster.KMeans`, 10 starts, seeded). Empty when the method gives neither."""
+    if outputs.labels is not None:
+        pred, source = np.asarray(outputs.labels), "labels"
+    elif outputs.latents is not None:
+        from sklearn.cluster import KMeans
+
+        k = int(labels_true.max()) + 1
+        z = np.asarray(outputs.latents, dtype=np.float64).reshape(len(labels_true), -1)
+        pred, source = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z), "kmeans_of_latents"
+    else:
+        return {}
+    ds = discrete_scores(pred, labels_true)
+    return {"ami": ds["ami"], "partition_accuracy": ds["class_accuracy"], "partition_from": source}
+
+
 def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, n_cluster: int = 24,
           halves_latents: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
     """Metrics of ``outputs`` (a :class:`MethodOutputs`) on ``task``; returns ``(metrics, arrays)``:
@@ -219,6 +238,8 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
         ca = class_accuracy(np.asarray(outputs.labels), labels_true)
         m["class_accuracy"] = ca["accuracy"]
         m["class_confusion"] = ca["confusion"]
+    if "adjusted_mutual_information" in scores:
+        m.update(_partition_scores(outputs, labels_true))
     if outputs.volumes is not None and "per_conformation_fsc" in scores:
         est = torch.stack([frame(v) for v in outputs.volumes])
         pc = per_conformation_fsc(est, truth.volumes, px)
@@ -262,6 +283,10 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
             if "latent_truth" in scores:
                 lt = latent_vs_truth(z, truth.state_values)
                 m.update(latent_truth_w1_deg=lt["w1"], latent_truth_r2=lt["r2"])
+            if "latent_spearman" in scores:
+                sp = spearman_best_axis(z, truth.state_values)
+                m.update(latent_abs_spearman=sp["abs_spearman"], latent_spearman_axis=sp["axis"],
+                         latent_abs_spearman_pc1=sp["abs_spearman_pc1"])
         if halves_latents is not None and "conformational_resolution" in scores:
             cr = conformational_resolution(*halves_latents)
             m.update(conformational_w2=cr["w2"], conformational_w2_relative=cr["w2_relative"],

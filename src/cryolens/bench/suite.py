@@ -51,16 +51,17 @@ from ..simulate.kinds import GENERATORS
 
 DEFAULT_SUITE = "default"
 SCORES = ("fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc", "per_image_fsc_auc",
-          "latent_truth", "conformational_resolution", "conformational_clustering")
+          "latent_truth", "conformational_resolution", "conformational_clustering", "adjusted_mutual_information",
+          "latent_spearman")
 _KINDS = ("homogeneous", "discrete", "continuous")
 # which recipe heterogeneity may run on which task heterogeneity (a task may override it)
 DEFAULT_METHOD_KINDS = {"homogeneous": ["homogeneous"], "discrete": ["discrete", "continuous"],
                         "continuous": ["continuous", "discrete"]}
 DEFAULT_SCORES = {"homogeneous": ["fsc_gt", "fsc_halfmaps", "pose_error"],
                   "discrete": ["fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc",
-                               "per_image_fsc_auc", "conformational_clustering"],
+                               "per_image_fsc_auc", "conformational_clustering", "adjusted_mutual_information"],
                   "continuous": ["fsc_gt", "fsc_halfmaps", "pose_error", "per_image_fsc_auc", "latent_truth",
-                                 "conformational_resolution", "conformational_clustering"]}
+                                 "conformational_resolution", "conformational_clustering", "latent_spearman"]}
 
 
 @dataclass

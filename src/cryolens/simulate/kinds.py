@@ -102,10 +102,31 @@ def domain_motion_hinge(model: Atoms, reference: Atoms, moving: str, fixed: str)
     return Hinge(selection=moving, axis=u, pivot=p, angle_range=(0.0, angle)), angle
 
 
+def interface_twist_hinge(atoms: Atoms, moving: str, fixed: str, contact: float = 4.0) -> Hinge:
+    """The twist of domain ``moving`` against ``fixed`` about their interface: the axis runs along the
+    vector between the two domains' centroids (fixed → moving) through the centroid of the interface
+    (the atoms of either part within ``contact`` Å of the other), so the moving domain spins on its
+    contact face."""
+    from scipy.spatial import cKDTree
+
+    mov, fix = select_atoms(atoms, moving), select_atoms(atoms, fixed)
+    xm, xf = atoms.coords[mov], atoms.coords[fix]
+    near_m = np.array([len(v) > 0 for v in cKDTree(xf).query_ball_point(xm, contact)])
+    near_f = np.array([len(v) > 0 for v in cKDTree(xm).query_ball_point(xf, contact)])
+    if near_m.sum() + near_f.sum() < 4:
+        raise InputError(f"{atoms.source or 'model'}: {moving} and {fixed} are not in contact")
+    axis = xm.mean(0) - xf.mean(0)
+    pivot = np.vstack([xm[near_m], xf[near_f]]).mean(0)
+    return Hinge(selection=moving, axis=axis / np.linalg.norm(axis), pivot=pivot)
+
+
 def _swing(spec: dict) -> StateSet:
     model = _read(spec.get("model", "1ake"))
-    reference = _read(spec.get("reference", "4ake"))
-    hinge, _ = domain_motion_hinge(model, reference, spec.get("moving", ADK_LID), spec.get("fixed", ADK_CORE))
+    if spec.get("axis", "motion") == "interface":
+        hinge = interface_twist_hinge(model, spec["moving"], spec["fixed"])
+    else:
+        reference = _read(spec.get("reference", "4ake"))
+        hinge, _ = domain_motion_hinge(model, reference, spec.get("moving", ADK_LID), spec.get("fixed", ADK_CORE))
     lo, hi = spec.get("angle_range", [0.0, 180.0])
     models, deg = hinge.trajectory(model, int(spec["n_states"]), (float(lo), float(hi)))
     return StateSet(models, np.tile(model.center_of_mass(), (len(models), 1)), deg, "swing_angle_deg",

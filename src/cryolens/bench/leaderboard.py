@@ -80,7 +80,8 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
         groups.setdefault((r.get("heterogeneity", "?"), r.get("generator") or "",
                            bool(r.get("known", {}).get("poses", True))), []).append(r)
     order = {"homogeneous": 0, "discrete": 1, "continuous": 2}
-    for (het, gen, poses), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], not kv[0][2])):
+    for (het, gen, poses), rs in sorted(groups.items(),
+                                        key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], not kv[0][2])):
         key, unit = HEADLINE.get(het, ("gt_resolution_A", ""))
         snrs = sorted({float(r["snr"]) for r in rs}, reverse=True)
         methods = sorted({r["method"] for r in rs})

@@ -199,8 +199,42 @@ def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in _task_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_tasks(spec: str | os.PathLike) -> list[Task]:
-    """Tasks from a YAML file path or a built-in suite name (``default``, ``tiny``, ...)."""
+def apply_profile(doc: dict, profile: str, where: str) -> tuple[dict, dict]:
+    """A task file's document under one of its ``profiles`` (sizes for a machine), and the profile.
+
+    A profile may hold ``base``, ``heterogeneity`` (by name) and ``method_config`` (by method), each
+    merged over the file's own, plus ``dataset`` (merged over every task's dataset spec, after the task's
+    own values) and ``pixel_size_factor`` (every task's pixel size times it: with ``box`` doubled and
+    0.5, the same physical box at twice the sampling), ``budget_s`` and ``memory_mb`` (the wall-time and
+    memory budgets per run it is sized for). ``default`` with no entry is the file as written."""
+    profiles = doc.get("profiles") or {}
+    if profile not in profiles and not (profile == "default" and profiles):
+        have = ", ".join(profiles) or "none"
+        raise InputError(f"{where}: no profile {profile!r} (profiles: {have})")
+    prof = profiles.get(profile) or {}
+    out = {k: v for k, v in doc.items() if k != "profiles"}
+    for key in ("base", "heterogeneity", "method_config"):
+        if prof.get(key):
+            out[key] = _merge(out.get(key) or {}, prof[key])
+    return out, prof
+
+
+def _profile_tasks(tasks: list[Task], prof: dict, where: str) -> list[Task]:
+    """``tasks`` with the profile's per-task ``dataset`` overrides and ``pixel_size_factor`` applied."""
+    factor = float(prof.get("pixel_size_factor", 1.0))
+    for t in tasks:
+        for key in ("budget_s", "memory_mb"):  # the profile's run budgets (the CLI's defaults)
+            if prof.get(key):
+                t.options[key] = float(prof[key])
+        t.dataset = _merge(t.dataset, prof.get("dataset") or {})
+        t.dataset["pixel_size"] = float(t.dataset["pixel_size"]) * factor
+        _check_spec(t.dataset, f"{where}: task {t.name}")
+    return tasks
+
+
+def load_tasks(spec: str | os.PathLike, profile: str | None = None) -> list[Task]:
+    """Tasks from a YAML file path or a built-in suite name (``default``, ``tiny``, ``hetero``, ...),
+    under one of its ``profiles`` when ``profile`` is given (:func:`apply_profile`)."""
     p = Path(spec)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
@@ -215,7 +249,10 @@ def load_tasks(spec: str | os.PathLike) -> list[Task]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise InputError(f"{where}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    return parse_tasks(doc, where)
+    if profile is None:
+        return parse_tasks({k: v for k, v in doc.items() if k != "profiles"} if isinstance(doc, dict) else doc, where)
+    doc, prof = apply_profile(doc if isinstance(doc, dict) else {}, profile, where)
+    return _profile_tasks(parse_tasks(doc, where), prof, where)
 
 
 def scale_task(task: Task, scale: float) -> Task:
@@ -245,12 +282,13 @@ def _preferred_rotations(n: int, tilt_sigma_deg: float, generator: torch.Generat
 def model_path(spec: dict) -> Path:
     """The atomic model file a task's dataset is simulated from (``model``: a path, or the name of a
     bundled model): its state 0 (hinge angle 0) is the model as read, centred on its centre of mass. A
-    heterogeneity with a generator uses its own ``model`` (the file, without a ``:SELECTION``), if it has one."""
+    heterogeneity with a generator uses its own ``model`` (a mixture: its first model; the file, without a
+    ``:SELECTION``), if it has one."""
     from ..simulate import bundled_model
 
     het = spec.get("heterogeneity") or {}
-    model = str(het["model"]).partition(":")[0] if het.get("generator") and het.get("model") else \
-        str(spec.get("model", "4E43"))
+    own = (het.get("model") or (het.get("models") or [None])[0]) if het.get("generator") else None
+    model = str(own).partition(":")[0] if own else str(spec.get("model", "4E43"))
     return Path(model) if Path(model).suffix else bundled_model(model)
 
 

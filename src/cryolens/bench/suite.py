@@ -292,7 +292,7 @@ def model_path(spec: dict) -> Path:
     return Path(model) if Path(model).suffix else bundled_model(model)
 
 
-def _states(spec: dict, device) -> tuple[torch.Tensor, list, np.ndarray | None, list[float] | None, str]:
+def task_states(spec: dict, device=None) -> tuple[torch.Tensor, list, np.ndarray | None, list[float] | None, str]:
     """``(volumes (K, D, D, D), models, state values (K,) or None, populations or None, name of the
     values)``: the hinge of the bundled model (angles in degrees), or a generator of
     :mod:`cryolens.simulate.kinds` when the heterogeneity names one."""
@@ -329,7 +329,7 @@ def ensure_dataset(task: Task, cache_dir: str | os.PathLike | None = None, devic
     if (out / "particles.star").is_file() and (out / "ground_truth" / "ground_truth.npz").is_file():
         return out
     spec = task.dataset
-    vols, models, angles, pops, value_name = _states(spec, device)
+    vols, models, angles, pops, value_name = task_states(spec, device)
     n = int(spec["n_images"])
     seed = int(spec.get("seed", 0))
     rotations = None

@@ -22,6 +22,7 @@ an optional continuous coordinate per state, and the populations. ``generator`` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,17 +48,25 @@ class StateSet:
     values: np.ndarray | None = None
     value_name: str = "conformation"
     populations: list[float] | None = None
+    parts: list[Atoms] | None = None  # an assembly's chains: state k's map is the sum of its parts' maps
+    composition: list[list[int]] | None = None  # the parts of each state
+
+
+@functools.lru_cache(maxsize=16)
+def _read_file(path: str) -> Atoms:
+    return read_atoms(path)
 
 
 def _read(name: str) -> Atoms:
-    """A bundled model by name or a file path, optionally ``NAME:SELECTION`` (one part of it)."""
+    """A bundled model by name or a file path, optionally ``NAME:SELECTION`` (one part of it); a copy (files
+    are read once per process)."""
     from pathlib import Path
 
     from . import bundled_model
 
     base, _, sel = str(name).partition(":")
-    atoms = read_atoms(Path(base) if Path(base).suffix else bundled_model(base))
-    return atoms.subset(select_atoms(atoms, sel)) if sel else atoms
+    atoms = _read_file(str(Path(base) if Path(base).suffix else bundled_model(base)))
+    return atoms.subset(select_atoms(atoms, sel) if sel else np.ones(len(atoms), dtype=bool))
 
 
 def _paired_ca(a: Atoms, b: Atoms, selection: str) -> tuple[np.ndarray, np.ndarray]:
@@ -138,9 +147,13 @@ def _assembly(spec: dict) -> StateSet:
     comps = spec.get("compositions")
     if not comps or len(comps) < 2:
         raise InputError("assembly: give at least two compositions (lists of chain IDs)")
+    names = sorted({str(c) for chains in comps for c in chains})
+    parts = [full.subset(select_atoms(full, c)) for c in names]
+    composition = [sorted(names.index(str(c)) for c in set(map(str, chains))) for chains in comps]
     models = [full.subset(select_atoms(full, ",".join(str(c) for c in chains))) for chains in comps]
     centre = full.center_of_mass()
-    return StateSet(models, np.tile(centre, (len(models), 1)), None, "composition", spec.get("populations"))
+    return StateSet(models, np.tile(centre, (len(models), 1)), None, "composition", spec.get("populations"),
+                    parts, composition)
 
 
 def _mixture(spec: dict) -> StateSet:
@@ -177,8 +190,12 @@ def state_set(spec: dict) -> StateSet:
 
 def state_volumes(states: StateSet, box: int, pixel_size: float,
                   device: torch.device | str | None = None) -> torch.Tensor:
-    """``(K, D, D, D)`` maps of the states, each model's ``centre`` at the box centre (voxel ``D // 2``)."""
+    """``(K, D, D, D)`` maps of the states, each model's ``centre`` at the box centre (voxel ``D // 2``). An
+    assembly's maps are sums of its parts' maps (a map is a sum over atoms), each part computed once."""
     from .dataset import volumes_from_models
 
+    if states.parts is not None and states.composition is not None:
+        part_maps = volumes_from_models(states.parts, box, pixel_size, center=states.centres[0], device=device)
+        return torch.stack([part_maps[idx].sum(0) for idx in states.composition])
     return torch.cat([volumes_from_models([m], box, pixel_size, center=c, device=device)
                       for m, c in zip(states.models, states.centres)])

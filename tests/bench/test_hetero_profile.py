@@ -70,7 +70,8 @@ def test_dry_run_prints_estimates_and_refuses_in_one_line(capsys):
 
 def test_generated_dataset_scored_with_ami_and_spearman(tmp_path):
     """A two-protein mixture (discrete) and an ANM motion (continuous), D = 16: labels equal to the truth
-    give AMI 1; latents equal to the truth's amplitude (negated) give |Spearman| 1 on the best axis."""
+    (renamed) give AMI 1; latents equal to the truth's amplitude (negated) give |Spearman| 1 on the best
+    axis, and a decoder that returns the true maps gives per-conformation FSC-AUC 0.5 (a map with itself)."""
     doc = {"base": {"box": 16, "pixel_size": 6.0, "n_images": 40, "snr": 1.0, "ctf": None},
            "tasks": [{"name": "mix", "heterogeneity": {"kind": "discrete", "generator": "mixture",
                                                         "models": ["1ubi", "1bhl"]}},
@@ -85,6 +86,12 @@ def test_generated_dataset_scored_with_ami_and_spearman(tmp_path):
     truth = Truth(ensure_dataset(anm, tmp_path))
     assert sorted(set(np.round(truth.state_values, 6))) == pytest.approx([-2, -2 / 3, 2 / 3, 2])
     z = -truth.state_values[:, None].astype(np.float32)
-    out = MethodOutputs(pixel_size=6.0, latents=z, decode=lambda q: torch.zeros(q.shape[0], 16, 16, 16))
-    m, _ = score(anm, truth, out, anm.known)
+    values = torch.as_tensor(np.unique(truth.state_values), dtype=torch.float32)
+
+    def decode(q):  # the true map of the state whose (negated) amplitude is nearest
+        return truth.volumes[(values[None] + q).abs().argmin(1)]
+
+    m, _ = score(anm, truth, MethodOutputs(pixel_size=6.0, latents=z, decode=decode), anm.known)
     assert m["latent_abs_spearman"] == pytest.approx(1.0)
+    # each state's mean latent decodes to that state's true map: FSC 1 in every shell, AUC 0.5
+    assert m["conformation_mean_auc"] == pytest.approx(0.5, abs=1e-6) and len(m["conformation_fsc"]) == 4

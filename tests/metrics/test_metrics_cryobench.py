@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from cryolens.metrics.discrete import adjusted_mutual_information, discrete_scores
-from cryolens.metrics.heterogeneity import heterogeneity_gain
+from cryolens.metrics.heterogeneity import heterogeneity_gain, per_conformation_fsc
 from cryolens.metrics.latent import spearman_best_axis
 
 
@@ -91,3 +91,15 @@ def test_heterogeneity_gain_against_numpy():
     assert g["gain"] == pytest.approx(0.5 / expected - 1, abs=1e-9)
     same = heterogeneity_gain(np.stack([v[0], 2 * v[0], 0.5 * v[0]]), p, 2.0, resolution=6.0)
     assert same["gain"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_paired_per_conformation_fsc_keeps_the_pairing():
+    """paired=True scores estimated map k against state k (numpy FSC-AUC of each pair), even where another
+    pairing would score higher; unpaired matching finds the better permutation."""
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(2, 8, 8, 8))
+    est = truth[::-1] + 0.3 * rng.normal(size=(2, 8, 8, 8))  # est 0 looks like state 1 and vice versa
+    out = per_conformation_fsc(est, truth, 2.0, paired=True)
+    assert out["match"] == [0, 1]
+    np.testing.assert_allclose(out["auc"], [_fsc_auc_numpy(truth[k], est[k]) for k in range(2)], atol=1e-10)
+    assert per_conformation_fsc(est, truth, 2.0)["match"] == [1, 0]

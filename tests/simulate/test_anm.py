@@ -23,14 +23,16 @@ def test_hessian_matches_finite_differences_of_the_energy():
     hess = anm_hessian(x0, cutoff=cutoff, gamma=2.0)
     flat = x0.reshape(-1)
     fd = np.zeros_like(hess)
+
+    def e(a, b, da, db):
+        y = flat.copy()
+        y[a] += da
+        y[b] += db
+        return enm_energy(y.reshape(-1, 3), x0, cutoff, gamma=2.0)
+
     for a in range(30):
         for b in range(30):
-            def e(da, db):
-                y = flat.copy()
-                y[a] += da
-                y[b] += db
-                return enm_energy(y.reshape(-1, 3), x0, cutoff, gamma=2.0)
-            fd[a, b] = (e(h, h) - e(h, -h) - e(-h, h) + e(-h, -h)) / (4 * h * h)
+            fd[a, b] = (e(a, b, h, h) - e(a, b, h, -h) - e(a, b, -h, h) + e(a, b, -h, -h)) / (4 * h * h)
     np.testing.assert_allclose(hess, fd, atol=2e-5)
 
 

@@ -109,7 +109,7 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
             info = json.loads(spec_path.read_text())
         k = r.get("known", {})
         given = "+".join(n for n in ("poses", "ctf") if k.get(n)) or "images only"
-        n_states = len(info.get("states_rmsd_to_first_A", [])) or 1
+        n_states = info.get("n_states") or len(info.get("states_rmsd_to_first_A", [])) or 1
         lines.append(f"| {r['task']} | {r.get('n_images', '?')} | {r.get('box', '?')} | {r.get('pixel_size', '?')} | "
                      f"{float(r['snr']):g} | {given} | {n_states} | {_num(info.get('extreme_states_rmsd_A'))} |")
     lines += ["", "## All runs", "", "| task | method | status | wall (s) | peak memory (MB) | " +

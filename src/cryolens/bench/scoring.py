@@ -178,6 +178,24 @@ def _curve_metrics(curve: np.ndarray, threshold: float, px: float, d: int, prefi
             f"{prefix}_resolution_A": resolution_at(curve, threshold, px, d)}
 
 
+def _conformation_metrics(pc: dict) -> dict:
+    return {"conformation_resolution_A": pc["resolution_A"], "conformation_mean_resolution_A": pc["mean_resolution_A"],
+            "conformation_mean_auc": pc["mean_auc"], "conformation_fsc": pc["fsc"]}
+
+
+def _decoded_conformation_fsc(decode_aligned, latents, truth: Truth, device=None, batch: int = 16) -> dict:
+    """CryoBench's per-conformation FSC of a continuous method: each true state's map against the map decoded
+    from the mean latent of that state's images (states no image shows are left out), decoded ``batch`` at a time."""
+    z = np.asarray(latents, dtype=np.float32).reshape(len(truth.labels), -1)
+    states = np.unique(truth.labels)
+    means = torch.as_tensor(np.stack([z[truth.labels == k].mean(0) for k in states]))
+    with torch.no_grad():
+        est = torch.cat([decode_aligned(means[i:i + batch].to(device or "cpu")).cpu()
+                         for i in range(0, len(states), batch)])
+    pc = per_conformation_fsc(est, truth.volumes[torch.as_tensor(states)], truth.pixel_size, paired=True)
+    return {**_conformation_metrics(pc), "conformation_from": "decoded mean latent of each state's images"}
+
+
 def _partition_scores(outputs, labels_true: np.ndarray, seed: int = 0) -> dict:
     """CryoBench's scores of a discrete set: AMI and class accuracy of the method's labels, or, for a method
     with continuous latents only, of k-means clusters of its latents (k = the number of true states,
@@ -242,9 +260,7 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
         m.update(_partition_scores(outputs, labels_true))
     if outputs.volumes is not None and "per_conformation_fsc" in scores:
         est = torch.stack([frame(v) for v in outputs.volumes])
-        pc = per_conformation_fsc(est, truth.volumes, px)
-        m.update(conformation_resolution_A=pc["resolution_A"], conformation_mean_resolution_A=pc["mean_resolution_A"],
-                 conformation_mean_auc=pc["mean_auc"], conformation_fsc=pc["fsc"])
+        m.update(_conformation_metrics(per_conformation_fsc(est, truth.volumes, px)))
     decode, latents = outputs.decode, outputs.latents
     if decode is None and outputs.volumes is not None and outputs.labels is not None:
         vols = outputs.volumes
@@ -267,6 +283,8 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
                                     device=device)
             arrays["per_image_auc"] = auc
             m.update(per_image_fsc_auc_mean=float(auc.mean()), per_image_fsc_auc_median=float(np.median(auc)))
+        if "per_conformation_fsc" in scores and outputs.volumes is None and not consensus_only:
+            m.update(_decoded_conformation_fsc(decode_aligned, latents, truth, device))
         if "conformational_clustering" in scores and not consensus_only:
             idx = np.sort(np.random.default_rng(1).choice(len(labels_true), min(n_cluster, len(labels_true)),
                                                           replace=False))

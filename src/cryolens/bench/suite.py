@@ -61,7 +61,8 @@ DEFAULT_SCORES = {"homogeneous": ["fsc_gt", "fsc_halfmaps", "pose_error"],
                   "discrete": ["fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc",
                                "per_image_fsc_auc", "conformational_clustering", "adjusted_mutual_information"],
                   "continuous": ["fsc_gt", "fsc_halfmaps", "pose_error", "per_image_fsc_auc", "latent_truth",
-                                 "conformational_resolution", "conformational_clustering", "latent_spearman"]}
+                                 "conformational_resolution", "conformational_clustering", "latent_spearman",
+                                 "per_conformation_fsc"]}
 
 
 @dataclass
@@ -348,7 +349,7 @@ def ensure_dataset(task: Task, cache_dir: str | os.PathLike | None = None, devic
                      rotations=rotations, shift_std=float(spec.get("shift_std", 0.0)),
                      shift_max=spec.get("shift_max"), models=models, seed=seed, device=device, progress=progress,
                      overwrite=True, notes={"task_spec": spec})
-    info = {"spec": spec, **state_distances(models)}
+    info = {"spec": spec, "n_states": len(models), **state_distances(models)}
     (out / "spec.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out
 

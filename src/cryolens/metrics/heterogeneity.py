@@ -78,11 +78,12 @@ def per_image_fsc_auc(decode: Callable[[torch.Tensor], torch.Tensor], latents: n
 
 
 def per_conformation_fsc(estimated: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
-                         pixel_size: float, threshold: float = 0.5) -> dict:
+                         pixel_size: float, threshold: float = 0.5, paired: bool = False) -> dict:
     """Each ground-truth state ``(K, D, D, D)`` against its best estimated map ``(M, D, D, D)``.
 
     Estimated maps are matched one-to-one to truth states to maximise the summed FSC-AUC
-    (Hungarian; with ``M < K`` some states stay unmatched and get no curve). Returns
+    (Hungarian; with ``M < K`` some states stay unmatched and get no curve); ``paired``: estimated map
+    ``k`` is state ``k``'s (``M = K``, e.g. decoded from that state's images), no matching. Returns
     ``{"match": [est index or -1 per state], "fsc": [(D//2+1,) curve per state],
     "auc": [...], "resolution_A": [...] (at ``threshold``), "mean_resolution_A", "mean_auc"}``.
     """
@@ -95,11 +96,21 @@ def per_conformation_fsc(estimated: np.ndarray | torch.Tensor, truth: np.ndarray
     d = tru.shape[-1]
     k, m = tru.shape[0], est.shape[0]
     est = est.to(tru.device)
-    curves = np.stack([fsc(tru[i].expand(m, d, d, d), est) for i in range(k)])  # (K, M, shells)
-    auc = np.array([[fsc_auc(curves[i, j], d) for j in range(m)] for i in range(k)])
-    rows, cols = linear_sum_assignment(-auc)
-    match = np.full(k, -1)
-    match[rows] = cols
+    if paired:
+        if m != k:
+            raise ValueError(f"per_conformation_fsc: {m} estimated maps paired with {k} states")
+        diag = fsc(tru, est)  # (K, shells)
+        curves = np.zeros((k, k, diag.shape[-1]))
+        curves[np.arange(k), np.arange(k)] = diag
+        auc = np.full((k, k), -1.0)
+        auc[np.arange(k), np.arange(k)] = [fsc_auc(c, d) for c in diag]
+        match = np.arange(k)
+    else:
+        curves = np.stack([fsc(tru[i].expand(m, d, d, d), est) for i in range(k)])  # (K, M, shells)
+        auc = np.array([[fsc_auc(curves[i, j], d) for j in range(m)] for i in range(k)])
+        rows, cols = linear_sum_assignment(-auc)
+        match = np.full(k, -1)
+        match[rows] = cols
     res, aucs, out_curves = [], [], []
     for i in range(k):
         if match[i] < 0:

@@ -9,8 +9,13 @@ an optional continuous coordinate per state, and the populations. ``generator`` 
   steps. The axis is the screw axis of the domain's rigid move from ``model`` to ``reference`` after
   the two are superposed on the ``fixed`` part (:func:`domain_motion_hinge`). Default: adenylate
   kinase, the LID domain (residues 122–159) of the closed form 1AKE about the axis of its opening to
-  4AKE (CORE: residues 1–29, 60–121, 160–214), 0 → 180°. The angle (``swing_angle_deg``) is the
-  coordinate.
+  4AKE (CORE: residues 1–29, 60–121, 160–214; a 52° screw about that axis puts 1AKE's LID on 4AKE's to
+  1.2 Å), 0 → 180°. With ``axis: interface`` the axis is instead that of a twist of one domain on its
+  contact face with another (:func:`interface_twist_hinge`): the benchmark's swing turns one N-terminal
+  domain of the 3HSY dimer (chain B, half the mass) on the dimer interface, because the LID (18 % of the
+  mass) changes the map too little (benchmarks/RESULTS.md). The angle (``swing_angle_deg``) is the
+  coordinate. Both are rigid rotations made to benchmark: the turned domain passes through its partner
+  at some angles.
 - ``assembly`` (Ribosembly's idea): compositions of a multi-chain complex (chains present), with
   skewed ``populations``; all in the full complex's frame (centred on its centre of mass).
 - ``mixture`` (Tomotwin-100's idea): several distinct real structures, one per image, each centred on

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cryolens.bench.discrimination import MIN_GAIN, smaller, task_gain
-from cryolens.bench.profiles import check_memory, estimate
+from cryolens.bench.profiles import D32_CORRECTION, check_memory, estimate
 from cryolens.bench.scoring import Truth, score
 from cryolens.bench.suite import ensure_dataset, load_tasks, parse_tasks
 from cryolens.cli.main import main
@@ -52,11 +52,16 @@ def test_profiles_resize_the_tasks():
 
 
 def test_dry_run_prints_estimates_and_refuses_in_one_line(capsys):
-    """The estimate scales a measurement by N/1000·(D/32)² (capped at the budget); a run over the memory
-    budget is refused with one line and exit code 2."""
-    t = load_tasks("hetero", "default")[0]
+    """The estimate scales a measurement by N/1000·(D/D_ref)² (a D = 32 one also by the measured correction,
+    a run's epochs by their ratio), capped at the budget; a run over the memory budget is refused with one
+    line and exit code 2."""
+    t = load_tasks("hetero", "default")[0]  # D = 64, 500 images
     e = estimate(t, "backprojection", 1e9, reference_config={})
-    assert e.measured and e.time_s == pytest.approx(1.14 * 1.0 * 4.0)
+    assert e.measured and e.time_s == pytest.approx(25.8 * 0.5)
+    assert estimate(t, "cryodrgn", 1e9, {}).time_s == pytest.approx(778.0 * 0.5 * 2 / 4)  # epochs 2 of 4
+    c = estimate(t, "relion-class3d", 1e9, {})
+    assert c.time_s == pytest.approx(64.8 * 0.5 * 4 * D32_CORRECTION)
+    assert estimate(t, "relion-class3d", 60.0, {}).over_budget
     assert estimate(t, "nothing-measured", 123.0, {}).time_s == 123.0
     with pytest.raises(InputError, match="this machine has 0.1 GB"):
         check_memory([e], 100.0, "x")

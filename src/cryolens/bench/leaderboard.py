@@ -28,7 +28,8 @@ from ..io.files import atomic_write_text
 HEADLINE = {"homogeneous": ("gt_resolution_A", "Å (FSC 0.5 vs truth)"),
             "discrete": ("per_image_fsc_auc_mean", "per-image FSC-AUC"),
             "continuous": ("per_image_fsc_auc_mean", "per-image FSC-AUC")}
-COLUMNS = ["gt_resolution_A", "halfmap_resolution_A", "gt_auc", "pose_error_median_deg", "class_accuracy",
+COLUMNS = ["gt_resolution_A", "halfmap_resolution_A", "gt_auc", "pose_error_median_deg", "class_accuracy", "ami",
+           "latent_abs_spearman",
            "conformation_mean_resolution_A", "per_image_fsc_auc_mean", "latent_truth_r2", "latent_truth_w1_deg",
            "conformational_w2_relative", "clustering_mean_rand_index", "per_image_ca_rmsd_median_A",
            "per_image_ca_rmsd_base_median_A"]
@@ -76,14 +77,17 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
     if wall_s is not None:
         lines += [f"Suite wall time: {wall_s / 60:.1f} min ({len(rows)} runs).", ""]
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r.get("heterogeneity", "?"), bool(r.get("known", {}).get("poses", True))), []).append(r)
+    for r in rows:  # tasks of one kind made by different generators (swing, assembly, ...) get tables of their own
+        groups.setdefault((r.get("heterogeneity", "?"), r.get("generator") or "",
+                           bool(r.get("known", {}).get("poses", True))), []).append(r)
     order = {"homogeneous": 0, "discrete": 1, "continuous": 2}
-    for (het, poses), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), not kv[0][1])):
+    for (het, gen, poses), rs in sorted(groups.items(),
+                                        key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], not kv[0][2])):
         key, unit = HEADLINE.get(het, ("gt_resolution_A", ""))
         snrs = sorted({float(r["snr"]) for r in rs}, reverse=True)
         methods = sorted({r["method"] for r in rs})
-        lines += [f"## {het}, poses {'known' if poses else 'unknown'} — {unit}", "",
+        label = f"{het} ({gen})" if gen else het
+        lines += [f"## {label}, poses {'known' if poses else 'unknown'} — {unit}", "",
                   "| method | " + " | ".join(f"SNR {s:g}" for s in snrs) + " |",
                   "|---|" + "---|" * len(snrs)]
         for m in methods:
@@ -106,7 +110,7 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
             info = json.loads(spec_path.read_text())
         k = r.get("known", {})
         given = "+".join(n for n in ("poses", "ctf") if k.get(n)) or "images only"
-        n_states = len(info.get("states_rmsd_to_first_A", [])) or 1
+        n_states = info.get("n_states") or len(info.get("states_rmsd_to_first_A", [])) or 1
         lines.append(f"| {r['task']} | {r.get('n_images', '?')} | {r.get('box', '?')} | {r.get('pixel_size', '?')} | "
                      f"{float(r['snr']):g} | {given} | {n_states} | {_num(info.get('extreme_states_rmsd_A'))} |")
     lines += ["", "## All runs", "", "| task | method | status | wall (s) | peak memory (MB) | " +

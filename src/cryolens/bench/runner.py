@@ -325,7 +325,8 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
                          f"the process ended with exit code {proc.exitcode} and no result")}
     row.update(wall_s=wall, peak_mem_mb=peak, budget_s=budget_s,
                memory_mb=memory_mb, task_hash=task.dataset_hash(), config=config_json(config), snr=task.snr,
-               heterogeneity=task.heterogeneity, known={"poses": task.known.poses, "ctf": task.known.ctf},
+               heterogeneity=task.heterogeneity, generator=task.dataset["heterogeneity"].get("generator"),
+               known={"poses": task.known.poses, "ctf": task.known.ctf},
                run_dir=str(run_dir), dataset_dir=str(dataset_dir), n_images=int(task.dataset["n_images"]),
                box=int(task.dataset["box"]), pixel_size=float(task.dataset["pixel_size"]))
     atomic_write_text(res_path, json.dumps(_json(row), indent=2) + "\n")

@@ -24,7 +24,8 @@ from ..io.mrc import read_volume
 from ..metrics.classes import class_accuracy
 from ..metrics.fsc import fsc, fsc_auc, resolution_at
 from ..metrics.heterogeneity import conformational_clustering, per_conformation_fsc, per_image_fsc_auc
-from ..metrics.latent import latent_vs_truth
+from ..metrics.discrete import discrete_scores
+from ..metrics.latent import latent_vs_truth, spearman_best_axis
 from ..metrics.pose_error import align_rotations, apply_alignment, rotate_map
 from ..simulate.dataset import read_ground_truth
 
@@ -39,7 +40,8 @@ class Truth:
                                     for p in gt["volume_files"]]).float()
         self.labels = np.asarray(gt["labels"]).astype(np.int64)
         self.rotations = torch.from_numpy(np.asarray(gt["rotations"], dtype=np.float32))
-        self.state_values = np.asarray(gt["hinge_angle_deg"]) if "hinge_angle_deg" in gt else None
+        # each image's continuous coordinate (a hinge or swing angle, an ANM amplitude), when the states have one
+        self.state_values = np.asarray(gt["state_values"])[self.labels] if "state_values" in gt else None
         self.pixel_size = float(gt["pixel_size"])
         pops = np.bincount(self.labels, minlength=self.volumes.shape[0]) / len(self.labels)
         self.consensus = (torch.as_tensor(pops, dtype=torch.float32)[:, None, None, None] * self.volumes).sum(0)
@@ -190,6 +192,42 @@ def _ca_rmsd_metrics(task, truth: Truth, outputs, n_images: int, device, arrays:
             "per_image_ca_rmsd_base_median_A": float(np.nanmedian(r["base_rmsd"]))}
 
 
+def _conformation_metrics(pc: dict) -> dict:
+    return {"conformation_resolution_A": pc["resolution_A"], "conformation_mean_resolution_A": pc["mean_resolution_A"],
+            "conformation_mean_auc": pc["mean_auc"], "conformation_fsc": pc["fsc"]}
+
+
+def _decoded_conformation_fsc(decode_aligned, latents, truth: Truth, device=None, batch: int = 16) -> dict:
+    """CryoBench's per-conformation FSC of a continuous method: each true state's map against the map decoded
+    from the mean latent of that state's images (states no image shows are left out), decoded ``batch`` at a time."""
+    z = np.asarray(latents, dtype=np.float32).reshape(len(truth.labels), -1)
+    states = np.unique(truth.labels)
+    means = torch.as_tensor(np.stack([z[truth.labels == k].mean(0) for k in states]))
+    with torch.no_grad():
+        est = torch.cat([decode_aligned(means[i:i + batch].to(device or "cpu")).cpu()
+                         for i in range(0, len(states), batch)])
+    pc = per_conformation_fsc(est, truth.volumes[torch.as_tensor(states)], truth.pixel_size, paired=True)
+    return {**_conformation_metrics(pc), "conformation_from": "decoded mean latent of each state's images"}
+
+
+def _partition_scores(outputs, labels_true: np.ndarray, seed: int = 0) -> dict:
+    """CryoBench's scores of a discrete set: AMI and class accuracy of the method's labels, or, for a method
+    with continuous latents only, of k-means clusters of its latents (k = the number of true states,
+    :class:`sklearn.cluster.KMeans`, 10 starts, seeded). Empty when the method gives neither."""
+    if outputs.labels is not None:
+        pred, source = np.asarray(outputs.labels), "labels"
+    elif outputs.latents is not None:
+        from sklearn.cluster import KMeans
+
+        k = int(labels_true.max()) + 1
+        z = np.asarray(outputs.latents, dtype=np.float64).reshape(len(labels_true), -1)
+        pred, source = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z), "kmeans_of_latents"
+    else:
+        return {}
+    ds = discrete_scores(pred, labels_true)
+    return {"ami": ds["ami"], "partition_accuracy": ds["class_accuracy"], "partition_from": source}
+
+
 def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, n_cluster: int = 24,
           halves_latents: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
     """Metrics of ``outputs`` (a :class:`MethodOutputs`) on ``task``; returns ``(metrics, arrays)``:
@@ -232,11 +270,11 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
         ca = class_accuracy(np.asarray(outputs.labels), labels_true)
         m["class_accuracy"] = ca["accuracy"]
         m["class_confusion"] = ca["confusion"]
+    if "adjusted_mutual_information" in scores:
+        m.update(_partition_scores(outputs, labels_true))
     if outputs.volumes is not None and "per_conformation_fsc" in scores:
         est = torch.stack([frame(v) for v in outputs.volumes])
-        pc = per_conformation_fsc(est, truth.volumes, px)
-        m.update(conformation_resolution_A=pc["resolution_A"], conformation_mean_resolution_A=pc["mean_resolution_A"],
-                 conformation_mean_auc=pc["mean_auc"], conformation_fsc=pc["fsc"])
+        m.update(_conformation_metrics(per_conformation_fsc(est, truth.volumes, px)))
     decode, latents = outputs.decode, outputs.latents
     if decode is None and outputs.volumes is not None and outputs.labels is not None:
         vols = outputs.volumes
@@ -259,6 +297,8 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
                                     device=device)
             arrays["per_image_auc"] = auc
             m.update(per_image_fsc_auc_mean=float(auc.mean()), per_image_fsc_auc_median=float(np.median(auc)))
+        if "per_conformation_fsc" in scores and outputs.volumes is None and not consensus_only:
+            m.update(_decoded_conformation_fsc(decode_aligned, latents, truth, device))
         if "conformational_clustering" in scores and not consensus_only:
             idx = np.sort(np.random.default_rng(1).choice(len(labels_true), min(n_cluster, len(labels_true)),
                                                           replace=False))
@@ -268,7 +308,9 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
             m["clustering_mean_rand_index"] = cc["mean_rand_index"]
             m["clustering"] = cc
     if outputs.decode_models is not None and outputs.latents is not None and "per_image_ca_rmsd" in scores \
-            and len(truth.model_files) == truth.volumes.shape[0]:
+            and len(truth.model_files) == truth.volumes.shape[0] \
+            and (task.dataset.get("heterogeneity") or {}).get("generator") not in ("mixture", "assembly"):
+        # one molecule moving (hinge, swing, normal mode): a mixture's or an assembly's states are other atoms
         m.update(_ca_rmsd_metrics(task, truth, outputs, n_images, device, arrays))
     if outputs.latents is not None:
         z = np.asarray(outputs.latents, dtype=np.float64)
@@ -278,6 +320,10 @@ def score(task, truth: Truth, outputs, known, device=None, n_images: int = 100, 
             if "latent_truth" in scores:
                 lt = latent_vs_truth(z, truth.state_values)
                 m.update(latent_truth_w1_deg=lt["w1"], latent_truth_r2=lt["r2"])
+            if "latent_spearman" in scores:
+                sp = spearman_best_axis(z, truth.state_values)
+                m.update(latent_abs_spearman=sp["abs_spearman"], latent_spearman_axis=sp["axis"],
+                         latent_abs_spearman_pc1=sp["abs_spearman_pc1"])
         if halves_latents is not None and "conformational_resolution" in scores:
             cr = conformational_resolution(*halves_latents)
             m.update(conformational_w2=cr["w2"], conformational_w2_relative=cr["w2_relative"],

@@ -22,7 +22,9 @@ directions concentrated around the volume's z axis, in-plane angle uniform), ``c
 (``kind``: ``homogeneous``; ``discrete`` with ``n_states`` hinge states evenly spaced over
 ``angle_range`` (degrees, :func:`cryolens.simulate.bundled_hinge`) and ``populations``;
 ``continuous``: ``n_states`` states finely spaced along the hinge, uniform, each image's angle
-recorded as its continuous coordinate).
+recorded as its continuous coordinate). A heterogeneity entry with a ``generator`` (``swing``,
+``assembly``, ``mixture``, ``anm``; :mod:`cryolens.simulate.kinds`) makes its states from the bundled
+real structures instead, its ``kind`` (discrete or continuous) saying how it is scored.
 
 Datasets are simulated once and cached under ``cache_dir/<hash>/`` where the hash is that of the
 dataset spec (after ``--scale``), so tasks that differ only in what is known share one dataset.
@@ -45,19 +47,23 @@ import yaml
 
 from ..errors import InputError
 from ..methods.registry import Known
+from ..simulate.kinds import GENERATORS
 
 DEFAULT_SUITE = "default"
 SCORES = ("fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc", "per_image_fsc_auc",
-          "latent_truth", "conformational_resolution", "conformational_clustering", "per_image_ca_rmsd")
+          "latent_truth", "conformational_resolution", "conformational_clustering", "adjusted_mutual_information",
+          "latent_spearman", "per_image_ca_rmsd")
 _KINDS = ("homogeneous", "discrete", "continuous")
 # which recipe heterogeneity may run on which task heterogeneity (a task may override it)
 DEFAULT_METHOD_KINDS = {"homogeneous": ["homogeneous"], "discrete": ["discrete", "continuous"],
                         "continuous": ["continuous", "discrete"]}
 DEFAULT_SCORES = {"homogeneous": ["fsc_gt", "fsc_halfmaps", "pose_error"],
                   "discrete": ["fsc_gt", "fsc_halfmaps", "pose_error", "class_accuracy", "per_conformation_fsc",
-                               "per_image_fsc_auc", "conformational_clustering", "per_image_ca_rmsd"],
+                               "per_image_fsc_auc", "conformational_clustering", "adjusted_mutual_information",
+                               "per_image_ca_rmsd"],
                   "continuous": ["fsc_gt", "fsc_halfmaps", "pose_error", "per_image_fsc_auc", "latent_truth",
-                                 "conformational_resolution", "conformational_clustering", "per_image_ca_rmsd"]}
+                                 "conformational_resolution", "conformational_clustering", "latent_spearman",
+                                 "per_conformation_fsc", "per_image_ca_rmsd"]}
 
 
 @dataclass
@@ -122,7 +128,11 @@ def _check_spec(spec: dict, where: str) -> dict:
     dist = spec.get("poses", {}).get("distribution", "uniform")
     if dist not in ("uniform", "preferred"):
         raise InputError(f"{where}: pose distribution {dist!r} (uniform or preferred)")
-    if het["kind"] != "homogeneous" and int(het.get("n_states", 0)) < 2:
+    gen = het.get("generator")
+    if gen is not None and gen not in GENERATORS:
+        raise InputError(f"{where}: heterogeneity generator {gen!r} (choose from {', '.join(GENERATORS)})")
+    counted = gen in ("assembly", "mixture")  # their states are listed, not counted
+    if het["kind"] != "homogeneous" and not counted and int(het.get("n_states", 0)) < 2:
         raise InputError(f"{where}: {het['kind']} heterogeneity needs n_states >= 2")
     return spec
 
@@ -191,8 +201,42 @@ def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in _task_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_tasks(spec: str | os.PathLike) -> list[Task]:
-    """Tasks from a YAML file path or a built-in suite name (``default``, ``tiny``, ...)."""
+def apply_profile(doc: dict, profile: str, where: str) -> tuple[dict, dict]:
+    """A task file's document under one of its ``profiles`` (sizes for a machine), and the profile.
+
+    A profile may hold ``base``, ``heterogeneity`` (by name) and ``method_config`` (by method), each
+    merged over the file's own, plus ``dataset`` (merged over every task's dataset spec, after the task's
+    own values) and ``pixel_size_factor`` (every task's pixel size times it: with ``box`` doubled and
+    0.5, the same physical box at twice the sampling), ``budget_s`` and ``memory_mb`` (the wall-time and
+    memory budgets per run it is sized for). ``default`` with no entry is the file as written."""
+    profiles = doc.get("profiles") or {}
+    if profile not in profiles and not (profile == "default" and profiles):
+        have = ", ".join(profiles) or "none"
+        raise InputError(f"{where}: no profile {profile!r} (profiles: {have})")
+    prof = profiles.get(profile) or {}
+    out = {k: v for k, v in doc.items() if k != "profiles"}
+    for key in ("base", "heterogeneity", "method_config"):
+        if prof.get(key):
+            out[key] = _merge(out.get(key) or {}, prof[key])
+    return out, prof
+
+
+def _profile_tasks(tasks: list[Task], prof: dict, where: str) -> list[Task]:
+    """``tasks`` with the profile's per-task ``dataset`` overrides and ``pixel_size_factor`` applied."""
+    factor = float(prof.get("pixel_size_factor", 1.0))
+    for t in tasks:
+        for key in ("budget_s", "memory_mb"):  # the profile's run budgets (the CLI's defaults)
+            if prof.get(key):
+                t.options[key] = float(prof[key])
+        t.dataset = _merge(t.dataset, prof.get("dataset") or {})
+        t.dataset["pixel_size"] = float(t.dataset["pixel_size"]) * factor
+        _check_spec(t.dataset, f"{where}: task {t.name}")
+    return tasks
+
+
+def load_tasks(spec: str | os.PathLike, profile: str | None = None) -> list[Task]:
+    """Tasks from a YAML file path or a built-in suite name (``default``, ``tiny``, ``hetero``, ...),
+    under one of its ``profiles`` when ``profile`` is given (:func:`apply_profile`)."""
     p = Path(spec)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
@@ -207,7 +251,10 @@ def load_tasks(spec: str | os.PathLike) -> list[Task]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise InputError(f"{where}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    return parse_tasks(doc, where)
+    if profile is None:
+        return parse_tasks({k: v for k, v in doc.items() if k != "profiles"} if isinstance(doc, dict) else doc, where)
+    doc, prof = apply_profile(doc if isinstance(doc, dict) else {}, profile, where)
+    return _profile_tasks(parse_tasks(doc, where), prof, where)
 
 
 def scale_task(task: Task, scale: float) -> Task:
@@ -236,22 +283,32 @@ def _preferred_rotations(n: int, tilt_sigma_deg: float, generator: torch.Generat
 
 def model_path(spec: dict) -> Path:
     """The atomic model file a task's dataset is simulated from (``model``: a path, or the name of a
-    bundled model): its state 0 (hinge angle 0) is the model as read, centred on its centre of mass."""
+    bundled model): its state 0 (hinge angle 0) is the model as read, centred on its centre of mass. A
+    heterogeneity with a generator uses its own ``model`` (a mixture: its first model; the file, without a
+    ``:SELECTION``), if it has one."""
     from ..simulate import bundled_model
 
-    model = str(spec.get("model", "4E43"))
+    het = spec.get("heterogeneity") or {}
+    own = (het.get("model") or (het.get("models") or [None])[0]) if het.get("generator") else None
+    model = str(own).partition(":")[0] if own else str(spec.get("model", "4E43"))
     return Path(model) if Path(model).suffix else bundled_model(model)
 
 
-def _states(spec: dict, device) -> tuple[torch.Tensor, list, np.ndarray | None, list[float] | None]:
-    """``(volumes (K, D, D, D), models, state angles (K,) degrees or None, populations or None)``."""
+def task_states(spec: dict, device=None) -> tuple[torch.Tensor, list, np.ndarray | None, list[float] | None, str]:
+    """``(volumes (K, D, D, D), models, state values (K,) or None, populations or None, name of the
+    values)``: the hinge of the bundled model (angles in degrees), or a generator of
+    :mod:`cryolens.simulate.kinds` when the heterogeneity names one."""
     from ..io.atomic import read_atoms
     from ..simulate import bundled_hinge, volumes_from_models
+    from ..simulate.kinds import state_set, state_volumes
 
-    model = str(spec.get("model", "4E43"))
-    atoms = read_atoms(model_path(spec))
     het = spec["heterogeneity"]
     box, px = int(spec["box"]), float(spec["pixel_size"])
+    if het.get("generator"):
+        st = state_set(het)
+        return state_volumes(st, box, px, device), st.models, st.values, st.populations, st.value_name
+    model = str(spec.get("model", "4E43"))
+    atoms = read_atoms(model_path(spec))
     if het["kind"] == "homogeneous":
         models, angles, pops = [atoms], None, None
     else:
@@ -262,7 +319,7 @@ def _states(spec: dict, device) -> tuple[torch.Tensor, list, np.ndarray | None, 
         models, angles = hinge.trajectory(atoms, int(het["n_states"]), (float(lo), float(hi)))
         pops = het.get("populations")
     vols = volumes_from_models(models, box, px, center=atoms.center_of_mass(), device=device)
-    return vols, models, angles, pops
+    return vols, models, angles, pops, "hinge_angle_deg"
 
 
 def ensure_dataset(task: Task, cache_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> Path:
@@ -274,7 +331,7 @@ def ensure_dataset(task: Task, cache_dir: str | os.PathLike | None = None, devic
     if (out / "particles.star").is_file() and (out / "ground_truth" / "ground_truth.npz").is_file():
         return out
     spec = task.dataset
-    vols, models, angles, pops = _states(spec, device)
+    vols, models, angles, pops, value_name = task_states(spec, device)
     n = int(spec["n_images"])
     seed = int(spec.get("seed", 0))
     rotations = None
@@ -289,11 +346,11 @@ def ensure_dataset(task: Task, cache_dir: str | os.PathLike | None = None, devic
         kwargs.update(defocus_range=tuple(ctf.get("defocus_range", [10000.0, 25000.0])),
                       astigmatism=float(ctf.get("astigmatism", 500.0)))
     simulate_dataset(out, vols, n, float(spec["pixel_size"]), float(spec["snr"]), populations=pops,
-                     state_values=None if angles is None else angles, state_name="hinge_angle_deg",
+                     state_values=None if angles is None else angles, state_name=value_name,
                      rotations=rotations, shift_std=float(spec.get("shift_std", 0.0)),
                      shift_max=spec.get("shift_max"), models=models, seed=seed, device=device, progress=progress,
                      overwrite=True, notes={"task_spec": spec})
-    info = {"spec": spec, **state_distances(models)}
+    info = {"spec": spec, "n_states": len(models), **state_distances(models)}
     (out / "spec.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -307,6 +364,8 @@ def state_distances(models: list) -> dict:
     if len(models) < 2:
         return {}
     ca = [backbone_ca(m) for m in models]
+    if len({len(c) for c in ca}) > 1:  # different molecules (a mixture, an assembly): no superposition
+        return {}
     return {"states_rmsd_to_first_A": [rmsd_superposed(c, ca[0]) for c in ca],
             "states_contact_distance_to_first": [contact_map_distance(c, ca[0]) for c in ca],
             "extreme_states_rmsd_A": rmsd_superposed(ca[-1], ca[0])}

@@ -2,6 +2,7 @@
 
   cryolens bench list                                   tasks of the built-in suites, methods
   cryolens bench run --tasks default --methods all --out bench_run [--budget-s 600 --scale 1]
+  cryolens bench run --profile cryobench --dry-run      sizes, estimated time and memory; nothing runs
   cryolens bench report bench_run [--rescore] [--markdown benchmarks/LEADERBOARD.md]
   cryolens bench sweep --tasks tiny --task NAME --method M [--param P --values 1,2,4] --seeds 0,1,2 --out DIR
   cryolens bench inject --tasks default --task NAME --pose-errors 0,2,5,10 --defocus-errors 0,500,1000 --out DIR
@@ -24,7 +25,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
 
     def common(q, many: bool = True):
-        q.add_argument("--tasks", default="default", help="task file (.yaml) or built-in suite name (default: default)")
+        q.add_argument("--tasks", default=None,
+                       help="task file (.yaml) or built-in suite name (default: default; hetero with --profile)")
+        q.add_argument("--profile", default=None,
+                       help="a profile of the task file (hetero: default, cryobench): its sizes for a machine")
         if many:
             q.add_argument("--only", default=None, help="comma-separated task names (or name prefixes) to keep")
         q.add_argument("--scale", type=float, default=1.0, help="multiply every task's number of images (default 1)")
@@ -36,9 +40,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     q = sub.add_parser("run", help="run methods on tasks, then write the leaderboard")
     common(q)
     q.add_argument("--methods", default="all", help="comma-separated recipe / adapter names, or all (default)")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--budget-s", type=float, default=600, help="wall-time budget per run in seconds (default 600)")
-    q.add_argument("--memory-mb", type=float, default=6000, help="memory budget per run in MB (default 6000)")
+    q.add_argument("--out", default=None, help="output folder (required unless --dry-run)")
+    q.add_argument("--dry-run", action="store_true",
+                   help="print the sizes and the estimated time and memory of every run; run nothing")
+    q.add_argument("--budget-s", type=float, default=None,
+                   help="wall-time budget per run in seconds (default: the profile's, else 600)")
+    q.add_argument("--memory-mb", type=float, default=None,
+                   help="memory budget per run in MB (default: the profile's, else 6000)")
     q.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     q.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="override a recipe option (METHOD may be * for every recipe having it); repeatable")
@@ -85,7 +93,7 @@ def _tasks(args, many: bool = True):
     from ..errors import InputError
     from ..bench.suite import load_tasks, scale_task
 
-    tasks = [scale_task(t, args.scale) for t in load_tasks(args.tasks)]
+    tasks = [scale_task(t, args.scale) for t in load_tasks(args.tasks, getattr(args, "profile", None))]
     if many and getattr(args, "only", None):
         keep = [s.strip() for s in args.only.split(",") if s.strip()]
         tasks = [t for t in tasks if any(t.name == k or t.name.startswith(k) for k in keep)]
@@ -115,7 +123,8 @@ def _methods(names: str):
 
 def _command_line(args) -> str:
     """The ``cryolens bench run`` command line equivalent to ``args`` (for the leaderboard)."""
-    parts = ["cryolens", "bench", "run", "--tasks", args.tasks, "--methods", args.methods, "--out", args.out,
+    parts = ["cryolens", "bench", "run", "--tasks", args.tasks] + (["--profile", args.profile] if args.profile else [])
+    parts += ["--methods", args.methods, "--out", args.out,
              "--budget-s", f"{args.budget_s:g}", "--memory-mb", f"{args.memory_mb:g}"]
     for flag, value in (("--only", args.only), ("--cache", args.cache), ("--device", args.device),
                         ("--markdown", args.markdown)):
@@ -135,11 +144,32 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _check_profile(args, tasks, methods) -> None:
+    """Sizes and estimates of a profile's runs (:mod:`cryolens.bench.profiles`), printed with ``--dry-run``;
+    refuses (InputError, one line) when a run needs more memory than this machine has."""
+    from ..bench.profiles import available_memory_mb, check_memory, dry_run_table, estimate
+    from ..bench.runner import compatible
+    from ..bench.suite import load_tasks
+
+    reference = load_tasks("default")[0].options.get("method_config") or {}
+    est = [estimate(t, n, args.budget_s, reference)
+           for t in tasks for n, m in methods.items() if compatible(m.recipe, t)]
+    if args.dry_run:
+        print(dry_run_table(tasks, est))
+    available = available_memory_mb()
+    check_memory(est, available, args.profile or args.tasks, args.memory_mb)
+    if args.dry_run:
+        print(f"memory: the largest run fits this machine ({available / 1024:.1f} GB available) and the "
+              f"budget of {args.memory_mb / 1024:.1f} GB per run")
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
     cmd = args.bench_command
+    if hasattr(args, "tasks") and args.tasks is None:
+        args.tasks = "hetero" if getattr(args, "profile", None) else "default"
     if cmd == "list":
         from ..bench.runner import available_methods, compatible
 
@@ -158,6 +188,17 @@ def main(args: argparse.Namespace) -> int:
 
         tasks = _tasks(args)
         methods = _methods(args.methods)
+        for key, fallback in (("budget_s", 600.0), ("memory_mb", 6000.0)):  # the profile's, else the defaults
+            if getattr(args, key) is None:
+                setattr(args, key, max([float(t.options.get(key, 0)) for t in tasks] + [0.0]) or fallback)
+        if args.dry_run or args.profile:
+            _check_profile(args, tasks, methods)
+            if args.dry_run:
+                return 0
+        if not args.out:
+            from ..errors import InputError
+
+            raise InputError("bench run: --out is required (or --dry-run)")
         command = "cryolens " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
             _command_line(args)
         t0 = time.time()

@@ -4,6 +4,8 @@
   map, FSC it against that image's ground-truth map, and take the area under the curve
   (:func:`cryolens.metrics.fsc_auc`, cycles/px over ``[0, 0.5]``; a perfect map gives 0.5).
 - :func:`per_conformation_fsc`: each ground-truth state against its best-matching estimated map.
+- :func:`heterogeneity_gain`: whether a benchmark's heterogeneity matters — the per-image FSC-AUC of the
+  true per-image maps against that of the consensus map, on the ground truth alone.
 - :func:`fsc_distance_matrix`, :func:`cluster_by_resolution`, :func:`conformational_clustering`:
   the review's (§3.1.2) hierarchical clustering of maps by FSC. Two maps are told apart at
   resolution ``r`` (Å) when their FSC falls below 0.5 before ``r``: the distance between maps ``i``
@@ -76,11 +78,12 @@ def per_image_fsc_auc(decode: Callable[[torch.Tensor], torch.Tensor], latents: n
 
 
 def per_conformation_fsc(estimated: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
-                         pixel_size: float, threshold: float = 0.5) -> dict:
+                         pixel_size: float, threshold: float = 0.5, paired: bool = False) -> dict:
     """Each ground-truth state ``(K, D, D, D)`` against its best estimated map ``(M, D, D, D)``.
 
     Estimated maps are matched one-to-one to truth states to maximise the summed FSC-AUC
-    (Hungarian; with ``M < K`` some states stay unmatched and get no curve). Returns
+    (Hungarian; with ``M < K`` some states stay unmatched and get no curve); ``paired``: estimated map
+    ``k`` is state ``k``'s (``M = K``, e.g. decoded from that state's images), no matching. Returns
     ``{"match": [est index or -1 per state], "fsc": [(D//2+1,) curve per state],
     "auc": [...], "resolution_A": [...] (at ``threshold``), "mean_resolution_A", "mean_auc"}``.
     """
@@ -93,11 +96,21 @@ def per_conformation_fsc(estimated: np.ndarray | torch.Tensor, truth: np.ndarray
     d = tru.shape[-1]
     k, m = tru.shape[0], est.shape[0]
     est = est.to(tru.device)
-    curves = np.stack([fsc(tru[i].expand(m, d, d, d), est) for i in range(k)])  # (K, M, shells)
-    auc = np.array([[fsc_auc(curves[i, j], d) for j in range(m)] for i in range(k)])
-    rows, cols = linear_sum_assignment(-auc)
-    match = np.full(k, -1)
-    match[rows] = cols
+    if paired:
+        if m != k:
+            raise ValueError(f"per_conformation_fsc: {m} estimated maps paired with {k} states")
+        diag = fsc(tru, est)  # (K, shells)
+        curves = np.zeros((k, k, diag.shape[-1]))
+        curves[np.arange(k), np.arange(k)] = diag
+        auc = np.full((k, k), -1.0)
+        auc[np.arange(k), np.arange(k)] = [fsc_auc(c, d) for c in diag]
+        match = np.arange(k)
+    else:
+        curves = np.stack([fsc(tru[i].expand(m, d, d, d), est) for i in range(k)])  # (K, M, shells)
+        auc = np.array([[fsc_auc(curves[i, j], d) for j in range(m)] for i in range(k)])
+        rows, cols = linear_sum_assignment(-auc)
+        match = np.full(k, -1)
+        match[rows] = cols
     res, aucs, out_curves = [], [], []
     for i in range(k):
         if match[i] < 0:
@@ -176,3 +189,39 @@ def conformational_clustering(estimated: np.ndarray | torch.Tensor, truth: np.nd
     return {"resolution_A": res.tolist(), "n_clusters": [int(x.max()) + 1 for x in lab_e],
             "n_clusters_truth": [int(x.max()) + 1 for x in lab_t], "rand_index": rand,
             "mean_rand_index": float(np.mean(rand))}
+
+
+def heterogeneity_gain(volumes: np.ndarray | torch.Tensor, populations: np.ndarray | list[float],
+                       pixel_size: float, resolution: float | None = None) -> dict:
+    """How much a benchmark's heterogeneity matters, on its ground truth alone: the population-weighted
+    mean per-image FSC-AUC of the ideal heterogeneous answer (each image's own true map) against that of
+    the ideal homogeneous answer (the consensus, the population-weighted mean of the maps), both against
+    each image's true map.
+
+    volumes: ``(K, D, D, D)`` the true maps; populations: ``(K,)`` fractions of the images in each state
+    (normalised here). resolution: Å; when given, both answers are first low-passed there
+    (:func:`cryolens.imaging.grids.lowpass_volume`), as a method that reaches that resolution would be,
+    so the check is not won by detail no method recovers; None compares the unfiltered maps (then the
+    heterogeneous answer scores 0.5, the FSC-AUC of a map with itself).
+    Returns ``{"auc_heterogeneous", "auc_consensus", "gain" (= het / consensus − 1), "auc_consensus_per_state"}``.
+    """
+    from ..imaging.grids import lowpass_volume
+
+    v = torch.as_tensor(np.asarray(volumes)) if not isinstance(volumes, torch.Tensor) else volumes
+    v = v.double()
+    p = np.asarray(populations, dtype=np.float64).reshape(-1)
+    if p.shape[0] != v.shape[0] or p.sum() <= 0 or (p < 0).any():
+        raise ValueError(f"heterogeneity_gain: {p.shape[0]} populations for {v.shape[0]} maps (non-negative, sum > 0)")
+    p = p / p.sum()
+    d = v.shape[-1]
+    consensus = (torch.as_tensor(p)[:, None, None, None] * v).sum(0)
+
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        return x if resolution is None else lowpass_volume(x, float(resolution), pixel_size)
+
+    cons = filt(consensus)
+    het = np.array([fsc_auc(fsc(filt(vk), vk), d) for vk in v])
+    hom = np.array([fsc_auc(fsc(cons, vk), d) for vk in v])
+    a_het, a_hom = float(p @ het), float(p @ hom)
+    return {"auc_heterogeneous": a_het, "auc_consensus": a_hom, "gain": a_het / a_hom - 1.0,
+            "auc_consensus_per_state": hom.tolist()}

@@ -147,3 +147,37 @@ def latent_vs_truth(latents: np.ndarray, truth: np.ndarray, max_points: int = 20
     ss_tot = float(((t - t.mean(0)) ** 2).sum())
     return {"w1": wasserstein(pred, t, 1, max_points, seed), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
             "truth_std": float(np.sqrt(ss_tot / t.shape[0]))}
+
+
+def spearman_best_axis(latents: np.ndarray, truth: np.ndarray) -> dict:
+    """|Spearman ρ| between the ground-truth coordinate ``(N,)`` (a hinge angle, an ANM amplitude) and the
+    latent axis that follows it best, CryoBench's score of a continuous latent space: the candidates are
+    each latent coordinate of ``latents (N, L)`` and each of its principal axes (centred PCA, so an axis
+    that is a mix of coordinates counts too). ρ is the Pearson correlation of the ranks (ties get their
+    mean rank, :func:`scipy.stats.rankdata`).
+
+    Returns ``{"abs_spearman": best |ρ|, "axis": "z<i>" or "pc<i>", "abs_spearman_pc1": |ρ| on the first
+    principal axis}`` (NaN when the truth or every candidate is constant)."""
+    from scipy.stats import rankdata
+
+    z, t = _as2d(latents), np.asarray(truth, dtype=np.float64).reshape(-1)
+    if z.shape[0] != t.shape[0]:
+        raise ValueError(f"spearman_best_axis: {z.shape[0]} latents for {t.shape[0]} truth values")
+    zc = z - z.mean(0)
+    pcs = zc @ np.linalg.svd(zc, full_matrices=False)[2].T if z.shape[0] > 1 else zc
+    rt = rankdata(t)
+    rt = rt - rt.mean()
+
+    def rho(x: np.ndarray) -> float:
+        rx = rankdata(x)
+        rx = rx - rx.mean()
+        den = np.sqrt((rx @ rx) * (rt @ rt))
+        return float(abs(rx @ rt) / den) if den > 0 else float("nan")
+
+    cands = {f"z{i}": rho(z[:, i]) for i in range(z.shape[1])}
+    cands.update({f"pc{i + 1}": rho(pcs[:, i]) for i in range(pcs.shape[1])})
+    finite = {k: v for k, v in cands.items() if np.isfinite(v)}
+    if not finite:
+        return {"abs_spearman": float("nan"), "axis": "", "abs_spearman_pc1": float("nan")}
+    best = max(finite, key=finite.get)
+    return {"abs_spearman": finite[best], "axis": best, "abs_spearman_pc1": cands.get("pc1", float("nan"))}

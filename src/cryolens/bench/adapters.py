@@ -9,6 +9,8 @@ are not cryolens methods, but the runner treats them exactly like one, so they s
   ``train_nn``, poses and CTF known) through the peer adapter :mod:`cryolens.bench.cryodrgn` (runs
   cryoDRGN from its own virtual environment) — present when that module exists and finds the
   ``cryodrgn`` program. A module may also expose ``ADAPTERS`` (``{name: Recipe}``), added as they are.
+- ``recovar`` (optional): RECOVAR 1.0.5's ``recovar pipeline`` (poses and CTF known) through
+  :mod:`cryolens.bench.recovar`, present when it finds the ``recovar`` program (``CRYOLENS_RECOVAR``).
 """
 
 from __future__ import annotations
@@ -151,12 +153,16 @@ def peer_adapters(mod) -> dict[str, Recipe]:
     }
 
 
-def _peer_available(mod) -> bool:
+def _installed(find_program) -> bool:
     try:
-        mod.cryodrgn_program()
+        find_program()
         return True
     except Exception:  # not installed: the adapter is simply absent
         return False
+
+
+def _peer_available(mod) -> bool:
+    return _installed(mod.cryodrgn_program)
 
 
 def adapters(available_only: bool = True) -> dict[str, Recipe]:
@@ -172,4 +178,7 @@ def adapters(available_only: bool = True) -> dict[str, Recipe]:
         out.update(peer_adapters(mod))
     if mod is not None:
         out.update(dict(getattr(mod, "ADAPTERS", {})))
+    rec = _optional("cryolens.bench.recovar")
+    if rec is not None and (not available_only or _installed(rec.recovar_program)):
+        out.update(rec.ADAPTERS)
     return out

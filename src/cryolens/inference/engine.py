@@ -50,6 +50,7 @@ from ..io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from ..io.dataset import _Stacks, read_images
 from ..io.particles import Particles
 from .distributed import world
+from .snapshots import take_snapshot
 from .strategy import InferenceStrategy
 
 
@@ -217,6 +218,7 @@ class Trainer:
     def save(self) -> None:
         if self.rank == 0:
             save_checkpoint(self.checkpoint_path, self.state())
+            take_snapshot(self.checkpoint_path, self.epoch, self.step)  # only inside checkpoint_snapshots
 
     def resume(self) -> bool:
         """Load ``checkpoint.pt`` if present (returns whether it was) and cut the log back to it."""

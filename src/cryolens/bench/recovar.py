@@ -112,7 +112,8 @@ def read_embedding(outdir: str | os.PathLike, zdim: int, n: int | None = None) -
     return z
 
 
-def cluster_maps(particles, z: np.ndarray, clusters: int, seed: int = 0, device=None) -> tuple[np.ndarray, torch.Tensor]:
+def cluster_maps(particles, z: np.ndarray, clusters: int, seed: int = 0,
+                 device=None) -> tuple[np.ndarray, torch.Tensor]:
     """k-means of ``z`` ``(N, L)`` into ``clusters`` states and one Wiener back-projection (cryolens',
     known poses and CTFs) of each state's images: ``(labels (N,), maps (K, D, D, D) float32)``."""
     from ..analysis.latent import kmeans

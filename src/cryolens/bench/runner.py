@@ -48,6 +48,7 @@ from ..errors import InputError
 from ..io.files import atomic_write_text
 from ..methods.registry import Recipe, recipes
 from .suite import Task, ensure_dataset, model_path
+from .withhold import strip_unknown
 from .timeline import SNAPSHOT_TIMES_S, timeline_child
 
 log = logging.getLogger(__name__)
@@ -91,19 +92,6 @@ def compatible(recipe: Recipe, task: Task) -> bool:
         return False
     return recipe.accepts(task.known) and (recipe.heterogeneity in task.method_kinds or
                                            recipe.name in (task.options.get("consensus_methods") or []))
-
-
-def strip_unknown(particles, known):
-    """A copy of ``particles`` holding only what ``known`` gives: images, pixel size, and the poses
-    (rotations, shifts) and CTF when known; extra columns are dropped."""
-    from ..io.particles import Particles
-
-    return Particles(pixel_size=particles.pixel_size, box_size=particles.box_size,
-                     image_files=list(particles.image_files), image_file_index=particles.image_file_index.copy(),
-                     image_index=particles.image_index.copy(),
-                     rotations=particles.rotations.clone() if known.poses and particles.rotations is not None else None,
-                     shifts=particles.shifts.clone() if known.poses and particles.shifts is not None else None,
-                     ctf=particles.ctf if known.ctf else None, extra={}, source=particles.source)
 
 
 def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Path:

@@ -81,7 +81,7 @@ def timeline_child(method, task, dataset_dir: Path, run_dir: Path, config, devic
     import torch
 
     from ..io.star import read_star
-    from .runner import strip_unknown
+    from .withhold import strip_unknown
 
     os.setpgid(0, 0)
     torch.set_num_threads(threads)

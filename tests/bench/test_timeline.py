@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cryolens.bench.cryodrgn import epoch_stamps
 from cryolens.bench.leaderboard import time_table, write_leaderboard
 from cryolens.bench.runner import available_methods, run_suite
 from cryolens.bench.suite import load_tasks
@@ -99,3 +100,64 @@ def test_leaderboard_shows_score_against_time(timeline_runs):
     assert row.split(" | ")[2].startswith(best[0])
     png = out2 / "plots" / "score_vs_time_continuous-poses-snr1.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cryodrgn_epoch_stamps():
+    """The end time of each epoch from cryoDRGN's log lines (its logger's format), as POSIX seconds."""
+    import datetime
+
+    log = ("(INFO) (train_vae.py) (06-Dec-2026 01:10:00) # =====> Epoch: 0 Average gen loss = 0.6; "
+           "Finished in 0:00:03\n"
+           "(INFO) (train_vae.py) (06-Dec-2026 01:10:07) # =====> Epoch: 1 Average gen loss = 0.5; "
+           "Finished in 0:00:07\n"
+           "(INFO) (train_vae.py) (06-Dec-2026 01:10:09) Training complete\n")
+    t0 = datetime.datetime(2026, 12, 6, 1, 10, 0).timestamp()
+    assert epoch_stamps(log) == {0: t0, 1: t0 + 7.0}
+
+
+def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache):
+    """The cryoDRGN peer with a stand-in module (cryoDRGN itself not run): it is asked for --checkpoint 1,
+    each epoch whose weights it saved becomes a timeline point at its log time, finished from that
+    epoch's latents and weights (latents = the truth after epoch 1, noise after epoch 0: the latent R²
+    of the points is ≈ 1 and < 0.5)."""
+    import sys
+    import time
+    import types
+
+    from cryolens.bench.suite import ensure_dataset
+    from cryolens.simulate.dataset import read_ground_truth
+
+    task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
+    truth = np.asarray(read_ground_truth(ensure_dataset(task, bench_cache))["hinge_angle_deg"], dtype=np.float32)
+    noise = np.random.default_rng(0).normal(size=len(truth)).astype(np.float32)
+    latents = {0: noise[:, None], 1: truth[:, None], None: truth[:, None]}
+    mod = types.ModuleType("cryolens.bench.cryodrgn")
+
+    def train_vae(inputs, outdir, **kw):  # runs in the run's forked process: its arguments go to a file
+        (tmp_path / "extra.json").write_text(json.dumps(kw["extra"]))
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+        for e in (0, 1):
+            (Path(outdir) / f"weights.{e}.pkl").write_bytes(b"")
+        stamp = time.strftime("%d-%b-%Y %H:%M:%S", time.localtime(time.time() + 1))
+        log = "".join(f"(INFO) (train_vae.py) ({stamp}) # =====> Epoch: {e} loss\n" for e in (0, 1))
+        return types.SimpleNamespace(wall_s=1.0, peak_rss_mib=1.0, log=log)
+
+    def eval_vol(outdir, z, out, pixel_size, threads=1, epoch=None):
+        return [len(z)]
+
+    mod.prepare_inputs = lambda particles, folder: types.SimpleNamespace()
+    mod.train_vae = mod.train_nn = train_vae
+    mod.read_latents = lambda outdir, epoch=None: latents[epoch]
+    mod.eval_vol = eval_vol
+    mod.read_maps = lambda paths: np.ones((paths[0], 16, 16, 16), dtype=np.float32)
+    mod.cryodrgn_program = lambda: Path("/bin/true")
+    mod.epoch_stamps = epoch_stamps
+    monkeypatch.setitem(sys.modules, "cryolens.bench.cryodrgn", mod)
+    rows = run_suite([task], available_methods(["cryodrgn-4.3"]), tmp_path / "out", budget_s=120,
+                     cache_dir=bench_cache, halves=False, overrides={"cryodrgn-4.3": {"checkpoint_every": 1}})
+    assert rows[0]["status"] == "ok" and rows[0]["timeline_status"] == "ok"
+    assert json.loads((tmp_path / "extra.json").read_text()) == ["--checkpoint", "1"]
+    pts = json.loads((Path(rows[0]["run_dir"]) / "timeline.json").read_text())
+    assert [p.get("epoch") for p in pts] == [0, 1, None] and all(0 <= p["elapsed_s"] < 10 for p in pts)
+    r2 = [p["metrics"]["latent_truth_r2"] for p in pts]
+    assert r2[0] < 0.5 and r2[1] == pytest.approx(1.0, abs=1e-6) and r2[2] == pytest.approx(1.0, abs=1e-6)

@@ -156,6 +156,18 @@ def parse_epoch_times(log: str) -> list[float]:
     return out
 
 
+_STAMPED_EPOCH = re.compile(r"\((\d{2}-[A-Za-z]{3}-\d{4} \d{2}:\d{2}:\d{2})\) # =====> Epoch: (\d+) ")
+
+
+def epoch_stamps(log: str) -> dict[int, float]:
+    """``{epoch: POSIX time}`` of cryoDRGN's ``(DD-Mon-YYYY HH:MM:SS) # =====> Epoch: k`` log lines (its
+    logger's local time, second resolution): when each epoch's training ended."""
+    from datetime import datetime
+
+    return {int(m.group(2)): datetime.strptime(m.group(1), "%d-%b-%Y %H:%M:%S").timestamp()
+            for m in _STAMPED_EPOCH.finditer(log)}
+
+
 def _hwm_mib(pid: int) -> float:
     """``VmHWM`` (peak resident set of the process's own address space) in MiB, 0 if unreadable."""
     try:

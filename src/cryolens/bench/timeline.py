@@ -8,8 +8,11 @@ again in a scratch folder holding that checkpoint (and the training log), with `
 ``epochs`` set to the epochs it had completed — nothing left to train, so ``fit`` only finishes (latents,
 maps) from the weights of that time. ``timeline.json`` in the run folder lists the points
 ``{elapsed_s, epoch, step, metrics}`` (wall seconds since ``fit`` started), the last being the final
-outputs at ``fit_s``. A method without snapshots (not trained on the engine: back-projection, the EM
-recipes, the outside programs) has its final point only.
+outputs at ``fit_s``. The cryoDRGN peer (:mod:`cryolens.bench.adapters`) writes the same list for the
+weights cryoDRGN saves every ``checkpoint_every`` epochs (``epoch`` there is cryoDRGN's 0-based epoch, the
+time that of its log line ending that epoch), finished by its ``fit.finish_snapshot``. A method with
+neither (back-projection, the EM recipes, RELION, RECOVAR — one embedding at the end of its pipeline) has
+its final point only.
 
 :func:`ahead_at` says which method leads a task at given times (the leaderboard uses 1, 5 and 20 min):
 each method's score at ``T`` is that of its latest point at or before ``T``.
@@ -18,6 +21,7 @@ each method's score at ``T`` is that of its latest point at or before ``T``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -41,35 +45,50 @@ def score_snapshots(method, task, particles, dataset_dir: Path, run_dir: Path, c
                     final_metrics: dict, device=None) -> list[dict]:
     """Score every snapshot of ``run_dir/snapshots`` (module docstring) and write ``run_dir/timeline.json``
     (the snapshot points, then the final one); returns the points. A snapshot whose scoring fails gets
-    its ``error`` instead of metrics; its checkpoint copies are removed once scored."""
+    its ``error`` instead of metrics; engine checkpoint copies are removed once scored. A recipe whose
+    ``fit`` has a ``finish_snapshot(particles, known, run_dir, config, record, device)`` (an outside
+    program that saves its own per-epoch state, e.g. the cryoDRGN peer) is finished by it instead of
+    by resuming the engine."""
     from ..inference.snapshots import read_snapshots
     from .scoring import Truth, score
 
     snap_dir = run_dir / "snapshots"
+    finish = getattr(method.recipe.fit, "finish_snapshot", None) or functools.partial(_resume, method.recipe.fit)
     points = []
     truth = None
     for rec in read_snapshots(snap_dir):
-        scratch = snap_dir / f"eval_{rec['file'].removesuffix('.pt')}"
         point = {"elapsed_s": rec["elapsed_s"], "epoch": rec["epoch"], "step": rec["step"]}
         try:
-            scratch.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(snap_dir / rec["file"], scratch / "checkpoint.pt")
-            if (run_dir / "log.jsonl").is_file():
-                shutil.copyfile(run_dir / "log.jsonl", scratch / "log.jsonl")
-            cfg = dataclasses.replace(config, resume=True, epochs=int(rec["epoch"]))
-            outputs = method.recipe.fit(particles, task.known, RunFolder(scratch), cfg, device, False)
+            outputs = finish(particles, task.known, run_dir, config, rec, device)
             truth = truth or Truth(dataset_dir)
             metrics, _ = score(task, truth, outputs, task.known, device=device)
             point["metrics"] = _scalars(metrics)
         except Exception as e:  # recorded: the final result stands without this point
             point["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        finally:  # an engine snapshot and its scratch folder (nothing for a peer's own files)
+            shutil.rmtree(_scratch(run_dir, rec), ignore_errors=True)
             (snap_dir / rec["file"]).unlink(missing_ok=True)
         points.append(point)
     points.append({"elapsed_s": float(fit_s), "final": True, "metrics": _scalars(final_metrics)})
     atomic_write_text(run_dir / "timeline.json", json.dumps(points, indent=1, default=float) + "\n")
     return points
+
+
+def _scratch(run_dir: Path, record: dict) -> Path:
+    return run_dir / "snapshots" / f"eval_{record['file'].removesuffix('.pt')}"
+
+
+def _resume(fit, particles, known, run_dir: Path, config, record: dict, device=None):
+    """A recipe trained on the engine, finished from the snapshot ``record``: its ``fit`` in a scratch
+    folder holding the snapshot as ``checkpoint.pt`` (and the run's log), ``resume`` on, ``epochs`` = the
+    epochs it had completed (module docstring)."""
+    scratch = _scratch(run_dir, record)
+    scratch.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "snapshots" / record["file"], scratch / "checkpoint.pt")
+    if (run_dir / "log.jsonl").is_file():
+        shutil.copyfile(run_dir / "log.jsonl", scratch / "log.jsonl")
+    cfg = dataclasses.replace(config, resume=True, epochs=int(record["epoch"]))
+    return fit(particles, known, RunFolder(scratch), cfg, device, False)
 
 
 def timeline_child(method, task, dataset_dir: Path, run_dir: Path, config, device: str | None, threads: int

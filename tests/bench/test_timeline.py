@@ -3,8 +3,9 @@
 - the engine keeps a checkpoint copy at the first save after each requested time, and only inside
   ``checkpoint_snapshots``;
 - a benchmark run of a learned recipe has a timeline of ≥ 2 points, and the point scored from the
-  epoch-1 snapshot of a 2-epoch run equals the final score of a separate 1-epoch run (resume is
+  epoch-1 snapshot of a 2-epoch run equals the score of the same recipe trained for 1 epoch (resume is
   bit-for-bit on the CPU): the snapshot is scored by the same code as a finished run;
+- the cryoDRGN peer's saved epochs become points, timed by its log;
 - which method leads at a time, by hand; the leaderboard's table and plot.
 """
 
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cryolens.bench.cryodrgn import epoch_stamps
 from cryolens.bench.leaderboard import time_table, write_leaderboard
 from cryolens.bench.runner import available_methods, run_suite
-from cryolens.bench.suite import load_tasks
+from cryolens.bench.scoring import Truth, score
+from cryolens.bench.suite import ensure_dataset, load_tasks
+from cryolens.bench.withhold import strip_unknown
 from cryolens.bench.timeline import ahead_at, series, value_at
 from cryolens.inference.snapshots import checkpoint_snapshots, read_snapshots, take_snapshot
+from cryolens.io.runfolder import RunFolder
+from cryolens.io.star import read_star
 
 
 def test_snapshots_at_requested_times_only_while_active(tmp_path):
@@ -51,25 +57,34 @@ def test_value_and_leader_at_times_by_hand():
 
 @pytest.fixture(scope="module")
 def timeline_runs(bench_cache, tmp_path_factory):
-    """cryoDRGN (our recipe) on the tiny continuous task: 2 epochs with a snapshot at the first save,
-    and 1 epoch with none."""
+    """cryoDRGN (our recipe, small) on the tiny continuous task through the runner: 2 epochs with a
+    snapshot at the first save; and, in this process, the same recipe trained for 1 epoch and scored
+    (the reference)."""
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
-    methods = available_methods(["cryodrgn", "backprojection"], include_adapters=False)
+    methods = available_methods(["cryodrgn"], include_adapters=False)
     small = {"epochs": 2, "enc_dim": 32, "dec_dim": 32, "batch_size": 16, "zdim": 1}
     out2 = tmp_path_factory.mktemp("two_epochs")
     rows2 = run_suite([task], methods, out2, budget_s=300, cache_dir=bench_cache, halves=False,
                       overrides={"cryodrgn": small}, snapshot_times_s=(0.0,))
-    out1 = tmp_path_factory.mktemp("one_epoch")
-    rows1 = run_suite([task], {"cryodrgn": methods["cryodrgn"]}, out1, budget_s=300, cache_dir=bench_cache,
-                      halves=False, overrides={"cryodrgn": {**small, "epochs": 1}}, snapshot_times_s=())
-    return out2, rows2, rows1
+    ds = ensure_dataset(task, bench_cache)
+    recipe = methods["cryodrgn"].recipe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the runner's process
+    try:
+        particles = strip_unknown(read_star(ds / "particles.star"), task.known)
+        out = recipe.fit(particles, task.known, RunFolder(tmp_path_factory.mktemp("one_epoch")),
+                         recipe.config({**small, "epochs": 1}), torch.device("cpu"), False)
+        one, _ = score(task, Truth(ds), out, task.known, device=torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    return out2, rows2, one
 
 
 def test_snapshot_point_equals_a_run_stopped_there(timeline_runs):
     """The 2-epoch run's timeline: the epoch-1 snapshot point, then the final point (= result.json's
     score at fit_s); the snapshot point's per-image FSC-AUC and latent R² equal those of the separate
     1-epoch run; back-projection (not trained on the engine) has its final point only."""
-    _, rows2, rows1 = timeline_runs
+    _, rows2, one = timeline_runs
     drgn = next(r for r in rows2 if r["method"] == "cryodrgn")
     assert drgn["status"] == "ok" and drgn["timeline_status"] == "ok"
     pts = json.loads((Path(drgn["run_dir"]) / "timeline.json").read_text())
@@ -77,29 +92,33 @@ def test_snapshot_point_equals_a_run_stopped_there(timeline_runs):
     assert pts[0]["elapsed_s"] < pts[1]["elapsed_s"] == pytest.approx(drgn["metrics"]["fit_s"])
     key = "per_image_fsc_auc_mean"
     assert pts[1]["metrics"][key] == drgn["metrics"][key]
-    one = rows1[0]["metrics"]
     assert pts[0]["metrics"][key] == pytest.approx(one[key], abs=1e-6)
     assert pts[0]["metrics"]["latent_truth_r2"] == pytest.approx(one["latent_truth_r2"], abs=1e-6)
     t, v = series(drgn, key)
     assert len(t) == 2 and v[1] == drgn["metrics"][key]
-    bp = next(r for r in rows2 if r["method"] == "backprojection")
-    assert "timeline_status" not in bp and len(series(bp, key)[0]) == 1
 
 
-def test_leaderboard_shows_score_against_time(timeline_runs):
-    """leaderboard.md has the time table (the leader at 1 min is the one with the best score by then,
-    computed here from the rows) and a score_vs_time PNG for the task."""
+def test_leaderboard_shows_score_against_time(timeline_runs, tmp_path):
+    """leaderboard.md of the run has the time table and a score_vs_time PNG for the task; with a second
+    method's row added by hand (final score 0.3 at 90 s, none before), the table names cryodrgn at
+    1 min (its latest point by then; "none yet" if it had none) and that method at 5 and 20 min and
+    best final when its 0.3 beats cryodrgn's final score; the budget of the runs."""
     out2, rows2, _ = timeline_runs
     board = write_leaderboard(out2)
     lines = time_table(rows2)
     assert any("ahead at 1 min" in ln for ln in lines) and "\n".join(lines) in board["markdown"]
-    curves = {r["method"]: series(r, "per_image_fsc_auc_mean") for r in rows2}
-    best = max(((m, value_at(*c, 60.0)) for m, c in curves.items() if value_at(*c, 60.0) is not None),
-               key=lambda mv: mv[1])
-    row = next(ln for ln in lines if ln.startswith("| continuous-poses-snr1"))
-    assert row.split(" | ")[2].startswith(best[0])
     png = out2 / "plots" / "score_vs_time_continuous-poses-snr1.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    drgn = rows2[0]
+    key = "per_image_fsc_auc_mean"
+    other = {"task": drgn["task"], "method": "other", "status": "ok", "heterogeneity": "continuous",
+             "budget_s": drgn["budget_s"], "metrics": {key: 0.3, "fit_s": 90.0}}
+    t, v = series(drgn, key)
+    cells = next(ln for ln in time_table([*rows2, other]) if ln.startswith("| continuous")).split(" | ")
+    at_1 = value_at(t, v, 60.0)
+    assert cells[2] == ("none yet" if at_1 is None else f"cryodrgn ({at_1:.3g})")
+    assert cells[3] == cells[4] == ("other (0.3)" if v[-1] < 0.3 else f"cryodrgn ({v[-1]:.3g})")
+    assert cells[-1] == "300 |"
 
 
 def test_cryodrgn_epoch_stamps():
@@ -124,7 +143,6 @@ def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache
     import time
     import types
 
-    from cryolens.bench.suite import ensure_dataset
     from cryolens.simulate.dataset import read_ground_truth
 
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")

@@ -7,7 +7,8 @@
   dataset, its JIT compilation: measured in benchmarks/RESULTS.md, not run here): the command carries
   the memory flags, the embedding comes back in image order and is scored (latent R² against the
   truth = 1 for an embedding equal to the truth), its k-means clusters are back-projected by cryolens;
-- the cluster maps of a two-state set match their own states better than the other's.
+- the cluster maps of a two-state set match their own states better than the other's; a cluster of
+  one image gets the consensus map.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def test_cluster_maps_match_their_states(bench_cache):
     gt = read_ground_truth(ds)
     truth = np.asarray(gt["labels"])
     z = truth[:, None] * 5.0 + np.random.default_rng(0).normal(0, 0.3, (len(truth), 2))
-    labels, maps = R.cluster_maps(read_star(ds / "particles.star"), z.astype(np.float32), 2)
+    particles = read_star(ds / "particles.star")
+    labels, maps, consensus = R.cluster_maps(particles, z.astype(np.float32), 2)
     perm = [int(np.bincount(truth[labels == k]).argmax()) for k in range(2)]
     assert sorted(perm) == [0, 1] and np.array_equal(np.asarray(perm)[labels], truth)
     from cryolens.io.mrc import read_volume
@@ -90,6 +92,10 @@ def test_cluster_maps_match_their_states(bench_cache):
     for k in range(2):
         own, other = (fsc_auc(fsc(maps[k], vols[s]), d) for s in (perm[k], 1 - perm[k]))
         assert own > other
+    z[0] = 100.0  # an outlier: its one-image cluster gets the consensus map (no half-sets to filter by)
+    labels, maps, consensus = R.cluster_maps(particles, z.astype(np.float32), 3)
+    lone = int(labels[0])
+    assert np.count_nonzero(labels == lone) == 1 and torch.equal(maps[lone], consensus)
 
 
 def test_adapter_in_the_runner_with_a_stand_in_program(bench_cache, tmp_path, monkeypatch):

@@ -113,16 +113,22 @@ def read_embedding(outdir: str | os.PathLike, zdim: int, n: int | None = None) -
 
 
 def cluster_maps(particles, z: np.ndarray, clusters: int, seed: int = 0,
-                 device=None) -> tuple[np.ndarray, torch.Tensor]:
+                 device=None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """k-means of ``z`` ``(N, L)`` into ``clusters`` states and one Wiener back-projection (cryolens',
-    known poses and CTFs) of each state's images: ``(labels (N,), maps (K, D, D, D) float32)``."""
+    known poses and CTFs) of each state's images: ``(labels (N,), maps (K, D, D, D), consensus (D, D, D))``
+    float32, the consensus being the back-projection of all images (also the map of a state of fewer than
+    two images, which has no two half-sets to filter by)."""
     from ..analysis.latent import kmeans
     from ..methods.backprojection import backproject
 
     labels = kmeans(z, clusters, seed=seed).labels
-    maps = [backproject(particles.subset(np.nonzero(labels == k)[0]), device=device, seed=seed,
-                        progress=False).volume for k in range(clusters)]
-    return labels, torch.stack(maps)
+    consensus = backproject(particles, device=device, seed=seed, progress=False).volume
+    maps = []
+    for k in range(clusters):
+        idx = np.nonzero(labels == k)[0]
+        maps.append(backproject(particles.subset(idx), device=device, seed=seed, progress=False).volume
+                    if len(idx) >= 2 else consensus)
+    return labels, torch.stack(maps), consensus
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,6 @@ class RecovarPeerConfig(RecipeConfig):
 def fit_recovar(particles, known, run, config: RecovarPeerConfig, device=None, progress: bool = True
                 ) -> MethodOutputs:
     """The peer's ``fit`` (module docstring): inputs, ``recovar pipeline``, embedding, maps per cluster."""
-    from ..methods.backprojection import backproject
-
     if not 1 <= config.clusters <= len(particles) // 2:
         raise InputError(f"recovar: {config.clusters} clusters for {len(particles)} images")
     work = run.path("recovar")
@@ -149,8 +153,7 @@ def fit_recovar(particles, known, run, config: RecovarPeerConfig, device=None, p
     res = run_pipeline(inputs.particles, inputs.poses, inputs.ctf, work / "out", config.zdim, config.gpu_budget_gb,
                        config.low_memory, config.threads, timeout=config.timeout_s)
     z = read_embedding(work / "out", config.zdim, len(particles))
-    labels, maps = cluster_maps(particles, z, config.clusters, config.seed, device)
-    mean = backproject(particles, device=device, seed=config.seed, progress=False).volume
+    labels, maps, mean = cluster_maps(particles, z, config.clusters, config.seed, device)
     metrics = {"recovar_wall_s": res.wall_s, "recovar_peak_rss_mib": res.peak_rss_mib, "recovar_cpu_s": res.cpu_s,
                **{f"recovar_{k.replace(' ', '_')}_s": v for k, v in res.stage_s.items()}}
     return MethodOutputs(pixel_size=particles.pixel_size, volume=mean, volumes=maps, labels=labels, latents=z,

@@ -61,6 +61,7 @@ def timeline_runs(bench_cache, tmp_path_factory):
     snapshot at the first save; and, in this process, the same recipe trained for 1 epoch and scored
     (the reference)."""
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
+    task.scores = ["per_image_fsc_auc", "latent_truth"]  # the scores checked here (the others cost time)
     methods = available_methods(["cryodrgn"], include_adapters=False)
     small = {"epochs": 2, "enc_dim": 32, "dec_dim": 32, "batch_size": 16, "zdim": 1}
     out2 = tmp_path_factory.mktemp("two_epochs")
@@ -146,6 +147,7 @@ def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache
     from cryolens.simulate.dataset import read_ground_truth
 
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
+    task.scores = ["per_image_fsc_auc", "latent_truth"]  # the scores checked here (the others cost time)
     truth = np.asarray(read_ground_truth(ensure_dataset(task, bench_cache))["hinge_angle_deg"], dtype=np.float32)
     noise = np.random.default_rng(0).normal(size=len(truth)).astype(np.float32)
     latents = {0: noise[:, None], 1: truth[:, None], None: truth[:, None]}

@@ -21,8 +21,8 @@ scaler) on CUDA; a checkpoint every epoch through :mod:`cryolens.io.checkpoint` 
 optimiser, scaler, RNG states and the sampler's (seed, epoch), copied at wall-clock times inside
 :func:`~cryolens.inference.snapshots.checkpoint_snapshots` (the benchmark's score against time);
 ``resume=True`` continues from it bit-for-bit on the CPU (the log is cut back to the checkpoint); one
-JSON line per step with every loss term (``log.jsonl``); a tqdm bar with images/s; DDP when a process group is initialised
-(:mod:`~cryolens.inference.distributed`), each rank taking ``batch_size / world`` images of every
+JSON line per step with every loss term (``log.jsonl``); a tqdm bar with images/s; DDP when a process
+group is initialised (:mod:`~cryolens.inference.distributed`), each rank taking ``batch_size / world`` images of every
 global batch through a ``DistributedSampler``, so K processes follow the same trajectory as one.
 """
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,7 @@ def fit_recovar(particles, known, run, config: RecovarPeerConfig, device=None, p
     if not 1 <= config.clusters <= len(particles) // 2:
         raise InputError(f"recovar: {config.clusters} clusters for {len(particles)} images")
     work = run.path("recovar")
+    shutil.rmtree(work / "out", ignore_errors=True)  # a rerun's stale outputs must not be read back
     inputs = prepare_inputs(particles, work / "inputs")
     res = run_pipeline(inputs.particles, inputs.poses, inputs.ctf, work / "out", config.zdim, config.gpu_budget_gb,
                        config.low_memory, config.threads, timeout=config.timeout_s)

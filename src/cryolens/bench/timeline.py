@@ -11,8 +11,8 @@ maps) from the weights of that time. ``timeline.json`` in the run folder lists t
 outputs at ``fit_s``. The cryoDRGN peer (:mod:`cryolens.bench.adapters`) writes the same list for the
 weights cryoDRGN saves every ``checkpoint_every`` epochs (``epoch`` there is cryoDRGN's own epoch number,
 that of its ``weights.E.pkl``, at the time of its log line ending that epoch), finished by its
-``fit.finish_snapshot``. A method with neither (back-projection, the EM recipes, RELION, RECOVAR — one embedding at the end of its pipeline) has
-its final point only.
+``fit.finish_snapshot``. A method with neither (back-projection, the EM recipes, RELION, RECOVAR — one
+embedding at the end of its pipeline) has its final point only.
 
 :func:`ahead_at` says which method leads a task at given times (the leaderboard uses 1, 5 and 20 min):
 each method's score at ``T`` is that of its latest point at or before ``T``.

@@ -137,9 +137,9 @@ def test_cryodrgn_epoch_stamps():
 
 def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache):
     """The cryoDRGN peer with a stand-in module (cryoDRGN itself not run): it is asked for --checkpoint 1,
-    each epoch whose weights it saved becomes a timeline point at its log time, finished from that
-    epoch's latents and weights (latents = the truth after epoch 1, noise after epoch 0: the latent R²
-    of the points is ≈ 1 and < 0.5)."""
+    each epoch whose weights it saved becomes a timeline point at its log time (but the last, which is
+    the final point), finished from that epoch's latents and weights (latents = the truth after epoch 1,
+    noise after epoch 0: the latent R² of the points is ≈ 1 and < 0.5)."""
     import sys
     import time
     import types
@@ -156,10 +156,10 @@ def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache
     def train_vae(inputs, outdir, **kw):  # runs in the run's forked process: its arguments go to a file
         (tmp_path / "extra.json").write_text(json.dumps(kw["extra"]))
         Path(outdir).mkdir(parents=True, exist_ok=True)
-        for e in (0, 1):
+        for e in (0, 1, 2):
             (Path(outdir) / f"weights.{e}.pkl").write_bytes(b"")
         stamp = time.strftime("%d-%b-%Y %H:%M:%S", time.localtime(time.time() + 1))
-        log = "".join(f"(INFO) (train_vae.py) ({stamp}) # =====> Epoch: {e} loss\n" for e in (0, 1))
+        log = "".join(f"(INFO) (train_vae.py) ({stamp}) # =====> Epoch: {e} loss\n" for e in (0, 1, 2))
         return types.SimpleNamespace(wall_s=1.0, peak_rss_mib=1.0, log=log)
 
     def eval_vol(outdir, z, out, pixel_size, threads=1, epoch=None):
@@ -174,7 +174,7 @@ def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache
     mod.epoch_stamps = epoch_stamps
     monkeypatch.setitem(sys.modules, "cryolens.bench.cryodrgn", mod)
     rows = run_suite([task], available_methods(["cryodrgn-4.3"]), tmp_path / "out", budget_s=120,
-                     cache_dir=bench_cache, halves=False, overrides={"cryodrgn-4.3": {"checkpoint_every": 1}})
+                     cache_dir=bench_cache, halves=False, overrides={"cryodrgn-4.3": {"checkpoint_every": 1, "epochs": 2}})
     assert rows[0]["status"] == "ok" and rows[0]["timeline_status"] == "ok"
     assert json.loads((tmp_path / "extra.json").read_text()) == ["--checkpoint", "1"]
     pts = json.loads((Path(rows[0]["run_dir"]) / "timeline.json").read_text())

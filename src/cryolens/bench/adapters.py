@@ -125,7 +125,8 @@ def _peer_fit(mod, heterogeneous: bool):
                             enc_dim=config.enc_dim, dec_layers=config.dec_layers, dec_dim=config.dec_dim,
                             extra=["--checkpoint", str(every)] if every > 0 else None, **common)
         if every > 0 and hasattr(mod, "epoch_stamps"):
-            _write_peer_snapshots(run.path("snapshots"), work / "train", mod.epoch_stamps(res.log), t0)
+            stamps = {e: t for e, t in mod.epoch_stamps(res.log).items() if e < config.epochs}  # last = final
+            _write_peer_snapshots(run.path("snapshots"), work / "train", stamps, t0)
         out = _vae_outputs(mod, work, px, config.threads)
         out.metrics = {"cryodrgn_wall_s": res.wall_s, "cryodrgn_peak_rss_mib": res.peak_rss_mib}
         return out

@@ -174,7 +174,8 @@ def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache
     mod.epoch_stamps = epoch_stamps
     monkeypatch.setitem(sys.modules, "cryolens.bench.cryodrgn", mod)
     rows = run_suite([task], available_methods(["cryodrgn-4.3"]), tmp_path / "out", budget_s=120,
-                     cache_dir=bench_cache, halves=False, overrides={"cryodrgn-4.3": {"checkpoint_every": 1, "epochs": 2}})
+                     cache_dir=bench_cache, halves=False,
+                     overrides={"cryodrgn-4.3": {"checkpoint_every": 1, "epochs": 2}})
     assert rows[0]["status"] == "ok" and rows[0]["timeline_status"] == "ok"
     assert json.loads((tmp_path / "extra.json").read_text()) == ["--checkpoint", "1"]
     pts = json.loads((Path(rows[0]["run_dir"]) / "timeline.json").read_text())

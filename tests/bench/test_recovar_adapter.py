@@ -139,11 +139,11 @@ def test_adapter_in_the_runner_with_a_stand_in_program(bench_cache, tmp_path, mo
 
 _CHECK = """
 import sys, numpy as np, mrcfile
-from recovar.data_io.cryoem_dataset import _load_ctf_params, _load_poses
+from recovar.data_io.load_utils import load_ctf_params, load_poses
 stack, poses, ctf, n, d, out = sys.argv[1:]
 n, d = int(n), int(d)
-rots, trans = _load_poses(stack, poses, d, n, None)
-c, _ = _load_ctf_params(stack, ctf, d, None, n)
+rots, trans, _ = load_poses(poses, n, d)
+c = load_ctf_params(d, ctf)
 with mrcfile.open(stack, permissive=True) as m:
     images = np.asarray(m.data)
 np.savez(out, rots=rots, trans=trans, ctf=c, images=images)
@@ -163,7 +163,8 @@ def recovar_exe():
 
 
 def test_recovar_reads_prepared_inputs(bench_cache, tmp_path, recovar_exe):
-    """RECOVAR's own loaders (the ones its pipeline calls) on the prepared inputs: image i = particle i,
+    """RECOVAR's own pickle loaders (``load_utils``, which its pipeline's dataset loading calls for .pkl
+    inputs) on the prepared inputs: image i = particle i,
     rotation = our Rᵀ, translation (px) = −our shift, CTF rows = our defocus U/V (Å), angle (°), kV, Cs,
     amplitude contrast."""
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
@@ -178,11 +179,11 @@ def test_recovar_reads_prepared_inputs(bench_cache, tmp_path, recovar_exe):
     np.testing.assert_array_equal(got["images"], read_images(p, np.arange(len(p))).numpy())
     np.testing.assert_allclose(got["rots"], p.rotations.transpose(1, 2).numpy(), atol=1e-6)
     np.testing.assert_allclose(-got["trans"], p.shifts.numpy(), atol=1e-4)
-    c = got["ctf"]  # [Apix, U, V, angle °, kV, Cs, Q0, phase °, B-factor, contrast]
+    c = got["ctf"]  # [Apix, U, V, angle °, kV, Cs, Q0, phase °] (the pipeline appends B-factor 0, contrast 1)
     np.testing.assert_allclose(c[:, 0], p.pixel_size, rtol=1e-6)
     np.testing.assert_allclose(c[:, 1], p.ctf.defocus_u.numpy(), rtol=1e-6)
     np.testing.assert_allclose(c[:, 2], p.ctf.defocus_v.numpy(), rtol=1e-6)
     np.testing.assert_allclose(c[:, 3], np.rad2deg(p.ctf.defocus_angle.numpy()), atol=1e-4)
     np.testing.assert_allclose(c[:, 4:7], np.stack([p.ctf.voltage.numpy(), p.ctf.cs.numpy(),
                                                     p.ctf.amplitude_contrast.numpy()], 1), rtol=1e-6)
-    np.testing.assert_allclose(c[:, 8:], np.tile([0.0, 1.0], (len(p), 1)))
+    np.testing.assert_allclose(c[:, 7], np.rad2deg(p.ctf.phase_shift.numpy()), atol=1e-4)

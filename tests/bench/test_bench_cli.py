@@ -12,8 +12,10 @@ def test_bench_run_report_sweep_inject(tmp_path, capsys, bench_cache):
     writes sweep.png; injecting 20° pose errors gives a worse map than none."""
     cache, out = str(bench_cache), tmp_path / "out"
     rc = main(["bench", "run", "--tasks", "tiny", "--only", "homogeneous-poses", "--methods", "backprojection",
-               "--out", str(out), "--cache", cache, "--budget-s", "120", "--markdown", str(tmp_path / "LB.md")])
+               "--out", str(out), "--cache", cache, "--budget-s", "120", "--markdown", str(tmp_path / "LB.md"),
+               "--score-times", "30,90"])
     assert rc == 0
+    assert "--score-times 30,90" in json.loads((out / "leaderboard.json").read_text())["command"]
     assert "| backprojection |" in (tmp_path / "LB.md").read_text()
     assert (tmp_path / "LB_plots" / "fsc_homogeneous-poses-snr1.png").is_file()
     assert (out / "report.html").is_file() and (out / "leaderboard.json").is_file()

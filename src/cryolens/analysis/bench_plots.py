@@ -16,7 +16,7 @@ import numpy as np
 from .plots import _save, plot_fsc, plt
 
 __all__ = ["plot_fsc", "plot_pose_errors", "plot_latents", "plot_resolution_vs_snr", "plot_training_curves",
-           "plot_sweep", "plot_error_injection", "plot_auc_histogram"]
+           "plot_sweep", "plot_error_injection", "plot_auc_histogram", "plot_score_vs_time"]
 
 
 def plot_pose_errors(errors: dict[str, np.ndarray], path: str | os.PathLike, title: str = "pose error") -> Path:
@@ -150,5 +150,23 @@ def plot_auc_histogram(aucs: dict[str, np.ndarray], path: str | os.PathLike) -> 
         ax.hist(np.asarray(a), bins=bins, histtype="step", lw=1.5, label=f"{label} (mean {np.mean(a):.3f})")
     ax.set_xlabel("per-image FSC-AUC vs ground truth")
     ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_score_vs_time(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, ylabel: str,
+                       title: str = "score against wall time", marks_s=(60.0, 300.0, 1200.0)) -> Path:
+    """One step line per method, ``{label: (wall seconds (T,), scores (T,))}`` time-ordered (a score holds
+    until the next point), on a log time axis in minutes with dotted lines at ``marks_s``."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (t, v) in sorted(curves.items()):
+        if len(t):
+            ax.step(np.asarray(t) / 60.0, v, where="post", marker="o", ms=4, label=label)
+    for m in marks_s:
+        ax.axvline(m / 60.0, color="gray", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time since the method started (min)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -9,13 +9,17 @@ are not cryolens methods, but the runner treats them exactly like one, so they s
   ``train_nn``, poses and CTF known) through the peer adapter :mod:`cryolens.bench.cryodrgn` (runs
   cryoDRGN from its own virtual environment) — present when that module exists and finds the
   ``cryodrgn`` program. A module may also expose ``ADAPTERS`` (``{name: Recipe}``), added as they are.
+- ``recovar`` (optional): RECOVAR 1.0.5's ``recovar pipeline`` (poses and CTF known) through
+  :mod:`cryolens.bench.recovar`, present when it finds the ``recovar`` program (``CRYOLENS_RECOVAR``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..methods.config import RecipeConfig, option
 from ..methods.registry import Recipe
@@ -62,6 +66,8 @@ class CryoDRGNPeerConfig(CryoDRGNPeerHomoConfig):
     """Options of cryoDRGN 4.3's ``train_vae`` run as a peer."""
 
     zdim: int = option(8, "latent dimension")
+    checkpoint_every: int = option(4, "epochs between the weights cryoDRGN saves (--checkpoint), each scored "
+                                      "against wall time in a benchmark (0: the final weights only)")
     enc_layers: int = option(3, "hidden layers of the encoder")
     enc_dim: int = option(256, "width of the encoder's hidden layers")
 
@@ -99,11 +105,11 @@ def _peer_fit(mod, heterogeneous: bool):
     """The ``fit`` of the cryoDRGN peer adapter (``mod`` = :mod:`cryolens.bench.cryodrgn`)."""
 
     def fit(particles, known, run, config, device=None, progress=True):
-        import numpy as np
         import torch
 
         from ..methods.registry import MethodOutputs
 
+        t0 = time.time()
         work = run.path("cryodrgn")
         inputs = mod.prepare_inputs(particles, work / "inputs")
         common = dict(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
@@ -114,22 +120,58 @@ def _peer_fit(mod, heterogeneous: bool):
             vol = mod.read_maps(work / "train" / "reconstruct.mrc")[0]
             return MethodOutputs(pixel_size=px, volume=torch.from_numpy(vol),
                                  metrics={"cryodrgn_wall_s": res.wall_s, "cryodrgn_peak_rss_mib": res.peak_rss_mib})
+        every = config.checkpoint_every
         res = mod.train_vae(inputs, work / "train", zdim=config.zdim, enc_layers=config.enc_layers,
-                            enc_dim=config.enc_dim, dec_layers=config.dec_layers, dec_dim=config.dec_dim, **common)
-        z = mod.read_latents(work / "train")
-        calls = [0]
+                            enc_dim=config.enc_dim, dec_layers=config.dec_layers, dec_dim=config.dec_dim,
+                            extra=["--checkpoint", str(every)] if every > 0 else None, **common)
+        if every > 0 and hasattr(mod, "epoch_stamps"):
+            stamps = {e: t for e, t in mod.epoch_stamps(res.log).items() if e < config.epochs}  # last = final
+            _write_peer_snapshots(run.path("snapshots"), work / "train", stamps, t0)
+        out = _vae_outputs(mod, work, px, config.threads)
+        out.metrics = {"cryodrgn_wall_s": res.wall_s, "cryodrgn_peak_rss_mib": res.peak_rss_mib}
+        return out
 
-        def decode(zz: torch.Tensor) -> torch.Tensor:
-            calls[0] += 1
-            paths = mod.eval_vol(work / "train", zz.detach().cpu().numpy(), work / f"eval_{calls[0]:03d}", px,
-                                 threads=config.threads)
-            return torch.from_numpy(mod.read_maps(paths)).to(zz.device)
+    def finish_snapshot(particles, known, run_dir, config, record, device=None):
+        """The outputs of the weights cryoDRGN saved after epoch ``record["epoch"]`` (the timeline)."""
+        return _vae_outputs(mod, Path(run_dir) / "cryodrgn", particles.pixel_size, config.threads, record["epoch"])
 
-        mean = decode(torch.as_tensor(np.asarray(z).mean(0, keepdims=True)))[0]
-        return MethodOutputs(pixel_size=px, volume=mean, latents=z, decode=decode,
-                             metrics={"cryodrgn_wall_s": res.wall_s, "cryodrgn_peak_rss_mib": res.peak_rss_mib})
-
+    if heterogeneous:
+        fit.finish_snapshot = finish_snapshot
     return fit
+
+
+def _vae_outputs(mod, work: Path, px: float, threads: int, epoch: int | None = None):
+    """A ``train_vae`` run's outputs (final, or of the weights saved after ``epoch``): latents, the map at
+    their mean, and a decoder running ``cryodrgn eval_vol``."""
+    import numpy as np
+    import torch
+
+    from ..methods.registry import MethodOutputs
+
+    at = {} if epoch is None else {"epoch": epoch}
+    z = mod.read_latents(work / "train", **at)
+    calls = [0]
+
+    def decode(zz: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        paths = mod.eval_vol(work / "train", zz.detach().cpu().numpy(), work / f"eval{epoch or ''}_{calls[0]:03d}",
+                             px, threads=threads, **at)
+        return torch.from_numpy(mod.read_maps(paths)).to(zz.device)
+
+    mean = decode(torch.as_tensor(np.asarray(z).mean(0, keepdims=True)))[0]
+    return MethodOutputs(pixel_size=px, volume=mean, latents=z, decode=decode)
+
+
+def _write_peer_snapshots(folder: Path, train: Path, stamps: dict[int, float], t0: float) -> None:
+    """``folder/snapshots.json`` (the format of :mod:`cryolens.inference.snapshots`) for the epochs whose
+    weights cryoDRGN saved (``train/weights.E.pkl``), at the wall time its log gives for their end."""
+    import json
+
+    recs = [{"file": f"weights.{e}.pkl", "elapsed_s": max(0.0, t - t0), "epoch": e, "step": None}
+            for e, t in sorted(stamps.items()) if (train / f"weights.{e}.pkl").is_file()]
+    if recs:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "snapshots.json").write_text(json.dumps(recs, indent=1) + "\n")
 
 
 def peer_adapters(mod) -> dict[str, Recipe]:
@@ -151,12 +193,16 @@ def peer_adapters(mod) -> dict[str, Recipe]:
     }
 
 
-def _peer_available(mod) -> bool:
+def _installed(find_program) -> bool:
     try:
-        mod.cryodrgn_program()
+        find_program()
         return True
     except Exception:  # not installed: the adapter is simply absent
         return False
+
+
+def _peer_available(mod) -> bool:
+    return _installed(mod.cryodrgn_program)
 
 
 def adapters(available_only: bool = True) -> dict[str, Recipe]:
@@ -172,4 +218,7 @@ def adapters(available_only: bool = True) -> dict[str, Recipe]:
         out.update(peer_adapters(mod))
     if mod is not None:
         out.update(dict(getattr(mod, "ADAPTERS", {})))
+    rec = _optional("cryolens.bench.recovar")
+    if rec is not None and (not available_only or _installed(rec.recovar_program)):
+        out.update(rec.ADAPTERS)
     return out

@@ -50,21 +50,28 @@ class CryoDRGNError(RuntimeError):
     """A cryoDRGN command failed; the message ends with the tail of its output."""
 
 
-def cryodrgn_program(program: str | os.PathLike | None = None) -> Path:
-    """Path of the ``cryodrgn`` executable (module docstring for where it is looked for)."""
-    cand = program if program is not None else os.environ.get(ENV_VAR)
+def venv_program(name: str, env_var: str, program: str | os.PathLike | None, hint: str,
+                 missing: type[Exception], label: str) -> Path:
+    """Path of the executable ``name`` of an outside program living in its own venv, looked for in
+    order: ``program`` (the venv folder or the executable), the environment variable ``env_var`` (the
+    same), ``name`` on ``PATH``; else ``missing`` (an exception class) naming where it looked and ``hint``."""
+    cand = program if program is not None else os.environ.get(env_var)
     if cand:
         p = Path(cand)
         if p.is_dir():
-            p = p / "bin" / "cryodrgn"
+            p = p / "bin" / name
         if p.is_file() and os.access(p, os.X_OK):
             return p.resolve()
-        raise CryoDRGNNotFound(f"cryoDRGN not found at {cand} (from {'argument' if program else ENV_VAR}); "
-                               f"{INSTALL_HINT}")
-    found = shutil.which("cryodrgn")
+        raise missing(f"{label} not found at {cand} (from {'argument' if program else env_var}); {hint}")
+    found = shutil.which(name)
     if found:
         return Path(found)
-    raise CryoDRGNNotFound(f"cryoDRGN not found ({ENV_VAR} unset and no cryodrgn on PATH); {INSTALL_HINT}")
+    raise missing(f"{label} not found ({env_var} unset and no {name} on PATH); {hint}")
+
+
+def cryodrgn_program(program: str | os.PathLike | None = None) -> Path:
+    """Path of the ``cryodrgn`` executable (module docstring for where it is looked for)."""
+    return venv_program("cryodrgn", ENV_VAR, program, INSTALL_HINT, CryoDRGNNotFound, "cryoDRGN")
 
 
 def cryodrgn_version(program: str | os.PathLike | None = None) -> str:
@@ -147,6 +154,18 @@ def parse_epoch_times(log: str) -> list[float]:
         days = int(m.group(2) or 0)
         out.append(days * 86400 + int(m.group(3)) * 3600 + int(m.group(4)) * 60 + float(m.group(5)))
     return out
+
+
+_STAMPED_EPOCH = re.compile(r"\((\d{2}-[A-Za-z]{3}-\d{4} \d{2}:\d{2}:\d{2})\) # =====> Epoch: (\d+) ")
+
+
+def epoch_stamps(log: str) -> dict[int, float]:
+    """``{epoch: POSIX time}`` of cryoDRGN's ``(DD-Mon-YYYY HH:MM:SS) # =====> Epoch: k`` log lines (its
+    logger's local time, second resolution): when each epoch's training ended."""
+    from datetime import datetime
+
+    return {int(m.group(2)): datetime.strptime(m.group(1), "%d-%b-%Y %H:%M:%S").timestamp()
+            for m in _STAMPED_EPOCH.finditer(log)}
 
 
 def _hwm_mib(pid: int) -> float:

@@ -4,7 +4,9 @@ Reads every ``runs/<task>/<method>/result.json`` (and the run's ``metrics.json``
 and writes into the run folder: ``leaderboard.md``, ``leaderboard.json``, ``plots/fsc_<task>.png``
 (FSC against the truth, one curve per method), ``plots/pose_errors_<task>.png``,
 ``plots/latents_<task>_<method>.png`` (latents coloured by the ground truth),
-``plots/resolution_vs_snr.png`` and ``report.html`` (all of it, offline).
+``plots/resolution_vs_snr.png``, ``plots/score_vs_time_<task>.png`` (the headline score against wall
+time, :mod:`cryolens.bench.timeline`; the Markdown says which method leads at 1, 5 and 20 min) and
+``report.html`` (all of it, offline).
 
 Headline metric per task kind (the table cells): homogeneous — resolution of the map against the
 truth (Å, FSC 0.5; lower is better); discrete and continuous — mean per-image FSC-AUC against
@@ -119,11 +121,56 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
         m = r.get("metrics", {})
         lines.append(f"| {r['task']} | {r['method']} | {r.get('status')} | {_num(float(r.get('wall_s', 0)))} | "
                      f"{_num(float(r.get('peak_mem_mb', 0)))} | " + " | ".join(_num(m.get(c)) for c in COLUMNS) + " |")
+    lines += time_table(rows)
     errors = [r for r in rows if r.get("status") != "ok"]
     if errors:
         lines += ["", "## Runs that did not finish", ""]
         lines += [f"- {r['task']} / {r['method']}: {r.get('status')} — {r.get('error', '')}" for r in errors]
     return "\n".join(lines) + "\n"
+
+
+#: the times at which the leaderboard says which method leads each task (s)
+AHEAD_AT_S = (60.0, 300.0, 1200.0)
+
+
+def task_curves(rows: list[dict]) -> dict[str, tuple[str, dict]]:
+    """``{task: (headline key, {method: (wall s, score)})}`` of the finished runs
+    (:func:`cryolens.bench.timeline.series`)."""
+    from .timeline import series
+
+    out: dict[str, tuple[str, dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            key = HEADLINE.get(r.get("heterogeneity", "homogeneous"), HEADLINE["homogeneous"])[0]
+            t, v = series(r, key)
+            if len(t):
+                out.setdefault(r["task"], (key, {}))[1][r["method"]] = (t, v)
+    return out
+
+
+def time_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: per task, the method ahead at 1, 5 and 20 minutes of wall time (its headline score
+    then), the best final score, and the time budget each method had."""
+    from .timeline import ahead_at
+
+    curves = task_curves(rows)
+    if not curves:
+        return []
+    heads = " | ".join(f"ahead at {t / 60:g} min" for t in AHEAD_AT_S)
+    lines = ["", "## Score against wall time", "",
+             "Each method's score at a time is that of its latest scored point (checkpoint snapshots of the "
+             "methods trained on the engine, else the final outputs at the end of `fit`).", "",
+             f"| task | score | {heads} | best final | budget per method (s) |",
+             "|---|---|" + "---|" * len(AHEAD_AT_S) + "---|---|"]
+    for task, (key, cv) in sorted(curves.items()):
+        higher = key != "gt_resolution_A"
+        cells = [f"{m} ({_num(v)})" if m else "none yet" for m, v in
+                 (x or (None, None) for x in ahead_at(cv, AHEAD_AT_S, higher))]
+        final = ahead_at(cv, (float("inf"),), higher)[0]
+        budgets = sorted({_num(float(r.get("budget_s", 0))) for r in rows if r["task"] == task})
+        lines.append(f"| {task} | {key} | " + " | ".join(cells) +
+                     f" | {f'{final[0]} ({_num(final[1])})' if final else '—'} | {', '.join(budgets)} |")
+    return lines
 
 
 def _plots(run_dir: Path, rows: list[dict]) -> list[Path]:
@@ -166,6 +213,12 @@ def _plots(run_dir: Path, rows: list[dict]) -> list[Path]:
                                  title=f"FSC against the ground truth: {task}"))
         if errors:
             made.append(plot_pose_errors(errors, out / f"pose_errors_{task}.png", f"pose error: {task}"))
+    from ..analysis.bench_plots import plot_score_vs_time
+
+    for task, (key, cv) in sorted(task_curves(rows).items()):
+        unit = next(u for k, u in HEADLINE.values() if k == key)
+        made.append(plot_score_vs_time(cv, out / f"score_vs_time_{task}.png", unit, f"{unit} against wall time: {task}",
+                                       AHEAD_AT_S))
     series: dict[str, tuple[list, list]] = {}
     for r in rows:
         if r.get("status") == "ok" and "gt_resolution_A" in r.get("metrics", {}):

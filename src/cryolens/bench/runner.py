@@ -19,7 +19,8 @@ Layout of ``out``::
     runs/<task>/<method>/   the recipe's run folder as the CLI writes it (the one writer,
                             :func:`cryolens.analysis.writer.write_run`: config.json, maps, particles.star,
                             plots), metrics.json with the scores, result.json, arrays.npz, report.html,
-                            (error.txt on failure), whatever the recipe wrote (log.jsonl, ...)
+                            (error.txt on failure), whatever the recipe wrote (log.jsonl, ...),
+                            timeline.json (score against wall time, :mod:`cryolens.bench.timeline`)
     results.json            every run's row (rewritten after each run)
 
 A run whose ``result.json`` exists with status ``ok`` for the same task spec and config is not run
@@ -33,6 +34,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 import traceback
@@ -46,6 +48,8 @@ from ..errors import InputError
 from ..io.files import atomic_write_text
 from ..methods.registry import Recipe, recipes
 from .suite import Task, ensure_dataset, model_path
+from .withhold import strip_unknown
+from .timeline import SNAPSHOT_TIMES_S, timeline_child
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +92,6 @@ def compatible(recipe: Recipe, task: Task) -> bool:
         return False
     return recipe.accepts(task.known) and (recipe.heterogeneity in task.method_kinds or
                                            recipe.name in (task.options.get("consensus_methods") or []))
-
-
-def strip_unknown(particles, known):
-    """A copy of ``particles`` holding only what ``known`` gives: images, pixel size, and the poses
-    (rotations, shifts) and CTF when known; extra columns are dropped."""
-    from ..io.particles import Particles
-
-    return Particles(pixel_size=particles.pixel_size, box_size=particles.box_size,
-                     image_files=list(particles.image_files), image_file_index=particles.image_file_index.copy(),
-                     image_index=particles.image_index.copy(),
-                     rotations=particles.rotations.clone() if known.poses and particles.rotations is not None else None,
-                     shifts=particles.shifts.clone() if known.poses and particles.shifts is not None else None,
-                     ctf=particles.ctf if known.ctf else None, extra={}, source=particles.source)
 
 
 def initial_model(dataset_dir: Path, lowpass_a: float = INITIAL_LOWPASS_A) -> Path:
@@ -180,17 +171,19 @@ def _json(x):
 
 
 def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, device: str | None,
-               threads: int, halves: bool) -> None:
+               threads: int, halves: bool, snapshot_times_s: tuple = ()) -> None:
     """Body of the forked child: fit, score, write the run folder and ``result.json``."""
     os.setpgid(0, 0)
     import resource
 
     import torch
 
+    from ..inference.snapshots import checkpoint_snapshots
     from ..io.runfolder import RunFolder
     from ..io.star import read_star
     from .outputs import write_run_outputs
     from .scoring import Truth, score
+    from .timeline import resumable
 
     torch.set_num_threads(threads)
     run = RunFolder(run_dir)
@@ -202,7 +195,8 @@ def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, con
         particles = strip_unknown(full, task.known)
         dev = torch.device(device) if device else torch.device("cpu")
         t0 = time.time()
-        outputs = method.recipe.fit(particles, task.known, run, config, dev, False)
+        with checkpoint_snapshots(run.path("snapshots"), snapshot_times_s if resumable(method.recipe) else ()):
+            outputs = method.recipe.fit(particles, task.known, run, config, dev, False)
         fit_s = time.time() - t0
         halves_latents = None
         if halves and outputs.latents is not None and "conformational_resolution" in task.scores:
@@ -287,15 +281,10 @@ def _kill(pids: list[int]) -> None:
             continue  # already gone, or not ours to end
 
 
-def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, budget_s: float,
-            memory_mb: float, device: str | None = None, threads: int = 1, halves: bool = True) -> dict:
-    """Run one method on one task in a forked child under the budget; returns its result row."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "error.txt"):
-        (run_dir / stale).unlink(missing_ok=True)
-    ctx = mp.get_context("fork")
-    proc = ctx.Process(target=_run_child, args=(method, task, dataset_dir, run_dir, config, device, threads, halves),
-                       daemon=False)
+def _supervise(target, args: tuple, budget_s: float, memory_mb: float) -> tuple[str | None, float, float, int | None]:
+    """Run ``target(*args)`` in a forked child under the time and memory budget (module docstring);
+    returns ``(status, wall s, peak MB, exit code)``, status None, ``over_time`` or ``over_memory``."""
+    proc = mp.get_context("fork").Process(target=target, args=args, daemon=False)
     t0 = time.time()
     proc.start()
     peak, status = 0.0, None
@@ -312,17 +301,36 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
             _kill(pids)
             proc.join()
             break
-    wall = time.time() - t0
     _kill([p for p in _run_processes(proc.pid) if p != os.getpid()])  # nothing of the run outlives it
+    return status, time.time() - t0, peak, proc.exitcode
+
+
+def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, budget_s: float,
+            memory_mb: float, device: str | None = None, threads: int = 1, halves: bool = True,
+            snapshot_times_s: tuple = SNAPSHOT_TIMES_S) -> dict:
+    """Run one method on one task in a forked child under the budget; returns its result row. A run
+    that kept checkpoint snapshots (:mod:`cryolens.bench.timeline`) has them scored afterwards in a
+    second child under the same budget (its time not counted in the run's)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "error.txt", "timeline.json"):
+        (run_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "snapshots", ignore_errors=True)
+    status, wall, peak, exitcode = _supervise(
+        _run_child, (method, task, dataset_dir, run_dir, config, device, threads, halves, tuple(snapshot_times_s)),
+        budget_s, memory_mb)
     res_path = run_dir / "result.json"
     if status is None and res_path.is_file():
         row = json.loads(res_path.read_text())
+        if row.get("status") == "ok" and (run_dir / "snapshots" / "snapshots.json").is_file():
+            st, row["timeline_wall_s"], _, _ = _supervise(
+                timeline_child, (method, task, dataset_dir, run_dir, config, device, threads), budget_s, memory_mb)
+            row["timeline_status"] = st or ("ok" if (run_dir / "timeline.json").is_file() else "failed")
     else:
         row = {"task": task.name, "method": method.name, "origin": method.origin,
                "status": status or "crashed",
                "error": (f"killed after {wall:.0f} s (budget {budget_s:.0f} s)" if status == "over_time" else
                          f"killed at {peak:.0f} MB (budget {memory_mb:.0f} MB)" if status == "over_memory" else
-                         f"the process ended with exit code {proc.exitcode} and no result")}
+                         f"the process ended with exit code {exitcode} and no result")}
     row.update(wall_s=wall, peak_mem_mb=peak, budget_s=budget_s,
                memory_mb=memory_mb, task_hash=task.dataset_hash(), config=config_json(config), snr=task.snr,
                heterogeneity=task.heterogeneity, generator=task.dataset["heterogeneity"].get("generator"),
@@ -336,14 +344,27 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
     return row
 
 
+def _preload() -> None:
+    """Import the scoring's heavy optional dependencies once here (POT, scikit-learn, pyplot): every run's
+    forked process then finds them loaded instead of importing them again (seconds each)."""
+    import importlib
+
+    for name in ("ot", "sklearn.cluster", "matplotlib.pyplot"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # optional: the run imports (or misses) it itself
+            continue
+
+
 def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathLike, budget_s: float = 600,
               memory_mb: float = 6000, cache_dir: str | os.PathLike | None = None, device: str | None = None,
               threads: int = 1, overrides: dict | None = None, rerun: bool = False, halves: bool = True,
-              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+              on_row: Callable[[dict], None] | None = None, snapshot_times_s: tuple = SNAPSHOT_TIMES_S) -> list[dict]:
     """Run every compatible method × task (module docstring); returns all result rows (also in
     ``out/results.json``). ``overrides``: ``{method: {option: value}}``, ``"*"`` for every recipe
-    that has the option."""
+    that has the option. ``snapshot_times_s``: when learned runs keep checkpoints to score against time."""
     check_method_config(tasks, methods)
+    _preload()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -365,7 +386,8 @@ def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathL
                     old["resumed"] = True
                     rows.append(old)
                     continue
-            row = run_one(method, task, dataset_dir, run_dir, config, budget_s, memory_mb, device, threads, halves)
+            row = run_one(method, task, dataset_dir, run_dir, config, budget_s, memory_mb, device, threads, halves,
+                          snapshot_times_s)
             rows.append(row)
             if on_row:
                 on_row(row)

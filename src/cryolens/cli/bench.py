@@ -53,6 +53,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--rerun", action="store_true", help="rerun runs already finished in --out")
     q.add_argument("--no-halves", action="store_true",
                    help="skip the two half-data fits that measure conformational resolution")
+    q.add_argument("--score-times", default="60,300,1200", metavar="S,S,...",
+                   help="wall-clock seconds of a learned run's fit at which a checkpoint is kept and scored "
+                        "afterwards, for the score against time (default 60,300,1200; empty: none)")
     q.add_argument("--markdown", default=None, help="also write the leaderboard Markdown here")
     q = sub.add_parser("report", help="(re)write the leaderboard of a run folder")
     q.add_argument("run_dir")
@@ -137,6 +140,8 @@ def _command_line(args) -> str:
     for item in args.set:
         parts += ["--set", item]
     parts += [f for f, on in (("--rerun", args.rerun), ("--no-halves", args.no_halves)) if on]
+    if getattr(args, "score_times", "60,300,1200") != "60,300,1200":
+        parts += ["--score-times", args.score_times]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -209,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
 
         run_suite(tasks, methods, args.out, budget_s=args.budget_s, memory_mb=args.memory_mb, cache_dir=args.cache,
                   device=args.device, threads=args.threads, overrides=_overrides(args.set), rerun=args.rerun,
-                  halves=not args.no_halves, on_row=show)
+                  halves=not args.no_halves, on_row=show, snapshot_times_s=tuple(_floats(args.score_times)))
         import json
         from pathlib import Path
 

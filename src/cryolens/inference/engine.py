@@ -18,10 +18,11 @@ batch, and their ``state_dict`` is checkpointed.
 What the engine does (nanoGPT style, the inner loop is :meth:`Trainer.fit`): streams batches from the
 memory-mapped stack with ``DataLoader`` workers; Adam / AdamW; autocast (bf16, or fp16 with a gradient
 scaler) on CUDA; a checkpoint every epoch through :mod:`cryolens.io.checkpoint` holding the model,
-optimiser, scaler, RNG states and the sampler's (seed, epoch); ``resume=True`` continues from it
-bit-for-bit on the CPU (the log is cut back to the checkpoint); one JSON line per step with every loss
-term (``log.jsonl``); a tqdm bar with images/s; DDP when a process group is initialised
-(:mod:`~cryolens.inference.distributed`), each rank taking ``batch_size / world`` images of every
+optimiser, scaler, RNG states and the sampler's (seed, epoch), copied at wall-clock times inside
+:func:`~cryolens.inference.snapshots.checkpoint_snapshots` (the benchmark's score against time);
+``resume=True`` continues from it bit-for-bit on the CPU (the log is cut back to the checkpoint); one
+JSON line per step with every loss term (``log.jsonl``); a tqdm bar with images/s; DDP when a process
+group is initialised (:mod:`~cryolens.inference.distributed`), each rank taking ``batch_size / world`` images of every
 global batch through a ``DistributedSampler``, so K processes follow the same trajectory as one.
 """
 
@@ -50,6 +51,7 @@ from ..io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from ..io.dataset import _Stacks, read_images
 from ..io.particles import Particles
 from .distributed import world
+from .snapshots import take_snapshot
 from .strategy import InferenceStrategy
 
 
@@ -217,6 +219,7 @@ class Trainer:
     def save(self) -> None:
         if self.rank == 0:
             save_checkpoint(self.checkpoint_path, self.state())
+            take_snapshot(self.checkpoint_path, self.epoch, self.step)  # only inside checkpoint_snapshots
 
     def resume(self) -> bool:
         """Load ``checkpoint.pt`` if present (returns whether it was) and cut the log back to it."""

@@ -77,6 +77,7 @@ from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
 from .reconstruct import FourierAccumulator
+from .refine_diag import PoseDiagnostics
 from .refine_state import RefineConfig, RefineResult, RefineState
 
 CHECKPOINT = "checkpoint.pt"
@@ -99,12 +100,22 @@ def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1
     return (num / (cnt * per_shell)).float()
 
 
-def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float) -> Stage:
+def local_sigma_deg(order: int, accuracy: float | None, cfg: RefineConfig) -> float:
+    """The local searches' prior σ at grid ``order``, degrees: the level's step (RELION's σ = 2 × the
+    oversampled step), or with ``cfg.follow_accuracy`` the larger of it and the measured ``accuracy``."""
+    step = angular_step(order)
+    use = cfg.follow_accuracy and accuracy is not None and math.isfinite(accuracy)
+    return max(step, float(accuracy)) if use else step
+
+
+def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float,
+           accuracy: float | None = None) -> Stage:
     step = cfg.offset_step / 2 ** refinements
     rng = max(cfg.offset_range / 2 ** refinements, 3 * step) if refinements else cfg.offset_range
     diameter = _diameter(cfg, size, pixel_size)
+    sigma = math.radians(local_sigma_deg(order, accuracy, cfg))
     return Stage(order=order, k_max=k_max, offset_range=rng, offset_step=step, local=order >= cfg.local_order,
-                 local_range_rad=cfg.local_range_steps * math.radians(angular_step(order)), size=size,
+                 local_range_rad=cfg.local_range_steps * sigma, size=size,
                  pixel_size=pixel_size, diameter=diameter if cfg.coarse_size else 0.0)
 
 
@@ -147,6 +158,7 @@ class _Tally:
     max_weight: torch.Tensor
     n_significant: torch.Tensor
     mine: torch.Tensor  # (N,) bool: the images this rank's E-steps saw
+    diag: PoseDiagnostics | None = None
 
     def merge(self) -> None:
         """Every rank gets every image's outcome (no-op in one process)."""
@@ -188,6 +200,7 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         tally.shifts[it] = est_t.float().cpu()
         tally.max_weight[it] = poses.max_weight.double().cpu()
         tally.n_significant[it] = poses.n_significant.double().cpu()
+        tally.diag.sample(h, y, c, s2, ref, stage, est_r, prev_r, prev_t)
         bar.update(len(idx))
     return acc, noise
 
@@ -217,7 +230,8 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
         return merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
 
     *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
-    return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak],
+    tau2 = tau2_from_fsc(curve, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
+    return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak], "tau2": tau2,
             "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size))}
 
 
@@ -232,9 +246,13 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
     med_change = float("inf") if first else float(np.nanmedian(tally.change.numpy()))
     no_gain = state.no_gain + 1 if shell - state.best_shell < cfg.min_gain_shells else 0
     stalled = (not first) and no_gain > 0 and (med_change <= 2 * fine_step or no_gain >= 2)
+    diag = tally.diag.summary()
+    acc = diag["accuracy_deg"]
+    # RELION: a step already below 0.75 × the accuracy is fine enough; a finer one cannot help
+    fine_enough = cfg.follow_accuracy and math.isfinite(acc) and fine_step < 0.75 * acc
     order, refinements, converged = state.order, state.refinements, False
     if stalled:
-        if order < cfg.max_order:
+        if order < cfg.max_order and not fine_enough:
             order, refinements, no_gain = order + 1, refinements + 1, 0
         else:
             converged = True
@@ -242,10 +260,15 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
             "local": stage.local, "k_max": stage.k_max, "offset_range_px": stage.offset_range,
             "offset_step_px": stage.offset_step / 2, "resolution_A": res, "fsc": np.asarray(maps["curve"]).tolist(),
             "median_pose_change_deg": med_change, "mean_max_weight": float(tally.max_weight.mean()),
-            "mean_significant": float(tally.n_significant.mean()), "stalled": bool(stalled)}
+            "mean_significant": float(tally.n_significant.mean()), "stalled": bool(stalled),
+            "significant_at_cap": float((tally.n_significant >= cfg.max_significant).double().mean()),
+            "local_sigma_deg": local_sigma_deg(stage.order, state.accuracy_deg, cfg) if stage.local else None,
+            "local_range_deg": math.degrees(stage.local_range_rad) if stage.local else None,
+            "image_size_px": 2 * stage.k_max, "fine_enough": bool(fine_enough), **diag,
+            "sigma2": maps["sigma2"][0].double().tolist(), "tau2": maps["tau2"].double().tolist()}
     return {"order": order, "refinements": refinements, "no_gain": no_gain, "converged": converged,
             "best_shell": max(state.best_shell, shell), "k_max": int(min(size // 2, math.floor(shell) + cfg.incr_size)),
-            "history": state.history + [hist]}
+            "history": state.history + [hist], "accuracy_deg": acc if math.isfinite(acc) else state.accuracy_deg}
 
 
 def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev, progress: bool) -> RefineState:
@@ -253,11 +276,12 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     from dataclasses import replace
 
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
-    stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px)
+    stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)
     stage.mates = state.relax_ops
     nan = torch.full((n,), float("nan"), dtype=torch.float64)
     tally = _Tally(state.rotations.clone(), state.shifts.clone(), nan, torch.zeros(n, dtype=torch.float64),
-                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
+                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool),
+                   PoseDiagnostics(cfg.accuracy_images, cfg.window_images, cfg.seed + state.iteration))
     seen = sum(len(shard(np.nonzero(state.half.numpy() == h)[0], h, 2)) for h in (0, 1))  # this rank's images
     bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
@@ -268,7 +292,7 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
         noise.all_reduce()
     sigma2 = [noise.estimate().float() for noise in noises]
     tally.merge()
-    maps = _maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px)
+    maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
     sched = _schedule(state, stage, maps, tally, cfg, size, px)
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
                    full=maps["full"], sigma2=[s.cpu() for s in sigma2], rotations=tally.rotations,

@@ -29,6 +29,7 @@ from ..imaging.slice import extract_points_from_sampling_volume, prepare_volume_
 from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
 from .estep import StreamingTop, WeightedPairs, significant, translation_grid
 from .likelihood import half_plane_pixels, log_likelihood_table, prepare_image_terms, volume_slicer
+from .pose_accuracy import posterior_rms_angle, window_mass
 from .pose_search import frequency_schedule, hierarchical_search
 
 
@@ -148,6 +149,29 @@ def _local_candidates(prev_rot: torch.Tensor, stage: Stage, level: int, b: int):
     valid = torch.zeros(b, kmax, dtype=torch.bool, device=dev)
     cand[bat, pos], valid[bat, pos] = idx, True
     return centres, cand, valid
+
+
+def window_diagnostic(y, c, s2, ref: Reference, stage: Stage, prev_rot, prev_shift, widen: float = 2.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``(B,)``: the fraction of the likelihood's posterior (uniform prior, shifts marginalised,
+    shells ``≤ k_max``) over the level-``order`` grid points within ``widen ×`` the local search radius that
+    lies within the radius (:func:`~cryolens.inference.pose_accuracy.window_mass`), and that posterior's
+    RMS angle about its mode, degrees. Symmetry mates are not visited (the window about the previous pose)."""
+    from dataclasses import replace
+
+    b, rdt = y.shape[0], y.real.dtype
+    wide = replace(stage, local_range_rad=widen * stage.local_range_rad, mates=None)
+    _, cand, valid = _local_candidates(prev_rot.to(rdt), wide, stage.order, b)
+    rots = so3_grid(stage.order, device=cand.device, dtype=rdt, indices=cand.reshape(-1)).reshape(b, -1, 3, 3)
+    shifts = prev_shift[:, None, :] + translation_grid(stage.offset_range, stage.offset_step, circular=True,
+                                                       device=y.device, dtype=rdt)
+    terms = prepare_image_terms(y, s2, shifts, c, stage.k_max, half_plane=True)
+    vals = ref.values(rots.reshape(-1, 3, 3), stage.k_max).reshape(b, cand.shape[1], -1)
+    ll = torch.logsumexp(log_likelihood_table(terms, vals, on_pixels=True), 1)  # (B, K): shifts marginalised
+    ll = torch.where(valid, ll, torch.full_like(ll, -math.inf))
+    ang = geodesic_distance(prev_rot.to(rdt)[:, None], rots)
+    return (window_mass(ll, ang, stage.local_range_rad),
+            torch.rad2deg(posterior_rms_angle(ll, rots)))
 
 
 def _local_pass(terms, ref: Reference, stage: Stage, prev_rot, level: int, k: int, b: int, cfg):

@@ -41,6 +41,13 @@ class RefineConfig:
     ``--width_mask_edge``; the noise of the empty box no longer enters the likelihood). The reported
     FSC and the half maps written are unmasked. relax_symmetry: ``"C1"`` (none) or a cyclic group
     ``"Cn"`` whose mates the local searches also visit (module docstring; RELION 4 ``--relax_sym``).
+    follow_accuracy: the sampling follows the measured pose accuracy (RELION's auto-refine): the local
+    searches' prior σ is the larger of the level's step and the last iteration's expected angular accuracy,
+    and a stalled search whose oversampled step is already below 0.75 × that accuracy converges instead of
+    refining (``False``: σ = the step, refinement up to ``max_order``). accuracy_images: images per half
+    on which the accuracy is measured each iteration (:mod:`~cryolens.inference.pose_accuracy`; 0: none,
+    which also leaves the schedule as without ``follow_accuracy``). window_images: images per half whose
+    local window's posterior mass is measured (diagnostic only; 0: none).
     """
 
     pose_inference: str = "posterior"
@@ -68,6 +75,9 @@ class RefineConfig:
     flatten_solvent: bool = True
     mask_edge: float = 5.0
     relax_symmetry: str = "C1"
+    follow_accuracy: bool = True
+    accuracy_images: int = 50
+    window_images: int = 16
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):
@@ -140,6 +150,7 @@ class RefineState(CheckpointState):
     fsc: ``(D//2+1,)`` last gold-standard FSC; resolution: its 0.143 crossing, Å. history: one dict per
     iteration. config: the :class:`RefineConfig` as a dict. elapsed_s: wall time of the iterations.
     relax_ops ``(S, 3, 3)``, relax_axis ``(3,)``, relax_axis_score: symmetry relaxation (else ``None``).
+    accuracy_deg: the last iteration's expected angular accuracy, degrees (``None`` before the first).
     """
 
     iteration: int
@@ -164,4 +175,5 @@ class RefineState(CheckpointState):
     relax_ops: torch.Tensor | None = None
     relax_axis: torch.Tensor | None = None
     relax_axis_score: float | None = None
+    accuracy_deg: float | None = None
 

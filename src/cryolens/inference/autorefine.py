@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
-from ..imaging.grids import flatten_solvent, lowpass_volume, shell_index_2d, shell_sum
+from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d, shell_sum
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
 from ..imaging.so3_grid import angular_step, so3_grid
@@ -307,11 +307,12 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
     vol = initial_volume.detach().to(device=dev, dtype=torch.float32)
     if cfg.initial_lowpass:
         vol = lowpass_volume(vol, float(cfg.initial_lowpass), px)
+    # without a low-pass, the map's own resolution (where its spectrum ends) sets the first E-step's shells
+    start_res = float(cfg.initial_lowpass) if cfg.initial_lowpass else content_resolution(vol, px)
     half = torch.as_tensor(half_set_labels(particles, cfg.seed))
     if int(half.min()) == int(half.max()):
         raise InputError(f"{particles.name}: every particle is in one half-set (rlnRandomSubset); need both")
     sigma2 = [initial_noise_spectrum(particles, np.nonzero(half.numpy() == h)[0], device=dev).cpu() for h in (0, 1)]
-    start_res = float(cfg.initial_lowpass) if cfg.initial_lowpass else 2 * px * 4
     n_sym = cyclic_order(cfg.relax_symmetry)
     relax = {}
     if n_sym > 1:  # the pseudo-symmetry axis, in the initial map's frame

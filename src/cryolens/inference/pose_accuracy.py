@@ -18,7 +18,8 @@ the crossing; an image whose drop never reaches 1 gets the largest trial angle. 
 **Window mass** (:func:`window_mass`): given per-candidate log-likelihoods (uniform prior, shifts
 already marginalised) of a neighbourhood wider than the search window and each candidate's angle from the
 window's centre, the fraction of the posterior mass inside the window's radius;
-(:func:`posterior_rms_angle`) the posterior's RMS angle about its mode. A window that holds much less than all the mass truncates the posterior.
+(:func:`posterior_rms_angle`) the posterior's RMS angle about its mode. A window that holds much less than
+all the mass truncates the posterior.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def first_crossing(angles: torch.Tensor, drop: torch.Tensor, level: float = 1.0)
     0 at angle 0 when the first rung already reaches it); ``angles[-1]`` when no rung reaches it."""
     a = angles.to(drop.dtype).to(drop.device)
     above = drop >= level
-    first = torch.where(above.any(1), above.float().argmax(1), torch.full_like(above[:, 0], a.numel(), dtype=torch.long))
+    never = torch.full_like(above[:, 0], a.numel(), dtype=torch.long)
+    first = torch.where(above.any(1), above.float().argmax(1), never)
     hit = first < a.numel()
     j = first.clamp(max=a.numel() - 1)
     a1, d1 = a[j], drop.gather(1, j[:, None])[:, 0]

@@ -23,7 +23,9 @@ class RefineConfig:
     units of the level's angular step (Gaussian prior σ = step; RELION's is 2 steps, searching ±3σ).
     offset_range, offset_step: shift grid
     (RELION ``--offset_range``, ``--offset_step``: the command-line step, i.e. twice the GUI's).
-    initial_lowpass: low-pass (Å) applied to the initial map (RELION ``--ini_high``; ``None``: none).
+    initial_lowpass: low-pass (Å) applied to the initial map (RELION ``--ini_high``); ``None``: none, the
+    map's own resolution (:func:`~cryolens.imaging.grids.content_resolution`, where its power spectrum
+    ends) sets the first E-step's shells.
     incr_size: shells above the current resolution used by the E-step. tau2_fudge: ``T``.
     mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``).
     max_iterations: cap. min_gain_shells: resolution gain (in shells) below which an iteration stalls.
@@ -57,7 +59,7 @@ class RefineConfig:
     local_range_steps: float = 2.5
     offset_range: float = 5.0
     offset_step: float = 2.0
-    initial_lowpass: float | None = 60.0
+    initial_lowpass: float | None = None
     incr_size: int = 10
     tau2_fudge: float = 1.0
     mass: float = 0.999

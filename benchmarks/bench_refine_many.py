@@ -88,7 +88,9 @@ def run_model(model: str, args, overrides: dict) -> dict:
         per_it.append({**h, **score(0.5 * (state.unfiltered[0] + state.unfiltered[1]), state.rotations, truth,
                                     true_rot, apix)})
         print(json.dumps({"model": model, **{k: per_it[-1][k] for k in (
-            "iteration", "resolution_A", "angular_step_deg", "fsc_truth_05_A", "median_error_deg")}}), flush=True)
+            "iteration", "resolution_A", "angular_step_deg", "fsc_truth_05_A", "median_error_deg", "accuracy_deg",
+            "window_mass_mean", "window_rms_deg", "local_sigma_deg", "significant_at_cap", "mean_significant",
+            "image_size_px", "stalled", "fine_enough")}}), flush=True)
 
     t0 = time.perf_counter()
     res = auto_refine(p, truth, config=cfg, progress=False, on_iteration=on_iteration)

@@ -35,7 +35,10 @@ of the next E-step. When an iteration gains less than ``min_gain_shells`` of res
 pose change is below ``2 ×`` the finest angular step, the search is *stalled*: the grid level goes up
 by one (angular step halves), the shift step halves and the range narrows
 (``max(offset_range / 2^s, 3 · step)`` after ``s`` refinements). A stall at ``max_order`` ends the run
-(converged), as does ``max_iterations``. The final map joins both halves' sums with the full-set prior
+(converged), as does ``max_iterations``. With ``follow_accuracy`` (docs/METHODS.md, "Auto-refine: sampling
+that follows the pose accuracy") the measured expected angular accuracy (:mod:`.refine_diag`) widens the
+local prior to at least itself, and a stall whose oversampled step is already below 0.75 × the accuracy
+converges instead of refining. The final map joins both halves' sums with the full-set prior
 (``FSC_full = 2 FSC / (1 + FSC)``).
 
 Nothing here writes user files: ``on_iteration(state)`` lets the recipe write per-iteration snapshots

@@ -80,6 +80,7 @@ from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
 from .reconstruct import FourierAccumulator
+from .pose_accuracy import significant_caps
 from .refine_diag import PoseDiagnostics
 from .refine_state import RefineConfig, RefineResult, RefineState
 
@@ -161,11 +162,13 @@ class _Tally:
     max_weight: torch.Tensor
     n_significant: torch.Tensor
     mine: torch.Tensor  # (N,) bool: the images this rank's E-steps saw
+    kept_mass: torch.Tensor | None = None  # (N,) the last pass's mass the significant set held
     diag: PoseDiagnostics | None = None
 
     def merge(self) -> None:
         """Every rank gets every image's outcome (no-op in one process)."""
-        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant], self.mine)
+        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant, self.kept_mass],
+                   self.mine)
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
@@ -203,6 +206,8 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         tally.shifts[it] = est_t.float().cpu()
         tally.max_weight[it] = poses.max_weight.double().cpu()
         tally.n_significant[it] = poses.n_significant.double().cpu()
+        if poses.kept_mass is not None:
+            tally.kept_mass[it] = poses.kept_mass.double().cpu()
         tally.diag.sample(h, y, c, s2, ref, stage, est_r, prev_r, prev_t)
         bar.update(len(idx))
     return acc, noise
@@ -264,7 +269,9 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
             "offset_step_px": stage.offset_step / 2, "resolution_A": res, "fsc": np.asarray(maps["curve"]).tolist(),
             "median_pose_change_deg": med_change, "mean_max_weight": float(tally.max_weight.mean()),
             "mean_significant": float(tally.n_significant.mean()), "stalled": bool(stalled),
-            "significant_at_cap": float((tally.n_significant >= cfg.max_significant).double().mean()),
+            "significant_at_cap": float((tally.n_significant >= stage.caps[1]).double().mean()),
+            "max_coarse": stage.caps[0], "max_significant": stage.caps[1],
+            "kept_mass_mean": float(tally.kept_mass[tally.kept_mass.isfinite()].mean()),
             "local_sigma_deg": local_sigma_deg(stage.order, state.accuracy_deg, cfg) if stage.local else None,
             "local_range_deg": math.degrees(stage.local_range_rad) if stage.local else None,
             "image_size_px": 2 * stage.k_max, "fine_enough": bool(fine_enough), **diag,
@@ -281,14 +288,18 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
     stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)
     stage.mates = state.relax_ops
+    stage.caps = (cfg.max_coarse, cfg.max_significant)
+    if cfg.follow_accuracy and state.accuracy_deg is not None and math.isfinite(state.accuracy_deg):
+        stage.caps = significant_caps(state.accuracy_deg, stage.order, cfg.max_coarse, cfg.max_significant)
+    ecfg = replace(cfg, max_coarse=stage.caps[0], max_significant=stage.caps[1])  # the E-step's caps
     nan = torch.full((n,), float("nan"), dtype=torch.float64)
     tally = _Tally(state.rotations.clone(), state.shifts.clone(), nan, torch.zeros(n, dtype=torch.float64),
-                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool),
+                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), nan.clone(),
                    PoseDiagnostics(cfg.accuracy_images, cfg.window_images, cfg.seed + state.iteration))
     seen = sum(len(shard(np.nonzero(state.half.numpy() == h)[0], h, 2)) for h in (0, 1))  # this rank's images
     bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
-    accs, noises = zip(*[_half_e_step(particles, state, h, stage, cfg, dev, tally, bar) for h in (0, 1)])
+    accs, noises = zip(*[_half_e_step(particles, state, h, stage, ecfg, dev, tally, bar) for h in (0, 1)])
     bar.close()
     for acc, noise in zip(accs, noises):  # the ranks' sums joined (no-op in one process)
         acc.all_reduce()

@@ -107,6 +107,7 @@ class Stage:
     pixel_size: float = 1.0
     diameter: float = 0.0  # Å; 0: no coarse passes at lower frequency
     mates: torch.Tensor | None = None  # (S, 3, 3) symmetry relaxation: local searches also about G R
+    caps: tuple[int, int] = (16, 48)  # significant-set caps of the coarse passes and the last pass
 
     def k_at(self, level: int, last: bool) -> int:
         """Shell limit of a pass at grid ``level``: ``k_max`` for the last pass, RELION's coarse size
@@ -274,11 +275,12 @@ def posterior_pairs(y, c, s2, ref: Reference, stage: Stage, prev_rot, prev_shift
         rot_idx, prior = idx.gather(1, order), pr.gather(1, order)
         shift = sh.gather(1, order[..., None].expand(-1, -1, 2))
         logw = torch.where(keep, v[:, :w.shape[1]], torch.full_like(w, -math.inf))
-    w = w / w.sum(1, keepdim=True)
+    kept = w.sum(1)
+    w = w / kept[:, None]
     bi, ki = keep.nonzero(as_tuple=True)
     return WeightedPairs(image=bi, grid_index=rot_idx[bi, ki], level=level, shift=shift[bi, ki], weight=w[bi, ki],
                        map_rotation=so3_grid(level, device=y.device, dtype=y.real.dtype, indices=rot_idx[:, 0]),
-                       map_shift=shift[:, 0], max_weight=w[:, 0], n_significant=keep.sum(1))
+                       map_shift=shift[:, 0], max_weight=w[:, 0], n_significant=keep.sum(1), kept_mass=kept)
 
 
 def modal_pairs(y, c, s2, ref: Reference, stage: Stage, cfg) -> WeightedPairs:

@@ -29,6 +29,7 @@ import math
 import torch
 
 from ..imaging.rotations import geodesic_distance, rotvec_to_matrix
+from ..imaging.so3_grid import grid_size
 from .likelihood import log_likelihood_table, prepare_image_terms
 
 
@@ -92,3 +93,23 @@ def posterior_rms_angle(log_lik: torch.Tensor, rotations: torch.Tensor) -> torch
     mode = rotations.gather(1, log_lik.argmax(1)[:, None, None, None].expand(-1, 1, 3, 3))
     ang = geodesic_distance(rotations, mode.expand_as(rotations))
     return torch.sqrt((torch.softmax(log_lik, 1) * ang.square()).sum(1))
+
+
+def grid_points_within(level: int, radius_rad: float) -> float:
+    """The expected number of ``so3_grid(level)`` points within ``radius_rad`` (geodesic) of a rotation: the
+    grid's size times the Haar measure of that ball, ``(r − sin r) / π``."""
+    r = min(float(radius_rad), math.pi)
+    return grid_size(level) * (r - math.sin(r)) / math.pi
+
+
+def significant_caps(accuracy_deg: float, order: int, coarse: int, final: int, limit_coarse: int = 128,
+                     limit_final: int = 1024) -> tuple[int, int]:
+    """``(coarse cap, final cap)`` of the significant sets of adaptive oversampling at grid ``order`` that
+    hold a posterior of the measured accuracy: the grid points within ``2 × accuracy`` (a Gaussian of
+    standard deviation accuracy / √2 per axis: ~95 % of its mass), at level ``order`` × 2 shifts for the
+    coarse passes and at level ``order + 1`` × 4 sub-shifts for the last; at least ``coarse`` / ``final``
+    (the configured caps), at most ``limit_coarse`` / ``limit_final`` (cost)."""
+    r = 2 * math.radians(accuracy_deg)
+    c = math.ceil(2 * grid_points_within(order, r))
+    f = math.ceil(4 * grid_points_within(order + 1, r))
+    return min(max(coarse, c), max(coarse, limit_coarse)), min(max(final, f), max(final, limit_final))

@@ -33,7 +33,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = simulate_dataset(f"{tmp}/ds", vol, 300, 4.0, 0.5, shift_std=0.8, shift_max=1.5, seed=3, progress=False)
         p, gt = read_particles(out / "particles.star"), read_ground_truth(out)
-    p.rotations, p.shifts = None, None
+        p.rotations, p.shifts = None, None
+        refine_both(p, vol, gt)
+
+
+def refine_both(p, vol: torch.Tensor, gt: dict) -> None:
     for follow in (False, True):
         cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=2, local_order=3, max_order=4, offset_range=2.0,
                              offset_step=1.0, follow_accuracy=follow, max_iterations=12)

@@ -105,3 +105,40 @@ def test_grid_points_within_matches_counted_local_grids():
     assert significant_caps(10.0, 3, 16, 48, 10_000, 100_000) == (math.ceil(2 * n3), math.ceil(4 * n4))
     assert significant_caps(10.0, 3, 16, 48, 64, 512) == (64, 512)
     assert significant_caps(0.1, 3, 16, 48) == (16, 48)
+
+
+def test_weighted_residual_power_equals_pair_by_pair_sum(blob):
+    """σ²'s posterior-weighted statistic from the per-rotation sums equals, shell by shell (≤ k_max), the
+    float64 sum over the pairs of w·|Y' − C·P_R|² with each pair's shift undone (full plane)."""
+    from cryolens.imaging.fft import fft2_centered
+    from cryolens.imaging.grids import shell_index_2d, shell_sum
+    from cryolens.imaging.shift import phase_shift
+    from cryolens.imaging.slice import extract_points_from_sampling_volume
+    from cryolens.imaging.so3_grid import so3_grid
+    from cryolens.inference.mstep import InsertPixels, insert_pairs_on_pixels, weighted_residual_power
+    from cryolens.inference.reconstruct import FourierAccumulator
+
+    g = torch.Generator().manual_seed(6)
+    y = fft2_centered(torch.randn(3, 16, 16, generator=g, dtype=torch.float64))  # real images: Friedel pairs
+    ctf = blob.slicer(random_rotations(3, generator=g, dtype=torch.float64)).abs()  # a Friedel-symmetric CTF
+    image = torch.tensor([0, 0, 1, 1, 1, 2])
+    grid = torch.tensor([5, 9, 5, 40, 77, 9])
+    shift = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    weight = torch.tensor([0.7, 0.3, 0.2, 0.5, 0.3, 1.0], dtype=torch.float64)
+    where = InsertPixels(16, 6, "cpu", torch.float64)
+    acc = FourierAccumulator(16, 2, "cpu", torch.float64)
+    sums = insert_pairs_on_pixels(acc, y, ctf, image, grid, shift, weight,
+                                  lambda used: so3_grid(1, dtype=torch.float64, indices=used), where)
+    every = torch.arange(256)
+    power = weighted_residual_power(
+        y, *sums, lambda r, p: extract_points_from_sampling_volume(blob.sv, r, 16, p), where)
+    direct = torch.zeros(16, 16, dtype=torch.float64)
+    for i, m, t, w in zip(image, grid, shift, weight):
+        p = extract_points_from_sampling_volume(blob.sv, so3_grid(1, dtype=torch.float64, indices=m[None]), 16,
+                                                every).reshape(16, 16)
+        direct += w * (phase_shift(y[i][None], -t[None])[0] - ctf[i] * p).abs().square()
+    shells = shell_index_2d(16)
+    inside = torch.where(shells <= 6, direct, torch.zeros_like(direct))
+    assert shell_sum(power, shells, 9)[:7].tolist() == pytest.approx(shell_sum(inside, shells, 9)[:7].tolist(),
+                                                                      rel=1e-9)
+    assert float(power[shells > 6].abs().sum()) == 0.0

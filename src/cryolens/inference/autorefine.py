@@ -69,6 +69,7 @@ from ..imaging.fft import fft2_centered
 from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d, shell_sum
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
+from ..imaging.slice import extract_points_from_sampling_volume
 from ..imaging.so3_grid import angular_step, so3_grid
 from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
@@ -76,12 +77,12 @@ from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
 from .distributed import barrier, is_main, merge_rows, on_ranks, shard
-from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels
+from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels, weighted_residual_power
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
 from .reconstruct import FourierAccumulator
 from .pose_accuracy import significant_caps
-from .refine_diag import PoseDiagnostics
+from .refine_diag import PoseDiagnostics, local_sigma_deg
 from .refine_state import RefineConfig, RefineResult, RefineState
 
 CHECKPOINT = "checkpoint.pt"
@@ -102,14 +103,6 @@ def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1
         cnt += images.shape[0]
     per_shell = shell_sum(torch.ones(size, size, device=device), shells, nsh).double()
     return (num / (cnt * per_shell)).float()
-
-
-def local_sigma_deg(order: int, accuracy: float | None, cfg: RefineConfig) -> float:
-    """The local searches' prior σ at grid ``order``, degrees: the level's step (RELION's σ = 2 × the
-    oversampled step), or with ``cfg.follow_accuracy`` the larger of it and the measured ``accuracy``."""
-    step = angular_step(order)
-    use = cfg.follow_accuracy and accuracy is not None and math.isfinite(accuracy)
-    return max(step, float(accuracy)) if use else step
 
 
 def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float,
@@ -185,6 +178,7 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
                         int((half == h).sum()))
         s2 = state.sigma2[h].to(dev)
         where = InsertPixels(size, stage.k_max, dev, torch.float32)
+        shells = shell_index_2d(size, device=dev)
     for idx, images in iterate_batches(particles, cfg.batch_size, mine):
         it = torch.as_tensor(idx)
         y = fft2_centered(images.to(dev))
@@ -192,13 +186,16 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         prev_r, prev_t = state.rotations[it].to(dev), state.shifts[it].to(dev)
         poses = (modal_pairs(y, c, s2, ref, stage, cfg) if cfg.pose_inference == "modal"
                  else posterior_pairs(y, c, s2, ref, stage, prev_r, prev_t, cfg))
-        insert_pairs_on_pixels(acc, y, c, poses.image, poses.grid_index, poses.shift, poses.weight,
-                               lambda used, lv=poses.level, d=y: so3_grid(lv, device=d.device, dtype=d.real.dtype,
-                                                                          indices=used), where)
-        # σ²: residual at the MAP pose under the E-step reference, all shells
+        sums = insert_pairs_on_pixels(acc, y, c, poses.image, poses.grid_index, poses.shift, poses.weight,
+                                      lambda used, lv=poses.level, d=y: so3_grid(
+                                          lv, device=d.device, dtype=d.real.dtype, indices=used), where)
+        # σ²: residual at the MAP pose under the E-step reference, all shells; or posterior-weighted within k_max
         p = ref.slicer(poses.map_rotation)
-        r = phase_shift(y, -poses.map_shift) - (p if c is None else c * p)
-        noise.add(r.abs().square().sum(0), y.shape[0])
+        r = (phase_shift(y, -poses.map_shift) - (p if c is None else c * p)).abs().square().sum(0)
+        if cfg.posterior_sigma2 and cfg.pose_inference == "posterior":
+            r = torch.where(shells <= stage.k_max, 0.0, r.double()) + weighted_residual_power(
+                y, *sums, lambda rr, pp: extract_points_from_sampling_volume(ref.sv, rr, size, pp), where)
+        noise.add(r, y.shape[0])
         est_r, est_t = ((poses.map_rotation, poses.map_shift) if cfg.pose_estimate == "map"
                         else posterior_mean_pose(poses, y.shape[0]))
         tally.change[it] = torch.rad2deg(geodesic_distance(est_r.double(), prev_r.double())).cpu()

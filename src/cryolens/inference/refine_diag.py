@@ -11,9 +11,19 @@ import math
 
 import torch
 
+from ..imaging.so3_grid import angular_step
 from .distributed import all_reduce_sum
 from .oversampling import Reference, Stage, window_diagnostic
 from .pose_accuracy import expected_angular_accuracy
+from .refine_state import RefineConfig
+
+
+def local_sigma_deg(order: int, accuracy: float | None, cfg: RefineConfig) -> float:
+    """The local searches' prior σ at grid ``order``, degrees: the level's step (RELION's σ = 2 × the
+    oversampled step), or with ``cfg.follow_accuracy`` the larger of it and the measured ``accuracy``."""
+    step = angular_step(order)
+    use = cfg.follow_accuracy and accuracy is not None and math.isfinite(accuracy)
+    return max(step, float(accuracy)) if use else step
 
 
 class PoseDiagnostics:

@@ -49,7 +49,10 @@ class RefineConfig:
     refining (``False``: σ = the step, refinement up to ``max_order``). accuracy_images: images per half
     on which the accuracy is measured each iteration (:mod:`~cryolens.inference.pose_accuracy`; 0: none,
     which also leaves the schedule as without ``follow_accuracy``). window_images: images per half whose
-    local window's posterior mass is measured (diagnostic only; 0: none).
+    local window's posterior mass is measured (diagnostic only; 0: none). posterior_sigma2: ``σ²`` on the
+    E-step's shells from the posterior-weighted residual of every kept pair (RELION's), not the residual
+    at the MAP pose alone (which, being the best of many candidates, fits the noise and underestimates
+    ``σ²`` while the posteriors are broad); shells beyond ``k_max`` keep the MAP-pose residual.
     """
 
     pose_inference: str = "posterior"
@@ -80,6 +83,7 @@ class RefineConfig:
     follow_accuracy: bool = True
     accuracy_images: int = 50
     window_images: int = 16
+    posterior_sigma2: bool = True
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):

@@ -108,8 +108,9 @@ def significant_caps(accuracy_deg: float, order: int, coarse: int, final: int, l
     hold a posterior of the measured accuracy: the grid points within ``2 × accuracy`` (a Gaussian of
     standard deviation accuracy / √2 per axis: ~95 % of its mass), at level ``order`` × 2 shifts for the
     coarse passes and at level ``order + 1`` × 4 sub-shifts for the last; at least ``coarse`` / ``final``
-    (the configured caps), at most ``limit_coarse`` / ``limit_final`` (cost)."""
+    (the configured caps), at most 8 × them and ``limit_coarse`` / ``limit_final`` (cost)."""
     r = 2 * math.radians(accuracy_deg)
     c = math.ceil(2 * grid_points_within(order, r))
     f = math.ceil(4 * grid_points_within(order + 1, r))
-    return min(max(coarse, c), max(coarse, limit_coarse)), min(max(final, f), max(final, limit_final))
+    return (min(max(coarse, c), max(coarse, min(limit_coarse, 8 * coarse))),
+            min(max(final, f), max(final, min(limit_final, 8 * final))))

@@ -1,5 +1,5 @@
 """The pose diagnostic of auto-refine on a tiny set, as before issue 27 (`follow_accuracy=False`,
-`posterior_sigma2=False`) and now (both on): per iteration the grid order, half-map resolution, expected
+`posterior_sigma2=False`, `adaptive_caps=False`) and with all three on: per iteration the grid order, half-map resolution, expected
 angular accuracy, local-window posterior mass and RMS angle, local σ, significant sets at their cap, the caps
 and the last pass's kept posterior mass.
 
@@ -40,11 +40,12 @@ def main() -> None:
 def refine_both(p, vol: torch.Tensor, gt: dict) -> None:
     for follow in (False, True):  # before issue 27 (fixed schedule, σ² at the MAP pose), and now
         cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=2, local_order=3, max_order=4, offset_range=2.0,
-                             offset_step=1.0, follow_accuracy=follow, posterior_sigma2=follow, max_iterations=12)
+                             offset_step=1.0, follow_accuracy=follow, posterior_sigma2=follow, adaptive_caps=follow,
+                             max_iterations=12)
         t0 = time.perf_counter()
         r = A.auto_refine(p, vol, config=cfg, progress=False)
         err = pose_error_summary(r.rotations, torch.as_tensor(gt["rotations"]).float())["median_deg"]
-        print(f"follow_accuracy=posterior_sigma2={follow}: {time.perf_counter() - t0:.1f} s, median error {err:.2f}°")
+        print(f"follow_accuracy=posterior_sigma2=adaptive_caps={follow}: {time.perf_counter() - t0:.1f} s, median error {err:.2f}°")
         for h in r.history:
             print("  ", h["iteration"], {k: (round(h[k], 3) if isinstance(h[k], float) else h[k]) for k in KEYS})
 

@@ -286,7 +286,7 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)
     stage.mates = state.relax_ops
     stage.caps = (cfg.max_coarse, cfg.max_significant)
-    if cfg.follow_accuracy and state.accuracy_deg is not None and math.isfinite(state.accuracy_deg):
+    if cfg.adaptive_caps and state.accuracy_deg is not None and math.isfinite(state.accuracy_deg):
         stage.caps = significant_caps(state.accuracy_deg, stage.order, cfg.max_coarse, cfg.max_significant)
     ecfg = replace(cfg, max_coarse=stage.caps[0], max_significant=stage.caps[1])  # the E-step's caps
     nan = torch.full((n,), float("nan"), dtype=torch.float64)

@@ -20,10 +20,11 @@ from .refine_state import RefineConfig
 
 def local_sigma_deg(order: int, accuracy: float | None, cfg: RefineConfig) -> float:
     """The local searches' prior σ at grid ``order``, degrees: the level's step (RELION's σ = 2 × the
-    oversampled step), or with ``cfg.follow_accuracy`` the larger of it and the measured ``accuracy``."""
+    oversampled step), or with ``cfg.follow_accuracy`` the larger of it and the measured ``accuracy``, at
+    most twice the step (the search's cost grows as the cube of σ)."""
     step = angular_step(order)
     use = cfg.follow_accuracy and accuracy is not None and math.isfinite(accuracy)
-    return max(step, float(accuracy)) if use else step
+    return min(2 * step, max(step, float(accuracy))) if use else step
 
 
 class PoseDiagnostics:

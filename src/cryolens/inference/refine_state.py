@@ -53,6 +53,9 @@ class RefineConfig:
     E-step's shells from the posterior-weighted residual of every kept pair (RELION's), not the residual
     at the MAP pose alone (which, being the best of many candidates, fits the noise and underestimates
     ``σ²`` while the posteriors are broad); shells beyond ``k_max`` keep the MAP-pose residual.
+    adaptive_caps: the significant-set caps follow the measured accuracy
+    (:func:`~cryolens.inference.pose_accuracy.significant_caps`; up to 8 × ``max_coarse`` and
+    ``max_significant``). Both cost time at low SNR (3.6× on the low-SNR test set) and are off by default.
     """
 
     pose_inference: str = "posterior"
@@ -83,7 +86,8 @@ class RefineConfig:
     follow_accuracy: bool = True
     accuracy_images: int = 50
     window_images: int = 16
-    posterior_sigma2: bool = True
+    posterior_sigma2: bool = False
+    adaptive_caps: bool = False
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):

@@ -9,10 +9,9 @@ pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in st
 (``lowpass``: RELION's ``--ini_high``, GUI default 60 Å); ``T = 1``, ``--incr_size 10``,
 ``--adaptive_fraction 0.999``; ``max_order = 5`` (0.94°) where the measured pose accuracy asks for it.
 
-**cryosparc-refine** — modal EM: per image the mode of the pose posterior by hierarchical search
-(:func:`~cryolens.inference.pose_search.hierarchical_search`: 15° base grid × ±5 px shifts, keep 8,
-split in SO(3) and shift per level, frequency marching up to ``k_max``), weight 1, then the same
-gold-standard MAP back-projection; initial low-pass 30 Å (cryoSPARC's).
+**cryosparc-refine** — modal EM: per image the pose posterior's mode by
+:func:`~cryolens.inference.pose_search.hierarchical_search` (15° base grid × ±5 px shifts, keep 8, split in SO(3)
+and shift per level, frequency marching up to ``k_max``), weight 1, the same MAP back-projection; 30 Å low-pass.
 
 **Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit
 each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial
@@ -73,7 +72,8 @@ class Refine3DConfig(RecipeConfig):
     relax_symmetry: str = option("C1", "C1, or Cn whose mates the local searches also visit (--relax_sym)")
     follow_accuracy: bool = option(True, "local prior σ and sampling refinement follow the measured pose accuracy")
     accuracy_images: int = option(50, "images per half on which the pose accuracy is measured (0: not followed)")
-    window_images: int = option(16, "images per half whose local window's posterior mass is measured")
+    posterior_sigma2: bool = option(False, "σ² from the posterior-weighted residual (RELION's), not the MAP pose's")
+    adaptive_caps: bool = option(False, "significant-set caps follow the measured pose accuracy (≤ 8× the caps)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

@@ -142,3 +142,42 @@ def test_weighted_residual_power_equals_pair_by_pair_sum(blob):
     assert shell_sum(power, shells, 9)[:7].tolist() == pytest.approx(shell_sum(inside, shells, 9)[:7].tolist(),
                                                                       rel=1e-9)
     assert float(power[shells > 6].abs().sum()) == 0.0
+
+
+class _FixedDiag:
+    """A PoseDiagnostics stand-in reporting a given accuracy."""
+
+    def __init__(self, acc: float):
+        self.acc = acc
+
+    def summary(self) -> dict:
+        return {"accuracy_deg": self.acc, "window_mass_mean": float("nan"), "window_mass_min": float("nan"),
+                "window_rms_deg": float("nan")}
+
+
+@pytest.mark.parametrize("acc, follow, refines", [(3.0, True, False), (2.0, True, True), (3.0, False, True)])
+def test_stall_refines_only_while_the_step_is_not_below_three_quarters_of_the_accuracy(acc, follow, refines):
+    """A stalled iteration at order 4 (oversampled step 1.875°): with the accuracy followed it refines to
+    order 5 only when 1.875 ≥ 0.75 × accuracy (2.0°: 1.5, refines; 3.0°: 2.25, converges instead), as it
+    always did without; the local prior σ is the step (3.75°) widened to the accuracy, at most twice the step."""
+    from cryolens.inference import autorefine as A
+    from cryolens.inference.refine_diag import local_sigma_deg
+    from cryolens.inference.refine_state import RefineConfig, RefineState
+
+    cfg = RefineConfig(follow_accuracy=follow)
+    n, size = 4, 16
+    state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
+                        shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
+                        best_shell=8.0, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0, history=[],
+                        config={}, accuracy_deg=acc)
+    stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
+    tally = A._Tally(state.rotations, state.shifts, torch.full((n,), 0.1, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
+    stage.caps = (16, 48)
+    maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8: no gain
+    out = A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+    assert out["history"][-1]["stalled"]
+    assert (out["order"], out["converged"]) == ((5, False) if refines else (4, True))
+    assert local_sigma_deg(4, acc, cfg) == pytest.approx(max(3.75, acc) if follow else 3.75)
+    assert local_sigma_deg(4, 9.0, RefineConfig()) == pytest.approx(7.5)

@@ -1,6 +1,6 @@
 """The pose diagnostic of auto-refine on a tiny set, as before issue 27 (`follow_accuracy=False`,
-`posterior_sigma2=False`, `adaptive_caps=False`) and with all three on: per iteration the grid order, half-map resolution, expected
-angular accuracy, local-window posterior mass and RMS angle, local σ, significant sets at their cap, the caps
+`posterior_sigma2=False`, `adaptive_caps=False`) and with all three on: per iteration the grid order,
+half-map resolution, expected angular accuracy, local-window posterior mass and RMS angle, local σ, significant sets at their cap, the caps
 and the last pass's kept posterior mass.
 
 Data: 4E43 at D = 24, 4 Å/px, SNR 0.5, CTF, shifts ≤ 1.5 px, 300 images (seed 3); start: the truth
@@ -45,7 +45,8 @@ def refine_both(p, vol: torch.Tensor, gt: dict) -> None:
         t0 = time.perf_counter()
         r = A.auto_refine(p, vol, config=cfg, progress=False)
         err = pose_error_summary(r.rotations, torch.as_tensor(gt["rotations"]).float())["median_deg"]
-        print(f"follow_accuracy=posterior_sigma2=adaptive_caps={follow}: {time.perf_counter() - t0:.1f} s, median error {err:.2f}°")
+        print(f"follow_accuracy=posterior_sigma2=adaptive_caps={follow}: {time.perf_counter() - t0:.1f} s, "
+              f"median error {err:.2f}°")
         for h in r.history:
             print("  ", h["iteration"], {k: (round(h[k], 3) if isinstance(h[k], float) else h[k]) for k in KEYS})
 

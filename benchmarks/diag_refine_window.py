@@ -1,7 +1,7 @@
 """The pose diagnostic of auto-refine on a tiny set, as before issue 27 (`follow_accuracy=False`,
 `posterior_sigma2=False`, `adaptive_caps=False`) and with all three on: per iteration the grid order,
-half-map resolution, expected angular accuracy, local-window posterior mass and RMS angle, local σ, significant sets at their cap, the caps
-and the last pass's kept posterior mass.
+half-map resolution, expected angular accuracy, local-window posterior mass and RMS angle, local σ,
+significant sets at their cap, the caps and the last pass's kept posterior mass.
 
 Data: 4E43 at D = 24, 4 Å/px, SNR 0.5, CTF, shifts ≤ 1.5 px, 300 images (seed 3); start: the truth
 low-passed to 30 Å; healpix_order 2, local_order 3, max_order 4, offsets ±2 px in 1 px steps.

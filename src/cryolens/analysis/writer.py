@@ -266,6 +266,13 @@ def plot_history(history: list[dict], run: RunFolder, pixel_size: float, box: in
     if "mean_max_weight" in has:
         plot_keys(history, {"mean_max_weight": "mean largest posterior weight"}, run.path(f"{prefix}posterior.png"),
                   f"{name}pose certainty per iteration", "")
+    if "accuracy_deg" in has:  # auto-refine's pose diagnostic (inference/refine_diag.py)
+        plot_keys(history, {"accuracy_deg": "expected angular accuracy", "window_rms_deg": "posterior RMS angle",
+                            "local_sigma_deg": "local prior σ", "angular_step_deg": "angular step"},
+                  run.path(f"{prefix}pose_accuracy.png"), f"{name}pose accuracy and sampling per iteration", "°")
+        plot_keys(history, {"window_mass_mean": "mean posterior mass in the local window",
+                            "window_mass_min": "smallest", "significant_at_cap": "significant sets at the cap"},
+                  run.path(f"{prefix}pose_window.png"), f"{name}local window and significant sets", "fraction")
     if "class_prior" in has and len(history[-1].get("class_prior") or []) > 1:
         plot_class_populations(history, run.path(f"{prefix}class_populations.png"))
 

@@ -158,3 +158,18 @@ def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float,
     cutoff = min(0.5, pixel_size / resolution)
     filt = lowpass_filter_3d(d, cutoff, width_shells / d, volume.device, volume.dtype)
     return ifft3_centered(fft3_centered(volume) * filt).real.to(volume.dtype)
+
+
+def content_resolution(volume: torch.Tensor, pixel_size: float, drop: float = 1e-3) -> float:
+    """The resolution (Å) up to which ``volume (D, D, D)`` holds content: where its rotationally averaged
+    power ``P(k)`` (shells ``round(|f|·D)``) first falls by more than ``1 / drop`` within two shells,
+    ``P(k) < drop · P(k − 2)`` (a low-pass cliff, such as :func:`lowpass_volume`'s or a post-processed map's;
+    natural spectra and noise fall far slower), the last shell before the fall, ``k − 2``, gives
+    ``D · pixel_size / (k − 2)``. Without such a fall the map holds content to Nyquist: ``2 · pixel_size``."""
+    d = volume.shape[-1]
+    n = d // 2 + 1
+    power = radial_average(fft3_centered(volume.double()).abs().square(), shell_index_3d(d, volume.device), n)
+    for k in range(3, n):
+        if power[k] < drop * power[k - 2]:
+            return d * pixel_size / (k - 2)
+    return 2.0 * pixel_size

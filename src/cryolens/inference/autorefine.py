@@ -35,7 +35,10 @@ of the next E-step. When an iteration gains less than ``min_gain_shells`` of res
 pose change is below ``2 ×`` the finest angular step, the search is *stalled*: the grid level goes up
 by one (angular step halves), the shift step halves and the range narrows
 (``max(offset_range / 2^s, 3 · step)`` after ``s`` refinements). A stall at ``max_order`` ends the run
-(converged), as does ``max_iterations``. The final map joins both halves' sums with the full-set prior
+(converged), as does ``max_iterations``. With ``follow_accuracy`` (docs/METHODS.md, "Auto-refine: sampling
+that follows the pose accuracy") the measured expected angular accuracy (:mod:`.refine_diag`) widens the
+local prior to at least itself, and a stall whose oversampled step is already below 0.75 × the accuracy
+converges instead of refining. The final map joins both halves' sums with the full-set prior
 (``FSC_full = 2 FSC / (1 + FSC)``).
 
 Nothing here writes user files: ``on_iteration(state)`` lets the recipe write per-iteration snapshots
@@ -63,9 +66,10 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
-from ..imaging.grids import flatten_solvent, lowpass_volume, shell_index_2d, shell_sum
+from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d, shell_sum
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
+from ..imaging.slice import extract_points_from_sampling_volume
 from ..imaging.so3_grid import angular_step, so3_grid
 from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
@@ -73,10 +77,12 @@ from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
 from .distributed import barrier, is_main, merge_rows, on_ranks, shard
-from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels
+from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels, weighted_residual_power
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
 from .reconstruct import FourierAccumulator
+from .pose_accuracy import significant_caps
+from .refine_diag import PoseDiagnostics, local_sigma_deg
 from .refine_state import RefineConfig, RefineResult, RefineState
 
 CHECKPOINT = "checkpoint.pt"
@@ -99,12 +105,14 @@ def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1
     return (num / (cnt * per_shell)).float()
 
 
-def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float) -> Stage:
+def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float,
+           accuracy: float | None = None) -> Stage:
     step = cfg.offset_step / 2 ** refinements
     rng = max(cfg.offset_range / 2 ** refinements, 3 * step) if refinements else cfg.offset_range
     diameter = _diameter(cfg, size, pixel_size)
+    sigma = math.radians(local_sigma_deg(order, accuracy, cfg))
     return Stage(order=order, k_max=k_max, offset_range=rng, offset_step=step, local=order >= cfg.local_order,
-                 local_range_rad=cfg.local_range_steps * math.radians(angular_step(order)), size=size,
+                 local_range_rad=cfg.local_range_steps * sigma, size=size,
                  pixel_size=pixel_size, diameter=diameter if cfg.coarse_size else 0.0)
 
 
@@ -147,10 +155,13 @@ class _Tally:
     max_weight: torch.Tensor
     n_significant: torch.Tensor
     mine: torch.Tensor  # (N,) bool: the images this rank's E-steps saw
+    kept_mass: torch.Tensor | None = None  # (N,) the last pass's mass the significant set held
+    diag: PoseDiagnostics | None = None
 
     def merge(self) -> None:
         """Every rank gets every image's outcome (no-op in one process)."""
-        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant], self.mine)
+        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant, self.kept_mass],
+                   self.mine)
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
@@ -167,6 +178,7 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
                         int((half == h).sum()))
         s2 = state.sigma2[h].to(dev)
         where = InsertPixels(size, stage.k_max, dev, torch.float32)
+        shells = shell_index_2d(size, device=dev)
     for idx, images in iterate_batches(particles, cfg.batch_size, mine):
         it = torch.as_tensor(idx)
         y = fft2_centered(images.to(dev))
@@ -174,13 +186,16 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         prev_r, prev_t = state.rotations[it].to(dev), state.shifts[it].to(dev)
         poses = (modal_pairs(y, c, s2, ref, stage, cfg) if cfg.pose_inference == "modal"
                  else posterior_pairs(y, c, s2, ref, stage, prev_r, prev_t, cfg))
-        insert_pairs_on_pixels(acc, y, c, poses.image, poses.grid_index, poses.shift, poses.weight,
-                               lambda used, lv=poses.level, d=y: so3_grid(lv, device=d.device, dtype=d.real.dtype,
-                                                                          indices=used), where)
-        # σ²: residual at the MAP pose under the E-step reference, all shells
+        sums = insert_pairs_on_pixels(acc, y, c, poses.image, poses.grid_index, poses.shift, poses.weight,
+                                      lambda used, lv=poses.level, d=y: so3_grid(
+                                          lv, device=d.device, dtype=d.real.dtype, indices=used), where)
+        # σ²: residual at the MAP pose under the E-step reference, all shells; or posterior-weighted within k_max
         p = ref.slicer(poses.map_rotation)
-        r = phase_shift(y, -poses.map_shift) - (p if c is None else c * p)
-        noise.add(r.abs().square().sum(0), y.shape[0])
+        r = (phase_shift(y, -poses.map_shift) - (p if c is None else c * p)).abs().square().sum(0)
+        if cfg.posterior_sigma2 and cfg.pose_inference == "posterior":
+            r = torch.where(shells <= stage.k_max, 0.0, r.double()) + weighted_residual_power(
+                y, *sums, lambda rr, pp: extract_points_from_sampling_volume(ref.sv, rr, size, pp), where)
+        noise.add(r, y.shape[0])
         est_r, est_t = ((poses.map_rotation, poses.map_shift) if cfg.pose_estimate == "map"
                         else posterior_mean_pose(poses, y.shape[0]))
         tally.change[it] = torch.rad2deg(geodesic_distance(est_r.double(), prev_r.double())).cpu()
@@ -188,6 +203,9 @@ def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage,
         tally.shifts[it] = est_t.float().cpu()
         tally.max_weight[it] = poses.max_weight.double().cpu()
         tally.n_significant[it] = poses.n_significant.double().cpu()
+        if poses.kept_mass is not None:
+            tally.kept_mass[it] = poses.kept_mass.double().cpu()
+        tally.diag.sample(h, y, c, s2, ref, stage, est_r, prev_r, prev_t)
         bar.update(len(idx))
     return acc, noise
 
@@ -217,7 +235,8 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
         return merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
 
     *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
-    return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak],
+    tau2 = tau2_from_fsc(curve, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
+    return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak], "tau2": tau2,
             "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size))}
 
 
@@ -232,9 +251,13 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
     med_change = float("inf") if first else float(np.nanmedian(tally.change.numpy()))
     no_gain = state.no_gain + 1 if shell - state.best_shell < cfg.min_gain_shells else 0
     stalled = (not first) and no_gain > 0 and (med_change <= 2 * fine_step or no_gain >= 2)
+    diag = tally.diag.summary()
+    acc = diag["accuracy_deg"]
+    # RELION: a step already below 0.75 × the accuracy is fine enough; a finer one cannot help
+    fine_enough = cfg.follow_accuracy and math.isfinite(acc) and fine_step < 0.75 * acc
     order, refinements, converged = state.order, state.refinements, False
     if stalled:
-        if order < cfg.max_order:
+        if order < cfg.max_order and not fine_enough:
             order, refinements, no_gain = order + 1, refinements + 1, 0
         else:
             converged = True
@@ -242,10 +265,17 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
             "local": stage.local, "k_max": stage.k_max, "offset_range_px": stage.offset_range,
             "offset_step_px": stage.offset_step / 2, "resolution_A": res, "fsc": np.asarray(maps["curve"]).tolist(),
             "median_pose_change_deg": med_change, "mean_max_weight": float(tally.max_weight.mean()),
-            "mean_significant": float(tally.n_significant.mean()), "stalled": bool(stalled)}
+            "mean_significant": float(tally.n_significant.mean()), "stalled": bool(stalled),
+            "significant_at_cap": float((tally.n_significant >= stage.caps[1]).double().mean()),
+            "max_coarse": stage.caps[0], "max_significant": stage.caps[1],
+            "kept_mass_mean": float(tally.kept_mass[tally.kept_mass.isfinite()].mean()),
+            "local_sigma_deg": local_sigma_deg(stage.order, state.accuracy_deg, cfg) if stage.local else None,
+            "local_range_deg": math.degrees(stage.local_range_rad) if stage.local else None,
+            "image_size_px": 2 * stage.k_max, "fine_enough": bool(fine_enough), **diag,
+            "sigma2": maps["sigma2"][0].double().tolist(), "tau2": maps["tau2"].double().tolist()}
     return {"order": order, "refinements": refinements, "no_gain": no_gain, "converged": converged,
             "best_shell": max(state.best_shell, shell), "k_max": int(min(size // 2, math.floor(shell) + cfg.incr_size)),
-            "history": state.history + [hist]}
+            "history": state.history + [hist], "accuracy_deg": acc if math.isfinite(acc) else state.accuracy_deg}
 
 
 def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev, progress: bool) -> RefineState:
@@ -253,22 +283,27 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     from dataclasses import replace
 
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
-    stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px)
+    stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)
     stage.mates = state.relax_ops
+    stage.caps = (cfg.max_coarse, cfg.max_significant)
+    if cfg.adaptive_caps and state.accuracy_deg is not None and math.isfinite(state.accuracy_deg):
+        stage.caps = significant_caps(state.accuracy_deg, stage.order, cfg.max_coarse, cfg.max_significant)
+    ecfg = replace(cfg, max_coarse=stage.caps[0], max_significant=stage.caps[1])  # the E-step's caps
     nan = torch.full((n,), float("nan"), dtype=torch.float64)
     tally = _Tally(state.rotations.clone(), state.shifts.clone(), nan, torch.zeros(n, dtype=torch.float64),
-                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
+                   torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), nan.clone(),
+                   PoseDiagnostics(cfg.accuracy_images, cfg.window_images, cfg.seed + state.iteration))
     seen = sum(len(shard(np.nonzero(state.half.numpy() == h)[0], h, 2)) for h in (0, 1))  # this rank's images
     bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
-    accs, noises = zip(*[_half_e_step(particles, state, h, stage, cfg, dev, tally, bar) for h in (0, 1)])
+    accs, noises = zip(*[_half_e_step(particles, state, h, stage, ecfg, dev, tally, bar) for h in (0, 1)])
     bar.close()
     for acc, noise in zip(accs, noises):  # the ranks' sums joined (no-op in one process)
         acc.all_reduce()
         noise.all_reduce()
     sigma2 = [noise.estimate().float() for noise in noises]
     tally.merge()
-    maps = _maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px)
+    maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
     sched = _schedule(state, stage, maps, tally, cfg, size, px)
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
                    full=maps["full"], sigma2=[s.cpu() for s in sigma2], rotations=tally.rotations,
@@ -283,11 +318,12 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
     vol = initial_volume.detach().to(device=dev, dtype=torch.float32)
     if cfg.initial_lowpass:
         vol = lowpass_volume(vol, float(cfg.initial_lowpass), px)
+    # without a low-pass, the map's own resolution (where its spectrum ends) sets the first E-step's shells
+    start_res = float(cfg.initial_lowpass) if cfg.initial_lowpass else content_resolution(vol, px)
     half = torch.as_tensor(half_set_labels(particles, cfg.seed))
     if int(half.min()) == int(half.max()):
         raise InputError(f"{particles.name}: every particle is in one half-set (rlnRandomSubset); need both")
     sigma2 = [initial_noise_spectrum(particles, np.nonzero(half.numpy() == h)[0], device=dev).cpu() for h in (0, 1)]
-    start_res = float(cfg.initial_lowpass) if cfg.initial_lowpass else 2 * px * 4
     n_sym = cyclic_order(cfg.relax_symmetry)
     relax = {}
     if n_sym > 1:  # the pseudo-symmetry axis, in the initial map's frame

@@ -201,6 +201,8 @@ class WeightedPairs:
     image: ``(P,)`` index into the batch; grid_index: ``(P,)`` index into ``so3_grid(level)``; shift:
     ``(P, 2)`` px; weight: ``(P,)`` (summing to 1 per image). map_rotation ``(B, 3, 3)``, map_shift
     ``(B, 2)`` px: the MAP pose; max_weight ``(B,)`` its weight; n_significant ``(B,)`` pairs per image.
+    kept_mass: ``(B,)`` the fraction of the last pass's posterior mass the kept pairs held before they were
+    renormalised (``None`` where not measured).
     """
 
     image: torch.Tensor
@@ -212,6 +214,7 @@ class WeightedPairs:
     map_shift: torch.Tensor
     max_weight: torch.Tensor
     n_significant: torch.Tensor
+    kept_mass: torch.Tensor | None = None
 
 
 def _score_all(top: StreamingTop, terms, scorers: list, rot: torch.Tensor, priors, chunk: int) -> None:

@@ -236,10 +236,11 @@ class InsertPixels:
 def insert_pairs_on_pixels(acc: FourierAccumulator, y: torch.Tensor, c: torch.Tensor | None, image: torch.Tensor,
                            rotation: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor,
                            rotation_of: Callable[[torch.Tensor], torch.Tensor], where: InsertPixels,
-                           chunk: int = 4096) -> None:
+                           chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Insert weighted pairs (``image``, grid ``rotation``, ``shift (P, 2)`` px, ``weight``) of a batch
     ``y (B, D, D)`` summed per distinct grid rotation on the pixels ``where`` only; ``rotation_of(used)``
-    gives the ``(U, 3, 3)`` matrices of the used grid indices."""
+    gives the ``(U, 3, 3)`` matrices of the used grid indices. Returns them and the per-rotation sums
+    ``S1 = Σ w C Y'`` ``(U, P)`` complex and ``S2 = Σ w C²`` ``(U, P)`` (for :func:`weighted_residual_power`)."""
     px = where.pixels
     used, inv = torch.unique(rotation, return_inverse=True)
     s1 = torch.zeros(used.shape[0], px.numel(), dtype=y.dtype, device=y.device)
@@ -255,4 +256,24 @@ def insert_pairs_on_pixels(acc: FourierAccumulator, y: torch.Tensor, c: torch.Te
         ci = torch.ones_like(yu.real) if cp is None else cp[i]
         s1.index_add_(0, inv[s:s + chunk], wt * ci * yu)
         s2.index_add_(0, inv[s:s + chunk], wt * ci * ci)
-    acc.add_points(s1, s2, rotation_of(used), where.freqs, where.mult)
+    rots = rotation_of(used)
+    acc.add_points(s1, s2, rots, where.freqs, where.mult)
+    return rots, s1, s2
+
+
+def weighted_residual_power(y: torch.Tensor, rotations: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
+                            slice_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], where: InsertPixels,
+                            chunk: int = 2048) -> torch.Tensor:
+    """``(D, D)`` float64: the posterior-weighted residual power of a batch ``y (B, D, D)``,
+    ``Σ_pairs w |Y' − C·P_R|²`` (RELION's σ² statistic; weights summing to 1 per image), on the pixels of
+    ``where`` — each counted with its Friedel partner, ``2 · mult`` — and 0 elsewhere. From the per-rotation
+    sums of :func:`insert_pairs_on_pixels`: ``Σ_i |Y_i|² − 2 Re Σ_m conj(P_m) S1_m + Σ_m |P_m|² S2_m``.
+    slice_at: ``(rotations (U', 3, 3), pixels (P,)) → (U', P)`` the reference's slice values."""
+    px = where.pixels
+    total = y.flatten(1)[:, px].abs().double().square().sum(0)
+    for a in range(0, rotations.shape[0], chunk):
+        p = slice_at(rotations[a:a + chunk], px)
+        total += (p.abs().square() * s2[a:a + chunk] - 2 * (p.conj() * s1[a:a + chunk]).real).double().sum(0)
+    out = torch.zeros(y.shape[-1] * y.shape[-1], dtype=torch.float64, device=y.device)
+    out[px] = 2 * where.mult.double() * total
+    return out.reshape(y.shape[-2:])

@@ -29,6 +29,7 @@ from ..imaging.slice import extract_points_from_sampling_volume, prepare_volume_
 from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
 from .estep import StreamingTop, WeightedPairs, significant, translation_grid
 from .likelihood import half_plane_pixels, log_likelihood_table, prepare_image_terms, volume_slicer
+from .pose_accuracy import posterior_rms_angle, window_mass
 from .pose_search import frequency_schedule, hierarchical_search
 
 
@@ -106,6 +107,7 @@ class Stage:
     pixel_size: float = 1.0
     diameter: float = 0.0  # Å; 0: no coarse passes at lower frequency
     mates: torch.Tensor | None = None  # (S, 3, 3) symmetry relaxation: local searches also about G R
+    caps: tuple[int, int] = (16, 48)  # significant-set caps of the coarse passes and the last pass
 
     def k_at(self, level: int, last: bool) -> int:
         """Shell limit of a pass at grid ``level``: ``k_max`` for the last pass, RELION's coarse size
@@ -148,6 +150,29 @@ def _local_candidates(prev_rot: torch.Tensor, stage: Stage, level: int, b: int):
     valid = torch.zeros(b, kmax, dtype=torch.bool, device=dev)
     cand[bat, pos], valid[bat, pos] = idx, True
     return centres, cand, valid
+
+
+def window_diagnostic(y, c, s2, ref: Reference, stage: Stage, prev_rot, prev_shift, widen: float = 2.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``(B,)``: the fraction of the likelihood's posterior (uniform prior, shifts marginalised,
+    shells ``≤ k_max``) over the level-``order`` grid points within ``widen ×`` the local search radius that
+    lies within the radius (:func:`~cryolens.inference.pose_accuracy.window_mass`), and that posterior's
+    RMS angle about its mode, degrees. Symmetry mates are not visited (the window about the previous pose)."""
+    from dataclasses import replace
+
+    b, rdt = y.shape[0], y.real.dtype
+    wide = replace(stage, local_range_rad=widen * stage.local_range_rad, mates=None)
+    _, cand, valid = _local_candidates(prev_rot.to(rdt), wide, stage.order, b)
+    rots = so3_grid(stage.order, device=cand.device, dtype=rdt, indices=cand.reshape(-1)).reshape(b, -1, 3, 3)
+    shifts = prev_shift[:, None, :] + translation_grid(stage.offset_range, stage.offset_step, circular=True,
+                                                       device=y.device, dtype=rdt)
+    terms = prepare_image_terms(y, s2, shifts, c, stage.k_max, half_plane=True)
+    vals = ref.values(rots.reshape(-1, 3, 3), stage.k_max).reshape(b, cand.shape[1], -1)
+    ll = torch.logsumexp(log_likelihood_table(terms, vals, on_pixels=True), 1)  # (B, K): shifts marginalised
+    ll = torch.where(valid, ll, torch.full_like(ll, -math.inf))
+    ang = geodesic_distance(prev_rot.to(rdt)[:, None], rots)
+    return (window_mass(ll, ang, stage.local_range_rad),
+            torch.rad2deg(posterior_rms_angle(ll, rots)))
 
 
 def _local_pass(terms, ref: Reference, stage: Stage, prev_rot, level: int, k: int, b: int, cfg):
@@ -250,11 +275,12 @@ def posterior_pairs(y, c, s2, ref: Reference, stage: Stage, prev_rot, prev_shift
         rot_idx, prior = idx.gather(1, order), pr.gather(1, order)
         shift = sh.gather(1, order[..., None].expand(-1, -1, 2))
         logw = torch.where(keep, v[:, :w.shape[1]], torch.full_like(w, -math.inf))
-    w = w / w.sum(1, keepdim=True)
+    kept = w.sum(1)
+    w = w / kept[:, None]
     bi, ki = keep.nonzero(as_tuple=True)
     return WeightedPairs(image=bi, grid_index=rot_idx[bi, ki], level=level, shift=shift[bi, ki], weight=w[bi, ki],
                        map_rotation=so3_grid(level, device=y.device, dtype=y.real.dtype, indices=rot_idx[:, 0]),
-                       map_shift=shift[:, 0], max_weight=w[:, 0], n_significant=keep.sum(1))
+                       map_shift=shift[:, 0], max_weight=w[:, 0], n_significant=keep.sum(1), kept_mass=kept)
 
 
 def modal_pairs(y, c, s2, ref: Reference, stage: Stage, cfg) -> WeightedPairs:

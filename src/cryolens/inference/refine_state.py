@@ -23,7 +23,9 @@ class RefineConfig:
     units of the level's angular step (Gaussian prior σ = step; RELION's is 2 steps, searching ±3σ).
     offset_range, offset_step: shift grid
     (RELION ``--offset_range``, ``--offset_step``: the command-line step, i.e. twice the GUI's).
-    initial_lowpass: low-pass (Å) applied to the initial map (RELION ``--ini_high``; ``None``: none).
+    initial_lowpass: low-pass (Å) applied to the initial map (RELION ``--ini_high``); ``None``: none, the
+    map's own resolution (:func:`~cryolens.imaging.grids.content_resolution`, where its power spectrum
+    ends) sets the first E-step's shells.
     incr_size: shells above the current resolution used by the E-step. tau2_fudge: ``T``.
     mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``).
     max_iterations: cap. min_gain_shells: resolution gain (in shells) below which an iteration stalls.
@@ -41,6 +43,19 @@ class RefineConfig:
     ``--width_mask_edge``; the noise of the empty box no longer enters the likelihood). The reported
     FSC and the half maps written are unmasked. relax_symmetry: ``"C1"`` (none) or a cyclic group
     ``"Cn"`` whose mates the local searches also visit (module docstring; RELION 4 ``--relax_sym``).
+    follow_accuracy: the sampling follows the measured pose accuracy (RELION's auto-refine): the local
+    searches' prior σ is the larger of the level's step and the last iteration's expected angular accuracy,
+    and a stalled search whose oversampled step is already below 0.75 × that accuracy converges instead of
+    refining (``False``: σ = the step, refinement up to ``max_order``). accuracy_images: images per half
+    on which the accuracy is measured each iteration (:mod:`~cryolens.inference.pose_accuracy`; 0: none,
+    which also leaves the schedule as without ``follow_accuracy``). window_images: images per half whose
+    local window's posterior mass is measured (diagnostic only; 0: none). posterior_sigma2: ``σ²`` on the
+    E-step's shells from the posterior-weighted residual of every kept pair (RELION's), not the residual
+    at the MAP pose alone (which, being the best of many candidates, fits the noise and underestimates
+    ``σ²`` while the posteriors are broad); shells beyond ``k_max`` keep the MAP-pose residual.
+    adaptive_caps: the significant-set caps follow the measured accuracy
+    (:func:`~cryolens.inference.pose_accuracy.significant_caps`; up to 8 × ``max_coarse`` and
+    ``max_significant``). Both cost time at low SNR (3.6× on the low-SNR test set) and are off by default.
     """
 
     pose_inference: str = "posterior"
@@ -50,7 +65,7 @@ class RefineConfig:
     local_range_steps: float = 2.5
     offset_range: float = 5.0
     offset_step: float = 2.0
-    initial_lowpass: float | None = 60.0
+    initial_lowpass: float | None = None
     incr_size: int = 10
     tau2_fudge: float = 1.0
     mass: float = 0.999
@@ -68,6 +83,11 @@ class RefineConfig:
     flatten_solvent: bool = True
     mask_edge: float = 5.0
     relax_symmetry: str = "C1"
+    follow_accuracy: bool = True
+    accuracy_images: int = 50
+    window_images: int = 16
+    posterior_sigma2: bool = False
+    adaptive_caps: bool = False
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):
@@ -140,6 +160,7 @@ class RefineState(CheckpointState):
     fsc: ``(D//2+1,)`` last gold-standard FSC; resolution: its 0.143 crossing, Å. history: one dict per
     iteration. config: the :class:`RefineConfig` as a dict. elapsed_s: wall time of the iterations.
     relax_ops ``(S, 3, 3)``, relax_axis ``(3,)``, relax_axis_score: symmetry relaxation (else ``None``).
+    accuracy_deg: the last iteration's expected angular accuracy, degrees (``None`` before the first).
     """
 
     iteration: int
@@ -164,4 +185,5 @@ class RefineState(CheckpointState):
     relax_ops: torch.Tensor | None = None
     relax_axis: torch.Tensor | None = None
     relax_axis_score: float | None = None
+    accuracy_deg: float | None = None
 

@@ -1,24 +1,22 @@
-"""Homogeneous 3D refinement recipes: ``relion-refine3d`` (full-posterior EM, RELION's auto-refine)
-and ``cryosparc-refine`` (modal EM with hierarchical pose search, cryoSPARC's homogeneous
-refinement / cryoDRGN2's search). Both compose :func:`~cryolens.inference.autorefine.auto_refine`;
-they need the CTF, estimate poses, and start from an initial map.
+"""Homogeneous 3D refinement recipes: ``relion-refine3d`` (full-posterior EM, RELION's auto-refine) and
+``cryosparc-refine`` (modal EM with hierarchical pose search, cryoSPARC's homogeneous refinement /
+cryoDRGN2's search). Both compose :func:`~cryolens.inference.autorefine.auto_refine`; they need the CTF,
+estimate poses, and start from an initial map.
 
-**relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes: initial sampling
-7.5° (a 15° pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in steps of 1 px
-(command-line ``--offset_step 2``), initial low-pass 60 Å (20–30 Å suits 96 Å boxes; the benchmark uses
-20 Å), ``T = 1``, ``--incr_size 10``, ``--adaptive_fraction 0.999``; ``max_order = 5`` lets the sampling
-reach 0.94° while the resolution keeps improving.
+**relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes: 7.5° first (a 15°
+pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in steps of 1 px (``--offset_step
+2``); the start map as given, its own resolution (where its spectrum ends) setting the first E-step's shells
+(``lowpass``: RELION's ``--ini_high``, GUI default 60 Å); ``T = 1``, ``--incr_size 10``,
+``--adaptive_fraction 0.999``; ``max_order = 5`` (0.94°) where the measured pose accuracy asks for it.
 
-**cryosparc-refine** — modal EM: per image the mode of the pose posterior by hierarchical search
-(:func:`~cryolens.inference.pose_search.hierarchical_search`: 15° base grid × ±5 px shifts, keep 8,
-split in SO(3) and shift per level, frequency marching up to ``k_max``), weight 1, then the same
-gold-standard MAP back-projection; initial low-pass 30 Å (cryoSPARC's).
+**cryosparc-refine** — modal EM: per image the pose posterior's mode by
+:func:`~cryolens.inference.pose_search.hierarchical_search` (15° base grid × ±5 px shifts, keep 8, split in SO(3)
+and shift per level, frequency marching up to ``k_max``), weight 1, the same MAP back-projection; 30 Å low-pass.
 
 **Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit
-each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized.
-
-**Initial map.** ``init_map``; without one the ``cryosparc-abinit`` recipe makes one when registered,
-else a soft sphere of a quarter of the box (metrics ``initial_map`` says which).
+each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial
+map.** ``init_map``; without one the ``cryosparc-abinit`` recipe makes one when registered, else a soft
+sphere of a quarter of the box (metrics ``initial_map`` says which).
 """
 
 from __future__ import annotations
@@ -46,7 +44,8 @@ class Refine3DConfig(RecipeConfig):
     """Options of relion-refine3d and cryosparc-refine (RELION 3.1 auto-refine defaults, module docstring)."""
 
     init_map: str | None = option(None, "start map (.mrc); none: run cryosparc-abinit for one")
-    lowpass: float | None = option(60.0, "initial low-pass of the start map, Å (--ini_high)")
+    lowpass: float | None = option(None, "initial low-pass of the start map, Å (--ini_high); none: the map's "
+                                         "own resolution (where its power spectrum ends)")
     pose_inference: Literal["posterior", "modal"] = option("posterior", "full pose posterior or the mode only")
     healpix_order: int = option(2, "initial HEALPix order (2 = 7.5° after oversampling)")
     local_order: int = option(4, "HEALPix order from which searches are local (--auto_local_healpix_order)")
@@ -71,6 +70,10 @@ class Refine3DConfig(RecipeConfig):
     flatten_solvent: bool = option(True, "flatten the solvent of the E-step references (--flatten_solvent)")
     mask_edge: float = option(5.0, "soft edge of the solvent mask, px (--width_mask_edge)")
     relax_symmetry: str = option("C1", "C1, or Cn whose mates the local searches also visit (--relax_sym)")
+    follow_accuracy: bool = option(True, "local prior σ and sampling refinement follow the measured pose accuracy")
+    accuracy_images: int = option(50, "images per half on which the pose accuracy is measured (0: not followed)")
+    posterior_sigma2: bool = option(False, "σ² from the posterior-weighted residual (RELION's), not the MAP pose's")
+    adaptive_caps: bool = option(False, "significant-set caps follow the measured pose accuracy (≤ 8× the caps)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 
@@ -95,14 +98,12 @@ def initial_map(particles: Particles, config: Refine3DConfig, run=None, device=N
         return given.float(), "given volume"
     if config.init_map:
         from .class3d import read_start_map
-
         return read_start_map(config.init_map, d).reshape(d, d, d), f"file {config.init_map}"
     from .registry import Known, recipes
 
     abinit = recipes().get("cryosparc-abinit")
     if abinit is not None:
         from ..io.runfolder import RunFolder
-
         sub = RunFolder(Path(run.root) / "abinit") if run is not None else None
         log.warning("no initial map given: running the cryosparc-abinit recipe for one")
         out = abinit.fit(particles, Known(poses=False, ctf=True), sub, abinit.config(), device, progress)
@@ -116,7 +117,6 @@ def iteration_writer(run, particles: Particles):
     ``iterNNN_half{1,2}.mrc`` (unfiltered), ``iterNNN_fsc.json``, ``iterNNN_particles.star``."""
     from ..io.mrc import write_volume
     from ..io.star import write_star
-
     def write(state: RefineState) -> None:
         it, px = state.iteration, particles.pixel_size
         for h in (0, 1):

@@ -1,0 +1,183 @@
+"""The pose diagnostic of auto-refine (inference/pose_accuracy.py, oversampling.window_diagnostic): crossing,
+window mass and RMS angle against hand computations; the expected angular accuracy against a float64
+full-plane sum of the likelihood drop and its 1/√SNR law."""
+
+import math
+
+import pytest
+import torch
+
+from cryolens.imaging.grids import lowpass_volume
+from cryolens.imaging.rotations import random_rotations, rotvec_to_matrix
+from cryolens.inference.likelihood import shell_weights
+from cryolens.inference.oversampling import Reference, Stage, window_diagnostic
+from cryolens.imaging.so3_grid import local_grid
+from cryolens.inference.pose_accuracy import (expected_angular_accuracy, first_crossing, grid_points_within,
+                                              posterior_rms_angle, significant_caps,
+                                              trial_angles, window_mass)
+
+
+def test_first_crossing_by_hand():
+    """Rows: crossing between rungs 2 and 4 (drop 0.6 → 1.4: halfway, 3.0); first rung already above (from
+    0 at angle 0: 1/2.5 of the way to 1, 0.4); never above (the last rung, 4)."""
+    angles = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    drop = torch.tensor([[0.2, 0.6, 1.4], [2.5, 3.0, 9.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    assert first_crossing(angles, drop).tolist() == pytest.approx([3.0, 0.4, 4.0], rel=1e-12)
+
+
+def test_window_mass_and_rms_angle_by_hand():
+    """Weights 1/4, 3/4, 0 (log-likelihoods 0, log 3, −inf); only the first candidate (angle 0.1) is within
+    radius 0.3: mass 1/4. Rotations about z by 0, 0.1, 0.3 rad with weights 1/4, 1/2, 1/4: the mode is the
+    0.1 one, the angles to it 0.1, 0, 0.2: RMS √(0.25·0.01 + 0.25·0.04)."""
+    ll = torch.tensor([[0.0, math.log(3.0), -math.inf]], dtype=torch.float64)
+    ang = torch.tensor([[0.1, 0.5, 0.2]], dtype=torch.float64)
+    assert window_mass(ll, ang, 0.3).tolist() == pytest.approx([0.25], rel=1e-12)
+    rots = rotvec_to_matrix(torch.tensor([[0, 0, 0.0], [0, 0, 0.1], [0, 0, 0.3]], dtype=torch.float64))[None]
+    ll2 = torch.log(torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64))
+    assert posterior_rms_angle(ll2, rots).tolist() == pytest.approx([math.sqrt(0.25 * 0.01 + 0.25 * 0.04)], rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def blob():
+    """A smooth random map (D = 16) prepared as an E-step reference, float64."""
+    g = torch.Generator().manual_seed(0)
+    vol = lowpass_volume(torch.randn(16, 16, 16, generator=g, dtype=torch.float64), 4.0, 1.0)
+    return Reference(vol, 2, 8)
+
+
+def _direct_drop(ref, rot, axis, angle_deg, ctf, sigma2, k):
+    """Σ over the full plane of w·C²·|P_R − P_R'|², w = 1/(2σ²) on shells ≤ k (float64, full slices)."""
+    turned = rot @ rotvec_to_matrix(axis * math.radians(angle_deg))
+    d = ref.slicer(rot[None])[0] - ref.slicer(turned[None])[0]
+    return float((shell_weights(sigma2, 16, k) * ctf.square() * d.abs().square()).sum())
+
+
+def test_accuracy_is_where_the_full_plane_drop_reaches_one(blob):
+    """On a fine ladder the accuracy δ₁ has a drop of 1 (±4 %: the two paths interpolate the map
+    differently) by the independent full-plane sum along the same axis, and a clearly smaller one at
+    0.8 δ₁; at small angles (σ² / 64) quadrupling σ² doubles δ₁ (drop ∝ δ²/σ²)."""
+    rots = random_rotations(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ctf = 0.3 + 0.7 * torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    s2 = torch.linspace(2.0, 0.8, 9, dtype=torch.float64) * float(blob.slicer(rots).abs().square().mean())
+    ladder = trial_angles(20.0, 400, 0.01)
+    acc = expected_angular_accuracy(blob.slicer, blob.values, ctf, s2, rots, 8, ladder,
+                                    torch.Generator().manual_seed(5))
+    axes = torch.randn(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    axes = axes / axes.norm(dim=1, keepdim=True)
+    for i in range(3):
+        assert 0.05 < float(acc[i]) < 19.0
+        assert _direct_drop(blob, rots[i], axes[i], float(acc[i]), ctf[i], s2, 8) == pytest.approx(1.0, rel=0.04)
+        assert _direct_drop(blob, rots[i], axes[i], 0.8 * float(acc[i]), ctf[i], s2, 8) < 0.75
+    small, four = (expected_angular_accuracy(blob.slicer, blob.values, ctf, f * s2, rots, 8, ladder,
+                                             torch.Generator().manual_seed(5)) for f in (1 / 64, 4 / 64))
+    assert (four / small).tolist() == pytest.approx([2.0] * 3, rel=0.03)
+
+
+def test_window_diagnostic_counts_mass_outside_a_narrow_window(blob):
+    """Noise-free images at known poses, the window centred 1.5 steps away from the truth: a window of
+    radius 0.5 step holds little of the posterior (its mode is at the truth, outside), one of 4 steps holds
+    nearly all of it. The noise is tiny, so the posterior sits on the grid point nearest the truth: RMS
+    angle about the mode below a tenth of a step."""
+    g = torch.Generator().manual_seed(3)
+    rots = random_rotations(4, generator=g, dtype=torch.float64)
+    y = blob.slicer(rots)
+    s2 = torch.full((9,), 1e-4, dtype=torch.float64) * float(y.abs().square().mean())
+    step = math.radians(15.0)
+    off = rots @ rotvec_to_matrix(torch.tensor([0.0, 0.0, 1.5 * step], dtype=torch.float64).expand(4, 3))
+    shift = torch.zeros(4, 2, dtype=torch.float64)
+    common = {"order": 2, "k_max": 8, "offset_range": 0.0, "offset_step": 1.0, "local": True, "size": 16}
+    narrow, rms = window_diagnostic(y, None, s2, blob, Stage(local_range_rad=0.5 * step, **common), off, shift,
+                                    widen=8.0)
+    wide, _ = window_diagnostic(y, None, s2, blob, Stage(local_range_rad=4 * step, **common), off, shift)
+    assert float(narrow.max()) < 0.2 and float(wide.min()) > 0.95
+    assert float(rms.max()) < 1.5
+
+
+def test_grid_points_within_matches_counted_local_grids():
+    """The Haar-measure count against the grid points :func:`local_grid` finds within 20° of 30 random
+    rotations (level 3, 7.5° step): the mean count within 5 %; the caps follow it (×2 coarse, ×4 last,
+    at least the configured caps, at most 8 × them and the limits)."""
+    rots = random_rotations(30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    bat, _ = local_grid(rots, 3, math.radians(20.0))
+    counted = bat.numel() / 30
+    assert grid_points_within(3, math.radians(20.0)) == pytest.approx(counted, rel=0.05)
+    n3, n4 = (grid_points_within(level, math.radians(20.0)) for level in (3, 4))
+    assert significant_caps(10.0, 3, 128, 512, 10_000, 100_000) == (math.ceil(2 * n3), math.ceil(4 * n4))
+    assert significant_caps(10.0, 3, 16, 48, 64, 10_000) == (64, 384)
+    assert significant_caps(0.1, 3, 16, 48) == (16, 48)
+
+
+def test_weighted_residual_power_equals_pair_by_pair_sum(blob):
+    """σ²'s posterior-weighted statistic from the per-rotation sums equals, shell by shell (≤ k_max), the
+    float64 sum over the pairs of w·|Y' − C·P_R|² with each pair's shift undone (full plane)."""
+    from cryolens.imaging.fft import fft2_centered
+    from cryolens.imaging.grids import shell_index_2d, shell_sum
+    from cryolens.imaging.shift import phase_shift
+    from cryolens.imaging.slice import extract_points_from_sampling_volume
+    from cryolens.imaging.so3_grid import so3_grid
+    from cryolens.inference.mstep import InsertPixels, insert_pairs_on_pixels, weighted_residual_power
+    from cryolens.inference.reconstruct import FourierAccumulator
+
+    g = torch.Generator().manual_seed(6)
+    y = fft2_centered(torch.randn(3, 16, 16, generator=g, dtype=torch.float64))  # real images: Friedel pairs
+    ctf = blob.slicer(random_rotations(3, generator=g, dtype=torch.float64)).abs()  # a Friedel-symmetric CTF
+    image = torch.tensor([0, 0, 1, 1, 1, 2])
+    grid = torch.tensor([5, 9, 5, 40, 77, 9])
+    shift = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    weight = torch.tensor([0.7, 0.3, 0.2, 0.5, 0.3, 1.0], dtype=torch.float64)
+    where = InsertPixels(16, 6, "cpu", torch.float64)
+    acc = FourierAccumulator(16, 2, "cpu", torch.float64)
+    sums = insert_pairs_on_pixels(acc, y, ctf, image, grid, shift, weight,
+                                  lambda used: so3_grid(1, dtype=torch.float64, indices=used), where)
+    every = torch.arange(256)
+    power = weighted_residual_power(
+        y, *sums, lambda r, p: extract_points_from_sampling_volume(blob.sv, r, 16, p), where)
+    direct = torch.zeros(16, 16, dtype=torch.float64)
+    for i, m, t, w in zip(image, grid, shift, weight):
+        p = extract_points_from_sampling_volume(blob.sv, so3_grid(1, dtype=torch.float64, indices=m[None]), 16,
+                                                every).reshape(16, 16)
+        direct += w * (phase_shift(y[i][None], -t[None])[0] - ctf[i] * p).abs().square()
+    shells = shell_index_2d(16)
+    inside = torch.where(shells <= 6, direct, torch.zeros_like(direct))
+    assert shell_sum(power, shells, 9)[:7].tolist() == pytest.approx(shell_sum(inside, shells, 9)[:7].tolist(),
+                                                                      rel=1e-9)
+    assert float(power[shells > 6].abs().sum()) == 0.0
+
+
+class _FixedDiag:
+    """A PoseDiagnostics stand-in reporting a given accuracy."""
+
+    def __init__(self, acc: float):
+        self.acc = acc
+
+    def summary(self) -> dict:
+        return {"accuracy_deg": self.acc, "window_mass_mean": float("nan"), "window_mass_min": float("nan"),
+                "window_rms_deg": float("nan")}
+
+
+@pytest.mark.parametrize("acc, follow, refines", [(3.0, True, False), (2.0, True, True), (3.0, False, True)])
+def test_stall_refines_only_while_the_step_is_not_below_three_quarters_of_the_accuracy(acc, follow, refines):
+    """A stalled iteration at order 4 (oversampled step 1.875°): with the accuracy followed it refines to
+    order 5 only when 1.875 ≥ 0.75 × accuracy (2.0°: 1.5, refines; 3.0°: 2.25, converges instead), as it
+    always did without; the local prior σ is the step (3.75°) widened to the accuracy, at most twice the step."""
+    from cryolens.inference import autorefine as A
+    from cryolens.inference.refine_diag import local_sigma_deg
+    from cryolens.inference.refine_state import RefineConfig, RefineState
+
+    cfg = RefineConfig(follow_accuracy=follow)
+    n, size = 4, 16
+    state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
+                        shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
+                        best_shell=8.0, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0, history=[],
+                        config={}, accuracy_deg=acc)
+    stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
+    tally = A._Tally(state.rotations, state.shifts, torch.full((n,), 0.1, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
+    stage.caps = (16, 48)
+    maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8: no gain
+    out = A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+    assert out["history"][-1]["stalled"]
+    assert (out["order"], out["converged"]) == ((5, False) if refines else (4, True))
+    assert local_sigma_deg(4, acc, cfg) == pytest.approx(max(3.75, acc) if follow else 3.75)
+    assert local_sigma_deg(4, 9.0, RefineConfig()) == pytest.approx(7.5)

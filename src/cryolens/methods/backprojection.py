@@ -28,6 +28,7 @@ from ..inference.distributed import shard
 from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
+from ..memory import release_free_heap
 from ..metrics.fsc import fsc, resolution_at
 from .config import RecipeConfig, option
 
@@ -79,6 +80,8 @@ def accumulate(particles: Particles, pad: int = 2, batch_size: int = 256, device
         else:
             for acc, *args in jobs:
                 acc.add(*args)
+        del f, rots, ctf, jobs
+        release_free_heap()  # the batch's scatter temporaries (tens of MB) back to the system, not kept in the heap
         bar.update(len(idx))
     bar.close()
     pool.shutdown()

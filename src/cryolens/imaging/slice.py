@@ -12,11 +12,13 @@ zero in both directions, so :func:`insert_slices` is the exact adjoint of
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from .fft import fft3_centered, ifft3_centered
-from .grids import coord_grid_3d, freq_grid_2d
+from .grids import freq_grid_2d
 
 
 def _slice_points(rotations: torch.Tensor, size: int, padded: int,
@@ -266,11 +268,14 @@ def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, padded: int | N
     return finish_staging(staging, padded, slices.is_complex(), hermitian)
 
 
+@functools.lru_cache(maxsize=4)
 def gridding_kernel(size: int, padded: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """``(D, D, D)`` real-space apodisation ``sinc²(r / Dp)`` that trilinear interpolation on
-    a ``Dp³`` Fourier grid imposes on a ``D³`` volume (r in voxels from the centre)."""
-    r = coord_grid_3d(size, device=device, dtype=torch.float64).norm(dim=-1) / padded
-    return (torch.sinc(r) ** 2).to(dtype)
+    a ``Dp³`` Fourier grid imposes on a ``D³`` volume (r in voxels from the centre). Cached (the last four
+    sizes): callers must not modify it in place."""
+    c = (torch.arange(size, device=device, dtype=torch.float64) - size // 2) ** 2  # one axis, voxels² from the centre
+    r = (c[:, None, None] + c[None, :, None] + c[None, None, :]).sqrt_().div_(padded)
+    return torch.sinc(r).square_().to(dtype)
 
 
 def pad_volume(volume: torch.Tensor, padded: int) -> torch.Tensor:

@@ -105,12 +105,15 @@ def backproject(particles: Particles, pad: int = 2, batch_size: int = 256, devic
     eps = 1e-3 * torch.ones(nshell, dtype=torch.float64, device=w1.device)
     v1, v2 = h1.reconstruct(eps * w1.mean()), h2.reconstruct(eps * w2.mean())
     curve = fsc(v1, v2)
-    full = h1.merged(h2)
+    full, counts = h1.merged(h2), (h1.count, h2.count)
+    del h1, h2  # the halves' grids are not needed for the full map: freed before it is finished
     fsc_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
     vol = full.reconstruct(wiener_regularisation(full.shell_weight(), fsc_full))
+    del full
+    release_free_heap()
     res = resolution_at(curve, 0.143, particles.pixel_size, particles.box_size)
     return BackprojectionResult(vol.float().cpu(), v1.float().cpu(), v2.float().cpu(), np.asarray(curve), float(res),
-                                particles.pixel_size, (h1.count, h2.count), {"pad": pad})
+                                particles.pixel_size, counts, {"pad": pad})
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ time (user + system) and peak RSS of each, and the ratios cryolens / RELION. Def
 1.5 Å/px, CTF, shifts ≤ 3 px, SNR 0.1), first ``--n`` images.
 
   .venv/bin/python benchmarks/bench_commands.py --n 5000 --repeats 3 --out /tmp/bench_commands
+
+``--baseline-src OTHER/src`` adds that checkout's ``backproject`` and ``info`` (run with ``PYTHONPATH``) to the
+alternation, so that a change is measured against its base under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,10 +30,10 @@ sys.path.insert(0, str(HERE))
 BIN = Path(sys.executable).parent
 
 
-def timed(cmd: list[str], log: Path, cwd: Path | None = None) -> dict:
-    """Run ``cmd`` under ``/usr/bin/time -v`` (in ``cwd``): wall s, CPU s, peak RSS MiB (a failure stops
-    the benchmark)."""
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd)
+def timed(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v`` (in ``cwd``, with ``env``): wall s, CPU s, peak RSS MiB (a failure
+    stops the benchmark)."""
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd, env=env)
     log.write_text(out.stdout + out.stderr)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}); see {log}")
@@ -53,6 +57,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--baseline-src", type=Path,
+                    help="another checkout's src/: its backproject and info run too (PYTHONPATH), alternating")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     star = args.star
@@ -72,12 +78,19 @@ def main() -> None:
         "cryolens --help": [cryolens, "--help"],
         "cryolens info": [cryolens, "info", str(star)],
     }
+    envs = {name: None for name in commands}
+    if args.baseline_src is not None:
+        base_env = {**os.environ, "PYTHONPATH": str(args.baseline_src.resolve())}
+        for name in ("cryolens backproject", "cryolens info"):
+            cmd = [str(args.out / "baseline") if c == str(args.out / "run") else c for c in commands[name]]
+            commands[f"{name} (baseline)"], envs[f"{name} (baseline)"] = cmd, base_env
     runs: dict[str, list[dict]] = {k: [] for k in commands}
     for k in range(args.repeats):  # alternating, so that a change of load hits every command alike
         for name, cmd in commands.items():
             # RELION reads the stack names relative to where it runs: the STAR file's folder
             cwd = star.parent if name.startswith("relion") else None
-            runs[name].append(timed(cmd, args.out / f"{name.replace(' ', '_')}_{k}.log", cwd))
+            log = args.out / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_{k}.log"
+            runs[name].append(timed(cmd, log, cwd, envs[name]))
             print(name, json.dumps(runs[name][-1]), flush=True)
     med = {name: summary(r) for name, r in runs.items()}
     relion = med["relion_reconstruct"]

@@ -72,8 +72,9 @@ def test_only_the_real_space_grid_projects_itself():
 
 def test_forward_models_satisfy_the_protocol_and_equal_the_render_functions():
     """Each forward model is a ForwardModel and gives bit-for-bit the images of the function it wraps:
-    FourierSliceForward = forward_fourier on the 2× oversampled transform (and render_images' images to float32
-    rounding); ImageForward = render_images (both projectors); ProjectorForward of a real-space grid = render_images(projector="real") of its density."""
+    FourierSliceForward = forward_fourier on the 2× oversampled transform (and render_images' images to
+    float32 rounding); ImageForward = render_images (both projectors); ProjectorForward of a real-space grid =
+    render_images(projector="real") of its density."""
     vol = _blob()
     rots = random_rotations(5, generator=torch.Generator().manual_seed(2))
     shifts = torch.tensor([[0.5, -1.0], [0.0, 0.0], [1.5, 0.3], [-0.7, 0.2], [0.1, 0.9]])

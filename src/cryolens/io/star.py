@@ -20,7 +20,6 @@ Columns of the optics table other than the ones above (beam tilt, aberrations, .
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from .files import atomic_path
 from .particles import Particles, relative_or_absolute
 from .star_table import ANGLES, CONSUMED, CTF_PARTICLE, OPTICS, ORIGINS_A, ORIGINS_PX, read_star_table  # noqa: F401
 
-log = logging.getLogger(__name__)
 
 
 def read_star(path: str | os.PathLike) -> Particles:

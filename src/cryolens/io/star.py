@@ -35,7 +35,6 @@ from .particles import Particles, relative_or_absolute
 from .star_table import ANGLES, CONSUMED, CTF_PARTICLE, OPTICS, ORIGINS_A, ORIGINS_PX, read_star_table  # noqa: F401
 
 
-
 def read_star(path: str | os.PathLike) -> Particles:
     """Read a RELION particle STAR file (3.0, 3.1+, RELION 5) into :class:`Particles`.
 

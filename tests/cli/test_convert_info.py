@@ -68,6 +68,26 @@ def test_info_on_particles_map_and_pickle(tmp_path, capsys):
     assert rc == 0 and "cryoDRGN CTF pickle: 12 images" in out
 
 
+def test_info_star_without_torch_describes_what_read_star_reads(tmp_path):
+    """The torch-free table of a STAR file (what ``info`` describes) holds what :func:`read_star` reads: the
+    same lines from both, rotations from its angles by R = Rz(rot) Ry(tilt) Rz(psi), shifts, CTF and extra
+    columns equal to the Particles' (which round-trip the written ones)."""
+    from cryolens.cli.info import describe_particles
+    from cryolens.imaging.rotations import euler_to_matrix
+    from cryolens.io.star_table import read_star_table
+
+    p, star, _ = _dataset(tmp_path)
+    table, particles = read_star_table(star), read_star(star)
+    assert describe_particles(table) == describe_particles(particles)
+    rot, tilt, psi = (torch.as_tensor(np.deg2rad(a)) for a in table.angles_deg)
+    torch.testing.assert_close(euler_to_matrix(rot, tilt, psi).float(), p.rotations, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(table.shifts, p.shifts.numpy(), atol=1e-5)
+    for k, v in p.ctf.as_dict().items():
+        np.testing.assert_allclose(table.ctf[k], v.double().numpy(), rtol=1e-6, atol=1e-6, err_msg=k)
+    assert list(table.extra) == ["rlnRandomSubset"] and (table.extra["rlnRandomSubset"] == np.arange(12) % 2 + 1).all()
+    assert (table.image_index == np.arange(12)).all() and (table.pixel_size, table.box_size) == (1.5, 16)
+
+
 def test_convert_star_cs_pickles_and_back(tmp_path, capsys):
     """convert STAR → .cs → poses.pkl + ctf.pkl → STAR through the CLI keeps poses and CTF (1e-5)."""
     p, star, stack = _dataset(tmp_path)

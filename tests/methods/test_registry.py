@@ -165,3 +165,19 @@ def test_bad_option_is_one_line_exit_2(argv, field, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "recipe " in err[0] and field in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_named_by_module_is_imported_on_first_use():
+    """A recipe whose fit and config are ``"module:attribute"`` names resolves them on first use to the very
+    objects of that module (options included); its bad default is refused then, naming the recipe."""
+    from cryolens.methods import backprojection
+
+    lazy = Recipe(name="_lazy", fit=".backprojection:fit", config=".backprojection:BackprojectionConfig",
+                  summary="", defaults={"pad": 1})
+    assert "config=.backprojection:BackprojectionConfig" in repr(lazy)
+    assert lazy.fit is backprojection.fit and lazy.config_class is backprojection.BackprojectionConfig
+    assert lazy.defaults["pad"] == 1 and lazy.config().pad == 1 and get("backprojection").defaults["pad"] == 2
+    bad = Recipe(name="_bad", fit=".backprojection:fit", config=".backprojection:BackprojectionConfig",
+                 summary="", defaults={"wings": 1})
+    with pytest.raises(InputError, match="recipe _bad: no option 'wings'"):
+        bad.options()

@@ -72,8 +72,9 @@ def test_only_the_real_space_grid_projects_itself():
 
 def test_forward_models_satisfy_the_protocol_and_equal_the_render_functions():
     """Each forward model is a ForwardModel and gives bit-for-bit the images of the function it wraps:
-    FourierSliceForward = forward_fourier on the 2× oversampled transform; ImageForward = render_images
-    (both projectors); ProjectorForward of a real-space grid = render_images(projector="real") of its density."""
+    FourierSliceForward = forward_fourier on the 2× oversampled transform (and render_images' images to
+    float32 rounding); ImageForward = render_images (both projectors); ProjectorForward of a real-space grid =
+    render_images(projector="real") of its density."""
     vol = _blob()
     rots = random_rotations(5, generator=torch.Generator().manual_seed(2))
     shifts = torch.tensor([[0.5, -1.0], [0.0, 0.0], [1.5, 0.3], [-0.7, 0.2], [0.1, 0.9]])
@@ -87,7 +88,9 @@ def test_forward_models_satisfy_the_protocol_and_equal_the_render_functions():
                                rtol=0, atol=0)
     direct = render_images(vol, rots, shifts, ctf, px)
     torch.testing.assert_close(models[1](vol, rots, shifts, ctf, px), direct, rtol=0, atol=0)
-    torch.testing.assert_close(ifft2_centered(f).real, direct, rtol=0, atol=0)
+    # render_images computes only the kx >= 0 half of the transform (imaging/half_volume.py): the same images
+    # as the full transform's to float32 rounding (tests/imaging/test_half_volume.py: to 1e-10 in float64)
+    torch.testing.assert_close(ifft2_centered(f).real, direct, rtol=0, atol=1e-5 * float(direct.abs().max()))
     real = render_images(vol, rots, shifts, ctf, px, projector="real")
     torch.testing.assert_close(models[2](vol, rots, shifts, ctf, px), real, rtol=0, atol=0)
     with torch.no_grad():

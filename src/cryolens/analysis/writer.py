@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from ..imaging.ctf import ctf_2d
-from ..io.atomic import write_atoms, write_models
 from ..io.dataset import iterate_batches
 from ..io.files import atomic_path
 from ..io.mrc import write_volume
@@ -128,6 +127,8 @@ def write_latent_models(decode_models, z: np.ndarray, folder: str | os.PathLike,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     z = np.asarray(z, dtype=np.float32)
+    from ..io.atomic import write_atoms, write_models  # gemmi: only for a run with atomic models
+
     paths = [write_atoms(folder / "model.cif", decode_models(torch.as_tensor(z.mean(0, keepdims=True)))[0])]
     p = pca(z) if z.shape[0] > 1 else None
     for c in range(min(n_pcs, 0 if p is None else p.components.shape[0])):

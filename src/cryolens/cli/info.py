@@ -35,7 +35,8 @@ def _range(values, unit: str = "", fmt: str = "{:.4g}") -> str:
 
 
 def describe_particles(particles, max_stacks: int = 10) -> list[str]:
-    """Lines describing a :class:`~cryolens.io.particles.Particles`."""
+    """Lines describing a :class:`~cryolens.io.particles.Particles` or a
+    :class:`~cryolens.io.star_table.StarTable` (a STAR file read without torch)."""
     import numpy as np
 
     from ..io.mrc import stack_info
@@ -44,18 +45,20 @@ def describe_particles(particles, max_stacks: int = 10) -> list[str]:
     d, px = p.box_size, p.pixel_size
     lines = [f"  particles:  {len(p)}",
              f"  box:        {d} px, pixel size {px:.4f} Å ({d * px:.1f} Å across, Nyquist {2 * px:.2f} Å)"]
-    lines.append(f"  rotations:  {'yes' if p.rotations is not None else 'no'}")
+    has_rotations = getattr(p, "rotations", getattr(p, "angles_deg", None)) is not None
+    lines.append(f"  rotations:  {'yes' if has_rotations else 'no'}")
     if p.shifts is not None:
-        lines.append(f"  shifts:     yes (|shift| {_range(p.shifts.norm(dim=1).numpy(), 'px', '{:.2f}')})")
+        norm = np.linalg.norm(np.asarray(p.shifts, dtype=np.float64), axis=1)
+        lines.append(f"  shifts:     yes (|shift| {_range(norm, 'px', '{:.2f}')})")
     else:
         lines.append("  shifts:     no")
     if p.ctf is not None:
-        c = p.ctf
-        defocus = np.concatenate([c.defocus_u.numpy(), c.defocus_v.numpy()])
+        c = {k: np.asarray(v) for k, v in (p.ctf if isinstance(p.ctf, dict) else p.ctf.as_dict()).items()}
+        defocus = np.concatenate([c["defocus_u"], c["defocus_v"]])
         lines.append(f"  CTF:        defocus {_range(defocus, 'Å', '{:.0f}')}, "
-                     f"{_range(c.voltage.numpy(), 'kV')}, Cs {_range(c.cs.numpy(), 'mm')}, "
-                     f"Q0 {_range(c.amplitude_contrast.numpy())}, phase shift "
-                     f"{_range(np.rad2deg(c.phase_shift.numpy()), '°', '{:.1f}')}")
+                     f"{_range(c['voltage'], 'kV')}, Cs {_range(c['cs'], 'mm')}, "
+                     f"Q0 {_range(c['amplitude_contrast'])}, phase shift "
+                     f"{_range(np.rad2deg(c['phase_shift']), '°', '{:.1f}')}")
     else:
         lines.append("  CTF:        no")
     if p.extra:
@@ -124,7 +127,6 @@ def describe_pickle(path) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..io.dataset import read_particles
     from ..io.files import require_file
     from ..io.mrc import mrc_info
 
@@ -140,7 +142,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"{path}:")
         print("\n".join(describe_pickle(path)))
         return 0
-    particles = read_particles(path, poses=args.poses, ctf=args.ctf)
+    if suffix == ".star" and not (args.poses or args.ctf or args.check):
+        from ..io.star_table import read_star_table  # numpy only: no torch for a description
+
+        particles = read_star_table(path)
+    else:
+        from ..io.dataset import read_particles
+
+        particles = read_particles(path, poses=args.poses, ctf=args.ctf)
     kind = {".star": "RELION STAR", ".cs": "cryoSPARC .cs"}.get(suffix, "image stack")
     print(f"{Path(path)}: {kind}")
     print("\n".join(describe_particles(particles, args.max_stacks)))

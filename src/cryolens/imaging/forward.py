@@ -25,6 +25,7 @@ from .ctf import CTFParams, ctf_2d
 from .fft import fft2_centered, ifft2_centered
 from .project import project_real
 from .shift import phase_shift
+from .half_volume import extract_from_half_sampling_volume, half_sampling_volume
 from .slice import extract_slices, prepare_volume_ft
 
 
@@ -61,12 +62,15 @@ def render_images(volume: torch.Tensor, rotations: torch.Tensor, shifts: torch.T
                   volume_ft: torch.Tensor | None = None) -> torch.Tensor:
     """Noiseless real-space images ``(N, D, D)`` float of a real ``(D, D, D)`` volume.
 
-    projector: ``"fourier"`` (oversampled slice, ``pad``; pass a precomputed ``volume_ft`` to
-    reuse it across batches) or ``"real"`` (rotate + sum). Shifts and CTF as in
-    :func:`forward_fourier`.
+    projector: ``"fourier"`` (oversampled slice, ``pad``, through the half transform of
+    :mod:`cryolens.imaging.half_volume`; pass a precomputed ``volume_ft`` to reuse it across batches)
+    or ``"real"`` (rotate + sum). Shifts and CTF as in :func:`forward_fourier`.
     """
     d = volume.shape[-1]
-    if projector == "fourier":
+    if projector == "fourier" and volume_ft is None and pad * d % 2 == 0:  # only the kx ≥ 0 half is computed
+        f = shift_and_ctf(extract_from_half_sampling_volume(half_sampling_volume(volume, pad), rotations, d),
+                          shifts, ctf, pixel_size)
+    elif projector == "fourier":
         vft = prepare_volume_ft(volume, pad=pad) if volume_ft is None else volume_ft
         f = forward_fourier(vft, rotations, d, shifts, ctf, pixel_size)
     elif projector == "real":

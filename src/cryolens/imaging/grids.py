@@ -49,10 +49,12 @@ def shell_index_2d(d: int, device=None) -> torch.Tensor:
     return torch.round(r).long()
 
 
-def shell_index_3d(d: int, device=None) -> torch.Tensor:
-    """``(D, D, D)`` integer Fourier shell ``round(|f| * D)`` of each voxel (long)."""
-    r = coord_grid_3d(d, device, torch.float64).norm(dim=-1)
-    return torch.round(r).long()
+def shell_index_3d(d: int, device=None, dtype=torch.long) -> torch.Tensor:
+    """``(D, D, D)`` integer Fourier shell ``round(|f| * D)`` of each voxel (``dtype``: long, or int32 for a
+    grid kept in memory). Built from the three axes' squares (one float64 grid, not four)."""
+    c = (torch.arange(d, device=device, dtype=torch.float64) - d // 2) ** 2
+    r2 = c[:, None, None] + c[None, :, None]
+    return torch.round((r2 + c[None, None, :]).sqrt_()).to(dtype)
 
 
 def shell_sum(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:

@@ -12,11 +12,13 @@ zero in both directions, so :func:`insert_slices` is the exact adjoint of
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from .fft import fft3_centered, ifft3_centered
-from .grids import coord_grid_3d, freq_grid_2d
+from .grids import freq_grid_2d
 
 
 def _slice_points(rotations: torch.Tensor, size: int, padded: int,
@@ -122,9 +124,21 @@ def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, size: int |
 def hermitian_symmetrize(x: torch.Tensor, conjugate: bool = True) -> torch.Tensor:
     """``x(k) + conj(x(−k))`` on a centered ``(Dp, Dp, Dp)`` grid (index ``i`` ↔ ``Dp − i``, wrapping;
     ``conjugate=False`` for real weights: ``x(k) + x(−k)``)."""
-    dims = (-3, -2, -1)
-    mirrored = torch.roll(torch.flip(x, dims), (1, 1, 1), dims)
-    return x + (mirrored.conj() if conjugate else mirrored)
+    return _add_mirrored_(x.clone(), x, conjugate)
+
+
+def _add_mirrored_(out: torch.Tensor, x: torch.Tensor, conjugate: bool) -> torch.Tensor:
+    """``out += conj(x(−k))`` in place (``out`` may be ``x``): the mirror ``x(−k)`` at index ``i`` is the
+    flipped grid at ``i − 1`` (wrapping), added as 2 × 2 × 2 blocks so that only one flipped copy is made."""
+    f = torch.flip(x, (-3, -2, -1))
+    if conjugate:
+        f = f.conj()
+    parts = ((slice(1, None), slice(None, -1)), (slice(0, 1), slice(-1, None)))  # (to, from) along one axis
+    for dz, sz in parts:
+        for dy, sy in parts:
+            for dx, sx in parts:
+                out[..., dz, dy, dx] += f[..., sz, sy, sx]
+    return out
 
 
 def staging_grid(padded: int, channels: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -136,10 +150,15 @@ def staging_grid(padded: int, channels: int, device=None, dtype=torch.float32) -
     return torch.zeros(channels, (padded + 2) ** 3, device=device, dtype=dtype)
 
 
+# images per scatter call: about this many slice pixels, so that the per-pixel temporaries stay a few MB
+SCATTER_POINTS = 1 << 18
+
+
 def _scatter_geometry(rotations: torch.Tensor, size: int, padded: int, hermitian: bool, rdtype):
-    """Trilinear corners of the slice pixels of :func:`scatter_slices`: ``(idx (N·D·C·8,)`` flat
-    staging indices, ``w8 (N, D, C, 8)`` corner weights, ``mult (D, C)`` pixel multiplicity — 0 beyond
-    Nyquist, ½ on the self-partnered columns of a half slice — and the columns, or None)."""
+    """Trilinear footing of the slice pixels of :func:`scatter_slices`: ``flat (N·D·C,)`` staging index of each
+    pixel's lower corner, ``frac`` its ``(x, y, z)`` offsets from it (three ``(N·D·C,)``), ``mult (D, C)`` pixel
+    multiplicity — 0 beyond Nyquist, ½ on the self-partnered columns of a half slice — and the columns, or
+    None."""
     device = rotations.device
     cols = _half_columns(size, device) if hermitian else None
     pts, mask = _slice_points(rotations.to(rdtype), size, padded, cols)
@@ -151,66 +170,82 @@ def _scatter_geometry(rotations: torch.Tensor, size: int, padded: int, hermitian
     g = padded + 2
     pts = torch.where(mask[..., None], pts, torch.full_like(pts, padded // 2))  # keep masked points in range
     base = torch.floor(pts)
-    frac = pts - base
+    frac = (pts - base).reshape(-1, 3).unbind(-1)
     base = base.long()
-    flat = (base[..., 2] * g + base[..., 1]) * g + base[..., 0]
-    offsets = torch.tensor([dz * g * g + dy * g + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
-                           device=device)
-    wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)
-    wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
-    wz = torch.stack([1 - frac[..., 2], frac[..., 2]], -1)
-    w8 = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).flatten(-3)  # (N, D, C, 8)
-    idx = (flat[..., None] + offsets).reshape(-1)
-    return idx, w8, mult, cols
+    flat = ((base[..., 2] * g + base[..., 1]) * g + base[..., 0]).reshape(-1)
+    return flat, frac, mult, cols
 
 
 def _scatter_with(staging: torch.Tensor, geometry, slices: torch.Tensor, weights: torch.Tensor | None,
                   padded: int) -> None:
-    idx, w8, mult, cols = geometry
+    """Add each channel's pixel values times their 8 trilinear corner weights at the corners: one ``index_add_``
+    per corner and channel, on ``(N·D·C,)`` vectors (no ``(N·D·C·8,)`` index or dense grid per call)."""
+    flat, (fx, fy, fz), mult, cols = geometry
     rdtype = staging.dtype
     sl = slices[..., cols] if cols is not None else slices
     wt = torch.ones_like(sl.real) if weights is None else (weights[..., cols] if cols is not None else weights)
     chans = [sl.real, sl.imag, wt] if slices.is_complex() else [sl, wt]
-    g3 = (padded + 2) ** 3
-    for c, v in enumerate(chans):  # bincount: a faster scatter-add than index_add_ on CPU
-        staging[c] += torch.bincount(idx, weights=(w8 * (v.to(rdtype) * mult)[..., None]).reshape(-1), minlength=g3)
+    values = [(v.to(rdtype) * mult).reshape(-1) for v in chans]
+    g = padded + 2
+    for dz in (0, 1):
+        wz = fz if dz else 1 - fz
+        for dy in (0, 1):
+            wzy = wz * (fy if dy else 1 - fy)
+            for dx in (0, 1):
+                w = wzy * (fx if dx else 1 - fx)
+                idx = flat + (dz * g * g + dy * g + dx)
+                for c, v in enumerate(values):
+                    staging[c].index_add_(0, idx, v * w)
+
+
+def _images_per_call(size: int, hermitian: bool) -> int:
+    """How many ``(size, size)`` slices make about ``SCATTER_POINTS`` scattered pixels."""
+    return max(1, SCATTER_POINTS // (size * (size // 2 + 2 if hermitian else size)))
 
 
 def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
                    weights: torch.Tensor | None = None, hermitian: bool = False) -> None:
     """Low-level, in place: add trilinear scatters of ``slices (N, D, D)`` (and ``weights``, default 1)
     along ``rotations (N, 3, 3)`` into ``staging`` from :func:`staging_grid`. With ``hermitian`` only
-    the ``kx ≥ 0`` half is scattered; :func:`finish_staging` (``hermitian=True``) completes it."""
+    the ``kx ≥ 0`` half is scattered; :func:`finish_staging` (``hermitian=True``) completes it. Images
+    go ``SCATTER_POINTS`` slice pixels at a time (bounded temporaries)."""
     hermitian = hermitian and slices.is_complex()
-    geometry = _scatter_geometry(rotations, slices.shape[-1], padded, hermitian, staging.dtype)
-    _scatter_with(staging, geometry, slices, weights, padded)
+    size = slices.shape[-1]
+    step = _images_per_call(size, hermitian)
+    for a in range(0, slices.shape[0], step):
+        geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, staging.dtype)
+        _scatter_with(staging, geometry, slices[a:a + step], None if weights is None else weights[a:a + step],
+                      padded)
 
 
 def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tensor], rotations: torch.Tensor,
                           padded: int, weights: list[torch.Tensor | None], hermitian: bool = False) -> None:
     """:func:`scatter_slices` of several slice stacks ``(N, D, D)`` along the same ``rotations`` into
-    their own stagings (e.g. one per class), the trilinear geometry computed once."""
+    their own stagings (e.g. one per class), the trilinear geometry computed once per chunk of images."""
     hermitian = hermitian and slices[0].is_complex()
-    geometry = _scatter_geometry(rotations, slices[0].shape[-1], padded, hermitian, stagings[0].dtype)
-    for st, sl, wt in zip(stagings, slices, weights, strict=True):
-        _scatter_with(st, geometry, sl, wt, padded)
+    size = slices[0].shape[-1]
+    step = _images_per_call(size, hermitian)
+    for a in range(0, slices[0].shape[0], step):
+        geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, stagings[0].dtype)
+        for st, sl, wt in zip(stagings, slices, weights, strict=True):
+            _scatter_with(st, geometry, sl[a:a + step], None if wt is None else wt[a:a + step], padded)
 
 
 def finish_staging(staging: torch.Tensor, padded: int, is_complex: bool = True,
                    hermitian: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a :func:`staging_grid` back to ``(Dp, Dp, Dp)`` and split it into ``(data, weight)``;
-    with ``hermitian``, complete the half scatter by ``x(k) + conj x(−k)``."""
-    acc = staging.reshape(-1, padded + 2, padded + 2, padded + 2).movedim(0, -1).clone()
-    for axis in range(3):  # wrap the two extra planes onto planes 0 and 1
-        acc = acc.movedim(axis, 0)
-        acc[:2] += acc[padded:]
-        acc = acc[:padded].movedim(0, axis)
-    acc = acc.contiguous()
-    data = torch.complex(acc[..., 0], acc[..., 1]) if is_complex else acc[..., 0]
-    weight = acc[..., -1]
+    with ``hermitian``, complete the half scatter by ``x(k) + conj x(−k)``. ``staging`` is left as it is."""
+    g = padded + 2
+    acc = staging.reshape(-1, g, g, g).clone()
+    for axis in (1, 2, 3):  # wrap the two extra planes onto planes 0 and 1 (z, then y, then x)
+        acc.narrow(axis, 0, 2).add_(acc.narrow(axis, padded, 2))
+        acc = acc.narrow(axis, 0, padded)
+    data = torch.complex(acc[0], acc[1]) if is_complex else acc[0].contiguous()
+    weight = acc[-1].contiguous()
+    del acc
     if hermitian and is_complex:
-        data = hermitian_symmetrize(data)
-        weight = hermitian_symmetrize(weight, conjugate=False)
+        data = _add_mirrored_(data, data, True)  # the flip inside is a copy: in place is safe
+        weight = _add_mirrored_(weight, weight, False)
     return data, weight
 
 
@@ -233,11 +268,14 @@ def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, padded: int | N
     return finish_staging(staging, padded, slices.is_complex(), hermitian)
 
 
+@functools.lru_cache(maxsize=4)
 def gridding_kernel(size: int, padded: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """``(D, D, D)`` real-space apodisation ``sinc²(r / Dp)`` that trilinear interpolation on
-    a ``Dp³`` Fourier grid imposes on a ``D³`` volume (r in voxels from the centre)."""
-    r = coord_grid_3d(size, device=device, dtype=torch.float64).norm(dim=-1) / padded
-    return (torch.sinc(r) ** 2).to(dtype)
+    a ``Dp³`` Fourier grid imposes on a ``D³`` volume (r in voxels from the centre). Cached (the last four
+    sizes): callers must not modify it in place."""
+    c = (torch.arange(size, device=device, dtype=torch.float64) - size // 2) ** 2  # one axis, voxels² from the centre
+    r = (c[:, None, None] + c[None, :, None] + c[None, None, :]).sqrt_().div_(padded)
+    return torch.sinc(r).square_().to(dtype)
 
 
 def pad_volume(volume: torch.Tensor, padded: int) -> torch.Tensor:

@@ -8,6 +8,8 @@ off the half-map FSC). Used by known-pose back-projection and by the EM M-step.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -26,7 +28,6 @@ class FourierAccumulator:
         self.staging = staging_grid(self.padded, 3, device, dtype)
         self.count = 0
         self._done: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._shell_cache: torch.Tensor | None = None
 
     def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
             scale: torch.Tensor | None = None) -> None:
@@ -114,16 +115,12 @@ class FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded = self.size, self.padded
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
-        out._shell_cache = getattr(self, "_shell_cache", None)
         return out
 
     def _shells(self) -> torch.Tensor:
-        """``(Dp, Dp, Dp)`` output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (cached)."""
-        if getattr(self, "_shell_cache", None) is None:
-            pad = self.padded // self.size
-            grid = shell_index_3d(self.padded, device=self.staging.device).double()
-            self._shell_cache = torch.round(grid / pad).long()
-        return self._shell_cache
+        """``(Dp, Dp, Dp)`` int32 output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (one grid
+        shared by the accumulators of a size)."""
+        return output_shells(self.padded, self.padded // self.size, self.staging.device)
 
     def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -131,32 +128,38 @@ class FourierAccumulator:
         faded out over 3 voxels (as RELION's reconstruction does: the gridding correction amplifies
         noise there). ``λ = reg_per_shell[k]`` ``(D//2+1,)`` per output shell, plus, when given,
         ``inverse_reg_per_shell[k] / weight`` per voxel (RELION's weak prior where its ``τ²`` is zero,
-        see :func:`~cryolens.inference.prior.map_prior`); voxels with no weight and no ``λ`` are 0."""
+        see :func:`~cryolens.inference.prior.map_prior`); voxels with no weight and no ``λ`` and voxels beyond
+        Nyquist are 0 (their denominator is set to infinity: one grid of temporaries, not five)."""
         shells = self._shells()
         nyq = self.size // 2
         w = self.weight
-        lam = reg_per_shell.to(w.device, w.dtype)[shells.clamp_max(nyq)]
+        table = torch.full((int(shells.max()) + 1,), torch.inf, dtype=w.dtype, device=w.device)
+        table[:nyq + 1] = reg_per_shell.to(w.device, w.dtype)
+        den = table[shells]
         if inverse_reg_per_shell is not None:
-            c = inverse_reg_per_shell.to(w.device, w.dtype)[shells.clamp_max(nyq)]
-            lam = lam + torch.where(w > 0, c / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
-        den = w + lam
-        vft = torch.where(den > 0, self.data / torch.where(den > 0, den, torch.ones_like(den)),
-                          torch.zeros_like(self.data))
-        vft = torch.where(shells <= nyq, vft, torch.zeros_like(vft))
-        vol = volume_from_ft(vft, self.size)
+            table.zero_()[:nyq + 1] = inverse_reg_per_shell.to(w.device, w.dtype)
+            den += torch.where(w > 0, table[shells] / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+        den += w
+        den.masked_fill_(~(den > 0), torch.inf)
+        vol = volume_from_ft(self.data / den, self.size)
         return vol * spherical_mask(self.size, radius=self.size / 2, width=3.0, device=vol.device).to(vol.dtype)
 
     def shell_weight(self, power: int = 1) -> torch.Tensor:
         """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
         shells = self._shells().reshape(-1)
         n = self.size // 2 + 1
-        keep = shells < n
-        s = torch.zeros(n, dtype=torch.float64, device=shells.device)
-        c = torch.zeros(n, dtype=torch.float64, device=shells.device)
-        s.index_add_(0, shells[keep], self.weight.reshape(-1)[keep].double() ** power)
-        c.index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=shells.device))
+        w = self.weight.reshape(-1).double()
+        s = torch.bincount(shells, weights=w if power == 1 else w ** power, minlength=n)[:n]
+        c = torch.bincount(shells, minlength=n)[:n].double()
         return s / c.clamp_min(1)
 
+
+@functools.lru_cache(maxsize=2)
+def output_shells(padded: int, pad: int, device: torch.device) -> torch.Tensor:
+    """``(Dp, Dp, Dp)`` int32 output shell ``round(round(|k|·Dp) / pad)`` of each voxel of a ``pad``-times
+    oversampled grid (cached: every accumulator of a size shares it)."""
+    grid = shell_index_3d(padded, device=device, dtype=torch.float64)
+    return torch.round(grid.div_(pad)).to(torch.int32)
 
 def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:
     """Per-shell weight ``sqrt(2 FSC / (1 + FSC))`` (FSC clipped to ``[0, 1]``) that turns a half map into a

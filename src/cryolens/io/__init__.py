@@ -6,15 +6,25 @@ takes one; bad input raises :class:`~cryolens.errors.InputError` naming the file
 written atomically.
 """
 
-from .convert import convert, write_particles
-from .cryodrgn import (apply_pickles, read_cryodrgn, read_ctf_pickle, read_pose_pickle, write_cryodrgn_ctf,
-                       write_cryodrgn_poses)
-from .cryosparc import read_cs, write_cs
-from .dataset import ParticleDataset, iterate_batches, read_images, read_particles
-from .mrc import (MrcInfo, StackWriter, mrc_info, open_stack, read_volume, stack_info, write_stack,
-                  write_volume)
-from .particles import Particles
-from .star import read_star, write_star
+import importlib
+
+# each name's module, imported on first use: ``cryolens.io.star_table`` or ``.mrc`` alone needs no torch
+_WHERE = {
+    "convert": "convert", "write_particles": "convert", "apply_pickles": "cryodrgn", "read_cryodrgn": "cryodrgn",
+    "read_ctf_pickle": "cryodrgn", "read_pose_pickle": "cryodrgn", "write_cryodrgn_ctf": "cryodrgn",
+    "write_cryodrgn_poses": "cryodrgn", "read_cs": "cryosparc", "write_cs": "cryosparc",
+    "ParticleDataset": "dataset", "iterate_batches": "dataset", "read_images": "dataset", "read_particles": "dataset",
+    "MrcInfo": "mrc", "StackWriter": "mrc", "mrc_info": "mrc", "open_stack": "mrc", "read_volume": "mrc",
+    "stack_info": "mrc", "write_stack": "mrc", "write_volume": "mrc", "Particles": "particles",
+    "read_star": "star", "write_star": "star",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MrcInfo", "ParticleDataset", "Particles", "StackWriter", "apply_pickles", "convert", "iterate_batches",

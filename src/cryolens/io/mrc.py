@@ -13,6 +13,7 @@ import contextlib
 
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from types import TracebackType
 import mrcfile
 import mrcfile.utils
 import numpy as np
-import torch
 
 from ..errors import InputError
 from .files import atomic_path, require_file
@@ -164,7 +164,8 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 def _as_float32(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: reading needs no torch
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
 

@@ -9,16 +9,15 @@ sign); CTF parameters in RELION's units except angles, which are radians.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..imaging.ctf import CTFParams
-from .mrc import stack_info
+from .metadata import (check_stack_rows, ctf_columns, relative_or_absolute, resolve_stack_path,  # noqa: F401
+                       resolve_stacks, stack_info_for)
 
 
 @dataclass
@@ -138,33 +137,8 @@ class Particles:
     def check_stacks(self) -> Particles:
         """Open every stack's header and check its box matches and every row's image index is
         inside it; raise :class:`InputError` naming the metadata file, the row and the stack."""
-        order = np.argsort(self.image_file_index, kind="stable")  # rows grouped by stack, in row order
-        bounds = np.searchsorted(self.image_file_index[order], np.arange(len(self.image_files) + 1))
-        for f, path in enumerate(self.image_files):
-            rows = order[bounds[f]:bounds[f + 1]]
-            if rows.size == 0:
-                continue
-            try:
-                n_img, d, _ = stack_info(path)
-            except InputError as e:
-                raise InputError(f"{self.name}: row {rows[0] + 1}: {e}") from None
-            if d != self.box_size:
-                raise InputError(f"{self.name}: stack {path} has {d} px images, the metadata says {self.box_size}")
-            bad = rows[self.image_index[rows] >= n_img]
-            if bad.size:
-                r = int(bad.min())
-                raise InputError(f"{self.name}: row {r + 1} refers to image {int(self.image_index[r]) + 1} of {path}, "
-                                 f"which has only {n_img} images")
+        check_stack_rows(self.name, self.image_files, self.image_file_index, self.image_index, self.box_size)
         return self
-
-
-def stack_info_for(source: str | os.PathLike, stack: str | os.PathLike) -> tuple[int, int, float]:
-    """:func:`~cryolens.io.mrc.stack_info` of a stack named in metadata file ``source``; errors
-    name both files."""
-    try:
-        return stack_info(stack)
-    except InputError as e:
-        raise InputError(f"{source}: {e}") from None
 
 
 def _first_bad(x: torch.Tensor) -> int:
@@ -173,77 +147,11 @@ def _first_bad(x: torch.Tensor) -> int:
 
 def ctf_from_columns(defocus_u, defocus_v=None, defocus_angle_deg=None, voltage=None, cs=None,
                      amplitude_contrast=None, phase_shift_deg=None, bfactor=None, n: int | None = None) -> CTFParams:
-    """Build :class:`CTFParams` from file columns in RELION units (angles in degrees), converting
-    angles to radians. Missing optional columns: ``V = U``, angle 0, phase shift 0, B 0."""
-    du = np.asarray(defocus_u, dtype=np.float64).reshape(-1)
-    n = du.shape[0] if n is None else n
-
-    def col(v, default):
-        return np.broadcast_to(np.asarray(default if v is None else v, dtype=np.float64), (n,)).copy()
-
-    return CTFParams(
-        defocus_u=torch.as_tensor(col(du, 0.0), dtype=torch.float32),
-        defocus_v=torch.as_tensor(col(defocus_v, du), dtype=torch.float32),
-        defocus_angle=torch.as_tensor(np.deg2rad(col(defocus_angle_deg, 0.0)), dtype=torch.float32),
-        voltage=torch.as_tensor(col(voltage, 300.0), dtype=torch.float32),
-        cs=torch.as_tensor(col(cs, 2.7), dtype=torch.float32),
-        amplitude_contrast=torch.as_tensor(col(amplitude_contrast, 0.1), dtype=torch.float32),
-        phase_shift=torch.as_tensor(np.deg2rad(col(phase_shift_deg, 0.0)), dtype=torch.float32),
-        bfactor=torch.as_tensor(col(bfactor, 0.0), dtype=torch.float32),
-    )
-
-
-def relative_or_absolute(path: str | os.PathLike, start: str | os.PathLike) -> str:
-    """``path`` relative to folder ``start`` when it lies below it, else absolute."""
-    p, s = Path(path).resolve(), Path(start).resolve()
-    try:
-        return str(p.relative_to(s))
-    except ValueError:
-        return str(p)
-
-
-def resolve_stack_path(name: str, bases: list[Path], source: str, logger=None) -> Path:
-    """Find stack ``name`` (as written in metadata file ``source``): absolute as is, relative tried
-    against each folder of ``bases`` in turn. Logs which folder was used when it is not the first;
-    raises :class:`InputError` when none has it."""
-    p = Path(name)
-    if p.is_absolute():
-        if p.is_file():
-            return p
-        raise InputError(f"{source}: stack {name} not found")
-    tried = []
-    for i, base in enumerate(bases):
-        cand = base / p
-        tried.append(str(base))
-        if cand.is_file():
-            if logger is not None:
-                if i > 0:
-                    logger.warning("%s: stack %s is not beside the metadata file; using %s", source, name, cand)
-                else:
-                    others = [b / p for b in bases[1:] if (b / p).is_file() and not (b / p).samefile(cand)]
-                    if others:
-                        logger.warning("%s: stack %s exists both at %s and %s; using the first (beside the "
-                                       "metadata file)", source, name, cand, others[0])
-            return cand.resolve()
-    raise InputError(f"{source}: stack {name} not found (looked in {', '.join(dict.fromkeys(tried))})")
-
-
-def resolve_stacks(names, bases: list[Path], source: str, logger=None) -> tuple[list[str], np.ndarray]:
-    """Resolve the stack name of every row (``(N,)`` strings) against ``bases`` in order.
-
-    Returns ``(image_files, file_index)``: the unique stacks as absolute paths and each row's index
-    into them. A missing stack raises :class:`InputError` naming ``source`` and the first row
-    (1-based) that refers to it.
-    """
-    unique, file_index = np.unique(np.asarray(names, dtype=object), return_inverse=True)
-    image_files = []
-    for k, name in enumerate(unique):
-        try:
-            image_files.append(str(resolve_stack_path(str(name), bases, source, logger)))
-        except InputError as e:
-            row = int(np.nonzero(file_index == k)[0][0])
-            raise InputError(f"{e} (row {row + 1})") from None
-    return image_files, file_index
+    """Build :class:`CTFParams` (float32) from file columns in RELION units (angles in degrees), by
+    :func:`~cryolens.io.metadata.ctf_columns` (angles to radians, defaults for missing columns)."""
+    arrays = ctf_columns(defocus_u, defocus_v, defocus_angle_deg, voltage, cs, amplitude_contrast, phase_shift_deg,
+                         bfactor, n)
+    return CTFParams(**{k: torch.as_tensor(v, dtype=torch.float32) for k, v in arrays.items()})
 
 
 def half_set_labels(particles: Particles, seed: int = 0) -> np.ndarray:

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .config import OptionSpec, RecipeConfig, as_dict, build_config, option_specs
+
+if TYPE_CHECKING:  # annotations only: listing the recipes imports no torch
+    import numpy as np
+    import torch
 
 HETEROGENEITY = ("homogeneous", "discrete", "continuous")
 
@@ -88,27 +90,62 @@ class Recipe:
     subclass ``config`` with per-recipe ``defaults`` overriding the class's), what it ``needs`` to be
     known (a subset of ``{"poses", "ctf"}``), the heterogeneity it models, and the paper it follows.
 
-    After construction ``defaults`` holds every option's effective default (class default, then the
-    recipe's override), so ``build_config(config_class, name, defaults, overrides)`` is the recipe's
-    config. A recipe that declares no config class has the base options only (``seed``).
+    ``defaults`` holds every option's effective default (class default, then the recipe's override), so
+    ``build_config(config_class, name, defaults, overrides)`` is the recipe's config. A recipe that declares
+    no config class has the base options only (``seed``). ``fit`` and ``config`` may be given as
+    ``"module:attribute"`` (``".backprojection:fit"``: a module of this package); the module is then imported
+    when the recipe is first used (its fit, config or options), so that registering the built-in recipes
+    imports none of them.
     """
 
-    def __init__(self, name: str, fit: FitFn, summary: str, config: type[RecipeConfig] | None = None,
+    def __init__(self, name: str, fit: FitFn | str, summary: str, config: type[RecipeConfig] | str | None = None,
                  defaults: dict | None = None, needs: frozenset[str] = frozenset(),
                  heterogeneity: str = "homogeneous", learned: bool = False, reference: str = ""):
-        self.name, self.fit, self.summary = name, fit, summary
+        self.name, self.summary = name, summary
         self.needs, self.heterogeneity = frozenset(needs), heterogeneity
         self.learned, self.reference = learned, reference
-        self.config_class = config or RecipeConfig
         if heterogeneity not in HETEROGENEITY:
             raise ValueError(f"recipe {name}: heterogeneity must be one of {HETEROGENEITY}")
         unknown = set(self.needs) - {"poses", "ctf"}
         if unknown:
             raise ValueError(f"recipe {name}: unknown needs {sorted(unknown)}")
-        self.defaults = as_dict(build_config(self.config_class, name, defaults))
+        self._fit, self._config, self._overrides = fit, config or RecipeConfig, defaults
+        self._defaults: dict | None = None
+        if not isinstance(fit, str) and not isinstance(self._config, str):
+            self._resolve()  # given as objects: checked now (a lazy recipe is checked on first use)
+
+    def _resolve(self) -> None:
+        """Import what was named as ``"module:attribute"`` (on first use: listing the registry imports no
+        recipe module) and compute the effective defaults."""
+        if self._defaults is not None:
+            return
+        if isinstance(self._fit, str):
+            self._fit = _named(self._fit)
+        if isinstance(self._config, str):
+            self._config = _named(self._config)
+        self._defaults = as_dict(build_config(self._config, self.name, self._overrides))
+
+    @property
+    def fit(self) -> FitFn:
+        """``fit(particles, known, run, config, device, progress) -> MethodOutputs`` (imported on first use)."""
+        self._resolve()
+        return self._fit
+
+    @property
+    def config_class(self) -> type[RecipeConfig]:
+        """The recipe's :class:`~cryolens.methods.config.RecipeConfig` subclass (imported on first use)."""
+        self._resolve()
+        return self._config
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every option's effective default: the class's, then the recipe's override."""
+        self._resolve()
+        return self._defaults
 
     def __repr__(self) -> str:
-        return f"Recipe(name={self.name!r}, config={self.config_class.__name__}, heterogeneity={self.heterogeneity!r})"
+        config = self._config if isinstance(self._config, str) else self._config.__name__
+        return f"Recipe(name={self.name!r}, config={config}, heterogeneity={self.heterogeneity!r})"
 
     def accepts(self, known: Known) -> bool:
         """True when every variable this recipe needs is known."""
@@ -129,6 +166,12 @@ class Recipe:
 
 
 _REGISTRY: dict[str, Recipe] = {}
+
+
+def _named(spec: str) -> Any:
+    """The object ``"module:attribute"`` names, importing the module (``".name"``: in this package)."""
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module, __package__), attribute)
 
 
 def register(recipe: Recipe, replace: bool = False) -> Recipe:

@@ -103,8 +103,10 @@ def _rank(root: Path, out: Path, rank: int, port: str, timeout: str) -> subproce
 
 def test_a_killed_rank_gives_rank_zero_one_line_and_a_nonzero_exit(data, tmp_path):
     """Two ranks started by hand; rank 1 gets SIGKILL after the first iteration: rank 0 stops at its next
-    collective with exit 3 and one line naming itself and the failed all-reduce (no traceback), well
-    before the 60 s timeout."""
+    collective with exit 3 and one line naming itself and the failed collective (no traceback), well
+    before the 60 s timeout. Which collective rank 0 is in when rank 1 dies depends on timing: the
+    all-reduce of the next iteration's statistics, or the barrier after the checkpoint (its file appears
+    just before it), so either name is right."""
     port = _free_port()
     procs = [_rank(data, tmp_path / "run", r, port, "60") for r in (0, 1)]
     try:
@@ -118,7 +120,8 @@ def test_a_killed_rank_gives_rank_zero_one_line_and_a_nonzero_exit(data, tmp_pat
     assert time.time() - t0 < 50
     assert procs[0].returncode == 3
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "rank 0 of 2" in lines[0] and "all-reduce failed" in lines[0], err
+    assert len(lines) == 1 and "rank 0 of 2" in lines[0], err
+    assert "all-reduce failed" in lines[0] or "a barrier failed" in lines[0], err
     assert "Traceback" not in err
 
 

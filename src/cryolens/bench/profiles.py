@@ -23,6 +23,7 @@ The estimates are scalings of measurements, not measurements:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -107,13 +108,11 @@ def estimate(task: Task, method: str, budget_s: float, reference_config: dict | 
 
 def available_memory_mb() -> float:
     """Memory this machine can give now, MB: ``MemAvailable`` of ``/proc/meminfo``, else the physical memory."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) / 1024
-    except OSError:
-        pass
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():  # Linux; elsewhere the physical memory is the bound
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) / 1024
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 

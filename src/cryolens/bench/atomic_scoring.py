@@ -19,29 +19,15 @@ import numpy as np
 import torch
 
 from ..io.atomic import Atoms, read_atoms
-from ..metrics.atomic import backbone_ca, rmsd_superposed
-
-
-def ca_by_residue(atoms: Atoms) -> dict[tuple[str, int], np.ndarray]:
-    """``{(chain, residue number): (3,) Cα coordinates (Å)}`` of the protein residues of ``atoms``
-    (when alternate locations repeat a Cα, the first in altloc order: none, then ``A``, ...)."""
-    ca = backbone_ca(atoms)
-    order = np.argsort(np.asarray(ca.altlocs, dtype=str), kind="stable")
-    out: dict[tuple[str, int], np.ndarray] = {}
-    for i in order:
-        out.setdefault((str(ca.chain_ids[i]), int(ca.residue_numbers[i])), ca.coords[i])
-    return out
+from ..metrics.atomic import ca_by_residue, paired_ca, rmsd_superposed
 
 
 def paired_ca_rmsd(model: Atoms | dict, truth: Atoms | dict, min_pairs: int = 3) -> float:
     """Cα RMSD (Å) after superposition over the residues both models have (paired by chain and
-    residue number); NaN when fewer than ``min_pairs`` residues are shared."""
-    a = model if isinstance(model, dict) else ca_by_residue(model)
-    b = truth if isinstance(truth, dict) else ca_by_residue(truth)
-    keys = sorted(a.keys() & b.keys())
-    if len(keys) < min_pairs:
-        return float("nan")
-    return rmsd_superposed(np.stack([a[k] for k in keys]), np.stack([b[k] for k in keys]))
+    residue number, :func:`cryolens.metrics.atomic.paired_ca`); NaN when fewer than ``min_pairs``
+    residues are shared."""
+    x, y = paired_ca(model, truth)
+    return rmsd_superposed(x, y) if len(x) >= min_pairs else float("nan")
 
 
 def per_image_ca_rmsd(decode_models: Callable[[torch.Tensor], list], latents: np.ndarray,

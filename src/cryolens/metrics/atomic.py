@@ -81,3 +81,26 @@ def backbone_ca(atoms: Atoms) -> Atoms:
     mask = (np.asarray(atoms.atom_names) == "CA") & ~np.asarray(atoms.het if atoms.het is not None
                                                                  else np.zeros(len(atoms), bool))
     return atoms.subset(mask)
+
+
+def ca_by_residue(atoms: Atoms) -> dict[tuple[str, int], np.ndarray]:
+    """``{(chain, author residue number): (3,) Cα coordinates (Å)}`` of the protein residues of ``atoms``;
+    where alternate locations repeat a Cα, the first in altloc order (none, then ``A``, ...)."""
+    ca = backbone_ca(atoms)
+    order = np.argsort(np.asarray(ca.altlocs, dtype=str), kind="stable")
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for i in order:
+        out.setdefault((str(ca.chain_ids[i]), int(ca.residue_numbers[i])), ca.coords[i])
+    return out
+
+
+def paired_ca(a: Atoms | dict, b: Atoms | dict) -> tuple[np.ndarray, np.ndarray]:
+    """Cα coordinates ``(m, 3)`` of the residues two models share, paired by (chain, residue number), in
+    key order — models need not list the same atoms in the same order. ``a``/``b`` may be models or
+    :func:`ca_by_residue` dictionaries (to pair one model with many without re-indexing it)."""
+    da = a if isinstance(a, dict) else ca_by_residue(a)
+    db = b if isinstance(b, dict) else ca_by_residue(b)
+    keys = sorted(da.keys() & db.keys())
+    if not keys:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.stack([da[k] for k in keys]), np.stack([db[k] for k in keys])

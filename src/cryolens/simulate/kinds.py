@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InputError
 from ..io.atomic import Atoms, read_atoms
-from ..metrics.atomic import backbone_ca, kabsch
+from ..metrics.atomic import backbone_ca, kabsch, paired_ca
 from .motion import Hinge, select_atoms
 
 GENERATORS = ("swing", "assembly", "mixture", "anm")
@@ -77,14 +77,10 @@ def _read(name: str) -> Atoms:
 def _paired_ca(a: Atoms, b: Atoms, selection: str) -> tuple[np.ndarray, np.ndarray]:
     """Cα coordinates ``(m, 3)`` of ``selection`` in ``a`` and ``b``, paired by chain and residue number."""
     ca, cb = backbone_ca(a), backbone_ca(b)
-    ca, cb = ca.subset(select_atoms(ca, selection)), cb.subset(select_atoms(cb, selection))
-    kb = {(c, int(r)): k for k, (c, r) in enumerate(zip(cb.chain_ids, cb.residue_numbers))}
-    pairs = [(i, kb[(c, int(r))]) for i, (c, r) in enumerate(zip(ca.chain_ids, ca.residue_numbers))
-             if (c, int(r)) in kb]
-    if len(pairs) < 3:
+    x, y = paired_ca(ca.subset(select_atoms(ca, selection)), cb.subset(select_atoms(cb, selection)))
+    if len(x) < 3:
         raise InputError(f"selection {selection!r}: fewer than 3 Cα atoms in common between the two models")
-    i, j = np.array(pairs).T
-    return ca.coords[i], cb.coords[j]
+    return x, y
 
 
 def screw_axis(rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -130,8 +130,9 @@ def check_memory(estimates: list[RunEstimate], available_mb: float, profile: str
         raise InputError(f"{need}, over the budget of {budget_mb / 1024:.1f} GB per run (raise --memory-mb)")
 
 
-def dry_run_table(tasks: list[Task], estimates: list[RunEstimate]) -> str:
-    """The dry run's text: one line per task (sizes), one per run (estimate), and the total."""
+def dry_run_table(tasks: list[Task], estimates: list[RunEstimate], jobs: int = 1) -> str:
+    """The dry run's text: one line per task (sizes), one per run (estimate), and the total; with ``jobs``
+    runs at a time, also the wall time of the whole suite, the runs started in order on the first free slot."""
     lines = []
     for t in tasks:
         ds = t.dataset
@@ -149,4 +150,18 @@ def dry_run_table(tasks: list[Task], estimates: list[RunEstimate]) -> str:
                  f"{sum(e.measured for e in estimates)} runs scaled from measurements, ~{measured / 60:.0f} min, "
                  f"{sum(e.over_budget for e in estimates)} of them over the budget; the rest counted at their "
                  f"budget); largest run ~{max((e.memory_mb for e in estimates), default=0) / 1024:.1f} GB")
+    if jobs > 1 and estimates:
+        wall = suite_wall_s([e.time_s for e in estimates], jobs)
+        lines.append(f"{jobs} runs at a time, in the runner's order: ~{wall / 60:.0f} min "
+                     f"for the suite, memory up to ~{jobs * max(e.memory_mb for e in estimates) / 1024:.1f} GB")
     return "\n".join(lines)
+
+
+def suite_wall_s(times_s: list[float], jobs: int) -> float:
+    """Wall time of runs of ``times_s`` seconds on ``jobs`` slots, each run started, in the given order,
+    on the first slot to come free (the runner's order)."""
+    slots = [0.0] * max(1, int(jobs))
+    for t in times_s:
+        i = min(range(len(slots)), key=slots.__getitem__)
+        slots[i] += t
+    return max(slots)

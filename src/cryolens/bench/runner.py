@@ -36,9 +36,11 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -359,16 +361,30 @@ def _preload() -> None:
 def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathLike, budget_s: float = 600,
               memory_mb: float = 6000, cache_dir: str | os.PathLike | None = None, device: str | None = None,
               threads: int = 1, overrides: dict | None = None, rerun: bool = False, halves: bool = True,
-              on_row: Callable[[dict], None] | None = None, snapshot_times_s: tuple = SNAPSHOT_TIMES_S) -> list[dict]:
+              on_row: Callable[[dict], None] | None = None, snapshot_times_s: tuple = SNAPSHOT_TIMES_S,
+              jobs: int = 1) -> list[dict]:
     """Run every compatible method × task (module docstring); returns all result rows (also in
     ``out/results.json``). ``overrides``: ``{method: {option: value}}``, ``"*"`` for every recipe
-    that has the option. ``snapshot_times_s``: when learned runs keep checkpoints to score against time."""
+    that has the option. ``snapshot_times_s``: when learned runs keep checkpoints to score against time.
+    ``jobs``: runs at a time, each its own supervised process of ``threads`` threads (every task's dataset
+    is made before the first run starts). Rows are in the order the runs finish."""
     check_method_config(tasks, methods)
     _preload()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    lock = threading.Lock()
     t_suite = time.time()
+
+    def record(row: dict) -> None:
+        with lock:
+            rows.append(row)
+            if on_row and not row.get("resumed"):
+                on_row(row)
+            atomic_write_text(out / "results.json", json.dumps(_json(
+                {"rows": rows, "suite_wall_s": time.time() - t_suite}), indent=2) + "\n")
+
+    todo = []
     # tasks with known poses first: they are the cheap ones, so a suite cut short still has them
     for task in sorted(tasks, key=lambda t: not t.known.poses):
         pairs = [m for m in methods.values() if compatible(m.recipe, task)]
@@ -378,21 +394,32 @@ def run_suite(tasks: list[Task], methods: dict[str, Method], out: str | os.PathL
         for method in pairs:
             run_dir = out / "runs" / task.name / method.name
             config = _config_for(method, task, dataset_dir, overrides or {})
-            prev = run_dir / "result.json"
-            if not rerun and prev.is_file():
-                old = json.loads(prev.read_text())
-                if old.get("status") == "ok" and old.get("task_hash") == task.dataset_hash() and \
-                        old.get("config") == config_json(config):
-                    old["resumed"] = True
-                    rows.append(old)
-                    continue
-            row = run_one(method, task, dataset_dir, run_dir, config, budget_s, memory_mb, device, threads, halves,
-                          snapshot_times_s)
-            rows.append(row)
-            if on_row:
-                on_row(row)
-            atomic_write_text(out / "results.json", json.dumps(_json(
-                {"rows": rows, "suite_wall_s": time.time() - t_suite}), indent=2) + "\n")
+            old = None if rerun else _finished(run_dir, task, config)
+            if old is not None:
+                record(old)
+            else:
+                todo.append((method, task, dataset_dir, run_dir, config, budget_s, memory_mb, device, threads,
+                             halves, snapshot_times_s))
+    if jobs <= 1:
+        for args in todo:
+            record(run_one(*args))
+    else:  # every dataset exists before the first fork: the forking threads never race the generator
+        with ThreadPoolExecutor(max_workers=int(jobs), thread_name_prefix="bench-run") as pool:
+            for fut in [pool.submit(lambda a=a: record(run_one(*a))) for a in todo]:
+                fut.result()
     atomic_write_text(out / "results.json", json.dumps(_json({"rows": rows, "suite_wall_s": time.time() - t_suite}),
                                                        indent=2) + "\n")
     return rows
+
+
+def _finished(run_dir: Path, task: Task, config) -> dict | None:
+    """The row of a run already finished (status ``ok``) for the same task spec and config, else None."""
+    prev = run_dir / "result.json"
+    if not prev.is_file():
+        return None
+    old = json.loads(prev.read_text())
+    if old.get("status") == "ok" and old.get("task_hash") == task.dataset_hash() and \
+            old.get("config") == config_json(config):
+        old["resumed"] = True
+        return old
+    return None

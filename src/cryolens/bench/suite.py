@@ -208,7 +208,9 @@ def apply_profile(doc: dict, profile: str, where: str) -> tuple[dict, dict]:
     merged over the file's own, plus ``dataset`` (merged over every task's dataset spec, after the task's
     own values) and ``pixel_size_factor`` (every task's pixel size times it: with ``box`` doubled and
     0.5, the same physical box at twice the sampling), ``budget_s`` and ``memory_mb`` (the wall-time and
-    memory budgets per run it is sized for). ``default`` with no entry is the file as written."""
+    memory budgets per run it is sized for), ``jobs`` (runs at a time), ``halves`` (whether continuous
+    methods are also fitted on two halves of the data) and ``score_times`` (seconds of the score against
+    time): the CLI's defaults under that profile. ``default`` with no entry is the file as written."""
     profiles = doc.get("profiles") or {}
     if profile not in profiles and not (profile == "default" and profiles):
         have = ", ".join(profiles) or "none"
@@ -225,9 +227,12 @@ def _profile_tasks(tasks: list[Task], prof: dict, where: str) -> list[Task]:
     """``tasks`` with the profile's per-task ``dataset`` overrides and ``pixel_size_factor`` applied."""
     factor = float(prof.get("pixel_size_factor", 1.0))
     for t in tasks:
-        for key in ("budget_s", "memory_mb"):  # the profile's run budgets (the CLI's defaults)
+        for key in ("budget_s", "memory_mb", "jobs"):  # the profile's run budgets (the CLI's defaults)
             if prof.get(key):
                 t.options[key] = float(prof[key])
+        for key in ("halves", "score_times"):
+            if key in prof:
+                t.options[key] = prof[key]
         t.dataset = _merge(t.dataset, prof.get("dataset") or {})
         t.dataset["pixel_size"] = float(t.dataset["pixel_size"]) * factor
         _check_spec(t.dataset, f"{where}: task {t.name}")

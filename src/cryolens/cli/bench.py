@@ -51,11 +51,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="override a recipe option (METHOD may be * for every recipe having it); repeatable")
     q.add_argument("--rerun", action="store_true", help="rerun runs already finished in --out")
+    q.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time, each in its own process of --threads threads (default: the profile's, "
+                        "else 1)")
     q.add_argument("--no-halves", action="store_true",
-                   help="skip the two half-data fits that measure conformational resolution")
-    q.add_argument("--score-times", default="60,300,1200", metavar="S,S,...",
+                   help="skip the two half-data fits that measure conformational resolution (a profile may "
+                        "skip them by default: halves: false)")
+    q.add_argument("--score-times", default=None, metavar="S,S,...",
                    help="wall-clock seconds of a learned run's fit at which a checkpoint is kept and scored "
-                        "afterwards, for the score against time (default 60,300,1200; empty: none)")
+                        "afterwards, for the score against time (default: the profile's, else 60,300,1200; "
+                        "empty: none)")
     q.add_argument("--markdown", default=None, help="also write the leaderboard Markdown here")
     q = sub.add_parser("report", help="(re)write the leaderboard of a run folder")
     q.add_argument("run_dir")
@@ -137,16 +142,32 @@ def _command_line(args) -> str:
         parts += ["--scale", f"{args.scale:g}"]
     if args.threads != 1:
         parts += ["--threads", str(args.threads)]
+    if args.jobs != 1:
+        parts += ["--jobs", str(args.jobs)]
     for item in args.set:
         parts += ["--set", item]
     parts += [f for f, on in (("--rerun", args.rerun), ("--no-halves", args.no_halves)) if on]
-    if getattr(args, "score_times", "60,300,1200") != "60,300,1200":
+    if args.score_times != "60,300,1200":
         parts += ["--score-times", args.score_times]
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _profile_defaults(args, tasks) -> None:
+    """Fill the options the user left out from the tasks' profile (budgets, jobs, halves, score times),
+    else the defaults."""
+    for key, fallback in (("budget_s", 600.0), ("memory_mb", 6000.0), ("jobs", 1)):
+        if getattr(args, key) is None:
+            value = max([float(t.options.get(key, 0)) for t in tasks] + [0.0]) or fallback
+            setattr(args, key, int(value) if key == "jobs" else value)
+    if any(t.options.get("halves") is False for t in tasks):
+        args.no_halves = True
+    if args.score_times is None:
+        given = next((t.options["score_times"] for t in tasks if "score_times" in t.options), (60, 300, 1200))
+        args.score_times = ",".join(f"{float(x):g}" for x in given)
 
 
 def _check_profile(args, tasks, methods) -> None:
@@ -160,7 +181,7 @@ def _check_profile(args, tasks, methods) -> None:
     est = [estimate(t, n, args.budget_s, reference)
            for t in tasks for n, m in methods.items() if compatible(m.recipe, t)]
     if args.dry_run:
-        print(dry_run_table(tasks, est))
+        print(dry_run_table(tasks, est, args.jobs))
     available = available_memory_mb()
     check_memory(est, available, args.profile or args.tasks, args.memory_mb)
     if args.dry_run:
@@ -193,9 +214,7 @@ def main(args: argparse.Namespace) -> int:
 
         tasks = _tasks(args)
         methods = _methods(args.methods)
-        for key, fallback in (("budget_s", 600.0), ("memory_mb", 6000.0)):  # the profile's, else the defaults
-            if getattr(args, key) is None:
-                setattr(args, key, max([float(t.options.get(key, 0)) for t in tasks] + [0.0]) or fallback)
+        _profile_defaults(args, tasks)
         if args.dry_run or args.profile:
             _check_profile(args, tasks, methods)
             if args.dry_run:
@@ -214,7 +233,8 @@ def main(args: argparse.Namespace) -> int:
 
         run_suite(tasks, methods, args.out, budget_s=args.budget_s, memory_mb=args.memory_mb, cache_dir=args.cache,
                   device=args.device, threads=args.threads, overrides=_overrides(args.set), rerun=args.rerun,
-                  halves=not args.no_halves, on_row=show, snapshot_times_s=tuple(_floats(args.score_times)))
+                  halves=not args.no_halves, on_row=show, snapshot_times_s=tuple(_floats(args.score_times)),
+                  jobs=args.jobs)
         import json
         from pathlib import Path
 

@@ -43,6 +43,7 @@ from .distributed import all_reduce_sum, gather_rows
 from .em import batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
 from .likelihood import SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_normaliser, used_pixels
+from .memory import em_sizes
 from .mstep import NoiseStats, class_sums, insert_aggregates
 from .prior import map_prior
 from .reconstruct import FourierAccumulator
@@ -239,9 +240,9 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        rotations: torch.Tensor, shifts: torch.Tensor, class_prior: torch.Tensor | None = None, *,
                        tau2: torch.Tensor | None = None, tau2_fudge: float = 4.0,
                        ctf: CTFParams | torch.Tensor | None = None, pixel_size: float | None = None,
-                       k_max: int | None = None, pad: int = 2, batch_size: int = 64, device=None,
+                       k_max: int | None = None, pad: int = 2, batch_size: int | None = None, device=None,
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
-                       modal: bool = False, pair_chunk: int = 2048, rotation_chunk: int | None = None,
+                       modal: bool = False, pair_chunk: int | None = None, rotation_chunk: int | None = None,
                        work_size: int | None = None, cache_bytes: int = 1 << 30, minres_map: int = 0,
                        progress=None) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
@@ -259,7 +260,10 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     frequency above ``d/2`` and σ² is updated up to shell ``d/2`` (default ``D``: no cropping).
     cache_bytes: when the slice values of all classes × rotations inside ``k_max`` fit, they are
     rendered once (:func:`~cryolens.inference.estep.slice_values`) instead of once per batch. progress: an
-    optional tqdm bar. minres_map: shells below it get no prior (RELION's ``--minres_map``).
+    optional tqdm bar. minres_map: shells below it get no prior (RELION's ``--minres_map``). batch_size,
+    pair_chunk, rotation_chunk: images per batch, pairs per insertion chunk, rotations per scoring chunk —
+    ``None`` (default): from the device's free memory (:mod:`~cryolens.inference.memory`; on the CPU at
+    most 64, 2048 and :func:`~cryolens.inference.estep.default_rotation_chunk`, the values used before).
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
@@ -272,6 +276,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     itemsize = 16 if dt == torch.float64 else 8
     scorers = ([slice_values(sl, rot, w.size, w.k_max) for sl in w.slicers]
                if len(w.slicers) * rot.shape[0] * n_pix * itemsize <= cache_bytes else w.slicers)
+    n_poses = len(w.accs) * rot.shape[0] * sh.shape[-2]
+    batch_size, pair_chunk = em_sizes(dev, w.size, n_poses, dt, batch_size, pair_chunk)
     opts = {"modal": modal, "mass": mass, "max_significant": max_significant, "weight_floor": weight_floor,
             "rotation_chunk": rotation_chunk, "pair_chunk": pair_chunk}
     for idx, images, c_b in batches(data, ctf, batch_size, sharded=True):
@@ -316,7 +322,8 @@ def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weigh
 def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma2: torch.Tensor,
                                    class_prior: torch.Tensor | None = None, *, tau2: torch.Tensor | None = None,
                                    tau2_fudge: float = 4.0, k_max: int | None = None, pad: int = 2,
-                                   batch_size: int = 64, device=None, modal: bool = False, minres_map: int = 0,
+                                   batch_size: int | None = None, device=None, modal: bool = False,
+                                   minres_map: int = 0,
                                    work_size: int | None = None, weight_floor: float = 1e-6,
                                    progress=None) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
@@ -326,7 +333,9 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     ``k`` only where ``P(k | Y_i) ≥ weight_floor · max_k P(k | Y_i)`` (renormalised over the kept
     classes). E-step: ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)`` with ``ℓ_ik``
     :func:`~cryolens.inference.likelihood.gaussian_log_likelihood` at the image's pose (shift undone),
-    shells ``≤ k_max``. Returns a :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
+    shells ``≤ k_max``. batch_size ``None``: from the free memory, each image's ``K`` predicted slices
+    counted as ``2·K·d²`` poses of :func:`~cryolens.inference.memory.image_bytes`. Returns a
+    :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
     own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability.
     """
     if data.rotations is None:
@@ -335,6 +344,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
     w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
+    batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, dt, batch_size, None)[0]
     for idx, images, c_b in batches(data, None, batch_size, sharded=True):
         _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
         if progress is not None:

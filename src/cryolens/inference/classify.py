@@ -211,8 +211,9 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
             save_checkpoint(ckpt, st.to_dict())
         if on_iteration is not None and is_main():
             on_iteration(st.iteration, res)
-        barrier()
+        # no barrier: the checkpoint is written atomically and the next all-reduce joins the ranks
     bar.close()
+    barrier()  # rank 0's last writes are done before any rank returns
     last = st.last
     return ClassifyResult(volumes=st.volumes.float().cpu(), class_prior=torch.as_tensor(st.class_prior).double(),
                           labels=st.labels.numpy().astype(np.int64),

@@ -63,7 +63,7 @@ class Class3DConfig(RecipeConfig):
     max_significant: int = option(200, "at most this many (class, pose) pairs per image")
     modal: bool = option(False, "hard assignment of the best (class, pose) (classification EM)")
     pad: int = option(2, "oversampling of the projector and the accumulator")
-    batch_size: int = option(64, "images per E-step batch")
+    batch_size: int | None = option(None, "images per E-step batch; none: from the free memory (≤ 64 on a CPU)")
     init_map: str | None = option(None, "start map (.mrc), or K maps in one file; none: ab initio first")
     abinit_iterations: int = option(150, "ab initio iterations when no start map is given")
     work_margin: int = option(4, "shells above k_max kept in the working box, px")

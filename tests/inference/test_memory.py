@@ -2,7 +2,6 @@
 count, a short memory giving small batches (never below 1), the user's value winning, the GPU branch
 uncapped, and the automatic choice giving the map of the same fixed batch (bit for bit) — on every device."""
 
-import pytest
 import torch
 
 from cryolens.imaging.forward import render_images

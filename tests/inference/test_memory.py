@@ -19,8 +19,10 @@ D = 16
 def test_working_set_models_match_a_hand_count():
     """Bytes per image, rotation and pair as the module docstring counts them, done by hand; and the
     largest count that fits a quarter of the free memory."""
-    # image: 8 reals per pixel (16² = 256) + 3 per pose, 4-byte reals: 4 · (2048 + 300)
-    assert M.image_bytes(16, 100, 4) == 9392
+    # image: 8 + 4 reals per pixel (16² = 256) and shift + 3 per pose, 4-byte reals: 4 · (12·256 + 300);
+    # with 9 shifts: 4 · ((8 + 36)·256 + 300)
+    assert M.image_bytes(16, 100, 4) == 13488
+    assert M.image_bytes(16, 100, 4, n_shifts=9) == 4 * (44 * 256 + 300)
     # rotation of a chunk of 10 images × 9 shifts: 4 per pixel + 3 per (image, shift), 8-byte reals
     assert M.rotation_bytes(16, 10, 9, 8) == 8 * (1024 + 270)
     assert M.pair_bytes(16, 4) == 6144  # 6 reals per pixel
@@ -51,7 +53,7 @@ def test_short_memory_gives_a_small_batch_never_below_one(monkeypatch):
 def test_the_users_value_wins(monkeypatch):
     monkeypatch.setattr(M, "free_memory_bytes", lambda device=None: 100)
     assert M.batch_size_for("cpu", D, 500, given=7) == 7
-    assert M.em_sizes("cpu", D, 500, torch.float32, batch_size=5, pair_chunk=9) == (5, 9)
+    assert M.em_sizes("cpu", D, 500, 9, torch.float32, batch_size=5, pair_chunk=9) == (5, 9)
     assert M.rotation_chunk_for("cpu", D, 64, 9, cap=300, given=33) == 33
 
 
@@ -79,7 +81,7 @@ def test_automatic_batch_gives_the_map_of_that_fixed_batch(monkeypatch, device):
 
     if device.type == "cpu":
         assert torch.equal(run().volume, run(batch_size=64, pair_chunk=2048).volume)
-    per = M.image_bytes(D, rots.shape[0] * shifts.shape[0])
+    per = M.image_bytes(D, rots.shape[0] * shifts.shape[0], n_shifts=shifts.shape[0])
     monkeypatch.setattr(M, "free_memory_bytes", lambda device=None: int(4 * 10.5 * per))
     auto, ten = run(pair_chunk=2048), run(batch_size=10, pair_chunk=2048)
     assert torch.equal(auto.volume, ten.volume)

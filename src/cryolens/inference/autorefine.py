@@ -131,8 +131,8 @@ def _reference_map(volume: torch.Tensor, cfg: RefineConfig, size: int, pixel_siz
 def _batch_size(cfg: RefineConfig, stage: Stage, dev, n: int) -> int:
     """Images per E-step batch: ``cfg.batch_size``, or :func:`~cryolens.inference.memory.batch_size_for` a
     global pass of ``stage`` (its grid × the shift grid) on ``dev`` (at most 64 on the CPU)."""
-    side = 2 * math.floor(stage.offset_range / stage.offset_step + 1e-9) + 1
-    return batch_size_for(dev, stage.size, grid_size(stage.order) * side * side, given=cfg.batch_size, n_images=n)
+    t = (2 * math.floor(stage.offset_range / stage.offset_step + 1e-9) + 1) ** 2  # shifts of the square grid
+    return batch_size_for(dev, stage.size, grid_size(stage.order) * t, given=cfg.batch_size, n_images=n, n_shifts=t)
 
 
 def _diameter(cfg: RefineConfig, size: int, pixel_size: float) -> float:
@@ -374,7 +374,7 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
     state = _resumed_state(run, cfg) if resume else _initial_state(particles, initial_volume, cfg, dev)
     pending = None  # the previous iteration's per-rank timing, being joined (rank_timing)
     while not state.converged and state.iteration < cfg.max_iterations:
-        timer = RankTimer()
+        timer = RankTimer(dev)
         state = _iteration(particles, state, cfg, dev, progress, timer)
         state.elapsed_s = state.elapsed_s + timer.seconds()[-1].item()
         state.history[-1]["elapsed_s"] = state.elapsed_s

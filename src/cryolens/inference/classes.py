@@ -277,7 +277,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     scorers = ([slice_values(sl, rot, w.size, w.k_max) for sl in w.slicers]
                if len(w.slicers) * rot.shape[0] * n_pix * itemsize <= cache_bytes else w.slicers)
     n_poses = len(w.accs) * rot.shape[0] * sh.shape[-2]
-    batch_size, pair_chunk = em_sizes(dev, w.size, n_poses, dt, batch_size, pair_chunk)
+    batch_size, pair_chunk = em_sizes(dev, w.size, n_poses, sh.shape[-2], dt, batch_size, pair_chunk)
     opts = {"modal": modal, "mass": mass, "max_significant": max_significant, "weight_floor": weight_floor,
             "rotation_chunk": rotation_chunk, "pair_chunk": pair_chunk}
     for idx, images, c_b in batches(data, ctf, batch_size, sharded=True):
@@ -344,7 +344,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
     w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
-    batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, dt, batch_size, None)[0]
+    batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, 1, dt, batch_size, None)[0]
     for idx, images, c_b in batches(data, None, batch_size, sharded=True):
         _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
         if progress is not None:

@@ -49,11 +49,15 @@ def collective_seconds() -> float:
 
 
 @contextmanager
-def _collective(what: str) -> Iterator[None]:
-    """Time a collective into :func:`collective_seconds`; a failure becomes :class:`DistributedError`."""
+def _collective(what: str, wait: bool = True) -> Iterator[None]:
+    """Time a collective into :func:`collective_seconds`; a failure becomes :class:`DistributedError`.
+    Under NCCL, whose collectives return before the GPU has done them, ``wait`` waits for the GPU so that
+    the time counted is the collective's."""
     t = time.perf_counter()
     try:
         yield
+        if wait and dist.is_initialized() and dist.get_backend() == "nccl":
+            torch.cuda.synchronize()
     except Exception as e:
         raise _fail(what, e) from None
     finally:
@@ -214,7 +218,7 @@ def start_gather(values: torch.Tensor) -> Callable[[], torch.Tensor]:
     dev = _collective_device(values)
     table = torch.zeros(n, values.numel(), dtype=torch.float64, device=dev)
     table[rank] = values.detach().to(device=dev, dtype=torch.float64).reshape(-1)
-    with _collective("an all-reduce"):
+    with _collective("an all-reduce", wait=False):
         work = dist.all_reduce(table, async_op=True)
 
     def wait() -> torch.Tensor:

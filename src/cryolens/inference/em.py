@@ -143,7 +143,8 @@ def em_iteration(data: Particles | torch.Tensor, volume: torch.Tensor, sigma2: t
     vol, s2 = volume.to(dev), sigma2.to(device=dev, dtype=dt)
     rot, sh = rotations.to(device=dev, dtype=dt), shifts.to(device=dev, dtype=dt)
     slicer = volume_slicer(prepare_volume_ft(vol, pad), size)
-    batch_size, pair_chunk = em_sizes(dev, size, rot.shape[0] * sh.shape[-2], dt, batch_size, pair_chunk)
+    batch_size, pair_chunk = em_sizes(dev, size, rot.shape[0] * sh.shape[-2], sh.shape[-2], dt, batch_size,
+                                      pair_chunk)
     sums = _Sums(size, rot.shape[0], m_step == "exact", pad, dev, dt)
     sums.rot = rot
     out = {k: [] for k in ("idx", "lz", "r", "t", "ts", "w", "n")}

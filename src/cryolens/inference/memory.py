@@ -13,10 +13,13 @@ memory; on the CPU the cap keeps their sum small, on GPUs each rank has its own 
 
 The per-item models count reals of the compute dtype (``itemsize`` bytes each; a complex value is two):
 
-- :func:`image_bytes` — one image of an E-step + insertion batch: ``8·D² + 3·P`` reals, ``P`` the poses
-  scored per image (rotations × shifts of a pass): the image transform and CTF, the shifted image terms
-  and the insertion's weighted products (≈ 8 per pixel), and the image's row of the score table, its
-  prior-added copy and its weights (3 per pose).
+- :func:`image_bytes` — one image of an E-step + insertion batch: ``(8 + 4·T)·D² + 3·P`` reals, ``P``
+  the poses scored per image (rotations × ``T`` shifts of a pass): the image transform and CTF and the
+  insertion's weighted products (≈ 8 per pixel); the image terms of the likelihood, one shifted copy of
+  the image per shift, complex, with a temporary while they are built (4 per pixel and shift, an upper
+  bound: only the pixels inside ``k_max`` are kept); and the image's row of the score table, its
+  prior-added copy and its weights (3 per pose). The significant set kept per image (``S`` weights and
+  labels, ``S ≤ max_significant``) is small beside these and not counted.
 - :func:`rotation_bytes` — one rotation of a scoring chunk of ``B`` images and ``T`` shifts:
   ``4·D² + 3·B·T`` reals (its slice, complex, with a rendering temporary; its column of the table).
 - :func:`pair_bytes` — one (image, rotation) pair of an insertion chunk: ``6·D²`` reals (the gathered
@@ -47,10 +50,10 @@ def free_memory_bytes(device: torch.device | str | None = None) -> int | None:
     return None
 
 
-def image_bytes(size: int, n_poses: int, itemsize: int = 4) -> int:
+def image_bytes(size: int, n_poses: int, itemsize: int = 4, n_shifts: int = 1) -> int:
     """Bytes per image of an E-step + insertion batch of ``size``-px images scoring ``n_poses`` poses
-    each (module docstring: ``itemsize · (8·D² + 3·P)``)."""
-    return itemsize * (8 * size * size + 3 * n_poses)
+    each, ``n_shifts`` of them shifts (module docstring: ``itemsize · ((8 + 4·T)·D² + 3·P)``)."""
+    return itemsize * ((8 + 4 * n_shifts) * size * size + 3 * n_poses)
 
 
 def rotation_bytes(size: int, n_images: int, n_shifts: int, itemsize: int = 4) -> int:
@@ -80,13 +83,13 @@ def fit_count(device: torch.device | str | None, per_item: int, cap: int | None 
 
 
 def batch_size_for(device, size: int, n_poses: int, itemsize: int = 4, cap: int = 64, given: int | None = None,
-                   n_images: int | None = None) -> int:
+                   n_images: int | None = None, n_shifts: int = 1) -> int:
     """Images per E-step batch: ``given`` when the user gave one, else :func:`fit_count` of
     :func:`image_bytes` (CPU cap ``cap``, today's default; at most ``n_images`` when given)."""
     if given is not None:
         return int(given)
     gpu_cap = max(1, n_images) if n_images is not None else None
-    return fit_count(device, image_bytes(size, n_poses, itemsize), cap, gpu_cap=gpu_cap)
+    return fit_count(device, image_bytes(size, n_poses, itemsize, n_shifts), cap, gpu_cap=gpu_cap)
 
 
 def pair_chunk_for(device, size: int, itemsize: int = 4, cap: int = 2048, given: int | None = None) -> int:
@@ -105,10 +108,11 @@ def rotation_chunk_for(device, size: int, n_images: int, n_shifts: int, cap: int
     return fit_count(device, rotation_bytes(size, n_images, n_shifts, itemsize), cap)
 
 
-def em_sizes(device, size: int, n_poses: int, dtype: torch.dtype, batch_size: int | None = None,
+def em_sizes(device, size: int, n_poses: int, n_shifts: int, dtype: torch.dtype, batch_size: int | None = None,
              pair_chunk: int | None = None) -> tuple[int, int]:
     """``(images per batch, pairs per insertion chunk)`` of an EM iteration in ``dtype`` scoring ``n_poses``
-    poses per image: the given values, else :func:`batch_size_for` and :func:`pair_chunk_for`."""
+    poses per image, ``n_shifts`` of them shifts: the given values, else :func:`batch_size_for` and
+    :func:`pair_chunk_for`."""
     item = torch.empty((), dtype=dtype).element_size()
-    return (batch_size_for(device, size, n_poses, item, given=batch_size),
+    return (batch_size_for(device, size, n_poses, item, given=batch_size, n_shifts=n_shifts),
             pair_chunk_for(device, size, item, given=pair_chunk))

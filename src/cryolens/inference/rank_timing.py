@@ -32,11 +32,14 @@ PARTS = ("estep_s", "mstep_s", "write_s", "collective_s", "wall_s")
 
 
 class RankTimer:
-    """The parts (module docstring) of one iteration on this rank, from its creation on."""
+    """The parts (module docstring) of one iteration on this rank, from its creation on. device: the compute
+    device; on a GPU each part ends by waiting for the GPU, so that its kernels count in it."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | str | None = None):
         self._t0, self._c0 = time.perf_counter(), collective_seconds()
         self.parts = {"estep_s": 0.0, "mstep_s": 0.0, "write_s": 0.0}
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        self._cuda = dev if dev.type == "cuda" else None
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:
@@ -45,6 +48,8 @@ class RankTimer:
         t, c = time.perf_counter(), collective_seconds()
         try:
             yield
+            if self._cuda is not None:
+                torch.cuda.synchronize(self._cuda)
         finally:
             self.parts[name] += (time.perf_counter() - t) - (collective_seconds() - c)
 

@@ -78,7 +78,8 @@ def _job_classify(data: dict) -> dict:
         cfg = {"n_classes": 2, "n_iterations": 3, "initial_lowpass": 16.0, "batch_size": 30, **extra}
         r = classify(p, torch.load(data[start]), cfg, progress=False)
         out[name] = {"volumes": r.volumes, "labels": r.labels, "rotations": r.rotations, "shifts": r.shifts,
-                     "probability": r.class_probability, "prior": r.class_prior}
+                     "probability": r.class_probability, "prior": r.class_prior,
+                     "timing": [h["timing"] for h in r.history]}
     return out
 
 
@@ -212,6 +213,11 @@ def test_two_rank_class3d_equals_one_rank(runs, mode):
         torch.testing.assert_close(a["prior"], b["prior"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(a["rotations"], b["rotations"])
         torch.testing.assert_close(a["shifts"], b["shifts"])
+    # every iteration's timing joined over the ranks (the same record on both, one row per rank)
+    assert two[0]["classify"][mode]["timing"] == two[1]["classify"][mode]["timing"]
+    assert len(two[0]["classify"][mode]["timing"]) == 3 and len(a["timing"][0]["per_rank"]["wall_s"]) == 1
+    for t in two[0]["classify"][mode]["timing"]:
+        assert all(len(v) == 2 for v in t["per_rank"].values()) and t["estep_s"] > 0 and t["mstep_s"] > 0
     truth = np.asarray(data["labels"])
     acc = max(np.mean(a["labels"] == truth), np.mean(a["labels"] == 1 - truth))
     assert acc >= 0.9, acc

@@ -7,7 +7,7 @@ import time
 import torch
 
 from cryolens.inference import distributed as dist_mod
-from cryolens.inference.rank_timing import PARTS, RankTimer, joined, totals
+from cryolens.inference.rank_timing import PARTS, RankTimer, TimingJoin, joined, totals
 
 
 def test_sleeps_land_in_their_parts():
@@ -48,3 +48,16 @@ def test_join_and_totals_match_a_hand_sum():
 def test_one_process_gather_is_the_values():
     wait = dist_mod.start_gather(torch.tensor([1.0, 2.0]))
     assert torch.equal(wait(), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+
+
+def test_timing_join_fills_the_started_iterations_record():
+    """One process: the record of the iteration started goes where finish puts it, once."""
+    join, hist = TimingJoin(), [{}, {}]
+    timer = RankTimer()
+    with timer.part("write_s"):
+        time.sleep(0.01)
+    join.start(timer)
+    join.finish(hist, back=2)
+    join.finish(hist)  # nothing started since: nothing to put
+    assert "timing" not in hist[1] and hist[0]["timing"]["per_rank"]["write_s"][0] >= 0.01
+    assert hist[0]["timing"]["write_s"] <= hist[0]["timing"]["wall_s"]

@@ -79,12 +79,12 @@ from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
-from .distributed import is_main, on_ranks, shard, snapshot_writer, start_gather
+from .distributed import is_main, on_ranks, shard, snapshot_writer
 from .memory import batch_size_for
 from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels, weighted_residual_power
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
-from .rank_timing import RankTimer, joined
+from .rank_timing import RankTimer, TimingJoin
 from .reconstruct import FourierAccumulator
 from .pose_accuracy import significant_caps
 from .refine_diag import PoseDiagnostics, local_sigma_deg, Tally as _Tally
@@ -372,26 +372,24 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
     dev = torch.device(device) if device is not None else torch.device("cpu")
     progress = progress and is_main()
     state = _resumed_state(run, cfg) if resume else _initial_state(particles, initial_volume, cfg, dev)
-    pending = None  # the previous iteration's per-rank timing, being joined (rank_timing)
+    join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
     while not state.converged and state.iteration < cfg.max_iterations:
         timer = RankTimer(dev)
         state = _iteration(particles, state, cfg, dev, progress, timer)
         state.elapsed_s = state.elapsed_s + timer.seconds()[-1].item()
         state.history[-1]["elapsed_s"] = state.elapsed_s
-        if pending is not None:
-            state.history[-2]["timing"] = joined(pending())
+        join.finish(state.history, back=2)  # the previous iteration's
         with timer.part("write_s"):  # snapshots and checkpoint on two ranks at once (module docstring)
             if on_iteration is not None and snapshot_writer():
                 on_iteration(state)
             if run is not None and is_main():
                 save_checkpoint(run.path(CHECKPOINT), state.to_dict())
-        pending = start_gather(timer.seconds())
+        join.start(timer)
         if progress:
             h = state.history[-1]
             tqdm.write(f"iteration {h['iteration']}: {h['resolution_A']:.2f} Å, step {h['angular_step_deg']:.2f}°, "
                        f"median pose change {h['median_pose_change_deg']:.2f}°")
-    if pending is not None:  # (also: every rank's writes are done)
-        state.history[-1]["timing"] = joined(pending())
+    join.finish(state.history)  # (then every rank's writes are done)
     halves = tuple(v.float() for v in (state.unfiltered or state.volumes))
     return RefineResult(volume=state.full.float(), half_maps=halves, fsc=state.fsc.numpy(),
                         resolution=float(state.resolution), rotations=state.rotations.float(),

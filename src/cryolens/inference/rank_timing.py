@@ -12,8 +12,8 @@ collective per batch):
 - ``wall_s``: the iteration's wall time on this rank; the rest (``wall_s`` minus the parts) is the
   schedule's own work (FSC, τ², the history record).
 
-The ranks' parts are joined once per iteration by one asynchronous all-reduce
-(:func:`~cryolens.inference.distributed.start_gather`) whose result is read during the next iteration, so
+The ranks' parts are joined once per iteration by one asynchronous all-reduce (:class:`TimingJoin`,
+:func:`~cryolens.inference.distributed.start_gather`) whose result is read during the next iteration, so
 the join itself never waits. :func:`joined` gives the record kept in the iteration's history (the max over
 the ranks and each rank's), :func:`totals` the sums over a run's iterations for its metrics.
 """
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .distributed import collective_seconds
+from .distributed import collective_seconds, start_gather
 
 PARTS = ("estep_s", "mstep_s", "write_s", "collective_s", "wall_s")
 
@@ -57,6 +57,25 @@ class RankTimer:
         """``(5,)`` float64 in the order of :data:`PARTS`, up to now."""
         return torch.tensor([self.parts["estep_s"], self.parts["mstep_s"], self.parts["write_s"],
                              collective_seconds() - self._c0, time.perf_counter() - self._t0], dtype=torch.float64)
+
+
+class TimingJoin:
+    """Joins one iteration's :class:`RankTimer` over the ranks at a time: :meth:`start` after the iteration
+    (an asynchronous all-reduce), :meth:`finish` during the next iteration or after the last (then every
+    rank has also finished the iteration, its writes included)."""
+
+    def __init__(self):
+        self._pending = None
+
+    def start(self, timer: RankTimer) -> None:
+        """Start joining ``timer``'s parts as they are now."""
+        self._pending = start_gather(timer.seconds())
+
+    def finish(self, history: list[dict], back: int = 1) -> None:
+        """Put the joined parts of the started iteration, if any, as ``"timing"`` into ``history[-back]``."""
+        if self._pending is not None:
+            history[-back]["timing"] = joined(self._pending())
+            self._pending = None
 
 
 def joined(table: torch.Tensor) -> dict:

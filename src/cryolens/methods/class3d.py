@@ -43,6 +43,7 @@ from ..errors import InputError
 from ..inference import classify as _schedule
 from ..inference.classes import ClassEMResult, class_em_iteration, class_em_iteration_fixed_poses  # noqa: F401
 from ..inference.classify import ClassifyResult, image_power_spectrum  # noqa: F401
+from ..inference.rank_timing import totals
 from ..io.particles import Particles
 from .config import RecipeConfig, as_dict, build_config, option
 
@@ -110,7 +111,7 @@ def outputs(result: ClassifyResult, pixel_size: float, metrics: dict | None = No
     counts = np.bincount(result.labels, minlength=result.volumes.shape[0])
     m = {"n_classes": int(result.volumes.shape[0]), "class_prior": result.class_prior.tolist(),
          "class_counts": counts.tolist(), "resolution_A": h[-1]["resolution_A"] if h else None,
-         "iterations": len(h), **(metrics or {})}
+         "iterations": len(h), "rank_seconds": totals(h), **(metrics or {})}  # per rank: E-, M-step, writes, waits
     return MethodOutputs(pixel_size=pixel_size, volumes=result.volumes, rotations=result.rotations,
                          shifts=result.shifts, labels=result.labels, history=list(h), metrics=m,
                          particle_columns={"rlnMaxValueProbDistribution": result.max_weight.double().numpy()})

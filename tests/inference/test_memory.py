@@ -79,13 +79,18 @@ def test_automatic_batch_gives_the_map_of_that_fixed_batch(monkeypatch, device):
     def run(**kw):
         return em_iteration(img, start, sigma2, rots, shifts, device=device, **kw)
 
-    if device.type == "cpu":
+    def close(a, b):  # equal to rounding: other batches sum in another order
+        return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+    # bit for bit on the CPU; a GPU's scatter-adds are not deterministic, so there only to rounding
+    same = torch.equal if device.type == "cpu" else close
+    if device.type == "cpu":  # plenty of memory: the CPU's cap, today's fixed sizes
         assert torch.equal(run().volume, run(batch_size=64, pair_chunk=2048).volume)
     per = M.image_bytes(D, rots.shape[0] * shifts.shape[0], n_shifts=shifts.shape[0])
     monkeypatch.setattr(M, "free_memory_bytes", lambda device=None: int(4 * 10.5 * per))
     auto, ten = run(pair_chunk=2048), run(batch_size=10, pair_chunk=2048)
-    assert torch.equal(auto.volume, ten.volume)
+    assert same(auto.volume, ten.volume)
     assert torch.equal(auto.map_rotation_index, ten.map_rotation_index)
     fixed = run(batch_size=64, pair_chunk=2048)
-    assert torch.allclose(auto.volume, fixed.volume, rtol=1e-4, atol=1e-5 * float(fixed.volume.abs().max()))
+    assert close(auto.volume, fixed.volume) and not torch.equal(auto.volume, fixed.volume)
     assert torch.equal(auto.map_rotation_index, fixed.map_rotation_index)

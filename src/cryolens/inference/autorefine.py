@@ -320,7 +320,8 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
     half = torch.as_tensor(half_set_labels(particles, cfg.seed))
     if int(half.min()) == int(half.max()):
         raise InputError(f"{particles.name}: every particle is in one half-set (rlnRandomSubset); need both")
-    sigma2 = [initial_noise_spectrum(particles, np.nonzero(half.numpy() == h)[0], device=dev).cpu() for h in (0, 1)]
+    sigma2 = [s.cpu() for s in on_ranks([lambda h=h: initial_noise_spectrum(  # half h's on one rank (no rank idles)
+        particles, np.nonzero(half.numpy() == h)[0], device=dev) for h in (0, 1)], dev)]
     n_sym = cyclic_order(cfg.relax_symmetry)
     relax = {}
     if n_sym > 1:  # the pseudo-symmetry axis, in the initial map's frame

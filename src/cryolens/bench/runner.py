@@ -7,12 +7,11 @@ progress) -> MethodOutputs``. A pair runs when ``recipe.accepts(task.known)`` an
 heterogeneity is one the task allows (``task.method_kinds``).
 
 Each run is a forked child process (so recipes registered at run time, e.g. in a test, are
-seen) in its own process group. The parent polls the private resident memory of the group and of
-every descendant (``/proc``, every 0.5 s: ``peak_mem_mb``; ``mpirun`` puts its ranks in groups of
-their own) and the wall time, and kills them all when the run exceeds ``budget_s`` or
-``memory_mb``; the run is then recorded with status ``over_time`` / ``over_memory`` and the suite
-goes on. Before ``fit`` the child removes what the task does not give: poses (rotations and
-shifts) unless ``known.poses``, the CTF unless ``known.ctf``, and every extra per-particle column.
+seen) in its own process group. The parent polls the wall time and the private resident memory of the
+group and of every descendant (:mod:`cryolens.bench.supervise`: ``peak_mem_mb``), and kills them all
+when the run exceeds ``budget_s`` or ``memory_mb``; the run is then recorded with status ``over_time`` /
+``over_memory`` and the suite goes on. Before ``fit`` the child removes what the task does not give:
+poses (rotations and shifts) unless ``known.poses``, the CTF unless ``known.ctf``, and every extra per-particle column.
 
 Layout of ``out``::
 
@@ -32,10 +31,8 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import signal
 import threading
 import time
 import traceback
@@ -51,6 +48,7 @@ from ..io.files import atomic_write_text
 from ..methods.registry import Recipe, recipes
 from .suite import Task, ensure_dataset, model_path
 from .withhold import strip_unknown
+from .supervise import supervise
 from .timeline import SNAPSHOT_TIMES_S, timeline_child
 
 log = logging.getLogger(__name__)
@@ -227,86 +225,6 @@ def _run_child(method: Method, task: Task, dataset_dir: Path, run_dir: Path, con
     atomic_write_text(run.path("result.json"), json.dumps(_json(result), indent=2) + "\n")
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """``{pid: (parent pid, process group)}`` of every process (from ``/proc``)."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            out[int(pid)] = (int(fields[1]), int(fields[2]))  # stat fields 4 (ppid) and 5 (pgrp)
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
-def _run_processes(root: int) -> list[int]:
-    """The run's processes: ``root``, its process group, and every descendant of either (``mpirun``
-    starts its ranks in process groups of their own)."""
-    table = _process_table()
-    members = {p for p, (_, g) in table.items() if g == root} | ({root} if root in table else set())
-    children: dict[int, list[int]] = {}
-    for p, (pp, _) in table.items():
-        children.setdefault(pp, []).append(p)
-    stack = list(members)
-    while stack:
-        for c in children.get(stack.pop(), []):
-            if c not in members:
-                members.add(c)
-                stack.append(c)
-    return sorted(members)
-
-
-def _private_mb(pids: list[int]) -> float:
-    """Private resident memory (MB: ``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``)
-    of ``pids``. Pages a forked child still shares with the runner are not counted: they are the
-    runner's, not the run's."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                for line in fh:
-                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                        total += int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 2 ** 20
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue  # already gone, or not ours to end
-
-
-def _supervise(target, args: tuple, budget_s: float, memory_mb: float) -> tuple[str | None, float, float, int | None]:
-    """Run ``target(*args)`` in a forked child under the time and memory budget (module docstring);
-    returns ``(status, wall s, peak MB, exit code)``, status None, ``over_time`` or ``over_memory``."""
-    proc = mp.get_context("fork").Process(target=target, args=args, daemon=False)
-    t0 = time.time()
-    proc.start()
-    peak, status = 0.0, None
-    while proc.is_alive():
-        proc.join(0.5)
-        pids = _run_processes(proc.pid)
-        rss = _private_mb(pids)
-        peak = max(peak, rss)
-        if time.time() - t0 > budget_s:
-            status = "over_time"
-        elif rss > memory_mb:
-            status = "over_memory"
-        if status:
-            _kill(pids)
-            proc.join()
-            break
-    _kill([p for p in _run_processes(proc.pid) if p != os.getpid()])  # nothing of the run outlives it
-    return status, time.time() - t0, peak, proc.exitcode
-
-
 def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config: dict, budget_s: float,
             memory_mb: float, device: str | None = None, threads: int = 1, halves: bool = True,
             snapshot_times_s: tuple = SNAPSHOT_TIMES_S) -> dict:
@@ -317,14 +235,14 @@ def run_one(method: Method, task: Task, dataset_dir: Path, run_dir: Path, config
     for stale in ("result.json", "error.txt", "timeline.json"):
         (run_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "snapshots", ignore_errors=True)
-    status, wall, peak, exitcode = _supervise(
+    status, wall, peak, exitcode = supervise(
         _run_child, (method, task, dataset_dir, run_dir, config, device, threads, halves, tuple(snapshot_times_s)),
         budget_s, memory_mb)
     res_path = run_dir / "result.json"
     if status is None and res_path.is_file():
         row = json.loads(res_path.read_text())
         if row.get("status") == "ok" and (run_dir / "snapshots" / "snapshots.json").is_file():
-            st, row["timeline_wall_s"], _, _ = _supervise(
+            st, row["timeline_wall_s"], _, _ = supervise(
                 timeline_child, (method, task, dataset_dir, run_dir, config, device, threads), budget_s, memory_mb)
             row["timeline_status"] = st or ("ok" if (run_dir / "timeline.json").is_file() else "failed")
     else:

@@ -106,6 +106,13 @@ def batches(data: Particles | torch.Tensor, ctf, batch_size: int, sharded: bool 
         yield idx, data[idx], c
 
 
+def _check_m_step(m_step: str, reg_per_shell, tau2) -> None:
+    if m_step not in ("insert", "exact"):
+        raise ValueError(f"m_step must be 'insert' or 'exact', got {m_step!r}")
+    if reg_per_shell is not None and tau2 is not None:
+        raise ValueError("give at most one of reg_per_shell and tau2")
+
+
 def em_iteration(data: Particles | torch.Tensor, volume: torch.Tensor, sigma2: torch.Tensor,
                  rotations: torch.Tensor, shifts: torch.Tensor, *, ctf: CTFParams | torch.Tensor | None = None,
                  pixel_size: float | None = None, k_max: int | None = None, pad: int = 2,
@@ -132,14 +139,10 @@ def em_iteration(data: Particles | torch.Tensor, volume: torch.Tensor, sigma2: t
     from the device's free memory (:mod:`~cryolens.inference.memory`; on the CPU at most 64, 2048 and
     :func:`~cryolens.inference.estep.default_rotation_chunk`, the fixed values used before).
     """
-    if m_step not in ("insert", "exact"):
-        raise ValueError(f"m_step must be 'insert' or 'exact', got {m_step!r}")
-    if reg_per_shell is not None and tau2 is not None:
-        raise ValueError("give at most one of reg_per_shell and tau2")
+    _check_m_step(m_step, reg_per_shell, tau2)
     dev = torch.device(device) if device is not None else volume.device
     dt, size = volume.dtype, volume.shape[-1]
-    if isinstance(data, Particles):
-        pixel_size = data.pixel_size if pixel_size is None else pixel_size
+    pixel_size = data.pixel_size if isinstance(data, Particles) and pixel_size is None else pixel_size
     vol, s2 = volume.to(dev), sigma2.to(device=dev, dtype=dt)
     rot, sh = rotations.to(device=dev, dtype=dt), shifts.to(device=dev, dtype=dt)
     slicer = volume_slicer(prepare_volume_ft(vol, pad), size)

@@ -10,8 +10,10 @@ low-passed to 20 Å, ``--max-iterations K``) as a whole command, one thread per 
   rank's own peak RSS is measured.
 
 The runs alternate (1, R, 1, R, …, ``--repeats`` pairs). Reported: median wall time of each and their
-ratio, each rank's peak RSS, the FSC between the two final maps (min over shells) and the largest pose
-difference between the runs. Results go to ``--out``/distributed.json.
+ratio, each rank's peak RSS, the FSC between the two final maps (min over shells), the largest pose
+difference between the runs, and each run's per-rank seconds in the E-step, the M-step, writing and waiting
+in collectives (metrics ``rank_seconds``, :mod:`cryolens.inference.rank_timing`). Results go to
+``--out``/distributed.json.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_distributed.py --n 5000 --iterations 3 \\
       --ranks 2 --repeats 1 --out /tmp/bench_dist
@@ -86,7 +88,8 @@ def compare(a: Path, b: Path) -> dict:
     metrics = [json.loads((p / "metrics.json").read_text()) for p in (a, b)]
     return {"fsc_min": float(curve[1:].min()), "max_angle_diff_deg": float(diff[:, :3].max()),
             "max_shift_diff_A": float(diff[:, 3:].max()), "images_with_other_pose": int((diff.max(1) > 1e-3).sum()),
-            "halfmap_resolution_A": [m.get("resolution_halfmap_0143_A") for m in metrics]}
+            "halfmap_resolution_A": [m.get("resolution_halfmap_0143_A") for m in metrics],
+            "rank_seconds": [m.get("rank_seconds") for m in metrics]}  # per rank: E-step, M-step, writes, waits
 
 
 def main() -> None:

@@ -105,8 +105,8 @@ def test_a_killed_rank_gives_rank_zero_one_line_and_a_nonzero_exit(data, tmp_pat
     """Two ranks started by hand; rank 1 gets SIGKILL after the first iteration: rank 0 stops at its next
     collective with exit 3 and one line naming itself and the failed collective (no traceback), well
     before the 60 s timeout. Which collective rank 0 is in when rank 1 dies depends on timing: the
-    all-reduce of the next iteration's statistics, or the barrier after the checkpoint (its file appears
-    just before it), so either name is right."""
+    all-reduce of the next iteration's statistics or of the iterations' timings, or the final barrier, so
+    either name is right."""
     port = _free_port()
     procs = [_rank(data, tmp_path / "run", r, port, "60") for r in (0, 1)]
     try:

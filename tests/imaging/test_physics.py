@@ -15,6 +15,7 @@ from cryolens.imaging import (CTFParams, ctf_2d, extract_slices, fft2_centered, 
                               geodesic_distance, colored_noise, add_noise_at_snr, rfft2_centered,
                               irfft2_centered, fft3_centered, ifft3_centered, shift_volume,
                               center_of_mass, center_volume)
+from cryolens.imaging.shift import center_volumes
 from cryolens.imaging.grids import coord_grid_3d, freq_grid_2d, shell_index_2d
 from cryolens.imaging.ctf import electron_wavelength
 
@@ -243,6 +244,19 @@ def test_center_volume_moves_the_centre_of_mass_to_the_box_centre(device):
     assert torch.allclose(shift, -want_xyz.flip(0), atol=0.05)
     assert float(center_of_mass(centred).abs().max()) < 0.02
     assert _rel(centred, gaussian_volume(c - want_xyz, s, a, D)) < 5e-3
+
+
+def test_an_emptied_class_restarts_as_the_mean_of_the_centred_others():
+    """center_volumes: two off-centre maps are centred one by one; a map with no positive density (an
+    emptied ab initio class) becomes their mean; all empty is an error."""
+    c, s, a = CENTERS.double(), SIGMAS.double(), AMPS.double()
+    one, two = gaussian_volume(c, s, a, D), gaussian_volume(c + 2.0, s, a, D)
+    out = center_volumes(torch.stack([one, -one.abs(), two]))
+    first, second = center_volume(one)[0], center_volume(two)[0]
+    assert torch.equal(out[0], first) and torch.equal(out[2], second)
+    assert torch.allclose(out[1], 0.5 * (first + second))
+    with pytest.raises(ValueError, match="no map"):
+        center_volumes(torch.zeros(2, D, D, D))
 
 
 def test_phase_shift_round_trip(device):

@@ -3,6 +3,7 @@ sampling against their full-grid counterparts, pose recovery on a tiny simulated
 kill, and the STAR output read back."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from cryolens.inference import autorefine as A
 from cryolens.inference import oversampling as O
 from cryolens.inference.mstep import InsertPixels
 from cryolens.inference.prior import map_prior, tau2_from_fsc
+from cryolens.inference.rank_timing import totals
 from cryolens.inference.likelihood import log_likelihood_table, prepare_image_terms
 from cryolens.inference.reconstruct import FourierAccumulator, wiener_regularisation
 from cryolens.io.atomic import read_atoms
@@ -139,20 +141,21 @@ def test_posterior_mean_pose_of_weighted_pairs():
         A.RefineConfig(pose_estimate="median")
 
 
-def _refine(particles, vol, run=None, resume=False, on_iteration=None, **kw):
+def _refine(particles, vol, run=None, resume=False, on_iteration=None, device=None, **kw):
     order = kw.pop("healpix_order", 2)
     cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=order, local_order=3, max_order=3, offset_range=2.0,
-                         offset_step=1.0, max_iterations=kw.pop("max_iterations", 5), batch_size=100, max_coarse=8,
-                         max_significant=16, **kw)
-    return A.auto_refine(particles, vol, config=cfg, run=run, progress=False, resume=resume, on_iteration=on_iteration)
+                         offset_step=1.0, max_iterations=kw.pop("max_iterations", 5),
+                         batch_size=kw.pop("batch_size", 100), max_coarse=8, max_significant=16, **kw)
+    return A.auto_refine(particles, vol, config=cfg, run=run, progress=False, resume=resume, on_iteration=on_iteration,
+                         device=device)
 
 
-def test_refinement_recovers_poses_and_beats_start(dataset):
+def test_refinement_recovers_poses_and_beats_start(dataset, device):
     """From a 30 Å low-pass of the truth, refinement finds the simulated poses (median geodesic error
     after the best global rotation below the final 3.75° step) and a map whose FSC against the truth
     crosses 0.5 at a better resolution than the start's."""
     p, vol, gt = dataset
-    res = _refine(p, vol)
+    res = _refine(p, vol, device=device)
     err = pose_error_summary(res.rotations, torch.as_tensor(gt["rotations"]).float())
     assert err["median_deg"] < 3.75
     shift_err = (res.shifts - torch.as_tensor(gt["shifts"]).float()).norm(dim=1).median()
@@ -162,12 +165,23 @@ def test_refinement_recovers_poses_and_beats_start(dataset):
     assert final < 0.7 * start
 
 
-def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
+def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch, device):
     """A run killed during its second iteration and resumed from the checkpoint of the first ends with
-    exactly the maps, poses and history of an uninterrupted run."""
+    exactly the maps, poses and history of an uninterrupted run. The uninterrupted run's history holds each
+    iteration's timing: on one rank, an on_iteration that sleeps 0.2 s is found in ``write_s``; every part
+    is non-negative, and the parts sum to at most the iteration's wall time; the run's totals are their sums."""
     p, vol, _ = dataset
     sub = p.subset(np.arange(40))
-    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=2, healpix_order=1)
+    whole = _refine(sub, vol, run=RunFolder(tmp_path / "a"), max_iterations=2, healpix_order=1,
+                    on_iteration=lambda state: time.sleep(0.2), device=device)
+    for h in whole.history:
+        t = h["timing"]
+        assert all(len(v) == 1 for v in t["per_rank"].values())
+        assert min(t[k] for k in ("estep_s", "mstep_s", "write_s", "collective_s")) >= 0.0
+        assert t["estep_s"] + t["mstep_s"] + t["write_s"] + t["collective_s"] <= t["wall_s"]
+        assert 0.2 <= t["write_s"] < t["wall_s"] and t["estep_s"] > 0 and t["mstep_s"] > 0
+        assert t["collective_s"] == 0.0  # one process: every collective is a no-op
+    assert totals(whole.history)["write_s"] == pytest.approx(sum(h["timing"]["write_s"] for h in whole.history))
     real = A._iteration
     calls = {"n": 0}
 
@@ -180,10 +194,14 @@ def test_resume_after_kill_equals_uninterrupted(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(A, "_iteration", dying)
     run = RunFolder(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        _refine(sub, vol, run=run, max_iterations=2, healpix_order=1)
+        _refine(sub, vol, run=run, max_iterations=2, healpix_order=1, device=device)
     monkeypatch.setattr(A, "_iteration", real)
-    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=2, healpix_order=1)
+    resumed = _refine(sub, vol, run=run, resume=True, max_iterations=2, healpix_order=1, device=device,
+                      batch_size=None)  # the batch size may change on resume (here: chosen automatically)
     assert len(resumed.history) == len(whole.history)
+    if device.type != "cpu":  # a GPU's scatter-adds are not deterministic: the same map, not the same bits
+        assert float(np.min(fsc(resumed.volume, whole.volume)[1:])) >= 0.999
+        return
     assert torch.equal(resumed.volume, whole.volume)
     assert torch.equal(resumed.rotations, whole.rotations)
     assert torch.equal(resumed.shifts, whole.shifts)

@@ -149,7 +149,7 @@ def _lowpass(vol, cutoff):
     return ifft3_centered(fft3_centered(vol) * lowpass_filter_3d(D, cutoff).to(vol.dtype)).real
 
 
-def test_two_very_different_volumes_are_classified():
+def test_two_very_different_volumes_are_classified(device):
     """160 high-SNR images of two different blob volumes (random off-grid poses, CTF); Class3D EM
     started from the two maps low-passed to 1/4 cycle/px (a 12 Å start at 3 Å/px): after
     3 iterations the class of every image is recovered (≥ 99 %, best label matching), the class
@@ -166,8 +166,9 @@ def test_two_very_different_volumes_are_classified():
     tau2 = None
     for _ in range(3):
         res = class_em_iteration(img, cur, sigma2, rots, shifts, prior, tau2=tau2, ctf=ctf.to(dtype=torch.float32),
-                                 pixel_size=PIX, k_max=6, batch_size=80, mass=0.99, max_significant=200)
-        cur, prior, sigma2, tau2 = res.volumes, res.class_prior, res.sigma2, res.tau2
+                                 pixel_size=PIX, k_max=6, batch_size=80, mass=0.99, max_significant=200, device=device)
+        assert res.volumes.device.type == device.type
+        cur, prior, sigma2, tau2 = res.volumes.cpu(), res.class_prior, res.sigma2.cpu(), res.tau2.cpu()
     est = res.labels.cpu()
     acc = max(float((est == lab).float().mean()), float((est == 1 - lab).float().mean()))
     assert acc >= 0.99
@@ -357,7 +358,7 @@ def test_fixed_pose_m_step_prunes_insignificant_classes(tmp_path):
     assert not torch.allclose(hard.volumes, soft.volumes, rtol=0, atol=1e-3 * float(soft.volumes.abs().max()))
 
 
-def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):
+def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path, device):
     """The relion-class3d recipe with skip_align: 300 images (SNR ≈ 0.1) of two blob volumes at their
     given poses, started from one low-passed average with a random first assignment, recover the
     classes (≥ 95 %; 99.3 % measured) and return the given poses; with the poses shuffled among the
@@ -377,7 +378,7 @@ def test_skip_align_classifies_two_volumes_at_given_poses(tmp_path):
     img = img + 3.0 * torch.randn(n, D, D, generator=g)
     p = _particles(tmp_path, img, rots, shifts, ctf)
     res = classify(p, vols.mean(0), {"n_classes": 2, "n_iterations": 6, "skip_align": True, "initial_lowpass": 12.0},
-                   progress=False)
+                   device=device, progress=False)
     acc = max(float(np.mean(res.labels == lab.numpy())), float(np.mean(res.labels == 1 - lab.numpy())))
     assert acc >= 0.95, acc
     assert torch.allclose(res.rotations, p.rotations) and torch.allclose(res.shifts, p.shifts)

@@ -28,7 +28,8 @@ D, PX = 24, 4.0
 
 # --- the jobs, run once in this process and once on each of 2 ranks ------------------------------------
 def _job_collectives(data: dict) -> dict:
-    from cryolens.inference.distributed import all_reduce_sum, gather_rows, merge_rows, shard, world
+    from cryolens.inference.distributed import (all_reduce_sum, collective_seconds, gather_rows, merge_rows, on_ranks,
+                                                shard, world)
 
     rank, n_ranks = world()
     mine = shard(np.arange(11))
@@ -41,7 +42,15 @@ def _job_collectives(data: dict) -> dict:
     owned = torch.zeros(11, dtype=torch.bool)
     owned[mine] = True
     merge_rows([flags], owned)
-    return {"mine": mine, "total": total, "rows": rows, "flags": flags, "rank": rank, "n_ranks": n_ranks}
+    out = {"mine": mine, "total": total, "rows": rows, "flags": flags, "rank": rank, "n_ranks": n_ranks}
+    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):  # the tensors stay on their device
+        t = torch.full((3,), float(rank + 1), device=dev)
+        all_reduce_sum(t)
+        g = gather_rows(torch.as_tensor(mine, device=dev), torch.as_tensor(mine, device=dev).double()[:, None], 11)
+        made = on_ranks([lambda j=j, d=dev: torch.full((2,), 10.0 * j + rank, device=d) for j in range(3)], dev)
+        out[dev] = {"sum": t, "gathered": g, "made": made}
+    out["waited"] = collective_seconds()
+    return out
 
 
 def _job_refine(data: dict) -> dict:
@@ -50,9 +59,12 @@ def _job_refine(data: dict) -> dict:
     p = read_particles(data["refine"])
     cfg = A.RefineConfig(initial_lowpass=30.0, healpix_order=1, local_order=3, max_order=2, offset_range=2.0,
                          offset_step=1.0, max_iterations=2, batch_size=25, max_coarse=8, max_significant=16)
-    r = A.auto_refine(p, torch.load(data["refine_start"]), config=cfg, progress=False)
+    calls = []
+    r = A.auto_refine(p, torch.load(data["refine_start"]), config=cfg, progress=False,
+                      on_iteration=lambda state: calls.append(state.iteration))
     return {"volume": r.volume, "halves": r.half_maps, "rotations": r.rotations, "shifts": r.shifts,
-            "resolution": [h["resolution_A"] for h in r.history]}
+            "resolution": [h["resolution_A"] for h in r.history], "timing": [h["timing"] for h in r.history],
+            "snapshots": calls}
 
 
 def _job_classify(data: dict) -> dict:
@@ -66,7 +78,8 @@ def _job_classify(data: dict) -> dict:
         cfg = {"n_classes": 2, "n_iterations": 3, "initial_lowpass": 16.0, "batch_size": 30, **extra}
         r = classify(p, torch.load(data[start]), cfg, progress=False)
         out[name] = {"volumes": r.volumes, "labels": r.labels, "rotations": r.rotations, "shifts": r.shifts,
-                     "probability": r.class_probability, "prior": r.class_prior}
+                     "probability": r.class_probability, "prior": r.class_prior,
+                     "timing": [h["timing"] for h in r.history]}
     return out
 
 
@@ -146,6 +159,14 @@ def test_collectives_match_one_process(runs):
         assert float(r["total"]) == float(want.sum())
         torch.testing.assert_close(r["rows"], torch.stack([want, -want], 1), rtol=0, atol=0)
         assert r["flags"].tolist() == [i % 3 == 0 for i in range(11)]
+        assert r["waited"] > 0  # the collectives' seconds are counted
+        for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            got = r[dev]
+            assert got["sum"].device.type == dev and got["sum"].tolist() == [3.0] * 3  # 1 + 2
+            assert got["gathered"].device.type == dev and got["gathered"][:, 0].tolist() == list(range(11))
+            # job j made on rank j mod 2 (value 10 j + its rank), then on every rank
+            assert [m.device.type for m in got["made"]] == [dev] * 3
+            assert [m.tolist() for m in got["made"]] == [[0.0] * 2, [11.0] * 2, [20.0] * 2]
 
 
 def test_two_rank_refinement_equals_one_rank(runs):
@@ -163,6 +184,16 @@ def test_two_rank_refinement_equals_one_rank(runs):
         torch.testing.assert_close(a["shifts"], b["shifts"])
         assert np.allclose(a["resolution"], b["resolution"], rtol=1e-6)
     assert torch.equal(two[0]["refine"]["volume"], two[1]["refine"]["volume"])
+    # each iteration's timing joined over the ranks, the same record on both; the snapshots (on_iteration)
+    # written by rank 1 (on rank 0's node) while rank 0 writes the checkpoint
+    assert two[0]["refine"]["timing"] == two[1]["refine"]["timing"]
+    for t in two[0]["refine"]["timing"]:
+        per = t["per_rank"]
+        assert all(len(v) == 2 for v in per.values()) and max(per["collective_s"]) > 0
+        for r in (0, 1):
+            parts = [per[k][r] for k in ("estep_s", "mstep_s", "write_s", "collective_s")]
+            assert min(parts) >= 0 and sum(parts) <= per["wall_s"][r]
+    assert (a["snapshots"], two[0]["refine"]["snapshots"], two[1]["refine"]["snapshots"]) == ([1, 2], [], [1, 2])
     # and the refinement did something: the map moved off its 30 Å start
     assert not math.isclose(a["resolution"][-1], 30.0, rel_tol=0.05)
 
@@ -182,6 +213,11 @@ def test_two_rank_class3d_equals_one_rank(runs, mode):
         torch.testing.assert_close(a["prior"], b["prior"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(a["rotations"], b["rotations"])
         torch.testing.assert_close(a["shifts"], b["shifts"])
+    # every iteration's timing joined over the ranks (the same record on both, one row per rank)
+    assert two[0]["classify"][mode]["timing"] == two[1]["classify"][mode]["timing"]
+    assert len(two[0]["classify"][mode]["timing"]) == 3 and len(a["timing"][0]["per_rank"]["wall_s"]) == 1
+    for t in two[0]["classify"][mode]["timing"]:
+        assert all(len(v) == 2 for v in t["per_rank"].values()) and t["estep_s"] > 0 and t["mstep_s"] > 0
     truth = np.asarray(data["labels"])
     acc = max(np.mean(a["labels"] == truth), np.mean(a["labels"] == 1 - truth))
     assert acc >= 0.9, acc

@@ -39,10 +39,10 @@ def _dataset(tmp_path, n, noise_sigma=0.0, ctf=True, seed=0):
     return particles, vol
 
 
-def test_noiseless_backprojection_recovers_the_volume(tmp_path):
+def test_noiseless_backprojection_recovers_the_volume(tmp_path, device):
     """Noise-free images with CTFs and shifts: the map matches the truth (FSC ≥ 0.9 to 0.8·Nyquist)."""
     particles, vol = _dataset(tmp_path, 1500)
-    res = backproject(particles, progress=False)
+    res = backproject(particles, device=device, progress=False)
     curve = np.asarray(fsc(res.volume, vol))
     assert curve[: int(0.8 * D / 2)].min() > 0.9
     assert res.n_images == (750, 750)

@@ -70,3 +70,16 @@ def center_volume(volume: torch.Tensor, passes: int = 2) -> tuple[torch.Tensor, 
         out = shift_volume(out, step)
         total = total + step
     return out, total
+
+
+def center_volumes(volumes: torch.Tensor) -> torch.Tensor:
+    """``(K, D, D, D)`` maps each moved by :func:`center_volume`; a map with no positive density (a class
+    that emptied) is replaced by the mean of the centred others, so that it starts a classification as
+    a copy of the population rather than as nothing (ValueError when every map is empty)."""
+    full = [bool((v > 0).any()) for v in volumes]
+    if not any(full):
+        raise ValueError("center_volumes: no map has positive density")
+    centred = [center_volume(v)[0] if ok else None for v, ok in zip(volumes, full)]
+    mean = torch.stack([c for c in centred if c is not None]).mean(0)
+    return torch.stack([c if c is not None else mean for c in centred])
+

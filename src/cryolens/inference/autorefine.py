@@ -48,16 +48,19 @@ the same result as an uninterrupted run.
 
 **Many processes** (``torchrun``, :mod:`~cryolens.inference.distributed`): each rank runs the E-step on
 its share of each half-set; the accumulators and noise sums are all-reduced before the M-step, so every
-rank computes the same maps; per-image poses are merged. Rank 0 alone calls ``on_iteration`` and writes
-the checkpoint, which a run with any number of ranks can resume.
+rank computes the same maps; per-image poses are merged. Rank 0 alone writes the checkpoint, which a run
+with any number of ranks can resume; one rank calls ``on_iteration`` — rank 1 where it shares rank 0's
+node (:func:`~cryolens.inference.distributed.snapshot_writer`), so that the snapshots and the checkpoint
+are written at once — and no rank waits for the writes (the checkpoint is written atomically; the next
+all-reduce, or the end of the run, joins the ranks). Each iteration's history record holds ``"timing"``:
+per rank, the seconds of its E-step, M-step, writes and waits in collectives (:mod:`.rank_timing`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -70,19 +73,21 @@ from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume,
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
 from ..imaging.slice import extract_points_from_sampling_volume
-from ..imaging.so3_grid import angular_step, so3_grid
+from ..imaging.so3_grid import angular_step, grid_size, so3_grid
 from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
-from .distributed import barrier, is_main, merge_rows, on_ranks, shard
+from .distributed import is_main, on_ranks, shard, snapshot_writer
+from .memory import batch_size_for
 from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels, weighted_residual_power
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
+from .rank_timing import RankTimer, TimingJoin
 from .reconstruct import FourierAccumulator
 from .pose_accuracy import significant_caps
-from .refine_diag import PoseDiagnostics, local_sigma_deg
+from .refine_diag import PoseDiagnostics, local_sigma_deg, Tally as _Tally
 from .refine_state import RefineConfig, RefineResult, RefineState
 
 CHECKPOINT = "checkpoint.pt"
@@ -123,6 +128,13 @@ def _reference_map(volume: torch.Tensor, cfg: RefineConfig, size: int, pixel_siz
     return flatten_solvent(volume, 0.5 * _diameter(cfg, size, pixel_size) / pixel_size, cfg.mask_edge)
 
 
+def _batch_size(cfg: RefineConfig, stage: Stage, dev, n: int) -> int:
+    """Images per E-step batch: ``cfg.batch_size``, or :func:`~cryolens.inference.memory.batch_size_for` a
+    global pass of ``stage`` (its grid × the shift grid) on ``dev`` (at most 64 on the CPU)."""
+    t = (2 * math.floor(stage.offset_range / stage.offset_step + 1e-9) + 1) ** 2  # shifts of the square grid
+    return batch_size_for(dev, stage.size, grid_size(stage.order) * t, given=cfg.batch_size, n_images=n, n_shifts=t)
+
+
 def _diameter(cfg: RefineConfig, size: int, pixel_size: float) -> float:
     """The particle diameter, Å: ``cfg.particle_diameter``, or 0.8 × the box."""
     return cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
@@ -142,26 +154,6 @@ def poses_to_particles(particles: Particles, state) -> Particles:
     extra["rlnRandomSubset"] = np.asarray(torch.as_tensor(get("half")).cpu()).astype(np.int64) + 1
     return replace(particles, rotations=get("rotations").float().cpu(), shifts=get("shifts").float().cpu(),
                    extra=extra)
-
-
-@dataclass
-class _Tally:
-    """Per-image outcomes of one iteration's E-steps (float64, CPU): pose change (degrees), MAP weight,
-    number of significant poses; and the updated pose estimates."""
-
-    rotations: torch.Tensor
-    shifts: torch.Tensor
-    change: torch.Tensor
-    max_weight: torch.Tensor
-    n_significant: torch.Tensor
-    mine: torch.Tensor  # (N,) bool: the images this rank's E-steps saw
-    kept_mass: torch.Tensor | None = None  # (N,) the last pass's mass the significant set held
-    diag: PoseDiagnostics | None = None
-
-    def merge(self) -> None:
-        """Every rank gets every image's outcome (no-op in one process)."""
-        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant, self.kept_mass],
-                   self.mine)
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
@@ -278,8 +270,10 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
             "history": state.history + [hist], "accuracy_deg": acc if math.isfinite(acc) else state.accuracy_deg}
 
 
-def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev, progress: bool) -> RefineState:
-    """One EM iteration over both halves; returns the new state (module docstring)."""
+def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev, progress: bool,
+               timer: RankTimer) -> RefineState:
+    """One EM iteration over both halves; returns the new state (module docstring). timer: this rank's
+    E-step and M-step seconds are counted into it."""
     from dataclasses import replace
 
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
@@ -288,7 +282,8 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     stage.caps = (cfg.max_coarse, cfg.max_significant)
     if cfg.adaptive_caps and state.accuracy_deg is not None and math.isfinite(state.accuracy_deg):
         stage.caps = significant_caps(state.accuracy_deg, stage.order, cfg.max_coarse, cfg.max_significant)
-    ecfg = replace(cfg, max_coarse=stage.caps[0], max_significant=stage.caps[1])  # the E-step's caps
+    ecfg = replace(cfg, max_coarse=stage.caps[0], max_significant=stage.caps[1],  # the E-step's caps, batch
+                   batch_size=_batch_size(cfg, stage, dev, n))
     nan = torch.full((n,), float("nan"), dtype=torch.float64)
     tally = _Tally(state.rotations.clone(), state.shifts.clone(), nan, torch.zeros(n, dtype=torch.float64),
                    torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool), nan.clone(),
@@ -296,14 +291,16 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     seen = sum(len(shard(np.nonzero(state.half.numpy() == h)[0], h, 2)) for h in (0, 1))  # this rank's images
     bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
-    accs, noises = zip(*[_half_e_step(particles, state, h, stage, ecfg, dev, tally, bar) for h in (0, 1)])
+    with timer.part("estep_s"):
+        accs, noises = zip(*[_half_e_step(particles, state, h, stage, ecfg, dev, tally, bar) for h in (0, 1)])
     bar.close()
     for acc, noise in zip(accs, noises):  # the ranks' sums joined (no-op in one process)
         acc.all_reduce()
         noise.all_reduce()
     sigma2 = [noise.estimate().float() for noise in noises]
     tally.merge()
-    maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
+    with timer.part("mstep_s"):
+        maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
     sched = _schedule(state, stage, maps, tally, cfg, size, px)
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
                    full=maps["full"], sigma2=[s.cpu() for s in sigma2], rotations=tally.rotations,
@@ -323,7 +320,8 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
     half = torch.as_tensor(half_set_labels(particles, cfg.seed))
     if int(half.min()) == int(half.max()):
         raise InputError(f"{particles.name}: every particle is in one half-set (rlnRandomSubset); need both")
-    sigma2 = [initial_noise_spectrum(particles, np.nonzero(half.numpy() == h)[0], device=dev).cpu() for h in (0, 1)]
+    sigma2 = [s.cpu() for s in on_ranks([lambda h=h: initial_noise_spectrum(  # half h's on one rank (no rank idles)
+        particles, np.nonzero(half.numpy() == h)[0], device=dev) for h in (0, 1)], dev)]
     n_sym = cyclic_order(cfg.relax_symmetry)
     relax = {}
     if n_sym > 1:  # the pseudo-symmetry axis, in the initial map's frame
@@ -341,7 +339,8 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
 
 
 def _resumed_state(run, cfg: RefineConfig) -> RefineState:
-    """The checkpointed state of ``run`` (made with the same options, except ``max_iterations``)."""
+    """The checkpointed state of ``run`` (made with the same options, except ``max_iterations`` and
+    ``batch_size``)."""
     from ..io.checkpoint import load_checkpoint
 
     if run is None:
@@ -349,7 +348,8 @@ def _resumed_state(run, cfg: RefineConfig) -> RefineState:
     state = RefineState.from_dict(load_checkpoint(run.path(CHECKPOINT)))
     now = asdict(cfg)
     made = asdict(RefineConfig.from_dict({**now, **state.config}))  # options added since: their defaults
-    diff = sorted(k for k in now if k != "max_iterations" and made.get(k) != now[k])
+    free = ("max_iterations", "batch_size")  # neither changes what an iteration computes (beyond rounding)
+    diff = sorted(k for k in now if k not in free and made.get(k) != now[k])
     if diff:
         raise InputError(f"{run.path(CHECKPOINT)}: made with different options ({', '.join(diff)})")
     return state
@@ -364,7 +364,7 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
     config: :class:`RefineConfig` (default: RELION's GUI defaults). run: a
     :class:`~cryolens.io.runfolder.RunFolder` for the checkpoint (needed for ``resume``). device:
     compute device (default CPU). resume: continue from ``run``'s checkpoint. on_iteration: called with
-    the :class:`RefineState` after each iteration (the recipe writes its per-iteration snapshots).
+    the :class:`RefineState` after each iteration, on one rank (the recipe writes its per-iteration snapshots).
     Returns a :class:`RefineResult` (CPU tensors).
     """
     from ..io.checkpoint import save_checkpoint
@@ -373,20 +373,24 @@ def auto_refine(particles: Particles, initial_volume: torch.Tensor, *, config: R
     dev = torch.device(device) if device is not None else torch.device("cpu")
     progress = progress and is_main()
     state = _resumed_state(run, cfg) if resume else _initial_state(particles, initial_volume, cfg, dev)
+    join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
     while not state.converged and state.iteration < cfg.max_iterations:
-        t0 = time.perf_counter()
-        state = _iteration(particles, state, cfg, dev, progress)
-        state.elapsed_s = state.elapsed_s + time.perf_counter() - t0
+        timer = RankTimer(dev)
+        state = _iteration(particles, state, cfg, dev, progress, timer)
+        state.elapsed_s = state.elapsed_s + timer.seconds()[-1].item()
         state.history[-1]["elapsed_s"] = state.elapsed_s
-        if on_iteration is not None and is_main():
-            on_iteration(state)
-        if run is not None and is_main():
-            save_checkpoint(run.path(CHECKPOINT), state.to_dict())
-        barrier()  # the checkpoint is complete before any rank goes on (a resume reads it)
+        join.finish(state.history, back=2)  # the previous iteration's
+        with timer.part("write_s"):  # snapshots and checkpoint on two ranks at once (module docstring)
+            if on_iteration is not None and snapshot_writer():
+                on_iteration(state)
+            if run is not None and is_main():
+                save_checkpoint(run.path(CHECKPOINT), state.to_dict())
+        join.start(timer)
         if progress:
             h = state.history[-1]
             tqdm.write(f"iteration {h['iteration']}: {h['resolution_A']:.2f} Å, step {h['angular_step_deg']:.2f}°, "
                        f"median pose change {h['median_pose_change_deg']:.2f}°")
+    join.finish(state.history)  # (then every rank's writes are done)
     halves = tuple(v.float() for v in (state.unfiltered or state.volumes))
     return RefineResult(volume=state.full.float(), half_maps=halves, fsc=state.fsc.numpy(),
                         resolution=float(state.resolution), rotations=state.rotations.float(),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ from .distributed import all_reduce_sum, gather_rows
 from .em import batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
 from .likelihood import SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_normaliser, used_pixels
+from .memory import em_sizes
 from .mstep import NoiseStats, class_sums, insert_aggregates
 from .prior import map_prior
 from .reconstruct import FourierAccumulator
@@ -213,8 +215,13 @@ def _searched_batch(w: _Work, idx, y, c, rot, sh, scorers, opts: dict) -> None:
         w.records[key].append(v)
 
 
+def _part(timer, name: str):
+    """``timer.part(name)`` (a :class:`~cryolens.inference.rank_timing.RankTimer`), or nothing without one."""
+    return nullcontext() if timer is None else timer.part(name)
+
+
 def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_map: int,
-            n_images: int) -> tuple[dict, dict]:
+            n_images: int, timer=None) -> tuple[dict, dict]:
     """The M-step of an iteration, after joining the ranks' sums and records (one process: nothing to
     join): ``(per-image records (n_images, ...) in image order, new model)`` with keys ``volumes, tau2,
     regularisation, data_vs_prior, sigma2, class_prior, log_likelihood``."""
@@ -227,7 +234,8 @@ def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_
     cat = {k: gather_rows(idx, torch.cat(v).to(dev), n_images) for k, v in w.records.items() if k != "idx"}
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:w.size // 2 + 1] = w.noise.estimate().to(dt) / w.ratio ** 4
-    vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full)
+    with _part(timer, "mstep_s"):
+        vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full)
     model = {"volumes": vols, "tau2": tau2, "regularisation": lam, "data_vs_prior": dvp, "sigma2": new_sigma2,
              "class_prior": (w.class_mass / max(n_images, 1)).to(torch.float64).cpu(),
              "log_likelihood": float(cat["lz"].double().sum()
@@ -239,11 +247,11 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        rotations: torch.Tensor, shifts: torch.Tensor, class_prior: torch.Tensor | None = None, *,
                        tau2: torch.Tensor | None = None, tau2_fudge: float = 4.0,
                        ctf: CTFParams | torch.Tensor | None = None, pixel_size: float | None = None,
-                       k_max: int | None = None, pad: int = 2, batch_size: int = 64, device=None,
+                       k_max: int | None = None, pad: int = 2, batch_size: int | None = None, device=None,
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
-                       modal: bool = False, pair_chunk: int = 2048, rotation_chunk: int | None = None,
+                       modal: bool = False, pair_chunk: int | None = None, rotation_chunk: int | None = None,
                        work_size: int | None = None, cache_bytes: int = 1 << 30, minres_map: int = 0,
-                       progress=None) -> ClassEMResult:
+                       progress=None, timer=None) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -259,7 +267,11 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     frequency above ``d/2`` and σ² is updated up to shell ``d/2`` (default ``D``: no cropping).
     cache_bytes: when the slice values of all classes × rotations inside ``k_max`` fit, they are
     rendered once (:func:`~cryolens.inference.estep.slice_values`) instead of once per batch. progress: an
-    optional tqdm bar. minres_map: shells below it get no prior (RELION's ``--minres_map``).
+    optional tqdm bar. minres_map: shells below it get no prior (RELION's ``--minres_map``). batch_size,
+    pair_chunk, rotation_chunk: images per batch, pairs per insertion chunk, rotations per scoring chunk —
+    ``None`` (default): from the device's free memory (:mod:`~cryolens.inference.memory`; on the CPU at
+    most 64, 2048 and :func:`~cryolens.inference.estep.default_rotation_chunk`, the values used before).
+    timer: a :class:`~cryolens.inference.rank_timing.RankTimer` the E-step and M-step seconds are counted into.
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
@@ -272,14 +284,17 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     itemsize = 16 if dt == torch.float64 else 8
     scorers = ([slice_values(sl, rot, w.size, w.k_max) for sl in w.slicers]
                if len(w.slicers) * rot.shape[0] * n_pix * itemsize <= cache_bytes else w.slicers)
+    n_poses = len(w.accs) * rot.shape[0] * sh.shape[-2]
+    batch_size, pair_chunk = em_sizes(dev, w.size, n_poses, sh.shape[-2], dt, batch_size, pair_chunk)
     opts = {"modal": modal, "mass": mass, "max_significant": max_significant, "weight_floor": weight_floor,
             "rotation_chunk": rotation_chunk, "pair_chunk": pair_chunk}
-    for idx, images, c_b in batches(data, ctf, batch_size, sharded=True):
-        y, c = _batch_images(w, images, c_b)
-        _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
-        if progress is not None:
-            progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data))
+    with _part(timer, "estep_s"):
+        for idx, images, c_b in batches(data, ctf, batch_size, sharded=True):
+            y, c = _batch_images(w, images, c_b)
+            _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
+            if progress is not None:
+                progress.update(images.shape[0])
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer)
     return ClassEMResult(**model, class_probability=cat["p"], labels=cat["p"].argmax(1), map_class=cat["k"],
                          map_rotation_index=cat["r"], map_shift_index=cat["t"], map_shift=cat["ts"],
                          max_weight=cat["w"], n_significant=cat["n"])
@@ -316,9 +331,10 @@ def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weigh
 def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma2: torch.Tensor,
                                    class_prior: torch.Tensor | None = None, *, tau2: torch.Tensor | None = None,
                                    tau2_fudge: float = 4.0, k_max: int | None = None, pad: int = 2,
-                                   batch_size: int = 64, device=None, modal: bool = False, minres_map: int = 0,
+                                   batch_size: int | None = None, device=None, modal: bool = False,
+                                   minres_map: int = 0,
                                    work_size: int | None = None, weight_floor: float = 1e-6,
-                                   progress=None) -> ClassEMResult:
+                                   progress=None, timer=None) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
 
     data: :class:`Particles` with ``rotations (N, 3, 3)`` and ``shifts (N, 2)`` px (``None``: centred) and
@@ -326,7 +342,9 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     ``k`` only where ``P(k | Y_i) ≥ weight_floor · max_k P(k | Y_i)`` (renormalised over the kept
     classes). E-step: ``P(k | Y_i) = softmax_k(ℓ_ik + log π_k)`` with ``ℓ_ik``
     :func:`~cryolens.inference.likelihood.gaussian_log_likelihood` at the image's pose (shift undone),
-    shells ``≤ k_max``. Returns a :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
+    shells ``≤ k_max``. batch_size ``None``: from the free memory, each image's ``K`` predicted slices
+    counted as ``2·K·d²`` poses of :func:`~cryolens.inference.memory.image_bytes`. Returns a
+    :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
     own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability.
     """
     if data.rotations is None:
@@ -335,11 +353,13 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
     w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
-    for idx, images, c_b in batches(data, None, batch_size, sharded=True):
-        _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
-        if progress is not None:
-            progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data))
+    batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, 1, dt, batch_size, None)[0]
+    with _part(timer, "estep_s"):
+        for idx, images, c_b in batches(data, None, batch_size, sharded=True):
+            _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
+            if progress is not None:
+                progress.update(images.shape[0])
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer)
     probs, n_images = cat["p"], cat["p"].shape[0]
     all_idx = torch.arange(n_images, device=dev)
     shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)

@@ -15,7 +15,9 @@ incr_size, mass, max_significant, modal, pad, batch_size, seed, abinit_iteration
 minres_map, skip_align``. Each iteration is checkpointed (``checkpoint.pt``) when a run folder is given;
 ``resume`` continues from it to the same result as an uninterrupted run. Under ``torchrun`` every rank
 runs the schedule on its share of the images (:mod:`~cryolens.inference.classes`); rank 0 writes the
-checkpoint, which any number of ranks can resume.
+checkpoint, which any number of ranks can resume, and no rank waits for it. Each iteration's history record
+holds ``"timing"``: per rank, the seconds of its E-step, M-step, writes and waits in collectives
+(:mod:`~cryolens.inference.rank_timing`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from . import classes
-from .distributed import barrier, is_main, shard
+from .distributed import is_main, shard
 from .estep import translation_grid
+from .rank_timing import RankTimer, TimingJoin
 from .refine_state import CheckpointState
 
 
@@ -148,12 +151,13 @@ def _resumed(ckpt, n: int, k: int, d: int, dev) -> ClassState:
     return st
 
 
-def _em_step(particles: Particles, st: ClassState, cfg, rot, shifts, dev, bar) -> classes.ClassEMResult:
-    """One Class3D EM iteration in the working box of ``st.k_max``."""
+def _em_step(particles: Particles, st: ClassState, cfg, rot, shifts, dev, bar, timer) -> classes.ClassEMResult:
+    """One Class3D EM iteration in the working box of ``st.k_max`` (its seconds counted into ``timer``)."""
     k_used, d = int(st.k_max), particles.box_size
     work = min(d, 2 * (k_used + cfg.work_margin))
     common = {"tau2_fudge": float(cfg.tau2_fudge), "k_max": k_used, "pad": cfg.pad, "batch_size": cfg.batch_size,
-              "device": dev, "modal": bool(cfg.modal), "minres_map": cfg.minres_map, "work_size": work, "progress": bar}
+              "device": dev, "modal": bool(cfg.modal), "minres_map": cfg.minres_map, "work_size": work, "progress": bar,
+              "timer": timer}
     if cfg.skip_align:
         return classes.class_em_iteration_fixed_poses(particles, st.volumes, st.sigma2, st.class_prior, **common)
     return classes.class_em_iteration(particles, st.volumes, st.sigma2, rot, shifts, st.class_prior,
@@ -203,16 +207,20 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
     n_mine = len(shard(np.arange(n)))  # this rank's images per iteration (all in one process)
     bar = tqdm(total=cfg.n_iterations * n_mine, initial=st.iteration * n_mine, desc="Class3D", unit="img",
                disable=not progress)
+    join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
     while st.iteration < cfg.n_iterations:
-        t0 = time.time()
-        res = _em_step(particles, st, cfg, rot, shifts, dev, bar)
+        t0, timer = time.time(), RankTimer(dev)
+        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer)
         _advance(st, res, cfg, d, particles.pixel_size, t0)
-        if ckpt is not None and is_main():
-            save_checkpoint(ckpt, st.to_dict())
-        if on_iteration is not None and is_main():
-            on_iteration(st.iteration, res)
-        barrier()
+        join.finish(st.history, back=2)  # the previous iteration's
+        with timer.part("write_s"):  # no barrier after: the checkpoint is written atomically
+            if ckpt is not None and is_main():
+                save_checkpoint(ckpt, st.to_dict())
+            if on_iteration is not None and is_main():
+                on_iteration(st.iteration, res)
+        join.start(timer)
     bar.close()
+    join.finish(st.history)  # (then rank 0's last writes are done)
     last = st.last
     return ClassifyResult(volumes=st.volumes.float().cpu(), class_prior=torch.as_tensor(st.class_prior).double(),
                           labels=st.labels.numpy().astype(np.int64),

@@ -12,13 +12,23 @@ all-reduce per iteration (:func:`all_reduce_sum`) joins them; per-image results 
 (:func:`merge_rows`, :func:`gather_rows`) so that every rank holds the same state, and rank 0 writes.
 
 A collective that fails (a rank died, or cannot be reached within ``CRYOLENS_DIST_TIMEOUT`` seconds,
-default 600) raises :class:`DistributedError` with a one-line message instead of hanging.
+default 600) raises :class:`DistributedError` with a one-line message instead of hanging. The seconds a
+process spends in collectives (computing nothing, mostly waiting for the other ranks) are counted
+(:func:`collective_seconds`), for the per-rank timing of :mod:`~cryolens.inference.rank_timing`.
+
+Under NCCL the tensors stay on the GPU: an all-reduce works in place on a CUDA tensor, and
+:func:`on_ranks` broadcasts its results as tensors from GPU to GPU (only their shape and dtype travel as a
+pickled object); CPU tensors travel through the GPU. Under gloo CPU tensors are reduced in place and
+:func:`on_ranks` broadcasts through the CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import numpy as np
@@ -29,6 +39,29 @@ from ..errors import DistributedError
 
 TIMEOUT_ENV = "CRYOLENS_DIST_TIMEOUT"
 log = logging.getLogger(__name__)
+_WAITED = [0.0]  # seconds this process has spent in collectives
+
+
+def collective_seconds() -> float:
+    """Seconds this process has spent in collectives (all-reduce, broadcast, barrier) since it started; 0
+    in one process, where every collective is a no-op."""
+    return _WAITED[0]
+
+
+@contextmanager
+def _collective(what: str, wait: bool = True) -> Iterator[None]:
+    """Time a collective into :func:`collective_seconds`; a failure becomes :class:`DistributedError`.
+    Under NCCL, whose collectives return before the GPU has done them, ``wait`` waits for the GPU so that
+    the time counted is the collective's."""
+    t = time.perf_counter()
+    try:
+        yield
+        if wait and dist.is_initialized() and dist.get_backend() == "nccl":
+            torch.cuda.synchronize()
+    except Exception as e:
+        raise _fail(what, e) from None
+    finally:
+        _WAITED[0] += time.perf_counter() - t
 
 
 def _fail(what: str, err: Exception) -> DistributedError:
@@ -74,6 +107,16 @@ def init_distributed(device: torch.device | str | None = None) -> torch.device |
     return dev
 
 
+def snapshot_writer() -> bool:
+    """True on the rank that writes the per-iteration snapshots of an EM schedule: rank 1 where it runs on
+    rank 0's node (``torchrun`` numbers a node's ``LOCAL_WORLD_SIZE`` ranks from 0, so rank 1 shares rank
+    0's file system when that is above 1), so that they are written while rank 0 writes the checkpoint;
+    rank 0 otherwise (one process, one rank per node)."""
+    rank, n = world()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(n)))
+    return rank == (1 if n > 1 and local > 1 else 0)
+
+
 def is_distributed() -> bool:
     """True when this process is one of several in an initialised process group."""
     return world()[1] > 1
@@ -107,31 +150,38 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
         return
     for t in tensors:
         dev = _collective_device(t)
-        work = t.to(device=dev, dtype=torch.int64 if t.dtype == torch.bool else t.dtype)
-        try:
+        work = t.to(device=dev, dtype=torch.int64 if t.dtype == torch.bool else t.dtype).contiguous()  # t itself
+        with _collective("an all-reduce"):
             dist.all_reduce(work)
-        except Exception as e:
-            raise _fail("an all-reduce", e) from None
         if work.data_ptr() != t.data_ptr():
             t.copy_(work.to(device=t.device, dtype=t.dtype) if t.dtype != torch.bool else work > 0)
 
 
 def on_ranks(jobs: list, device: torch.device | str | None = None) -> list:
     """Run job ``j`` (a callable returning a tensor) on rank ``j mod world`` only, then give every rank
-    every result on ``device`` (broadcast from the rank that made it, through the CPU): work that every
-    rank needs but one can do. In one process: ``[job() for job in jobs]``."""
+    every result on ``device`` (broadcast from the rank that made it: through the CPU under gloo, GPU to
+    GPU under NCCL): work that every rank needs but one can do. In one process: ``[job() for job in jobs]``."""
     rank, n = world()
     if n == 1:
         return [job() for job in jobs]
     made = {j: job() for j, job in enumerate(jobs) if j % n == rank}  # ours first: no rank waits on another
+    nccl = dist.get_backend() == "nccl"
+    gpu = torch.device("cuda", torch.cuda.current_device()) if nccl else None
     out = []
     for j in range(len(jobs)):
-        box = [made[j].cpu() if j in made else None]
-        try:
-            dist.broadcast_object_list(box, src=j % n)
-        except Exception as e:
-            raise _fail("a broadcast", e) from None
-        out.append(made[j] if j in made else box[0].to(device or "cpu"))
+        mine, src = made.get(j), j % n
+        with _collective("a broadcast"):
+            if nccl:  # shape and dtype as an object, the tensor itself from GPU to GPU
+                meta = [None if mine is None else (tuple(mine.shape), mine.dtype)]
+                dist.broadcast_object_list(meta, src=src)
+                got = (mine.to(gpu).contiguous() if mine is not None
+                       else torch.empty(meta[0][0], dtype=meta[0][1], device=gpu))
+                dist.broadcast(got, src=src)
+            else:
+                box = [None if mine is None else mine.cpu()]
+                dist.broadcast_object_list(box, src=src)
+                got = box[0]
+        out.append(mine if mine is not None else got.to(device or "cpu"))
     return out
 
 
@@ -157,13 +207,32 @@ def gather_rows(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tens
     return out
 
 
+def start_gather(values: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start joining every rank's ``values`` ``(k,)`` into ``(world, k)`` float64 (row ``r``: rank ``r``'s)
+    without waiting for it (an asynchronous all-reduce): returns a function that waits and gives the
+    table on the CPU (its wait counted in :func:`collective_seconds`). In one process: ``values[None]``."""
+    rank, n = world()
+    if n == 1:
+        table = values.detach().double().cpu()[None]
+        return lambda: table
+    dev = _collective_device(values)
+    table = torch.zeros(n, values.numel(), dtype=torch.float64, device=dev)
+    table[rank] = values.detach().to(device=dev, dtype=torch.float64).reshape(-1)
+    with _collective("an all-reduce", wait=False):
+        work = dist.all_reduce(table, async_op=True)
+
+    def wait() -> torch.Tensor:
+        with _collective("an all-reduce"):
+            work.wait()
+        return table.cpu()
+    return wait
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
-        try:
+        with _collective("a barrier"):
             dist.barrier()
-        except Exception as e:
-            raise _fail("a barrier", e) from None
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
@@ -172,7 +241,8 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src)
+        with _collective("a broadcast"):
+            dist.broadcast(t.data, src)
 
 
 def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
@@ -180,7 +250,8 @@ def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     for t in tensors:
-        dist.broadcast(t, src)
+        with _collective("a broadcast"):
+            dist.broadcast(t, src)
 
 
 def finish_distributed() -> None:

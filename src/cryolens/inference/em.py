@@ -53,6 +53,7 @@ from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from .distributed import shard
 from .likelihood import ctf_images, log_normaliser, shell_weights, volume_slicer
+from .memory import em_sizes
 from .mstep import NoiseStats, class_sums, exact_m_step, insert_aggregates, insert_weighted  # noqa: F401
 from .posterior import pose_posterior
 from .prior import map_prior
@@ -105,12 +106,20 @@ def batches(data: Particles | torch.Tensor, ctf, batch_size: int, sharded: bool 
         yield idx, data[idx], c
 
 
+def _check_m_step(m_step: str, reg_per_shell, tau2) -> None:
+    if m_step not in ("insert", "exact"):
+        raise ValueError(f"m_step must be 'insert' or 'exact', got {m_step!r}")
+    if reg_per_shell is not None and tau2 is not None:
+        raise ValueError("give at most one of reg_per_shell and tau2")
+
+
 def em_iteration(data: Particles | torch.Tensor, volume: torch.Tensor, sigma2: torch.Tensor,
                  rotations: torch.Tensor, shifts: torch.Tensor, *, ctf: CTFParams | torch.Tensor | None = None,
-                 pixel_size: float | None = None, k_max: int | None = None, pad: int = 2, batch_size: int = 64,
-                 device=None, mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
+                 pixel_size: float | None = None, k_max: int | None = None, pad: int = 2,
+                 batch_size: int | None = None, device=None, mass: float = 0.999, max_significant: int = 1000,
+                 weight_floor: float = 1e-6,
                  reg_per_shell: torch.Tensor | None = None, tau2: torch.Tensor | None = None,
-                 m_step: str = "insert", cg_iterations: int = 30, pair_chunk: int = 2048,
+                 m_step: str = "insert", cg_iterations: int = 30, pair_chunk: int | None = None,
                  rotation_chunk: int | None = None) -> EMResult:
     """One E-step + M-step (module docstring) over all images.
 
@@ -125,20 +134,20 @@ def em_iteration(data: Particles | torch.Tensor, volume: torch.Tensor, sigma2: t
     reg_per_shell / tau2: the regulariser ``λ(k)`` (module docstring; at most one).
     m_step: ``"insert"`` (RELION's weighted back-projection, approximate) or ``"exact"`` (the
     un-regularised least-squares maximiser by :func:`exact_m_step`, ``cg_iterations`` CG steps; keeps
-    ``M`` per-rotation sums in memory; ``accumulator`` is then ``None``). pair_chunk: pairs / slices
-    processed together. rotation_chunk: E-step chunk.
+    ``M`` per-rotation sums in memory; ``accumulator`` is then ``None``). batch_size: images per batch;
+    pair_chunk: pairs / slices processed together; rotation_chunk: E-step chunk — ``None`` (default): chosen
+    from the device's free memory (:mod:`~cryolens.inference.memory`; on the CPU at most 64, 2048 and
+    :func:`~cryolens.inference.estep.default_rotation_chunk`, the fixed values used before).
     """
-    if m_step not in ("insert", "exact"):
-        raise ValueError(f"m_step must be 'insert' or 'exact', got {m_step!r}")
-    if reg_per_shell is not None and tau2 is not None:
-        raise ValueError("give at most one of reg_per_shell and tau2")
+    _check_m_step(m_step, reg_per_shell, tau2)
     dev = torch.device(device) if device is not None else volume.device
     dt, size = volume.dtype, volume.shape[-1]
-    if isinstance(data, Particles):
-        pixel_size = data.pixel_size if pixel_size is None else pixel_size
+    pixel_size = data.pixel_size if isinstance(data, Particles) and pixel_size is None else pixel_size
     vol, s2 = volume.to(dev), sigma2.to(device=dev, dtype=dt)
     rot, sh = rotations.to(device=dev, dtype=dt), shifts.to(device=dev, dtype=dt)
     slicer = volume_slicer(prepare_volume_ft(vol, pad), size)
+    batch_size, pair_chunk = em_sizes(dev, size, rot.shape[0] * sh.shape[-2], sh.shape[-2], dt, batch_size,
+                                      pair_chunk)
     sums = _Sums(size, rot.shape[0], m_step == "exact", pad, dev, dt)
     sums.rot = rot
     out = {k: [] for k in ("idx", "lz", "r", "t", "ts", "w", "n")}

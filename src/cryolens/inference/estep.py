@@ -36,6 +36,7 @@ import torch
 from ..imaging.ctf import CTFParams
 from .likelihood import (SliceFn, as_slicer, ctf_images, log_likelihood_table, prepare_image_terms,
                          slice_values_at, used_pixels)
+from .memory import rotation_chunk_for
 
 
 def translation_grid(max_shift: float, step: float, circular: bool = False, device=None,
@@ -253,7 +254,8 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     (with ``pixel_size`` Å/px). log_class_prior: ``(K,)`` or ``(B, K)`` ``log π_k`` (uniform when
     ``None``). log_prior_rotation ``(M,)``/``(B, M)``, log_prior_shift ``(T,)``/``(B, T)``: uniform when
     ``None`` (they need not be normalised). mass, max_significant: the significant set over
-    ``(k, m, j)``. rotation_chunk: ``M_c`` (default :func:`default_rotation_chunk`).
+    ``(k, m, j)``. rotation_chunk: ``M_c`` (default ``None``: from the free memory,
+    :func:`~cryolens.inference.memory.rotation_chunk_for`, on the CPU at most :func:`default_rotation_chunk`).
     """
     b, size = images_ft.shape[0], images_ft.shape[-1]
     dev, rdt = images_ft.device, images_ft.real.dtype
@@ -268,7 +270,8 @@ def class_pose_posterior(images_ft: torch.Tensor, slices: Sequence[SliceFn | tor
     priors = (log_prior(log_class_prior, n_cls, b, "log_class_prior", dev, rdt),
               log_prior(log_prior_rotation, m, b, "log_prior_rotation", dev, rdt),
               log_prior(log_prior_shift, t, b, "log_prior_shift", dev, rdt))
-    chunk = default_rotation_chunk(b, t, size) if rotation_chunk is None else int(rotation_chunk)
+    chunk = rotation_chunk_for(dev, size, b, t, default_rotation_chunk(b, t, size), images_ft.real.element_size(),
+                               rotation_chunk)
     keep_n = min(max_significant, n_cls * m * t)
     top = StreamingTop(b, keep_n, 3, n_cls, dev, rdt)
     _score_all(top, terms, scorers, rot, priors, chunk)

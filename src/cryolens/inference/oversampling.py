@@ -29,6 +29,7 @@ from ..imaging.slice import extract_points_from_sampling_volume, prepare_volume_
 from ..imaging.so3_grid import angular_step, children, grid_size, local_grid, so3_grid
 from .estep import StreamingTop, WeightedPairs, significant, translation_grid
 from .likelihood import half_plane_pixels, log_likelihood_table, prepare_image_terms, volume_slicer
+from .memory import rotation_chunk_for
 from .pose_accuracy import posterior_rms_angle, window_mass
 from .pose_search import frequency_schedule, hierarchical_search
 
@@ -122,7 +123,8 @@ def _global_pass(terms, ref: Reference, level: int, k: int, b: int, t: int, cap:
     shift index, log-evidence (B,))``, best first."""
     vals = ref.level_values(level, k)
     m = vals.shape[0]
-    chunk = max(1, (1 << 22) // max(1, b * t))
+    cpu_chunk = max(1, (1 << 22) // max(1, b * t))  # the fixed chunk: the CPU's cap
+    chunk = rotation_chunk_for(vals.device, ref.size, b, t, cpu_chunk, vals.real.element_size())
     top = StreamingTop(b, cap, 2, 1, vals.device, terms.ctf2w.dtype)
     for a in range(0, m, chunk):
         z = min(m, a + chunk)

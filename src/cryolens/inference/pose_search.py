@@ -59,6 +59,7 @@ from ..imaging.ctf import CTFParams
 from ..imaging.so3_grid import children, so3_grid
 from .likelihood import (ImageTerms, SliceFn, as_slicer, ctf_images, log_likelihood_table, prepare_image_terms,
                          slice_values_at, used_pixels)
+from .memory import rotation_chunk_for
 from .posterior import default_rotation_chunk, translation_grid
 
 
@@ -115,7 +116,8 @@ def grid_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor, rotatio
     slicer = as_slicer(slices, size)
     c = ctf_images(ctf, b, size, pixel_size, dev, rdt)
     terms = prepare_image_terms(images_ft, _sigma2_or_default(sigma2, size, dev, rdt), shifts, c, k_max)
-    chunk = default_rotation_chunk(b, shifts.shape[-2], size) if rotation_chunk is None else int(rotation_chunk)
+    chunk = rotation_chunk_for(dev, size, b, shifts.shape[-2], default_rotation_chunk(b, shifts.shape[-2], size),
+                               images_ft.real.element_size(), rotation_chunk)
     return _best_rotations(terms, lambda a, z: slice_values_at(slicer, rot[a:z], terms.pixels), rot.shape[0], chunk,
                            top_k)
 
@@ -217,8 +219,8 @@ def hierarchical_search(images_ft: torch.Tensor, slices: SliceFn | torch.Tensor,
     halves at each level (final ``shift_step / 2^n_levels``); shift_radius: each kept shift is
     refined over ``(2·shift_radius + 1)²`` shifts of the new step around it. keep: rotations kept per image
     between levels. k_max: ``n_levels + 1`` shell limits (default :func:`frequency_schedule`).
-    image_chunk: images processed together; rotation_chunk: slices rendered together (both bound
-    memory).
+    image_chunk: images processed together; rotation_chunk: slices rendered together (``None``: from
+    the free memory, :func:`~cryolens.inference.memory.rotation_chunk_for`); both bound memory.
     """
     b, size = images_ft.shape[0], images_ft.shape[-1]
     dev, rdt = images_ft.device, images_ft.real.dtype
@@ -261,8 +263,9 @@ def _search_chunk(y, c, slicer, s2, base_vals, base_shifts, ks, base_level, n_le
     size, dev = y.shape[-1], y.device
     n_keep = keep if n_levels > 0 else 1
     terms = prepare_image_terms(y, s2, base_shifts, c, ks[0])
-    chunk = default_rotation_chunk(y.shape[0], base_shifts.shape[0], size) if rotation_chunk is None \
-        else int(rotation_chunk)
+    b, t = y.shape[0], base_shifts.shape[0]
+    chunk = rotation_chunk_for(dev, size, b, t, default_rotation_chunk(b, t, size), y.real.element_size(),
+                               rotation_chunk)
     idx, t_idx, score = _best_rotations(terms, lambda a, z, v=base_vals: v[a:z], base_vals.shape[0], chunk, n_keep)
     shift = base_shifts[t_idx]  # (B_c, K, 2)
     for level in range(1, n_levels + 1):

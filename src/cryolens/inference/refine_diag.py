@@ -3,16 +3,18 @@ images of each half's E-step, the expected angular accuracy of their updated pos
 (:func:`~cryolens.inference.pose_accuracy.expected_angular_accuracy`, RELION's ``acc_rot``) and, in local
 searches, the posterior mass the search window holds and the posterior's RMS angle
 (:func:`~cryolens.inference.oversampling.window_diagnostic`). The sums are joined over the ranks
-(:func:`~cryolens.inference.distributed.all_reduce_sum`) so that every rank follows the same schedule."""
+(:func:`~cryolens.inference.distributed.all_reduce_sum`) so that every rank follows the same schedule; and
+the per-image outcomes of an iteration (:class:`Tally`), merged over the ranks."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..imaging.so3_grid import angular_step
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, merge_rows
 from .oversampling import Reference, Stage, window_diagnostic
 from .pose_accuracy import expected_angular_accuracy
 from .refine_state import RefineConfig
@@ -71,3 +73,23 @@ class PoseDiagnostics:
                 "window_mass_mean": s_mass / n_win if n_win else nan,
                 "window_mass_min": float(self.min_mass) if n_win else nan,
                 "window_rms_deg": math.sqrt(s_rms2 / n_win) if n_win else nan}
+
+
+@dataclass
+class Tally:
+    """Auto-refine's per-image outcomes of one iteration's E-steps (float64, CPU): pose change (degrees), MAP weight,
+    number of significant poses; and the updated pose estimates."""
+
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    change: torch.Tensor
+    max_weight: torch.Tensor
+    n_significant: torch.Tensor
+    mine: torch.Tensor  # (N,) bool: the images this rank's E-steps saw
+    kept_mass: torch.Tensor | None = None  # (N,) the last pass's mass the significant set held
+    diag: PoseDiagnostics | None = None
+
+    def merge(self) -> None:
+        """Every rank gets every image's outcome (no-op in one process)."""
+        merge_rows([self.rotations, self.shifts, self.change, self.max_weight, self.n_significant, self.kept_mass],
+                   self.mine)

@@ -29,7 +29,8 @@ class RefineConfig:
     incr_size: shells above the current resolution used by the E-step. tau2_fudge: ``T``.
     mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``).
     max_iterations: cap. min_gain_shells: resolution gain (in shells) below which an iteration stalls.
-    pad: oversampling of the projector and the accumulator. batch_size: images per E-step batch.
+    pad: oversampling of the projector and the accumulator. batch_size: images per E-step batch (``None``:
+    from the free memory, at most 64 on the CPU; :mod:`~cryolens.inference.memory`).
     keep: modal search, candidates kept per level. particle_diameter: Å (RELION's
     ``--particle_diameter``; default 0.8 × the box), sets the shell limit of the coarse passes
     (:func:`coarse_shell`, RELION's ``coarse_size``) when ``coarse_size``. seed: half-set split when
@@ -74,7 +75,7 @@ class RefineConfig:
     max_iterations: int = 30
     min_gain_shells: float = 0.5
     pad: int = 2
-    batch_size: int = 64
+    batch_size: int | None = None
     keep: int = 8
     particle_diameter: float | None = None
     coarse_size: bool = True

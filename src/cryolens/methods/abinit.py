@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..imaging.shift import center_volume
+from ..imaging.shift import center_volume, center_volumes
 from ..inference import abinit as _abinit
 from ..inference import autorefine
 from ..io.particles import Particles
@@ -110,7 +110,7 @@ def _hand_over(particles: Particles, vols: torch.Tensor, cfg: AbinitRecipeConfig
     sub = RunFolder(run.path("class3d"))
     ccfg = {"n_classes": k, "n_iterations": cfg.class3d_iterations, "healpix_order": 2,
             "offset_range": float(cfg.max_shift), "seed": cfg.seed, "initial_lowpass": float(cfg.handover_lowpass)}
-    starts = torch.stack([center_volume(v)[0] for v in vols])
+    starts = center_volumes(vols)  # an emptied class restarts as the mean of the others
     cres = class3d.classify(particles, starts, ccfg, sub, device, progress,
                             resume=cfg.resume and sub.path("checkpoint.pt").is_file())
     out = class3d.outputs(cres, particles.pixel_size)

@@ -43,6 +43,7 @@ from ..errors import InputError
 from ..inference import classify as _schedule
 from ..inference.classes import ClassEMResult, class_em_iteration, class_em_iteration_fixed_poses  # noqa: F401
 from ..inference.classify import ClassifyResult, image_power_spectrum  # noqa: F401
+from ..inference.rank_timing import totals
 from ..io.particles import Particles
 from .config import RecipeConfig, as_dict, build_config, option
 
@@ -63,7 +64,7 @@ class Class3DConfig(RecipeConfig):
     max_significant: int = option(200, "at most this many (class, pose) pairs per image")
     modal: bool = option(False, "hard assignment of the best (class, pose) (classification EM)")
     pad: int = option(2, "oversampling of the projector and the accumulator")
-    batch_size: int = option(64, "images per E-step batch")
+    batch_size: int | None = option(None, "images per E-step batch; none: from the free memory (≤ 64 on a CPU)")
     init_map: str | None = option(None, "start map (.mrc), or K maps in one file; none: ab initio first")
     abinit_iterations: int = option(150, "ab initio iterations when no start map is given")
     work_margin: int = option(4, "shells above k_max kept in the working box, px")
@@ -110,7 +111,7 @@ def outputs(result: ClassifyResult, pixel_size: float, metrics: dict | None = No
     counts = np.bincount(result.labels, minlength=result.volumes.shape[0])
     m = {"n_classes": int(result.volumes.shape[0]), "class_prior": result.class_prior.tolist(),
          "class_counts": counts.tolist(), "resolution_A": h[-1]["resolution_A"] if h else None,
-         "iterations": len(h), **(metrics or {})}
+         "iterations": len(h), "rank_seconds": totals(h), **(metrics or {})}  # per rank: E-, M-step, writes, waits
     return MethodOutputs(pixel_size=pixel_size, volumes=result.volumes, rotations=result.rotations,
                          shifts=result.shifts, labels=result.labels, history=list(h), metrics=m,
                          particle_columns={"rlnMaxValueProbDistribution": result.max_weight.double().numpy()})

@@ -1,7 +1,6 @@
 """Homogeneous 3D refinement recipes: ``relion-refine3d`` (full-posterior EM, RELION's auto-refine) and
-``cryosparc-refine`` (modal EM with hierarchical pose search, cryoSPARC's homogeneous refinement /
-cryoDRGN2's search). Both compose :func:`~cryolens.inference.autorefine.auto_refine`; they need the CTF,
-estimate poses, and start from an initial map.
+``cryosparc-refine`` (modal EM, hierarchical pose search: cryoSPARC's homogeneous refinement / cryoDRGN2's).
+Both compose :func:`~cryolens.inference.autorefine.auto_refine`; they need the CTF and an initial map.
 
 **relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes: 7.5° first (a 15°
 pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in steps of 1 px (``--offset_step
@@ -14,9 +13,9 @@ pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in st
 and shift per level, frequency marching up to ``k_max``), weight 1, the same MAP back-projection; 30 Å low-pass.
 
 **Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit
-each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial
-map.** ``init_map``; without one the ``cryosparc-abinit`` recipe makes one when registered, else a soft
-sphere of a quarter of the box (metrics ``initial_map`` says which).
+each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial map.**
+``init_map``; without one ``cryosparc-abinit`` makes one when registered, else a soft sphere of a quarter
+of the box (metrics ``initial_map`` says which).
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from ..errors import InputError
 from ..imaging.grids import spherical_mask
 from ..imaging.so3_grid import angular_step
 from ..inference.autorefine import RefineConfig, RefineState, auto_refine, poses_to_particles
+from ..inference.rank_timing import totals
 from ..io.particles import Particles
 from .config import RecipeConfig, as_dict, option
 
@@ -62,7 +62,7 @@ class Refine3DConfig(RecipeConfig):
     max_iterations: int = option(30, "iteration cap")
     min_gain_shells: float = option(0.5, "resolution gain per iteration below which the search stalls, shells")
     pad: int = option(2, "oversampling of the projector and the accumulator")
-    batch_size: int = option(64, "images per E-step batch")
+    batch_size: int | None = option(None, "images per E-step batch; none: from the free memory (≤ 64 on a CPU)")
     keep: int = option(8, "modal search: candidates kept per level")
     particle_diameter: float | None = option(None, "particle diameter, Å (--particle_diameter); none: 0.8 × box")
     coarse_size: bool = option(True, "coarse passes use shells up to RELION's coarse_size only")
@@ -124,7 +124,6 @@ def iteration_writer(run, particles: Particles):
         run.write_json(f"iter{it:03d}_fsc.json", {"fsc": state.history[-1]["fsc"],
                                                    "resolution_A": state.history[-1]["resolution_A"]})
         write_star(run.path(f"iter{it:03d}_particles.star"), poses_to_particles(particles, state))
-
     return write
 
 
@@ -141,7 +140,8 @@ def fit(particles: Particles, known, run, config: Refine3DConfig, device=None, p
     result = auto_refine(particles, vol, config=refine_config(config), run=run, device=device, progress=progress,
                          resume=config.resume, on_iteration=None if run is None else iteration_writer(run, particles))
     metrics = {"resolution_halfmap_0143_A": result.resolution, "initial_map": note, "iterations": len(result.history),
-               "converged": result.converged, "fsc_halfmaps": np.asarray(result.fsc).tolist()}
+               "converged": result.converged, "fsc_halfmaps": np.asarray(result.fsc).tolist(),
+               "rank_seconds": totals(result.history)}  # per rank: E-step, M-step, writes, waits (rank_timing)
     if result.relax_axis is not None:  # relax_symmetry: the pseudo-symmetry axis found on the start map
         metrics["relax_symmetry_axis_xyz"] = [float(x) for x in result.relax_axis]
     return MethodOutputs(pixel_size=result.pixel_size, volume=result.volume, half_maps=result.half_maps,

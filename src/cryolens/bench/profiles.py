@@ -8,7 +8,7 @@ The estimates are scalings of measurements, not measurements:
 
 - time: a measured wall time of the method (:data:`MEASURED_D64`: at D = 64 on the hetero profile's ANM
   task, where one was taken; else :data:`MEASURED`: at D = 32 in the default suite's leaderboard,
-  ``benchmarks/LEADERBOARD.md``, 2026-12-05), scaled by ``N / N_ref × (D / D_ref)²`` (work per image grows
+  ``benchmarks/LEADERBOARD_default_suite.md``, 2026-12-05), scaled by ``N / N_ref × (D / D_ref)²`` (work per image grows
   with its pixels) and by the ratio of the run's epochs / iterations to the measured run's where both name
   them. Going from D = 32 to 64 took longer than ``(D/32)²`` says, so a D = 32 measurement used at a larger
   D is also multiplied by :data:`D32_CORRECTION`, the mean ratio on the methods timed at both sizes. A
@@ -30,7 +30,7 @@ from ..errors import InputError
 from .suite import Task
 
 #: (wall s, peak MB) of each method in the default suite's leaderboard (D = 32, 1,000 images, SNR 0.1;
-#: the continuous task, with its two half-data fits, where a method ran on one; benchmarks/LEADERBOARD.md)
+#: the continuous task, with its two half-data fits, where a method ran on one; benchmarks/LEADERBOARD_default_suite.md)
 MEASURED = {"backprojection": (1.14, 292), "relion-reconstruct": (1.74, 223), "cryodrgn": (44.5, 336),
             "cryodrgn-autodecoder": (45.8, 335), "cryodrgn-homo": (11.4, 255), "cryodrgn2": (27.7, 518),
             "cryoai": (33.2, 698), "cryoposenet": (15.4, 297), "cryosparc-abinit": (63.2, 588),

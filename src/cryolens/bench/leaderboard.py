@@ -175,7 +175,7 @@ def peer_table(rows: list[dict]) -> list[str]:
         if base and best_het:
             g = best_het[1] / base - 1
             gain = f"{best_het[0]} {g:+.0%}: {'met' if g >= MIN_GAIN else 'not met'}"
-        versus = "RECOVAR did not finish"
+        versus = "no RECOVAR result"
         if "recovar" in scores and best_ours:
             d = best_ours[1] / scores["recovar"] - 1
             versus = f"at or above ({d:+.0%})" if d >= 0 else f"**below** ({d:+.0%})"

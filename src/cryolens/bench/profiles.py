@@ -40,9 +40,17 @@ MEASURED = {"backprojection": (1.14, 292), "relion-reconstruct": (1.74, 223), "c
 #: states; benchmarks/RESULTS.md, 2026-12-06, one thread, machine load ~6). cryodrgn was stopped at its
 #: 600 s budget in its half-data fits: its main fit took 4 × 94 s, so 376 s + 2 × 188 s for the two halves
 #: (each on half the images) + 26 s of scoring and writing (back-projection's whole run) is counted. e2gmm
-#: (10 epochs, with its two half-data fits) finished.
+#: (10 epochs, with its two half-data fits) finished. The recipes and peers first timed in the default profile's
+#: leaderboard (500 images, two runs at a time, no half-data fits; the ANM task, the no-pose assembly for the
+#: methods that need no poses; benchmarks/LEADERBOARD.md, 2026-12-06) are stored per 1,000 images; RECOVAR's
+#: time is mostly its JAX compilation, so it does not really scale with N.
 MEASURED_D64 = {"backprojection": (25.8, 1968, {}), "cryodrgn": (778.0, 632, {"epochs": 4}),
-                "e2gmm": (479.0, 2063, {"epochs": 10})}
+                "e2gmm": (479.0, 2063, {"epochs": 10}),
+                **{m: (2 * wall, peak, opts) for m, (wall, peak, opts) in {  # 500 images: twice per 1,000
+                    "3dflex": (345.4, 1908, {"epochs": 2}), "cryofold": (34.8, 1133, {"epochs": 4}),
+                    "recovar": (524.0, 3842, {}), "cryodrgn-4.3": (381.4, 932, {"epochs": 2}),
+                    "atomvae": (178.1, 1309, {"epochs": 4}), "multi-cryogan": (437.8, 2927, {"epochs": 3}),
+                    "cryovaegan": (125.7, 462, {"epochs": 4})}.items()}}
 #: how much longer than (D/32)² the D = 32 → 64 step took: the mean ratio on the methods timed at both sizes
 _BOTH = [m for m in MEASURED_D64 if m in MEASURED]
 D32_CORRECTION = round(sum(MEASURED_D64[m][0] / (MEASURED[m][0] * 4) for m in _BOTH) / len(_BOTH), 1)

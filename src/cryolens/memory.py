@@ -20,6 +20,10 @@ import ctypes
 import ctypes.util
 import functools
 import sys
+from pathlib import Path
+
+#: the Linux kernel's memory counters
+MEMINFO = Path("/proc/meminfo")
 
 
 @functools.cache
@@ -42,3 +46,15 @@ def release_free_heap() -> bool:
     Returns whether any memory was released."""
     fn = _malloc_trim()
     return bool(fn(0)) if fn is not None else False
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give a process now, bytes: ``MemAvailable`` of ``/proc/meminfo`` (``None``
+    where the file or the field is not there, e.g. not Linux)."""
+    if not MEMINFO.is_file():
+        return None
+    for line in MEMINFO.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024  # kB
+    return None
+

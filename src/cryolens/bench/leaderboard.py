@@ -134,13 +134,12 @@ def markdown(rows: list[dict], command: str = "", wall_s: float | None = None) -
 PEERS = ("recovar", "cryodrgn-4.3")
 
 
-def _method_kind(name: str) -> str:
-    """A method's own heterogeneity (a registered recipe's or an adapter's), ``?`` when unknown."""
+def _method_kinds() -> dict[str, str]:
+    """Every registered recipe's and adapter's own heterogeneity, by name."""
     from ..methods.registry import recipes
     from .adapters import adapters
 
-    pool = {**recipes(), **adapters(available_only=False)}
-    return pool[name].heterogeneity if name in pool else "?"
+    return {n: r.heterogeneity for n, r in {**recipes(), **adapters(available_only=False)}.items()}
 
 
 def peer_table(rows: list[dict]) -> list[str]:
@@ -160,13 +159,13 @@ def peer_table(rows: list[dict]) -> list[str]:
             by_task.setdefault(r["task"], {})[r["method"]] = float(v)
     if not by_task:
         return []
+    kinds = _method_kinds()  # once: listing the adapters imports their modules
     lines = ["", "## Heterogeneous methods against the consensus and the peers (per-image FSC-AUC)", "",
              f"| task | back-projection (consensus) | best cryolens recipe | {' | '.join(PEERS)} | best heterogeneous "
              f"vs consensus (goal ≥ +{MIN_GAIN:.0%}) | cryolens vs RECOVAR |",
              "|---|---|---|" + "---|" * len(PEERS) + "---|---|"]
     for task, scores in sorted(by_task.items()):
-        kinds = {m: _method_kind(m) for m in scores}
-        het = {m: v for m, v in scores.items() if kinds[m] in ("discrete", "continuous")}
+        het = {m: v for m, v in scores.items() if kinds.get(m) in ("discrete", "continuous")}
         ours = {m: v for m, v in het.items() if m not in PEERS}
         base = scores.get("backprojection")
         best_ours = max(ours.items(), key=lambda mv: mv[1]) if ours else None

@@ -23,7 +23,6 @@ The estimates are scalings of measurements, not measurements:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -116,12 +115,10 @@ def estimate(task: Task, method: str, budget_s: float, reference_config: dict | 
 
 def available_memory_mb() -> float:
     """Memory this machine can give now, MB: ``MemAvailable`` of ``/proc/meminfo``, else the physical memory."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():  # Linux; elsewhere the physical memory is the bound
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) / 1024
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    from ..memory import available_bytes
+
+    free = available_bytes()  # Linux; elsewhere the physical memory is the bound
+    return free / 2 ** 20 if free is not None else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def check_memory(estimates: list[RunEstimate], available_mb: float, profile: str,

@@ -28,26 +28,21 @@ The per-item models count reals of the compute dtype (``itemsize`` bytes each; a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from ..memory import MEMINFO, available_bytes  # noqa: F401  (MEMINFO: where the CPU's figure is read)
+
 FRACTION = 0.25
-MEMINFO = Path("/proc/meminfo")
 
 
 def free_memory_bytes(device: torch.device | str | None = None) -> int | None:
     """Free memory, bytes, of ``device`` (default CPU): ``torch.cuda.mem_get_info`` on CUDA,
-    ``MemAvailable`` of ``/proc/meminfo`` on the CPU (``None`` where the file is not there)."""
+    ``MemAvailable`` of ``/proc/meminfo`` on the CPU (:func:`cryolens.memory.available_bytes`; ``None``
+    where the file is not there)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
-    if not MEMINFO.is_file():
-        return None
-    for line in MEMINFO.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024  # kB
-    return None
+    return available_bytes()
 
 
 def image_bytes(size: int, n_poses: int, itemsize: int = 4, n_shifts: int = 1) -> int:

@@ -181,3 +181,28 @@ def test_stall_refines_only_while_the_step_is_not_below_three_quarters_of_the_ac
     assert (out["order"], out["converged"]) == ((5, False) if refines else (4, True))
     assert local_sigma_deg(4, acc, cfg) == pytest.approx(max(3.75, acc) if follow else 3.75)
     assert local_sigma_deg(4, 9.0, RefineConfig()) == pytest.approx(7.5)
+
+
+@pytest.mark.parametrize("acc, order_after", [(1.5, 5), (2.5, 4)])
+def test_a_grid_coarser_than_the_accuracy_refines_without_a_stall(acc, order_after):
+    """An iteration at order 4 (oversampled step 1.875°) that *gained* resolution (no stall): a measured
+    accuracy below the step (1.5°: neighbouring grid points differ by more than one unit of expected
+    log-likelihood) refines to order 5 at once; 2.5° (above the step) keeps order 4."""
+    from cryolens.inference import autorefine as A
+    from cryolens.inference.refine_state import RefineConfig, RefineState
+
+    cfg, n, size = RefineConfig(), 4, 16
+    state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
+                        shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
+                        best_shell=6.0, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0, history=[],
+                        config={}, accuracy_deg=acc)
+    stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
+    tally = A._Tally(state.rotations, state.shifts, torch.full((n,), 5.0, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
+    stage.caps = (16, 48)
+    maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8: +2
+    out = A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+    h = out["history"][-1]
+    assert not h["stalled"] and h["grid_coarser_than_accuracy"] == (acc < 1.875)
+    assert (out["order"], out["refinements"], out["converged"]) == (order_after, 2 + (order_after - 4), False)

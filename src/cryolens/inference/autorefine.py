@@ -38,8 +38,9 @@ by one (angular step halves), the shift step halves and the range narrows
 (converged), as does ``max_iterations``. With ``follow_accuracy`` (docs/METHODS.md, "Auto-refine: sampling
 that follows the pose accuracy") the measured expected angular accuracy (:mod:`.refine_diag`) widens the
 local prior to at least itself, and a stall whose oversampled step is already below 0.75 × the accuracy
-converges instead of refining. The final map joins both halves' sums with the full-set prior
-(``FSC_full = 2 FSC / (1 + FSC)``).
+converges instead of refining, and an iteration whose oversampled step is above the accuracy (each
+posterior on one grid point) refines without waiting for a stall. The final map joins both halves' sums
+with the full-set prior (``FSC_full = 2 FSC / (1 + FSC)``).
 
 Nothing here writes user files: ``on_iteration(state)`` lets the recipe write per-iteration snapshots
 (:mod:`cryolens.methods.refine3d`); with a run folder the checkpoint ``checkpoint.pt``
@@ -69,7 +70,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
-from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d, shell_sum
+from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
 from ..imaging.slice import extract_points_from_sampling_volume
@@ -81,7 +82,7 @@ from ..metrics.fsc import fsc as fsc_curve
 from ..metrics.fsc import resolution_at
 from .distributed import is_main, on_ranks, shard, snapshot_writer
 from .memory import batch_size_for
-from .mstep import InsertPixels, NoiseStats, insert_pairs_on_pixels, weighted_residual_power
+from .mstep import InsertPixels, NoiseStats, initial_noise_spectrum, insert_pairs_on_pixels, weighted_residual_power
 from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior_mean_pose, posterior_pairs  # noqa: F401
 from .prior import map_prior, tau2_from_fsc
 from .rank_timing import RankTimer, TimingJoin
@@ -91,23 +92,6 @@ from .refine_diag import PoseDiagnostics, local_sigma_deg, Tally as _Tally
 from .refine_state import RefineConfig, RefineResult, RefineState
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def initial_noise_spectrum(particles: Particles, indices: np.ndarray, n: int = 1000, device=None) -> torch.Tensor:
-    """``(D//2+1,)`` starting ``σ²`` (float32): the mean per-shell power of up to ``n`` of the images,
-    RELION's start. It includes the signal power, so the first E-step is tempered (broad posteriors)
-    at high SNR; scaling it down by a background-variance estimate was tried and made the first
-    iteration overconfident and lock onto the start map's noise (D = 24 test set, SNR 10)."""
-    size = particles.box_size
-    shells = shell_index_2d(size, device=device)
-    nsh = size // 2 + 1
-    num = torch.zeros(nsh, dtype=torch.float64, device=device)
-    cnt = 0
-    for _, images in iterate_batches(particles, 256, indices[:n]):
-        num += shell_sum(fft2_centered(images.to(device).double()).abs().square().sum(0), shells, nsh)
-        cnt += images.shape[0]
-    per_shell = shell_sum(torch.ones(size, size, device=device), shells, nsh).double()
-    return (num / (cnt * per_shell)).float()
 
 
 def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float,
@@ -247,11 +231,14 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
     acc = diag["accuracy_deg"]
     # RELION: a step already below 0.75 × the accuracy is fine enough; a finer one cannot help
     fine_enough = cfg.follow_accuracy and math.isfinite(acc) and fine_step < 0.75 * acc
+    # a step above the accuracy: neighbouring grid points differ by > 1 unit of expected log-likelihood, the
+    # posterior sits on one point and the map pays the grid's quantisation — refine now, without a stall
+    coarse_grid = cfg.follow_accuracy and math.isfinite(acc) and acc < fine_step
     order, refinements, converged = state.order, state.refinements, False
-    if stalled:
+    if stalled or coarse_grid:
         if order < cfg.max_order and not fine_enough:
             order, refinements, no_gain = order + 1, refinements + 1, 0
-        else:
+        elif stalled:
             converged = True
     hist = {"iteration": state.iteration + 1, "order": stage.order, "angular_step_deg": fine_step,
             "local": stage.local, "k_max": stage.k_max, "offset_range_px": stage.offset_range,
@@ -263,7 +250,8 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
             "kept_mass_mean": float(tally.kept_mass[tally.kept_mass.isfinite()].mean()),
             "local_sigma_deg": local_sigma_deg(stage.order, state.accuracy_deg, cfg) if stage.local else None,
             "local_range_deg": math.degrees(stage.local_range_rad) if stage.local else None,
-            "image_size_px": 2 * stage.k_max, "fine_enough": bool(fine_enough), **diag,
+            "image_size_px": 2 * stage.k_max, "fine_enough": bool(fine_enough),
+            "grid_coarser_than_accuracy": bool(coarse_grid), **diag,
             "sigma2": maps["sigma2"][0].double().tolist(), "tau2": maps["tau2"].double().tolist()}
     return {"order": order, "refinements": refinements, "no_gain": no_gain, "converged": converged,
             "best_shell": max(state.best_shell, shell), "k_max": int(min(size // 2, math.floor(shell) + cfg.incr_size)),
@@ -330,8 +318,14 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
                  "relax_axis_score": score}
     shell = _shell_of(start_res, size, px)
     n = len(particles)
+    rot, shifts = torch.eye(3).repeat(n, 1, 1), torch.zeros(n, 2)
+    if cfg.start_from_poses:  # RELION continuing from a STAR's angles and origins
+        if particles.rotations is None:
+            raise InputError(f"{particles.name}: start_from_poses needs poses (rlnAngleRot/Tilt/Psi) in the input")
+        rot = particles.rotations.float().cpu().clone()
+        shifts = shifts if particles.shifts is None else particles.shifts.float().cpu().clone()
     return RefineState(iteration=0, volumes=[vol.cpu(), vol.clone().cpu()], full=vol.cpu(), sigma2=sigma2,
-                       rotations=torch.eye(3).repeat(n, 1, 1), shifts=torch.zeros(n, 2), half=half,
+                       rotations=rot, shifts=shifts, half=half,
                        order=cfg.healpix_order, refinements=0, no_gain=0, best_shell=shell,
                        k_max=int(min(size // 2, math.floor(shell) + cfg.incr_size)), converged=False,
                        fsc=torch.zeros(size // 2 + 1, dtype=torch.float64), resolution=float("inf"), history=[],

@@ -57,6 +57,9 @@ class RefineConfig:
     adaptive_caps: the significant-set caps follow the measured accuracy
     (:func:`~cryolens.inference.pose_accuracy.significant_caps`; up to 8 × ``max_coarse`` and
     ``max_significant``). Both cost time at low SNR (3.6× on the low-SNR test set) and are off by default.
+    start_from_poses: the particles' rotations and shifts (a STAR's ``rlnAngle*``, ``rlnOrigin*``) are the
+    starting poses — the centre of the first shift search and, with ``healpix_order ≥ local_order``, of the
+    first local searches (RELION continuing a refinement); otherwise every search starts from none.
     """
 
     pose_inference: str = "posterior"
@@ -89,6 +92,7 @@ class RefineConfig:
     window_images: int = 16
     posterior_sigma2: bool = False
     adaptive_caps: bool = False
+    start_from_poses: bool = False
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):

@@ -12,10 +12,9 @@ pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in st
 :func:`~cryolens.inference.pose_search.hierarchical_search` (15° base grid × ±5 px shifts, keep 8, split in SO(3)
 and shift per level, frequency marching up to ``k_max``), weight 1, the same MAP back-projection; 30 Å low-pass.
 
-**Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit
-each pose's mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial map.**
-``init_map``; without one ``cryosparc-abinit`` makes one when registered, else a soft sphere of a quarter
-of the box (metrics ``initial_map`` says which).
+**Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit each pose's
+mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial map.** ``init_map``;
+without one ``cryosparc-abinit`` makes one when registered, else a soft sphere of a quarter of the box.
 """
 
 from __future__ import annotations
@@ -74,6 +73,7 @@ class Refine3DConfig(RecipeConfig):
     accuracy_images: int = option(50, "images per half on which the pose accuracy is measured (0: not followed)")
     posterior_sigma2: bool = option(False, "σ² from the posterior-weighted residual (RELION's), not the MAP pose's")
     adaptive_caps: bool = option(False, "significant-set caps follow the measured pose accuracy (≤ 8× the caps)")
+    start_from_poses: bool = option(False, "start from the input's poses (rlnAngle*, rlnOrigin*)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

@@ -45,12 +45,13 @@ from bench_abinit import DATA  # noqa: E402
 from bench_class3d import accuracy, relion_labels  # noqa: E402
 
 # the second conformation of each structure (a `cryolens.simulate.kinds` spec; 4e43: the bundled hinge), pixel size
+# (Å) and RELION's --particle_diameter (Å: twice the farthest atom from the box centre, 35–47 Å, plus a margin)
 STATES = {
-    "4e43": ({"generator": "hinge", "model": "4E43", "angle_range": [0.0, 30.0]}, 1.5),
-    "1ake": ({"generator": "swing", "model": "1ake", "angle_range": [0.0, 45.0]}, 1.5),
-    "1pwc": ({"generator": "anm", "model": "1pwc", "mode": 0, "amplitude_range": [-2.0, 2.0]}, 1.5),
+    "4e43": ({"generator": "hinge", "model": "4E43", "angle_range": [0.0, 30.0]}, 1.5, 80),
+    "1ake": ({"generator": "swing", "model": "1ake", "angle_range": [0.0, 45.0]}, 1.5, 80),
+    "1pwc": ({"generator": "anm", "model": "1pwc", "mode": 0, "amplitude_range": [-2.0, 2.0]}, 1.5, 80),
     "3hsy": ({"generator": "swing", "model": "3hsy", "axis": "interface", "moving": "B", "fixed": "A",
-              "angle_range": [0.0, 20.0]}, 1.7),
+              "angle_range": [0.0, 20.0]}, 1.7, 100),
 }
 
 
@@ -89,7 +90,8 @@ def ensure_two_state(name: str, n: int, seed: int = 0) -> tuple[Path, float]:
 
 
 def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, threads: int, lowpass: float,
-                          seed: int, truth: np.ndarray | None = None) -> tuple[np.ndarray, float, list]:
+                          seed: int, truth: np.ndarray | None = None,
+                          diameter: float = 80.0) -> tuple[np.ndarray, float, list]:
     """relion_refine Class3D --skip_align; (0-based class per particle in input order, wall seconds,
     per iteration ``{"iteration", "elapsed_s", "accuracy"}`` — elapsed from the start to the write of
     that iteration's ``run_itNNN_data.star``; accuracy against ``truth`` when given)."""
@@ -98,7 +100,7 @@ def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, th
     out = work / "relion"
     out.mkdir(parents=True, exist_ok=True)
     args = ["--i", star, "--o", out / "run", "--ref", ref, "--ini_high", lowpass, "--K", 2, "--iter", iterations,
-            "--tau2_fudge", 4, "--skip_align", "--ctf", "--particle_diameter", 80, "--sym", "C1", "--pad", 2,
+            "--tau2_fudge", 4, "--skip_align", "--ctf", "--particle_diameter", diameter, "--sym", "C1", "--pad", 2,
             "--j", threads, "--pool", 3, "--dont_combine_weights_via_disc", "--random_seed", seed]
     t0, t0_epoch = time.perf_counter(), time.time()
     run_relion("relion_refine", args, cwd=work, timeout=6 * 3600)
@@ -208,7 +210,7 @@ def run_structure(name: str, args) -> dict:
           f"{np.round(c['class_prior'], 3).tolist()}", flush=True)
     if not args.no_relion:
         labels, wall_r, per_it_r = run_relion_skip_align(star, mapf, work, args.iterations, args.threads,
-                                                         args.lowpass, args.seed, truth)
+                                                         args.lowpass, args.seed, truth, STATES[name][2])
         row["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r, "per_iteration": per_it_r,
                          "reached_0.95": first_reaching(per_it_r, 0.95),
                          "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}

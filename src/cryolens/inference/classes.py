@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InputError
 from ..imaging.ctf import CTFParams
-from ..imaging.fft import fft2_centered
+from ..imaging.fft import abs2, fft2_centered
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..imaging.spectra import fourier_crop_images, power_spectrum, projector_power_spectrum, resize_volume  # noqa: F401
@@ -43,7 +43,7 @@ from ..io.particles import Particles
 from .distributed import all_reduce_sum, gather_rows
 from .em import batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
-from .likelihood import SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_normaliser, used_pixels
+from .likelihood import SliceFn, as_slicer, ctf_images, log_normaliser, shell_weights, used_pixels
 from .memory import em_sizes
 from .mstep import NoiseStats, class_sums, insert_aggregates
 from .prior import map_prior
@@ -306,7 +306,8 @@ def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weigh
     y, c = _batch_images(w, images, c_b, torch.zeros(b, 2) if data.shifts is None else data.shifts[idx])
     rot = data.rotations[idx].to(device=y.device, dtype=y.real.dtype)
     preds = torch.stack([sl(rot) for sl in w.slicers], 1)  # (B, K, d, d)
-    lp = gaussian_log_likelihood(y, preds, w.s2, w.k_max, c) + _prior_of(w, idx)
+    r2 = abs2(y[:, None] - (preds if c is None else preds * c[:, None]))  # |Y − C·P_k|², once for ℓ and σ²
+    lp = -(shell_weights(w.s2, w.size, w.k_max) * r2).sum((-2, -1)) + _prior_of(w, idx)
     lz = torch.logsumexp(lp, 1)
     p = torch.exp(lp - lz[:, None])
     if modal:
@@ -322,8 +323,7 @@ def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weigh
             sel = kept[:, kc].nonzero(as_tuple=True)[0]
             if sel.numel() > 0:
                 w.accs[kc].add(y[sel], rot[sel], None if c is None else c[sel], scale=wt[sel, kc])
-    model = preds if c is None else preds * c[:, None]
-    w.noise.add(((y[:, None] - model).abs().square() * wt[:, :, None, None]).sum((0, 1)), b)
+    w.noise.add((r2 * wt[:, :, None, None]).sum((0, 1)), b)
     for key, v in (("idx", idx), ("lz", lz), ("p", p)):
         w.records[key].append(v)
 

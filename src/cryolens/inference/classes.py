@@ -85,15 +85,17 @@ def _working_maps(volumes: torch.Tensor, sigma2: torch.Tensor, tau2: torch.Tenso
 
 
 def _class_maps(accs: Sequence[FourierAccumulator], vols: torch.Tensor, s2: torch.Tensor, tau2: torch.Tensor,
-                tau2_fudge: float, pad: int, minres_map: int, full: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                tau2_fudge: float, pad: int, minres_map: int, full: int, with_tau2: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """M-step maps of the class accumulators (a class with nothing inserted keeps its map), back at box
-    ``full``: ``(volumes, their τ², λ used, data_vs_prior)``."""
+    ``full``: ``(volumes, their τ² (None unless with_tau2: a padded full-box transform per class), λ used,
+    data_vs_prior)``."""
     lam, inv_lam = map_prior(s2, tau2, tau2_fudge * pad ** 3, weak_prior=True, minres_map=minres_map)
     work_vols = [a.reconstruct(lam[k], inv_lam[k]) if a.count > 0 else vols[k] for k, a in enumerate(accs)]
     dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
     new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
-    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
+    new_tau2 = (torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
+                if with_tau2 else None)
     return new_vols, new_tau2, lam, dvp
 
 
@@ -102,7 +104,8 @@ class ClassEMResult:
     """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
 
     volumes: ``(K, D, D, D)`` new maps. class_prior: ``(K,)`` new ``π_k``. sigma2: ``(D//2+1,)`` new noise
-    power. tau2: ``(K, D//2+1)`` projector power spectra of the new maps (the next ``τ²``). regularisation:
+    power. tau2: ``(K, D//2+1)`` projector power spectra of the new maps (the next ``τ²``; ``None`` when the
+    iteration was asked for none, ``new_tau2=False``: the next one computes it in its own box). regularisation:
     ``(K, D//2+1)`` the ``λ_k`` used. data_vs_prior: ``(K, D//2+1)`` shell mean of the accumulated
     weight ``Σ w C²`` over ``λ_k`` (RELION's ``data_vs_prior``: where it falls below 1 the prior
     dominates — RELION's resolution estimate of a class). log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
@@ -114,7 +117,7 @@ class ClassEMResult:
     volumes: torch.Tensor
     class_prior: torch.Tensor
     sigma2: torch.Tensor
-    tau2: torch.Tensor
+    tau2: torch.Tensor | None
     regularisation: torch.Tensor
     data_vs_prior: torch.Tensor
     log_likelihood: float
@@ -221,7 +224,7 @@ def _part(timer, name: str):
 
 
 def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_map: int,
-            n_images: int, timer=None) -> tuple[dict, dict]:
+            n_images: int, timer=None, with_tau2: bool = True) -> tuple[dict, dict]:
     """The M-step of an iteration, after joining the ranks' sums and records (one process: nothing to
     join): ``(per-image records (n_images, ...) in image order, new model)`` with keys ``volumes, tau2,
     regularisation, data_vs_prior, sigma2, class_prior, log_likelihood``."""
@@ -235,7 +238,8 @@ def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:w.size // 2 + 1] = w.noise.estimate().to(dt) / w.ratio ** 4
     with _part(timer, "mstep_s"):
-        vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full)
+        vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full,
+                                           with_tau2)
     model = {"volumes": vols, "tau2": tau2, "regularisation": lam, "data_vs_prior": dvp, "sigma2": new_sigma2,
              "class_prior": (w.class_mass / max(n_images, 1)).to(torch.float64).cpu(),
              "log_likelihood": float(cat["lz"].double().sum()
@@ -251,7 +255,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
                        modal: bool = False, pair_chunk: int | None = None, rotation_chunk: int | None = None,
                        work_size: int | None = None, cache_bytes: int = 1 << 30, minres_map: int = 0,
-                       progress=None, timer=None) -> ClassEMResult:
+                       progress=None, timer=None, new_tau2: bool = True) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -272,6 +276,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     ``None`` (default): from the device's free memory (:mod:`~cryolens.inference.memory`; on the CPU at
     most 64, 2048 and :func:`~cryolens.inference.estep.default_rotation_chunk`, the values used before).
     timer: a :class:`~cryolens.inference.rank_timing.RankTimer` the E-step and M-step seconds are counted into.
+    new_tau2: compute the new maps' ``τ²`` at the full box (``ClassEMResult.tau2``; ``False``: ``None``, two
+    padded full-box transforms per class saved — a caller that hands no ``tau2`` to the next iteration).
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
@@ -294,7 +300,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
             _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
             if progress is not None:
                 progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer)
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer, new_tau2)
     return ClassEMResult(**model, class_probability=cat["p"], labels=cat["p"].argmax(1), map_class=cat["k"],
                          map_rotation_index=cat["r"], map_shift_index=cat["t"], map_shift=cat["ts"],
                          max_weight=cat["w"], n_significant=cat["n"])
@@ -334,7 +340,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
                                    batch_size: int | None = None, device=None, modal: bool = False,
                                    minres_map: int = 0,
                                    work_size: int | None = None, weight_floor: float = 1e-6,
-                                   progress=None, timer=None) -> ClassEMResult:
+                                   progress=None, timer=None, new_tau2: bool = True) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
 
     data: :class:`Particles` with ``rotations (N, 3, 3)`` and ``shifts (N, 2)`` px (``None``: centred) and
@@ -359,7 +365,7 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
             _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
             if progress is not None:
                 progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer)
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer, new_tau2)
     probs, n_images = cat["p"], cat["p"].shape[0]
     all_idx = torch.arange(n_images, device=dev)
     shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)

@@ -157,7 +157,7 @@ def _em_step(particles: Particles, st: ClassState, cfg, rot, shifts, dev, bar, t
     work = min(d, 2 * (k_used + cfg.work_margin))
     common = {"tau2_fudge": float(cfg.tau2_fudge), "k_max": k_used, "pad": cfg.pad, "batch_size": cfg.batch_size,
               "device": dev, "modal": bool(cfg.modal), "minres_map": cfg.minres_map, "work_size": work, "progress": bar,
-              "timer": timer}
+              "timer": timer, "new_tau2": False}  # τ² is computed again in the next iteration's box
     if cfg.skip_align:
         return classes.class_em_iteration_fixed_poses(particles, st.volumes, st.sigma2, st.class_prior, **common)
     return classes.class_em_iteration(particles, st.volumes, st.sigma2, rot, shifts, st.class_prior,

@@ -42,6 +42,7 @@ from ..imaging.spectra import fourier_crop_images, power_spectrum, projector_pow
 from ..io.particles import Particles
 from .distributed import all_reduce_sum, gather_rows
 from .em import batches
+from .image_cache import ShiftedImageCache, fixed_pose_batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
 from .likelihood import SliceFn, as_slicer, ctf_images, log_normaliser, shell_weights, used_pixels
 from .memory import em_sizes
@@ -306,10 +307,13 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                          max_weight=cat["w"], n_significant=cat["n"])
 
 
-def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weight_floor: float) -> None:
-    """E-step and M-step sums of one batch at the images' given poses (:func:`class_em_iteration_fixed_poses`)."""
-    b, n_cls = images.shape[0], len(w.accs)
-    y, c = _batch_images(w, images, c_b, torch.zeros(b, 2) if data.shifts is None else data.shifts[idx])
+def _fixed_batch(w: _Work, data: Particles, idx, y, c, modal: bool, weight_floor: float) -> None:
+    """E-step and M-step sums of one batch at the images' given poses (:func:`class_em_iteration_fixed_poses`);
+    ``y``, ``c``: the batch's full-box shift-undone transforms and CTFs (:mod:`.image_cache`), cropped here."""
+    b, n_cls = y.shape[0], len(w.accs)
+    if w.size != w.full:  # the working box: the same frequencies (image_cache module docstring)
+        lo = w.full // 2 - w.size // 2
+        y, c = fourier_crop_images(y, w.size), None if c is None else c[..., lo:lo + w.size, lo:lo + w.size]
     rot = data.rotations[idx].to(device=y.device, dtype=y.real.dtype)
     preds = torch.stack([sl(rot) for sl in w.slicers], 1)  # (B, K, d, d)
     r2 = abs2(y[:, None] - (preds if c is None else preds * c[:, None]))  # |Y − C·P_k|², once for ℓ and σ²
@@ -340,7 +344,8 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
                                    batch_size: int | None = None, device=None, modal: bool = False,
                                    minres_map: int = 0,
                                    work_size: int | None = None, weight_floor: float = 1e-6,
-                                   progress=None, timer=None, new_tau2: bool = True) -> ClassEMResult:
+                                   progress=None, timer=None, new_tau2: bool = True,
+                                   image_cache: ShiftedImageCache | None = None) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
 
     data: :class:`Particles` with ``rotations (N, 3, 3)`` and ``shifts (N, 2)`` px (``None``: centred) and
@@ -351,7 +356,8 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     shells ``≤ k_max``. batch_size ``None``: from the free memory, each image's ``K`` predicted slices
     counted as ``2·K·d²`` poses of :func:`~cryolens.inference.memory.image_bytes`. Returns a
     :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
-    own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability.
+    own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability. image_cache:
+    the images' transforms and CTFs kept from an earlier iteration (:mod:`.image_cache`; filled when empty).
     """
     if data.rotations is None:
         raise InputError(f"{data.name}: no poses (rlnAngleRot/Tilt/Psi); classification "
@@ -361,10 +367,10 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
     batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, 1, dt, batch_size, None)[0]
     with _part(timer, "estep_s"):
-        for idx, images, c_b in batches(data, None, batch_size, sharded=True):
-            _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
+        for idx, y, c in fixed_pose_batches(data, batch_size, image_cache, dev, dt):
+            _fixed_batch(w, data, idx, y, c, modal, weight_floor)
             if progress is not None:
-                progress.update(images.shape[0])
+                progress.update(y.shape[0])
     cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer, new_tau2)
     probs, n_images = cat["p"], cat["p"].shape[0]
     all_idx = torch.arange(n_images, device=dev)

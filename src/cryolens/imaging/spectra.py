@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from .fft import fft2_centered, fft3_centered, ifft3_centered
+from .fft import abs2, fft2_centered, fft3_centered, ifft3_centered
 from .grids import shell_index_2d, shell_index_3d
 
 
@@ -70,7 +70,7 @@ def projector_power_spectrum(volume_ft: torch.Tensor, size: int) -> torch.Tensor
     padded = volume_ft.shape[-1]
     nsh = size // 2 + 1
     keep, shells, count = _padded_shells(padded, size, str(volume_ft.device))
-    p = volume_ft.abs().double().square().reshape(-1)[keep]
+    p = abs2(volume_ft.reshape(-1)[keep]).double()
     return torch.zeros(nsh, dtype=torch.float64, device=volume_ft.device).index_add_(0, shells, p) / count
 
 

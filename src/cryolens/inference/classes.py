@@ -15,7 +15,9 @@ for single particles; RELION's weak prior where ``τ²`` is zero; none below ``m
 maps ``τ²_k(s)`` is, as RELION's (``MlModel::setFourierTransformMaps``, checked against its
 ``_rlnReferenceTau2``), the per-shell power of the projector's transform of class ``k``'s current map
 (:func:`~cryolens.imaging.spectra.projector_power_spectrum`): a start map low-passed to zero keeps
-~1e-4 … 1e-6 of the peak power above its cut-off there, so those shells can grow. Class priors:
+~1e-4 … 1e-6 of the peak power above its cut-off there, so those shells can grow (RELION 3.1's own
+iteration-0 ``_rlnReferenceTau2`` is ~1e-35 of its peak there, i.e. its weak prior: a measured difference,
+benchmarks/RESULTS.md § "Class3D ``--skip_align`` on three structures"). Class priors:
 ``π_k = (1/N) Σ_i P(k | Y_i)``. Noise: the posterior-weighted residual power
 (:func:`~cryolens.inference.mstep.noise_power`).
 
@@ -35,15 +37,16 @@ import torch
 
 from ..errors import InputError
 from ..imaging.ctf import CTFParams
-from ..imaging.fft import fft2_centered
+from ..imaging.fft import abs2, fft2_centered
 from ..imaging.shift import phase_shift
 from ..imaging.slice import prepare_volume_ft
 from ..imaging.spectra import fourier_crop_images, power_spectrum, projector_power_spectrum, resize_volume  # noqa: F401
 from ..io.particles import Particles
 from .distributed import all_reduce_sum, gather_rows
 from .em import batches
+from .image_cache import ShiftedImageCache, fixed_pose_batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
-from .likelihood import SliceFn, as_slicer, ctf_images, gaussian_log_likelihood, log_normaliser, used_pixels
+from .likelihood import SliceFn, as_slicer, ctf_images, log_normaliser, shell_weights, used_pixels
 from .memory import em_sizes
 from .mstep import NoiseStats, class_sums, insert_aggregates
 from .prior import map_prior
@@ -85,15 +88,17 @@ def _working_maps(volumes: torch.Tensor, sigma2: torch.Tensor, tau2: torch.Tenso
 
 
 def _class_maps(accs: Sequence[FourierAccumulator], vols: torch.Tensor, s2: torch.Tensor, tau2: torch.Tensor,
-                tau2_fudge: float, pad: int, minres_map: int, full: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                tau2_fudge: float, pad: int, minres_map: int, full: int, with_tau2: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """M-step maps of the class accumulators (a class with nothing inserted keeps its map), back at box
-    ``full``: ``(volumes, their τ², λ used, data_vs_prior)``."""
+    ``full``: ``(volumes, their τ² (None unless with_tau2: a padded full-box transform per class), λ used,
+    data_vs_prior)``."""
     lam, inv_lam = map_prior(s2, tau2, tau2_fudge * pad ** 3, weak_prior=True, minres_map=minres_map)
     work_vols = [a.reconstruct(lam[k], inv_lam[k]) if a.count > 0 else vols[k] for k, a in enumerate(accs)]
     dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
     new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
-    new_tau2 = torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
+    new_tau2 = (torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
+                if with_tau2 else None)
     return new_vols, new_tau2, lam, dvp
 
 
@@ -102,7 +107,8 @@ class ClassEMResult:
     """The outcome of one Class3D EM iteration over ``N`` images and ``K`` classes.
 
     volumes: ``(K, D, D, D)`` new maps. class_prior: ``(K,)`` new ``π_k``. sigma2: ``(D//2+1,)`` new noise
-    power. tau2: ``(K, D//2+1)`` projector power spectra of the new maps (the next ``τ²``). regularisation:
+    power. tau2: ``(K, D//2+1)`` projector power spectra of the new maps (the next ``τ²``; ``None`` when the
+    iteration was asked for none, ``new_tau2=False``: the next one computes it in its own box). regularisation:
     ``(K, D//2+1)`` the ``λ_k`` used. data_vs_prior: ``(K, D//2+1)`` shell mean of the accumulated
     weight ``Σ w C²`` over ``λ_k`` (RELION's ``data_vs_prior``: where it falls below 1 the prior
     dominates — RELION's resolution estimate of a class). log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
@@ -114,7 +120,7 @@ class ClassEMResult:
     volumes: torch.Tensor
     class_prior: torch.Tensor
     sigma2: torch.Tensor
-    tau2: torch.Tensor
+    tau2: torch.Tensor | None
     regularisation: torch.Tensor
     data_vs_prior: torch.Tensor
     log_likelihood: float
@@ -221,7 +227,7 @@ def _part(timer, name: str):
 
 
 def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_map: int,
-            n_images: int, timer=None) -> tuple[dict, dict]:
+            n_images: int, timer=None, with_tau2: bool = True) -> tuple[dict, dict]:
     """The M-step of an iteration, after joining the ranks' sums and records (one process: nothing to
     join): ``(per-image records (n_images, ...) in image order, new model)`` with keys ``volumes, tau2,
     regularisation, data_vs_prior, sigma2, class_prior, log_likelihood``."""
@@ -235,7 +241,8 @@ def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:w.size // 2 + 1] = w.noise.estimate().to(dt) / w.ratio ** 4
     with _part(timer, "mstep_s"):
-        vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full)
+        vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full,
+                                           with_tau2)
     model = {"volumes": vols, "tau2": tau2, "regularisation": lam, "data_vs_prior": dvp, "sigma2": new_sigma2,
              "class_prior": (w.class_mass / max(n_images, 1)).to(torch.float64).cpu(),
              "log_likelihood": float(cat["lz"].double().sum()
@@ -251,7 +258,7 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
                        modal: bool = False, pair_chunk: int | None = None, rotation_chunk: int | None = None,
                        work_size: int | None = None, cache_bytes: int = 1 << 30, minres_map: int = 0,
-                       progress=None, timer=None) -> ClassEMResult:
+                       progress=None, timer=None, new_tau2: bool = True) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -272,6 +279,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     ``None`` (default): from the device's free memory (:mod:`~cryolens.inference.memory`; on the CPU at
     most 64, 2048 and :func:`~cryolens.inference.estep.default_rotation_chunk`, the values used before).
     timer: a :class:`~cryolens.inference.rank_timing.RankTimer` the E-step and M-step seconds are counted into.
+    new_tau2: compute the new maps' ``τ²`` at the full box (``ClassEMResult.tau2``; ``False``: ``None``, two
+    padded full-box transforms per class saved — a caller that hands no ``tau2`` to the next iteration).
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
@@ -294,19 +303,23 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
             _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
             if progress is not None:
                 progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer)
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer, new_tau2)
     return ClassEMResult(**model, class_probability=cat["p"], labels=cat["p"].argmax(1), map_class=cat["k"],
                          map_rotation_index=cat["r"], map_shift_index=cat["t"], map_shift=cat["ts"],
                          max_weight=cat["w"], n_significant=cat["n"])
 
 
-def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weight_floor: float) -> None:
-    """E-step and M-step sums of one batch at the images' given poses (:func:`class_em_iteration_fixed_poses`)."""
-    b, n_cls = images.shape[0], len(w.accs)
-    y, c = _batch_images(w, images, c_b, torch.zeros(b, 2) if data.shifts is None else data.shifts[idx])
+def _fixed_batch(w: _Work, data: Particles, idx, y, c, modal: bool, weight_floor: float) -> None:
+    """E-step and M-step sums of one batch at the images' given poses (:func:`class_em_iteration_fixed_poses`);
+    ``y``, ``c``: the batch's full-box shift-undone transforms and CTFs (:mod:`.image_cache`), cropped here."""
+    b, n_cls = y.shape[0], len(w.accs)
+    if w.size != w.full:  # the working box: the same frequencies (image_cache module docstring)
+        lo = w.full // 2 - w.size // 2
+        y, c = fourier_crop_images(y, w.size), None if c is None else c[..., lo:lo + w.size, lo:lo + w.size]
     rot = data.rotations[idx].to(device=y.device, dtype=y.real.dtype)
     preds = torch.stack([sl(rot) for sl in w.slicers], 1)  # (B, K, d, d)
-    lp = gaussian_log_likelihood(y, preds, w.s2, w.k_max, c) + _prior_of(w, idx)
+    r2 = abs2(y[:, None] - (preds if c is None else preds * c[:, None]))  # |Y − C·P_k|², once for ℓ and σ²
+    lp = -(shell_weights(w.s2, w.size, w.k_max) * r2).sum((-2, -1)) + _prior_of(w, idx)
     lz = torch.logsumexp(lp, 1)
     p = torch.exp(lp - lz[:, None])
     if modal:
@@ -322,8 +335,7 @@ def _fixed_batch(w: _Work, data: Particles, idx, images, c_b, modal: bool, weigh
             sel = kept[:, kc].nonzero(as_tuple=True)[0]
             if sel.numel() > 0:
                 w.accs[kc].add(y[sel], rot[sel], None if c is None else c[sel], scale=wt[sel, kc])
-    model = preds if c is None else preds * c[:, None]
-    w.noise.add(((y[:, None] - model).abs().square() * wt[:, :, None, None]).sum((0, 1)), b)
+    w.noise.add((r2 * wt[:, :, None, None]).sum((0, 1)), b)
     for key, v in (("idx", idx), ("lz", lz), ("p", p)):
         w.records[key].append(v)
 
@@ -334,7 +346,8 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
                                    batch_size: int | None = None, device=None, modal: bool = False,
                                    minres_map: int = 0,
                                    work_size: int | None = None, weight_floor: float = 1e-6,
-                                   progress=None, timer=None) -> ClassEMResult:
+                                   progress=None, timer=None, new_tau2: bool = True,
+                                   image_cache: ShiftedImageCache | None = None) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
 
     data: :class:`Particles` with ``rotations (N, 3, 3)`` and ``shifts (N, 2)`` px (``None``: centred) and
@@ -345,7 +358,8 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     shells ``≤ k_max``. batch_size ``None``: from the free memory, each image's ``K`` predicted slices
     counted as ``2·K·d²`` poses of :func:`~cryolens.inference.memory.image_bytes`. Returns a
     :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
-    own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability.
+    own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability. image_cache:
+    the images' transforms and CTFs kept from an earlier iteration (:mod:`.image_cache`; filled when empty).
     """
     if data.rotations is None:
         raise InputError(f"{data.name}: no poses (rlnAngleRot/Tilt/Psi); classification "
@@ -355,11 +369,11 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
     batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, 1, dt, batch_size, None)[0]
     with _part(timer, "estep_s"):
-        for idx, images, c_b in batches(data, None, batch_size, sharded=True):
-            _fixed_batch(w, data, idx, images, c_b, modal, weight_floor)
+        for idx, y, c in fixed_pose_batches(data, batch_size, image_cache, dev, dt):
+            _fixed_batch(w, data, idx, y, c, modal, weight_floor)
             if progress is not None:
-                progress.update(images.shape[0])
-    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer)
+                progress.update(y.shape[0])
+    cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer, new_tau2)
     probs, n_images = cat["p"], cat["p"].shape[0]
     all_idx = torch.arange(n_images, device=dev)
     shifts = torch.zeros(n_images, 2, device=dev, dtype=dt) if data.shifts is None else data.shifts.to(dev, dt)

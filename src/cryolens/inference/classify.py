@@ -40,6 +40,7 @@ from ..io.particles import Particles
 from . import classes
 from .distributed import is_main, shard
 from .estep import translation_grid
+from .image_cache import ShiftedImageCache, cache_bytes
 from .rank_timing import RankTimer, TimingJoin
 from .refine_state import CheckpointState
 
@@ -151,15 +152,18 @@ def _resumed(ckpt, n: int, k: int, d: int, dev) -> ClassState:
     return st
 
 
-def _em_step(particles: Particles, st: ClassState, cfg, rot, shifts, dev, bar, timer) -> classes.ClassEMResult:
-    """One Class3D EM iteration in the working box of ``st.k_max`` (its seconds counted into ``timer``)."""
+def _em_step(particles: Particles, st: ClassState, cfg, rot, shifts, dev, bar, timer,
+             cache: ShiftedImageCache | None = None) -> classes.ClassEMResult:
+    """One Class3D EM iteration in the working box of ``st.k_max`` (its seconds counted into ``timer``;
+    ``cache``: the fixed-pose images kept between iterations)."""
     k_used, d = int(st.k_max), particles.box_size
     work = min(d, 2 * (k_used + cfg.work_margin))
     common = {"tau2_fudge": float(cfg.tau2_fudge), "k_max": k_used, "pad": cfg.pad, "batch_size": cfg.batch_size,
               "device": dev, "modal": bool(cfg.modal), "minres_map": cfg.minres_map, "work_size": work, "progress": bar,
-              "timer": timer}
+              "timer": timer, "new_tau2": False}  # τ² is computed again in the next iteration's box
     if cfg.skip_align:
-        return classes.class_em_iteration_fixed_poses(particles, st.volumes, st.sigma2, st.class_prior, **common)
+        return classes.class_em_iteration_fixed_poses(particles, st.volumes, st.sigma2, st.class_prior,
+                                                      image_cache=cache, **common)
     return classes.class_em_iteration(particles, st.volumes, st.sigma2, rot, shifts, st.class_prior,
                                       mass=float(cfg.mass), max_significant=cfg.max_significant, **common)
 
@@ -208,9 +212,10 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
     bar = tqdm(total=cfg.n_iterations * n_mine, initial=st.iteration * n_mine, desc="Class3D", unit="img",
                disable=not progress)
     join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
+    cache = ShiftedImageCache(n, d, dev, st.volumes.dtype, cache_bytes(dev)) if cfg.skip_align else None
     while st.iteration < cfg.n_iterations:
         t0, timer = time.time(), RankTimer(dev)
-        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer)
+        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache)
         _advance(st, res, cfg, d, particles.pixel_size, t0)
         join.finish(st.history, back=2)  # the previous iteration's
         with timer.part("write_s"):  # no barrier after: the checkpoint is written atomically

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from ..imaging.ctf import CTFParams, ctf_2d
-from ..imaging.fft import fft2_centered
+from ..imaging.fft import abs2, fft2_centered
 from ..imaging.grids import freq_grid_2d, shell_index_2d, shell_sum
 from ..imaging.slice import extract_from_sampling_volume, extract_points_from_sampling_volume, sampling_volume
 
@@ -139,7 +139,7 @@ def gaussian_log_likelihood(images_ft: torch.Tensor, predictions: torch.Tensor, 
     if ctf is not None:
         c = ctf.to(device=images_ft.device, dtype=images_ft.real.dtype)
         p = p * (c[:, None] if per_candidate else c)
-    return -(w * (y - p).abs().square()).sum((-2, -1))
+    return -(w * abs2(y - p)).sum((-2, -1))
 
 
 def estimate_noise_spectrum(residuals: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .fft import fft3_centered, ifft3_centered
 from .grids import freq_grid_2d
 
@@ -154,19 +155,25 @@ def staging_grid(padded: int, channels: int, device=None, dtype=torch.float32) -
 SCATTER_POINTS = 1 << 18
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_multiplicity(size: int, hermitian: bool, rdtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D, C)`` multiplicity of the scattered slice pixels — 0 beyond Nyquist, ½ on the self-partnered
+    columns of a half slice, else 1 — and the ``(C,)`` columns (all, or :func:`_half_columns`). Cached: callers
+    must not modify them."""
+    cols = _half_columns(size, device) if hermitian else torch.arange(size, device=device)
+    mult = (freq_grid_2d(size, device=device, dtype=rdtype)[:, cols].norm(dim=-1) <= 0.5).to(rdtype)
+    if hermitian:
+        mult[:, :2] *= 0.5  # kx = 0 and kx = −Nyquist columns hold their own partners: count each half
+    return mult, cols
+
+
 def _scatter_geometry(rotations: torch.Tensor, size: int, padded: int, hermitian: bool, rdtype):
     """Trilinear footing of the slice pixels of :func:`scatter_slices`: ``flat (N·D·C,)`` staging index of each
     pixel's lower corner, ``frac`` its ``(x, y, z)`` offsets from it (three ``(N·D·C,)``), ``mult (D, C)`` pixel
-    multiplicity — 0 beyond Nyquist, ½ on the self-partnered columns of a half slice — and the columns, or
-    None."""
-    device = rotations.device
-    cols = _half_columns(size, device) if hermitian else None
+    multiplicity (:func:`_pixel_multiplicity`) and the columns, or None."""
+    cols = _half_columns(size, rotations.device) if hermitian else None
     pts, mask = _slice_points(rotations.to(rdtype), size, padded, cols)
-    mult = mask.to(rdtype)
-    if hermitian:
-        # kx = 0 and kx = −Nyquist columns hold their own partners: count each half
-        mult = mult.clone()
-        mult[:, :2] *= 0.5
+    mult = _pixel_multiplicity(size, hermitian, rdtype, rotations.device)[0]
     g = padded + 2
     pts = torch.where(mask[..., None], pts, torch.full_like(pts, padded // 2))  # keep masked points in range
     base = torch.floor(pts)
@@ -211,6 +218,10 @@ def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch
     go ``SCATTER_POINTS`` slice pixels at a time (bounded temporaries)."""
     hermitian = hermitian and slices.is_complex()
     size = slices.shape[-1]
+    if native.usable(staging, padded):
+        mult, cols = _pixel_multiplicity(size, hermitian, staging.dtype, staging.device)
+        native.scatter(staging, slices, rotations, padded, weights, cols, mult)
+        return
     step = _images_per_call(size, hermitian)
     for a in range(0, slices.shape[0], step):
         geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, staging.dtype)
@@ -224,6 +235,10 @@ def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tenso
     their own stagings (e.g. one per class), the trilinear geometry computed once per chunk of images."""
     hermitian = hermitian and slices[0].is_complex()
     size = slices[0].shape[-1]
+    if all(native.usable(st, padded) for st in stagings):
+        for st, sl, wt in zip(stagings, slices, weights, strict=True):
+            scatter_slices(st, sl, rotations, padded, wt, hermitian)
+        return
     step = _images_per_call(size, hermitian)
     for a in range(0, slices[0].shape[0], step):
         geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, stagings[0].dtype)

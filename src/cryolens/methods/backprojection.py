@@ -47,44 +47,53 @@ class BackprojectionResult:
     info: dict = field(default_factory=dict)
 
 
+def _insert(acc: FourierAccumulator, particles: Particles, idx: torch.Tensor, images: torch.Tensor, device) -> None:
+    """One half-set's share of a batch: transform, undo the shifts, weight by the CTFs, insert."""
+    f = fft2_centered(images.to(device))
+    if particles.shifts is not None:
+        f = phase_shift(f, -particles.shifts[idx].to(device))  # move the particle to the centre
+    ctf = None
+    if particles.ctf is not None:
+        ctf = ctf_2d(particles.ctf[idx].to(device), particles.box_size, particles.pixel_size, device=device)
+    acc.add(f, particles.rotations[idx].to(device), ctf)
+
+
 def accumulate(particles: Particles, pad: int = 2, batch_size: int = 64, device=None, seed: int = 0,
                progress: bool = True) -> tuple[FourierAccumulator, FourierAccumulator]:
-    """Stream every image once and fill the two half-set accumulators."""
+    """Stream every image once and fill the two half-set accumulators. On the CPU each half-set's share of a
+    batch (transforms, CTFs, insertion) runs on its own thread while the next batch is read; a half's batches
+    are inserted one after the other, in order (the sums do not depend on the threads)."""
     if particles.rotations is None:
         raise InputError(f"{particles.source or 'particles'}: no poses (e.g. rlnAngleRot/Tilt/Psi); "
                          "back-projection needs known poses")
     device = torch.device(device or "cpu")
-    d = particles.box_size
     labels = torch.as_tensor(half_set_labels(particles, seed))
-    halves = (FourierAccumulator(d, pad, device), FourierAccumulator(d, pad, device))
-    bar = tqdm(total=len(shard(np.arange(len(particles)))), desc="back-projecting", unit="img", disable=not progress)
-    pool = ThreadPoolExecutor(max_workers=2)
-    for idx, images in iterate_batches(particles, batch_size, shard(np.arange(len(particles)))):  # this rank's
+    halves = (FourierAccumulator(particles.box_size, pad, device), FourierAccumulator(particles.box_size, pad, device))
+    mine = shard(np.arange(len(particles)))  # this rank's images
+    bar = tqdm(total=len(mine), desc="back-projecting", unit="img", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=2) if device.type == "cpu" else None
+    pending: list = [None, None]
+    for idx, images in iterate_batches(particles, batch_size, mine):
         idx_t = torch.as_tensor(idx)
-        f = fft2_centered(images.to(device))
-        if particles.shifts is not None:
-            f = phase_shift(f, -particles.shifts[idx_t].to(device))  # move the particle to the centre
-        rots = particles.rotations[idx_t].to(device)
-        ctf = None
-        if particles.ctf is not None:
-            ctf = ctf_2d(particles.ctf[idx_t].to(device), d, particles.pixel_size, device=device)
-        lab = labels[idx_t].to(device)
-        jobs = []
+        lab = labels[idx_t]
         for h in (0, 1):
             m = lab == h
-            if bool(m.any()):
-                jobs.append((halves[h], f[m], rots[m], None if ctf is None else ctf[m]))
-        if device.type == "cpu" and len(jobs) == 2:
-            # the scatter-add is single-threaded on the CPU: the two half-sets go to two threads
-            list(pool.map(lambda job: job[0].add(*job[1:]), jobs))
-        else:
-            for acc, *args in jobs:
-                acc.add(*args)
-        del f, rots, ctf, jobs
+            if not bool(m.any()):
+                continue
+            if pool is None:
+                _insert(halves[h], particles, idx_t[m], images[m], device)
+                continue
+            if pending[h] is not None:
+                pending[h].result()  # this half's previous batch first: one batch in flight per half
+            pending[h] = pool.submit(_insert, halves[h], particles, idx_t[m], images[m], device)
         bar.update(len(idx))
+    for job in pending:
+        if job is not None:
+            job.result()
     bar.close()
+    if pool is not None:
+        pool.shutdown()
     release_free_heap()  # the batches' freed temporaries back to the system before the maps are made
-    pool.shutdown()
     for acc in halves:  # the ranks' sums joined (torchrun; nothing to do in one process)
         acc.all_reduce()
     return halves

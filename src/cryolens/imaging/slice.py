@@ -320,11 +320,26 @@ def prepare_volume_ft(volume: torch.Tensor, pad: int = 2, gridding_correction: b
     return fft3_centered(pad_volume(volume, padded))
 
 
+def _real_centre_of_ifft(volume_ft: torch.Tensor, size: int) -> torch.Tensor:
+    """``crop_volume(ifft3_centered(volume_ft).real, size)`` without shifting the ``(Dp, Dp, Dp)`` grids (even
+    ``Dp``): the input's ``ifftshift`` is a factor ``(−1)^(nx+ny+nz)`` on the plain inverse transform's output
+    ``n``, and the output's ``fftshift`` plus the central crop reads output index ``n = (i − Dp/2) mod Dp``."""
+    padded = volume_ft.shape[-1]
+    if padded % 2:
+        return crop_volume(ifft3_centered(volume_ft).real, size)
+    lo = padded // 2 - size // 2
+    n = (torch.arange(lo, lo + size, device=volume_ft.device) - padded // 2) % padded
+    y = torch.fft.ifftn(volume_ft, dim=(-3, -2, -1)).real
+    y = y.index_select(-3, n).index_select(-2, n).index_select(-1, n)
+    sign = (1 - 2 * (n % 2)).to(y.dtype)
+    return y * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :])
+
+
 def volume_from_ft(volume_ft: torch.Tensor, size: int, gridding_correction: bool = True) -> torch.Tensor:
     """Oversampled centered transform ``(Dp, Dp, Dp)`` → real ``(D, D, D)`` volume (inverse
     transform, central crop, and division by the trilinear :func:`gridding_kernel`)."""
     padded = volume_ft.shape[-1]
-    vol = crop_volume(ifft3_centered(volume_ft).real, size)
+    vol = _real_centre_of_ifft(volume_ft, size)
     if gridding_correction:
         vol = vol / gridding_kernel(size, padded, device=vol.device, dtype=vol.dtype)
     return vol

@@ -141,8 +141,13 @@ class FourierAccumulator:
             den += torch.where(w > 0, table[shells] / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
         den += w
         den.masked_fill_(~(den > 0), torch.inf)
-        vol = volume_from_ft(self.data / den, self.size)
-        return vol * spherical_mask(self.size, radius=self.size / 2, width=3.0, device=vol.device).to(vol.dtype)
+        data = self.data
+        if data.is_contiguous():  # real and imaginary parts divided by the real denominator (no complex division)
+            data = torch.view_as_complex(torch.view_as_real(data) / den[..., None])
+        else:
+            data = data / den
+        vol = volume_from_ft(data, self.size)
+        return vol * _corner_fade(self.size, vol.device, vol.dtype)
 
     def shell_weight(self, power: int = 1) -> torch.Tensor:
         """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
@@ -150,8 +155,7 @@ class FourierAccumulator:
         n = self.size // 2 + 1
         w = self.weight.reshape(-1).double()
         s = torch.bincount(shells, weights=w if power == 1 else w ** power, minlength=n)[:n]
-        c = torch.bincount(shells, minlength=n)[:n].double()
-        return s / c.clamp_min(1)
+        return s / _shell_counts(self.padded, self.padded // self.size, self.staging.device)[:n]
 
 
 @functools.lru_cache(maxsize=2)
@@ -160,6 +164,21 @@ def output_shells(padded: int, pad: int, device: torch.device) -> torch.Tensor:
     oversampled grid (cached: every accumulator of a size shares it)."""
     grid = shell_index_3d(padded, device=device, dtype=torch.float64)
     return torch.round(grid.div_(pad)).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=2)
+def _shell_counts(padded: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Voxels of each :func:`output_shells` shell, float64, at least 1 (cached)."""
+    shells = output_shells(padded, pad, device).reshape(-1)
+    return torch.bincount(shells, minlength=padded // pad // 2 + 1).double().clamp_min(1)
+
+
+@functools.lru_cache(maxsize=2)
+def _corner_fade(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(D, D, D)`` 1 inside radius ``D/2``, a raised cosine to 0 over 3 voxels beyond (cached: callers must not
+    modify it in place)."""
+    return spherical_mask(size, radius=size / 2, width=3.0, device=device).to(dtype)
+
 
 def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:
     """Per-shell weight ``sqrt(2 FSC / (1 + FSC))`` (FSC clipped to ``[0, 1]``) that turns a half map into a

@@ -10,56 +10,73 @@
 // Built by cryolens.imaging.native with the system C++ compiler and called through ctypes (which
 // releases the GIL, so that two half-sets can be filled from two threads at once).
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace {
+
+struct Footing {  // one slice pixel's lower corner (flat staging index), offsets from it, and its values
+    int64_t base;
+    double t[3];
+    double v[3];
+};
 
 template <typename T>
 void scatter(T* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, const int64_t* cols, int64_t ncols,
              const double* mult, const double* rot, const T* values, int64_t is_complex, const T* weights) {
     const int64_t g = padded + 2;
     const int64_t plane = g * g * g;
-    T* out_v0 = staging;
-    T* out_v1 = is_complex ? staging + plane : nullptr;
-    T* out_w = staging + (nch - 1) * plane;
+    T* out[3] = {staging, is_complex ? staging + plane : nullptr, staging + (nch - 1) * plane};
     const double centre = static_cast<double>(padded / 2);
     const double hi = static_cast<double>(padded);
     const int64_t stride = is_complex ? 2 : 1;
+    std::vector<Footing> row(static_cast<std::size_t>(ncols));
     for (int64_t i = 0; i < n; ++i) {
         const double* r = rot + 9 * i;
         const T* val = values + i * d * d * stride;
         const T* wgt = weights ? weights + i * d * d : nullptr;
         for (int64_t y = 0; y < d; ++y) {
             const double fy = static_cast<double>(y - d / 2) / static_cast<double>(d);
+            // pass 1: the footing of every pixel of the row, prefetching its corners (they are scattered
+            // over the grid: a row's memory accesses then overlap instead of waiting one after the other)
+            int64_t cnt = 0;
             for (int64_t c = 0; c < ncols; ++c) {
                 const double m = mult[y * ncols + c];
                 if (m == 0.0) continue;
                 const int64_t x = cols[c];
                 const double fx = static_cast<double>(x - d / 2) / static_cast<double>(d);
-                double p[3];
+                Footing& f = row[cnt++];
+                int64_t ip[3];
                 for (int k = 0; k < 3; ++k) {
-                    const double q = (r[3 * k] * fx + r[3 * k + 1] * fy) * padded + centre;
-                    p[k] = q < 0.0 ? 0.0 : (q > hi ? hi : q);  // inside Nyquist already; guards rounding
+                    double q = (r[3 * k] * fx + r[3 * k + 1] * fy) * padded + centre;
+                    q = q < 0.0 ? 0.0 : (q > hi ? hi : q);  // inside Nyquist already; guards rounding
+                    ip[k] = static_cast<int64_t>(q);  // q >= 0: truncation is the floor
+                    f.t[k] = q - static_cast<double>(ip[k]);
                 }
-                // p >= 0: truncation is the floor (and much cheaper than std::floor without SSE4.1)
-                const int64_t ix = static_cast<int64_t>(p[0]), iy = static_cast<int64_t>(p[1]),
-                              iz = static_cast<int64_t>(p[2]);
-                const double fx1 = p[0] - ix, fy1 = p[1] - iy, fz1 = p[2] - iz;
-                const double wx[2] = {1.0 - fx1, fx1}, wy[2] = {1.0 - fy1, fy1}, wz[2] = {1.0 - fz1, fz1};
-                const int64_t base = (iz * g + iy) * g + ix;
+                f.base = (ip[2] * g + ip[1]) * g + ip[0];
                 const int64_t pix = y * d + x;
-                const double v0 = static_cast<double>(val[pix * stride]) * m;
-                const double v1 = is_complex ? static_cast<double>(val[pix * stride + 1]) * m : 0.0;
-                const double w = (wgt ? static_cast<double>(wgt[pix]) : 1.0) * m;
+                f.v[0] = static_cast<double>(val[pix * stride]) * m;
+                f.v[1] = is_complex ? static_cast<double>(val[pix * stride + 1]) * m : 0.0;
+                f.v[2] = (wgt ? static_cast<double>(wgt[pix]) : 1.0) * m;
+                for (int dz = 0; dz < 2; ++dz)
+                    for (int dy = 0; dy < 2; ++dy)
+                        for (int ch = 0; ch < 3; ++ch)
+                            if (out[ch]) __builtin_prefetch(out[ch] + f.base + dz * g * g + dy * g, 1);
+            }
+            // pass 2: the values times the 8 trilinear weights added at the corners
+            for (int64_t c = 0; c < cnt; ++c) {
+                const Footing& f = row[c];
+                const double wx[2] = {1.0 - f.t[0], f.t[0]}, wy[2] = {1.0 - f.t[1], f.t[1]};
+                const double wz[2] = {1.0 - f.t[2], f.t[2]};
                 for (int dz = 0; dz < 2; ++dz) {
                     for (int dy = 0; dy < 2; ++dy) {
                         const double wzy = wz[dz] * wy[dy];
-                        const int64_t row = base + dz * g * g + dy * g;
+                        const int64_t at = f.base + dz * g * g + dy * g;
                         for (int dx = 0; dx < 2; ++dx) {
                             const double t = wzy * wx[dx];
-                            out_v0[row + dx] += static_cast<T>(v0 * t);
-                            if (out_v1) out_v1[row + dx] += static_cast<T>(v1 * t);
-                            out_w[row + dx] += static_cast<T>(w * t);
+                            for (int ch = 0; ch < 3; ++ch)
+                                if (out[ch]) out[ch][at + dx] += static_cast<T>(f.v[ch] * t);
                         }
                     }
                 }
@@ -84,6 +101,6 @@ void cryolens_scatter_f64(double* staging, int64_t nch, int64_t padded, int64_t 
     scatter<double>(staging, nch, padded, n, d, cols, ncols, mult, rot, values, is_complex, weights);
 }
 
-int cryolens_native_version() { return 1; }
+int cryolens_native_version() { return 2; }
 
 }

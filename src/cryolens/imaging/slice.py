@@ -246,18 +246,34 @@ def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tenso
             _scatter_with(st, geometry, sl[a:a + step], None if wt is None else wt[a:a + step], padded)
 
 
+def _fold_into(out: torch.Tensor, plane: torch.Tensor, padded: int) -> None:
+    """``out (Dp, Dp, Dp)`` = one staging channel ``(Dp+2)³`` with its two extra planes per axis wrapped onto
+    planes 0 and 1 (the transform is periodic): the 8 combinations of kept / wrapped ranges of the 3 axes."""
+    keep, wrap = (slice(0, padded), slice(0, padded)), (slice(0, 2), slice(padded, padded + 2))  # (to, from)
+    out.copy_(plane[:padded, :padded, :padded])
+    for az in (keep, wrap):
+        for ay in (keep, wrap):
+            for ax in (keep, wrap):
+                if az is keep and ay is keep and ax is keep:
+                    continue
+                out[az[0], ay[0], ax[0]] += plane[az[1], ay[1], ax[1]]
+
+
 def finish_staging(staging: torch.Tensor, padded: int, is_complex: bool = True,
                    hermitian: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a :func:`staging_grid` back to ``(Dp, Dp, Dp)`` and split it into ``(data, weight)``;
     with ``hermitian``, complete the half scatter by ``x(k) + conj x(−k)``. ``staging`` is left as it is."""
     g = padded + 2
-    acc = staging.reshape(-1, g, g, g).clone()
-    for axis in (1, 2, 3):  # wrap the two extra planes onto planes 0 and 1 (z, then y, then x)
-        acc.narrow(axis, 0, 2).add_(acc.narrow(axis, padded, 2))
-        acc = acc.narrow(axis, 0, padded)
-    data = torch.complex(acc[0], acc[1]) if is_complex else acc[0].contiguous()
-    weight = acc[-1].contiguous()
-    del acc
+    st = staging.reshape(-1, g, g, g)
+    weight = st.new_empty((padded,) * 3)
+    if is_complex:
+        data = st.new_empty((padded,) * 3, dtype=torch.complex128 if st.dtype == torch.float64 else torch.complex64)
+        outs = list(torch.view_as_real(data).unbind(-1))
+    else:
+        data = st.new_empty((padded,) * 3)
+        outs = [data]
+    for c, out in enumerate(outs + [weight]):  # written straight into the outputs: no copy of the staging grid
+        _fold_into(out, st[c], padded)
     if hermitian and is_complex:
         data = _add_mirrored_(data, data, True)  # the flip inside is a copy: in place is safe
         weight = _add_mirrored_(weight, weight, False)

@@ -111,6 +111,16 @@ class FourierAccumulator:
             self._done = finish_staging(self.staging, self.padded, is_complex=True, hermitian=True)
         return self._done
 
+    def absorb(self, other: FourierAccumulator) -> None:
+        """Add ``other``'s sums to this accumulator's, in place (no third grid; ``other`` is left as it is)."""
+        self.staging += other.staging
+        self.count += other.count
+        self._done = None
+
+    def forget_finished(self) -> None:
+        """Free the completed ``(data, weight)`` grids kept since the last read (they are made again if read)."""
+        self._done = None
+
     def merged(self, other: FourierAccumulator) -> FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded = self.size, self.padded
@@ -146,6 +156,7 @@ class FourierAccumulator:
             data = torch.view_as_complex(torch.view_as_real(data) / den[..., None])
         else:
             data = data / den
+        del den, w  # freed before the inverse transform makes its grid
         vol = volume_from_ft(data, self.size)
         return vol * _corner_fade(self.size, vol.device, vol.dtype)
 

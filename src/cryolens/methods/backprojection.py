@@ -110,12 +110,15 @@ def backproject(particles: Particles, pad: int = 2, batch_size: int = 64, device
     # the half maps and their FSC: weak regularisation only (RELION's unfiltered halves). Wiener-
     # filtering both halves with one shared FSC would correlate them where the filter shrinks them
     # most (see cryolens.inference.autorefine); only the full map is filtered.
-    w1, w2 = h1.shell_weight(), h2.shell_weight()
-    eps = 1e-3 * torch.ones(nshell, dtype=torch.float64, device=w1.device)
-    v1, v2 = h1.reconstruct(eps * w1.mean()), h2.reconstruct(eps * w2.mean())
+    eps = 1e-3 * torch.ones(nshell, dtype=torch.float64)
+    halves = []
+    for h in (h1, h2):  # one half's completed grids at a time
+        halves.append(h.reconstruct(eps.to(h.staging.device) * h.shell_weight().mean()))
+        h.forget_finished()
+    (v1, v2), counts, full = halves, (h1.count, h2.count), h1
     curve = fsc(v1, v2)
-    full, counts = h1.merged(h2), (h1.count, h2.count)
-    del h1, h2  # the halves' grids are not needed for the full map: freed before it is finished
+    full.absorb(h2)  # the full set's sums in the first half's grid
+    del h, h1, h2  # the second half's grid is freed before the full map is completed
     fsc_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
     vol = full.reconstruct(wiener_regularisation(full.shell_weight(), fsc_full))
     del full

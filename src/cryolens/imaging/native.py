@@ -72,7 +72,8 @@ def _build(compiler: str) -> Path:
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for name in ("cryolens_scatter_f32", "cryolens_scatter_f64"):
+    for name in ("cryolens_scatter_f32", "cryolens_scatter_f64", "cryolens_scatter_voxel_major_f32",
+                 "cryolens_scatter_voxel_major_f64"):
         fn = getattr(lib, name)
         fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr]
         fn.restype = None
@@ -112,10 +113,12 @@ def usable(staging: torch.Tensor, padded: int) -> bool:
 
 
 def scatter(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
-            weights: torch.Tensor | None, columns: torch.Tensor, multiplicity: torch.Tensor) -> None:
+            weights: torch.Tensor | None, columns: torch.Tensor, multiplicity: torch.Tensor,
+            voxel_major: bool = False) -> None:
     """In place: the trilinear insertion of :func:`~cryolens.imaging.slice.scatter_slices` by the compiled kernel.
 
-    staging: ``(channels, (Dp+2)³)`` (3 channels for complex slices, 2 for real). slices: ``(N, D, D)`` complex
+    staging: ``(channels, (Dp+2)³)`` (3 channels for complex slices, 2 for real), or ``((Dp+2)³, channels)`` with
+    ``voxel_major`` (a voxel's channels side by side: fewer cache lines per corner). slices: ``(N, D, D)`` complex
     or real, centred layout; weights: ``(N, D, D)`` real or None (1). rotations: ``(N, 3, 3)`` image → volume.
     columns: ``(C,)`` slice columns to insert; multiplicity: ``(D, C)`` factor of each (0 beyond Nyquist).
     Check :func:`usable` first.
@@ -132,6 +135,8 @@ def scatter(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor
     n, d = slices.shape[0], slices.shape[-1]
     if n == 0:
         return
-    fn = lib.cryolens_scatter_f32 if dt == torch.float32 else lib.cryolens_scatter_f64
-    fn(staging.data_ptr(), staging.shape[0], padded, n, d, cols.data_ptr(), cols.numel(), mult.data_ptr(),
-       rots.data_ptr(), vals.data_ptr(), int(slices.is_complex()), None if wts is None else wts.data_ptr())
+    prefix = "cryolens_scatter_voxel_major" if voxel_major else "cryolens_scatter"
+    fn = getattr(lib, f"{prefix}_{'f32' if dt == torch.float32 else 'f64'}")
+    channels = staging.shape[-1 if voxel_major else 0]
+    fn(staging.data_ptr(), channels, padded, n, d, cols.data_ptr(), cols.numel(), mult.data_ptr(), rots.data_ptr(),
+       vals.data_ptr(), int(slices.is_complex()), None if wts is None else wts.data_ptr())

@@ -1,7 +1,7 @@
 // Trilinear insertion of central slices into a padded Fourier staging grid: the compiled form of
 // cryolens.imaging.slice.scatter_slices (see its docstring and docs/CONVENTIONS.md for the layouts).
 //
-// staging: `nch` planes of g^3 values (g = padded + 2), indexed [z][y][x]; channels (re, im, weight) for
+// staging: `nch` planes of g^3 values (g = padded + 2), indexed [z][y][x], or voxel-major (g^3, nch); channels (re, im, weight) for
 // complex slices, (value, weight) for real ones. For each image n, slice row y (0..d-1) and column
 // cols[c], the pixel's frequency f = ((x - d/2) / d, (y - d/2) / d) cycles/px is rotated into the volume
 // frame, p = R_n f (rows of R_n: image -> volume), and placed at padded-grid coordinate p * padded +
@@ -22,12 +22,15 @@ struct Footing {  // one slice pixel's lower corner (flat staging index), offset
     double v[3];
 };
 
-template <typename T>
+template <typename T, bool VOXEL_MAJOR>
 void scatter(T* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, const int64_t* cols, int64_t ncols,
              const double* mult, const double* rot, const T* values, int64_t is_complex, const T* weights) {
     const int64_t g = padded + 2;
-    const int64_t plane = g * g * g;
-    T* out[3] = {staging, is_complex ? staging + plane : nullptr, staging + (nch - 1) * plane};
+    // channel c of voxel j: staging[c * g^3 + j] (channel planes) or staging[j * nch + c] (voxel-major: a
+    // voxel's channels share a cache line, 3x fewer lines touched per corner)
+    const int64_t chan = VOXEL_MAJOR ? 1 : g * g * g;
+    const int64_t vox = VOXEL_MAJOR ? nch : 1;
+    T* out[3] = {staging, is_complex ? staging + chan : nullptr, staging + (nch - 1) * chan};
     const double centre = static_cast<double>(padded / 2);
     const double hi = static_cast<double>(padded);
     const int64_t stride = is_complex ? 2 : 1;
@@ -62,7 +65,7 @@ void scatter(T* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, cons
                 for (int dz = 0; dz < 2; ++dz)
                     for (int dy = 0; dy < 2; ++dy)
                         for (int ch = 0; ch < 3; ++ch)
-                            if (out[ch]) __builtin_prefetch(out[ch] + f.base + dz * g * g + dy * g, 1);
+                            if (out[ch]) __builtin_prefetch(out[ch] + (f.base + dz * g * g + dy * g) * vox, 1);
             }
             // pass 2: the values times the 8 trilinear weights added at the corners
             for (int64_t c = 0; c < cnt; ++c) {
@@ -76,7 +79,7 @@ void scatter(T* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, cons
                         for (int dx = 0; dx < 2; ++dx) {
                             const double t = wzy * wx[dx];
                             for (int ch = 0; ch < 3; ++ch)
-                                if (out[ch]) out[ch][at + dx] += static_cast<T>(f.v[ch] * t);
+                                if (out[ch]) out[ch][(at + dx) * vox] += static_cast<T>(f.v[ch] * t);
                         }
                     }
                 }
@@ -89,18 +92,17 @@ void scatter(T* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, cons
 
 extern "C" {
 
-void cryolens_scatter_f32(float* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, const int64_t* cols,
-                          int64_t ncols, const double* mult, const double* rot, const float* values,
-                          int64_t is_complex, const float* weights) {
-    scatter<float>(staging, nch, padded, n, d, cols, ncols, mult, rot, values, is_complex, weights);
-}
+#define CRYOLENS_SCATTER(name, T, MAJOR)                                                                           \
+    void name(T* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, const int64_t* cols, int64_t ncols,   \
+              const double* mult, const double* rot, const T* values, int64_t is_complex, const T* weights) {     \
+        scatter<T, MAJOR>(staging, nch, padded, n, d, cols, ncols, mult, rot, values, is_complex, weights);        \
+    }
 
-void cryolens_scatter_f64(double* staging, int64_t nch, int64_t padded, int64_t n, int64_t d, const int64_t* cols,
-                          int64_t ncols, const double* mult, const double* rot, const double* values,
-                          int64_t is_complex, const double* weights) {
-    scatter<double>(staging, nch, padded, n, d, cols, ncols, mult, rot, values, is_complex, weights);
-}
+CRYOLENS_SCATTER(cryolens_scatter_f32, float, false)
+CRYOLENS_SCATTER(cryolens_scatter_f64, double, false)
+CRYOLENS_SCATTER(cryolens_scatter_voxel_major_f32, float, true)
+CRYOLENS_SCATTER(cryolens_scatter_voxel_major_f64, double, true)
 
-int cryolens_native_version() { return 2; }
+int cryolens_native_version() { return 3; }
 
 }

@@ -211,22 +211,31 @@ def _images_per_call(size: int, hermitian: bool) -> int:
 
 
 def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
-                   weights: torch.Tensor | None = None, hermitian: bool = False) -> None:
+                   weights: torch.Tensor | None = None, hermitian: bool = False, voxel_major: bool = False) -> None:
     """Low-level, in place: add trilinear scatters of ``slices (N, D, D)`` (and ``weights``, default 1)
     along ``rotations (N, 3, 3)`` into ``staging`` from :func:`staging_grid`. With ``hermitian`` only
     the ``kx ≥ 0`` half is scattered; :func:`finish_staging` (``hermitian=True``) completes it. Images
-    go ``SCATTER_POINTS`` slice pixels at a time (bounded temporaries)."""
+    go ``SCATTER_POINTS`` slice pixels at a time (bounded temporaries). voxel_major: ``staging`` is laid out
+    ``((Dp+2)³, channels)`` (its transpose is a staging grid; the compiled kernel only: check
+    :func:`scatter_voxel_major_available`)."""
     hermitian = hermitian and slices.is_complex()
     size = slices.shape[-1]
-    if native.usable(staging, padded):
+    if voxel_major or native.usable(staging, padded):
+        if voxel_major and not scatter_voxel_major_available(staging, padded):
+            raise ValueError("scatter_slices: a voxel-major staging grid needs the compiled kernel on the CPU")
         mult, cols = _pixel_multiplicity(size, hermitian, staging.dtype, staging.device)
-        native.scatter(staging, slices, rotations, padded, weights, cols, mult)
+        native.scatter(staging, slices, rotations, padded, weights, cols, mult, voxel_major)
         return
     step = _images_per_call(size, hermitian)
     for a in range(0, slices.shape[0], step):
         geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, staging.dtype)
         _scatter_with(staging, geometry, slices[a:a + step], None if weights is None else weights[a:a + step],
                       padded)
+
+
+def scatter_voxel_major_available(staging: torch.Tensor, padded: int) -> bool:
+    """Whether :func:`scatter_slices` can fill ``staging`` laid out voxel-major (the compiled kernel serves it)."""
+    return native.usable(staging, padded)
 
 
 def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tensor], rotations: torch.Tensor,

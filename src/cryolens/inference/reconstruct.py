@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..imaging.grids import shell_index_3d, spherical_mask
-from ..imaging.slice import finish_staging, scatter_slices, scatter_slices_shared, staging_grid, volume_from_ft
+from ..imaging.slice import (finish_staging, scatter_slices, scatter_slices_shared, scatter_voxel_major_available,
+                             staging_grid, volume_from_ft)
 from .distributed import all_reduce_sum, is_distributed
 from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
 
@@ -29,17 +30,36 @@ class FourierAccumulator:
         self.count = 0
         self._done: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @property
+    def staging(self) -> torch.Tensor:
+        """The ``(3, (Dp+2)³)`` staging grid (:func:`~cryolens.imaging.slice.staging_grid`), with the sums
+        :meth:`add` keeps voxel-major for the compiled kernel folded in when it is read."""
+        if self._voxel_major is not None:
+            self._staging += self._voxel_major.T
+            self._voxel_major = None
+        return self._staging
+
+    @staging.setter
+    def staging(self, grid: torch.Tensor) -> None:
+        self._staging, self._voxel_major = grid, None
+
     def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
             scale: torch.Tensor | None = None) -> None:
         """Insert transforms ``(B, D, D)`` complex of real images (shifts already undone) along
         ``rotations``, weighted by their CTFs ``(B, D, D)`` (or none) and optional per-image
-        ``scale (B,)`` (e.g. posterior weights)."""
+        ``scale (B,)`` (e.g. posterior weights). With the compiled kernel the sums go to a voxel-major grid
+        (a voxel's three sums in one cache line), added to :attr:`staging` when that is read."""
         c = torch.ones_like(images_ft.real) if ctf is None else ctf
         if scale is not None:
             s = scale.to(c.dtype)[:, None, None]
-            scatter_slices(self.staging, images_ft * c * s, rotations, self.padded, c * c * s, hermitian=True)
+            values, weights = images_ft * c * s, c * c * s
         else:
-            scatter_slices(self.staging, images_ft * c, rotations, self.padded, c * c, hermitian=True)
+            values, weights = images_ft * c, c * c
+        fast = scatter_voxel_major_available(self._staging, self.padded)
+        if fast and self._voxel_major is None:
+            self._voxel_major = torch.zeros(self._staging.shape[::-1], dtype=self._staging.dtype)
+        target = self._voxel_major if fast else self.staging
+        scatter_slices(target, values, rotations, self.padded, weights, hermitian=True, voxel_major=fast)
         self.count += images_ft.shape[0]
         self._done = None
 

@@ -26,7 +26,10 @@ class FourierAccumulator:
 
     def __init__(self, size: int, pad: int, device, dtype=torch.float32):
         self.size, self.padded = size, pad * size
-        self.staging = staging_grid(self.padded, 3, device, dtype)
+        self._device, self._dtype = torch.device(device or "cpu"), dtype
+        # made on first read: a compiled-kernel run keeps its sums voxel-major only (one grid, not two)
+        self._staging: torch.Tensor | None = None
+        self._voxel_major: torch.Tensor | None = None
         self.count = 0
         self._done: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -34,6 +37,8 @@ class FourierAccumulator:
     def staging(self) -> torch.Tensor:
         """The ``(3, (Dp+2)³)`` staging grid (:func:`~cryolens.imaging.slice.staging_grid`), with the sums
         :meth:`add` keeps voxel-major for the compiled kernel folded in when it is read."""
+        if self._staging is None:
+            self._staging = staging_grid(self.padded, 3, self._device, self._dtype)
         if self._voxel_major is not None:
             self._staging += self._voxel_major.T
             self._voxel_major = None
@@ -42,6 +47,19 @@ class FourierAccumulator:
     @staging.setter
     def staging(self, grid: torch.Tensor) -> None:
         self._staging, self._voxel_major = grid, None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the sums are (reading it does not touch them)."""
+        held = self._staging if self._staging is not None else self._voxel_major
+        return self._device if held is None else held.device
+
+    def _sums(self) -> torch.Tensor:
+        """All sums as a ``(3, (Dp+2)³)`` grid to read: the voxel-major grid seen transposed while there is no
+        staging grid (no second grid made), else :attr:`staging`."""
+        if self._voxel_major is not None and self._staging is None:
+            return self._voxel_major.T
+        return self.staging
 
     def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
             scale: torch.Tensor | None = None) -> None:
@@ -55,9 +73,9 @@ class FourierAccumulator:
             values, weights = images_ft * c * s, c * c * s
         else:
             values, weights = images_ft * c, c * c
-        fast = scatter_voxel_major_available(self._staging, self.padded)
+        fast = scatter_voxel_major_available(torch.empty(0, dtype=self._dtype, device=self.device), self.padded)
         if fast and self._voxel_major is None:
-            self._voxel_major = torch.zeros(self._staging.shape[::-1], dtype=self._staging.dtype)
+            self._voxel_major = torch.zeros((self.padded + 2) ** 3, 3, dtype=self._dtype)
         target = self._voxel_major if fast else self.staging
         scatter_slices(target, values, rotations, self.padded, weights, hermitian=True, voxel_major=fast)
         self.count += images_ft.shape[0]
@@ -128,12 +146,16 @@ class FourierAccumulator:
 
     def _finished(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._done is None:
-            self._done = finish_staging(self.staging, self.padded, is_complex=True, hermitian=True)
+            self._done = finish_staging(self._sums(), self.padded, is_complex=True, hermitian=True)
         return self._done
 
     def absorb(self, other: FourierAccumulator) -> None:
         """Add ``other``'s sums to this accumulator's, in place (no third grid; ``other`` is left as it is)."""
-        self.staging += other.staging
+        if self._staging is None and other._staging is None and self._voxel_major is not None \
+                and other._voxel_major is not None:
+            self._voxel_major += other._voxel_major
+        else:
+            self.staging += other.staging
         self.count += other.count
         self._done = None
 
@@ -143,14 +165,14 @@ class FourierAccumulator:
 
     def merged(self, other: FourierAccumulator) -> FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
-        out.size, out.padded = self.size, self.padded
+        out.size, out.padded, out._device, out._dtype = self.size, self.padded, self.device, self._dtype
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
         return out
 
     def _shells(self) -> torch.Tensor:
         """``(Dp, Dp, Dp)`` int32 output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (one grid
         shared by the accumulators of a size)."""
-        return output_shells(self.padded, self.padded // self.size, self.staging.device)
+        return output_shells(self.padded, self.padded // self.size, self.device)
 
     def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -186,7 +208,7 @@ class FourierAccumulator:
         n = self.size // 2 + 1
         w = self.weight.reshape(-1).double()
         s = torch.bincount(shells, weights=w if power == 1 else w ** power, minlength=n)[:n]
-        return s / _shell_counts(self.padded, self.padded // self.size, self.staging.device)[:n]
+        return s / _shell_counts(self.padded, self.padded // self.size, self.device)[:n]
 
 
 @functools.lru_cache(maxsize=2)

@@ -113,7 +113,7 @@ def backproject(particles: Particles, pad: int = 2, batch_size: int = 64, device
     eps = 1e-3 * torch.ones(nshell, dtype=torch.float64)
     halves = []
     for h in (h1, h2):  # one half's completed grids at a time
-        halves.append(h.reconstruct(eps.to(h.staging.device) * h.shell_weight().mean()))
+        halves.append(h.reconstruct(eps.to(h.device) * h.shell_weight().mean()))
         h.forget_finished()
     (v1, v2), counts, full = halves, (h1.count, h2.count), h1
     curve = fsc(v1, v2)

@@ -11,7 +11,8 @@ time (user + system) and peak RSS of each, and the ratios cryolens / RELION. Def
 
 ``--box 128 --n 5000`` simulates (once, under ``benchmarks/_data``) and times a 4E43 set at D = 128.
 ``--baseline-src OTHER/src`` adds that checkout's ``backproject`` and ``info`` (run with ``PYTHONPATH``) to the
-alternation, so that a change is measured against its base under the same load.
+alternation, so that a change is measured against its base under the same load. ``--commands`` times a subset
+(e.g. ``--box 128 --n 50000 --repeats 1 --commands 'cryolens backproject,relion_reconstruct'``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--baseline-src", type=Path,
                     help="another checkout's src/: its backproject and info run too (PYTHONPATH), alternating")
+    ap.add_argument("--commands", help="comma-separated names of the commands to time (default: all), e.g. "
+                                       "'cryolens backproject,relion_reconstruct' for a large set")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     star = args.star
@@ -102,6 +105,12 @@ def main() -> None:
         for name in ("cryolens backproject", "cryolens info"):
             cmd = [str(args.out / "baseline") if c == str(args.out / "run") else c for c in commands[name]]
             commands[f"{name} (baseline)"], envs[f"{name} (baseline)"] = cmd, base_env
+    if args.commands:
+        wanted = [c.strip() for c in args.commands.split(",")]
+        unknown = [c for c in wanted if c not in commands]
+        if unknown or "relion_reconstruct" not in wanted:
+            raise SystemExit(f"--commands: unknown {unknown} (known: {list(commands)}); relion_reconstruct is needed")
+        commands = {k: v for k, v in commands.items() if k in wanted}
     runs: dict[str, list[dict]] = {k: [] for k in commands}
     for k in range(args.repeats):  # alternating, so that a change of load hits every command alike
         for name, cmd in commands.items():

@@ -75,23 +75,34 @@ def ctf_from_freqs(freqs: torch.Tensor, params: CTFParams, per_image: bool = Fal
 
     Each field of ``params`` has shape ``(N,)``. ``freqs`` is shared ``(*S, 2)``, or per image
     ``(N, *S, 2)`` when ``per_image``. Returns ``(N, *S)`` in ``freqs``' dtype.
+
+    The phase is the module docstring's, with ``k² cos 2(θ − angle)`` written as
+    ``(kx² − ky²) cos 2·angle + 2 kx ky sin 2·angle``: a sum of five per-frequency terms times five per-image
+    coefficients (one matrix product for shared frequencies), then one ``sin`` per pixel (no ``atan2`` or
+    ``cos`` per pixel; the envelope only when a B-factor is not 0).
     """
     dtype = freqs.dtype
-    n_spatial = freqs.dim() - 1 - int(per_image)
-    shape = (len(params),) + (1,) * n_spatial
-    p = {k: v.to(device=freqs.device, dtype=dtype).reshape(shape) for k, v in params.as_dict().items()}
+    p = {k: v.to(device=freqs.device, dtype=dtype).reshape(-1) for k, v in params.as_dict().items()}
     kx, ky = freqs[..., 0], freqs[..., 1]
     k2 = kx * kx + ky * ky
-    theta = torch.atan2(ky, kx)
+    terms = torch.stack([k2, kx * kx - ky * ky, 2 * kx * ky, k2 * k2, torch.ones_like(k2)], dim=-1)  # (…, 5)
     lam = electron_wavelength(p["voltage"]).to(dtype)
-    defocus = 0.5 * (p["defocus_u"] + p["defocus_v"]) + 0.5 * (p["defocus_u"] - p["defocus_v"]) * torch.cos(
-        2 * (theta - p["defocus_angle"]))
-    cs_a = p["cs"] * 1e7  # mm → Å
     q0 = p["amplitude_contrast"]
-    amp_phase = torch.atan(q0 / torch.sqrt(1 - q0 * q0))
-    # radians: π · Å · Å · Å⁻²  and  π · Å · Å³ · Å⁻⁴
-    gamma = math.pi * lam * defocus * k2 - 0.5 * math.pi * cs_a * lam**3 * k2 * k2 + p["phase_shift"] + amp_phase
-    return torch.sin(gamma) * torch.exp(-p["bfactor"] * k2 / 4)
+    # radians: π · Å · Å · Å⁻²  and  π · Å · Å³ · Å⁻⁴ (Cs mm → Å)
+    half_astig = math.pi * lam * 0.5 * (p["defocus_u"] - p["defocus_v"])
+    coef = torch.stack([math.pi * lam * 0.5 * (p["defocus_u"] + p["defocus_v"]),
+                        half_astig * torch.cos(2 * p["defocus_angle"]), half_astig * torch.sin(2 * p["defocus_angle"]),
+                        -0.5 * math.pi * (p["cs"] * 1e7) * lam**3,
+                        p["phase_shift"] + torch.atan(q0 / torch.sqrt(1 - q0 * q0))], dim=-1)  # (N, 5)
+    if per_image:
+        gamma = (terms * coef.reshape(coef.shape[:1] + (1,) * (terms.dim() - 2) + (5,))).sum(-1)
+    else:
+        gamma = (coef @ terms.reshape(-1, 5).T).reshape((len(params),) + k2.shape)
+    out = torch.sin(gamma)
+    b = p["bfactor"]
+    if bool((b != 0).any()):
+        out = out * torch.exp(-b.reshape((-1,) + (1,) * (out.dim() - 1)) * k2 / 4)
+    return out
 
 
 def ctf_2d(params: CTFParams, size: int, pixel_size: float, device=None, dtype=torch.float32) -> torch.Tensor:

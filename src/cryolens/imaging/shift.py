@@ -16,11 +16,13 @@ from .grids import freq_grid_2d
 
 
 def phase_ramp(shifts: torch.Tensor, size: int) -> torch.Tensor:
-    """``(N, D, D)`` complex factors ``exp(−2πi k·s)`` for ``shifts: (N, 2)`` px ``(x, y)``."""
-    f = freq_grid_2d(size, device=shifts.device, dtype=shifts.dtype)
+    """``(N, D, D)`` complex factors ``exp(−2πi k·s)`` for ``shifts: (N, 2)`` px ``(x, y)``, made as the outer
+    product ``exp(−2πi ky sy) · exp(−2πi kx sx)`` of two ``(N, D)`` ramps (2·D transcendentals per image, not D²)."""
+    f = freq_grid_2d(size, device=shifts.device, dtype=shifts.dtype)[0, :, 0]  # (D,) the x axis = the y axis
     # cycles/px · px = cycles → radians
-    phase = -2 * math.pi * torch.einsum("yxc,nc->nyx", f, shifts)
-    return torch.polar(torch.ones_like(phase), phase)
+    phase = -2 * math.pi * f[None, None, :] * shifts[:, :, None]  # (N, 2, D): x then y
+    ramp = torch.polar(torch.ones_like(phase), phase)
+    return ramp[:, 1, :, None] * ramp[:, 0, None, :]
 
 
 def phase_shift(images_ft: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .fft import fft3_centered, ifft3_centered
 from .grids import freq_grid_2d
 
@@ -154,19 +155,25 @@ def staging_grid(padded: int, channels: int, device=None, dtype=torch.float32) -
 SCATTER_POINTS = 1 << 18
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_multiplicity(size: int, hermitian: bool, rdtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D, C)`` multiplicity of the scattered slice pixels — 0 beyond Nyquist, ½ on the self-partnered
+    columns of a half slice, else 1 — and the ``(C,)`` columns (all, or :func:`_half_columns`). Cached: callers
+    must not modify them."""
+    cols = _half_columns(size, device) if hermitian else torch.arange(size, device=device)
+    mult = (freq_grid_2d(size, device=device, dtype=rdtype)[:, cols].norm(dim=-1) <= 0.5).to(rdtype)
+    if hermitian:
+        mult[:, :2] *= 0.5  # kx = 0 and kx = −Nyquist columns hold their own partners: count each half
+    return mult, cols
+
+
 def _scatter_geometry(rotations: torch.Tensor, size: int, padded: int, hermitian: bool, rdtype):
     """Trilinear footing of the slice pixels of :func:`scatter_slices`: ``flat (N·D·C,)`` staging index of each
     pixel's lower corner, ``frac`` its ``(x, y, z)`` offsets from it (three ``(N·D·C,)``), ``mult (D, C)`` pixel
-    multiplicity — 0 beyond Nyquist, ½ on the self-partnered columns of a half slice — and the columns, or
-    None."""
-    device = rotations.device
-    cols = _half_columns(size, device) if hermitian else None
+    multiplicity (:func:`_pixel_multiplicity`) and the columns, or None."""
+    cols = _half_columns(size, rotations.device) if hermitian else None
     pts, mask = _slice_points(rotations.to(rdtype), size, padded, cols)
-    mult = mask.to(rdtype)
-    if hermitian:
-        # kx = 0 and kx = −Nyquist columns hold their own partners: count each half
-        mult = mult.clone()
-        mult[:, :2] *= 0.5
+    mult = _pixel_multiplicity(size, hermitian, rdtype, rotations.device)[0]
     g = padded + 2
     pts = torch.where(mask[..., None], pts, torch.full_like(pts, padded // 2))  # keep masked points in range
     base = torch.floor(pts)
@@ -204,18 +211,31 @@ def _images_per_call(size: int, hermitian: bool) -> int:
 
 
 def scatter_slices(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
-                   weights: torch.Tensor | None = None, hermitian: bool = False) -> None:
+                   weights: torch.Tensor | None = None, hermitian: bool = False, voxel_major: bool = False) -> None:
     """Low-level, in place: add trilinear scatters of ``slices (N, D, D)`` (and ``weights``, default 1)
     along ``rotations (N, 3, 3)`` into ``staging`` from :func:`staging_grid`. With ``hermitian`` only
     the ``kx ≥ 0`` half is scattered; :func:`finish_staging` (``hermitian=True``) completes it. Images
-    go ``SCATTER_POINTS`` slice pixels at a time (bounded temporaries)."""
+    go ``SCATTER_POINTS`` slice pixels at a time (bounded temporaries). voxel_major: ``staging`` is laid out
+    ``((Dp+2)³, channels)`` (its transpose is a staging grid; the compiled kernel only: check
+    :func:`scatter_voxel_major_available`)."""
     hermitian = hermitian and slices.is_complex()
     size = slices.shape[-1]
+    if voxel_major or native.usable(staging, padded):
+        if voxel_major and not scatter_voxel_major_available(staging, padded):
+            raise ValueError("scatter_slices: a voxel-major staging grid needs the compiled kernel on the CPU")
+        mult, cols = _pixel_multiplicity(size, hermitian, staging.dtype, staging.device)
+        native.scatter(staging, slices, rotations, padded, weights, cols, mult, voxel_major)
+        return
     step = _images_per_call(size, hermitian)
     for a in range(0, slices.shape[0], step):
         geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, staging.dtype)
         _scatter_with(staging, geometry, slices[a:a + step], None if weights is None else weights[a:a + step],
                       padded)
+
+
+def scatter_voxel_major_available(staging: torch.Tensor, padded: int) -> bool:
+    """Whether :func:`scatter_slices` can fill ``staging`` laid out voxel-major (the compiled kernel serves it)."""
+    return native.usable(staging, padded)
 
 
 def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tensor], rotations: torch.Tensor,
@@ -224,6 +244,10 @@ def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tenso
     their own stagings (e.g. one per class), the trilinear geometry computed once per chunk of images."""
     hermitian = hermitian and slices[0].is_complex()
     size = slices[0].shape[-1]
+    if all(native.usable(st, padded) for st in stagings):
+        for st, sl, wt in zip(stagings, slices, weights, strict=True):
+            scatter_slices(st, sl, rotations, padded, wt, hermitian)
+        return
     step = _images_per_call(size, hermitian)
     for a in range(0, slices[0].shape[0], step):
         geometry = _scatter_geometry(rotations[a:a + step], size, padded, hermitian, stagings[0].dtype)
@@ -231,18 +255,34 @@ def scatter_slices_shared(stagings: list[torch.Tensor], slices: list[torch.Tenso
             _scatter_with(st, geometry, sl[a:a + step], None if wt is None else wt[a:a + step], padded)
 
 
+def _fold_into(out: torch.Tensor, plane: torch.Tensor, padded: int) -> None:
+    """``out (Dp, Dp, Dp)`` = one staging channel ``(Dp+2)³`` with its two extra planes per axis wrapped onto
+    planes 0 and 1 (the transform is periodic): the 8 combinations of kept / wrapped ranges of the 3 axes."""
+    keep, wrap = (slice(0, padded), slice(0, padded)), (slice(0, 2), slice(padded, padded + 2))  # (to, from)
+    out.copy_(plane[:padded, :padded, :padded])
+    for az in (keep, wrap):
+        for ay in (keep, wrap):
+            for ax in (keep, wrap):
+                if az is keep and ay is keep and ax is keep:
+                    continue
+                out[az[0], ay[0], ax[0]] += plane[az[1], ay[1], ax[1]]
+
+
 def finish_staging(staging: torch.Tensor, padded: int, is_complex: bool = True,
                    hermitian: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a :func:`staging_grid` back to ``(Dp, Dp, Dp)`` and split it into ``(data, weight)``;
     with ``hermitian``, complete the half scatter by ``x(k) + conj x(−k)``. ``staging`` is left as it is."""
     g = padded + 2
-    acc = staging.reshape(-1, g, g, g).clone()
-    for axis in (1, 2, 3):  # wrap the two extra planes onto planes 0 and 1 (z, then y, then x)
-        acc.narrow(axis, 0, 2).add_(acc.narrow(axis, padded, 2))
-        acc = acc.narrow(axis, 0, padded)
-    data = torch.complex(acc[0], acc[1]) if is_complex else acc[0].contiguous()
-    weight = acc[-1].contiguous()
-    del acc
+    st = staging.reshape(-1, g, g, g)
+    weight = st.new_empty((padded,) * 3)
+    if is_complex:
+        data = st.new_empty((padded,) * 3, dtype=torch.complex128 if st.dtype == torch.float64 else torch.complex64)
+        outs = list(torch.view_as_real(data).unbind(-1))
+    else:
+        data = st.new_empty((padded,) * 3)
+        outs = [data]
+    for c, out in enumerate(outs + [weight]):  # written straight into the outputs: no copy of the staging grid
+        _fold_into(out, st[c], padded)
     if hermitian and is_complex:
         data = _add_mirrored_(data, data, True)  # the flip inside is a copy: in place is safe
         weight = _add_mirrored_(weight, weight, False)
@@ -305,11 +345,26 @@ def prepare_volume_ft(volume: torch.Tensor, pad: int = 2, gridding_correction: b
     return fft3_centered(pad_volume(volume, padded))
 
 
+def _real_centre_of_ifft(volume_ft: torch.Tensor, size: int) -> torch.Tensor:
+    """``crop_volume(ifft3_centered(volume_ft).real, size)`` without shifting the ``(Dp, Dp, Dp)`` grids (even
+    ``Dp``): the input's ``ifftshift`` is a factor ``(−1)^(nx+ny+nz)`` on the plain inverse transform's output
+    ``n``, and the output's ``fftshift`` plus the central crop reads output index ``n = (i − Dp/2) mod Dp``."""
+    padded = volume_ft.shape[-1]
+    if padded % 2:
+        return crop_volume(ifft3_centered(volume_ft).real, size)
+    lo = padded // 2 - size // 2
+    n = (torch.arange(lo, lo + size, device=volume_ft.device) - padded // 2) % padded
+    y = torch.fft.ifftn(volume_ft, dim=(-3, -2, -1)).real
+    y = y.index_select(-3, n).index_select(-2, n).index_select(-1, n)
+    sign = (1 - 2 * (n % 2)).to(y.dtype)
+    return y * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :])
+
+
 def volume_from_ft(volume_ft: torch.Tensor, size: int, gridding_correction: bool = True) -> torch.Tensor:
     """Oversampled centered transform ``(Dp, Dp, Dp)`` → real ``(D, D, D)`` volume (inverse
     transform, central crop, and division by the trilinear :func:`gridding_kernel`)."""
     padded = volume_ft.shape[-1]
-    vol = crop_volume(ifft3_centered(volume_ft).real, size)
+    vol = _real_centre_of_ifft(volume_ft, size)
     if gridding_correction:
         vol = vol / gridding_kernel(size, padded, device=vol.device, dtype=vol.dtype)
     return vol

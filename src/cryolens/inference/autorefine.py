@@ -190,7 +190,7 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
     """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both.
     Under ``torchrun`` the five reconstructions are spread over the ranks (:func:`on_ranks`)."""
     nsh = size // 2 + 1
-    dev = accs[0].staging.device
+    dev = accs[0].device
     weights = [a.shell_weight() for a in accs]
 
     def weak_map(h: int) -> torch.Tensor:

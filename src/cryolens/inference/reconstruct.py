@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..imaging.grids import shell_index_3d, spherical_mask
-from ..imaging.slice import finish_staging, scatter_slices, scatter_slices_shared, staging_grid, volume_from_ft
+from ..imaging.slice import (finish_staging, scatter_slices, scatter_slices_shared, scatter_voxel_major_available,
+                             staging_grid, volume_from_ft)
 from .distributed import all_reduce_sum, is_distributed
 from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
 
@@ -25,21 +26,58 @@ class FourierAccumulator:
 
     def __init__(self, size: int, pad: int, device, dtype=torch.float32):
         self.size, self.padded = size, pad * size
-        self.staging = staging_grid(self.padded, 3, device, dtype)
+        self._device, self._dtype = torch.device(device or "cpu"), dtype
+        # made on first read: a compiled-kernel run keeps its sums voxel-major only (one grid, not two)
+        self._staging: torch.Tensor | None = None
+        self._voxel_major: torch.Tensor | None = None
         self.count = 0
         self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def staging(self) -> torch.Tensor:
+        """The ``(3, (Dp+2)³)`` staging grid (:func:`~cryolens.imaging.slice.staging_grid`), with the sums
+        :meth:`add` keeps voxel-major for the compiled kernel folded in when it is read."""
+        if self._staging is None:
+            self._staging = staging_grid(self.padded, 3, self._device, self._dtype)
+        if self._voxel_major is not None:
+            self._staging += self._voxel_major.T
+            self._voxel_major = None
+        return self._staging
+
+    @staging.setter
+    def staging(self, grid: torch.Tensor) -> None:
+        self._staging, self._voxel_major = grid, None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the sums are (reading it does not touch them)."""
+        held = self._staging if self._staging is not None else self._voxel_major
+        return self._device if held is None else held.device
+
+    def _sums(self) -> torch.Tensor:
+        """All sums as a ``(3, (Dp+2)³)`` grid to read: the voxel-major grid seen transposed while there is no
+        staging grid (no second grid made), else :attr:`staging`."""
+        if self._voxel_major is not None and self._staging is None:
+            return self._voxel_major.T
+        return self.staging
 
     def add(self, images_ft: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None,
             scale: torch.Tensor | None = None) -> None:
         """Insert transforms ``(B, D, D)`` complex of real images (shifts already undone) along
         ``rotations``, weighted by their CTFs ``(B, D, D)`` (or none) and optional per-image
-        ``scale (B,)`` (e.g. posterior weights)."""
+        ``scale (B,)`` (e.g. posterior weights). With the compiled kernel the sums go to a voxel-major grid
+        (a voxel's three sums in one cache line), added to :attr:`staging` when that is read."""
         c = torch.ones_like(images_ft.real) if ctf is None else ctf
         if scale is not None:
             s = scale.to(c.dtype)[:, None, None]
-            scatter_slices(self.staging, images_ft * c * s, rotations, self.padded, c * c * s, hermitian=True)
+            values, weights = images_ft * c * s, c * c * s
         else:
-            scatter_slices(self.staging, images_ft * c, rotations, self.padded, c * c, hermitian=True)
+            values, weights = images_ft * c, c * c
+        fast = scatter_voxel_major_available(torch.empty(0, dtype=self._dtype, device=self.device), self.padded)
+        if fast and self._voxel_major is None:
+            self._voxel_major = torch.zeros((self.padded + 2) ** 3, 3, dtype=self._dtype)
+        target = self._voxel_major if fast else self.staging
+        scatter_slices(target, values, rotations, self.padded, weights, hermitian=True, voxel_major=fast)
         self.count += images_ft.shape[0]
         self._done = None
 
@@ -108,19 +146,33 @@ class FourierAccumulator:
 
     def _finished(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._done is None:
-            self._done = finish_staging(self.staging, self.padded, is_complex=True, hermitian=True)
+            self._done = finish_staging(self._sums(), self.padded, is_complex=True, hermitian=True)
         return self._done
+
+    def absorb(self, other: FourierAccumulator) -> None:
+        """Add ``other``'s sums to this accumulator's, in place (no third grid; ``other`` is left as it is)."""
+        if self._staging is None and other._staging is None and self._voxel_major is not None \
+                and other._voxel_major is not None:
+            self._voxel_major += other._voxel_major
+        else:
+            self.staging += other.staging
+        self.count += other.count
+        self._done = None
+
+    def forget_finished(self) -> None:
+        """Free the completed ``(data, weight)`` grids kept since the last read (they are made again if read)."""
+        self._done = None
 
     def merged(self, other: FourierAccumulator) -> FourierAccumulator:
         out = FourierAccumulator.__new__(FourierAccumulator)
-        out.size, out.padded = self.size, self.padded
+        out.size, out.padded, out._device, out._dtype = self.size, self.padded, self.device, self._dtype
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
         return out
 
     def _shells(self) -> torch.Tensor:
         """``(Dp, Dp, Dp)`` int32 output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (one grid
         shared by the accumulators of a size)."""
-        return output_shells(self.padded, self.padded // self.size, self.staging.device)
+        return output_shells(self.padded, self.padded // self.size, self.device)
 
     def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -141,8 +193,14 @@ class FourierAccumulator:
             den += torch.where(w > 0, table[shells] / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
         den += w
         den.masked_fill_(~(den > 0), torch.inf)
-        vol = volume_from_ft(self.data / den, self.size)
-        return vol * spherical_mask(self.size, radius=self.size / 2, width=3.0, device=vol.device).to(vol.dtype)
+        data = self.data
+        if data.is_contiguous():  # real and imaginary parts divided by the real denominator (no complex division)
+            data = torch.view_as_complex(torch.view_as_real(data) / den[..., None])
+        else:
+            data = data / den
+        del den, w  # freed before the inverse transform makes its grid
+        vol = volume_from_ft(data, self.size)
+        return vol * _corner_fade(self.size, vol.device, vol.dtype)
 
     def shell_weight(self, power: int = 1) -> torch.Tensor:
         """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
@@ -150,8 +208,7 @@ class FourierAccumulator:
         n = self.size // 2 + 1
         w = self.weight.reshape(-1).double()
         s = torch.bincount(shells, weights=w if power == 1 else w ** power, minlength=n)[:n]
-        c = torch.bincount(shells, minlength=n)[:n].double()
-        return s / c.clamp_min(1)
+        return s / _shell_counts(self.padded, self.padded // self.size, self.device)[:n]
 
 
 @functools.lru_cache(maxsize=2)
@@ -160,6 +217,21 @@ def output_shells(padded: int, pad: int, device: torch.device) -> torch.Tensor:
     oversampled grid (cached: every accumulator of a size shares it)."""
     grid = shell_index_3d(padded, device=device, dtype=torch.float64)
     return torch.round(grid.div_(pad)).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=2)
+def _shell_counts(padded: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Voxels of each :func:`output_shells` shell, float64, at least 1 (cached)."""
+    shells = output_shells(padded, pad, device).reshape(-1)
+    return torch.bincount(shells, minlength=padded // pad // 2 + 1).double().clamp_min(1)
+
+
+@functools.lru_cache(maxsize=2)
+def _corner_fade(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(D, D, D)`` 1 inside radius ``D/2``, a raised cosine to 0 over 3 voxels beyond (cached: callers must not
+    modify it in place)."""
+    return spherical_mask(size, radius=size / 2, width=3.0, device=device).to(dtype)
+
 
 def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:
     """Per-shell weight ``sqrt(2 FSC / (1 + FSC))`` (FSC clipped to ``[0, 1]``) that turns a half map into a

@@ -47,44 +47,53 @@ class BackprojectionResult:
     info: dict = field(default_factory=dict)
 
 
+def _insert(acc: FourierAccumulator, particles: Particles, idx: torch.Tensor, images: torch.Tensor, device) -> None:
+    """One half-set's share of a batch: transform, undo the shifts, weight by the CTFs, insert."""
+    f = fft2_centered(images.to(device))
+    if particles.shifts is not None:
+        f = phase_shift(f, -particles.shifts[idx].to(device))  # move the particle to the centre
+    ctf = None
+    if particles.ctf is not None:
+        ctf = ctf_2d(particles.ctf[idx].to(device), particles.box_size, particles.pixel_size, device=device)
+    acc.add(f, particles.rotations[idx].to(device), ctf)
+
+
 def accumulate(particles: Particles, pad: int = 2, batch_size: int = 64, device=None, seed: int = 0,
                progress: bool = True) -> tuple[FourierAccumulator, FourierAccumulator]:
-    """Stream every image once and fill the two half-set accumulators."""
+    """Stream every image once and fill the two half-set accumulators. On the CPU each half-set's share of a
+    batch (transforms, CTFs, insertion) runs on its own thread while the next batch is read; a half's batches
+    are inserted one after the other, in order (the sums do not depend on the threads)."""
     if particles.rotations is None:
         raise InputError(f"{particles.source or 'particles'}: no poses (e.g. rlnAngleRot/Tilt/Psi); "
                          "back-projection needs known poses")
     device = torch.device(device or "cpu")
-    d = particles.box_size
     labels = torch.as_tensor(half_set_labels(particles, seed))
-    halves = (FourierAccumulator(d, pad, device), FourierAccumulator(d, pad, device))
-    bar = tqdm(total=len(shard(np.arange(len(particles)))), desc="back-projecting", unit="img", disable=not progress)
-    pool = ThreadPoolExecutor(max_workers=2)
-    for idx, images in iterate_batches(particles, batch_size, shard(np.arange(len(particles)))):  # this rank's
+    halves = (FourierAccumulator(particles.box_size, pad, device), FourierAccumulator(particles.box_size, pad, device))
+    mine = shard(np.arange(len(particles)))  # this rank's images
+    bar = tqdm(total=len(mine), desc="back-projecting", unit="img", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=2) if device.type == "cpu" else None
+    pending: list = [None, None]
+    for idx, images in iterate_batches(particles, batch_size, mine):
         idx_t = torch.as_tensor(idx)
-        f = fft2_centered(images.to(device))
-        if particles.shifts is not None:
-            f = phase_shift(f, -particles.shifts[idx_t].to(device))  # move the particle to the centre
-        rots = particles.rotations[idx_t].to(device)
-        ctf = None
-        if particles.ctf is not None:
-            ctf = ctf_2d(particles.ctf[idx_t].to(device), d, particles.pixel_size, device=device)
-        lab = labels[idx_t].to(device)
-        jobs = []
+        lab = labels[idx_t]
         for h in (0, 1):
             m = lab == h
-            if bool(m.any()):
-                jobs.append((halves[h], f[m], rots[m], None if ctf is None else ctf[m]))
-        if device.type == "cpu" and len(jobs) == 2:
-            # the scatter-add is single-threaded on the CPU: the two half-sets go to two threads
-            list(pool.map(lambda job: job[0].add(*job[1:]), jobs))
-        else:
-            for acc, *args in jobs:
-                acc.add(*args)
-        del f, rots, ctf, jobs
+            if not bool(m.any()):
+                continue
+            if pool is None:
+                _insert(halves[h], particles, idx_t[m], images[m], device)
+                continue
+            if pending[h] is not None:
+                pending[h].result()  # this half's previous batch first: one batch in flight per half
+            pending[h] = pool.submit(_insert, halves[h], particles, idx_t[m], images[m], device)
         bar.update(len(idx))
+    for job in pending:
+        if job is not None:
+            job.result()
     bar.close()
+    if pool is not None:
+        pool.shutdown()
     release_free_heap()  # the batches' freed temporaries back to the system before the maps are made
-    pool.shutdown()
     for acc in halves:  # the ranks' sums joined (torchrun; nothing to do in one process)
         acc.all_reduce()
     return halves
@@ -101,12 +110,15 @@ def backproject(particles: Particles, pad: int = 2, batch_size: int = 64, device
     # the half maps and their FSC: weak regularisation only (RELION's unfiltered halves). Wiener-
     # filtering both halves with one shared FSC would correlate them where the filter shrinks them
     # most (see cryolens.inference.autorefine); only the full map is filtered.
-    w1, w2 = h1.shell_weight(), h2.shell_weight()
-    eps = 1e-3 * torch.ones(nshell, dtype=torch.float64, device=w1.device)
-    v1, v2 = h1.reconstruct(eps * w1.mean()), h2.reconstruct(eps * w2.mean())
+    eps = 1e-3 * torch.ones(nshell, dtype=torch.float64)
+    halves = []
+    for h in (h1, h2):  # one half's completed grids at a time
+        halves.append(h.reconstruct(eps.to(h.device) * h.shell_weight().mean()))
+        h.forget_finished()
+    (v1, v2), counts, full = halves, (h1.count, h2.count), h1
     curve = fsc(v1, v2)
-    full, counts = h1.merged(h2), (h1.count, h2.count)
-    del h1, h2  # the halves' grids are not needed for the full map: freed before it is finished
+    full.absorb(h2)  # the full set's sums in the first half's grid
+    del h, h1, h2  # the second half's grid is freed before the full map is completed
     fsc_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
     vol = full.reconstruct(wiener_regularisation(full.shell_weight(), fsc_full))
     del full

@@ -206,3 +206,13 @@ def test_a_grid_coarser_than_the_accuracy_refines_without_a_stall(acc, order_aft
     h = out["history"][-1]
     assert not h["stalled"] and h["grid_coarser_than_accuracy"] == (acc < 1.875)
     assert (out["order"], out["refinements"], out["converged"]) == (order_after, 2 + (order_after - 4), False)
+
+
+def test_a_local_last_pass_keeps_every_significant_child():
+    """The last pass's cap: max_significant in a global search; in a local one all 8 × 4 children of each
+    coarse pose (16 → 512), so that a posterior wider than 48 pairs at a fine step is not truncated."""
+    from cryolens.inference.pose_accuracy import last_pass_cap
+
+    assert last_pass_cap(False, 16, 48) == 48
+    assert last_pass_cap(True, 16, 48) == 16 * 8 * 4
+    assert last_pass_cap(True, 2, 100) == 100

@@ -87,7 +87,7 @@ from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior
 from .prior import map_prior, tau2_from_fsc
 from .rank_timing import RankTimer, TimingJoin
 from .reconstruct import FourierAccumulator
-from .pose_accuracy import significant_caps
+from .pose_accuracy import last_pass_cap, significant_caps
 from .refine_diag import PoseDiagnostics, local_sigma_deg, Tally as _Tally
 from .refine_state import RefineConfig, RefineResult, RefineState
 
@@ -267,7 +267,7 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
     stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)
     stage.mates = state.relax_ops
-    stage.caps = (cfg.max_coarse, cfg.max_significant)
+    stage.caps = (cfg.max_coarse, last_pass_cap(stage.local, cfg.max_coarse, cfg.max_significant))
     if cfg.adaptive_caps and state.accuracy_deg is not None and math.isfinite(state.accuracy_deg):
         stage.caps = significant_caps(state.accuracy_deg, stage.order, cfg.max_coarse, cfg.max_significant)
     ecfg = replace(cfg, max_coarse=stage.caps[0], max_significant=stage.caps[1],  # the E-step's caps, batch

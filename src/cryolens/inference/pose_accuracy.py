@@ -102,6 +102,14 @@ def grid_points_within(level: int, radius_rad: float) -> float:
     return grid_size(level) * (r - math.sin(r)) / math.pi
 
 
+def last_pass_cap(local: bool, max_coarse: int, max_significant: int) -> int:
+    """The last pass's significant-set cap: ``max_significant`` in a global search; in a local one every
+    significant child (8 rotations × 4 sub-shifts of each of ``max_coarse`` coarse poses), as RELION caps
+    none: at a fine step the posterior spans more pairs than ``max_significant``, and the truncated one lost
+    resolution (docs/METHODS.md, "Auto-refine: sampling that follows the pose accuracy")."""
+    return max(max_significant, 32 * max_coarse) if local else max_significant
+
+
 def significant_caps(accuracy_deg: float, order: int, coarse: int, final: int, limit_coarse: int = 128,
                      limit_final: int = 1024) -> tuple[int, int]:
     """``(coarse cap, final cap)`` of the significant sets of adaptive oversampling at grid ``order`` that

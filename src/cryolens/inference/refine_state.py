@@ -27,7 +27,9 @@ class RefineConfig:
     map's own resolution (:func:`~cryolens.imaging.grids.content_resolution`, where its power spectrum
     ends) sets the first E-step's shells.
     incr_size: shells above the current resolution used by the E-step. tau2_fudge: ``T``.
-    mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``).
+    mass, max_coarse, max_significant: significant sets (``--adaptive_fraction``); ``max_significant`` caps
+    the last pass of global searches (a local one keeps every significant child,
+    :func:`~cryolens.inference.pose_accuracy.last_pass_cap`).
     max_iterations: cap. min_gain_shells: resolution gain (in shells) below which an iteration stalls.
     pad: oversampling of the projector and the accumulator. batch_size: images per E-step batch (``None``:
     from the free memory, at most 64 on the CPU; :mod:`~cryolens.inference.memory`).

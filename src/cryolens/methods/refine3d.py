@@ -57,7 +57,7 @@ class Refine3DConfig(RecipeConfig):
     incr_size: int = option(10, "shells above the current resolution used by the E-step (--incr_size)")
     mass: float = option(0.999, "posterior mass of the significant sets (--adaptive_fraction)")
     max_coarse: int = option(16, "at most this many significant poses per image in the coarse passes")
-    max_significant: int = option(48, "at most this many significant poses per image in the last pass")
+    max_significant: int = option(48, "at most this many significant poses per image in a global search's last pass")
     max_iterations: int = option(30, "iteration cap")
     min_gain_shells: float = option(0.5, "resolution gain per iteration below which the search stalls, shells")
     pad: int = option(2, "oversampling of the projector and the accumulator")

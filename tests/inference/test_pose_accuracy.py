@@ -155,28 +155,36 @@ class _FixedDiag:
                 "window_rms_deg": float("nan")}
 
 
+def _schedule_at_order4(acc: float, best_shell: float, change_deg: float, cfg):
+    """``_schedule`` after an iteration at order 4 (oversampled step 1.875°, 4 images, box 16) whose FSC gives
+    shell 8, with accuracy ``acc``, the previous best shell ``best_shell`` and median pose change ``change_deg``."""
+    from cryolens.inference import autorefine as A
+    from cryolens.inference.refine_state import RefineState
+
+    n, size = 4, 16
+    state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
+                        shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
+                        best_shell=best_shell, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0,
+                        history=[], config={}, accuracy_deg=acc)
+    stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
+    tally = A._Tally(state.rotations, state.shifts, torch.full((n,), change_deg, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
+                     torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
+    stage.caps = (16, 48)
+    maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8
+    return A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+
+
 @pytest.mark.parametrize("acc, follow, refines", [(3.0, True, False), (2.0, True, True), (3.0, False, True)])
 def test_stall_refines_only_while_the_step_is_not_below_three_quarters_of_the_accuracy(acc, follow, refines):
     """A stalled iteration at order 4 (oversampled step 1.875°): with the accuracy followed it refines to
     order 5 only when 1.875 ≥ 0.75 × accuracy (2.0°: 1.5, refines; 3.0°: 2.25, converges instead), as it
     always did without; the local prior σ is the step (3.75°) widened to the accuracy, at most twice the step."""
-    from cryolens.inference import autorefine as A
     from cryolens.inference.refine_diag import local_sigma_deg
-    from cryolens.inference.refine_state import RefineConfig, RefineState
+    from cryolens.inference.refine_state import RefineConfig
 
     cfg = RefineConfig(follow_accuracy=follow)
-    n, size = 4, 16
-    state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
-                        shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
-                        best_shell=8.0, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0, history=[],
-                        config={}, accuracy_deg=acc)
-    stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
-    tally = A._Tally(state.rotations, state.shifts, torch.full((n,), 0.1, dtype=torch.float64),
-                     torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
-                     torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
-    stage.caps = (16, 48)
-    maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8: no gain
-    out = A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+    out = _schedule_at_order4(acc, 8.0, 0.1, cfg)  # no gain, small pose changes: a stall
     assert out["history"][-1]["stalled"]
     assert (out["order"], out["converged"]) == ((5, False) if refines else (4, True))
     assert local_sigma_deg(4, acc, cfg) == pytest.approx(max(3.75, acc) if follow else 3.75)
@@ -188,21 +196,9 @@ def test_a_grid_coarser_than_the_accuracy_refines_without_a_stall(acc, order_aft
     """An iteration at order 4 (oversampled step 1.875°) that *gained* resolution (no stall): a measured
     accuracy below the step (1.5°: neighbouring grid points differ by more than one unit of expected
     log-likelihood) refines to order 5 at once; 2.5° (above the step) keeps order 4."""
-    from cryolens.inference import autorefine as A
-    from cryolens.inference.refine_state import RefineConfig, RefineState
+    from cryolens.inference.refine_state import RefineConfig
 
-    cfg, n, size = RefineConfig(), 4, 16
-    state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
-                        shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
-                        best_shell=6.0, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0, history=[],
-                        config={}, accuracy_deg=acc)
-    stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
-    tally = A._Tally(state.rotations, state.shifts, torch.full((n,), 5.0, dtype=torch.float64),
-                     torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
-                     torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
-    stage.caps = (16, 48)
-    maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8: +2
-    out = A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+    out = _schedule_at_order4(acc, 6.0, 5.0, RefineConfig())  # +2 shells, large pose changes: no stall
     h = out["history"][-1]
     assert not h["stalled"] and h["grid_coarser_than_accuracy"] == (acc < 1.875)
     assert (out["order"], out["refinements"], out["converged"]) == (order_after, 2 + (order_after - 4), False)

@@ -212,3 +212,35 @@ def test_a_local_last_pass_keeps_every_significant_child():
     assert last_pass_cap(False, 16, 48) == 48
     assert last_pass_cap(True, 16, 48) == 16 * 8 * 4
     assert last_pass_cap(True, 2, 100) == 100
+
+
+@pytest.mark.parametrize("noise, order_after", [(1e-6, 4), (1e6, 2)])
+def test_look_ahead_refines_before_an_estep_whose_posteriors_would_sit_on_one_grid_point(tmp_path, noise,
+                                                                                        order_after):
+    """Before iteration 2 (order 2, oversampled step 7.5°), the accuracy the E-step will have is measured on
+    half 1's reference at the current poses: with σ² tiny it is far below every step and the state is refined
+    up to ``max_order`` (4) before the E-step; with σ² huge it is above 7.5° and order 2 stays. The number is
+    the mean of :func:`expected_angular_accuracy` over the same images, CTFs and random axes."""
+    from dataclasses import replace
+
+    from cryolens.imaging.ctf import ctf_2d
+    from cryolens.inference import autorefine as A
+    from cryolens.io.atomic import read_atoms
+    from cryolens.io.dataset import read_particles
+    from cryolens.simulate import bundled_model
+    from cryolens.simulate.dataset import simulate_dataset
+    from cryolens.simulate.density import atoms_to_volume
+
+    vol = atoms_to_volume(read_atoms(bundled_model("4E43")), 16, 6.0)
+    p = read_particles(simulate_dataset(tmp_path / "ds", vol, 12, 6.0, 1.0, seed=1, progress=False) / "particles.star")
+    cfg = A.RefineConfig(healpix_order=2, local_order=3, max_order=4, accuracy_images=4, flatten_solvent=False)
+    state = A._initial_state(p, vol, cfg, torch.device("cpu"))
+    state = replace(state, iteration=1, sigma2=[s * noise for s in state.sigma2], rotations=p.rotations.clone())
+    out, acc = A._look_ahead(p, state, cfg, torch.device("cpu"))
+    idx = torch.nonzero(state.half == 0)[:4, 0]
+    ref = Reference(vol.float(), cfg.pad, state.k_max)
+    direct = expected_angular_accuracy(ref.slicer, ref.values, ctf_2d(p.ctf[idx], 16, 6.0), state.sigma2[0],
+                                       p.rotations[idx].float(), state.k_max,
+                                       generator=torch.Generator().manual_seed(cfg.seed + 1))
+    assert acc == pytest.approx(float(direct.double().mean()), rel=1e-5)
+    assert (out.order, out.refinements) == (order_after, order_after - 2)

@@ -88,8 +88,8 @@ from .prior import map_prior, tau2_from_fsc
 from .rank_timing import RankTimer, TimingJoin
 from .reconstruct import FourierAccumulator
 from .pose_accuracy import last_pass_cap, significant_caps
-from .refine_diag import PoseDiagnostics, local_sigma_deg, Tally as _Tally
-from .refine_state import RefineConfig, RefineResult, RefineState
+from .refine_diag import PoseDiagnostics, accuracy_ahead, local_sigma_deg, Tally as _Tally
+from .refine_state import RefineConfig, RefineResult, RefineState, poses_to_particles  # noqa: F401 (public here)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -126,18 +126,6 @@ def _diameter(cfg: RefineConfig, size: int, pixel_size: float) -> float:
 
 def _shell_of(resolution: float, size: int, pixel_size: float) -> float:
     return 0.0 if not math.isfinite(resolution) or resolution <= 0 else size * pixel_size / resolution
-
-
-def poses_to_particles(particles: Particles, state) -> Particles:
-    """``particles`` with the refined rotations, shifts and ``rlnRandomSubset`` (1/2) of ``state`` (a
-    :class:`RefineState`, :class:`RefineResult` or a dict with ``rotations``, ``shifts``, ``half``)."""
-    from dataclasses import replace
-
-    get = state.get if isinstance(state, dict) else lambda k: getattr(state, k)
-    extra = dict(particles.extra)
-    extra["rlnRandomSubset"] = np.asarray(torch.as_tensor(get("half")).cpu()).astype(np.int64) + 1
-    return replace(particles, rotations=get("rotations").float().cpu(), shifts=get("shifts").float().cpu(),
-                   extra=extra)
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
@@ -258,6 +246,23 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
             "history": state.history + [hist], "accuracy_deg": acc if math.isfinite(acc) else state.accuracy_deg}
 
 
+def _look_ahead(particles: Particles, state: RefineState, cfg: RefineConfig, dev) -> tuple[RefineState, float]:
+    """Before an E-step but the first: the accuracy it will have (:func:`~.refine_diag.accuracy_ahead`, half 1),
+    and the state refined while that is below the oversampled step (each posterior would sit on one point)."""
+    if not (cfg.follow_accuracy and cfg.accuracy_images and state.iteration > 0):
+        return state, float("nan")
+    from dataclasses import replace
+
+    idx = np.nonzero(state.half.numpy() == 0)[0][:cfg.accuracy_images]
+    ref = Reference(_reference_map(state.volumes[0].to(dev), cfg, particles.box_size, particles.pixel_size),
+                    cfg.pad, state.k_max)
+    acc = accuracy_ahead(particles, ref, state.sigma2[0], state.rotations, idx, state.k_max, cfg.seed + state.iteration,
+                         dev)
+    while math.isfinite(acc) and acc < angular_step(state.order + 1) and state.order < cfg.max_order:
+        state = replace(state, order=state.order + 1, refinements=state.refinements + 1, no_gain=0)
+    return state, acc
+
+
 def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev, progress: bool,
                timer: RankTimer) -> RefineState:
     """One EM iteration over both halves; returns the new state (module docstring). timer: this rank's
@@ -265,6 +270,7 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     from dataclasses import replace
 
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
+    state, ahead = _look_ahead(particles, state, cfg, dev)
     stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)
     stage.mates = state.relax_ops
     stage.caps = (cfg.max_coarse, last_pass_cap(stage.local, cfg.max_coarse, cfg.max_significant))
@@ -290,6 +296,7 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     with timer.part("mstep_s"):
         maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
     sched = _schedule(state, stage, maps, tally, cfg, size, px)
+    sched["history"][-1]["accuracy_ahead_deg"] = ahead
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
                    full=maps["full"], sigma2=[s.cpu() for s in sigma2], rotations=tally.rotations,
                    shifts=tally.shifts, fsc=torch.as_tensor(np.asarray(maps["curve"])),

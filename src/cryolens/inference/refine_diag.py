@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from ..imaging.ctf import ctf_2d
 from ..imaging.so3_grid import angular_step
+from ..io.particles import Particles
 from .distributed import all_reduce_sum, merge_rows
 from .oversampling import Reference, Stage, window_diagnostic
 from .pose_accuracy import expected_angular_accuracy
@@ -27,6 +30,22 @@ def local_sigma_deg(order: int, accuracy: float | None, cfg: RefineConfig) -> fl
     step = angular_step(order)
     use = cfg.follow_accuracy and accuracy is not None and math.isfinite(accuracy)
     return min(2 * step, max(step, float(accuracy))) if use else step
+
+
+def accuracy_ahead(particles: Particles, ref: Reference, sigma2: torch.Tensor, rotations: torch.Tensor,
+                   indices: np.ndarray, k: int, seed: int, device=None) -> float:
+    """The mean expected angular accuracy (degrees) the coming E-step will have, measured before it: the
+    images ``indices`` (CTF only; no image is read) at their current ``rotations (N, 3, 3)`` under the
+    reference ``ref`` and noise ``sigma2 (D//2+1,)`` that E-step will use, shells ``≤ k``; NaN without images."""
+    if len(indices) == 0:
+        return float("nan")
+    it = torch.as_tensor(indices)
+    c = None if particles.ctf is None else ctf_2d(particles.ctf[it].to(device), particles.box_size,
+                                                  particles.pixel_size, device=device)
+    s2 = sigma2.to(device)
+    acc = expected_angular_accuracy(ref.slicer, ref.values, c, s2, rotations[it].to(device=device, dtype=s2.dtype), k,
+                                    generator=torch.Generator().manual_seed(seed))
+    return float(acc.double().mean())
 
 
 class PoseDiagnostics:

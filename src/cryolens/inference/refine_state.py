@@ -3,12 +3,13 @@ checkpointed-state base the EM schedules share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 
 from ..imaging.symmetry import cyclic_order
+from ..io.particles import Particles
 
 
 @dataclass
@@ -194,3 +195,12 @@ class RefineState(CheckpointState):
     relax_axis_score: float | None = None
     accuracy_deg: float | None = None
 
+
+def poses_to_particles(particles: Particles, state) -> Particles:
+    """``particles`` with the refined rotations, shifts and ``rlnRandomSubset`` (1/2) of ``state`` (a
+    :class:`RefineState`, :class:`RefineResult` or a dict with ``rotations``, ``shifts``, ``half``)."""
+    get = state.get if isinstance(state, dict) else lambda k: getattr(state, k)
+    extra = dict(particles.extra)
+    extra["rlnRandomSubset"] = np.asarray(torch.as_tensor(get("half")).cpu()).astype(np.int64) + 1
+    return replace(particles, rotations=get("rotations").float().cpu(), shifts=get("shifts").float().cpu(),
+                   extra=extra)

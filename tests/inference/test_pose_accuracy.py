@@ -214,13 +214,14 @@ def test_a_local_last_pass_keeps_every_significant_child():
     assert last_pass_cap(True, 2, 100) == 100
 
 
-@pytest.mark.parametrize("noise, order_after", [(1e-6, 4), (1e6, 2)])
-def test_look_ahead_refines_before_an_estep_whose_posteriors_would_sit_on_one_grid_point(tmp_path, noise,
+@pytest.mark.parametrize("noise, change, order_after", [(1e-6, 0.5, 4), (1e-6, 20.0, 2), (1e6, 0.5, 2)])
+def test_look_ahead_refines_before_an_estep_whose_posteriors_would_sit_on_one_grid_point(tmp_path, noise, change,
                                                                                         order_after):
     """Before iteration 2 (order 2, oversampled step 7.5°), the accuracy the E-step will have is measured on
     half 1's reference at the current poses: with σ² tiny it is far below every step and the state is refined
-    up to ``max_order`` (4) before the E-step; with σ² huge it is above 7.5° and order 2 stays. The number is
-    the mean of :func:`expected_angular_accuracy` over the same images, CTFs and random axes."""
+    up to ``max_order`` (4) before the E-step — but not into the local searches (``local_order`` 3) while the
+    last median pose change (20°) says the poses have not settled; with σ² huge it is above 7.5° and order 2
+    stays. The number is the mean of :func:`expected_angular_accuracy` over the same images, CTFs and axes."""
     from dataclasses import replace
 
     from cryolens.imaging.ctf import ctf_2d
@@ -235,7 +236,8 @@ def test_look_ahead_refines_before_an_estep_whose_posteriors_would_sit_on_one_gr
     p = read_particles(simulate_dataset(tmp_path / "ds", vol, 12, 6.0, 1.0, seed=1, progress=False) / "particles.star")
     cfg = A.RefineConfig(healpix_order=2, local_order=3, max_order=4, accuracy_images=4, flatten_solvent=False)
     state = A._initial_state(p, vol, cfg, torch.device("cpu"))
-    state = replace(state, iteration=1, sigma2=[s * noise for s in state.sigma2], rotations=p.rotations.clone())
+    state = replace(state, iteration=1, sigma2=[s * noise for s in state.sigma2], rotations=p.rotations.clone(),
+                    history=[{"median_pose_change_deg": change, "angular_step_deg": 7.5}])
     out, acc = A._look_ahead(p, state, cfg, torch.device("cpu"))
     idx = torch.nonzero(state.half == 0)[:4, 0]
     ref = Reference(vol.float(), cfg.pad, state.k_max)

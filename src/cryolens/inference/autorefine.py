@@ -42,26 +42,22 @@ converges instead of refining, and an iteration whose oversampled step is above 
 posterior on one grid point) refines without waiting for a stall. The final map joins both halves' sums
 with the full-set prior (``FSC_full = 2 FSC / (1 + FSC)``).
 
-Nothing here writes user files: ``on_iteration(state)`` lets the recipe write per-iteration snapshots
-(:mod:`cryolens.methods.refine3d`); with a run folder the checkpoint ``checkpoint.pt``
-(:mod:`cryolens.io.checkpoint`) is saved after each iteration, and ``resume=True`` continues from it to
-the same result as an uninterrupted run.
+No user files are written here: ``on_iteration(state)`` lets the recipe write snapshots; with a run folder
+``checkpoint.pt`` is saved after each iteration and ``resume=True`` continues to the uninterrupted result.
 
-**Many processes** (``torchrun``, :mod:`~cryolens.inference.distributed`): each rank runs the E-step on
-its share of each half-set; the accumulators and noise sums are all-reduced before the M-step, so every
-rank computes the same maps; per-image poses are merged. Rank 0 alone writes the checkpoint, which a run
-with any number of ranks can resume; one rank calls ``on_iteration`` — rank 1 where it shares rank 0's
-node (:func:`~cryolens.inference.distributed.snapshot_writer`), so that the snapshots and the checkpoint
-are written at once — and no rank waits for the writes (the checkpoint is written atomically; the next
-all-reduce, or the end of the run, joins the ranks). Each iteration's history record holds ``"timing"``:
-per rank, the seconds of its E-step, M-step, writes and waits in collectives (:mod:`.rank_timing`).
+**Many processes** (``torchrun``, :mod:`~cryolens.inference.distributed`): each rank runs the E-step on its
+share of each half-set; accumulators and noise sums are all-reduced before the M-step (every rank computes the
+same maps); poses are merged. Rank 0 writes the (atomic) checkpoint, resumable with any number of ranks; one
+rank calls ``on_iteration`` — rank 1 on rank 0's node (:func:`~.distributed.snapshot_writer`), so both writes
+overlap — and no rank waits for them (the next all-reduce joins the ranks). The history's ``"timing"``: per
+rank, the seconds of E-step, M-step, writes and collective waits (:mod:`.rank_timing`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -220,8 +216,10 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
     # RELION: a step already below 0.75 × the accuracy is fine enough; a finer one cannot help
     fine_enough = cfg.follow_accuracy and math.isfinite(acc) and fine_step < 0.75 * acc
     # a step above the accuracy: neighbouring grid points differ by > 1 unit of expected log-likelihood, the
-    # posterior sits on one point and the map pays the grid's quantisation — refine now, without a stall
-    coarse_grid = cfg.follow_accuracy and math.isfinite(acc) and acc < fine_step
+    # posterior sits on one point and the map pays the grid's quantisation — refine now, without a stall (into
+    # the local searches, centred on the current poses, only once they have settled, as a stall asks)
+    coarse_grid = (cfg.follow_accuracy and math.isfinite(acc) and acc < fine_step
+                   and (med_change <= 2 * fine_step or not state.order + 1 == cfg.local_order))
     order, refinements, converged = state.order, state.refinements, False
     if stalled or coarse_grid:
         if order < cfg.max_order and not fine_enough:
@@ -251,14 +249,15 @@ def _look_ahead(particles: Particles, state: RefineState, cfg: RefineConfig, dev
     and the state refined while that is below the oversampled step (each posterior would sit on one point)."""
     if not (cfg.follow_accuracy and cfg.accuracy_images and state.iteration > 0):
         return state, float("nan")
-    from dataclasses import replace
-
     idx = np.nonzero(state.half.numpy() == 0)[0][:cfg.accuracy_images]
     ref = Reference(_reference_map(state.volumes[0].to(dev), cfg, particles.box_size, particles.pixel_size),
                     cfg.pad, state.k_max)
     acc = accuracy_ahead(particles, ref, state.sigma2[0], state.rotations, idx, state.k_max, cfg.seed + state.iteration,
                          dev)
-    while math.isfinite(acc) and acc < angular_step(state.order + 1) and state.order < cfg.max_order:
+    last = state.history[-1]  # not into the local searches before the poses have settled (_schedule)
+    settled = last["median_pose_change_deg"] <= 2 * last["angular_step_deg"] or state.order >= cfg.local_order
+    while (math.isfinite(acc) and acc < angular_step(state.order + 1) and state.order < cfg.max_order
+           and (settled or state.order + 1 < cfg.local_order)):
         state = replace(state, order=state.order + 1, refinements=state.refinements + 1, no_gain=0)
     return state, acc
 
@@ -267,8 +266,6 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
                timer: RankTimer) -> RefineState:
     """One EM iteration over both halves; returns the new state (module docstring). timer: this rank's
     E-step and M-step seconds are counted into it."""
-    from dataclasses import replace
-
     size, px, n = particles.box_size, particles.pixel_size, len(particles)
     state, ahead = _look_ahead(particles, state, cfg, dev)
     stage = _stage(state.order, state.k_max, state.refinements, cfg, size, px, state.accuracy_deg)

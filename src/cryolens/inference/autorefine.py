@@ -219,7 +219,7 @@ def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: 
     # posterior sits on one point and the map pays the grid's quantisation — refine now, without a stall (into
     # the local searches, centred on the current poses, only once they have settled, as a stall asks)
     coarse_grid = (cfg.follow_accuracy and math.isfinite(acc) and acc < fine_step
-                   and (med_change <= 2 * fine_step or not state.order + 1 == cfg.local_order))
+                   and (med_change <= 2 * fine_step or state.order + 1 != cfg.local_order))
     order, refinements, converged = state.order, state.refinements, False
     if stalled or coarse_grid:
         if order < cfg.max_order and not fine_enough:

@@ -19,10 +19,10 @@ import torch
 from ..imaging.fft import fft2_centered
 from ..imaging.shift import phase_shift
 from ..io.particles import Particles
-from ..memory import available_bytes
 from .distributed import shard
 from .em import batches
 from .likelihood import ctf_images
+from .memory import free_memory_bytes
 
 
 class ShiftedImageCache:
@@ -66,10 +66,7 @@ class ShiftedImageCache:
 def cache_bytes(device) -> int:
     """What a :class:`ShiftedImageCache` may take: a quarter of the free memory of ``device`` (the system's
     available memory on the CPU; 1 GiB where it cannot be read)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0]) // 4
-    free = available_bytes()
+    free = free_memory_bytes(device)
     return (1 << 30) if free is None else free // 4
 
 

@@ -49,8 +49,10 @@ class RefineConfig:
     ``"Cn"`` whose mates the local searches also visit (module docstring; RELION 4 ``--relax_sym``).
     follow_accuracy: the sampling follows the measured pose accuracy (RELION's auto-refine): the local
     searches' prior σ is the larger of the level's step and the last iteration's expected angular accuracy,
-    and a stalled search whose oversampled step is already below 0.75 × that accuracy converges instead of
-    refining (``False``: σ = the step, refinement up to ``max_order``). accuracy_images: images per half
+    a stalled search whose oversampled step is already below 0.75 × that accuracy converges instead of
+    refining, and a step above the accuracy (measured after an E-step, and before the next one on its
+    reference) is refined without a stall, into local searches only once the poses have settled
+    (``False``: σ = the step, refinement up to ``max_order`` on stalls only). accuracy_images: images per half
     on which the accuracy is measured each iteration (:mod:`~cryolens.inference.pose_accuracy`; 0: none,
     which also leaves the schedule as without ``follow_accuracy``). window_images: images per half whose
     local window's posterior mass is measured (diagnostic only; 0: none). posterior_sigma2: ``σ²`` on the

@@ -155,24 +155,26 @@ class _FixedDiag:
                 "window_rms_deg": float("nan")}
 
 
-def _schedule_at_order4(acc: float, best_shell: float, change_deg: float, cfg):
+def _schedule_at_order4(acc: float, best_shell: float, change_deg: float, cfg, earlier=()):
     """``_schedule`` after an iteration at order 4 (oversampled step 1.875°, 4 images, box 16) whose FSC gives
-    shell 8, with accuracy ``acc``, the previous best shell ``best_shell`` and median pose change ``change_deg``."""
+    shell 8, with accuracy ``acc``, the previous best shell ``best_shell`` and median pose change ``change_deg``;
+    ``earlier``: the median pose changes of the iterations before it."""
     from cryolens.inference import autorefine as A
+    from cryolens.inference.refine_schedule import next_schedule
     from cryolens.inference.refine_state import RefineState
 
     n, size = 4, 16
     state = RefineState(iteration=3, volumes=[], full=torch.zeros(1), sigma2=[], rotations=torch.eye(3).repeat(n, 1, 1),
                         shifts=torch.zeros(n, 2), half=torch.tensor([0, 1, 0, 1]), order=4, refinements=2, no_gain=0,
                         best_shell=best_shell, k_max=12, converged=False, fsc=torch.zeros(9), resolution=4.0,
-                        history=[], config={}, accuracy_deg=acc)
+                        history=[{"median_pose_change_deg": c} for c in earlier], config={}, accuracy_deg=acc)
     stage = A._stage(4, 12, 2, cfg, size, 1.0, acc)
     tally = A._Tally(state.rotations, state.shifts, torch.full((n,), change_deg, dtype=torch.float64),
                      torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64),
                      torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.float64), _FixedDiag(acc))
     stage.caps = (16, 48)
     maps = {"resolution": 2.0, "curve": [0.0] * 9, "sigma2": [torch.ones(9)], "tau2": torch.ones(9)}  # shell 8
-    return A._schedule(state, stage, maps, tally, cfg, size, 1.0)
+    return next_schedule(state, stage, maps, tally, cfg, size, 1.0)
 
 
 @pytest.mark.parametrize("acc, follow, refines", [(3.0, True, False), (2.0, True, True), (3.0, False, True)])
@@ -202,6 +204,23 @@ def test_a_grid_coarser_than_the_accuracy_refines_without_a_stall(acc, order_aft
     h = out["history"][-1]
     assert not h["stalled"] and h["grid_coarser_than_accuracy"] == (acc < 1.875)
     assert (out["order"], out["refinements"], out["converged"]) == (order_after, 2 + (order_after - 4), False)
+
+
+@pytest.mark.parametrize("earlier, converges", [((), True), ((5.0, 0.5), False), ((5.0, 0.1), True),
+                                                ((math.inf, 0.103), True), ((math.inf, 0.104), False)])
+def test_a_stall_converges_only_once_the_pose_changes_stop_shrinking(earlier, converges):
+    """A stall that cannot refine (oversampled step 1.875° < 0.75 × the 3° accuracy: fine enough) converges
+    only when this iteration's median pose change (0.1°) is at least 0.97 × the smallest earlier one (RELION's
+    criterion): after 0.5° the poses still converge (0.1 < 0.485), after 0.1° they have stopped; the
+    threshold 0.1 / 0.97 = 0.10309 lies between 0.103 and 0.104; no earlier change: converges as before."""
+    from cryolens.inference.refine_schedule import changes_still_shrinking
+    from cryolens.inference.refine_state import RefineConfig
+
+    out = _schedule_at_order4(3.0, 8.0, 0.1, RefineConfig(), earlier)
+    assert out["history"][-1]["stalled"] and out["history"][-1]["fine_enough"]
+    assert (out["order"], out["converged"], out["history"][-1]["changes_shrinking"]) == (4, converges, not converges)
+    assert changes_still_shrinking([{"median_pose_change_deg": math.inf}], 0.1) is False
+    assert changes_still_shrinking([{"median_pose_change_deg": 1.0}], math.nan) is False
 
 
 def test_a_local_last_pass_keeps_every_significant_child():

@@ -30,16 +30,16 @@ E-step reference (RELION weighs by the posterior; they agree once the posteriors
 visit each pose's mates under the group whose axis is found on the initial map
 (:func:`~cryolens.imaging.symmetry.symmetry_axis`); no map is ever symmetrized.
 
-**Schedule** (RELION's auto-refine, simplified): the resolution (half-map FSC = 0.143) sets ``k_max``
-of the next E-step. When an iteration gains less than ``min_gain_shells`` of resolution and the median
-pose change is below ``2 ×`` the finest angular step, the search is *stalled*: the grid level goes up
-by one (angular step halves), the shift step halves and the range narrows
-(``max(offset_range / 2^s, 3 · step)`` after ``s`` refinements). A stall at ``max_order`` ends the run
-(converged), as does ``max_iterations``. With ``follow_accuracy`` (docs/METHODS.md, "Auto-refine: sampling
-that follows the pose accuracy") the measured expected angular accuracy (:mod:`.refine_diag`) widens the
-local prior to at least itself, and a stall whose oversampled step is already below 0.75 × the accuracy
-converges instead of refining, and an iteration whose oversampled step is above the accuracy (each
-posterior on one grid point) refines without waiting for a stall. The final map joins both halves' sums
+**Schedule** (:mod:`.refine_schedule`, RELION's auto-refine, simplified): the resolution (half-map
+FSC = 0.143) sets ``k_max`` of the next E-step. A *stall* (too little resolution gain, poses no longer
+moving by more than twice the step) refines the grid by one level: the angular step halves, the shift
+step halves and the range narrows (``max(offset_range / 2^s, 3 · step)`` after ``s`` refinements). With
+``follow_accuracy`` (docs/METHODS.md, "Auto-refine: sampling that follows the pose accuracy") the measured
+expected angular accuracy (:mod:`.refine_diag`) widens the local prior to at least itself, stops refining
+once the step is below 0.75 × it, and refines without a stall when the step is above it (each posterior
+on one grid point) — measured after each E-step and, before the next, by a look-ahead on its reference.
+A stall that cannot refine ends the run (converged) once the pose changes have stopped shrinking
+(RELION's hidden-variable criterion), as does ``max_iterations``. The final map joins both halves' sums
 with the full-set prior (``FSC_full = 2 FSC / (1 + FSC)``).
 
 No user files are written here: ``on_iteration(state)`` lets the recipe write snapshots; with a run folder
@@ -85,6 +85,7 @@ from .rank_timing import RankTimer, TimingJoin
 from .reconstruct import FourierAccumulator
 from .pose_accuracy import last_pass_cap, significant_caps
 from .refine_diag import PoseDiagnostics, accuracy_ahead, local_sigma_deg, Tally as _Tally
+from .refine_schedule import next_schedule, shell_of
 from .refine_state import RefineConfig, RefineResult, RefineState, poses_to_particles  # noqa: F401 (public here)
 
 CHECKPOINT = "checkpoint.pt"
@@ -118,10 +119,6 @@ def _batch_size(cfg: RefineConfig, stage: Stage, dev, n: int) -> int:
 def _diameter(cfg: RefineConfig, size: int, pixel_size: float) -> float:
     """The particle diameter, Å: ``cfg.particle_diameter``, or 0.8 × the box."""
     return cfg.particle_diameter if cfg.particle_diameter else 0.8 * size * pixel_size
-
-
-def _shell_of(resolution: float, size: int, pixel_size: float) -> float:
-    return 0.0 if not math.isfinite(resolution) or resolution <= 0 else size * pixel_size / resolution
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
@@ -200,50 +197,6 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
             "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size))}
 
 
-def _schedule(state: RefineState, stage: Stage, maps: dict, tally: _Tally, cfg: RefineConfig, size: int,
-              px: float) -> dict:
-    """What changes for the next iteration (module docstring): the new state's schedule fields and the
-    iteration's history record."""
-    res = maps["resolution"]
-    shell = _shell_of(res, size, px)
-    fine_step = angular_step(stage.order + 1)
-    first = state.iteration == 0
-    med_change = float("inf") if first else float(np.nanmedian(tally.change.numpy()))
-    no_gain = state.no_gain + 1 if shell - state.best_shell < cfg.min_gain_shells else 0
-    stalled = (not first) and no_gain > 0 and (med_change <= 2 * fine_step or no_gain >= 2)
-    diag = tally.diag.summary()
-    acc = diag["accuracy_deg"]
-    # RELION: a step already below 0.75 × the accuracy is fine enough; a finer one cannot help
-    fine_enough = cfg.follow_accuracy and math.isfinite(acc) and fine_step < 0.75 * acc
-    # a step above the accuracy: neighbouring grid points differ by > 1 unit of expected log-likelihood, the
-    # posterior sits on one point and the map pays the grid's quantisation — refine now, without a stall (into
-    # the local searches, centred on the current poses, only once they have settled, as a stall asks)
-    coarse_grid = (cfg.follow_accuracy and math.isfinite(acc) and acc < fine_step
-                   and (med_change <= 2 * fine_step or state.order + 1 != cfg.local_order))
-    order, refinements, converged = state.order, state.refinements, False
-    if stalled or coarse_grid:
-        if order < cfg.max_order and not fine_enough:
-            order, refinements, no_gain = order + 1, refinements + 1, 0
-        elif stalled:
-            converged = True
-    hist = {"iteration": state.iteration + 1, "order": stage.order, "angular_step_deg": fine_step,
-            "local": stage.local, "k_max": stage.k_max, "offset_range_px": stage.offset_range,
-            "offset_step_px": stage.offset_step / 2, "resolution_A": res, "fsc": np.asarray(maps["curve"]).tolist(),
-            "median_pose_change_deg": med_change, "mean_max_weight": float(tally.max_weight.mean()),
-            "mean_significant": float(tally.n_significant.mean()), "stalled": bool(stalled),
-            "significant_at_cap": float((tally.n_significant >= stage.caps[1]).double().mean()),
-            "max_coarse": stage.caps[0], "max_significant": stage.caps[1],
-            "kept_mass_mean": float(tally.kept_mass[tally.kept_mass.isfinite()].mean()),
-            "local_sigma_deg": local_sigma_deg(stage.order, state.accuracy_deg, cfg) if stage.local else None,
-            "local_range_deg": math.degrees(stage.local_range_rad) if stage.local else None,
-            "image_size_px": 2 * stage.k_max, "fine_enough": bool(fine_enough),
-            "grid_coarser_than_accuracy": bool(coarse_grid), **diag,
-            "sigma2": maps["sigma2"][0].double().tolist(), "tau2": maps["tau2"].double().tolist()}
-    return {"order": order, "refinements": refinements, "no_gain": no_gain, "converged": converged,
-            "best_shell": max(state.best_shell, shell), "k_max": int(min(size // 2, math.floor(shell) + cfg.incr_size)),
-            "history": state.history + [hist], "accuracy_deg": acc if math.isfinite(acc) else state.accuracy_deg}
-
-
 def _look_ahead(particles: Particles, state: RefineState, cfg: RefineConfig, dev) -> tuple[RefineState, float]:
     """Before an E-step but the first: the accuracy it will have (:func:`~.refine_diag.accuracy_ahead`, half 1),
     and the state refined while that is below the oversampled step (each posterior would sit on one point)."""
@@ -254,7 +207,7 @@ def _look_ahead(particles: Particles, state: RefineState, cfg: RefineConfig, dev
                     cfg.pad, state.k_max)
     acc = accuracy_ahead(particles, ref, state.sigma2[0], state.rotations, idx, state.k_max, cfg.seed + state.iteration,
                          dev)
-    last = state.history[-1]  # not into the local searches before the poses have settled (_schedule)
+    last = state.history[-1]  # not into the local searches before the poses have settled (refine_schedule)
     settled = last["median_pose_change_deg"] <= 2 * last["angular_step_deg"] or state.order >= cfg.local_order
     while (math.isfinite(acc) and acc < angular_step(state.order + 1) and state.order < cfg.max_order
            and (settled or state.order + 1 < cfg.local_order)):
@@ -292,7 +245,7 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     tally.merge()
     with timer.part("mstep_s"):
         maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
-    sched = _schedule(state, stage, maps, tally, cfg, size, px)
+    sched = next_schedule(state, stage, maps, tally, cfg, size, px)
     sched["history"][-1]["accuracy_ahead_deg"] = ahead
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
                    full=maps["full"], sigma2=[s.cpu() for s in sigma2], rotations=tally.rotations,
@@ -320,7 +273,7 @@ def _initial_state(particles: Particles, initial_volume: torch.Tensor, cfg: Refi
         axis, score = symmetry_axis(vol.cpu(), n_sym)
         relax = {"relax_ops": cyclic_operators(n_sym, axis).float(), "relax_axis": axis.float(),
                  "relax_axis_score": score}
-    shell = _shell_of(start_res, size, px)
+    shell = shell_of(start_res, size, px)
     n = len(particles)
     rot, shifts = torch.eye(3).repeat(n, 1, 1), torch.zeros(n, 2)
     if cfg.start_from_poses:  # RELION continuing from a STAR's angles and origins

@@ -21,7 +21,8 @@ Per structure:
 3. RELION: `relion_refine --K 2 --skip_align --tau2_fudge 4 --ini_high LOWPASS --iter N --ctf` on the
    consensus STAR (its poses) with the consensus map as --ref.
 Reported per structure: class accuracy (best of the two label matchings against the simulated state),
-wall time of each program and their ratio, per-iteration accuracy and elapsed time.
+wall time of each program and their ratio, per iteration: accuracy, elapsed time, class priors, resolution
+and mean largest class posterior (RELION's from its ``run_itNNN_model.star``).
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_class3d_consensus.py --models 1ake,1pwc,3hsy \
       --n 2000 --threads 1 [--no-relion] [--json out.json]
@@ -93,8 +94,9 @@ def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, th
                           seed: int, truth: np.ndarray | None = None,
                           diameter: float = 80.0) -> tuple[np.ndarray, float, list]:
     """relion_refine Class3D --skip_align; (0-based class per particle in input order, wall seconds,
-    per iteration ``{"iteration", "elapsed_s", "accuracy"}`` — elapsed from the start to the write of
-    that iteration's ``run_itNNN_data.star``; accuracy against ``truth`` when given)."""
+    per iteration ``{"iteration", "elapsed_s", "accuracy", "class_prior", "resolution_A", "mean_max_weight"}``
+    — elapsed from the start to the write of that iteration's ``run_itNNN_data.star``; accuracy against
+    ``truth`` when given; the rest from its ``run_itNNN_model.star``)."""
     from cryolens.bench.relion import run_relion
 
     out = work / "relion"
@@ -111,8 +113,19 @@ def run_relion_skip_align(star: Path, ref: Path, work: Path, iterations: int, th
         row = {"iteration": it, "elapsed_s": f.stat().st_mtime - t0_epoch}
         if truth is not None:
             row["accuracy"] = accuracy(relion_labels(f, star), truth)
-        per_it.append(row)
+        per_it.append(dict(row, **relion_model_summary(out / f"run_it{it:03d}_model.star")))
     return relion_labels(out / f"run_it{iterations:03d}_data.star", star), wall, per_it
+
+
+def relion_model_summary(path: Path) -> dict:
+    """One RELION iteration's model: class priors (``rlnClassDistribution``), current resolution (Å) and
+    the mean largest posterior (``rlnAveragePmax``)."""
+    import starfile
+
+    blocks = starfile.read(path, always_dict=True)
+    general = blocks["model_general"]
+    return {"class_prior": [float(x) for x in blocks["model_classes"]["rlnClassDistribution"]],
+            "resolution_A": float(general["rlnCurrentResolution"]), "mean_max_weight": float(general["rlnAveragePmax"])}
 
 
 def first_reaching(per_it: list, level: float) -> dict | None:
@@ -173,13 +186,15 @@ def run_cryolens(posed, ref_volume: torch.Tensor, truth: np.ndarray, args) -> di
         t1 = time.perf_counter()
         per_it.append({"iteration": it, "elapsed_s": t1 - t0 - paused[0],
                        "accuracy": accuracy(r.labels.cpu().numpy(), truth),
-                       "class_prior": r.class_prior.tolist()})
+                       "class_prior": r.class_prior.tolist(), "mean_max_weight": float(r.max_weight.double().mean())})
         paused[0] += time.perf_counter() - t1
 
     res = classify(posed, ref_volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
                                        "tau2_fudge": 4.0, "initial_lowpass": args.lowpass, "seed": args.seed,
                                        "batch_size": 256}, progress=False, on_iteration=follow)
     wall = time.perf_counter() - t0 - paused[0]
+    for row, h in zip(per_it, res.history):
+        row["resolution_A"] = h["resolution_A"]
     return {"accuracy": accuracy(res.labels, truth), "wall_s": wall, "per_iteration": per_it,
             "reached_0.95": first_reaching(per_it, 0.95), "class_prior": res.class_prior.tolist(),
             "history": res.history}
@@ -220,6 +235,9 @@ def run_structure(name: str, args) -> dict:
         if key in row:
             print(key, " ".join(f"{r['iteration']}:{r['accuracy']:.3f}@{r['elapsed_s']:.0f}s"
                                 for r in row[key]["per_iteration"]))
+            print(key, "class 1 prior / resolution (Å) / mean Pmax:", " ".join(
+                f"{r['iteration']}:{r['class_prior'][0]:.2f}/{r['resolution_A']:.1f}/{r['mean_max_weight']:.2f}"
+                for r in row[key]["per_iteration"]))
     return row
 
 

@@ -15,9 +15,12 @@ for single particles; RELION's weak prior where ``τ²`` is zero; none below ``m
 maps ``τ²_k(s)`` is, as RELION's (``MlModel::setFourierTransformMaps``, checked against its
 ``_rlnReferenceTau2``), the per-shell power of the projector's transform of class ``k``'s current map
 (:func:`~cryolens.imaging.spectra.projector_power_spectrum`): a start map low-passed to zero keeps
-~1e-4 … 1e-6 of the peak power above its cut-off there, so those shells can grow (RELION 3.1's own
-iteration-0 ``_rlnReferenceTau2`` is ~1e-35 of its peak there, i.e. its weak prior: a measured difference,
-benchmarks/RESULTS.md § "Class3D ``--skip_align`` on three structures"). Class priors:
+~1e-4 … 1e-6 of the peak power above its cut-off there, so those shells can grow. So does RELION 3.1's:
+its ``run_it001_model.star`` holds 2e-4 … 1e-6 of the peak above a 60 Å start's cut-off (the ~1e-35 of
+``run_it000_model.star`` is the unpadded spectrum ``MlModel::initialiseDataVersusPrior`` writes for that
+file only; every iteration's ``expectationSetup`` recomputes ``τ²`` from the projector), and a ``τ² > 0``,
+however small, gets the ordinary prior there, not the weak one (benchmarks/RESULTS.md § "Class3D
+``--skip_align``: an equal first split"). Class priors:
 ``π_k = (1/N) Σ_i P(k | Y_i)``. Noise: the posterior-weighted residual power
 (:func:`~cryolens.inference.mstep.noise_power`).
 

@@ -4,10 +4,11 @@ Each iteration is one :func:`~cryolens.inference.classes.class_em_iteration` (po
 grid ``healpix_order`` × a circular offset grid) or :func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`
 (``skip_align``). What changes from one iteration to the next (:class:`ClassState`): the maps, ``σ²``, the
 class priors (in the first iteration, from one start map copied ``K`` times, a seeded random one-hot
-class per particle, RELION's random division into ``K`` subsets), and ``k_max`` = the resolution shell
-(where the best class's ``data_vs_prior`` first falls below 1) + ``incr_size``; each iteration works on
-images and maps Fourier-cropped to ``2·(k_max + work_margin)`` (RELION's ``current_size``). Without a
-start map a homogeneous ab initio map (:mod:`cryolens.inference.abinit`) is made first.
+class per particle, RELION's random division into ``K`` subsets, of equal sizes: :func:`random_split`), and
+``k_max`` = the resolution shell (where the best class's ``data_vs_prior`` first falls below 1) +
+``incr_size``; each iteration works on images and maps Fourier-cropped to ``2·(k_max + work_margin)``
+(RELION's ``current_size``). Without a start map a homogeneous ab initio map
+(:mod:`cryolens.inference.abinit`) is made first.
 
 The options object ``cfg`` is the recipe's typed config (:class:`cryolens.methods.class3d.Class3DConfig`):
 ``n_classes, n_iterations, tau2_fudge, healpix_order, offset_range, offset_step, initial_lowpass,
@@ -108,6 +109,23 @@ def resolution_shell(data_vs_prior: torch.Tensor) -> int:
     return max(best, 1)
 
 
+def random_split(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """``(n, k)`` float64 one-hot: the first iteration's random division of ``n`` particles into ``k``
+    subsets of equal sizes (they differ by at most one): particle ``i`` goes to class ``π(i) mod k``, ``π`` a
+    seeded random permutation of ``0 … n−1``.
+
+    Equal, not independently drawn: with independent draws (RELION's ``rand() % K``) the sizes scatter by
+    ``√(n (1/k)(1 − 1/k))`` (22 of 2,000 for k = 2; seed 0 gave 957 / 1,043); the larger subset's first map
+    is the less noisy one, so the next E-step hands it more images and the class-prior update amplifies
+    that (the 1AKE two-state set, benchmarks/RESULTS.md § "Class3D ``--skip_align``: an equal first
+    split": priors 0.48 → 0.26 within four iterations, never back above 0.42). Equal subsets give no
+    class that head start."""
+    perm = torch.as_tensor(np.random.default_rng(seed).permutation(n))
+    first = torch.zeros(n, k, dtype=torch.float64)
+    first[torch.arange(n), perm % k] = 1.0
+    return first
+
+
 def initial_volumes(particles: Particles, init_volume: torch.Tensor | None, cfg, device,
                     progress: bool) -> torch.Tensor:
     """``(K, D, D, D)`` start maps: ``init_volume`` (one copied ``K`` times, or ``K``), else a homogeneous
@@ -135,9 +153,7 @@ def _start(particles: Particles, init_volume, cfg, dev, progress: bool) -> Class
     if init_volume is not None and init_volume.dim() == 4:  # K distinct starts: uniform priors
         first = torch.full((k,), 1.0 / k, dtype=torch.float64)
     else:  # one start copied K times: a random class per particle in the first iteration
-        rng = np.random.default_rng(cfg.seed)
-        first = torch.zeros(n, k, dtype=torch.float64)
-        first[torch.arange(n), torch.as_tensor(rng.integers(0, k, n))] = 1.0
+        first = random_split(n, k, cfg.seed)
     k0 = min(d // 2, round(d * particles.pixel_size / float(cfg.initial_lowpass)) + cfg.incr_size)
     return ClassState(iteration=0, n_images=n, volumes=vols,
                       sigma2=image_power_spectrum(particles, seed=cfg.seed, device=dev), class_prior=first,

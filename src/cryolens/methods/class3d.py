@@ -8,7 +8,7 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
 
 - start: the ``--init-map`` low-passed to ``initial_lowpass`` (60 Å, ``--ini_high``), one copy per
   class; in the first iteration every particle is given to a random class (seeded; RELION's random
-  division into K subsets), so the classes start from different random subsets (``K`` distinct
+  division into K subsets, here of equal sizes), so the classes start from different random subsets (``K`` distinct
   start maps ``(K, D, D, D)`` start with uniform class priors instead); without a start
   map, a homogeneous ab initio map (:mod:`cryolens.inference.abinit`, ``abinit_iterations``) is made first;
 - sampling: SO(3) grid level ``healpix_order`` (3 = 7.5°, RELION's Class3D default; an exhaustive

@@ -59,15 +59,20 @@ def test_half_grid_equals_the_kx_nonnegative_part_of_the_full_grid(monkeypatch, 
     native._STATE.clear()
 
 
-def test_map_from_the_half_grid_equals_the_full_inverse_transform():
-    """irfftn of the half grid with the sign and crop bookkeeping = volume_from_ft of the full grid (float64)."""
-    slices, weights, rots = _data(12, 20, 5)
-    full_data, _ = insert_slices(slices, rots, 24, weights=weights, hermitian=True)
-    st = half_staging_grid(24, 3, dtype=torch.float64)
-    scatter_half([st], [slices], rots, 24, [weights])
-    ours = volume_from_half_ft(finish_half(st, 24)[0], 12)
-    ref = volume_from_ft(full_data, 12)
+@pytest.mark.parametrize("d,pad", [(12, 2), (8, 1), (12, 3)])
+def test_map_from_the_half_grid_equals_the_full_inverse_transform(d, pad):
+    """The axis-by-axis inverse of the half grid (y, then z on the kept rows, then irfft on the kept columns) with
+    the sign and crop bookkeeping = volume_from_ft of the full grid (float64), and the input is left as it was."""
+    slices, weights, rots = _data(d, 20, 5)
+    full_data, _ = insert_slices(slices, rots, pad * d, weights=weights, hermitian=True)
+    st = half_staging_grid(pad * d, 3, dtype=torch.float64)
+    scatter_half([st], [slices], rots, pad * d, [weights])
+    half = finish_half(st, pad * d)[0]
+    before = half.clone()
+    ours = volume_from_half_ft(half, d)
+    ref = volume_from_ft(full_data, d)
     assert float((ours - ref).abs().max()) < 1e-12 * float(ref.abs().max())
+    assert torch.equal(half, before)
 
 
 @pytest.mark.parametrize("compiled", ["1", "0"])

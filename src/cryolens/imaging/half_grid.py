@@ -154,38 +154,67 @@ def half_to_full(half: torch.Tensor, conjugate: bool = True) -> torch.Tensor:
     return full
 
 
-def volume_from_half_ft(half_ft: torch.Tensor, size: int, gridding_correction: bool = True) -> torch.Tensor:
+# planes per slab of the slab-wise passes below (their temporaries: a few MB at Dp = 256)
+SLAB = 16
+
+
+def _kept(padded: int, size: int) -> list[tuple[int, int]]:
+    """The plain inverse transform's output indices ``n = (i − Dp/2) mod Dp`` of the centred crop ``i ∈ [Dp/2 −
+    D/2, Dp/2 + D/2)``, as contiguous ranges: ``[0, D/2)`` and ``[Dp − D/2, Dp)`` (one range when ``Dp = D``)."""
+    if padded == size:
+        return [(0, padded)]
+    return [(0, size // 2), (padded - size // 2, padded)]
+
+
+def volume_from_half_ft(half_ft: torch.Tensor, size: int, gridding_correction: bool = True,
+                        overwrite: bool = False) -> torch.Tensor:
     """Half transform ``(Dp, Dp, Dp/2+1)`` (module layout, Hermitian on its self-mated planes) → real ``(D, D, D)``
-    map: ``irfftn``, central crop, division by the trilinear :func:`~cryolens.imaging.slice.gridding_kernel`.
+    map: the inverse FFT, central crop, division by the trilinear :func:`~cryolens.imaging.slice.gridding_kernel`.
     Equal to :func:`~cryolens.imaging.slice.volume_from_ft` of :func:`half_to_full`: the centred ``z, y`` input
     axes are a factor ``(−1)^(nz+ny)`` on the plain inverse transform's output ``n``, and the centred crop reads
-    output index ``n = (i − Dp/2) mod Dp`` (no grid shifted or made full)."""
+    output index ``n = (i − Dp/2) mod Dp``. The axes are inverted one at a time — ``y`` in place, ``z`` in place
+    on the ``D`` kept ``y`` rows only, then ``x`` (``irfft``) on the ``D × D`` kept rows — so that no second grid
+    is made. overwrite: ``half_ft`` may be used as the work space (else a copy is)."""
     padded = half_ft.shape[-2]
-    lo = padded // 2 - size // 2
-    n = (torch.arange(lo, lo + size, device=half_ft.device) - padded // 2) % padded
-    y = torch.fft.irfftn(half_ft, s=(padded,) * 3, dim=(-3, -2, -1))
-    y = y.index_select(-3, n).index_select(-2, n).index_select(-1, n)
-    sign = (1 - 2 * (n % 2)).to(y.dtype)
-    vol = y * (sign[:, None, None] * sign[None, :, None])
+    x = half_ft if overwrite else half_ft.clone()
+    for z in range(0, padded, SLAB):
+        x[z:z + SLAB] = torch.fft.ifft(x[z:z + SLAB], dim=-2)
+    for lo, hi in _kept(padded, size):
+        for y in range(lo, hi, SLAB):
+            part = x[:, y:min(y + SLAB, hi)]
+            part.copy_(torch.fft.ifft(part, dim=-3))
+    n = torch.cat([torch.arange(lo, hi) for lo, hi in _kept(padded, size)]).to(half_ft.device)
+    n = torch.roll(n, size // 2) if padded != size else (n - padded // 2) % padded  # crop order: i = lo … lo+D−1
+    rows = x[n[:, None], n[None, :]]  # (D, D, Dp/2+1)
+    del x
+    vol = torch.fft.irfft(rows, n=padded, dim=-1).index_select(-1, n)
+    sign = (1 - 2 * (n % 2)).to(vol.dtype)
+    vol = vol * (sign[:, None, None] * sign[None, :, None])
     if gridding_correction:
         vol = vol / gridding_kernel(size, padded, device=vol.device, dtype=vol.dtype)
     return vol
 
 
-@functools.lru_cache(maxsize=2)
-def half_output_shells(padded: int, pad: int, device=None) -> torch.Tensor:
-    """``(Dp, Dp, Dp/2+1)`` int32 output shell ``round(round(|k|·Dp) / pad)`` of each half-grid voxel (as
-    :func:`~cryolens.inference.reconstruct.output_shells` on the full grid), from a table over the integer
-    ``|k|²`` (no float64 grid). Cached: callers must not modify it."""
-    h = padded // 2 + 1
-    r2max = 3 * (padded // 2) ** 2
-    table = torch.round(torch.round(torch.arange(r2max + 1, dtype=torch.float64).sqrt()) / pad).to(torch.int32)
+@functools.lru_cache(maxsize=4)
+def _shell_lookup(padded: int, pad: int) -> torch.Tensor:
+    """``round(round(√r²) / pad)`` for every integer ``r² ≤ 3 (Dp/2)²`` (int64; ties to even, as torch rounds)."""
+    r2 = torch.arange(3 * (padded // 2) ** 2 + 1, dtype=torch.float64)
+    return torch.round(torch.round(r2.sqrt()) / pad).long()
+
+
+def n_output_shells(padded: int, pad: int) -> int:
+    """How many output shells the half grid's voxels fall in (corners beyond Nyquist included)."""
+    return int(_shell_lookup(padded, pad)[-1]) + 1
+
+
+def half_shells(padded: int, pad: int, z0: int, z1: int, device=None) -> torch.Tensor:
+    """``(z1 − z0, Dp, Dp/2+1)`` int64 output shell ``round(round(|k|·Dp) / pad)`` of the half-grid planes
+    ``z0 … z1−1`` (as :func:`~cryolens.imaging.grids.shell_index_3d` on the full grid, divided by ``pad`` and
+    rounded), from a table over the integer ``|k|²``: made per slab, never as a whole grid."""
     c = (torch.arange(padded, dtype=torch.int64) - padded // 2) ** 2
-    cx = torch.arange(h, dtype=torch.int64) ** 2
-    out = torch.empty((padded, padded, h), dtype=torch.int32)
-    for z in range(padded):
-        out[z] = table[c[z] + c[:, None] + cx[None, :]]
-    return out.to(device)
+    cx = torch.arange(padded // 2 + 1, dtype=torch.int64) ** 2
+    r2 = c[z0:z1, None, None] + c[None, :, None] + cx[None, None, :]
+    return _shell_lookup(padded, pad)[r2].to(device)
 
 
 def half_plane_multiplicity(padded: int, dtype=torch.float64, device=None) -> torch.Tensor:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..imaging.grids import spherical_mask
-from ..imaging.half_grid import (finish_half, half_output_shells, half_plane_multiplicity, half_staging_grid,
-                                 half_staging_shape, half_to_full, scatter_half, scatter_half_points,
+from ..imaging.half_grid import (SLAB, finish_half, half_plane_multiplicity, half_shells, half_staging_grid,
+                                 half_staging_shape, half_to_full, n_output_shells, scatter_half, scatter_half_points,
                                  volume_from_half_ft)
 from ..imaging.slice import scatter_voxel_major_available
 from .distributed import all_reduce_sum, is_distributed
@@ -50,6 +50,10 @@ class FourierAccumulator:
 
     @staging.setter
     def staging(self, grid: torch.Tensor) -> None:
+        want = (3, math.prod(half_staging_shape(self.padded)))
+        if tuple(grid.shape) != want:  # e.g. a full (Dp+2)³ grid kept by a checkpoint of an older version
+            raise ValueError(f"FourierAccumulator: a staging grid of shape {tuple(grid.shape)}, not the half grid "
+                             f"{want}")
         self._staging, self._voxel_major = grid, None
 
     @property
@@ -161,11 +165,6 @@ class FourierAccumulator:
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
         return out
 
-    def _shells(self) -> torch.Tensor:
-        """``(Dp, Dp, Dp/2+1)`` int32 output shell of each half-grid voxel, ``round(round(|k|·Dp) / pad)`` (one grid
-        shared by the accumulators of a size)."""
-        return half_output_shells(self.padded, self.padded // self.size, self.device)
-
     def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None
                     ) -> torch.Tensor:
         """Real ``(D, D, D)`` map of ``data / (weight + λ)`` with the box corners beyond radius ``D/2``
@@ -173,24 +172,28 @@ class FourierAccumulator:
         noise there). ``λ = reg_per_shell[k]`` ``(D//2+1,)`` per output shell, plus, when given,
         ``inverse_reg_per_shell[k] / weight`` per voxel (RELION's weak prior where its ``τ²`` is zero,
         see :func:`~cryolens.inference.prior.map_prior`); voxels with no weight and no ``λ`` and voxels beyond
-        Nyquist are 0 (their denominator is set to infinity: one grid of temporaries, not five). Works on the
-        half grids and ``irfftn``; the completed grids are divided in place and forgotten (made again if read)."""
-        shells = self._shells()
-        nyq = self.size // 2
+        Nyquist are 0 (their denominator is set to infinity). Works on the half grids, ``SLAB`` planes at a time
+        (no grid of temporaries), and divides the completed grids in place: they are forgotten (made again if
+        read)."""
         data, w = self._finished()
-        self._done = None  # data is divided in place below
-        table = torch.full((int(shells.max()) + 1,), torch.inf, dtype=w.dtype, device=w.device)
+        self._done = None  # divided in place below
+        pad, nyq = self.padded // self.size, self.size // 2
+        table = torch.full((n_output_shells(self.padded, pad),), torch.inf, dtype=w.dtype, device=w.device)
         table[:nyq + 1] = reg_per_shell.to(w.device, w.dtype)
-        den = table[shells]
+        inverse = None
         if inverse_reg_per_shell is not None:
-            table.zero_()[:nyq + 1] = inverse_reg_per_shell.to(w.device, w.dtype)
-            den += torch.where(w > 0, table[shells] / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
-        den += w
+            inverse = torch.zeros_like(table)
+            inverse[:nyq + 1] = inverse_reg_per_shell.to(w.device, w.dtype)
+        for z in range(0, self.padded, SLAB):
+            shells, ws = half_shells(self.padded, pad, z, z + SLAB, w.device), w[z:z + SLAB]
+            den = table[shells]
+            if inverse is not None:
+                den += torch.where(ws > 0, inverse[shells] / ws.clamp_min(torch.finfo(ws.dtype).tiny), 0.0)
+            den += ws
+            den.masked_fill_(~(den > 0), torch.inf)
+            torch.view_as_real(data[z:z + SLAB]).div_(den[..., None])  # real and imaginary parts alike
         del w
-        den.masked_fill_(~(den > 0), torch.inf)
-        torch.view_as_real(data).div_(den[..., None])  # real and imaginary parts by the real denominator
-        del den  # freed before the inverse transform makes its grid
-        vol = volume_from_half_ft(data, self.size)
+        vol = volume_from_half_ft(data, self.size, overwrite=True)
         del data
         return vol.mul_(_corner_fade(self.size, vol.device, vol.dtype))
 
@@ -198,24 +201,28 @@ class FourierAccumulator:
         """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` of the full grid (voxels inside Nyquist;
         a half-grid voxel counts for itself and its Friedel mate, :func:`~cryolens.imaging.half_grid.
         half_plane_multiplicity`)."""
-        n = self.size // 2 + 1
-        weight, shells = self._finished()[1], self._shells()
+        n, pad = self.size // 2 + 1, self.padded // self.size
+        weight = self._finished()[1]
         mult = half_plane_multiplicity(self.padded, device=weight.device)
         s = torch.zeros(n, dtype=torch.float64, device=weight.device)
-        for z in range(0, self.padded, 16):  # float64 16 planes at a time: no float64 copy of the grid
-            w = weight[z:z + 16].double().pow(power).mul_(mult)
-            s += torch.bincount(shells[z:z + 16].reshape(-1), weights=w.reshape(-1), minlength=n)[:n]
-        return s / _shell_counts(self.padded, self.padded // self.size, self.device)[:n]
+        for z in range(0, self.padded, SLAB):  # float64 a slab at a time: no float64 copy of the grid
+            w = weight[z:z + SLAB].double().pow(power).mul_(mult)
+            shells = half_shells(self.padded, pad, z, z + SLAB, weight.device)
+            s += torch.bincount(shells.reshape(-1), weights=w.reshape(-1), minlength=n)[:n]
+        return s / _shell_counts(self.padded, pad, self.device)[:n]
 
 
 @functools.lru_cache(maxsize=2)
 def _shell_counts(padded: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Voxels of the full grid in each output shell (:func:`~cryolens.imaging.half_grid.half_output_shells`),
-    float64, at least 1 (cached)."""
-    shells = half_output_shells(padded, pad, device)
-    mult = half_plane_multiplicity(padded, device=device).expand(shells.shape)
-    return torch.bincount(shells.reshape(-1), weights=mult.reshape(-1),
-                          minlength=padded // pad // 2 + 1).clamp_min(1)
+    """Voxels of the full grid in each output shell (:func:`~cryolens.imaging.half_grid.half_shells`), float64,
+    at least 1 (cached)."""
+    mult = half_plane_multiplicity(padded, device=device)
+    counts = torch.zeros(n_output_shells(padded, pad), dtype=torch.float64, device=device)
+    for z in range(0, padded, SLAB):
+        shells = half_shells(padded, pad, z, z + SLAB, device)
+        counts += torch.bincount(shells.reshape(-1), weights=mult.expand(shells.shape).reshape(-1),
+                                 minlength=counts.numel())
+    return counts.clamp_min(1)
 
 
 @functools.lru_cache(maxsize=2)

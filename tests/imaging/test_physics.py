@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from cryolens.imaging.fft import fft2_centered_real
 from cryolens.imaging import (CTFParams, ctf_2d, extract_slices, fft2_centered, gaussian_projection,
                               gaussian_projection_ft, gaussian_volume, hartley2, hartley3, ihartley2,
                               insert_slices, matrix_to_euler, euler_to_matrix, matrix_to_quaternion,
@@ -281,6 +282,10 @@ def test_fft_layout_and_hartley_against_numpy():
     half = rfft2_centered(x)  # columns kx = 0 .. D/2; kx = D/2 aliases the centered index 0
     assert torch.allclose(half[..., :8], full[..., 8:])
     assert torch.allclose(half[..., 8], full[..., 0])
+    for d in (16, 10):  # the real-input transform from the half one, against numpy (float64)
+        y = torch.randn(3, d, d, dtype=torch.float64)
+        ref = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(y.numpy(), axes=(-2, -1))), axes=(-2, -1))
+        assert np.abs(fft2_centered_real(y).numpy() - ref).max() < 1e-12 * np.abs(ref).max()
 
 
 def test_weighted_mean_rotation_matches_scipy():

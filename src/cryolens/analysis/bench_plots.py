@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import _save, plot_fsc, plt
+from .mpl import _save, plt
+from .plots import plot_fsc
 
 __all__ = ["plot_fsc", "plot_pose_errors", "plot_latents", "plot_resolution_vs_snr", "plot_training_curves",
            "plot_sweep", "plot_error_injection", "plot_auc_histogram", "plot_score_vs_time"]

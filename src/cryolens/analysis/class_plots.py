@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import _save, plot_sections, plt
+from .mpl import _save, plt
+from .plots import plot_sections
 
 
 def plot_class_populations(history: list[dict], path: str | os.PathLike, key: str = "class_prior") -> Path:

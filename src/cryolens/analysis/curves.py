@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import _save, plt
+from .mpl import _save, plt
 
 
 def epoch_means(records: list[dict]) -> dict[str, np.ndarray]:

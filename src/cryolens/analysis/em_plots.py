@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import _save, plt
+from .mpl import _save, plt
 
 
 def plot_fsc_iterations(history: list[dict], pixel_size: float, box: int, path: str | os.PathLike,

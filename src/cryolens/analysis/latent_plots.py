@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import _save, plt
+from .mpl import _save, plt
 
 
 def plot_embedding(xy: np.ndarray, path: str | os.PathLike, color: np.ndarray | None = None,

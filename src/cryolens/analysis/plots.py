@@ -1,6 +1,8 @@
 """PNG plots a practitioner reads: FSC curves, central sections, particles with their CTFs.
 
-Every plot function takes plain arrays and a path, writes the PNG atomically and returns the path.
+Every plot function takes plain arrays and a path, writes the PNG atomically and returns the path. The three
+plots of every run folder are drawn with Pillow (:mod:`cryolens.analysis.raster`: no matplotlib import, ~0.6 s
+of a short command); the histogram with matplotlib, imported when it is drawn.
 """
 
 from __future__ import annotations
@@ -8,68 +10,88 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..io.files import atomic_path  # noqa: E402
+from .raster import TAB10, Canvas, colormap, nice_ticks
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+def _decimals(step: float) -> int:
+    """Decimals that tell ticks ``step`` (1, 2 or 5 × 10ⁿ) apart."""
+    return max(0, -int(np.floor(np.log10(step) + 1e-9)))
 
 
 def plot_fsc(curves: dict[str, np.ndarray], pixel_size: float, box: int, path: str | os.PathLike,
              thresholds: dict[str, float] | None = None, title: str = "Fourier shell correlation") -> Path:
-    """FSC curves (each ``(D//2+1,)`` over shells) against resolution; dashed threshold lines."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, c in curves.items():
-        k = np.arange(len(c)) / (box * pixel_size)  # 1/Å
-        ax.plot(k, c, label=label, lw=1.6)
+    """FSC curves (each ``(D//2+1,)`` over shells) against spatial frequency (1/Å, bottom axis; resolution in Å on
+    the top axis); dashed threshold lines (default 0.143 and 0.5); a legend."""
+    cv = Canvas(660, 470)
+    left, right, top, bottom = 64.0, 640.0, 84.0, 410.0
+    kmax = max((len(c) - 1) / (box * pixel_size) for c in curves.values()) if curves else 0.5 / pixel_size
+    span = kmax or 1.0
+    x0, x1, y0, y1 = -0.05 * span, kmax + 0.05 * span, -0.1, 1.05
+
+    def at(x, y):
+        return left + (x - x0) / (x1 - x0) * (right - left), bottom - (np.clip(y, y0, y1) - y0) / (y1 - y0) * (
+            bottom - top)
+
+    xt = nice_ticks(max(x0, 0.0), x1)
+    nd = _decimals(float(xt[1] - xt[0])) if len(xt) > 1 else 2
+    for t in xt:
+        x, _ = at(t, y0)
+        cv.line([(x, bottom), (x, bottom + 4)])
+        cv.text((x, bottom + 7), f"{t:.{nd}f}", 11, "ma")
+        if t > 0:
+            cv.line([(x, top), (x, top - 4)])
+            cv.text((x, top - 7), f"{1 / t:.1f}", 11, "md")
+    for t in nice_ticks(y0, y1, 7):
+        _, y = at(x0, t)
+        cv.line([(left, y), (left - 4, y)])
+        cv.text((left - 7, y), f"{t:.1f}", 11, "rm")
     for label, t in (thresholds or {"0.143": 0.143, "0.5": 0.5}).items():
-        ax.axhline(t, ls="--", lw=0.8, color="gray")
-        ax.text(0, t + 0.01, label, fontsize=7, color="gray")
-    ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("FSC")
-    ax.set_ylim(-0.1, 1.05)
-    top = ax.twiny()  # resolution labels (Å) over the frequency ticks
-    top.set_xlim(ax.get_xlim())
-    ticks = [t for t in ax.get_xticks() if t > 0 and ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-    top.set_xticks(ticks)
-    top.set_xticklabels([f"{1 / t:.1f}" for t in ticks])
-    top.set_xlabel("resolution (Å)")
-    ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10, y=1.06)
-    return _save(fig, path)
+        cv.line([at(x0, t), at(x1, t)], "gray", 1.0, dashed=True)
+        cv.text(at(0.0, t + 0.01), label, 10, "ld", "gray")
+    for i, c in enumerate(curves.values()):
+        k = np.arange(len(c)) / (box * pixel_size)
+        cv.line([at(float(a), float(b)) for a, b in zip(k, np.asarray(c, dtype=float))], TAB10[i % 10], 2.0)
+    cv.rect((left, top, right, bottom))
+    if curves:  # the legend, top right inside the axes
+        w = 40 + 7 * max(len(s) for s in curves)
+        lx, ly = right - w - 8, top + 8
+        cv.rect((lx, ly, right - 8, ly + 8 + 17 * len(curves)), "#cccccc", 1.0, "white")
+        for i, label in enumerate(curves):
+            y = ly + 13 + 17 * i
+            cv.line([(lx + 6, y), (lx + 28, y)], TAB10[i % 10], 2.0)
+            cv.text((lx + 34, y), label, 11, "lm")
+    cv.text(((left + right) / 2, 462), "spatial frequency (1/Å)", 13, "md")
+    cv.text((16, (top + bottom) / 2), "FSC", 13, "mm", angle=90)
+    cv.text(((left + right) / 2, top - 26), "resolution (Å)", 13, "md")
+    cv.text(((left + right) / 2, 8), title, 14, "ma")
+    return cv.save(path)
 
 
 def plot_sections(volumes: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Central z, y and x sections (rows) of each volume (columns); each volume ``(D, D, D)`` ``[z, y, x]``."""
+    """Central z, y and x sections (columns) of each volume (rows), each on its own grey scale with row 0 at the
+    bottom (matplotlib's ``origin="lower"``); each volume ``(D, D, D)`` ``[z, y, x]``."""
+    tile, pad, head = 240, 14, 20
     n = len(volumes)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    cv = Canvas(3 * tile + 4 * pad, n * (tile + head + pad) + pad)
     for row, (label, v) in enumerate(volumes.items()):
-        v = np.asarray(v)
+        v = np.asarray(v, dtype=np.float64)
         c = v.shape[0] // 2
         for col, (name, sec) in enumerate((("z", v[c]), ("y", v[:, c]), ("x", v[:, :, c]))):
-            ax = axes[row, col]
-            ax.imshow(sec, cmap="gray", origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{label}: central {name} section", fontsize=8)
-    return _save(fig, path)
+            x = pad + col * (tile + pad)
+            y = pad + row * (tile + head + pad) + head
+            lo, hi = float(sec.min()), float(sec.max())
+            cv.picture(colormap("gray", (sec[::-1] - lo) / max(hi - lo, 1e-12)), (x, y, x + tile, y + tile))
+            cv.text((x + tile / 2, y - 4), f"{label}: central {name} section", 12, "md")
+    return cv.save(path)
 
 
 def _tile_rgb(x: np.ndarray, cmap: str, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """``(D, D)`` → ``(D, D, 3)`` colours of ``cmap`` over ``[lo, hi]`` (default: the tile's own range)."""
     lo = float(x.min()) if lo is None else lo
     hi = float(x.max()) if hi is None else hi
-    return matplotlib.colormaps[cmap](np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1))[..., :3]
+    return colormap(cmap, (x - lo) / max(hi - lo, 1e-12))
 
 
 def particle_mosaic(images: np.ndarray, ctfs: np.ndarray | None) -> tuple[np.ndarray, int]:
@@ -92,24 +114,27 @@ def particle_mosaic(images: np.ndarray, ctfs: np.ndarray | None) -> tuple[np.nda
 
 def plot_particles(images: np.ndarray, ctfs: np.ndarray | None, path: str | os.PathLike,
                    titles: list[str] | None = None) -> Path:
-    """A few particles (top row) and their CTFs (bottom row, labelled below): :func:`particle_mosaic` in one
-    axes, ``origin="lower"`` (a subplot per tile cost ~0.5 s of every run folder)."""
+    """A few particles (top row) and their CTFs (bottom row, labelled below): :func:`particle_mosaic`, shown with
+    its row 0 at the bottom."""
     n, d = len(images), images.shape[-1]
     mosaic, gap = particle_mosaic(images, ctfs)
-    fig, ax = plt.subplots(figsize=(2.0 * n, 2.1 * (1 + (ctfs is not None))))
-    ax.imshow(mosaic, origin="lower", interpolation="nearest")
+    scale = 160.0 / d  # output pixels per image pixel
+    pad, head = 12.0, 18.0
+    w, h = mosaic.shape[1] * scale, mosaic.shape[0] * scale
+    cv = Canvas(int(w + 2 * pad), int(h + 2 * head + 2 * pad), supersample=2)  # mostly pixels: 2 is enough
+    cv.picture(mosaic[::-1], (pad, pad + head, pad + w, pad + head + h))
     for i in range(n):
-        x = i * (d + gap) + d / 2
-        ax.text(x, mosaic.shape[0] + gap, titles[i] if titles else f"particle {i}", fontsize=7, ha="center",
-                va="bottom")
+        x = pad + (i * (d + gap) + d / 2) * scale
+        cv.text((x, pad + head - 3), titles[i] if titles else f"particle {i}", 11, "md")
         if ctfs is not None:
-            ax.text(x, -gap, "CTF", fontsize=7, ha="center", va="top")
-    ax.set_axis_off()
-    return _save(fig, path)
+            cv.text((x, pad + head + h + 3), "CTF", 11, "ma")
+    return cv.save(path)
 
 
 def plot_histogram(values: np.ndarray, path: str | os.PathLike, xlabel: str, title: str = "") -> Path:
     """A histogram of per-image values (e.g. pose errors in degrees)."""
+    from .mpl import _save, plt
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(np.asarray(values), bins=50, color="#3a6ea5")
     ax.set_xlabel(xlabel)

@@ -217,9 +217,7 @@ def _history_metrics(history: list[dict], m: dict) -> None:
 
 def _plots(outputs: MethodOutputs, particles: Particles, run: RunFolder, px: float, curves: dict,
            sections: dict) -> None:
-    from .class_plots import plot_class_sections
-    from .em_plots import plot_angular_distribution
-    from .plots import plot_fsc, plot_sections
+    from .plots import plot_fsc, plot_sections  # Pillow; the matplotlib plots below are imported when drawn
 
     d = particles.box_size
     if curves:
@@ -231,8 +229,12 @@ def _plots(outputs: MethodOutputs, particles: Particles, run: RunFolder, px: flo
         if outputs.labels is not None:
             c = np.bincount(np.asarray(outputs.labels), minlength=outputs.volumes.shape[0])
             counts = c / max(1, c.sum())
+        from .class_plots import plot_class_sections
+
         plot_class_sections(_np(outputs.volumes), run.path("class_sections.png"), counts)
     if outputs.rotations is not None:
+        from .em_plots import plot_angular_distribution
+
         plot_angular_distribution(outputs.rotations.detach().cpu().numpy(), run.path("angular_distribution.png"))
     for stage, recs in split_history(outputs.history).items():
         plot_history(recs, run, px, d, f"{stage}_" if stage else "")

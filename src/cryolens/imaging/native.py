@@ -75,7 +75,7 @@ def _load(path: Path) -> ctypes.CDLL:
     for name in ("cryolens_scatter_f32", "cryolens_scatter_f64", "cryolens_scatter_voxel_major_f32",
                  "cryolens_scatter_voxel_major_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr]
+        fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr, i64]
         fn.restype = None
     return lib
 
@@ -114,11 +114,13 @@ def usable(staging: torch.Tensor, padded: int) -> bool:
 
 def scatter(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor, padded: int,
             weights: torch.Tensor | None, columns: torch.Tensor, multiplicity: torch.Tensor,
-            voxel_major: bool = False) -> None:
+            voxel_major: bool = False, half: bool = False) -> None:
     """In place: the trilinear insertion of :func:`~cryolens.imaging.slice.scatter_slices` by the compiled kernel.
 
     staging: ``(channels, (Dp+2)³)`` (3 channels for complex slices, 2 for real), or ``((Dp+2)³, channels)`` with
-    ``voxel_major`` (a voxel's channels side by side: fewer cache lines per corner). slices: ``(N, D, D)`` complex
+    ``voxel_major`` (a voxel's channels side by side: fewer cache lines per corner); with ``half`` the ``kx ≥ 0``
+    half grid of :mod:`cryolens.imaging.half_grid`, ``(Dp+2)² (Dp/2+2)`` voxels instead of ``(Dp+2)³`` (a pixel
+    whose rotated frequency has ``kx < 0`` lands at its Friedel mate, conjugated). slices: ``(N, D, D)`` complex
     or real, centred layout; weights: ``(N, D, D)`` real or None (1). rotations: ``(N, 3, 3)`` image → volume.
     columns: ``(C,)`` slice columns to insert; multiplicity: ``(D, C)`` factor of each (0 beyond Nyquist).
     Check :func:`usable` first.
@@ -139,4 +141,4 @@ def scatter(staging: torch.Tensor, slices: torch.Tensor, rotations: torch.Tensor
     fn = getattr(lib, f"{prefix}_{'f32' if dt == torch.float32 else 'f64'}")
     channels = staging.shape[-1 if voxel_major else 0]
     fn(staging.data_ptr(), channels, padded, n, d, cols.data_ptr(), cols.numel(), mult.data_ptr(), rots.data_ptr(),
-       vals.data_ptr(), int(slices.is_complex()), None if wts is None else wts.data_ptr())
+       vals.data_ptr(), int(slices.is_complex()), None if wts is None else wts.data_ptr(), int(half))

@@ -298,7 +298,7 @@ class AbInitio:
                 acc.all_reduce()
                 acc.staging = st.staging[kc].mul_(1 - eta).add_(acc.staging)
             st.staging[kc] = acc.staging
-            vols.append(acc.reconstruct(lam[kc]) if float(acc.weight.abs().sum()) > 0 else st.volumes[kc])
+            vols.append(acc.reconstruct(lam[kc]) if acc.has_weight() else st.volumes[kc])
         return torch.stack(vols), power
 
     @torch.no_grad()

@@ -1,28 +1,32 @@
 """Reconstruction from weighted central slices: the Fourier accumulator every M-step shares.
 
-``Σ w c X̃`` and ``Σ w c²`` are scattered along each slice's rotation into an oversampled grid
-(Friedel half, completed once); the map is ``data / (weight + λ(k))`` with a per-shell
-regulariser ``λ(k) = W(k) (1 − FSC) / FSC`` (Wiener / MAP with a Gaussian prior whose power is read
-off the half-map FSC). Used by known-pose back-projection and by the EM M-step.
+``Σ w c X̃`` and ``Σ w c²`` are scattered along each slice's rotation into the ``kx ≥ 0`` half of an oversampled
+grid (:mod:`cryolens.imaging.half_grid`: a frequency with ``kx < 0`` goes to its Friedel mate, conjugated; the
+transform of a real map needs no other half), completed once when read; the map is ``data / (weight + λ(k))``
+with a per-shell regulariser ``λ(k) = W(k) (1 − FSC) / FSC`` (Wiener / MAP with a Gaussian prior whose power is
+read off the half-map FSC), made with ``irfftn``. Used by known-pose back-projection and by the EM M-step.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 
-from ..imaging.grids import shell_index_3d, spherical_mask
-from ..imaging.slice import (finish_staging, scatter_slices, scatter_slices_shared, scatter_voxel_major_available,
-                             staging_grid, volume_from_ft)
+from ..imaging.grids import spherical_mask
+from ..imaging.half_grid import (SLAB, finish_half, half_plane_multiplicity, half_shells, half_staging_grid,
+                                 half_staging_shape, half_to_full, n_output_shells, scatter_half, scatter_half_points,
+                                 volume_from_half_ft)
+from ..imaging.slice import scatter_voxel_major_available
 from .distributed import all_reduce_sum, is_distributed
 from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
 
 
 class FourierAccumulator:
-    """Running sums ``Σ c X̃`` and ``Σ c²`` of one half-set, kept in a staging grid (half slices,
-    see :func:`~cryolens.imaging.slice.scatter_slices`) and completed once when read."""
+    """Running sums ``Σ c X̃`` and ``Σ c²`` of one half-set, kept in a ``kx ≥ 0`` half staging grid
+    (:mod:`cryolens.imaging.half_grid`) and completed once when read."""
 
     def __init__(self, size: int, pad: int, device, dtype=torch.float32):
         self.size, self.padded = size, pad * size
@@ -35,10 +39,10 @@ class FourierAccumulator:
 
     @property
     def staging(self) -> torch.Tensor:
-        """The ``(3, (Dp+2)³)`` staging grid (:func:`~cryolens.imaging.slice.staging_grid`), with the sums
-        :meth:`add` keeps voxel-major for the compiled kernel folded in when it is read."""
+        """The ``(3, (Dp+2)²(Dp/2+2))`` half staging grid (:func:`~cryolens.imaging.half_grid.half_staging_grid`),
+        with the sums :meth:`add` keeps voxel-major for the compiled kernel folded in when it is read."""
         if self._staging is None:
-            self._staging = staging_grid(self.padded, 3, self._device, self._dtype)
+            self._staging = half_staging_grid(self.padded, 3, self._device, self._dtype)
         if self._voxel_major is not None:
             self._staging += self._voxel_major.T
             self._voxel_major = None
@@ -46,6 +50,10 @@ class FourierAccumulator:
 
     @staging.setter
     def staging(self, grid: torch.Tensor) -> None:
+        want = (3, math.prod(half_staging_shape(self.padded)))
+        if tuple(grid.shape) != want:  # e.g. a full (Dp+2)³ grid kept by a checkpoint of an older version
+            raise ValueError(f"FourierAccumulator: a staging grid of shape {tuple(grid.shape)}, not the half grid "
+                             f"{want}")
         self._staging, self._voxel_major = grid, None
 
     @property
@@ -55,7 +63,7 @@ class FourierAccumulator:
         return self._device if held is None else held.device
 
     def _sums(self) -> torch.Tensor:
-        """All sums as a ``(3, (Dp+2)³)`` grid to read: the voxel-major grid seen transposed while there is no
+        """All sums as a ``(3, (Dp+2)²(Dp/2+2))`` grid to read: the voxel-major grid seen transposed while there is no
         staging grid (no second grid made), else :attr:`staging`."""
         if self._voxel_major is not None and self._staging is None:
             return self._voxel_major.T
@@ -75,9 +83,9 @@ class FourierAccumulator:
             values, weights = images_ft * c, c * c
         fast = scatter_voxel_major_available(torch.empty(0, dtype=self._dtype, device=self.device), self.padded)
         if fast and self._voxel_major is None:
-            self._voxel_major = torch.zeros((self.padded + 2) ** 3, 3, dtype=self._dtype)
+            self._voxel_major = torch.zeros(math.prod(half_staging_shape(self.padded)), 3, dtype=self._dtype)
         target = self._voxel_major if fast else self.staging
-        scatter_slices(target, values, rotations, self.padded, weights, hermitian=True, voxel_major=fast)
+        scatter_half([target], [values], rotations, self.padded, [weights], voxel_major=fast)
         self.count += images_ft.shape[0]
         self._done = None
 
@@ -90,9 +98,8 @@ class FourierAccumulator:
         c = torch.ones_like(images_ft.real) if ctf is None else ctf
         yc, c2 = images_ft * c, c * c
         s = scales.to(c.dtype)
-        scatter_slices_shared([a.staging for a in accs], [yc * s[:, k, None, None] for k in range(len(accs))],
-                              rotations, accs[0].padded, [c2 * s[:, k, None, None] for k in range(len(accs))],
-                              hermitian=True)
+        scatter_half([a.staging for a in accs], [yc * s[:, k, None, None] for k in range(len(accs))],
+                     rotations, accs[0].padded, [c2 * s[:, k, None, None] for k in range(len(accs))])
         for k, a in enumerate(accs):
             a.count += int((scales[:, k] != 0).sum())
             a._done = None
@@ -105,27 +112,7 @@ class FourierAccumulator:
         completion of :meth:`add` the pixels must be a subset of the ``kx ≥ 0`` half-columns with
         multiplicity ½ on the ``kx = 0`` and ``kx = −Nyquist`` columns, 1 elsewhere (0 beyond Nyquist):
         then it adds exactly what :meth:`add` adds for slices that are zero off those pixels."""
-        rdt = self.staging.dtype
-        padded, g = self.padded, self.padded + 2
-        f3 = torch.cat([freqs, torch.zeros_like(freqs[:, :1])], -1).to(rdt)  # (P, 3)
-        pts = torch.einsum("pj,nij->npi", f3, rotations.to(rdt)) * padded + padded // 2  # (B, P, 3)
-        inside = (freqs.norm(dim=-1) <= 0.5)[None, :, None]
-        pts = torch.where(inside, pts, torch.full_like(pts, padded // 2))  # keep dropped points in range
-        base = torch.floor(pts)
-        frac = pts - base
-        base = base.long()
-        flat = (base[..., 2] * g + base[..., 1]) * g + base[..., 0]
-        offsets = torch.tensor([dz * g * g + dy * g + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
-                               device=flat.device)
-        wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)
-        wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
-        wz = torch.stack([1 - frac[..., 2], frac[..., 2]], -1)
-        w8 = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).flatten(-3)  # (B, P, 8)
-        idx = (flat[..., None] + offsets).reshape(-1)
-        m = multiplicity.to(rdt) * inside[0, :, 0].to(rdt)
-        for c, v in enumerate((values.real, values.imag, weights)):
-            self.staging[c] += torch.bincount(idx, weights=(w8 * (v.to(rdt) * m)[..., None]).reshape(-1),
-                                              minlength=g ** 3)
+        scatter_half_points([self.staging], [values], [weights], rotations, freqs, multiplicity, self.padded)
         self.count += values.shape[0]
         self._done = None
 
@@ -138,15 +125,24 @@ class FourierAccumulator:
 
     @property
     def data(self) -> torch.Tensor:
-        return self._finished()[0]
+        """``Σ c X̃`` on the full centred ``(Dp, Dp, Dp)`` grid (made from the half grid when read: for callers that
+        need the whole grid; the maps are made from the half)."""
+        return half_to_full(self._finished()[0])
 
     @property
     def weight(self) -> torch.Tensor:
-        return self._finished()[1]
+        """``Σ c²`` on the full centred ``(Dp, Dp, Dp)`` grid (see :attr:`data`)."""
+        return half_to_full(self._finished()[1], conjugate=False)
+
+    def has_weight(self) -> bool:
+        """Whether any voxel has a nonzero ``Σ c²``."""
+        return bool(self._finished()[1].abs().sum() > 0)
 
     def _finished(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The completed half grids ``(data, weight)``, ``(Dp, Dp, Dp/2+1)`` (:func:`~cryolens.imaging.half_grid.
+        finish_half`), kept until the sums change or :meth:`forget_finished`."""
         if self._done is None:
-            self._done = finish_staging(self._sums(), self.padded, is_complex=True, hermitian=True)
+            self._done = finish_half(self._sums(), self.padded)
         return self._done
 
     def absorb(self, other: FourierAccumulator) -> None:
@@ -169,11 +165,6 @@ class FourierAccumulator:
         out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
         return out
 
-    def _shells(self) -> torch.Tensor:
-        """``(Dp, Dp, Dp)`` int32 output shell of each padded-grid voxel, ``round(|k|·Dp / pad)`` (one grid
-        shared by the accumulators of a size)."""
-        return output_shells(self.padded, self.padded // self.size, self.device)
-
     def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None
                     ) -> torch.Tensor:
         """Real ``(D, D, D)`` map of ``data / (weight + λ)`` with the box corners beyond radius ``D/2``
@@ -181,49 +172,57 @@ class FourierAccumulator:
         noise there). ``λ = reg_per_shell[k]`` ``(D//2+1,)`` per output shell, plus, when given,
         ``inverse_reg_per_shell[k] / weight`` per voxel (RELION's weak prior where its ``τ²`` is zero,
         see :func:`~cryolens.inference.prior.map_prior`); voxels with no weight and no ``λ`` and voxels beyond
-        Nyquist are 0 (their denominator is set to infinity: one grid of temporaries, not five)."""
-        shells = self._shells()
-        nyq = self.size // 2
-        w = self.weight
-        table = torch.full((int(shells.max()) + 1,), torch.inf, dtype=w.dtype, device=w.device)
+        Nyquist are 0 (their denominator is set to infinity). Works on the half grids, ``SLAB`` planes at a time
+        (no grid of temporaries), and divides the completed grids in place: they are forgotten (made again if
+        read)."""
+        data, w = self._finished()
+        self._done = None  # divided in place below
+        pad, nyq = self.padded // self.size, self.size // 2
+        table = torch.full((n_output_shells(self.padded, pad),), torch.inf, dtype=w.dtype, device=w.device)
         table[:nyq + 1] = reg_per_shell.to(w.device, w.dtype)
-        den = table[shells]
+        inverse = None
         if inverse_reg_per_shell is not None:
-            table.zero_()[:nyq + 1] = inverse_reg_per_shell.to(w.device, w.dtype)
-            den += torch.where(w > 0, table[shells] / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
-        den += w
-        den.masked_fill_(~(den > 0), torch.inf)
-        data = self.data
-        if data.is_contiguous():  # real and imaginary parts divided by the real denominator (no complex division)
-            data = torch.view_as_complex(torch.view_as_real(data) / den[..., None])
-        else:
-            data = data / den
-        del den, w  # freed before the inverse transform makes its grid
-        vol = volume_from_ft(data, self.size)
-        return vol * _corner_fade(self.size, vol.device, vol.dtype)
+            inverse = torch.zeros_like(table)
+            inverse[:nyq + 1] = inverse_reg_per_shell.to(w.device, w.dtype)
+        for z in range(0, self.padded, SLAB):
+            shells, ws = half_shells(self.padded, pad, z, z + SLAB, w.device), w[z:z + SLAB]
+            den = table[shells]
+            if inverse is not None:
+                den += torch.where(ws > 0, inverse[shells] / ws.clamp_min(torch.finfo(ws.dtype).tiny), 0.0)
+            den += ws
+            den.masked_fill_(~(den > 0), torch.inf)
+            torch.view_as_real(data[z:z + SLAB]).div_(den[..., None])  # real and imaginary parts alike
+        del w
+        vol = volume_from_half_ft(data, self.size, overwrite=True)
+        del data
+        return vol.mul_(_corner_fade(self.size, vol.device, vol.dtype))
 
     def shell_weight(self, power: int = 1) -> torch.Tensor:
-        """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` (grid voxels inside Nyquist)."""
-        shells = self._shells().reshape(-1)
-        n = self.size // 2 + 1
-        w = self.weight.reshape(-1).double()
-        s = torch.bincount(shells, weights=w if power == 1 else w ** power, minlength=n)[:n]
-        return s / _shell_counts(self.padded, self.padded // self.size, self.device)[:n]
-
-
-@functools.lru_cache(maxsize=2)
-def output_shells(padded: int, pad: int, device: torch.device) -> torch.Tensor:
-    """``(Dp, Dp, Dp)`` int32 output shell ``round(round(|k|·Dp) / pad)`` of each voxel of a ``pad``-times
-    oversampled grid (cached: every accumulator of a size shares it)."""
-    grid = shell_index_3d(padded, device=device, dtype=torch.float64)
-    return torch.round(grid.div_(pad)).to(torch.int32)
+        """Mean of ``(Σ c²)^power`` over each output shell ``(D//2+1,)`` of the full grid (voxels inside Nyquist;
+        a half-grid voxel counts for itself and its Friedel mate, :func:`~cryolens.imaging.half_grid.
+        half_plane_multiplicity`)."""
+        n, pad = self.size // 2 + 1, self.padded // self.size
+        weight = self._finished()[1]
+        mult = half_plane_multiplicity(self.padded, device=weight.device)
+        s = torch.zeros(n, dtype=torch.float64, device=weight.device)
+        for z in range(0, self.padded, SLAB):  # float64 a slab at a time: no float64 copy of the grid
+            w = weight[z:z + SLAB].double().pow(power).mul_(mult)
+            shells = half_shells(self.padded, pad, z, z + SLAB, weight.device)
+            s += torch.bincount(shells.reshape(-1), weights=w.reshape(-1), minlength=n)[:n]
+        return s / _shell_counts(self.padded, pad, self.device)[:n]
 
 
 @functools.lru_cache(maxsize=2)
 def _shell_counts(padded: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Voxels of each :func:`output_shells` shell, float64, at least 1 (cached)."""
-    shells = output_shells(padded, pad, device).reshape(-1)
-    return torch.bincount(shells, minlength=padded // pad // 2 + 1).double().clamp_min(1)
+    """Voxels of the full grid in each output shell (:func:`~cryolens.imaging.half_grid.half_shells`), float64,
+    at least 1 (cached)."""
+    mult = half_plane_multiplicity(padded, device=device)
+    counts = torch.zeros(n_output_shells(padded, pad), dtype=torch.float64, device=device)
+    for z in range(0, padded, SLAB):
+        shells = half_shells(padded, pad, z, z + SLAB, device)
+        counts += torch.bincount(shells.reshape(-1), weights=mult.expand(shells.shape).reshape(-1),
+                                 minlength=counts.numel())
+    return counts.clamp_min(1)
 
 
 @functools.lru_cache(maxsize=2)

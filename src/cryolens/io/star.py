@@ -24,8 +24,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import starfile
 import torch
 
 from ..imaging.ctf import CTFParams
@@ -33,6 +31,7 @@ from ..imaging.rotations import euler_to_matrix, matrix_to_euler
 from .files import atomic_path
 from .particles import Particles, relative_or_absolute
 from .star_table import ANGLES, CONSUMED, CTF_PARTICLE, OPTICS, ORIGINS_A, ORIGINS_PX, read_star_table  # noqa: F401
+from .star_text import write_loops
 
 
 def read_star(path: str | os.PathLike) -> Particles:
@@ -65,9 +64,9 @@ def _optics_groups(particles: Particles) -> tuple[np.ndarray, np.ndarray]:
     return inverse.reshape(-1) + 1, table
 
 
-def star_table(particles: Particles, star_dir: str | os.PathLike, version: str = "3.1") -> dict[str, pd.DataFrame]:
-    """The STAR blocks (``{"optics": ..., "particles": ...}`` for 3.1, ``{"": ...}`` for 3.0) that
-    :func:`write_star` writes; stack paths relative to ``star_dir`` when below it."""
+def star_table(particles: Particles, star_dir: str | os.PathLike, version: str = "3.1") -> dict[str, dict]:
+    """The STAR blocks (``{"optics": ..., "particles": ...}`` for 3.1, ``{"": ...}`` for 3.0, each
+    ``{label: column}``) that :func:`write_star` writes; stack paths relative to ``star_dir`` when below it."""
     if version not in ("3.0", "3.1"):
         raise ValueError(f"write_star: version must be '3.0' or '3.1', got {version!r}")
     rel = [relative_or_absolute(f, star_dir) for f in particles.image_files]
@@ -100,18 +99,18 @@ def star_table(particles: Particles, star_dir: str | os.PathLike, version: str =
                        rlnAmplitudeContrast=c.amplitude_contrast.double().numpy())
         # detector pixel (µm) · 10⁴ / magnification = Å/px
         out.update(rlnDetectorPixelSize=np.full(len(particles), px), rlnMagnification=np.full(len(particles), 10000.0))
-        return {"": pd.DataFrame(out)}
+        return {"": out}
     group, table = _optics_groups(particles)
     out["rlnOpticsGroup"] = group
-    optics = pd.DataFrame({
+    optics = {
         "rlnOpticsGroupName": [f"opticsGroup{g + 1}" for g in range(len(table))],
         "rlnOpticsGroup": np.arange(1, len(table) + 1),
         "rlnImagePixelSize": np.full(len(table), px),
         "rlnImageSize": np.full(len(table), particles.box_size),
         "rlnImageDimensionality": np.full(len(table), 2),
         "rlnVoltage": table[:, 0], "rlnSphericalAberration": table[:, 1], "rlnAmplitudeContrast": table[:, 2],
-    })
-    return {"optics": optics, "particles": pd.DataFrame(out)}
+    }
+    return {"optics": optics, "particles": out}
 
 
 def write_star(path: str | os.PathLike, particles: Particles, version: str = "3.1") -> Path:
@@ -122,5 +121,5 @@ def write_star(path: str | os.PathLike, particles: Particles, version: str = "3.
     particles.validate()
     blocks = star_table(particles, path.parent, version)
     with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format="%.6f")
+        write_loops(tmp, blocks)
     return path

@@ -16,12 +16,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import starfile
 
 from ..errors import InputError
 from .files import require_file
 from .metadata import check_stack_rows, ctf_columns, resolve_stacks, stack_info_for
+from .star_text import Loop, read_loops
 
 log = logging.getLogger("cryolens.io.star")
 
@@ -62,23 +61,22 @@ class StarTable:
         return int(self.image_index.shape[0])
 
 
-def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+def _read_blocks(path: Path) -> dict[str, Loop]:
     try:
-        blocks = starfile.read(path, always_dict=True)
+        tables = read_loops(path)
     except Exception as e:
         raise InputError(f"{path}: not a readable STAR file ({' '.join(str(e).split())})") from None
-    tables = {k: v for k, v in (blocks or {}).items() if isinstance(v, pd.DataFrame)}
     if not tables:
         raise InputError(f"{path}: no data table found (not a STAR file?)")
     return tables
 
 
-def _particle_table(path: Path, tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _particle_table(path: Path, tables: dict[str, Loop]) -> tuple[Loop, Loop | None]:
     optics = tables.get("optics")
     if "particles" in tables:
         return tables["particles"], optics
     for name, t in tables.items():
-        if name != "optics" and "rlnImageName" in t.columns:
+        if name != "optics" and "rlnImageName" in t:
             return t, optics
     others = [t for name, t in tables.items() if name != "optics"]
     if not others:
@@ -86,40 +84,49 @@ def _particle_table(path: Path, tables: dict[str, pd.DataFrame]) -> tuple[pd.Dat
     return others[0], optics
 
 
+def _rows(table: Loop) -> int:
+    return len(next(iter(table.values()))) if table else 0
+
+
+def _group_key(v) -> float | str:
+    """An optics group label as a lookup key: numbers by value (1 and 1.0 are one group), else the text."""
+    return float(v) if isinstance(v, (int, float)) else str(v)
+
+
 class _Columns:
     """Per-particle values of a label, from the particle table or broadcast from its optics group."""
 
-    def __init__(self, path: Path, df: pd.DataFrame, optics: pd.DataFrame | None):
-        self.path, self.df, self.n = path, df, len(df)
+    def __init__(self, path: Path, df: Loop, optics: Loop | None):
+        self.path, self.df, self.n = path, df, _rows(df)
         self.optics_rows: np.ndarray | None = None
         self.optics = optics
-        if optics is not None and len(optics):
-            if "rlnOpticsGroup" in df.columns and "rlnOpticsGroup" in optics.columns:
-                lookup = pd.Series(np.arange(len(optics)), index=optics["rlnOpticsGroup"].to_numpy())
-                if not lookup.index.is_unique:
+        if optics is not None and _rows(optics):
+            if "rlnOpticsGroup" in df and "rlnOpticsGroup" in optics:
+                groups = [_group_key(g) for g in optics["rlnOpticsGroup"].tolist()]
+                lookup = {g: k for k, g in enumerate(groups)}
+                if len(lookup) != len(groups):
                     raise InputError(f"{path}: data_optics lists an optics group twice")
-                rows = df["rlnOpticsGroup"].map(lookup).to_numpy(dtype=np.float64)
-                missing = np.nonzero(np.isnan(rows))[0]
+                rows = np.array([lookup.get(_group_key(g), -1) for g in df["rlnOpticsGroup"].tolist()],
+                                dtype=np.int64)
+                missing = np.nonzero(rows < 0)[0]
                 if missing.size:
                     r = int(missing[0])
-                    raise InputError(f"{path}: row {r + 1}: optics group {df['rlnOpticsGroup'].iloc[r]} "
+                    raise InputError(f"{path}: row {r + 1}: optics group {df['rlnOpticsGroup'][r]} "
                                      "is not in data_optics")
-                self.optics_rows = rows.astype(np.int64)
-            elif len(optics) == 1:
+                self.optics_rows = rows
+            elif _rows(optics) == 1:
                 self.optics_rows = np.zeros(self.n, dtype=np.int64)
             else:
-                raise InputError(f"{path}: {len(optics)} optics groups but no rlnOpticsGroup column in the particles")
+                raise InputError(f"{path}: {_rows(optics)} optics groups but no rlnOpticsGroup column in the "
+                                 "particles")
 
     def has(self, name: str) -> bool:
-        return name in self.df.columns or (self.optics_rows is not None and name in self.optics.columns)
+        return name in self.df or (self.optics_rows is not None and name in self.optics)
 
     def get(self, name: str, dtype=np.float64) -> np.ndarray:
-        if name in self.df.columns:
-            col = self.df[name]
-        else:
-            col = self.optics[name].iloc[self.optics_rows]
+        col = self.df[name] if name in self.df else self.optics[name][self.optics_rows]
         try:
-            return col.to_numpy(dtype=dtype)
+            return np.asarray(col, dtype=dtype)
         except (TypeError, ValueError):
             raise InputError(f"{self.path}: column {name} has values that are not numbers") from None
 
@@ -138,11 +145,11 @@ def _constant(path: Path, name: str, values: np.ndarray) -> float:
     return float(values[0])
 
 
-def _parse_image_names(path: Path, names: pd.Series) -> tuple[list[str], np.ndarray]:
+def _parse_image_names(path: Path, names: np.ndarray) -> tuple[list[str], np.ndarray]:
     """``index@path`` strings → (path strings, 0-based indices). A name without ``@`` is image 0."""
     stacks: list[str] = []
     index = np.empty(len(names), dtype=np.int64)
-    for r, s in enumerate(names.astype(str).tolist()):
+    for r, s in enumerate(str(v) for v in names.tolist()):
         num, at, file = s.partition("@")
         if not at:
             stacks.append(s)
@@ -186,7 +193,7 @@ def _pixel_and_box(path: Path, cols: _Columns, first_stack: str) -> tuple[float,
 
 
 def _ctf(path: Path, cols: _Columns) -> dict[str, np.ndarray] | None:
-    if "rlnDefocusU" not in cols.df.columns:
+    if "rlnDefocusU" not in cols.df:
         return None
     for need in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
         if not cols.has(need):
@@ -208,11 +215,10 @@ def read_star_table(path: str | os.PathLike) -> StarTable:
     """
     path = require_file(path, "STAR file")
     df, optics = _particle_table(path, _read_blocks(path))
-    if "rlnImageName" not in df.columns:
+    if "rlnImageName" not in df:
         raise InputError(f"{path}: missing column rlnImageName")
-    if len(df) == 0:
+    if _rows(df) == 0:
         raise InputError(f"{path}: no particles in the table")
-    df = df.reset_index(drop=True)
     cols = _Columns(path, df, optics)
 
     # stacks: STAR file's folder first, then the current folder
@@ -222,26 +228,26 @@ def read_star_table(path: str | os.PathLike) -> StarTable:
     px, box = _pixel_and_box(path, cols, image_files[0])
 
     angles = None
-    consumed = {"rlnImageName", "rlnOpticsGroup"} | {c for c in OPTICS if c in df.columns}
-    if all(c in df.columns for c in ANGLES):
+    consumed = {"rlnImageName", "rlnOpticsGroup"} | {c for c in OPTICS if c in df}
+    if all(c in df for c in ANGLES):
         angles = tuple(cols.finite(c) for c in ANGLES)
         consumed |= set(ANGLES)
-    elif any(c in df.columns for c in ANGLES):
+    elif any(c in df for c in ANGLES):
         log.info("%s: only %s of the three Euler angles; no 3D poses read", path,
-                 ", ".join(c for c in ANGLES if c in df.columns))
+                 ", ".join(c for c in ANGLES if c in df))
 
     # shifts: our shift = −RELION origin (in pixels)
     shifts = None
-    if all(c in df.columns for c in ORIGINS_A):
+    if all(c in df for c in ORIGINS_A):
         shifts = -np.stack([cols.finite(c) for c in ORIGINS_A], axis=1) / px
-        consumed |= set(ORIGINS_A) | {c for c in ORIGINS_PX if c in df.columns}
-    elif all(c in df.columns for c in ORIGINS_PX):
+        consumed |= set(ORIGINS_A) | {c for c in ORIGINS_PX if c in df}
+    elif all(c in df for c in ORIGINS_PX):
         shifts = -np.stack([cols.finite(c) for c in ORIGINS_PX], axis=1)
         consumed |= set(ORIGINS_PX)
 
     ctf = _ctf(path, cols)
-    consumed |= {c for c in CTF_PARTICLE if c in df.columns}
-    extra = {c: df[c].to_numpy() for c in df.columns if c not in consumed}
+    consumed |= {c for c in CTF_PARTICLE if c in df}
+    extra = {c: df[c] for c in df if c not in consumed}
     file_index = np.asarray(file_index, dtype=np.int64).reshape(-1)
     check_stack_rows(str(path), image_files, file_index, image_index, box)
     return StarTable(path=path, pixel_size=px, box_size=box, image_files=image_files, image_file_index=file_index,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
-from ..imaging.fft import fft2_centered
+from ..imaging.fft import fft2_centered_real
 from ..imaging.shift import phase_shift
 from ..inference.distributed import shard
 from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
@@ -49,7 +49,7 @@ class BackprojectionResult:
 
 def _insert(acc: FourierAccumulator, particles: Particles, idx: torch.Tensor, images: torch.Tensor, device) -> None:
     """One half-set's share of a batch: transform, undo the shifts, weight by the CTFs, insert."""
-    f = fft2_centered(images.to(device))
+    f = fft2_centered_real(images.to(device))  # real images: via rfft2 (2–3× faster than the complex FFT)
     if particles.shifts is not None:
         f = phase_shift(f, -particles.shifts[idx].to(device))  # move the particle to the centre
     ctf = None

@@ -87,7 +87,8 @@ class CryoFoldModel(nn.Module):
         pred = self.predicted(batch, z, rotations, shifts) * self.log_scale.exp()
         mse = image_mse(pred, lat.gather(self.targets(batch))).mean()
         kl = kl_standard_normal(mu, logvar).mean()
-        terms = self.restraints.terms(self.volume.params(z)[0])
+        rigid = getattr(self.volume.decoder, "rigid_centers", None)  # pull from the rigid placement, if any
+        terms = self.restraints.terms(self.volume.params(z)[0], None if rigid is None else rigid(z))
         structure = self.restraints.total(terms).mean()
         return {"loss": mse + self.beta * kl / len(lat) + structure, "mse": mse.detach(), "kl": kl.detach(),
                 **{k: v.mean().detach() for k, v in terms.items()}}

@@ -53,7 +53,8 @@ def rigidity_loss(coords: torch.Tensor, pairs: torch.Tensor, lengths: torch.Tens
 
 
 def base_pull_loss(coords: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` ``mean_i |x_i − x⁰_i|²`` Å²: the L2 pull of ``coords (B, N, 3)`` to ``base (N, 3)`` Å."""
+    """``(B,)`` ``mean_i |x_i − x⁰_i|²`` Å²: the L2 pull of ``coords (B, N, 3)`` to ``base`` ``(N, 3)`` or
+    ``(B, N, 3)`` Å."""
     return (coords - base.to(coords.dtype)).square().sum(-1).mean(-1)
 
 
@@ -113,16 +114,17 @@ class StructureRestraints:
             "base", "ca_pairs", "bonds", "bond_lengths", "rigid_pairs", "rigid_lengths")),
             w_ca=self.w_ca, w_bond=self.w_bond, w_pull=self.w_pull, w_rigid=self.w_rigid)
 
-    def terms(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
+    def terms(self, coords: torch.Tensor, pull_to: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``{name: (B,)}`` of the switched-on terms (``ca``, ``bond``, ``pull``, ``rigid``) at
-        ``coords (B, N, 3)`` Å."""
+        ``coords (B, N, 3)`` Å; the pull is to ``pull_to`` ``(B, N, 3)`` Å when given (e.g. the base moved by
+        rigid-body motions), else to the base."""
         out = {}
         if self.w_ca > 0:
             out["ca"] = ca_distance_loss(coords, self.ca_pairs)
         if self.w_bond > 0:
             out["bond"] = bond_length_loss(coords, self.bonds, self.bond_lengths)
         if self.w_pull > 0:
-            out["pull"] = base_pull_loss(coords, self.base)
+            out["pull"] = base_pull_loss(coords, self.base if pull_to is None else pull_to)
         if self.w_rigid > 0:
             out["rigid"] = rigidity_loss(coords, self.rigid_pairs, self.rigid_lengths)
         return out

@@ -18,7 +18,8 @@ registered by name in :mod:`~cryolens.methods.registry` (the CLI and the benchma
 - ``fstdiff`` (:mod:`~cryolens.methods.fstdiff`): variational q(V) per Fourier voxel and q(R, t) per image.
 - ``e2gmm``, ``cryofold``, ``atomvae`` (:mod:`~cryolens.methods.e2gmm`, :mod:`~cryolens.methods.cryofold`,
   :mod:`~cryolens.methods.atomvae`): Gaussian mixtures moved by z (free blobs, or the residues / atoms of a
-  model; atomic models out).
+  model; atomic models out). ``multibody`` (:mod:`~cryolens.methods.multibody`): the chains of a model as rigid
+  bodies moved by z, each reconstructed from every image in its own frame.
 """
 
 from .registry import Known, MethodOutputs, Recipe, get, recipes, register, unregister
@@ -171,3 +172,12 @@ register(Recipe(
             "pose-only warm-up then joint; Gaussian likelihood, beta-KL, bond and pull terms; CTF known",
     needs=frozenset({"ctf"}), heterogeneity="continuous", learned=True,
     reference="Rosenbaum et al. 2021, arXiv 2106.14108 (no public code)"), replace=True)
+
+
+register(Recipe(
+    name="multibody", fit=".multibody:fit", config=".multibody:MultibodyConfig",
+    summary="the chains of a given model as rigid bodies moved by an MLP of z (VAE, as cryofold), then each chain "
+            "back-projected from every image in its own frame; poses, CTF known",
+    needs=frozenset({"poses", "ctf"}), heterogeneity="continuous", learned=True,
+    reference="Nakane et al. 2018, eLife 7:e36861 (RELION multi-body); motions learned as Zhong et al. 2021"),
+    replace=True)

@@ -30,7 +30,7 @@ from ..inference.engine import ParticleBatches, to_device
 from ..io.atomic import load_model_for_box, residue_index
 from ..io.particles import Particles
 from ..volumes.gaussian_mixture import GaussianMixtureVolume, from_atoms
-from ..volumes.mixture_decoder import MixtureDecoder
+from ..volumes.mixture_decoder import MixtureDecoder, RigidGroupDecoder
 from .config import option
 from .mixture_run import write_mixture_json
 from .registry import MethodOutputs
@@ -55,6 +55,9 @@ class CryoFoldConfig(TrainingConfig):
     w_pull: float = option(1e-3, "weight of the pull to the base model (per Å²)")
     w_rigid: float = option(0.0, "weight of local rigidity (per Å²)")
     rigid_cutoff: float = option(10.0, "residues closer than this in the base model keep their distance, Å")
+    motion: str = option("residues", "residues: each residue moves by at most max_shift (the paper); chains: each "
+                         "chain also turns and translates as a rigid body, residues by max_shift on top, the pull "
+                         "to the base measured from the chains' rigid placement")
 
 
 def atomic_mixture(particles: Particles, config, device, per: str = "residue"
@@ -67,10 +70,17 @@ def atomic_mixture(particles: Particles, config, device, per: str = "residue"
     d, px = particles.box_size, particles.pixel_size
     atoms = load_model_for_box(config.model, d, px)
     groups = residue_index(atoms) if per == "residue" else np.arange(len(atoms))
-    decoder = MixtureDecoder(config.zdim, int(groups.max()) + 1, config.dec_layers, config.dec_dim, dropout=0.0,
-                             batchnorm=False, amplitudes=False, shift_scale=config.max_shift)
-    volume = from_atoms(atoms, d, px, per=per, sigma=config.sigma or 1.5 * px, decoder=decoder,
-                        zdim=config.zdim, learn=(), device=device)
+    volume = from_atoms(atoms, d, px, per=per, sigma=config.sigma or 1.5 * px, learn=(), device=device)
+    if config.motion not in ("residues", "chains"):
+        raise InputError(f"option motion: {config.motion!r} is not one of residues, chains")
+    if config.motion == "chains":  # one rigid group per chain: the chain of each Gaussian's first atom
+        chain_of = np.unique(atoms.chain_ids, return_inverse=True)[1][np.unique(groups, return_index=True)[1]]
+        decoder = RigidGroupDecoder(config.zdim, volume.centers.detach().cpu(), torch.as_tensor(chain_of),
+                                    config.dec_layers, config.dec_dim, shift_scale=config.max_shift)
+    else:
+        decoder = MixtureDecoder(config.zdim, int(groups.max()) + 1, config.dec_layers, config.dec_dim,
+                                 dropout=0.0, batchnorm=False, amplitudes=False, shift_scale=config.max_shift)
+    volume.attach_decoder(decoder.to(device), config.zdim)
     ca = np.flatnonzero((atoms.atom_names == "CA") & (atoms.elements == "C"))
     ca = ca[np.unique(groups[ca], return_index=True)[1]]  # one Cα per Gaussian (the first altloc)
     pairs = torch.as_tensor(groups[ca])[consecutive_pairs(atoms.chain_ids[ca], atoms.residue_numbers[ca])]

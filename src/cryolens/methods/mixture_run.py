@@ -1,10 +1,11 @@
-"""A finished Gaussian-mixture run (``e2gmm``, ``cryofold``, ``atomvae``) loaded back to decode maps and models
-at any ``z`` (``cryolens eval-vol``). Not a recipe.
+"""A finished Gaussian-mixture run (``e2gmm``, ``cryofold``, ``atomvae``, ``multibody``) loaded back to decode maps
+and models at any ``z`` (``cryolens eval-vol``). Not a recipe.
 
 The recipes write ``model.json`` (recipe, box, pixel size, number of Gaussians, ``zdim``, options);
 :func:`load_mixture_run` rebuilds the mixture with its decoder from it, loads their weights and the neutral
 parameters from ``checkpoint.pt`` and, when the run was built from an atomic model, re-reads that model so
-every atom moves with its Gaussian.
+every atom moves with its Gaussian. A ``multibody`` run decodes its body maps (``bodies/body_NN.mrc``) moved by the
+chains' motions at ``z``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from ..inference.latent_model import TrainedModel
 from ..io.atomic import load_model_for_box, residue_index
 from ..io.checkpoint import load_checkpoint
 from ..volumes.gaussian_mixture import GaussianMixtureVolume
-from ..volumes.mixture_decoder import MixtureDecoder
+from ..inference.multibody import moved_maps
+from ..io.mrc import read_volume
+from ..volumes.mixture_decoder import MixtureDecoder, RigidGroupDecoder
 from .config import as_dict
 
-MIXTURE_RECIPES = ("e2gmm", "cryofold", "atomvae")
+MIXTURE_RECIPES = ("e2gmm", "cryofold", "atomvae", "multibody")
 
 
 def write_mixture_json(run, recipe: str, volume: GaussianMixtureVolume, n_images: int, config) -> None:
@@ -34,10 +37,22 @@ def write_mixture_json(run, recipe: str, volume: GaussianMixtureVolume, n_images
                                   "config": as_dict(config)})
 
 
-def _decoder(recipe: str, n: int, cfg: SimpleNamespace) -> MixtureDecoder:
+def _decoder(recipe: str, n: int, cfg: SimpleNamespace, state: dict) -> torch.nn.Module:
     if recipe == "e2gmm":
         return MixtureDecoder(cfg.zdim, n, cfg.layers, cfg.hidden, cfg.dropout, True, cfg.vary_amplitudes)
+    if getattr(cfg, "motion", "residues") == "chains":  # base, groups and origins come with the weights
+        n_groups = state["volume.decoder.origins"].shape[0]
+        return RigidGroupDecoder(cfg.zdim, torch.zeros(n, 3), torch.arange(n) % n_groups, cfg.dec_layers,
+                                 cfg.dec_dim, shift_scale=cfg.max_shift)
     return MixtureDecoder(cfg.zdim, n, cfg.dec_layers, cfg.dec_dim, 0.0, False, False, cfg.max_shift)
+
+
+def _body_maps(run: Path, device) -> torch.Tensor:
+    """``(G, D, D, D)`` a multibody run's weighted body maps (``bodies/body_NN.mrc``, in order)."""
+    files = sorted((run / "bodies").glob("body_*.mrc"))
+    if not files:
+        raise InputError(f"{run}: a multibody run without its body maps (bodies/body_NN.mrc)")
+    return torch.stack([torch.as_tensor(read_volume(f)[0]) for f in files]).to(device)
 
 
 def load_mixture_run(run_dir: str | Path, device=None) -> TrainedModel:
@@ -49,9 +64,9 @@ def load_mixture_run(run_dir: str | Path, device=None) -> TrainedModel:
         raise InputError(f"{run}: not a Gaussian-mixture run (recipe {meta.get('recipe')!r})")
     cfg = SimpleNamespace(**meta["config"])
     d, px, n = int(meta["box_size"]), float(meta["pixel_size"]), int(meta["n_gaussians"])
-    volume = GaussianMixtureVolume(torch.zeros(n, 3), torch.zeros(n), torch.ones(n), d, px,
-                                   _decoder(meta["recipe"], n, cfg), int(meta["zdim"]), learn=())
     state = load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"]
+    volume = GaussianMixtureVolume(torch.zeros(n, 3), torch.zeros(n), torch.ones(n), d, px,
+                                   _decoder(meta["recipe"], n, cfg, state), int(meta["zdim"]), learn=())
     volume.load_state_dict({k[len("volume."):]: v for k, v in state.items() if k.startswith("volume.")})
     if getattr(cfg, "model", None):
         atoms = load_model_for_box(cfg.model, d, px)
@@ -62,9 +77,15 @@ def load_mixture_run(run_dir: str | Path, device=None) -> TrainedModel:
     volume.to(dev).eval()
     z = np.load(run / "z.npy") if (run / "z.npy").is_file() else None
 
+    bodies = _body_maps(run, dev) if meta["recipe"] == "multibody" else None
+
     def decode(zb: torch.Tensor | None) -> torch.Tensor:
         if zb is None:
             raise ValueError(f"{run}: this model needs z of dimension {volume.zdim}")
+        if bodies is not None:
+            with torch.no_grad():
+                rot, t, _ = volume.decoder.rigid_moves(zb.to(dev).float())
+                return moved_maps(bodies, rot, t, volume.decoder.origins, px)
         return volume.render(zb.to(dev).float())
 
     return TrainedModel(decode=decode, latents=z, pixel_size=px, box_size=d, config={**meta["config"],

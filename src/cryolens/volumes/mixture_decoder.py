@@ -9,6 +9,10 @@ the output to the neutral model; here the last layer starts at zero, so the deco
 neutral model for every ``z`` (EMAN2 starts it at small random weights instead). CryoFold and AtomVAE use
 the same class without dropout or batch norm.
 
+:class:`RigidGroupDecoder` (ours, for domain motions larger than any bounded per-residue move: a domain
+turning through 180°): each group of Gaussians (a chain) turns about its centroid and translates as a rigid
+body, and every centre may move by a bounded residue-level step on top.
+
 Contract (the mixture volume's): ``forward(z (B, L)) → (d_centers (B, N, 3) Å, d_amplitudes (B, N) | None)``.
 """
 
@@ -73,3 +77,64 @@ class MixtureDecoder(nn.Module):
         d_centers = self.shift_scale * out[:, :3 * self.n].reshape(b, self.n, 3)
         d_amps = self.amplitude_scale * out[:, 3 * self.n:] if self.amplitudes else None
         return d_centers, d_amps
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """``(..., 3) → (..., 3, 3)``: the cross-product matrix ``[v]×`` (``[v]× x = v × x``)."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*v.shape[:-1], 3, 3)
+
+
+class RigidGroupDecoder(nn.Module):
+    """``z (B, L) → (Δcentres (B, N, 3) Å, None)``: rigid motion of each group plus a bounded local move.
+
+    Centre ``j`` of group ``g`` at base position ``c_j`` goes to ``R_g (c_j − o_g) + o_g + t_g + δ_j``, with
+    ``o_g`` the group's base centroid, ``R_g = exp([ω_g]×)`` (axis-angle ``ω_g`` in radians, unbounded: any
+    turn), ``t_g = translation_scale · tanh(·)`` Å and ``δ_j = shift_scale · tanh(·)`` Å (``shift_scale`` 0: no
+    local move). The last layers start at zero, so the decoder starts at the base model for every ``z``.
+
+    base: ``(N, 3)`` Å base centres. groups: ``(N,)`` int group of each centre (0 … G−1). layers, hidden: the
+    ReLU trunk (:func:`relu_trunk`)."""
+
+    def __init__(self, zdim: int, base: torch.Tensor, groups: torch.Tensor, layers: int = 3, hidden: int = 256,
+                 shift_scale: float = 0.0, translation_scale: float = 20.0):
+        super().__init__()
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        base = torch.as_tensor(base, dtype=torch.float32)
+        g = int(groups.max()) + 1
+        self.trunk = relu_trunk(zdim, layers, hidden)
+        width = int(hidden) if int(layers) > 0 else int(zdim)
+        self.rigid = nn.Linear(width, 6 * g)
+        self.local = nn.Linear(width, 3 * base.shape[0]) if shift_scale > 0 else None
+        for layer in (self.rigid, self.local):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        origins = torch.zeros(g, 3).index_add_(0, groups, base) / torch.bincount(groups, minlength=g)[:, None]
+        self.register_buffer("base", base)
+        self.register_buffer("groups", groups)
+        self.register_buffer("origins", origins)
+        self.shift_scale, self.translation_scale = float(shift_scale), float(translation_scale)
+
+    def rigid_moves(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(R (B, G, 3, 3), t (B, G, 3) Å, trunk output (B, H))`` at ``z``."""
+        h = self.trunk(z.float())
+        p = self.rigid(h).reshape(z.shape[0], -1, 6)
+        return torch.linalg.matrix_exp(skew(p[..., :3])), self.translation_scale * torch.tanh(p[..., 3:]), h
+
+    def rigid_centers(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, N, 3)`` Å: the base centres moved by their groups' rigid motions only (no local move)."""
+        return self._moved(*self.rigid_moves(z)[:2])
+
+    def _moved(self, rot: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        o = self.origins[self.groups]
+        x = torch.einsum("bnij,nj->bni", rot[:, self.groups], self.base - o)
+        return x + o + t[:, self.groups]
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        rot, t, h = self.rigid_moves(z)
+        d = self._moved(rot, t) - self.base
+        if self.local is not None:
+            d = d + self.shift_scale * torch.tanh(self.local(h)).reshape(z.shape[0], -1, 3)
+        return d, None

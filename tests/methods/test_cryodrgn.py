@@ -69,3 +69,48 @@ def test_variational_autodecoder_keeps_one_latent_per_image(tmp_path):
     maps = trained.decode(torch.from_numpy(z[:3]))
     assert maps.shape == (3, 16, 16, 16)
     assert out.decode is not None
+
+
+def _loss_and_grads(model, batch, old_net: bool):
+    """Loss and every parameter's gradient of one training step (the reparametrisation noise fixed);
+    ``old_net``: the decoder as it was before issue 29, z concatenated to every point's encoding."""
+    field = model.field
+    if old_net:
+        def concatenated(coords, z):
+            x = field.encoding(coords)
+            return field.mlp(torch.cat([x, z[:, None, :].to(x.dtype).expand(-1, x.shape[1], -1)], dim=-1))
+        field._net = concatenated
+    model.zero_grad()
+    torch.manual_seed(1)
+    terms = model(batch)
+    terms["loss"].backward()
+    if old_net:
+        del field._net
+    return terms["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_training_loss_and_gradients_equal_the_concatenated_decoder_input(tmp_path):
+    """The cryodrgn model with z entering the decoder's first layer once per image (issue 29's speed-up)
+    gives the loss and the gradient of every parameter of the formulation it replaced — z concatenated
+    to the encoding of each lattice point — on one batch (CTF, shifts, VAE noise): float64 to 1e-10,
+    float32 to float32 rounding."""
+    from cryolens.inference.engine import ParticleBatches
+    from cryolens.inference.latent_model import build_model
+    from cryolens.methods.cryodrgn import CryoDRGNConfig
+
+    particles, _ = blob_dataset(tmp_path, 6, hetero=True)
+    cfg = CryoDRGNConfig(zdim=3, enc_layers=1, enc_dim=16, dec_layers=2, dec_dim=16)
+    batch = ParticleBatches(particles)[list(range(6))]
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        model = build_model(particles.box_size, particles.pixel_size, 6, cfg, "vae").to(dtype)
+        b = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+             for k, v in batch.items()}
+        loss, grads = _loss_and_grads(model, b, old_net=False)
+        loss_old, grads_old = _loss_and_grads(model, b, old_net=True)
+        assert loss.dtype == dtype and loss > 0
+        torch.testing.assert_close(loss, loss_old, rtol=tol, atol=0)
+        assert set(grads) == set(grads_old) and grads["field.mlp.inp.weight"].abs().max() > 0
+        for name in grads:
+            scale = grads_old[name].abs().max()
+            torch.testing.assert_close(grads[name], grads_old[name], rtol=0, atol=tol * max(float(scale), 1e-30),
+                                       msg=name)

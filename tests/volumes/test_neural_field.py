@@ -65,7 +65,7 @@ def test_fourier_field_evaluates_half_the_lattice_and_equals_full_evaluation():
     lat = SliceLattice(16)
     rots, z = random_rotations(4), torch.randn(4, 3)
     rows = []
-    hook = field.mlp.inp.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[-2]))
+    hook = field.mlp.blocks[0].register_forward_hook(lambda m, i, o: rows.append(i[0].shape[-2]))
     half = field.slices(rots, z, lat)
     hook.remove()
     assert rows == [1 + lat.n_half]
@@ -125,3 +125,30 @@ def test_tiny_field_fitted_to_blob_slices_renders_the_blob():
         opt.step()
     curve = np.asarray(fsc(field.render()[0], truth))
     assert curve[:4].min() > 0.95 and curve[4] > 0.8, curve
+
+
+def test_first_layer_with_a_shared_vector_equals_the_linear_layer_on_the_concatenation():
+    """ResidualMLP.first_layer(x, c) — c multiplied once per item — equals nn.Linear on [x, c repeated on
+    every row] (the concatenated form it replaces), in value and in the gradients of the weight, the bias,
+    c and x, float64; the whole MLP with ``cond`` equals the MLP on the concatenation."""
+    from cryolens.volumes.mlp import ResidualMLP
+
+    torch.manual_seed(0)
+    mlp = ResidualMLP(7 + 3, 2, 16, 2).double()
+    x = torch.randn(4, 9, 7, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 9, 16, dtype=torch.float64)
+
+    def grads(pre):
+        mlp.zero_grad()
+        x.grad = c.grad = None
+        (pre * upstream).sum().backward()
+        return [t.grad.clone() for t in (mlp.inp.weight, mlp.inp.bias, c, x)]
+
+    concat = torch.cat([x, c[:, None, :].expand(-1, 9, -1)], dim=-1)
+    reference = torch.nn.functional.linear(concat, mlp.inp.weight, mlp.inp.bias)
+    split = mlp.first_layer(x, c)
+    torch.testing.assert_close(split, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads(mlp.first_layer(x, c)), grads(reference)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mlp(x, c), mlp(concat), rtol=1e-12, atol=1e-12)

@@ -161,6 +161,17 @@ class TrainConfig:
     epoch_images: int = 0
 
 
+def make_optimizer(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """``config.optimizer`` (Adam or AdamW, ``lr``, ``weight_decay``) over the parameter ``groups``. On the
+    CPU the fused kernel: one pass over each parameter instead of about ten elementwise passes, the same
+    update to float32 rounding."""
+    opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(config.optimizer.lower())
+    if opt is None:
+        raise InputError(f"optimizer {config.optimizer!r}: expected adam or adamw")
+    return opt(groups, lr=config.lr, weight_decay=config.weight_decay,
+               fused=True if torch.device(device).type == "cpu" else None)
+
+
 class Trainer:
     """Train ``model`` (engine docstring) on ``particles``, writing ``checkpoint.pt`` and ``log.jsonl``
     into ``out_dir``. ``progress``: show the tqdm bar. ``strategies``: the
@@ -183,10 +194,7 @@ class Trainer:
         self.step = 0
         self.model.to(self.device)
         groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
-        opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(config.optimizer.lower())
-        if opt is None:
-            raise InputError(f"optimizer {config.optimizer!r}: expected adam or adamw")
-        self.optimizer = opt(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(groups, config, self.device)
         cuda = self.device.type == "cuda"
         self.amp_dtype = None
         if cuda and config.amp:

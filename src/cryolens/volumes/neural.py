@@ -55,13 +55,15 @@ class NeuralField(nn.Module):
         self.register_buffer("output_scale", torch.ones(()))
 
     def _net(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Raw network outputs ``(B, M, C)`` at ``coords (B, M, 3)``."""
+        """Raw network outputs ``(B, M, C)`` at ``coords (B, M, 3)``, ``z (B, L)``: the MLP on
+        ``[encoding(k), z]`` (:meth:`~cryolens.volumes.mlp.ResidualMLP.first_layer`)."""
         x = self.encoding(coords)
-        if self.zdim:
-            if z is None:
-                raise ValueError(f"this volume is conditioned on z (zdim={self.zdim}); got z=None")
-            x = torch.cat([x, z[:, None, :].to(x.dtype).expand(-1, x.shape[1], -1)], dim=-1)
-        return self.mlp(x)
+        if not self.zdim:
+            return self.mlp(x)
+        if z is None:
+            raise ValueError(f"this volume is conditioned on z (zdim={self.zdim}); got z=None")
+        # z enters the first layer once per item, not concatenated to each of its M points
+        return self.mlp(x, z.to(x.dtype))
 
     def fourier(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Complex Fourier values ``(B, M)`` at ``coords (B, M, 3)``. A Hartley-domain field evaluates

@@ -61,7 +61,7 @@ def timeline_runs(bench_cache, tmp_path_factory):
     snapshot at the first save; and, in this process, the same recipe trained for 1 epoch and scored
     (the reference)."""
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
-    task.scores = ["per_image_fsc_auc", "latent_truth"]  # the scores checked here (the others cost time)
+    task.scores = ["per_image_fsc_auc", "latent_truth", "per_conformation_fsc"]  # those checked here (others cost time)
     methods = available_methods(["cryodrgn"], include_adapters=False)
     small = {"epochs": 2, "enc_dim": 32, "dec_dim": 32, "batch_size": 16, "zdim": 1}
     out2 = tmp_path_factory.mktemp("two_epochs")
@@ -95,6 +95,8 @@ def test_snapshot_point_equals_a_run_stopped_there(timeline_runs):
     assert pts[1]["metrics"][key] == drgn["metrics"][key]
     assert pts[0]["metrics"][key] == pytest.approx(one[key], abs=1e-6)
     assert pts[0]["metrics"]["latent_truth_r2"] == pytest.approx(one["latent_truth_r2"], abs=1e-6)
+    # a snapshot skips the scores that decode a map per conformation; the final point has them
+    assert "conformation_mean_auc" in pts[1]["metrics"] and "conformation_mean_auc" not in pts[0]["metrics"]
     t, v = series(drgn, key)
     assert len(t) == 2 and v[1] == drgn["metrics"][key]
 
@@ -147,7 +149,7 @@ def test_cryodrgn_peer_scored_per_saved_epoch(tmp_path, monkeypatch, bench_cache
     from cryolens.simulate.dataset import read_ground_truth
 
     task = next(t for t in load_tasks("tiny") if t.name == "continuous-poses-snr1")
-    task.scores = ["per_image_fsc_auc", "latent_truth"]  # the scores checked here (the others cost time)
+    task.scores = ["per_image_fsc_auc", "latent_truth", "per_conformation_fsc"]  # those checked here (others cost time)
     truth = np.asarray(read_ground_truth(ensure_dataset(task, bench_cache))["hinge_angle_deg"], dtype=np.float32)
     noise = np.random.default_rng(0).normal(size=len(truth)).astype(np.float32)
     latents = {0: noise[:, None], 1: truth[:, None], None: truth[:, None]}

@@ -3,7 +3,8 @@
 While a recipe trained on the one engine runs in the benchmark (:mod:`cryolens.bench.runner`), the engine
 keeps a copy of its checkpoint at the first epoch end after each of :data:`SNAPSHOT_TIMES_S` seconds
 (:func:`cryolens.inference.snapshots.checkpoint_snapshots`). After the run, each copy is scored by the
-same code as the final outputs (:func:`cryolens.bench.scoring.score`): the recipe's ``fit`` is called
+same code as the final outputs (:func:`cryolens.bench.scoring.score`; without the scores of
+:data:`SNAPSHOT_SKIPS`, which decode many maps and are not plotted against time): the recipe's ``fit`` is called
 again in a scratch folder holding that checkpoint (and the training log), with ``resume`` on and
 ``epochs`` set to the epochs it had completed — nothing left to train, so ``fit`` only finishes (latents,
 maps) from the weights of that time. ``timeline.json`` in the run folder lists the points
@@ -33,6 +34,11 @@ from ..io.runfolder import RunFolder
 
 #: wall-clock seconds after which the engine keeps a checkpoint for scoring (1, 5 and 20 min)
 SNAPSHOT_TIMES_S = (60.0, 300.0, 1200.0)
+#: the scores a snapshot is not given: the ones that decode many more maps or models than the headline's per-image
+#: FSC-AUC (one map per conformation, the clustering's maps, per-image models, the half-data fits). A snapshot
+#: point has the headline and the cheap scores; the final point has every score of the task.
+SNAPSHOT_SKIPS = frozenset({"per_conformation_fsc", "conformational_clustering", "per_image_ca_rmsd",
+                            "conformational_resolution"})
 
 
 def resumable(recipe) -> bool:
@@ -53,6 +59,7 @@ def score_snapshots(method, task, particles, dataset_dir: Path, run_dir: Path, c
     from .scoring import Truth, score
 
     snap_dir = run_dir / "snapshots"
+    task = dataclasses.replace(task, scores=[s for s in task.scores if s not in SNAPSHOT_SKIPS])
     finish = getattr(method.recipe.fit, "finish_snapshot", None) or functools.partial(_resume, method.recipe.fit)
     points = []
     truth = None

@@ -223,3 +223,39 @@ def half_plane_multiplicity(padded: int, dtype=torch.float64, device=None) -> to
     m = torch.full((padded // 2 + 1,), 2.0, dtype=dtype, device=device)
     m[0] = m[-1] = 1.0
     return m
+
+
+def half_column_products(images: torch.Tensor, shifts: torch.Tensor | None, ctf, pixel_size: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the insertion of real images reads, computed on their ``kx ≥ 0`` half columns only: the centred
+    transforms of ``images (B, D, D)`` with ``shifts (B, 2)`` px undone (None: none) times the CTFs of ``ctf``
+    (:class:`~cryolens.imaging.ctf.CTFParams` of ``B`` images, None: 1), and the CTFs squared. Returns
+    ``(values, weights)`` ``(B, D, D)`` in the centred layout, zero outside the columns the half insertion
+    reads (``−Nyquist`` and ``kx = 0 … D/2 − 1``; :func:`~cryolens.imaging.slice._half_columns`): on those columns
+    equal to ``phase_shift(fft2_centered_real(images), −shifts) · ctf_2d`` and ``ctf_2d²`` (tested), in about
+    half their work. CTFs in float64, cast to the images' dtype, as :func:`~cryolens.imaging.ctf.ctf_2d`."""
+    from .ctf import ctf_from_freqs
+    from .fft import rfft2_centered
+
+    d = images.shape[-1]
+    half = rfft2_centered(images)  # (B, D, D/2+1): rows centred, columns kx = 0 … D/2
+    cols = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(d // 2, d)]).to(images.device)
+    src = torch.cat([torch.tensor([d // 2]), torch.arange(0, d // 2)]).to(images.device)  # −Nyquist ≡ +Nyquist
+    data = half[..., src]  # (B, D, C) in the order of cols
+    grid = freq_grid_2d(d, device=images.device, dtype=torch.float64)[:, cols]  # (D, C, 2) cycles/px (x, y)
+    if shifts is not None:
+        s = -shifts.to(device=images.device, dtype=images.dtype)
+        f = grid.to(images.dtype)
+        phase_x = -2 * torch.pi * f[0, :, 0][None] * s[:, :1]  # (B, C)
+        phase_y = -2 * torch.pi * f[:, 0, 1][None] * s[:, 1:]  # (B, D)
+        data = data * (torch.polar(torch.ones_like(phase_y), phase_y)[:, :, None]
+                       * torch.polar(torch.ones_like(phase_x), phase_x)[:, None, :])
+    if ctf is None:
+        c = torch.ones(data.shape, dtype=images.dtype, device=images.device)
+    else:
+        c = ctf_from_freqs(grid / pixel_size, ctf.to(dtype=torch.float64)).to(images.dtype)
+    values = torch.zeros(*data.shape[:-1], d, dtype=data.dtype, device=images.device)
+    weights = torch.zeros(*data.shape[:-1], d, dtype=images.dtype, device=images.device)
+    values[..., cols] = data * c
+    weights[..., cols] = c * c
+    return values, weights

@@ -81,12 +81,18 @@ class FourierAccumulator:
             values, weights = images_ft * c * s, c * c * s
         else:
             values, weights = images_ft * c, c * c
+        self.add_products(values, weights, rotations)
+
+    def add_products(self, values: torch.Tensor, weights: torch.Tensor, rotations: torch.Tensor) -> None:
+        """Insert ``values`` ``Σ c X̃`` ``(B, D, D)`` complex and ``weights`` ``Σ c²`` ``(B, D, D)`` real, already
+        formed (e.g. on the half columns only, :func:`~cryolens.imaging.half_grid.half_column_products`; only the
+        ``kx ≥ 0`` half columns are read), along ``rotations``."""
         fast = scatter_voxel_major_available(torch.empty(0, dtype=self._dtype, device=self.device), self.padded)
         if fast and self._voxel_major is None:
             self._voxel_major = torch.zeros(math.prod(half_staging_shape(self.padded)), 3, dtype=self._dtype)
         target = self._voxel_major if fast else self.staging
         scatter_half([target], [values], rotations, self.padded, [weights], voxel_major=fast)
-        self.count += images_ft.shape[0]
+        self.count += values.shape[0]
         self._done = None
 
     @staticmethod

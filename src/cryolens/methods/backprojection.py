@@ -21,9 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..imaging.ctf import ctf_2d
-from ..imaging.fft import fft2_centered_real
-from ..imaging.shift import phase_shift
+from ..imaging.half_grid import half_column_products
 from ..inference.distributed import shard
 from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
 from ..io.dataset import iterate_batches
@@ -48,14 +46,12 @@ class BackprojectionResult:
 
 
 def _insert(acc: FourierAccumulator, particles: Particles, idx: torch.Tensor, images: torch.Tensor, device) -> None:
-    """One half-set's share of a batch: transform, undo the shifts, weight by the CTFs, insert."""
-    f = fft2_centered_real(images.to(device))  # real images: via rfft2 (2–3× faster than the complex FFT)
-    if particles.shifts is not None:
-        f = phase_shift(f, -particles.shifts[idx].to(device))  # move the particle to the centre
-    ctf = None
-    if particles.ctf is not None:
-        ctf = ctf_2d(particles.ctf[idx].to(device), particles.box_size, particles.pixel_size, device=device)
-    acc.add(f, particles.rotations[idx].to(device), ctf)
+    """One half-set's share of a batch: transform, undo the shifts, weight by the CTFs, insert — each on the
+    ``kx ≥ 0`` half columns only (the half grid reads no others)."""
+    shifts = None if particles.shifts is None else particles.shifts[idx].to(device)
+    ctf = None if particles.ctf is None else particles.ctf[idx].to(device)
+    values, weights = half_column_products(images.to(device), shifts, ctf, particles.pixel_size)
+    acc.add_products(values, weights, particles.rotations[idx].to(device))
 
 
 def accumulate(particles: Particles, pad: int = 2, batch_size: int = 64, device=None, seed: int = 0,

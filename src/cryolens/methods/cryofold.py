@@ -107,19 +107,29 @@ def first_images(particles: Particles, n: int, device) -> dict:
     return to_device(ParticleBatches(particles)[list(range(min(len(particles), n)))], device)
 
 
-def fit(particles: Particles, known, run, config: CryoFoldConfig, device=None, progress=True) -> MethodOutputs:
-    """Registry entry point of ``cryofold`` (module docstring)."""
+def trained(particles: Particles, run, config: CryoFoldConfig, device, progress: bool, recipe: str
+            ) -> tuple[CryoFoldModel, np.ndarray] | None:
+    """Build, train (the one engine) and evaluate the model of ``recipe`` (``model.json`` written); returns the model
+    and every image's ``z`` ``(N, L)`` on the main process, None on the others. Poses are required."""
     if particles.rotations is None:
-        raise InputError(f"{particles.name}: cryofold needs poses (rlnAngleRot/Tilt/Psi)")
-    device = torch.device(device or "cpu")
+        raise InputError(f"{particles.name}: {recipe} needs poses (rlnAngleRot/Tilt/Psi)")
     model = build(particles, config, device)
     if is_main():
-        write_mixture_json(run, "cryofold", model.volume, len(particles), config)
+        write_mixture_json(run, recipe, model.volume, len(particles), config)
     train(model, particles, run, config, device, progress)
     if not is_main():
-        return MethodOutputs(pixel_size=particles.pixel_size)
+        return None
     model.eval()
-    z = infer_latents(model, particles, device)
+    return model, infer_latents(model, particles, device)
+
+
+def fit(particles: Particles, known, run, config: CryoFoldConfig, device=None, progress=True) -> MethodOutputs:
+    """Registry entry point of ``cryofold`` (module docstring)."""
+    device = torch.device(device or "cpu")
+    done = trained(particles, run, config, device, progress, "cryofold")
+    if done is None:
+        return MethodOutputs(pixel_size=particles.pixel_size)
+    model, z = done
     zt = torch.as_tensor(z, device=device)
     volume = model.volume
     summary, history = run_summary(run, config)

@@ -24,16 +24,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..inference.distributed import is_main
-from ..inference.latent_model import infer_latents
 from ..inference.multibody import body_poses, body_weights, moved_maps
 from ..io.particles import Particles
 from .backprojection import backproject
 from .config import option
-from .cryofold import CryoFoldConfig, build
-from .mixture_run import write_mixture_json
+from .cryofold import CryoFoldConfig, trained
 from .registry import MethodOutputs
-from .training import run_summary, train
+from .training import run_summary
 
 
 @dataclass(frozen=True)
@@ -66,19 +63,13 @@ def body_maps(particles: Particles, decoder, z: np.ndarray, softness: float, pad
 
 def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, progress=True) -> MethodOutputs:
     """Registry entry point of ``multibody`` (module docstring)."""
-    if particles.rotations is None:
-        raise InputError(f"{particles.name}: multibody needs poses (rlnAngleRot/Tilt/Psi)")
     if config.motion != "chains":
         raise InputError(f"option motion: multibody moves chains as rigid bodies, not {config.motion!r}")
     device = torch.device(device or "cpu")
-    model = build(particles, config, device)
-    if is_main():
-        write_mixture_json(run, "multibody", model.volume, len(particles), config)
-    train(model, particles, run, config, device, progress)
-    if not is_main():
+    done = trained(particles, run, config, device, progress, "multibody")
+    if done is None:
         return MethodOutputs(pixel_size=particles.pixel_size)
-    model.eval()
-    z = infer_latents(model, particles, device)
+    model, z = done
     decoder, px = model.volume.decoder, particles.pixel_size
     maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress).to(device)
 

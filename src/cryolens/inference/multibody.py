@@ -14,6 +14,8 @@ reconstructed from all the images instead of from the few that share one state.
 - :func:`body_weights`: a partition of the box between the bodies (a softmax of the distance to each body's
   nearest centre), so that the bodies' maps add up to one map.
 - :func:`moved_maps`: the per-image map ``Σ_g (w_g V_g)`` moved by the image's motions (trilinear).
+- :func:`best_motions`: for each image, the best of a set of candidate motions against the body maps (a search, as
+  RELION's multi-body refinement searches each body's orientation).
 """
 
 from __future__ import annotations
@@ -69,3 +71,49 @@ def moved_maps(body_maps: torch.Tensor, body_rotations: torch.Tensor, body_trans
         src = torch.einsum("bji,bpj->bpi", body_rotations[:, g].to(body_maps.dtype), rel) + o  # R_gᵀ (x − o − t) + o
         out += sample_volume(body_maps[g], src)
     return out.reshape(b, d, d, d)
+
+
+def best_motions(particles, bodies: torch.Tensor, rotations: torch.Tensor, translations: torch.Tensor,
+                 origins: torch.Tensor, max_freq: float = 0.125, batch_size: int = 128, device=None) -> torch.Tensor:
+    """For every image, the candidate motion whose bodies' projections match it best: ``(N,)`` int index.
+
+    bodies: ``(G, D, D, D)`` weighted body maps (base frame). rotations ``(C, G, 3, 3)`` and translations
+    ``(C, G, 3)`` Å: the ``C`` candidate motions of the bodies (about ``origins (G, 3)`` Å). Each candidate's
+    prediction of image ``i`` is ``Σ_g`` the Fourier slice of body ``g`` under :func:`body_poses` (with the image's
+    shift and CTF, :func:`~cryolens.imaging.forward.forward_fourier`); the score is ``Re⟨P, Y⟩ / ‖P‖`` over the
+    frequencies below ``max_freq`` cycles/px (a least-squares fit of the image by ``P`` times a free scale, which
+    a global scale of the maps does not change). Maps and images are cropped in Fourier space to the smallest even
+    box holding those frequencies first (the same frequencies, far fewer pixels). Images stream from disk in
+    batches of ``batch_size``."""
+    from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
+    from ..imaging.forward import forward_fourier
+    from ..imaging.grids import freq_grid_2d
+    from ..imaging.slice import prepare_volume_ft
+    from ..io.dataset import iterate_batches
+
+    device = torch.device(device or "cpu")
+    d, px = particles.box_size, particles.pixel_size
+    small = min(d, 2 * int(max_freq * d) + 4)  # even: the kept frequencies and a margin for interpolation
+    lo = d // 2 - small // 2
+    crop = slice(lo, lo + small)
+    fts = [prepare_volume_ft(ifft3_centered(fft3_centered(b.to(device).double())[crop, crop, crop]).real.float())
+           for b in bodies]
+    px_small = px * d / small  # the same frequencies k / (D·px) on the small grid
+    keep = freq_grid_2d(small, device=device).norm(dim=-1) <= max_freq * d / small
+    best = torch.empty(len(particles), dtype=torch.long)
+    for idx, images in iterate_batches(particles, batch_size):
+        sel = torch.as_tensor(idx)
+        y = fft2_centered(images.to(device))[:, crop, crop][:, keep]
+        rot = particles.rotations[sel].to(device)
+        sh = None if particles.shifts is None else particles.shifts[sel].to(device) * (small / d)
+        ctf = None if particles.ctf is None else particles.ctf[sel].to(device)
+        score = torch.empty(len(idx), rotations.shape[0], device=device)
+        for c in range(rotations.shape[0]):
+            pred = 0
+            for g, ft in enumerate(fts):
+                r, s = body_poses(rot, sh, rotations[c, g].expand(len(idx), -1, -1),
+                                  translations[c, g].expand(len(idx), -1), origins[g], px_small)
+                pred = pred + forward_fourier(ft, r, small, s, ctf, px_small)[:, keep]
+            score[:, c] = (pred.conj() * y).real.sum(-1) / pred.abs().square().sum(-1).clamp_min(1e-30).sqrt()
+        best[sel] = score.argmax(1).cpu()
+    return best

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..inference.multibody import body_poses, body_weights, moved_maps
+from ..inference.multibody import best_motions, body_poses, body_weights, moved_maps
 from ..io.particles import Particles
 from .backprojection import backproject
 from .config import option
@@ -41,6 +41,11 @@ class MultibodyConfig(CryoFoldConfig):
     epochs: int = option(30, "passes over the data (epochs)")
     lr: float = option(1e-3, "learning rate of Adam")
     softness: float = option(0.0, "width of the boundary between two bodies' regions, Å (0: two pixels)")
+    search: int = option(48, "candidate latents searched per image against the body maps: this many along the first "
+                             "principal axis of z, over its range extended by search_extend on each side, plus every "
+                             "5th image's latent (0: no search)")
+    search_extend: float = option(2.5, "how far the searched axis runs beyond the learned latents, in their range")
+    search_resolution: float = option(12.0, "the search compares frequencies up to 1 / this, Å")
     pad: int = option(2, "padding factor of the bodies' back-projections")
 
 
@@ -61,6 +66,23 @@ def body_maps(particles: Particles, decoder, z: np.ndarray, softness: float, pad
     return torch.stack(maps)
 
 
+def searched_latents(particles: Particles, decoder, maps: torch.Tensor, z: np.ndarray, config: MultibodyConfig,
+                     device) -> np.ndarray:
+    """``(N, L)`` each image's best latent among the candidates of ``config.search`` (its docstring), chosen by
+    :func:`~cryolens.inference.multibody.best_motions` against the body maps ``maps``."""
+    zc = z - z.mean(0)
+    axis = np.linalg.svd(zc, full_matrices=False)[2][0]
+    pc = zc @ axis
+    span = pc.max() - pc.min()
+    ts = np.linspace(pc.min() - config.search_extend * span, pc.max() + config.search_extend * span, config.search)
+    cands = np.concatenate([z.mean(0)[None] + ts[:, None] * axis[None], z[::5]]).astype(np.float32)
+    with torch.no_grad():
+        rot, t, _ = decoder.rigid_moves(torch.as_tensor(cands, device=device))
+    max_freq = min(0.5, particles.pixel_size / config.search_resolution)
+    best = best_motions(particles, maps, rot, t, decoder.origins, max_freq, device=device)
+    return cands[best.numpy()]
+
+
 def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, progress=True) -> MethodOutputs:
     """Registry entry point of ``multibody`` (module docstring)."""
     if config.motion != "chains":
@@ -72,6 +94,9 @@ def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, 
     model, z = done
     decoder, px = model.volume.decoder, particles.pixel_size
     maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress).to(device)
+    if config.search > 0:  # the decoder extrapolates past the learned latents (a turn the VAE did not reach)
+        z = searched_latents(particles, decoder, maps, z, config, device)
+        maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress).to(device)
 
     def decode(zb: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -48,7 +48,7 @@ MEASURED_D64 = {"backprojection": (25.8, 1968, {}), "cryodrgn": (778.0, 632, {"e
                 "e2gmm": (479.0, 2063, {"epochs": 10}),
                 **{m: (2 * wall, peak, opts) for m, (wall, peak, opts) in {  # 500 images: twice per 1,000
                     "3dflex": (345.4, 1908, {"epochs": 2}), "cryofold": (117.9, 1227, {"epochs": 20}),
-                    "multibody": (131.5, 1322, {"epochs": 30}),
+                    "multibody": (79.7, 1272, {"epochs": 30}),
                     "recovar": (524.0, 3842, {}), "cryodrgn-4.3": (381.4, 932, {"epochs": 2}),
                     "atomvae": (178.1, 1309, {"epochs": 4}), "multi-cryogan": (437.8, 2927, {"epochs": 3}),
                     "cryovaegan": (125.7, 462, {"epochs": 4})}.items()}}

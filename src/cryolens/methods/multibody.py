@@ -9,7 +9,8 @@ chain moves as a rigid body (:class:`~cryolens.volumes.mixture_decoder.RigidGrou
 ``max_shift`` on top) and each chain's map is back-projected from every image seen in that chain's frame.
 
 Composition: :func:`~cryolens.methods.cryofold.build` with ``motion="chains"`` trained by the one engine;
-each image's chain motions at its ``z``; :func:`~cryolens.inference.multibody.body_poses` and
+each image's chain motions at its ``z``, then searched per image among candidate latents against the body maps
+(:func:`~cryolens.inference.multibody.best_motions`, option ``search``); :func:`~cryolens.inference.multibody.body_poses` and
 :func:`~cryolens.methods.backprojection.backproject` per chain, weighted by
 :func:`~cryolens.inference.multibody.body_weights`; per-image maps by
 :func:`~cryolens.inference.multibody.moved_maps`. Defaults (30 epochs, Adam 10⁻³) are ours (docs/METHODS.md

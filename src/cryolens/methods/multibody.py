@@ -10,8 +10,9 @@ chain moves as a rigid body (:class:`~cryolens.volumes.mixture_decoder.RigidGrou
 
 Composition: :func:`~cryolens.methods.cryofold.build` with ``motion="chains"`` trained by the one engine;
 each image's chain motions at its ``z``, then searched per image among candidate latents against the body maps
-(:func:`~cryolens.inference.multibody.best_motions`, option ``search``); :func:`~cryolens.inference.multibody.body_poses` and
-:func:`~cryolens.methods.backprojection.backproject` per chain, weighted by
+(:func:`~cryolens.inference.multibody.best_motions`, option ``search``);
+:func:`~cryolens.inference.multibody.body_poses` and :func:`~cryolens.methods.backprojection.backproject` per chain,
+weighted by
 :func:`~cryolens.inference.multibody.body_weights`; per-image maps by
 :func:`~cryolens.inference.multibody.moved_maps`. Defaults (30 epochs, Adam 10⁻³) are ours (docs/METHODS.md
 "Multi-body"). Outputs as cryofold's, plus ``bodies/body_NN.mrc`` (the weighted body maps, base frame).

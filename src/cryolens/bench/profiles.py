@@ -42,7 +42,7 @@ MEASURED = {"backprojection": (1.14, 292), "relion-reconstruct": (1.74, 223), "c
 #: (10 epochs, with its two half-data fits) finished. The recipes and peers first timed in the default profile's
 #: leaderboard (500 images, two runs at a time, no half-data fits; the ANM task, the no-pose assembly for the
 #: methods that need no poses; benchmarks/LEADERBOARD.md, 2026-12-06; cryofold at 20 epochs and multibody from
-#: its rows added that day, machine load 3-5) are stored per 1,000 images; RECOVAR's
+#: its rows added that day, machine load 1-5) are stored per 1,000 images; RECOVAR's
 #: time is mostly its JAX compilation, so it does not really scale with N.
 MEASURED_D64 = {"backprojection": (25.8, 1968, {}), "cryodrgn": (778.0, 632, {"epochs": 4}),
                 "e2gmm": (479.0, 2063, {"epochs": 10}),

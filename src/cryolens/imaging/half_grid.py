@@ -22,7 +22,7 @@ import torch
 
 from . import native
 from .grids import freq_grid_2d
-from .slice import SCATTER_POINTS, _pixel_multiplicity, gridding_kernel
+from .slice import SCATTER_POINTS, _half_columns, _pixel_multiplicity, gridding_kernel
 
 
 def half_staging_shape(padded: int) -> tuple[int, int, int]:
@@ -239,7 +239,7 @@ def half_column_products(images: torch.Tensor, shifts: torch.Tensor | None, ctf,
 
     d = images.shape[-1]
     half = rfft2_centered(images)  # (B, D, D/2+1): rows centred, columns kx = 0 … D/2
-    cols = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(d // 2, d)]).to(images.device)
+    cols = _half_columns(d, images.device)  # −Nyquist, then kx = 0 … D/2 − 1
     src = torch.cat([torch.tensor([d // 2]), torch.arange(0, d // 2)]).to(images.device)  # −Nyquist ≡ +Nyquist
     data = half[..., src]  # (B, D, C) in the order of cols
     grid = freq_grid_2d(d, device=images.device, dtype=torch.float64)[:, cols]  # (D, C, 2) cycles/px (x, y)

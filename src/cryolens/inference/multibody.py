@@ -83,37 +83,38 @@ def best_motions(particles, bodies: torch.Tensor, rotations: torch.Tensor, trans
     shift and CTF, :func:`~cryolens.imaging.forward.forward_fourier`); the score is ``Re⟨P, Y⟩ / ‖P‖`` over the
     frequencies below ``max_freq`` cycles/px (a least-squares fit of the image by ``P`` times a free scale, which
     a global scale of the maps does not change). Maps and images are cropped in Fourier space to the smallest even
-    box holding those frequencies first (the same frequencies, far fewer pixels). Images stream from disk in
-    batches of ``batch_size``."""
-    from ..imaging.fft import fft2_centered, fft3_centered, ifft3_centered
+    box holding those frequencies first (:func:`~cryolens.imaging.spectra.resize_volume`,
+    :func:`~cryolens.imaging.spectra.fourier_crop_images`: the same frequencies, far fewer pixels); the CTF of a batch
+    is made once and applied to the bodies' summed slices. Images stream from disk in batches of ``batch_size``."""
+    from ..imaging.ctf import ctf_2d
+    from ..imaging.fft import fft2_centered
     from ..imaging.forward import forward_fourier
     from ..imaging.grids import freq_grid_2d
     from ..imaging.slice import prepare_volume_ft
+    from ..imaging.spectra import fourier_crop_images, resize_volume
     from ..io.dataset import iterate_batches
 
     device = torch.device(device or "cpu")
     d, px = particles.box_size, particles.pixel_size
     small = min(d, 2 * int(max_freq * d) + 4)  # even: the kept frequencies and a margin for interpolation
-    lo = d // 2 - small // 2
-    crop = slice(lo, lo + small)
-    fts = [prepare_volume_ft(ifft3_centered(fft3_centered(b.to(device).double())[crop, crop, crop]).real.float())
-           for b in bodies]
+    fts = [prepare_volume_ft(resize_volume(b.to(device), small)) for b in bodies]
     px_small = px * d / small  # the same frequencies k / (D·px) on the small grid
     keep = freq_grid_2d(small, device=device).norm(dim=-1) <= max_freq * d / small
     best = torch.empty(len(particles), dtype=torch.long)
     for idx, images in iterate_batches(particles, batch_size):
         sel = torch.as_tensor(idx)
-        y = fft2_centered(images.to(device))[:, crop, crop][:, keep]
+        y = fourier_crop_images(fft2_centered(images.to(device)), small)[:, keep]
         rot = particles.rotations[sel].to(device)
         sh = None if particles.shifts is None else particles.shifts[sel].to(device) * (small / d)
-        ctf = None if particles.ctf is None else particles.ctf[sel].to(device)
+        ctf = 1.0 if particles.ctf is None else ctf_2d(particles.ctf[sel].to(device), small, px_small)[:, keep]
         score = torch.empty(len(idx), rotations.shape[0], device=device)
         for c in range(rotations.shape[0]):
             pred = 0
             for g, ft in enumerate(fts):
                 r, s = body_poses(rot, sh, rotations[c, g].expand(len(idx), -1, -1),
                                   translations[c, g].expand(len(idx), -1), origins[g], px_small)
-                pred = pred + forward_fourier(ft, r, small, s, ctf, px_small)[:, keep]
+                pred = pred + forward_fourier(ft, r, small, s)[:, keep]
+            pred = pred * ctf
             score[:, c] = (pred.conj() * y).real.sum(-1) / pred.abs().square().sum(-1).clamp_min(1e-30).sqrt()
         best[sel] = score.argmax(1).cpu()
     return best

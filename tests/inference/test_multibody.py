@@ -64,3 +64,32 @@ def test_moved_maps_is_the_map_of_the_moved_centres_and_weights_partition_the_bo
         assert float((got[b] - want).abs().max()) < 0.05 * float(want.max())
         moved_by = float((want - gaussian_volume(centers, sig, amp, D)).abs().max())
         assert float((got[b] - want).abs().max()) < 0.2 * moved_by
+
+
+def test_best_subsets_is_the_least_squares_fit_with_a_free_scale():
+    """Every subset tried (G = 5): each row's choice is the subset whose templates, summed and scaled freely, leave
+    the smallest residual, found here by least squares in float64 over all 31 subsets; backward elimination (G = 14,
+    well separated templates, weak noise) finds the subset the images were made of."""
+    from cryolens.inference.multibody import best_subsets
+
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(40, 5, 30, generator=g, dtype=torch.float64)
+    truth = torch.rand(40, 5, generator=g) < 0.5
+    truth[:, 0] = True
+    y = 1.7 * (truth[..., None] * p).sum(1) + 1.5 * torch.randn(40, 30, generator=g, dtype=torch.float64)
+    got = best_subsets(torch.einsum("bgk,bhk->bgh", p, p), torch.einsum("bgk,bk->bg", p, y))
+    subsets = [s for s in np.ndindex(*(2,) * 5) if any(s)]
+    for i in range(40):
+        resid = []
+        for s in subsets:
+            t = (p[i].numpy() * np.array(s)[:, None]).sum(0)
+            scale = max(float(t @ y[i].numpy()) / float(t @ t), 0.0)
+            resid.append(float(np.sum((y[i].numpy() - scale * t) ** 2)))
+        assert tuple(got[i].int().tolist()) == subsets[int(np.argmin(resid))]
+    assert (got == truth).all(1).float().mean() > 0.6  # and with this noise mostly the true subset
+    p = torch.randn(20, 14, 400, generator=g, dtype=torch.float64)
+    truth = torch.rand(20, 14, generator=g) < 0.5
+    truth[:, 0] = True
+    y = 0.8 * (truth[..., None] * p).sum(1) + 0.3 * torch.randn(20, 400, generator=g, dtype=torch.float64)
+    got = best_subsets(torch.einsum("bgk,bhk->bgh", p, p), torch.einsum("bgk,bk->bg", p, y))
+    assert (got == truth).all()

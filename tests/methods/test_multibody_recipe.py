@@ -12,7 +12,7 @@ import torch
 from cryolens.cli.main import main
 from cryolens.imaging.forward import ProjectorForward
 from cryolens.io.atomic import Atoms, write_atoms
-from cryolens.inference.multibody import best_motions, moved_maps
+from cryolens.inference.multibody import best_motions, best_presence, moved_maps
 from cryolens.io.mrc import read_volume
 from cryolens.methods.backprojection import backproject
 from cryolens.methods.mixture_run import load_mixture_run
@@ -75,17 +75,24 @@ def test_multibody_learns_the_turn_and_reloads_its_maps(tmp_path):
                  *[a for k, v in opts.items() for a in ("--set", f"{k}={v}")]]) == 0
     assert sorted(p.name for p in (run / "bodies").iterdir()) == ["body_01.mrc", "body_02.mrc"]
     tm = load_mixture_run(run)
-    z = torch.as_tensor(np.load(run / "z.npy"))
+    zp = torch.as_tensor(np.load(run / "z.npy"))
+    z, moves, shown = zp[:, :2], zp[:, 2], zp[:, 3:]  # z, whether the bodies move, each chain's presence
+    assert zp.shape == (n, 5) and bool((shown == 1).all()), shown.mean(0)  # both chains are in every image
     with torch.no_grad():
         rot = tm.model.decoder.rigid_moves(z)[0]
     relative = torch.einsum("nji,njk->nik", rot[:, 0], rot[:, 1])  # chain B's turn relative to chain A's
     learned = np.degrees(np.arccos(np.clip((relative.diagonal(dim1=-2, dim2=-1).sum(-1).numpy() - 1) / 2, -1, 1)))
+    learned[moves.numpy() == 0] = 0.0  # the images left at the base model's placement
     rho = np.corrcoef(np.argsort(np.argsort(learned)), np.argsort(np.argsort(angles)))[0, 1]
     assert abs(rho) > 0.8 and learned.max() > 15, (rho, learned.max())
+    rows = zp[moves == 1][:3]
     with torch.no_grad():  # eval-vol's loader decodes the recipe's maps: the body maps moved by the learned motions
-        want = moved_maps(_bodies(run), *tm.model.decoder.rigid_moves(z[:3])[:2],
-                          tm.model.decoder.origins, PX)
-    torch.testing.assert_close(tm.decode(z[:3]), want)
+        want = moved_maps(_bodies(run), *tm.model.decoder.rigid_moves(rows[:, :2])[:2], tm.model.decoder.origins, PX)
+        still = _bodies(run).sum(0)  # ... or left in place
+    torch.testing.assert_close(tm.decode(rows), want)
+    torch.testing.assert_close(tm.decode(torch.cat([z[:1], torch.tensor([[0.0, 1.0, 1.0]])], 1))[0], still)
+    pres = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # moves, then A and B shown or not
+    assert [len(m.coords) for m in tm.decode_models(torch.cat([z[:2], pres], 1))] == [8, 16]
 
 
 def _bodies(run) -> torch.Tensor:
@@ -124,7 +131,45 @@ def test_bodies_back_projected_under_the_true_motions_beat_the_consensus(tmp_pat
     grid = torch.as_tensor(np.radians(np.arange(0, 121, 10.0))[:, None], dtype=torch.float32)
     with torch.no_grad():
         rot, t, _ = dec.rigid_moves(grid)
-    best = best_motions(particles, maps, rot, t, dec.origins, max_freq=0.5).numpy()
+    best = best_motions(particles, maps, rot, t, dec.origins, max_freq=0.5).argmax(1).numpy()
     miss = np.abs(np.arange(0, 121, 10.0)[best] - angles)
     # measured: median 6.7° (a perfect pick 2.5°, a random one ~35°), 68 % within 10°
     assert np.median(miss) <= 10.0 and np.mean(miss <= 20.0) > 0.8, (np.median(miss), np.mean(miss <= 20.0))
+
+
+def test_presence_finds_the_chains_each_image_shows_and_beats_the_consensus(tmp_path):
+    """Half the images show both chains, half chain A alone (noise 0.5 × the signal's std): searched against the
+    bodies back-projected from all images, nearly every image's subset of chains is its true one (an image showing
+    B alone, or neither, is never chosen when A is in every image); the bodies then back-projected from the images
+    that show them give per-image maps closer to each image's true map than the consensus."""
+    com = two_chains(0.0).center_of_mass()
+    both, alone = two_chains(0.0), two_chains(0.0).subset(np.arange(16) < 8)
+    vols = [from_atoms(m, 16, PX, sigma=3.0, center=com).render(None)[0] for m in (both, alone)]
+
+    def render(state, rots, shifts, ctf):
+        return ProjectorForward()(from_atoms((both, alone)[state], 16, PX, sigma=3.0, center=com),
+                                  rots, shifts, ctf, PX).detach()
+
+    _, state, particles = two_state_star(tmp_path, render, n=160, noise=0.5)
+    truth = torch.stack(vols).float()[torch.as_tensor(state)]
+    base = torch.as_tensor(both.coords - com, dtype=torch.float32)
+    dec = RigidGroupDecoder(1, base, torch.tensor([0] * 8 + [1] * 8), layers=0)
+    with torch.no_grad():
+        dec.rigid.weight.zero_()  # no motion: the question is only which chains are there
+    z = np.zeros((160, 1), np.float32)
+    maps = body_maps(particles, dec, z, softness=0.0, pad=2, device="cpu", progress=False)
+    with torch.no_grad():
+        rot, t, _ = dec.rigid_moves(torch.as_tensor(z))
+    shown = best_presence(particles, maps, rot, t, dec.origins, max_freq=0.5).numpy()
+    want = np.stack([np.ones(160, bool), state == 0], 1)
+    assert shown[:, 0].all() and (shown == want).all(1).mean() > 0.95, (shown == want).all(1).mean()
+    refit = body_maps(particles, dec, z, softness=0.0, pad=2, device="cpu", progress=False, presence=shown)
+
+    def score(decoded: torch.Tensor) -> float:
+        return float(np.mean([fsc_auc(c, 16) for c in fsc(decoded, truth)]))
+
+    with torch.no_grad():
+        got = score(moved_maps(refit, rot, t, dec.origins, PX, torch.as_tensor(shown, dtype=torch.float32)))
+    consensus = backproject(particles, progress=False).volume
+    cons = score(consensus[None].expand(160, -1, -1, -1))
+    assert got > cons + 0.02, (got, cons)

@@ -28,7 +28,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def read_z(args: argparse.Namespace, zdim: int, latents):
-    """The ``(K, zdim)`` float32 array of z values asked for (``None`` for a homogeneous run)."""
+    """The ``(K, zdim)`` float32 array of z values asked for (``None`` for a homogeneous run); rows as wide as the
+    run's ``z.npy`` are taken too (a multibody run's z is followed by its per-body presence)."""
     import numpy as np
 
     from ..errors import InputError
@@ -60,7 +61,8 @@ def read_z(args: argparse.Namespace, zdim: int, latents):
         return None
     if z is None:
         raise InputError(f"{args.run}: give --z, --z-file or --z-index (z of dimension {zdim})")
-    if z.ndim != 2 or z.shape[1] != zdim:
+    widths = {zdim} | ({int(latents.shape[1])} if latents is not None else set())
+    if z.ndim != 2 or z.shape[1] not in widths:
         raise InputError(f"z values have {z.shape[-1]} components; {args.run} was trained with zdim {zdim}")
     return z.astype(np.float32)
 
@@ -105,4 +107,5 @@ def write_models_at(trained, z, run: str, out: str) -> None:
     if z is None or getattr(trained.model, "atoms", None) is None:
         raise InputError(f"{run}: --models needs a run built from an atomic model (e2gmm with --model, cryofold, "
                          "atomvae)")
-    write_models(RunFolder(out).path("models.cif"), trained.model.atomic_models(torch.from_numpy(z)))
+    decode_models = trained.decode_models or trained.model.atomic_models
+    write_models(RunFolder(out).path("models.cif"), decode_models(torch.from_numpy(z)))

@@ -161,7 +161,8 @@ class TrainedModel:
     """A trained run, ready to decode. decode: ``z (B, L) float32 → (B, D, D, D)`` float32 real-space maps
     (``None``-z for a homogeneous run → ``(1, D, D, D)``). latents: the run's ``z.npy`` ``(N, L)`` (STAR
     order) or ``None``. pixel_size: Å/px. box_size: ``D``. config: the recipe config it was trained with
-    (plus ``recipe`` and ``mode``). model: the module itself."""
+    (plus ``recipe`` and ``mode``). model: the module itself. decode_models: ``z (B, L) → B`` atomic models, for
+    a run built from one (else None)."""
 
     decode: Callable[[torch.Tensor | None], torch.Tensor]
     latents: np.ndarray | None
@@ -169,6 +170,7 @@ class TrainedModel:
     box_size: int
     config: dict
     model: nn.Module
+    decode_models: Callable[[torch.Tensor], list] | None = None
 
 
 def load_trained(run_dir: str | Path, device: torch.device | str | None = None,

@@ -5,7 +5,7 @@ The recipes write ``model.json`` (recipe, box, pixel size, number of Gaussians, 
 :func:`load_mixture_run` rebuilds the mixture with its decoder from it, loads their weights and the neutral
 parameters from ``checkpoint.pt`` and, when the run was built from an atomic model, re-reads that model so
 every atom moves with its Gaussian. A ``multibody`` run decodes its body maps (``bodies/body_NN.mrc``) moved by the
-chains' motions at ``z``.
+chains' motions at ``z`` (rows laid out as the run's ``z.npy``: :func:`~cryolens.inference.multibody.latent_motions`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..inference.latent_model import TrainedModel
 from ..io.atomic import load_model_for_box, residue_index
 from ..io.checkpoint import load_checkpoint
 from ..volumes.gaussian_mixture import GaussianMixtureVolume
-from ..inference.multibody import moved_maps
+from ..inference.multibody import latent_models, latent_motions, moved_maps
 from ..io.mrc import read_volume
 from ..volumes.mixture_decoder import MixtureDecoder, RigidGroupDecoder
 from .config import as_dict
@@ -84,12 +84,16 @@ def load_mixture_run(run_dir: str | Path, device=None) -> TrainedModel:
             raise ValueError(f"{run}: this model needs z of dimension {volume.zdim}")
         if bodies is not None:
             with torch.no_grad():
-                rot, t, _ = volume.decoder.rigid_moves(zb.to(dev).float())
-                return moved_maps(bodies, rot, t, volume.decoder.origins, px)
+                rot, t, shown = latent_motions(volume.decoder, zb.to(dev).float())
+                return moved_maps(bodies, rot, t, volume.decoder.origins, px, shown)
         return volume.render(zb.to(dev).float())
 
+    def decode_models(zb: torch.Tensor) -> list:
+        return latent_models(volume, zb.to(dev)) if bodies is not None else volume.atomic_models(zb.to(dev).float())
+
     return TrainedModel(decode=decode, latents=z, pixel_size=px, box_size=d, config={**meta["config"],
-                        "recipe": meta["recipe"]}, model=volume)
+                        "recipe": meta["recipe"]}, model=volume,
+                        decode_models=decode_models if volume.atoms is not None else None)
 
 
 def load_trained_run(run_dir: str | Path, device=None) -> TrainedModel:

@@ -8,14 +8,17 @@ bounded per-residue move, and a reconstruction per state gets only the few image
 chain moves as a rigid body (:class:`~cryolens.volumes.mixture_decoder.RigidGroupDecoder`, residues by
 ``max_shift`` on top) and each chain's map is back-projected from every image seen in that chain's frame.
 
-Composition: :func:`~cryolens.methods.cryofold.build` with ``motion="chains"`` trained by the one engine;
-each image's chain motions at its ``z``, then searched per image among candidate latents against the body maps
-(:func:`~cryolens.inference.multibody.best_motions`, option ``search``);
-:func:`~cryolens.inference.multibody.body_poses` and :func:`~cryolens.methods.backprojection.backproject` per chain,
-weighted by
-:func:`~cryolens.inference.multibody.body_weights`; per-image maps by
-:func:`~cryolens.inference.multibody.moved_maps`. Defaults (30 epochs, Adam 10⁻³) are ours (docs/METHODS.md
-"Multi-body"). Outputs as cryofold's, plus ``bodies/body_NN.mrc`` (the weighted body maps, base frame).
+Composition: :func:`~cryolens.methods.cryofold.build` with ``motion="chains"`` trained by the one engine; then,
+against the bodies back-projected under the current motions (:func:`~cryolens.inference.multibody.body_poses`,
+:func:`~cryolens.methods.backprojection.backproject` per chain, weighted by
+:func:`~cryolens.inference.multibody.body_weights`): which bodies each image shows
+(:func:`~cryolens.inference.multibody.best_presence`, option ``presence``), each image's motion among candidate
+latents and the bodies left in place (:func:`~cryolens.inference.multibody.best_motions`,
+:func:`~cryolens.inference.multibody.most_probable`, option ``search``), presence again, each body back-projected
+after each step from the images that show it. Per-image maps by :func:`~cryolens.inference.multibody.moved_maps`
+from latent rows ``[z, moves, presence per body]`` (:func:`~cryolens.inference.multibody.latent_motions`).
+Defaults (30 epochs, Adam 10⁻³) are ours (docs/METHODS.md "Multi-body"). Outputs as cryofold's, plus
+``bodies/body_NN.mrc`` (the weighted body maps, base frame).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..inference.multibody import best_motions, body_poses, body_weights, moved_maps
+from ..inference.multibody import (best_motions, best_presence, body_poses, body_weights, latent_models, latent_motions,
+                                   most_probable, moved_maps)
 from ..io.particles import Particles
 from .backprojection import backproject
 from .config import option
@@ -49,14 +53,19 @@ class MultibodyConfig(CryoFoldConfig):
     search_extend: float = option(2.5, "how far the searched axis runs beyond the learned latents, in their range")
     search_resolution: float = option(12.0, "the search compares frequencies up to 1 / this, Å")
     pad: int = option(2, "padding factor of the bodies' back-projections")
+    presence: bool = option(True, "search which bodies each image shows (a subunit bound or not: every subset of up to "
+                                  "12 bodies, else backward elimination), then back-project each body from the images "
+                                  "that show it; before and after the motion search")
 
 
 def body_maps(particles: Particles, decoder, z: np.ndarray, softness: float, pad: int, device,
-              progress: bool) -> torch.Tensor:
-    """``(G, D, D, D)`` the weighted body maps (base frame), each body back-projected from every image under
-    its motion at that image's ``z``."""
-    with torch.no_grad():
-        rot, t, _ = decoder.rigid_moves(torch.as_tensor(z, device=device))
+              progress: bool, presence: np.ndarray | None = None) -> torch.Tensor:
+    """``(G, D, D, D)`` the weighted body maps (base frame), each body back-projected under its motion at each
+    image's latent row ``z`` (:func:`~cryolens.inference.multibody.latent_motions`) from every image, or from the
+    images that show it (``presence (N, G)`` bool, else the rows' presence columns when they have them)."""
+    rot, t, shown = latent_motions(decoder, torch.as_tensor(z, device=device))
+    if presence is None and shown is not None:
+        presence = shown.cpu().numpy() > 0.5
     weights = body_weights(decoder.base, decoder.groups, particles.box_size, particles.pixel_size,
                            softness or 2 * particles.pixel_size)
     maps = []
@@ -64,25 +73,30 @@ def body_maps(particles: Particles, decoder, z: np.ndarray, softness: float, pad
         r, s = body_poses(particles.rotations.to(device), None if particles.shifts is None else
                           particles.shifts.to(device), rot[:, g], t[:, g], decoder.origins[g], particles.pixel_size)
         seen = replace(particles, rotations=r.float().cpu(), shifts=s.float().cpu())
+        if presence is not None and presence[:, g].any():
+            seen = seen.subset(np.flatnonzero(presence[:, g]))
         maps.append(weights[g].cpu() * backproject(seen, pad=pad, device=device, progress=progress).volume)
     return torch.stack(maps)
 
 
 def searched_latents(particles: Particles, decoder, maps: torch.Tensor, z: np.ndarray, config: MultibodyConfig,
-                     device) -> np.ndarray:
-    """``(N, L)`` each image's best latent among the candidates of ``config.search`` (its docstring), chosen by
-    :func:`~cryolens.inference.multibody.best_motions` against the body maps ``maps``."""
+                     device, presence: np.ndarray | None = None) -> np.ndarray:
+    """``(N, L + 1)`` each image's most probable candidate (:func:`~cryolens.inference.multibody.best_motions`
+    against the body maps ``maps``, :func:`~cryolens.inference.multibody.most_probable`) among those of
+    ``config.search`` (its docstring) and the bodies left where the base model has them: ``z``, then 1 (moves) or
+    0 (stays). presence: ``(N, G)`` bool, the bodies each image shows (default all)."""
     zc = z - z.mean(0)
     axis = np.linalg.svd(zc, full_matrices=False)[2][0]
     pc = zc @ axis
     span = pc.max() - pc.min()
     ts = np.linspace(pc.min() - config.search_extend * span, pc.max() + config.search_extend * span, config.search)
-    cands = np.concatenate([z.mean(0)[None] + ts[:, None] * axis[None], z[::5]]).astype(np.float32)
-    with torch.no_grad():
-        rot, t, _ = decoder.rigid_moves(torch.as_tensor(cands, device=device))
+    moving = np.concatenate([z.mean(0)[None] + ts[:, None] * axis[None], z[::5]])
+    cands = np.concatenate([np.c_[moving, np.ones(len(moving))], np.r_[z.mean(0), 0.0][None]]).astype(np.float32)
+    rot, t, _ = latent_motions(decoder, torch.as_tensor(cands, device=device))
     max_freq = min(0.5, particles.pixel_size / config.search_resolution)
-    best = best_motions(particles, maps, rot, t, decoder.origins, max_freq, device=device)
-    return cands[best.numpy()]
+    shown = None if presence is None else torch.as_tensor(presence, dtype=maps.dtype)
+    return cands[most_probable(best_motions(particles, maps, rot, t, decoder.origins, max_freq, device=device,
+                                            presence=shown))]
 
 
 def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, progress=True) -> MethodOutputs:
@@ -95,19 +109,28 @@ def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, 
         return MethodOutputs(pixel_size=particles.pixel_size)
     model, z = done
     decoder, px = model.volume.decoder, particles.pixel_size
+    z = np.c_[z, np.ones(len(z), z.dtype)]  # every body moves as the decoder says at z
+    shown = np.ones((len(z), decoder.origins.shape[0]), bool)
     maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress).to(device)
-    if config.search > 0:  # the decoder extrapolates past the learned latents (a turn the VAE did not reach)
-        z = searched_latents(particles, decoder, maps, z, config, device)
-        maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress).to(device)
+    for step in ("presence", "search", "presence"):  # which bodies, how they move (given those), which bodies
+        if step == "search" and config.search > 0:  # the decoder extrapolates past the learned latents
+            z = searched_latents(particles, decoder, maps, z[:, :-1], config, device, shown)
+        elif step == "presence" and config.presence:
+            rot, t, _ = latent_motions(decoder, torch.as_tensor(z, device=device))
+            shown = best_presence(particles, maps, rot, t, decoder.origins,
+                                  min(0.5, px / config.search_resolution), device=device).numpy()
+        else:
+            continue
+        maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress, shown).to(device)
+    z = np.c_[z, shown].astype(np.float32)
 
     def decode(zb: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            rot, t, _ = decoder.rigid_moves(zb.to(device))
-            return moved_maps(maps, rot, t, decoder.origins, px)
+        rot, t, present = latent_motions(decoder, zb.to(device))
+        return moved_maps(maps, rot, t, decoder.origins, px, present)
 
     summary, history = run_summary(run, config)
     metrics = {k: summary.get(k) for k in ("epochs", "final_loss", "final_mse", "images_per_s")}
     mean = torch.as_tensor(z.mean(0, keepdims=True), device=device)
     return MethodOutputs(pixel_size=px, volume=decode(mean)[0].cpu(), latents=z, decode=decode, metrics=metrics,
-                         history=history, decode_models=lambda zb: model.volume.atomic_models(zb.to(device)),
+                         history=history, decode_models=lambda zb: latent_models(model.volume, zb.to(device)),
                          extra_volumes={f"bodies/body_{g + 1:02d}": m.cpu() for g, m in enumerate(maps)})

@@ -103,6 +103,7 @@ class RigidGroupDecoder(nn.Module):
         groups = torch.as_tensor(groups, dtype=torch.long)
         base = torch.as_tensor(base, dtype=torch.float32)
         g = int(groups.max()) + 1
+        self.zdim = int(zdim)
         self.trunk = relu_trunk(zdim, layers, hidden)
         width = int(hidden) if int(layers) > 0 else int(zdim)
         self.rigid = nn.Linear(width, 6 * g)

@@ -49,7 +49,7 @@ class MultibodyConfig(CryoFoldConfig):
     softness: float = option(0.0, "width of the boundary between two bodies' regions, Å (0: two pixels)")
     search: int = option(48, "candidate latents searched per image against the body maps: this many along the first "
                              "principal axis of z, over its range extended by search_extend on each side, plus every "
-                             "5th image's latent (0: no search)")
+                             "5th image's latent (at most 100 of them) and the bodies left in place (0: no search)")
     search_extend: float = option(2.5, "how far the searched axis runs beyond the learned latents, in their range")
     search_resolution: float = option(12.0, "the search compares frequencies up to 1 / this, Å")
     pad: int = option(2, "padding factor of the bodies' back-projections")
@@ -90,7 +90,7 @@ def searched_latents(particles: Particles, decoder, maps: torch.Tensor, z: np.nd
     pc = zc @ axis
     span = pc.max() - pc.min()
     ts = np.linspace(pc.min() - config.search_extend * span, pc.max() + config.search_extend * span, config.search)
-    moving = np.concatenate([z.mean(0)[None] + ts[:, None] * axis[None], z[::5]])
+    moving = np.concatenate([z.mean(0)[None] + ts[:, None] * axis[None], z[::max(5, -(-len(z) // 100))]])
     cands = np.concatenate([np.c_[moving, np.ones(len(moving))], np.r_[z.mean(0), 0.0][None]]).astype(np.float32)
     rot, t, _ = latent_motions(decoder, torch.as_tensor(cands, device=device))
     max_freq = min(0.5, particles.pixel_size / config.search_resolution)

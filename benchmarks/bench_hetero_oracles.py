@@ -9,7 +9,9 @@ the bench cache, simulated when absent):
   bin back-projected from its own images; every image scored against its own true map (100 images, seed 0);
 - ``multibody (true motions)`` (swing only): chain B's rigid motion per state from the models (Kabsch on its atoms),
   both chains back-projected from every image in their own frames (``methods.multibody.body_maps`` with a decoder
-  that returns the true motions), moved back per image (``inference.multibody.moved_maps``).
+  that returns the true motions), moved back per image (``inference.multibody.moved_maps``);
+- ``multibody (true presence)`` (assembly only): every chain back-projected from the images whose state has it, the
+  chains an image's state has summed (no motion).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_hetero_oracles.py --tasks swing-poses,anm-poses \
         [--snr 1] [--bins 3,6,10]
@@ -34,6 +36,8 @@ from cryolens.simulate.kinds import state_set
 
 class TrueMotions:
     """A stand-in for a rigid-group decoder: ``rigid_moves(z)`` returns the true motion of state ``z[:, 0]``."""
+
+    zdim = 1
 
     def __init__(self, rotations: torch.Tensor, translations: torch.Tensor, base, groups, origins):
         self.rot, self.t, self.base, self.groups, self.origins = rotations, translations, base, groups, origins
@@ -65,6 +69,20 @@ def swing_motions(spec: dict) -> TrueMotions:
     groups = torch.as_tensor(moving.astype(np.int64))
     origins = torch.stack([base[groups == 0].mean(0), base[groups == 1].mean(0)])
     return TrueMotions(rot, t, base, groups, origins)
+
+
+def assembly_presence(spec: dict) -> tuple[TrueMotions, torch.Tensor]:
+    """No motion, one body per chain of the full complex (state 0, box frame), and each state's chains ``(K, G)``."""
+    st = state_set(spec["heterogeneity"])
+    m0 = st.models[0]
+    chains = list(dict.fromkeys(m0.chain_ids))
+    base = torch.as_tensor(m0.coords - st.centres[0], dtype=torch.float32)
+    groups = torch.as_tensor([chains.index(c) for c in m0.chain_ids])
+    origins = torch.stack([base[groups == g].mean(0) for g in range(len(chains))])
+    k, g = len(st.models), len(chains)
+    still = TrueMotions(torch.eye(3).repeat(k, g, 1, 1), torch.zeros(k, g, 3), base, groups, origins)
+    shown = torch.tensor([[c in set(m.chain_ids) for c in chains] for m in st.models], dtype=torch.float32)
+    return still, shown
 
 
 def main() -> None:
@@ -106,9 +124,16 @@ def main() -> None:
             row["multibody (true motions)"] = float(per_image_fsc_auc(
                 lambda zz: moved_maps(bodies, *truth.rigid_moves(zz)[:2], truth.origins, particles.pixel_size),
                 z, vols, labels, n_images=100).mean())
+        if task.dataset["heterogeneity"].get("generator") == "assembly":
+            still, shown = assembly_presence(task.dataset)
+            z = labels[:, None].astype(np.float32)
+            bodies = body_maps(particles, still, z, 0.0, 2, "cpu", False, presence=shown[labels].bool().numpy())
+            row["multibody (true presence)"] = float(per_image_fsc_auc(
+                lambda zz: moved_maps(bodies, *still.rigid_moves(zz)[:2], still.origins, particles.pixel_size,
+                                      shown[zz[:, 0].long()]), z, vols, labels, n_images=100).mean())
         rows.append(row)
         print(json.dumps(row))
-    keys = [c for c in rows[0] if c not in ("task", "snr", "n")]
+    keys = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in ("task", "snr", "n")]
     print("| task | SNR | N | " + " | ".join(keys) + " |")
     print("|---|---|---|" + "---|" * len(keys))
     for r in rows:

@@ -18,7 +18,7 @@ the time each first reaches it (and 5 % above it) and the ratio cryolens / RELIO
 estimates.
 
   PYTHONPATH=$PWD/src .venv/bin/python benchmarks/bench_refine_command.py --n 500 --repeats 2 --threads 2 \\
-      --timeout-relion 900 --out /tmp/refine_cmd
+      --timeout-cryolens 600 --timeout-relion 900 --out /tmp/refine_cmd
   PYTHONPATH=$PWD/src .venv/bin/python benchmarks/bench_refine_command.py --out /tmp/refine_cmd --table
 """
 

@@ -4,6 +4,8 @@ version of each task), while the old bundled-hinge task does not (the check can 
 sizes as documented; the dry run prints estimates and refuses in one line; a generated dataset is scored
 with AMI and |Spearman| end to end."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -57,11 +59,14 @@ def test_dry_run_prints_estimates_and_refuses_in_one_line(capsys):
     line and exit code 2."""
     t = load_tasks("hetero", "default")[0]  # D = 64, 500 images
     e = estimate(t, "backprojection", 1e9, reference_config={})
-    assert e.measured and e.time_s == pytest.approx(25.8 * 0.5)
-    assert estimate(t, "cryodrgn", 1e9, {}).time_s == pytest.approx(778.0 * 0.5 * 2 / 4)  # epochs 2 of 4
-    c = estimate(t, "relion-class3d", 1e9, {})
-    assert c.time_s == pytest.approx(64.8 * 0.5 * 4 * D32_CORRECTION)
-    assert estimate(t, "relion-class3d", 60.0, {}).over_budget
+    assert e.measured and e.time_s == pytest.approx(7.4 * 0.5)  # 3.7 s per 500 images, stored per 1,000
+    longer = copy.deepcopy(t)
+    longer.options["method_config"]["cryodrgn"] = {"epochs": 6}
+    assert estimate(t, "cryodrgn", 1e9, {}).time_s == pytest.approx(137.2 * 0.5)  # measured at the profile's 2
+    assert estimate(longer, "cryodrgn", 1e9, {}).time_s == pytest.approx(137.2 * 0.5 * 6 / 2)  # epochs 6 of 2
+    c = estimate(t, "cryosparc-refine", 1e9, {})  # measured at D = 32 only
+    assert c.time_s == pytest.approx(31.0 * 0.5 * 4 * D32_CORRECTION)
+    assert estimate(t, "cryosparc-refine", 20.0, {}).over_budget
     assert estimate(t, "nothing-measured", 123.0, {}).time_s == 123.0
     with pytest.raises(InputError, match="this machine has 0.1 GB"):
         check_memory([e], 100.0, "x")

@@ -6,8 +6,8 @@ memory than the machine has. Nothing is simulated or run.
 
 The estimates are scalings of measurements, not measurements:
 
-- time: a measured wall time of the method (:data:`MEASURED_D64`: at D = 64 on the hetero profile's ANM
-  task, where one was taken; else :data:`MEASURED`: at D = 32 in the default suite's leaderboard,
+- time: a measured wall time of the method (:data:`MEASURED_D64`: at D = 64 in a clean pass of the hetero
+  default profile, where one was taken; else :data:`MEASURED`: at D = 32 in the default suite's leaderboard,
   ``benchmarks/LEADERBOARD_default_suite.md``, 2026-12-05), scaled by ``N / N_ref × (D / D_ref)²`` (work per image grows
   with its pixels) and by the ratio of the run's epochs / iterations to the measured run's where both name
   them. Going from D = 32 to 64 took longer than ``(D/32)²`` says, so a D = 32 measurement used at a larger
@@ -35,23 +35,21 @@ MEASURED = {"backprojection": (1.14, 292), "relion-reconstruct": (1.74, 223), "c
             "cryoai": (33.2, 698), "cryoposenet": (15.4, 297), "cryosparc-abinit": (63.2, 588),
             "cryosparc-refine": (31.0, 252), "relion-autorefine": (59.3, 119), "relion-refine3d": (46.5, 389),
             "cryosparc-abinit-hetero": (72.0, 974), "relion-class3d": (64.8, 719)}
-#: (wall s, peak MB, options) measured at D = 64 on the hetero default profile's ANM task (1,000 images, 50
-#: states; benchmarks/RESULTS.md, 2026-12-06, one thread, machine load ~6). cryodrgn was stopped at its
-#: 600 s budget in its half-data fits: its main fit took 4 × 94 s, so 376 s + 2 × 188 s for the two halves
-#: (each on half the images) + 26 s of scoring and writing (back-projection's whole run) is counted. e2gmm
-#: (10 epochs, with its two half-data fits) finished. The recipes and peers first timed in the default profile's
-#: leaderboard (500 images, two runs at a time, no half-data fits; the ANM task, the no-pose assembly for the
-#: methods that need no poses; benchmarks/LEADERBOARD.md, 2026-12-06; cryofold at 20 epochs and multibody from
-#: its rows added that day, machine load 1-5; multibody with its presence search that evening) are stored per 1,000
-#: images; RECOVAR's time is mostly its JAX compilation, so it does not really scale with N.
-MEASURED_D64 = {"backprojection": (25.8, 1968, {}), "cryodrgn": (778.0, 632, {"epochs": 4}),
-                "e2gmm": (479.0, 2063, {"epochs": 10}),
-                **{m: (2 * wall, peak, opts) for m, (wall, peak, opts) in {  # 500 images: twice per 1,000
-                    "3dflex": (345.4, 1908, {"epochs": 2}), "cryofold": (117.9, 1227, {"epochs": 20}),
-                    "multibody": (107.0, 2065, {"epochs": 30}),  # with presence: the mean of the 4 tasks' walls
-                    "recovar": (524.0, 3842, {}), "cryodrgn-4.3": (381.4, 932, {"epochs": 2}),
-                    "atomvae": (178.1, 1309, {"epochs": 4}), "multi-cryogan": (437.8, 2927, {"epochs": 3}),
-                    "cryovaegan": (125.7, 462, {"epochs": 4})}.items()}}
+#: (wall s, peak MB, options) measured at D = 64 in one clean pass of the hetero default profile (500 images, SNR
+#: 0.1, two runs at a time of one thread on the 2-core machine, no half-data fits; benchmarks/LEADERBOARD.md,
+#: 2026-12-06 evening, 42.5 min for the 45 runs): the ANM task's run, the no-pose assembly's for the methods that need
+#: no poses, and for multibody the mean over its four tasks (the assembly's nine chains take 5x a one-chain task's
+#: time); stored per 1,000 images (twice the 500-image wall). RECOVAR's and RELION's times are mostly start-up (JAX
+#: compilation, program start), so they do not really scale with N.
+MEASURED_D64 = {m: (2 * wall, peak, opts) for m, (wall, peak, opts) in {
+    "backprojection": (3.7, 762, {}), "relion-reconstruct": (10.1, 904, {}),
+    "cryodrgn": (68.6, 1252, {"epochs": 2}), "cryodrgn-autodecoder": (71.0, 915, {"epochs": 2}),
+    "cryodrgn-4.3": (217.2, 1007, {"epochs": 2}), "recovar": (287.9, 3830, {}),
+    "3dflex": (145.8, 1693, {"epochs": 1}), "e2gmm": (29.6, 659, {"epochs": 10}),
+    "cryofold": (27.5, 1350, {"epochs": 20}), "multibody": (91.3, 1767, {"epochs": 30}),
+    "atomvae": (71.9, 1032, {"epochs": 4}), "multi-cryogan": (235.5, 2856, {"epochs": 3}),
+    "cryovaegan": (48.1, 448, {"epochs": 4}), "relion-class3d": (114.2, 763, {"n_iterations": 2}),
+    "cryosparc-abinit-hetero": (53.0, 1446, {"n_iterations": 10})}.items()}
 #: how much longer than (D/32)² the D = 32 → 64 step took: the mean ratio on the methods timed at both sizes
 _BOTH = [m for m in MEASURED_D64 if m in MEASURED]
 D32_CORRECTION = round(sum(MEASURED_D64[m][0] / (MEASURED[m][0] * 4) for m in _BOTH) / len(_BOTH), 1)

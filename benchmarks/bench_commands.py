@@ -39,9 +39,13 @@ def timed(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None =
     log.write_text(out.stdout + out.stderr)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}); see {log}")
+    return time_v(out.stderr)
 
+
+def time_v(text: str) -> dict:
+    """Wall s, CPU s (user + system) and peak RSS MiB of the largest process from ``/usr/bin/time -v``'s report."""
     def field(name: str) -> str:
-        return re.search(rf"{re.escape(name)}: (.+)", out.stderr).group(1).strip()
+        return re.search(rf"{re.escape(name)}: (.+)", text).group(1).strip()
 
     h, m, s = (["0"] + field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":"))[-3:]
     return {"wall_s": int(h) * 3600 + int(m) * 60 + float(s),

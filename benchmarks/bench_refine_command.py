@@ -84,17 +84,13 @@ def timed_run(cmd: list[str], log: Path, cwd: Path | None, env: dict, timeout: f
                 subprocess.run(["pkill", "-TERM", "-P", str(proc.pid)], check=False)
             time.sleep(0.5)
     wall = time.time() - t0
-    text = log.read_text()
-
-    def field(name: str) -> str:
-        return re.search(rf"{re.escape(name)}: (.+)", text).group(1).strip()
-
     if proc.returncode and not timed_out:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
-    return {"start_epoch": t0, "wall_s": wall, "timed_out": timed_out,
-            "cpu_s": float(field("User time (seconds)")) + float(field("System time (seconds)")),
-            "peak_rss_mib": int(field("Maximum resident set size (kbytes)")) / 1024,
-            "cpu_tree_s": sum(cpu.values()), "peak_tree_rss_mib": peak / 1024}
+    from bench_commands import time_v
+
+    report = time_v(log.read_text())
+    return {"start_epoch": t0, "wall_s": wall, "timed_out": timed_out, "cpu_s": report["cpu_s"],
+            "peak_rss_mib": report["peak_rss_mib"], "cpu_tree_s": sum(cpu.values()), "peak_tree_rss_mib": peak / 1024}
 
 
 def commands(out: Path, star: Path, threads: int, k: int) -> dict[str, tuple[list[str], Path | None, dict, Path]]:

@@ -93,3 +93,27 @@ def test_best_subsets_is_the_least_squares_fit_with_a_free_scale():
     y = 0.8 * (truth[..., None] * p).sum(1) + 0.3 * torch.randn(20, 400, generator=g, dtype=torch.float64)
     got = best_subsets(torch.einsum("bgk,bhk->bgh", p, p), torch.einsum("bgk,bk->bg", p, y))
     assert (got == truth).all()
+
+
+def test_population_prior_is_the_em_fixed_point_and_most_probable_uses_it():
+    """Images drawn from three of four unit Gaussians (means 0, 3, 6 in proportions 0.6 / 0.3 / 0.1; the fourth,
+    at 3.8, shows none) and scored by their exact log-likelihoods under all four: the populations are a fixed point
+    of the EM update (each the mean posterior under them, checked in float64 numpy), near the true proportions with
+    the unseen candidate's near zero, and the pick under them is right more often than the plain maximum
+    likelihood (which gives the unseen candidate the images between 3 and 6). Measured: populations 0.607 / 0.286 /
+    0.090 / 0.017; right 92 % against 82 %."""
+    from cryolens.inference.multibody import most_probable, population_prior
+
+    rng = np.random.default_rng(0)
+    truth = rng.choice(3, size=4000, p=[0.6, 0.3, 0.1])
+    means = np.array([0.0, 3.0, 6.0, 3.8])
+    x = means[truth] + rng.normal(0.0, 1.0, 4000)
+    ll = torch.as_tensor(-0.5 * (x[:, None] - means[None]) ** 2)
+    log_pi = population_prior(ll, iterations=2000).numpy()
+    post = np.exp(ll.numpy() + log_pi - (ll.numpy() + log_pi).max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.exp(log_pi), post.mean(0), atol=1e-4)
+    pi = np.exp(log_pi)
+    assert abs(pi[0] - 0.6) < 0.03 and abs(pi[2] - 0.1) < 0.03 and pi[3] < 0.08, pi
+    ml = (ll.argmax(1).numpy() == truth).mean()
+    assert (most_probable(ll).numpy() == truth).mean() > ml + 0.03, ml

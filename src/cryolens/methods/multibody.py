@@ -93,10 +93,19 @@ def searched_latents(particles: Particles, decoder, maps: torch.Tensor, z: np.nd
     moving = np.concatenate([z.mean(0)[None] + ts[:, None] * axis[None], z[::max(5, -(-len(z) // 100))]])
     cands = np.concatenate([np.c_[moving, np.ones(len(moving))], np.r_[z.mean(0), 0.0][None]]).astype(np.float32)
     rot, t, _ = latent_motions(decoder, torch.as_tensor(cands, device=device))
-    max_freq = min(0.5, particles.pixel_size / config.search_resolution)
     shown = None if presence is None else torch.as_tensor(presence, dtype=maps.dtype)
+    max_freq = min(0.5, particles.pixel_size / config.search_resolution)
     return cands[most_probable(best_motions(particles, maps, rot, t, decoder.origins, max_freq, device=device,
                                             presence=shown))]
+
+
+def shown_bodies(particles: Particles, decoder, maps: torch.Tensor, z: np.ndarray, config: MultibodyConfig,
+                 device) -> np.ndarray:
+    """``(N, G)`` bool: the bodies each image shows (:func:`~cryolens.inference.multibody.best_presence`) against the
+    body maps ``maps``, the bodies moved as each latent row of ``z`` says."""
+    rot, t, _ = latent_motions(decoder, torch.as_tensor(z, device=device))
+    max_freq = min(0.5, particles.pixel_size / config.search_resolution)  # as searched_latents
+    return best_presence(particles, maps, rot, t, decoder.origins, max_freq, device=device).numpy()
 
 
 def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, progress=True) -> MethodOutputs:
@@ -112,16 +121,19 @@ def fit(particles: Particles, known, run, config: MultibodyConfig, device=None, 
     z = np.c_[z, np.ones(len(z), z.dtype)]  # every body moves as the decoder says at z
     shown = np.ones((len(z), decoder.origins.shape[0]), bool)
     maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress).to(device)
-    for step in ("presence", "search", "presence"):  # which bodies, how they move (given those), which bodies
-        if step == "search" and config.search > 0:  # the decoder extrapolates past the learned latents
-            z = searched_latents(particles, decoder, maps, z[:, :-1], config, device, shown)
-        elif step == "presence" and config.presence:
-            rot, t, _ = latent_motions(decoder, torch.as_tensor(z, device=device))
-            shown = best_presence(particles, maps, rot, t, decoder.origins,
-                                  min(0.5, px / config.search_resolution), device=device).numpy()
-        else:
-            continue
-        maps = body_maps(particles, decoder, z, config.softness, config.pad, device, progress, shown).to(device)
+
+    def rebuilt() -> torch.Tensor:  # every body back-projected from the images that show it, as they now move
+        return body_maps(particles, decoder, z, config.softness, config.pad, device, progress, shown).to(device)
+
+    if config.presence:  # which bodies, against bodies from all images
+        shown = shown_bodies(particles, decoder, maps, z, config, device)
+        maps = rebuilt()
+    if config.search > 0:  # how they move, given those (the decoder extrapolates past the learned latents)
+        z = searched_latents(particles, decoder, maps, z[:, :-1], config, device, shown)
+        maps = rebuilt()
+    if config.presence:  # which bodies again, against bodies from the images that show them
+        shown = shown_bodies(particles, decoder, maps, z, config, device)
+        maps = rebuilt()
     z = np.c_[z, shown].astype(np.float32)
 
     def decode(zb: torch.Tensor) -> torch.Tensor:

@@ -76,13 +76,17 @@ def well_specified(particles, truth: torch.Tensor, noise_sigma: float, folder: P
                      np.arange(len(particles)), particles.rotations, particles.shifts, particles.ctf)
 
 
-def calibration(model, truth: torch.Tensor) -> dict:
-    """Per shell: fraction of true real/imaginary parts within 1σ and 2σ of q(V), and the counts."""
+def calibration(model, truth: torch.Tensor, gridding: bool = True) -> dict:
+    """Per shell: fraction of true real/imaginary parts within 1σ and 2σ of q(V), and the counts. The truth in
+    the model's units: the transform of ``truth`` divided by the trilinear apodisation (``gridding``; the
+    grid a trilinear slice model fits is that, not the plain transform), times the images' scale."""
     from cryolens.imaging.fft import fft3_centered
+    from cryolens.volumes.variational import trilinear_apodisation
 
     v = model.volume
     norm = float(model.norm)
-    true = torch.view_as_real(fft3_centered(truth.double()))
+    target = truth.double() / (trilinear_apodisation(v.box_size) if gridding else 1.0)
+    true = torch.view_as_real(fft3_centered(target))
     mean, sd = v.mean.detach().double() * norm, (0.5 * v.logvar.detach().double()).exp() * norm
     z = (true - mean).abs() / sd[..., None]
     keep = torch.stack([v.free, v.free & ~v.dc], -1)
@@ -147,6 +151,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     from cryolens.inference.training import sample_images
+    from cryolens.inference.variational_calibrate import calibrate
     from cryolens.inference.variational_setup import build_model
     from cryolens.io.mrc import read_volume
     from cryolens.io.runfolder import RunFolder
@@ -175,6 +180,9 @@ def main() -> None:
     model = build_model(particles, cfg, sample_images(particles, cfg.norm_images, cfg.seed), None, None)
     with tempfile.TemporaryDirectory() as tmp:  # the recipe's own path (methods/fstdiff.py), model kept
         train(model, particles, RunFolder(Path(tmp)), cfg, "cpu", False)
+    plain = calibration(model, truth, gridding=False)["per_shell"] if cfg.calibrate else None
+    if cfg.calibrate:
+        calibrate(model, particles)
     elapsed = time.perf_counter() - t0
     mean_map = model.volume.render()[0] * float(model.norm)
     post, prior = model.volume.shell_std()
@@ -185,11 +193,17 @@ def main() -> None:
            "fsc05_mean_vs_truth_A": resolution_at(fsc(mean_map, truth), 0.5, px, d),
            "fsc05_backprojection_vs_truth_A": resolution_at(fsc(bp.volume, truth), 0.5, px, d),
            "halfmap_0143_backprojection_A": bp.resolution, **calibration(model, truth),
+           "uncalibrated_per_shell": plain,
            "posterior_std_per_shell": (post * model.norm).tolist(),
            "prior_std_per_shell": (prior * model.norm).tolist()}
     print(json.dumps({k: v for k, v in res.items() if k not in ("options", "per_shell")}, indent=1))
-    for r in res["per_shell"]:
-        print(f"shell {r['shell']:3d}  n {r['n']:6d}  in 1σ {r['in_1sigma']:.3f}  in 2σ {r['in_2sigma']:.3f}")
+    limit = d * px / bp.resolution  # the FSC-0.143 shell of the back-projection's half maps
+    for i, r in enumerate(res["per_shell"]):
+        before = "" if plain is None else \
+            f"   (SGD q(V), plain truth: {plain[i]['in_1sigma']:.3f} {plain[i]['in_2sigma']:.3f})"
+        mark = "*" if 1 <= r["shell"] <= limit else " "
+        print(f"{mark}shell {r['shell']:3d}  n {r['n']:6d}  in 1σ {r['in_1sigma']:.3f}  "
+              f"in 2σ {r['in_2sigma']:.3f}{before}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 

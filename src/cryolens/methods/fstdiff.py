@@ -10,9 +10,11 @@ rotation and a Gaussian shift, free per image — ``pose=variational`` — or fr
 
 Start: ``init_map`` (optionally low-passed to ``init_resolution`` Å) or zero; the pose table starts at the
 metadata's rotations when there are any (a refinement) or at random ones (``start_poses=random``, or no
-poses: ab initio). Outputs: the mean map; ``std.mrc``, the per-voxel standard deviation of the real-space
-map under ``q(V)`` (``std_samples`` draws); per shell the posterior and prior std and the noise power
-(metrics); the mean poses and, per image, ``rlnCryolensRotStdDeg`` (rotational spread, °) and
+poses: ab initio). With known poses, ``q(V)`` is then calibrated in closed form
+(:func:`~cryolens.inference.variational_calibrate.calibrate`: the exact marginal variances, ``τ²`` at
+its EM fixed point). Outputs: the mean map (gridding-corrected); ``std.mrc``, the per-voxel standard
+deviation of the real-space map under ``q(V)`` (``std_samples`` draws); per shell the posterior and prior
+std and the noise power (metrics); the mean poses and, per image, ``rlnCryolensRotStdDeg`` (rotational spread, °) and
 ``rlnCryolensShiftStdPx`` (shift spread, px) in the STAR.
 
 Values: the paper's model (Gaussian noise in Fourier space, factorised Gaussian ``q(V)``, reparametrised
@@ -36,6 +38,7 @@ from ..imaging.rotations import random_rotations
 from ..inference.distributed import is_main
 from ..inference.pose_refine import pose_error_metrics
 from ..inference.training import sample_images
+from ..inference.variational_calibrate import calibrate
 from ..inference.variational_setup import build_model, pose_summaries
 from .class3d import read_start_map
 from .config import option
@@ -67,6 +70,7 @@ class FSTdiffConfig(TrainingConfig):
     samples: int = option(1, "Monte Carlo draws of (V, R, t) per step")
     expectation: Literal["sampled", "analytic"] = option("sampled", "E over q(V): reparametrised draws or closed form")
     std_samples: int = option(32, "draws of q(V) for the real-space std map")
+    calibrate: bool = option(True, "pose=known: q(V)'s variances as the exact marginals, τ² by EM (closed form)")
     enc_channels: int = option(16, "amortized: channels of the encoder's first block")
     enc_max_channels: int = option(128, "amortized: most channels of an encoder block")
     enc_hidden: tuple[int, ...] = option((512, 256), "amortized: widths of the encoder's heads")
@@ -120,6 +124,8 @@ def fit(particles, known, run, config: FSTdiffConfig, device=None, progress=True
     data = particles if config.pose == "known" else dataclasses.replace(particles, rotations=None)
     model = build_model(data, config, sample_images(particles, config.norm_images, config.seed), start_map, rot)
     train(model, data, run, config, device, progress)
+    if config.pose == "known" and config.calibrate and is_main():
+        calibrate(model, data, device)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     truth = particles.rotations if config.pose != "known" else None

@@ -25,6 +25,7 @@ poses and a zero map ("start" error: that of random rotations).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import tempfile
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--abinit", action="store_true", help="ab initio: random start poses, zero start map")
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
     ap.add_argument("--self", action="store_true", help="images made by the model's own slice (well specified)")
+    ap.add_argument("--envelopes", default="none,auto", help="calibrate's priors to measure (comma-separated)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -158,6 +160,7 @@ def main() -> None:
     from cryolens.io.star import read_star
     from cryolens.methods import get
     from cryolens.methods.backprojection import backproject
+    from cryolens.methods.fstdiff import envelope
     from cryolens.methods.training import train
     from cryolens.metrics.fsc import fsc, resolution_at
 
@@ -180,32 +183,42 @@ def main() -> None:
     model = build_model(particles, cfg, sample_images(particles, cfg.norm_images, cfg.seed), None, None)
     with tempfile.TemporaryDirectory() as tmp:  # the recipe's own path (methods/fstdiff.py), model kept
         train(model, particles, RunFolder(Path(tmp)), cfg, "cpu", False)
-    plain = calibration(model, truth, gridding=False)["per_shell"] if cfg.calibrate else None
-    if cfg.calibrate:
-        calibrate(model, particles)
     elapsed = time.perf_counter() - t0
-    mean_map = model.volume.render()[0] * float(model.norm)
-    post, prior = model.volume.shell_std()
     bp = backproject(particles, progress=False)
     d, px = particles.box_size, particles.pixel_size
     res = {"dataset": ds.name + ("_self" if a.self else ""), "options": dataclasses.asdict(cfg), "fit_s": elapsed,
            "epoch_s": elapsed / cfg.epochs,
-           "fsc05_mean_vs_truth_A": resolution_at(fsc(mean_map, truth), 0.5, px, d),
            "fsc05_backprojection_vs_truth_A": resolution_at(fsc(bp.volume, truth), 0.5, px, d),
-           "halfmap_0143_backprojection_A": bp.resolution, **calibration(model, truth),
-           "uncalibrated_per_shell": plain,
-           "posterior_std_per_shell": (post * model.norm).tolist(),
-           "prior_std_per_shell": (prior * model.norm).tolist()}
-    print(json.dumps({k: v for k, v in res.items() if k not in ("options", "per_shell")}, indent=1))
-    limit = d * px / bp.resolution  # the FSC-0.143 shell of the back-projection's half maps
-    for i, r in enumerate(res["per_shell"]):
-        before = "" if plain is None else \
-            f"   (SGD q(V), plain truth: {plain[i]['in_1sigma']:.3f} {plain[i]['in_2sigma']:.3f})"
-        mark = "*" if 1 <= r["shell"] <= limit else " "
-        print(f"{mark}shell {r['shell']:3d}  n {r['n']:6d}  in 1σ {r['in_1sigma']:.3f}  "
-              f"in 2σ {r['in_2sigma']:.3f}{before}")
+           "halfmap_0143_backprojection_A": bp.resolution, "fstdiff": {}}
+    state = copy.deepcopy(model.state_dict())
+    for mode in ["sgd"] + ([e for e in a.envelopes.split(",") if e] if cfg.calibrate else []):
+        model.load_state_dict(state)
+        t1 = time.perf_counter()
+        if mode != "sgd":
+            calibrate(model, particles, envelope(model, dataclasses.replace(cfg, prior_envelope=mode)))
+        post, prior = model.volume.shell_std()
+        res["fstdiff"][mode] = {"calibrate_s": time.perf_counter() - t1,
+                                "fsc05_mean_vs_truth_A": resolution_at(fsc(model.volume.render()[0] * float(model.norm),
+                                                                           truth), 0.5, px, d),
+                                "plain_truth": calibration(model, truth, gridding=False)["per_shell"],
+                                **calibration(model, truth), "posterior_std_per_shell": (post * model.norm).tolist(),
+                                "prior_std_per_shell": (prior * model.norm).tolist()}
+    report(res, d * px / bp.resolution)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+def report(res: dict, limit: float) -> None:
+    """Print the summary and, per q(V) (``sgd``: as trained; else calibrated with that envelope), the
+    coverage per shell (``*``: shells 1 … the back-projection's FSC-0.143 shell ``limit``)."""
+    print(json.dumps({k: v for k, v in res.items() if k not in ("options", "fstdiff")}, indent=1))
+    for mode, r in res["fstdiff"].items():
+        print(f"-- {mode}: calibrate {r['calibrate_s']:.1f} s, "
+              f"mean map FSC 0.5 vs truth {r['fsc05_mean_vs_truth_A']:.2f} A")
+        for row, plain in zip(r["per_shell"], r["plain_truth"]):
+            mark = "*" if 1 <= row["shell"] <= limit else " "
+            print(f"{mark}shell {row['shell']:3d}  n {row['n']:6d}  in 1σ {row['in_1sigma']:.3f}  "
+                  f"in 2σ {row['in_2sigma']:.3f}   (plain truth: {plain['in_1sigma']:.3f} {plain['in_2sigma']:.3f})")
 
 
 if __name__ == "__main__":

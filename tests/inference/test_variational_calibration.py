@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from cryolens.imaging.fft import fft2_centered
+from cryolens.imaging.fft import fft2_centered, fft3_centered, ifft2_centered
 from cryolens.imaging.grids import freq_grid_2d, freq_grid_3d, shell_index_2d, shell_index_3d
 from cryolens.imaging.rotations import random_rotations
 from cryolens.inference.variational import VariationalReconstruction
@@ -15,7 +15,8 @@ from cryolens.inference.variational_calibrate import calibrate, data_precision
 from cryolens.io.mrc import write_stack
 from cryolens.io.particles import Particles
 from cryolens.volumes.neural import canonical_half
-from cryolens.volumes.variational import VariationalVoxelVolume, coupling_factor, hermitian_complete
+from cryolens.volumes.support_prior import EnvelopeTable, coupling_factor, prior_energy
+from cryolens.volumes.variational import VariationalVoxelVolume, hermitian_complete
 from cryolens.volumes.voxel import sample_fourier
 
 D, N, SIGMA2 = 8, 150, 4.0
@@ -73,7 +74,7 @@ def test_calibrated_variance_matches_the_exact_posterior_and_covers(tmp_path):
     particles, model, design, prior, free, keep = _problem(tmp_path)
     a = design.T @ design / SIGMA2 + torch.diag(1 / prior)  # both Friedel mates counted, as the likelihood does
     exact = torch.linalg.inv(a).diagonal()
-    calibrate(model, particles, em_steps=0)
+    calibrate(model, particles, rounds=0)
     var = _as_coordinates(model.volume.logvar.detach().exp(), free, keep)
     shells = _as_coordinates(model.volume.shells.double(), free, keep)
     for k in range(1, D // 2):
@@ -94,14 +95,64 @@ def test_calibrated_variance_matches_the_exact_posterior_and_covers(tmp_path):
     assert abs(cover(var / 1.3, 1) - 0.683) > 0.02 and abs(cover(var * 1.3, 1) - 0.683) > 0.02
 
 
-def test_coupling_factor_limits_and_a_lattice_inverse():
-    """``coupling_factor``: 1 with no data, ``(8/27)·3^{3/2}`` with no prior, and at ``r = 2`` the centre of
-    the exact inverse of the stencil operator on a 24³ periodic lattice (its diagonal by FFT)."""
+def test_coupling_factor_limits():
+    """``coupling_factor``: 1 with no data, ``(8/27)·3^{3/2} ≈ 1.54`` (the continuum's ``(8/27)·E[1/g]``) with
+    no prior, in between at ``r = 10``."""
     assert abs(float(coupling_factor(torch.tensor(0.0))) - 1) < 1e-3
-    assert abs(float(coupling_factor(torch.tensor(1e9))) - 8 / 27 * 3 ** 1.5) < 1e-3
-    n, r = 24, 2.0
-    w = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
-    g1 = (2 + torch.cos(w)) / 3
-    g = g1[:, None, None] * g1[None, :, None] * g1[None, None, :]
-    diag_inverse = float((1 / (r * 27 / 8 * g + 1)).mean())  # λ = 1, A_jj = r
-    assert abs(float(coupling_factor(torch.tensor(r))) - (r + 1) * diag_inverse) < 2e-3
+    assert abs(float(coupling_factor(torch.tensor(1e6))) - 8 / 27 * 3 ** 1.5) < 5e-3
+    assert 1.1 < float(coupling_factor(torch.tensor(10.0))) < 1.5
+
+
+def test_calibrate_mean_is_the_exact_posterior_mean(tmp_path):
+    """``calibrate`` (τ² held) replaces the mean by ``(A + Λ)⁻¹ b`` of the written-out problem for images made by
+    the model's own slices plus white noise: conjugate gradients agree with the dense solve to 2·10⁻³ (the
+    likelihood is evaluated in float32)."""
+    particles, model, design, prior, free, keep = _problem(tmp_path)
+    g = torch.Generator().manual_seed(5)
+    truth = torch.randn(len(prior), generator=g, dtype=torch.float64) * prior.sqrt()
+    grid = torch.zeros(int(free.sum()) * 2, dtype=torch.float64)
+    grid[keep] = truth
+    full = torch.zeros(D, D, D, dtype=torch.complex128)
+    full[free] = torch.complex(grid[:int(free.sum())], grid[int(free.sum()):])
+    clean = model.slices(hermitian_complete(full, free), particles.rotations.double())
+    images = ifft2_centered(clean).real + torch.randn(N, D, D, generator=g, dtype=torch.float64) * math.sqrt(SIGMA2) / D
+    write_stack(tmp_path / "s.mrcs", images.float().numpy(), 2.0)
+    y = torch.view_as_real(fft2_centered(images.float().double()).reshape(N, -1)[:, INSIDE]).reshape(-1)
+    a = design.T @ design / SIGMA2 + torch.diag(1 / prior)
+    exact = torch.linalg.solve(a, design.T @ y / SIGMA2)
+    calibrate(model, particles, rounds=0, iters=200)
+    mine = torch.cat([model.volume.mean.detach()[..., 0][free], model.volume.mean.detach()[..., 1][free]])[keep]
+    assert float((mine.double() - exact).norm() / exact.norm()) < 2e-3
+
+
+def test_envelope_variance_is_the_lattice_inverse():
+    """``EnvelopeTable.variance`` with a non-uniform envelope is the diagonal of ``(n G + Λ)⁻¹`` on a 6³ periodic
+    lattice, ``G`` the trilinear Gram stencil written out voxel by voxel and ``Λ = U diag(1/(τ² w)) U*`` (``U``
+    the unitary centred transform): the stationary model is exact there, whatever its conventions."""
+    n_lat, n, tau2 = 6, 3.0, 0.7
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n_lat)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    off = (idx[:, None, :] - idx[None, :, :]) % n_lat
+    per_axis = torch.where(off == 0, 2 / 3, torch.where((off == 1) | (off == n_lat - 1), 1 / 6, 0.0)).double()
+    gram = per_axis.prod(-1)
+    w = 0.2 + torch.rand(n_lat, n_lat, n_lat, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    w = w / w.mean()
+    eye = torch.eye(n_lat**3, dtype=torch.complex128).reshape(-1, n_lat, n_lat, n_lat)
+    u = fft3_centered(eye).reshape(n_lat**3, -1).T / n_lat**1.5  # columns: U e_j
+    lam = u @ torch.diag((1 / (tau2 * w)).reshape(-1).to(torch.complex128)) @ u.conj().T
+    exact = torch.linalg.inv(n * gram + lam).diagonal().real
+    assert float(exact.std() / exact.mean()) < 1e-9  # stationary: the same for every voxel
+    table = EnvelopeTable(n_lat, w)
+    mine = table.variance(torch.tensor(8 * n / 27), torch.tensor(tau2))
+    assert abs(float(mine) / float(exact.mean()) - 1) < 2e-3
+
+
+def test_prior_energy_without_envelope_is_the_independent_prior():
+    """``prior_energy`` with ``w ≡ 1``: its gradient is ``θ/τ²`` on every free non-DC coordinate."""
+    f3 = freq_grid_3d(D)
+    free = canonical_half(f3) & (f3.norm(dim=-1) < 0.5)
+    dc = f3.norm(dim=-1) == 0
+    tau2 = (1 + torch.rand(D, D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(D, D, D, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    grad = torch.autograd.grad(prior_energy(x, tau2, torch.ones(D, D, D, dtype=torch.float64), free), x)[0]
+    keep = torch.stack([free & ~dc, free & ~dc], -1)
+    torch.testing.assert_close(grad[keep], (x.detach() / tau2[..., None])[keep], rtol=1e-9, atol=1e-12)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..imaging.fft import ifft3_centered
 from ..imaging.grids import lowpass_volume
 from ..imaging.rotations import random_rotations
 from ..inference.distributed import is_main
@@ -40,6 +41,7 @@ from ..inference.pose_refine import pose_error_metrics
 from ..inference.training import sample_images
 from ..inference.variational_calibrate import calibrate
 from ..inference.variational_setup import build_model, pose_summaries
+from ..volumes.support_prior import support_envelope
 from .class3d import read_start_map
 from .config import option
 from .registry import MethodOutputs
@@ -70,7 +72,9 @@ class FSTdiffConfig(TrainingConfig):
     samples: int = option(1, "Monte Carlo draws of (V, R, t) per step")
     expectation: Literal["sampled", "analytic"] = option("sampled", "E over q(V): reparametrised draws or closed form")
     std_samples: int = option(32, "draws of q(V) for the real-space std map")
-    calibrate: bool = option(True, "pose=known: q(V)'s variances as the exact marginals, τ² by EM (closed form)")
+    calibrate: bool = option(True, "pose=known: q(V) as the exact posterior's mean and marginals, τ² by moments")
+    prior_envelope: Literal["none", "auto"] = option("none", "calibrate's prior: independent, or a support envelope")
+    envelope_floor: float = option(0.02, "the envelope outside the support (relative)")
     enc_channels: int = option(16, "amortized: channels of the encoder's first block")
     enc_max_channels: int = option(128, "amortized: most channels of an encoder block")
     enc_hidden: tuple[int, ...] = option((512, 256), "amortized: widths of the encoder's heads")
@@ -91,6 +95,15 @@ def start(particles, config: FSTdiffConfig) -> tuple[torch.Tensor | None, torch.
     if config.pose == "variational" and (rot is None or config.start_poses == "random"):
         rot = random_rotations(len(particles), torch.Generator().manual_seed(config.seed))
     return start_map, rot
+
+
+def envelope(model, config: FSTdiffConfig) -> torch.Tensor | None:
+    """The support envelope of the calibration's prior (``prior_envelope=auto``: from the trained mean map,
+    :func:`~cryolens.volumes.support_prior.support_envelope`) or None."""
+    if config.prior_envelope == "none":
+        return None
+    grid = model.volume.mean_grid().detach().cpu()
+    return support_envelope(ifft3_centered(grid).real, floor=config.envelope_floor)
 
 
 def outputs(model, particles, truth, run, config: FSTdiffConfig, device) -> MethodOutputs:
@@ -125,7 +138,7 @@ def fit(particles, known, run, config: FSTdiffConfig, device=None, progress=True
     model = build_model(data, config, sample_images(particles, config.norm_images, config.seed), start_map, rot)
     train(model, data, run, config, device, progress)
     if config.pose == "known" and config.calibrate and is_main():
-        calibrate(model, data, device)
+        calibrate(model, data, envelope(model, config), device)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     truth = particles.rotations if config.pose != "known" else None

@@ -23,9 +23,6 @@ of freedom (:func:`gaussian_kl`).
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 from torch import nn
 
@@ -86,34 +83,6 @@ def trilinear_apodisation(d: int, device=None) -> torch.Tensor:
     is the transform of ``map / apodisation`` and its map is ``ifft3(grid) · apodisation``."""
     s = torch.sinc((torch.arange(d, dtype=torch.float64, device=device) - d // 2) / d).square()
     return s[:, None, None] * s[None, :, None] * s[None, None, :]
-
-
-@functools.lru_cache(maxsize=1)
-def _coupling_table(n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log r (K,), κ(r) (K,))`` float64 of :func:`coupling_factor` by the midpoint rule on ``n³`` points."""
-    w = 2 * math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    g1 = (2 + torch.cos(w)) / 3
-    g = (g1[:, None, None] * g1[None, :, None] * g1[None, None, :]).reshape(-1)
-    log_r = torch.linspace(math.log(1e-4), math.log(1e8), 241, dtype=torch.float64)
-    r = log_r.exp()
-    kappa = torch.stack([(ri + 1) * (1 / (ri * 27 / 8 * g + 1)).mean() for ri in r])
-    return log_r, kappa
-
-
-def coupling_factor(ratio: torch.Tensor) -> torch.Tensor:
-    """``κ(r)`` (same shape as ``ratio``, float64): the exact marginal variance of a voxel over the
-    mean-field one ``1/(A_jj + 1/τ²)``, for a Gaussian posterior whose data precision is the trilinear
-    interpolation's Gram stencil (per axis ``[1/6, 2/3, 1/6]`` of a locally uniform sampling density; its
-    diagonal ``A_jj``) plus a prior ``1/τ²``, at ``r = A_jj τ²``. From the stencil's symbol
-    ``g(ω) = Π (2 + cos ω_a)/3``: ``κ = (r + 1) · E_ω[1 / (r · 27/8 · g(ω) + 1)]``, 1 at ``r = 0`` and
-    ``(8/27)·3^{3/2} ≈ 1.540`` as ``r → ∞`` (docs/METHODS.md, "FSTdiff")."""
-    log_r, kappa = _coupling_table()
-    x = torch.as_tensor(ratio, dtype=torch.float64).clamp(min=1e-30).log().clamp(float(log_r[0]), float(log_r[-1]))
-    pos = (x - log_r[0]) / (log_r[1] - log_r[0])
-    lo = pos.floor().long().clamp(0, len(log_r) - 2)
-    t = pos - lo
-    k = kappa.to(x.device)
-    return k[lo] * (1 - t) + k[lo + 1] * t
 
 
 class VariationalVoxelVolume(FourierGridModel):

@@ -183,7 +183,8 @@ def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, t
     (:meth:`~cryolens.volumes.support_prior.EnvelopeTable.moments`); unbiased in the stationary model
     whatever the working ``τ²``, unlike the mean-field EM update ``mean(m² + v)``. ``informed``: the
     shell's mean ``c₂`` (the fraction of the signal's power its mean recovers) is above ``MIN_RECOVERY``
-    (elsewhere the estimate is noise over almost nothing, and ``τ²`` is kept)."""
+    and the estimate's standard error is below 30 % of it (elsewhere the estimate is mostly noise, and
+    ``τ²`` is kept)."""
     free, dc, shells = vol.free, vol.dc, vol.shells
     n = tau2.shape[0]
     c1, c2 = table.moments(a, tau2[shells])
@@ -191,8 +192,11 @@ def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, t
     sq = mean[..., 0].square() + mean[..., 1].square() * ~dc
     num = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], (sq - parts * c1)[free])
     den = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], (parts * c2)[free])
-    count = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], parts[free])
-    return num / den.clamp_min(1e-30), den / count.clamp_min(1) > MIN_RECOVERY
+    count = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], parts[free]).clamp_min(1)
+    estimate = num / den.clamp_min(1e-30)
+    total = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], sq[free])
+    error = (2 / count).sqrt() * total / den.clamp_min(1e-30)  # m² of a Gaussian: variance 2 (E m²)²
+    return estimate, (den / count > MIN_RECOVERY) & (error < 0.3 * estimate)
 
 
 def _shell_mean(x: torch.Tensor, shells: torch.Tensor, free: torch.Tensor, n: int) -> torch.Tensor:

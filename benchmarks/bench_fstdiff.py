@@ -51,30 +51,55 @@ def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0) -> Path:
     return out
 
 
+def self_truth(truth: torch.Tensor, kind: str, seed: int = 11) -> torch.Tensor:
+    """The map ``(D, D, D)`` whose gridding-corrected transform the ``--self`` images are made from: the true
+    map (``truth``), or a draw of the model's own prior with the true map's power per shell (per real
+    coordinate of ``fft3(truth / apodisation)``) and no envelope (``prior``) or the true map's support
+    envelope (``support``, :func:`~cryolens.volumes.support_prior.support_envelope`)."""
+    from cryolens.imaging.fft import fft3_centered, ifft3_centered
+    from cryolens.imaging.grids import radial_average, shell_index_3d
+    from cryolens.volumes.support_prior import support_envelope
+    from cryolens.volumes.variational import trilinear_apodisation
+
+    if kind == "truth":
+        return truth
+    d = truth.shape[-1]
+    apod = trilinear_apodisation(d)
+    shells = shell_index_3d(d).clamp_max(d // 2)
+    power = radial_average(fft3_centered(truth.double() / apod).abs().square() / 2, shells, d // 2 + 1)
+    w = support_envelope(truth.double() / apod) if kind == "support" else torch.ones(d, d, d, dtype=torch.float64)
+    noise = torch.randn(d, d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grid = fft3_centered(w.sqrt() * noise) * (2 * power[shells] / d**3).sqrt()
+    return (ifft3_centered(grid).real * apod).float()
+
+
 def well_specified(particles, truth: torch.Tensor, noise_sigma: float, folder: Path):
     """The same poses, shifts, CTFs and noise level, the images made by the model's own trilinear slice of
-    ``fft3(truth)`` (``--self``): a data set the model describes exactly."""
+    the gridding-corrected ``fft3(truth / apodisation)`` (``--self``): a data set the model describes
+    exactly."""
     from cryolens.imaging.fft import fft3_centered, ifft2_centered
     from cryolens.imaging.forward import shift_and_ctf
     from cryolens.imaging.grids import freq_grid_2d
     from cryolens.io.mrc import write_stack
     from cryolens.io.particles import Particles
+    from cryolens.volumes.variational import trilinear_apodisation
     from cryolens.volumes.voxel import sample_fourier
 
     d = particles.box_size
-    grid = fft3_centered(truth)
+    grid = fft3_centered(truth.double() / trilinear_apodisation(d))
     plane = torch.cat([freq_grid_2d(d).reshape(-1, 2), torch.zeros(d * d, 1)], 1)
     g = torch.Generator().manual_seed(5)
     images = []
     for s in range(0, len(particles), 200):
-        r = particles.rotations[s:s + 200]
-        f = sample_fourier(grid, torch.einsum("bij,mj->bmi", r, plane)).reshape(-1, d, d)
-        f = shift_and_ctf(f, particles.shifts[s:s + 200], particles.ctf[s:s + 200], particles.pixel_size)
-        img = ifft2_centered(f).real
+        r = particles.rotations[s:s + 200].double()
+        f = sample_fourier(grid, torch.einsum("bij,mj->bmi", r, plane.double())).reshape(-1, d, d)
+        f = shift_and_ctf(f, particles.shifts[s:s + 200].double(), particles.ctf[s:s + 200], particles.pixel_size)
+        img = ifft2_centered(f).real.float()
         images.append(img + noise_sigma * torch.randn(img.shape, generator=g))
     write_stack(folder / "self.mrcs", torch.cat(images).numpy(), particles.pixel_size)
     return Particles(particles.pixel_size, d, [str(folder / "self.mrcs")], np.zeros(len(particles), int),
                      np.arange(len(particles)), particles.rotations, particles.shifts, particles.ctf)
+
 
 
 def calibration(model, truth: torch.Tensor, gridding: bool = True) -> dict:
@@ -147,7 +172,8 @@ def main() -> None:
     ap.add_argument("--refine", type=float, default=0.0, help="pose refinement from poses perturbed by DEG")
     ap.add_argument("--abinit", action="store_true", help="ab initio: random start poses, zero start map")
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
-    ap.add_argument("--self", action="store_true", help="images made by the model's own slice (well specified)")
+    ap.add_argument("--self", choices=["truth", "prior", "support"],
+                    help="images made by the model's own slice of the truth or of a prior draw (self_truth)")
     ap.add_argument("--envelopes", default="none,auto", help="calibrate's priors to measure (comma-separated)")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -177,6 +203,7 @@ def main() -> None:
     cfg = get("fstdiff").config({"pose": "known", **dict(s.split("=", 1) for s in a.set)})
     scratch = tempfile.TemporaryDirectory()
     if a.self:
+        truth = self_truth(truth, a.self)
         sigma = float(np.load(ds / "ground_truth" / "ground_truth.npz")["noise_sigma"])
         particles = well_specified(particles, truth, sigma, Path(scratch.name))
     t0 = time.perf_counter()
@@ -186,7 +213,8 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     bp = backproject(particles, progress=False)
     d, px = particles.box_size, particles.pixel_size
-    res = {"dataset": ds.name + ("_self" if a.self else ""), "options": dataclasses.asdict(cfg), "fit_s": elapsed,
+    res = {"dataset": ds.name + (f"_self_{a.self}" if a.self else ""), "options": dataclasses.asdict(cfg),
+           "fit_s": elapsed,
            "epoch_s": elapsed / cfg.epochs,
            "fsc05_backprojection_vs_truth_A": resolution_at(fsc(bp.volume, truth), 0.5, px, d),
            "halfmap_0143_backprojection_A": bp.resolution, "fstdiff": {}}

@@ -37,8 +37,6 @@ from ..volumes.variational import hermitian_complete, mirror_real, trilinear_pow
 from .likelihood import gaussian_log_likelihood, shell_weights
 from .variational import VariationalReconstruction
 
-MIN_RECOVERY = 0.05  # below it a shell's τ² is not re-estimated (moment_prior)
-
 
 def data_precision(model: VariationalReconstruction, particles: Particles, device=None,
                    batch_size: int = 256) -> torch.Tensor:
@@ -182,9 +180,9 @@ def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, t
     (D, D, D, 2)`` at the working ``tau2``: ``Σ_j (m_j² − c₁) / Σ_j c₂`` over the shell's real coordinates
     (:meth:`~cryolens.volumes.support_prior.EnvelopeTable.moments`); unbiased in the stationary model
     whatever the working ``τ²``, unlike the mean-field EM update ``mean(m² + v)``. ``informed``: the
-    shell's mean ``c₂`` (the fraction of the signal's power its mean recovers) is above ``MIN_RECOVERY``
-    and the estimate's standard error is below 30 % of it (elsewhere the estimate is mostly noise, and
-    ``τ²`` is kept)."""
+    estimate's standard error (``m²`` of a Gaussian has variance ``2 (E m²)²``) is below 30 % of it
+    (elsewhere ``m²`` hardly exceeds its noise part, and ``τ²`` is kept). The test does not depend on the
+    working ``τ²``'s scale, so a shell whose learned ``τ²`` is far too small is still re-estimated."""
     free, dc, shells = vol.free, vol.dc, vol.shells
     n = tau2.shape[0]
     c1, c2 = table.moments(a, tau2[shells])
@@ -196,7 +194,7 @@ def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, t
     estimate = num / den.clamp_min(1e-30)
     total = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], sq[free])
     error = (2 / count).sqrt() * total / den.clamp_min(1e-30)  # m² of a Gaussian: variance 2 (E m²)²
-    return estimate, (den / count > MIN_RECOVERY) & (error < 0.3 * estimate)
+    return estimate, error < 0.3 * estimate
 
 
 def _shell_mean(x: torch.Tensor, shells: torch.Tensor, free: torch.Tensor, n: int) -> torch.Tensor:

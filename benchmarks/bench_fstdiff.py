@@ -6,10 +6,13 @@ Data: 4E43 (bundled model) simulated with ``simulate_dataset`` (CTF, defocus 1�
 ``--n`` images of ``--box`` px at ``--apix`` Å/px and SNR ``--snr``, cached under benchmarks/_data/. The
 recipe runs with ``pose=known`` (the issue's calibration setting) and the options given by ``--set``.
 Coefficients are compared per real degree of freedom (real and imaginary parts of the canonical half-space
-inside Nyquist) in the images' units: the truth is the centred transform of the ground-truth map; ``σ`` is
-the posterior std of that part. Caveat: the model slices its grid by trilinear interpolation without
-oversampling, so its best grid is not exactly the transform of the true map at high frequency (the
-interpolation attenuates it): the comparison there measures that bias too.
+inside Nyquist, Friedel mates once) in the model's units: the truth is the centred transform of the
+ground-truth map divided by the trilinear apodisation (the grid a trilinear slice model fits; the plain
+transform is reported beside it), times the images' scale; ``σ`` is the posterior std of that part.
+Measured per q(V): ``sgd`` (as trained) and, for each of ``--envelopes``, the recipe's closed-form
+calibration (:func:`~cryolens.inference.variational_calibrate.calibrate`) with that prior envelope.
+``--self truth|prior|support``: the images are made instead by the model's own slice of the truth or of a
+draw of its prior (:func:`self_truth`), same poses, shifts, CTFs and noise.
 
 ``--refine DEG``: instead, a pose refinement: every true rotation is perturbed by a random rotation of
 DEG degrees about a random axis, the start map is the truth low-passed to ``--start-res`` Å, and the recipe
@@ -19,7 +22,8 @@ image's rotational spread (rlnCryolensRotStdDeg) and its error. ``--abinit``: th
 poses and a zero map ("start" error: that of random rotations).
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
-      [--set epochs=20 ...] [--refine 5 --start-res 20 | --abinit] [--json out.json]
+      [--set epochs=20 ...] [--envelopes none,auto] [--self prior] [--refine 5 --start-res 20 | --abinit]
+      [--json out.json]
 """
 
 from __future__ import annotations

@@ -1,24 +1,24 @@
-"""The known-pose posterior of FSTdiff's ``q(V)`` in closed form: calibrated marginal variances
-(docs/METHODS.md, "FSTdiff").
+"""The known-pose posterior of FSTdiff's ``q(V)`` in closed form: the exact mean and calibrated marginal
+variances (docs/METHODS.md, "FSTdiff").
 
 With the poses known (or fixed at their means) the model is linear-Gaussian in the map's free real
 coordinates ``θ``: ``log p(Y | θ) = −½ θᵀ A θ + bᵀ θ + const`` with ``A = Σ_i Σ_f C_i(f)² a(f) a(f)ᵀ / σ²(f)``
 (``a(f)`` the trilinear weights of the slice point of pixel ``f``, the sum over every pixel inside the
-likelihood's shell limit, both Friedel mates, as the likelihood counts them) and the prior ``N(0, τ²(k))``
-per coordinate. The exact posterior is ``N((A + Λ)⁻¹ b, (A + Λ)⁻¹)``, ``Λ = diag 1/τ²``.
+likelihood's shell limit, both Friedel mates, as the likelihood counts them) and a Gaussian prior of
+precision ``Λ`` (:mod:`~cryolens.volumes.support_prior`: ``N(0, τ²(k))`` per coordinate, or with a
+real-space envelope). The exact posterior is ``N((A + Λ)⁻¹ b, (A + Λ)⁻¹)``.
 
-- The factorised ``q(V)`` that maximises the ELBO has the exact posterior mean but the variances
-  ``1/(A_jj + 1/τ²)`` (mean field): smaller than the exact marginals ``[(A + Λ)⁻¹]_jj`` because the
-  trilinear slice couples neighbouring voxels. :func:`data_precision` computes ``A_jj`` exactly (one
-  pass over the data: the derivative of the analytic slice-variance term); the marginal is then
-  ``κ(A_jj τ²) / (A_jj + 1/τ²)`` (:func:`~cryolens.volumes.variational.coupling_factor`, the coupling of
-  a locally uniform sampling, 1 where the prior dominates, 1.54 where the data do).
-- ``τ²(k)``: the ELBO's own fixed point, EM (``τ² = mean over the shell's coordinates of m² + v``),
-  iterated to convergence in closed form (:func:`calibrate`): the learned value moves too slowly by SGD
-  where the data are weak. Shells ``1 … k_max`` only: the zero frequency is one coefficient, and the
-  shells past the likelihood's limit are barely seen (there EM runs to ``τ² → 0``); they keep the
-  learned ``τ²``. While ``τ²`` changes, the mean is re-shrunk voxel by voxel,
-  ``m = μ (A_jj + 1/τ₀²)/(A_jj + 1/τ²)`` (the diagonal part of the exact update).
+- Mean: the factorised ``q(V)`` that maximises the ELBO has the exact posterior mean, which SGD approaches
+  slowly; :func:`solve_mean` finishes it by conjugate gradients (one data pass per iteration).
+- Variances: the ELBO's optimum in the factorised family is ``1/(A_jj + 1/τ²)`` (mean field), smaller
+  than the exact marginals ``[(A + Λ)⁻¹]_jj`` because the trilinear slice couples neighbouring voxels.
+  :func:`data_precision` computes ``A_jj`` exactly (one pass: the derivative of the analytic
+  slice-variance term); the marginal follows from the stationary model
+  (:meth:`~cryolens.volumes.support_prior.EnvelopeTable.variance`): the family set to the exact
+  marginals, the factorised Gaussian closest to the posterior in ``KL(p ‖ q)``.
+- ``τ²(k)``: by the method of moments on the exact mean (:func:`moment_prior`), two rounds; shells
+  ``1 … k_max`` only (the zero frequency is one coefficient, the shells past the likelihood's limit are
+  barely seen) and only where the estimate is precise; elsewhere the learned ``τ²`` is kept.
 - ``σ²(k)``: kept at the ELBO's learned value (data-rich: every pixel of every image informs it).
 """
 

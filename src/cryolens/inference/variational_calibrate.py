@@ -50,19 +50,11 @@ def data_precision(model: VariationalReconstruction, particles: Particles, devic
     w = shell_weights(model.log_noise.detach().exp().double().to(device), d, model.k_max)
     plane = model.plane.double().to(device)
     total = torch.zeros(d, d, d, dtype=torch.float64, device=device)
-    for idx, images in iterate_batches(particles, batch_size):
-        it = torch.as_tensor(idx)
-        rot = particles.rotations[it] if model.poses is None else None
-        if rot is None:
-            batch = {"index": it.to(device), "image": images.to(device),
-                     "shift": None if particles.shifts is None else particles.shifts[it].to(device)}
-            with torch.no_grad():
-                rot = model.pose_posterior(batch)[0]
+    for batch, rot in _batches(model, particles, device, batch_size, False):
         coords = torch.einsum("bij,mj->bmi", rot.double().to(device), plane)
-        weight = w.expand(len(it), d, d)
-        if particles.ctf is not None:
-            weight = weight * ctf_2d(particles.ctf[it], d, particles.pixel_size, device=device,
-                                     dtype=torch.float64).square()
+        weight = w.expand(len(rot), d, d)
+        if "ctf" in batch:
+            weight = weight * ctf_2d(batch["ctf"], d, particles.pixel_size, device=device, dtype=torch.float64).square()
         with torch.enable_grad():
             power = trilinear_power(mirror_real(u, free), coords).reshape(-1, d, d)
             total += torch.autograd.grad((weight * power).sum(), u)[0]
@@ -149,8 +141,10 @@ def calibrate(model: VariationalReconstruction, particles: Particles, envelope: 
     n = d // 2 + 1
     a = data_precision(model, particles, device, batch_size).to(vol.logvar.device)
     table = EnvelopeTable(d, envelope)
-    w = torch.ones(d, d, d, dtype=torch.float64) if envelope is None else envelope.double() / envelope.double().mean()
-    fitted = torch.zeros(n, dtype=torch.bool)
+    dev = vol.logvar.device
+    w = torch.ones(d, d, d, dtype=torch.float64, device=dev) if envelope is None else \
+        (envelope.double() / envelope.double().mean()).to(dev)
+    fitted = torch.zeros(n, dtype=torch.bool, device=dev)
     fitted[1:model.k_max + 1] = True  # the DC alone, and shells past the likelihood's limit, keep the learned τ²
     tau2 = vol.log_prior_var.detach().double().exp()
     x = vol.mean.detach().double()
@@ -170,8 +164,8 @@ def calibrate(model: VariationalReconstruction, particles: Particles, envelope: 
     t = tau2[shells]
     var = table.variance(a, t)
     vol.set_posterior(x, var, tau2)
-    return {"precision_ratio": _shell_mean(a * t, shells, free, n).numpy(),
-            "over_mean_field": _shell_mean(var * (a + 1 / t), shells, free, n).numpy()}
+    return {"precision_ratio": _shell_mean(a * t, shells, free, n).cpu().numpy(),
+            "over_mean_field": _shell_mean(var * (a + 1 / t), shells, free, n).cpu().numpy()}
 
 
 def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, table: EnvelopeTable
@@ -186,19 +180,21 @@ def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, t
     free, dc, shells = vol.free, vol.dc, vol.shells
     n = tau2.shape[0]
     c1, c2 = table.moments(a, tau2[shells])
-    parts = torch.where(dc, 1.0, 2.0).double()
+    parts = torch.where(dc, 1.0, 2.0).to(mean.dtype)
     sq = mean[..., 0].square() + mean[..., 1].square() * ~dc
-    num = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], (sq - parts * c1)[free])
-    den = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], (parts * c2)[free])
-    count = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], parts[free]).clamp_min(1)
+    def per_shell(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, shells[free], x[free].double())
+
+    num, den, count = per_shell(sq - parts * c1), per_shell(parts * c2), per_shell(parts).clamp_min(1)
     estimate = num / den.clamp_min(1e-30)
-    total = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], sq[free])
+    total = per_shell(sq)
     error = (2 / count).sqrt() * total / den.clamp_min(1e-30)  # m² of a Gaussian: variance 2 (E m²)²
     return estimate, error < 0.3 * estimate
 
 
 def _shell_mean(x: torch.Tensor, shells: torch.Tensor, free: torch.Tensor, n: int) -> torch.Tensor:
     """``(n,)`` float64 mean of ``x (D, D, D)`` over the free voxels of each shell."""
-    s = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], x[free].double())
-    c = torch.zeros(n, dtype=torch.float64).index_add_(0, shells[free], torch.ones_like(x[free], dtype=torch.float64))
+    s = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, shells[free], x[free].double())
+    c = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, shells[free],
+                                                                         torch.ones_like(x[free], dtype=torch.float64))
     return s / c.clamp_min(1)

@@ -56,6 +56,7 @@ class FSTdiffConfig(TrainingConfig):
     batch_size: int = option(32, "images per optimiser step, over all DDP processes")
     lr: float = option(0.02, "Adam learning rate of q(V), the noise and the prior")
     pose_lr: float = option(0.001, "Adam learning rate of the pose posterior (0 = lr)")
+    pose_spread_lr: float = option(0.01, "pose=variational: Adam learning rate of the per-image spreads (0 = pose_lr)")
     var_lr: float = option(0.1, "Adam learning rate of q(V)'s log-variances and the noise (0 = lr)")
     lr_decay: float = option(0.95, "every learning rate times this per epoch")
     pose: Literal["variational", "amortized", "known"] = option("variational", "q(R, t): per image, encoder, known")

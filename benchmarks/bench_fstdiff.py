@@ -6,10 +6,13 @@ Data: 4E43 (bundled model) simulated with ``simulate_dataset`` (CTF, defocus 1�
 ``--n`` images of ``--box`` px at ``--apix`` Å/px and SNR ``--snr``, cached under benchmarks/_data/. The
 recipe runs with ``pose=known`` (the issue's calibration setting) and the options given by ``--set``.
 Coefficients are compared per real degree of freedom (real and imaginary parts of the canonical half-space
-inside Nyquist) in the images' units: the truth is the centred transform of the ground-truth map; ``σ`` is
-the posterior std of that part. Caveat: the model slices its grid by trilinear interpolation without
-oversampling, so its best grid is not exactly the transform of the true map at high frequency (the
-interpolation attenuates it): the comparison there measures that bias too.
+inside Nyquist, Friedel mates once) in the model's units: the truth is the centred transform of the
+ground-truth map divided by the trilinear apodisation (the grid a trilinear slice model fits; the plain
+transform is reported beside it), times the images' scale; ``σ`` is the posterior std of that part.
+Measured per q(V): ``sgd`` (as trained) and, for each of ``--envelopes``, the recipe's closed-form
+calibration (:func:`~cryolens.inference.variational_calibrate.calibrate`) with that prior envelope.
+``--self truth|prior|support``: the images are made instead by the model's own slice of the truth or of a
+draw of its prior (:func:`self_truth`), same poses, shifts, CTFs and noise.
 
 ``--refine DEG``: instead, a pose refinement: every true rotation is perturbed by a random rotation of
 DEG degrees about a random axis, the start map is the truth low-passed to ``--start-res`` Å, and the recipe
@@ -19,12 +22,14 @@ image's rotational spread (rlnCryolensRotStdDeg) and its error. ``--abinit``: th
 poses and a zero map ("start" error: that of random rotations).
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
-      [--set epochs=20 ...] [--refine 5 --start-res 20 | --abinit] [--json out.json]
+      [--set epochs=20 ...] [--envelopes none,auto] [--self prior] [--refine 5 --start-res 20 | --abinit]
+      [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import tempfile
@@ -50,39 +55,68 @@ def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0) -> Path:
     return out
 
 
+def self_truth(truth: torch.Tensor, kind: str, seed: int = 11) -> torch.Tensor:
+    """The map ``(D, D, D)`` whose gridding-corrected transform the ``--self`` images are made from: the true
+    map (``truth``), or a draw of the model's own prior with the true map's power per shell (per real
+    coordinate of ``fft3(truth / apodisation)``) and no envelope (``prior``) or the true map's support
+    envelope (``support``, :func:`~cryolens.volumes.support_prior.support_envelope`)."""
+    from cryolens.imaging.fft import fft3_centered, ifft3_centered
+    from cryolens.imaging.grids import radial_average, shell_index_3d
+    from cryolens.volumes.support_prior import support_envelope
+    from cryolens.volumes.variational import trilinear_apodisation
+
+    if kind == "truth":
+        return truth
+    d = truth.shape[-1]
+    apod = trilinear_apodisation(d)
+    shells = shell_index_3d(d).clamp_max(d // 2)
+    power = radial_average(fft3_centered(truth.double() / apod).abs().square() / 2, shells, d // 2 + 1)
+    w = support_envelope(truth.double() / apod) if kind == "support" else torch.ones(d, d, d, dtype=torch.float64)
+    noise = torch.randn(d, d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grid = fft3_centered(w.sqrt() * noise) * (2 * power[shells] / d**3).sqrt()
+    return (ifft3_centered(grid).real * apod).float()
+
+
 def well_specified(particles, truth: torch.Tensor, noise_sigma: float, folder: Path):
     """The same poses, shifts, CTFs and noise level, the images made by the model's own trilinear slice of
-    ``fft3(truth)`` (``--self``): a data set the model describes exactly."""
+    the gridding-corrected ``fft3(truth / apodisation)`` (``--self``): a data set the model describes
+    exactly."""
     from cryolens.imaging.fft import fft3_centered, ifft2_centered
     from cryolens.imaging.forward import shift_and_ctf
     from cryolens.imaging.grids import freq_grid_2d
     from cryolens.io.mrc import write_stack
     from cryolens.io.particles import Particles
+    from cryolens.volumes.variational import trilinear_apodisation
     from cryolens.volumes.voxel import sample_fourier
 
     d = particles.box_size
-    grid = fft3_centered(truth)
+    grid = fft3_centered(truth.double() / trilinear_apodisation(d))
     plane = torch.cat([freq_grid_2d(d).reshape(-1, 2), torch.zeros(d * d, 1)], 1)
     g = torch.Generator().manual_seed(5)
     images = []
     for s in range(0, len(particles), 200):
-        r = particles.rotations[s:s + 200]
-        f = sample_fourier(grid, torch.einsum("bij,mj->bmi", r, plane)).reshape(-1, d, d)
-        f = shift_and_ctf(f, particles.shifts[s:s + 200], particles.ctf[s:s + 200], particles.pixel_size)
-        img = ifft2_centered(f).real
+        r = particles.rotations[s:s + 200].double()
+        f = sample_fourier(grid, torch.einsum("bij,mj->bmi", r, plane.double())).reshape(-1, d, d)
+        f = shift_and_ctf(f, particles.shifts[s:s + 200].double(), particles.ctf[s:s + 200], particles.pixel_size)
+        img = ifft2_centered(f).real.float()
         images.append(img + noise_sigma * torch.randn(img.shape, generator=g))
     write_stack(folder / "self.mrcs", torch.cat(images).numpy(), particles.pixel_size)
     return Particles(particles.pixel_size, d, [str(folder / "self.mrcs")], np.zeros(len(particles), int),
                      np.arange(len(particles)), particles.rotations, particles.shifts, particles.ctf)
 
 
-def calibration(model, truth: torch.Tensor) -> dict:
-    """Per shell: fraction of true real/imaginary parts within 1σ and 2σ of q(V), and the counts."""
+
+def calibration(model, truth: torch.Tensor, gridding: bool = True) -> dict:
+    """Per shell: fraction of true real/imaginary parts within 1σ and 2σ of q(V), and the counts. The truth in
+    the model's units: the transform of ``truth`` divided by the trilinear apodisation (``gridding``; the
+    grid a trilinear slice model fits is that, not the plain transform), times the images' scale."""
     from cryolens.imaging.fft import fft3_centered
+    from cryolens.volumes.variational import trilinear_apodisation
 
     v = model.volume
     norm = float(model.norm)
-    true = torch.view_as_real(fft3_centered(truth.double()))
+    target = truth.double() / (trilinear_apodisation(v.box_size) if gridding else 1.0)
+    true = torch.view_as_real(fft3_centered(target))
     mean, sd = v.mean.detach().double() * norm, (0.5 * v.logvar.detach().double()).exp() * norm
     z = (true - mean).abs() / sd[..., None]
     keep = torch.stack([v.free, v.free & ~v.dc], -1)
@@ -142,17 +176,21 @@ def main() -> None:
     ap.add_argument("--refine", type=float, default=0.0, help="pose refinement from poses perturbed by DEG")
     ap.add_argument("--abinit", action="store_true", help="ab initio: random start poses, zero start map")
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
-    ap.add_argument("--self", action="store_true", help="images made by the model's own slice (well specified)")
+    ap.add_argument("--self", choices=["truth", "prior", "support"],
+                    help="images made by the model's own slice of the truth or of a prior draw (self_truth)")
+    ap.add_argument("--envelopes", default="none,auto", help="calibrate's priors to measure (comma-separated)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(1)
     from cryolens.inference.training import sample_images
+    from cryolens.inference.variational_calibrate import calibrate
     from cryolens.inference.variational_setup import build_model
     from cryolens.io.mrc import read_volume
     from cryolens.io.runfolder import RunFolder
     from cryolens.io.star import read_star
     from cryolens.methods import get
     from cryolens.methods.backprojection import backproject
+    from cryolens.methods.fstdiff import envelope
     from cryolens.methods.training import train
     from cryolens.metrics.fsc import fsc, resolution_at
 
@@ -169,6 +207,7 @@ def main() -> None:
     cfg = get("fstdiff").config({"pose": "known", **dict(s.split("=", 1) for s in a.set)})
     scratch = tempfile.TemporaryDirectory()
     if a.self:
+        truth = self_truth(truth, a.self)
         sigma = float(np.load(ds / "ground_truth" / "ground_truth.npz")["noise_sigma"])
         particles = well_specified(particles, truth, sigma, Path(scratch.name))
     t0 = time.perf_counter()
@@ -176,22 +215,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # the recipe's own path (methods/fstdiff.py), model kept
         train(model, particles, RunFolder(Path(tmp)), cfg, "cpu", False)
     elapsed = time.perf_counter() - t0
-    mean_map = model.volume.render()[0] * float(model.norm)
-    post, prior = model.volume.shell_std()
     bp = backproject(particles, progress=False)
     d, px = particles.box_size, particles.pixel_size
-    res = {"dataset": ds.name + ("_self" if a.self else ""), "options": dataclasses.asdict(cfg), "fit_s": elapsed,
+    res = {"dataset": ds.name + (f"_self_{a.self}" if a.self else ""), "options": dataclasses.asdict(cfg),
+           "fit_s": elapsed,
            "epoch_s": elapsed / cfg.epochs,
-           "fsc05_mean_vs_truth_A": resolution_at(fsc(mean_map, truth), 0.5, px, d),
            "fsc05_backprojection_vs_truth_A": resolution_at(fsc(bp.volume, truth), 0.5, px, d),
-           "halfmap_0143_backprojection_A": bp.resolution, **calibration(model, truth),
-           "posterior_std_per_shell": (post * model.norm).tolist(),
-           "prior_std_per_shell": (prior * model.norm).tolist()}
-    print(json.dumps({k: v for k, v in res.items() if k not in ("options", "per_shell")}, indent=1))
-    for r in res["per_shell"]:
-        print(f"shell {r['shell']:3d}  n {r['n']:6d}  in 1σ {r['in_1sigma']:.3f}  in 2σ {r['in_2sigma']:.3f}")
+           "halfmap_0143_backprojection_A": bp.resolution, "fstdiff": {}}
+    state = copy.deepcopy(model.state_dict())
+    for mode in ["sgd"] + ([e for e in a.envelopes.split(",") if e] if cfg.calibrate else []):
+        model.load_state_dict(state)
+        t1 = time.perf_counter()
+        if mode != "sgd":
+            calibrate(model, particles, envelope(model, dataclasses.replace(cfg, prior_envelope=mode)))
+        post, prior = model.volume.shell_std()
+        res["fstdiff"][mode] = {"calibrate_s": time.perf_counter() - t1,
+                                "fsc05_mean_vs_truth_A": resolution_at(fsc(model.volume.render()[0] * float(model.norm),
+                                                                           truth), 0.5, px, d),
+                                "plain_truth": calibration(model, truth, gridding=False)["per_shell"],
+                                **calibration(model, truth), "posterior_std_per_shell": (post * model.norm).tolist(),
+                                "prior_std_per_shell": (prior * model.norm).tolist()}
+    report(res, d * px / bp.resolution)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+def report(res: dict, limit: float) -> None:
+    """Print the summary and, per q(V) (``sgd``: as trained; else calibrated with that envelope), the
+    coverage per shell (``*``: shells 1 … the back-projection's FSC-0.143 shell ``limit``)."""
+    print(json.dumps({k: v for k, v in res.items() if k not in ("options", "fstdiff")}, indent=1))
+    for mode, r in res["fstdiff"].items():
+        print(f"-- {mode}: calibrate {r['calibrate_s']:.1f} s, "
+              f"mean map FSC 0.5 vs truth {r['fsc05_mean_vs_truth_A']:.2f} A")
+        for row, plain in zip(r["per_shell"], r["plain_truth"]):
+            mark = "*" if 1 <= row["shell"] <= limit else " "
+            print(f"{mark}shell {row['shell']:3d}  n {row['n']:6d}  in 1σ {row['in_1sigma']:.3f}  "
+                  f"in 2σ {row['in_2sigma']:.3f}   (plain truth: {plain['in_1sigma']:.3f} {plain['in_2sigma']:.3f})")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class VariationalReconstruction(nn.Module):
         super().__init__()
         self.analytic = bool(analytic)
         self.pose_lr, self.var_lr, self.lr_decay = pose_lr, var_lr, float(lr_decay)
+        self.spread_lr: float | None = None  # the pose table's log-spreads, when set (param_groups)
         d = volume.box_size
         self.volume, self.poses = volume, poses
         self.n_images, self.pixel_size, self.samples = int(n_images), float(pixel_size), int(samples)
@@ -130,11 +131,14 @@ class VariationalReconstruction(nn.Module):
                 "kl_pose": kl_pose.mean().detach() / p}
 
     def param_groups(self) -> list[dict]:
-        """The pose posterior's parameters and ``q(V)``'s log-variances in their own groups when ``pose_lr``,
-        ``var_lr`` are set."""
-        pose = [] if self.poses is None or self.pose_lr is None else list(self.poses.parameters())
+        """The pose posterior's parameters, the pose table's log-spreads (``spread_lr``) and ``q(V)``'s
+        log-variances in their own groups when ``pose_lr``, ``spread_lr``, ``var_lr`` are set."""
+        spreads = [] if self.poses is None or self.spread_lr is None else \
+            [q for name, q in self.poses.named_parameters() if name in ("log_rot_std", "log_shift_std")]
+        pose = [] if self.poses is None or self.pose_lr is None else \
+            [q for q in self.poses.parameters() if all(q is not r for r in spreads)]
         variances = [q for q in (self.volume.logvar, self.log_noise) if q.requires_grad]
-        own = [(pose, self.pose_lr), (variances, self.var_lr)]
+        own = [(pose, self.pose_lr), (spreads, self.spread_lr), (variances, self.var_lr)]
         ids = {id(q) for params, lr in own if lr is not None for q in params}
         groups = [{"params": [q for q in self.parameters() if id(q) not in ids]}]
         return groups + [{"params": params, "lr": lr} for params, lr in own if params and lr is not None]

@@ -57,9 +57,9 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
                 start_rotations: torch.Tensor | None) -> VariationalReconstruction:
     """The ELBO model (module docstring) for ``particles``. options: the recipe's (``pose``,
     ``rot_std_deg``, ``shift_std``, ``infer_shifts``, ``shift_prior_std``, ``init_logvar``, ``learn_prior``,
-    ``learn_noise``, ``samples``, ``pose_lr``, ``var_lr``, ``lr_decay``, ``expectation``, and the encoder's ``enc_*``,
-    ``max_shift``). images: a sample of raw images (data scale and spectra). start_map: ``(D, D, D)`` in the
-    images' units or None. start_rotations: ``(N, 3, 3)`` for the pose table."""
+    ``learn_noise``, ``samples``, ``pose_lr``, ``pose_spread_lr``, ``var_lr``, ``lr_decay``, ``expectation``,
+    and the encoder's ``enc_*``, ``max_shift``). images: a sample of raw images (data scale and spectra).
+    start_map: ``(D, D, D)`` in the images' units or None. start_rotations: ``(N, 3, 3)`` for the pose table."""
     o, d, n = options, particles.box_size, len(particles)
     norm = float(images.std())
     power = image_power(images / norm)
@@ -82,6 +82,7 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
                                       o.shift_prior_std, o.pose_lr or None, o.var_lr or None, o.lr_decay,
                                       o.expectation == "analytic")
     model.norm.fill_(norm)
+    model.spread_lr = o.pose_spread_lr or None
     return model
 
 

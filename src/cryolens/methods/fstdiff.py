@@ -10,9 +10,11 @@ rotation and a Gaussian shift, free per image — ``pose=variational`` — or fr
 
 Start: ``init_map`` (optionally low-passed to ``init_resolution`` Å) or zero; the pose table starts at the
 metadata's rotations when there are any (a refinement) or at random ones (``start_poses=random``, or no
-poses: ab initio). Outputs: the mean map; ``std.mrc``, the per-voxel standard deviation of the real-space
-map under ``q(V)`` (``std_samples`` draws); per shell the posterior and prior std and the noise power
-(metrics); the mean poses and, per image, ``rlnCryolensRotStdDeg`` (rotational spread, °) and
+poses: ab initio). With known poses, ``q(V)`` is then calibrated in closed form
+(:func:`~cryolens.inference.variational_calibrate.calibrate`: the exact marginal variances, ``τ²`` at
+its EM fixed point). Outputs: the mean map (gridding-corrected); ``std.mrc``, the per-voxel standard
+deviation of the real-space map under ``q(V)`` (``std_samples`` draws); per shell the posterior and prior
+std and the noise power (metrics); the mean poses and, per image, ``rlnCryolensRotStdDeg`` (rotational spread, °) and
 ``rlnCryolensShiftStdPx`` (shift spread, px) in the STAR.
 
 Values: the paper's model (Gaussian noise in Fourier space, factorised Gaussian ``q(V)``, reparametrised
@@ -31,12 +33,15 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..imaging.fft import ifft3_centered
 from ..imaging.grids import lowpass_volume
 from ..imaging.rotations import random_rotations
 from ..inference.distributed import is_main
 from ..inference.pose_refine import pose_error_metrics
 from ..inference.training import sample_images
+from ..inference.variational_calibrate import calibrate
 from ..inference.variational_setup import build_model, pose_summaries
+from ..volumes.support_prior import support_envelope
 from .class3d import read_start_map
 from .config import option
 from .registry import MethodOutputs
@@ -50,7 +55,8 @@ class FSTdiffConfig(TrainingConfig):
     epochs: int = option(30, "passes over the data (epochs)")
     batch_size: int = option(32, "images per optimiser step, over all DDP processes")
     lr: float = option(0.02, "Adam learning rate of q(V), the noise and the prior")
-    pose_lr: float = option(0.01, "Adam learning rate of the pose posterior (0 = lr)")
+    pose_lr: float = option(0.001, "Adam learning rate of the pose posterior (0 = lr)")
+    pose_spread_lr: float = option(0.01, "pose=variational: Adam learning rate of the per-image spreads (0 = pose_lr)")
     var_lr: float = option(0.1, "Adam learning rate of q(V)'s log-variances and the noise (0 = lr)")
     lr_decay: float = option(0.95, "every learning rate times this per epoch")
     pose: Literal["variational", "amortized", "known"] = option("variational", "q(R, t): per image, encoder, known")
@@ -67,6 +73,9 @@ class FSTdiffConfig(TrainingConfig):
     samples: int = option(1, "Monte Carlo draws of (V, R, t) per step")
     expectation: Literal["sampled", "analytic"] = option("sampled", "E over q(V): reparametrised draws or closed form")
     std_samples: int = option(32, "draws of q(V) for the real-space std map")
+    calibrate: bool = option(True, "pose=known: q(V) as the exact posterior's mean and marginals, τ² by moments")
+    prior_envelope: Literal["none", "auto"] = option("none", "calibrate's prior: independent, or a support envelope")
+    envelope_floor: float = option(0.02, "the envelope outside the support (relative)")
     enc_channels: int = option(16, "amortized: channels of the encoder's first block")
     enc_max_channels: int = option(128, "amortized: most channels of an encoder block")
     enc_hidden: tuple[int, ...] = option((512, 256), "amortized: widths of the encoder's heads")
@@ -87,6 +96,15 @@ def start(particles, config: FSTdiffConfig) -> tuple[torch.Tensor | None, torch.
     if config.pose == "variational" and (rot is None or config.start_poses == "random"):
         rot = random_rotations(len(particles), torch.Generator().manual_seed(config.seed))
     return start_map, rot
+
+
+def envelope(model, config: FSTdiffConfig) -> torch.Tensor | None:
+    """The support envelope of the calibration's prior (``prior_envelope=auto``: from the trained mean map,
+    :func:`~cryolens.volumes.support_prior.support_envelope`) or None."""
+    if config.prior_envelope == "none":
+        return None
+    grid = model.volume.mean_grid().detach().cpu()
+    return support_envelope(ifft3_centered(grid).real, floor=config.envelope_floor)
 
 
 def outputs(model, particles, truth, run, config: FSTdiffConfig, device) -> MethodOutputs:
@@ -120,6 +138,8 @@ def fit(particles, known, run, config: FSTdiffConfig, device=None, progress=True
     data = particles if config.pose == "known" else dataclasses.replace(particles, rotations=None)
     model = build_model(data, config, sample_images(particles, config.norm_images, config.seed), start_map, rot)
     train(model, data, run, config, device, progress)
+    if config.pose == "known" and config.calibrate and is_main():
+        calibrate(model, data, envelope(model, config), device)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     truth = particles.rotations if config.pose != "known" else None

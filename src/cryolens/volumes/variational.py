@@ -48,6 +48,43 @@ def hermitian_complete(grid: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
     return kept + torch.where(partner, flip_centered(kept, dims).conj(), torch.zeros_like(kept))
 
 
+def mirror_real(values: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """``(D, D, D)`` real: ``values`` on the ``free`` voxels and copied onto their Friedel partners (a
+    variance is the same at ``k`` and ``−k``), zero elsewhere; differentiable in ``values``."""
+    kept = values * free
+    dims = (-3, -2, -1)
+    partner = flip_centered(free, dims) & ~free
+    return kept + flip_centered(kept, dims) * partner
+
+
+def trilinear_power(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """``Σ_j a_j² values_j`` ``(B, M)`` at ``coords (B, M, 3)`` cycles/px: the 8 trilinear neighbours ``j`` of
+    each point on the periodic ``(D, D, D)`` real grid ``values`` with their weights ``a_j`` squared (the
+    variance of an interpolated value when ``values`` are independent variances); zero at ``|k| ≥ ½``."""
+    d = values.shape[-1]
+    pos = coords * d + d // 2  # index units (x, y, z)
+    base = pos.floor()
+    frac = (pos - base).to(values.dtype)
+    base = base.long()
+    out = torch.zeros(coords.shape[:-1], dtype=values.dtype, device=values.device)
+    for corner in range(8):
+        bits = [(corner >> a) & 1 for a in range(3)]
+        w = torch.ones_like(out)
+        for a, b in enumerate(bits):
+            w = w * (frac[..., a] if b else 1 - frac[..., a])
+        ix, iy, iz = ((base[..., a] + b) % d for a, b in enumerate(bits))
+        out = out + w.square() * values[iz, iy, ix]
+    return out * (coords.norm(dim=-1) < 0.5)
+
+
+def trilinear_apodisation(d: int, device=None) -> torch.Tensor:
+    """``(D, D, D)`` float64 ``Π_axes sinc²(x/D)`` (``x`` px from the centre): trilinear interpolation of a
+    Fourier grid reads the transform of the real-space map multiplied by this, so a grid fitted to images
+    is the transform of ``map / apodisation`` and its map is ``ifft3(grid) · apodisation``."""
+    s = torch.sinc((torch.arange(d, dtype=torch.float64, device=device) - d // 2) / d).square()
+    return s[:, None, None] * s[None, :, None] * s[None, None, :]
+
+
 class VariationalVoxelVolume(FourierGridModel):
     """``q(V)`` on a ``(D, D, D)`` Fourier grid (module docstring); a
     :class:`~cryolens.volumes.protocol.VolumeModel` whose ``fourier``/``hartley``/``render`` give the
@@ -111,23 +148,23 @@ class VariationalVoxelVolume(FourierGridModel):
         """``E|V(k) − μ(k)|²`` ``(B, M)`` at ``coords (B, M, 3)`` cycles/px under ``q(V)``, for the trilinear
         interpolation :meth:`fourier` uses: ``Σ_j a_j² · 2 s_j²`` over the 8 neighbours ``j`` with weights
         ``a_j`` (``s²`` only at the real zero frequency); zero at ``|k| ≥ ½``."""
-        d = self.box_size
         var = torch.where(self.dc, 0.5, 1.0) * 2 * self.logvar.exp()
-        cplx = torch.complex128 if var.dtype == torch.float64 else torch.complex64
-        var = hermitian_complete(var.to(cplx), self.free).real.to(self.logvar.dtype)
-        pos = coords * d + d // 2  # index units (x, y, z); the grid is periodic
-        base = pos.floor()
-        frac = (pos - base).to(var.dtype)
-        base = base.long()
-        out = torch.zeros(coords.shape[:-1], dtype=var.dtype, device=var.device)
-        for corner in range(8):
-            bits = [(corner >> a) & 1 for a in range(3)]
-            w = torch.ones_like(out)
-            for a, b in enumerate(bits):
-                w = w * (frac[..., a] if b else 1 - frac[..., a])
-            ix, iy, iz = ((base[..., a] + b) % d for a, b in enumerate(bits))
-            out = out + w.square() * var[iz, iy, ix]
-        return out * (coords.norm(dim=-1) < 0.5)
+        return trilinear_power(mirror_real(var, self.free), coords)
+
+    def set_posterior(self, mean: torch.Tensor, var: torch.Tensor, prior_var: torch.Tensor) -> None:
+        """Overwrite ``q(V)`` and the prior: ``mean (D, D, D, 2)``, ``var (D, D, D)`` (per real part) and
+        ``prior_var (D//2+1,)`` ``τ²``, in the model's units (what :meth:`mean`, ``logvar.exp()`` and
+        ``log_prior_var.exp()`` return)."""
+        with torch.no_grad():
+            self.scaled_mean.copy_(mean.to(self.scaled_mean) / self.unit)
+            self.logvar.copy_(var.to(self.logvar).clamp_min(1e-30).log())
+            self.log_prior_var.copy_(prior_var.to(self.log_prior_var).log())
+
+    def render(self, z: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+        """The real-space mean map ``(1, D, D, D)``: the inverse transform of the mean grid times the
+        trilinear apodisation (:func:`trilinear_apodisation`, the gridding correction)."""
+        grid = self.mean_grid().detach()
+        return (ifft3_centered(grid).real * trilinear_apodisation(self.box_size, grid.device))[None].float()
 
     def grid(self) -> torch.Tensor:
         """The posterior mean's transform: ``fourier``, ``hartley`` and ``render``
@@ -136,10 +173,10 @@ class VariationalVoxelVolume(FourierGridModel):
 
     @torch.no_grad()
     def std_map(self, samples: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-voxel standard deviation ``(D, D, D)`` float32 of the real-space map under ``q(V)``, from
-        ``samples`` draws (the unbiased sample std)."""
+        """Per-voxel standard deviation ``(D, D, D)`` float32 of the real-space map (gridding-corrected as
+        :meth:`render`) under ``q(V)``, from ``samples`` draws (the unbiased sample std)."""
         maps = torch.stack([ifft3_centered(self.sample(generator)).real for _ in range(int(samples))])
-        return maps.std(dim=0).float()
+        return (maps.std(dim=0) * trilinear_apodisation(self.box_size, maps.device)).float()
 
     @torch.no_grad()
     def shell_std(self) -> tuple[torch.Tensor, torch.Tensor]:

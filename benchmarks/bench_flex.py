@@ -58,13 +58,14 @@ def main() -> None:
     for name, default in (("n", 1500), ("box", 32), ("apix", 2.5), ("snr", 0.1), ("states", 20), ("epochs", 6)):
         ap.add_argument(f"--{name}", type=type(default), default=default)
     ap.add_argument("--set", action="append", default=[], help="recipe option key=value")
+    ap.add_argument("--data", help="a hinge dataset folder made by `cryolens simulate --motion hinge` instead")
     a = ap.parse_args()
     from cryolens.io.runfolder import RunFolder
     from cryolens.io.star import read_star
     from cryolens.methods.registry import get
 
     torch.set_num_threads(1)
-    folder = ensure_continuous_dataset(a.n, a.box, a.apix, a.snr, a.states)
+    folder = Path(a.data) if a.data else ensure_continuous_dataset(a.n, a.box, a.apix, a.snr, a.states)
     particles = read_star(folder / "particles.star")
     maps, labels, angles, px = ground_truth_maps(folder)
     recipe = get("3dflex")
@@ -76,7 +77,8 @@ def main() -> None:
     pc1 = z @ np.linalg.svd(z, full_matrices=False)[2][0]
     mask = moving_mask(maps)
     canonical, consensus = out.volume.numpy(), out.extra_volumes["consensus"].numpy()
-    result = {"n": a.n, "box": a.box, "apix": a.apix, "snr": a.snr, "epochs": a.epochs, "options": a.set,
+    result = {"data": str(folder), "n": len(particles), "box": particles.box_size, "apix": px, "snr": a.snr,
+              "epochs": a.epochs, "options": a.set,
               "spearman_pc1_angle": abs(float(spearmanr(pc1, angles).correlation)),
               "wall_s": wall, "images_per_s": out.metrics.get("images_per_s"),
               "halfmap_0143_A": out.metrics["resolution_halfmap_0143_A"],

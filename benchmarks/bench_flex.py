@@ -90,23 +90,10 @@ def run_recipe(name: str, particles, epochs: int, options: list[str]):
     return out, time.perf_counter() - t0, run
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in (("n", 1500), ("box", 32), ("apix", 2.5), ("snr", 0.1), ("states", 20), ("epochs", 6),
-                          ("n_eval", 100)):
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=default)
-    ap.add_argument("--set", action="append", default=[], help="recipe option key=value")
-    ap.add_argument("--data", help="a hinge dataset folder made by `cryolens simulate --motion hinge` instead")
-    ap.add_argument("--peer", action="append", default=[], help="also train this recipe (e.g. cryodrgn)")
-    ap.add_argument("--peer-set", action="append", default=[], help="the peers' option key=value")
-    a = ap.parse_args()
-    from cryolens.io.star import read_star
+def score_flex(a, folder: Path, particles, maps, labels, angles, px: float, pick: np.ndarray) -> None:
+    """Train 3dflex and print its scores (module docstring)."""
+    from cryolens.metrics.fsc import fsc_masked, resolution_at
 
-    torch.set_num_threads(1)
-    folder = Path(a.data) if a.data else ensure_continuous_dataset(a.n, a.box, a.apix, a.snr, a.states)
-    particles = read_star(folder / "particles.star")
-    maps, labels, angles, px = ground_truth_maps(folder)
-    pick = np.sort(np.random.default_rng(0).choice(len(labels), min(a.n_eval, len(labels)), replace=False))
     out, wall, run = run_recipe("3dflex", particles, a.epochs, a.set)
     mask = moving_mask(maps)
     canonical, consensus = out.volume.numpy(), out.extra_volumes["consensus"].numpy()
@@ -119,14 +106,34 @@ def main() -> None:
               "wall_s": wall, "images_per_s": out.metrics.get("images_per_s"),
               "halfmap_0143_A": out.metrics["resolution_halfmap_0143_A"],
               "consensus_halfmap_0143_A": out.metrics["consensus_resolution_halfmap_0143_A"]}
-    from cryolens.metrics.fsc import fsc_masked, resolution_at
-
     for name, vol in (("canonical", canonical), ("consensus", consensus)):
         result[f"{name}_moving_05_A"], result[f"{name}_moving_state"] = best_resolution(vol, maps, mask, px)
         result[f"{name}_whole_05_A"], result[f"{name}_whole_state"] = best_resolution(vol, maps, None, px)
         result[f"{name}_moving_state0_05_A"] = float(resolution_at(fsc_masked(vol, maps[0], mask), 0.5, px,
                                                                    vol.shape[-1]))
     print(json.dumps(result, indent=1), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in (("n", 1500), ("box", 32), ("apix", 2.5), ("snr", 0.1), ("states", 20), ("epochs", 6),
+                          ("n_eval", 100)):
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=default)
+    ap.add_argument("--set", action="append", default=[], help="recipe option key=value")
+    ap.add_argument("--data", help="a hinge dataset folder made by `cryolens simulate --motion hinge` instead")
+    ap.add_argument("--peer", action="append", default=[], help="also train this recipe (e.g. cryodrgn)")
+    ap.add_argument("--peer-set", action="append", default=[], help="the peers' option key=value")
+    ap.add_argument("--peer-only", action="store_true", help="train only the peers (not 3dflex)")
+    a = ap.parse_args()
+    from cryolens.io.star import read_star
+
+    torch.set_num_threads(1)
+    folder = Path(a.data) if a.data else ensure_continuous_dataset(a.n, a.box, a.apix, a.snr, a.states)
+    particles = read_star(folder / "particles.star")
+    maps, labels, angles, px = ground_truth_maps(folder)
+    pick = np.sort(np.random.default_rng(0).choice(len(labels), min(a.n_eval, len(labels)), replace=False))
+    if not a.peer_only:
+        score_flex(a, folder, particles, maps, labels, angles, px, pick)
     for peer in a.peer:
         pout, pwall, prun = run_recipe(peer, particles, a.epochs, a.peer_set)
         print(json.dumps({"peer": peer, "epochs": a.epochs, "options": a.peer_set, "run": prun, "wall_s": pwall,

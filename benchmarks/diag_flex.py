@@ -10,6 +10,8 @@ trained by a plain loop (not the engine, so that either half can be frozen):
   extreme states match their own ground-truth state better than the other inside the moving-domain mask.
 - ``--mode z``: the generator saved by ``--mode gen`` frozen, the latents optimised from ``N(0, I)``.
 - ``--mode joint``: both (what the recipe does).
+- ``--mode lbfgs --run RUN``: the flexible-reconstruction stage of a finished ``bench_flex.py`` run on half 1
+  (back-projection; 10 L-BFGS iterations with the learnt flows; the same with zero flows).
 
 ``--z-opt`` chooses the latents' optimiser: ``gn`` (the recipe's per-image Gauss-Newton step,
 :meth:`~cryolens.inference.flex.FlexModel.update_latents`, and the recentring after every epoch), ``dense``
@@ -145,10 +147,46 @@ def whiten_latents(model) -> None:
     first.weight.copy_(first.weight @ w_inv)
 
 
+def lbfgs_check(folder: Path, run: Path, iterations: int) -> None:
+    """The flexible-reconstruction stage on half 1 of a finished ``bench_flex.py`` run (``run``: its folder
+    with ``checkpoint.pt``; mesh and zdim from its ``model.json``): the half's back-projection, L-BFGS from it
+    with the learnt flows, and the same with zero flows, each scored as ``bench_flex.py`` does."""
+    import json
+
+    from bench_flex import best_resolution
+    from cryolens.inference.flex import FlexModel, refine_canonical
+    from cryolens.inference.training import sample_images
+    from cryolens.io.checkpoint import load_checkpoint
+    from cryolens.io.particles import half_set_labels
+    from cryolens.io.star import read_star
+    from cryolens.methods.backprojection import backproject
+
+    p = read_star(folder / "particles.star")
+    maps, _, _, px = ground_truth_maps(folder)
+    mask, c = moving_mask(maps), json.loads((run / "model.json").read_text())["config"]
+    bp = backproject(p, device="cpu", seed=0, progress=False)
+    scale, d = float(sample_images(p, 1000, 0).std()), p.box_size
+    model = FlexModel(d, px, len(p), c["zdim"], c["mesh_cells"], c["gen_layers"], c["gen_dim"], torch.zeros(d, d, d),
+                      0.5, 1.0, 10.0, 1.0)
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"])
+    model.eval()
+    idx = np.nonzero(half_set_labels(p, 0) == 0)[0]
+    maps_out = {"half-1 back-projection": bp.half1.numpy()}
+    maps_out["L-BFGS, learnt flows"] = (refine_canonical(model, p, idx, bp.half1 / scale, iterations) * scale).numpy()
+    with torch.no_grad():
+        model.volume.generator.out.weight.zero_()
+        model.volume.generator.out.bias.zero_()
+    maps_out["L-BFGS, zero flows"] = (refine_canonical(model, p, idx, bp.half1 / scale, iterations) * scale).numpy()
+    for name, v in maps_out.items():
+        print(f"{name}: moving {best_resolution(v, maps, mask, px)[0]:.2f} Å, "
+              f"whole {best_resolution(v, maps, None, px)[0]:.2f} Å", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
-    ap.add_argument("--mode", choices=("gen", "z", "joint"), default="joint")
+    ap.add_argument("--mode", choices=("gen", "z", "joint", "lbfgs"), default="joint")
+    ap.add_argument("--run", type=Path, help="--mode lbfgs: a finished bench_flex.py run folder")
     ap.add_argument("--z-opt", choices=("dense", "rowadam", "gn"), default="gn")
     for name, default in (("epochs", 4), ("batch", 32), ("lr", 1e-3), ("z_lr", 0.1), ("z_step", 1.0), ("zdim", 2),
                           ("cells", 8), ("noise", 0.5), ("prior", 1.0), ("rigidity", 10.0), ("smooth", 1.0),
@@ -163,7 +201,8 @@ def main() -> None:
     ap.add_argument("--load", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(1)
-
+    if a.mode == "lbfgs":
+        return lbfgs_check(a.data, a.run, 10)
     model, particles, images, angles, maps, mask = setup(a.data, a)
     if a.torch_init:
         for layer in model.volume.generator.hidden:

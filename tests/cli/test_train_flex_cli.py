@@ -45,7 +45,7 @@ def test_train_3dflex_separates_two_states(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "3dflex", str(star), "--out", str(run), "--epochs", "8", "--batch-size", "16", "--lr", "3e-3",
                  "--set", "mesh_cells=4", "--set", "lbfgs_iterations=3", "--set", "norm_images=50",
-                 "--set", "z_lr=0.3", "--quiet", "--no-report", "--device", "cpu"]) == 0
+                 "--quiet", "--no-report", "--device", "cpu"]) == 0
     for name in ("map.mrc", "consensus.mrc", "local_resolution.mrc", "z.npy", "metrics.json", "log.jsonl"):
         assert (run / name).is_file(), name
     local, px = read_volume(run / "local_resolution.mrc")

@@ -31,7 +31,7 @@ def dataset(tmp_path, n: int = 8, images: torch.Tensor | None = None, seed: int 
 
 def model_for(n: int, **kw) -> FlexModel:
     torch.manual_seed(0)
-    args = dict(latent_noise=0.0, prior_weight=1.0, rigidity_weight=0.7, smoothness_weight=0.3, z_lr=0.1)
+    args = dict(latent_noise=0.0, prior_weight=1.0, rigidity_weight=0.7, smoothness_weight=0.3, z_step=1.0)
     args.update(kw)
     m = FlexModel(D, PX, n, 2, 2, 2, 16, torch.zeros(D, D, D), **args)
     torch.nn.init.normal_(m.volume.generator.out.weight, std=0.05)  # flows of a few tenths of a px

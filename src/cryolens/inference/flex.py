@@ -34,6 +34,7 @@ from ..io.mrc import read_volume
 from ..io.particles import Particles
 from ..volumes.deformation import DeformedVolume, cell_mass, rigidity, smoothness
 from ..volumes.voxel import RealVoxelVolume
+from .distributed import all_reduce_sum, is_distributed
 from .encoders import LatentTable
 
 
@@ -44,21 +45,91 @@ class FlexModel(nn.Module):
 
     def __init__(self, box_size: int, pixel_size: float, n_images: int, zdim: int, cells: int, layers: int,
                  hidden: int, volume: torch.Tensor, latent_noise: float, prior_weight: float,
-                 rigidity_weight: float, smoothness_weight: float, z_lr: float, seed: int = 0):
+                 rigidity_weight: float, smoothness_weight: float, z_step: float = 1.0, seed: int = 0):
         super().__init__()
-        self.pixel_size, self.z_lr, self.zdim = float(pixel_size), float(z_lr), int(zdim)
+        self.pixel_size, self.z_step, self.zdim = float(pixel_size), float(z_step), int(zdim)
         self.latent_noise, self.prior_weight = float(latent_noise), float(prior_weight)
         self.rigidity_weight, self.smoothness_weight = float(rigidity_weight), float(smoothness_weight)
         self.volume = DeformedVolume(box_size, zdim, cells, layers, hidden, volume)
         self.table = LatentTable(n_images, zdim, init_std=1.0, seed=seed)  # drawn from the prior N(0, I)
+        self.table.mu.requires_grad_(False)  # moved by update_latents, not by the engine's optimiser
         self.forward_model = ProjectorForward()
         self.register_buffer("norm", torch.ones(()))
         self.register_buffer("sigma2", torch.ones(()))
+        self._epoch_start: torch.Tensor | None = None
 
     def param_groups(self) -> list[dict]:
-        """The generator (and ``V0`` where it is trainable) at the engine's rate, the latents at ``z_lr``."""
-        own = [p for n, p in self.named_parameters() if not n.startswith("table.") and p.requires_grad]
-        return [{"params": own}, {"params": list(self.table.parameters()), "lr": self.z_lr}]
+        """The generator (and ``V0`` where it is trainable) on the engine's optimiser; not the latents, which
+        :meth:`update_latents` moves (engine hook ``before_step``)."""
+        return [{"params": [p for n, p in self.named_parameters() if not n.startswith("table.") and p.requires_grad]}]
+
+    def predict(self, batch: dict, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D, D)`` images (scaled units) of ``batch``'s poses, shifts and CTFs at latents ``z (B, L)``."""
+        return self.forward_model(self.volume.at(z), batch["rotation"], batch.get("shift"), batch.get("ctf"),
+                                  self.pixel_size)
+
+    @torch.no_grad()
+    def update_latents(self, batch: dict, h: float = 1e-2, max_step: float = 3.0) -> torch.Tensor:
+        """One damped Gauss–Newton step on each image's own negative log posterior in ``z`` (likelihood and
+        prior, the generator held fixed): ``Δ = (JᵀJ/σ² + λI)⁻¹ (Jᵀr/σ² − λz)`` with ``J (D², L)`` the
+        derivative of the image in ``z`` (forward differences of ``h``), ``r`` the residual and ``λ`` the prior
+        weight (at least 10⁻³); ``z += z_step · Δ``, ``‖Δ‖`` capped at ``max_step`` prior std. Returns the
+        mean ``‖Δ‖`` (docs/METHODS.md "3DFlex": why not Adam)."""
+        idx = batch["index"]
+        z = self.table.mu[idx]
+        b, dim = z.shape
+        base = self.predict(batch, z).reshape(b, -1)
+        resid = batch["image"].reshape(b, -1) / self.norm - base
+        eye = torch.eye(dim, dtype=z.dtype, device=z.device)
+        jac = torch.stack([(self.predict(batch, z + h * e).reshape(b, -1) - base) / h for e in eye], -1)
+        lam = max(self.prior_weight, 1e-3)
+        hess = jac.transpose(1, 2) @ jac / self.sigma2 + lam * eye
+        grad = (jac.transpose(1, 2) @ resid[..., None])[..., 0] / self.sigma2 - lam * z
+        step = torch.linalg.solve(hess, grad[..., None])[..., 0]
+        step = self.z_step * step * (max_step / step.norm(dim=-1, keepdim=True).clamp(min=max_step))
+        image = batch["image"].reshape(b, -1) / self.norm
+
+        def nlp(zz: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:  # each image's -log posterior in z
+            return (image - pred).square().sum(-1) / (2 * self.sigma2) + 0.5 * lam * zz.square().sum(-1)
+
+        new = z + step
+        better = nlp(new, self.predict(batch, new).reshape(b, -1)) < nlp(z, base)
+        step = step * better[:, None]
+        self.table.mu[idx] = z + step
+        return step.norm(dim=-1).mean()
+
+    def before_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
+        """Engine hook: the batch's latents by :meth:`update_latents` before the generator's step."""
+        return {"z_step": self.update_latents(batch)} if self.training else {}
+
+    def on_epoch_start(self, epoch: int, trainer=None) -> None:
+        """Engine hook: remember the latents, so that the ranks' updates can be joined at the epoch's end."""
+        self._epoch_start = self.table.mu.detach().clone()
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int, trainer=None) -> None:
+        """Engine hook: join the ranks' latent updates (each rank moved its own images' rows), then
+        :meth:`recentre_latents`."""
+        if self._epoch_start is not None and is_distributed():
+            delta = self.table.mu - self._epoch_start
+            all_reduce_sum(delta)
+            self.table.mu.copy_(self._epoch_start + delta)
+        self.recentre_latents()
+
+    @torch.no_grad()
+    def recentre_latents(self) -> None:
+        """Centre the latents and scale them to the prior's second moment (``mean ‖z‖² = L``), the
+        generator's first layer taking the inverse map, so that every image's flow is unchanged (the
+        likelihood is invariant to this; the prior fixes the latent space's location and scale)."""
+        mu = self.table.mu
+        m = mu.mean(0)
+        scale = float((mu - m).square().sum(-1).mean().div(mu.shape[1]).sqrt())
+        if scale <= 0:
+            return
+        mu.sub_(m).div_(scale)
+        first = self.volume.generator.hidden[0]
+        first.bias.add_(first.weight @ m)
+        first.weight.mul_(scale)
 
     def squared_residuals(self, batch: dict, flow: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` squared residual (scaled units) of each image of ``batch`` against the forward model of the
@@ -68,7 +139,7 @@ class FlexModel(nn.Module):
         return (pred - batch["image"] / self.norm).square().sum((-2, -1))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        mu, _ = self.table(batch["index"])
+        mu = self.table.mu[batch["index"]]
         z = mu + self.latent_noise * torch.randn_like(mu) if self.training else mu
         flow = self.volume.flow(z)
         sq = self.squared_residuals(batch, flow)
@@ -159,7 +230,7 @@ def load_flex_model(run: str | Path, meta: dict, device=None) -> FlexModel:
     d = int(meta["box_size"])
     model = FlexModel(d, float(meta["pixel_size"]), int(meta["n_images"]), c.zdim, c.mesh_cells, c.gen_layers,
                       c.gen_dim, torch.zeros(d, d, d), c.latent_noise, c.prior_weight, c.rigidity_weight,
-                      c.smoothness_weight, c.z_lr)
+                      c.smoothness_weight, getattr(c, "z_step", 1.0))
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"])
     canonical, _ = read_volume(run / "map.mrc")
     model.volume.density.data.copy_(torch.as_tensor(np.asarray(canonical)) / model.norm)

@@ -47,9 +47,10 @@ class Flex3DConfig(TrainingConfig):
     rigidity_weight: float = option(10.0, "weight of the density-weighted rigidity term (nats per image)")
     smoothness_weight: float = option(1.0, "weight of the flow smoothness term (nats per px², per image)")
     flow_lowpass_A: float = option(10.0, "resolution (Å) the canonical map is low-passed to while the flow trains")
-    z_lr: float = option(0.1, "learning rate of the per-image latents")
+    z_step: float = option(1.0, "fraction of each image's Gauss-Newton step taken by its latent (1 = full step)")
     lbfgs_iterations: int = option(20, "L-BFGS iterations of the canonical map per half-set")
-    ridge: float = option(1e-3, "L2 penalty on the canonical map during L-BFGS (nats per unit², per image)")
+    ridge: float = option(1.0, "L2 penalty on the canonical map during L-BFGS, in units of 1/τ² (τ² the voxel "
+                                "variance of the half's back-projection: a white Gaussian prior of that variance)")
     local_radius: float = option(6.0, "radius (px) of the local-resolution window")
     local_step: int = option(4, "spacing (px) of the local-resolution centres")
     batch_size: int = option(32, "images per optimiser step, over all DDP processes")
@@ -69,7 +70,7 @@ def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, pro
     start = lowpass_volume(bp.volume, config.flow_lowpass_A, particles.pixel_size) / scale
     model = FlexModel(particles.box_size, particles.pixel_size, len(particles), config.zdim, config.mesh_cells,
                       config.gen_layers, config.gen_dim, start, config.latent_noise, config.prior_weight,
-                      config.rigidity_weight, config.smoothness_weight, config.z_lr, config.seed)
+                      config.rigidity_weight, config.smoothness_weight, config.z_step, config.seed)
     model.volume.density.requires_grad_(False)  # stage 1: the canonical map is held fixed
     model.norm.fill_(scale)
     model.sigma2.fill_(noise_variance(particles, bp.volume / scale, scale, seed=config.seed, device=device))
@@ -83,7 +84,8 @@ def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, pro
     model.eval()
     labels = half_set_labels(particles, config.seed)
     halves = [refine_canonical(model, particles, np.nonzero(labels == h)[0], start_map / scale,
-                               config.lbfgs_iterations, config.ridge, device=device).cpu() * scale
+                               config.lbfgs_iterations, config.ridge / float((start_map / scale).var()),
+                               device=device).cpu() * scale
               for h, start_map in ((0, bp.half1), (1, bp.half2))]
     canonical = 0.5 * (halves[0] + halves[1])
     model.volume.density.data.copy_(canonical.to(device) / scale)

@@ -99,7 +99,10 @@ class FlowGenerator(nn.Module):
         dims = [int(zdim)] + [int(hidden)] * int(layers)
         blocks: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(a, b), nn.ReLU()]
+            layer = nn.Linear(a, b)
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")  # keeps the z-dependence through depth
+            nn.init.zeros_(layer.bias)
+            blocks += [layer, nn.ReLU()]
         self.hidden = nn.Sequential(*blocks)
         self.out = nn.Linear(dims[-1], 3 * (self.cells + 1) ** 3)
         nn.init.normal_(self.out.weight, std=init_std)

@@ -16,6 +16,7 @@ from the better of the two branches when the loss is symmetrized (a win of the �
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,37 +57,54 @@ class AmortizedPoseModel(nn.Module, abc.ABC):
     def branches(self, images: torch.Tensor, ctf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(error (B,), pi (B,) bool, rotations (B, 3, 3), shifts (B, 2))``: the per-image loss and the
         pose of each image (module docstring), symmetrized or not."""
-        b = images.shape[0]
-        out = {}
 
-        def err(x: torch.Tensor) -> torch.Tensor:
-            rots, sh = self.encoder.hypotheses(x)  # (B', M, 3, 3), (B', 2)
-            n, m = rots.shape[:2]
-            idx = torch.arange(n, device=x.device)
-            c = None if ctf is None else ctf[idx % b]
-            best = torch.zeros(n, dtype=torch.long, device=x.device)
-            if m > 1:  # the winner, without a graph (the gradient of a min reaches only the winning head)
-                rows = idx.repeat_interleave(m)
-                with torch.no_grad():
-                    e_all = self.image_errors(x[rows], rots.detach().reshape(n * m, 3, 3), sh.detach()[rows],
-                                              None if c is None else c[rows])
-                best = e_all.reshape(n, m).argmin(dim=1)
-            out["rot"], out["shift"] = rots[idx, best], sh
-            return self.image_errors(x, out["rot"], sh, c)
+        def errors(x, rots, sh, rows):
+            return self.image_errors(x, rots, sh, None if ctf is None else ctf[rows])
 
-        if not self.symmetrized:
-            e = err(images)
-            return e, torch.zeros(b, dtype=torch.bool, device=e.device), out["rot"], out["shift"]
-        e, pi = symmetrized_loss(images, err)
-        rot_pi, sh_pi = inplane_pi_pose(out["rot"][b:], out["shift"][b:])
-        rot = torch.where(pi[:, None, None], rot_pi, out["rot"][:b])
-        sh = torch.where(pi[:, None], sh_pi, out["shift"][:b])
-        return e, pi, rot, sh
+        return winner_poses(self.encoder, images, errors, self.symmetrized)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         e, pi, _, _ = self.branches(batch["image"], batch.get("ctf"))
         loss = e.mean()
         return {"loss": loss, "error": loss.detach(), "pi_fraction": pi.float().mean()}
+
+
+def winner_poses(encoder: PoseEncoder, images: torch.Tensor,
+                 image_errors: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                 symmetrized: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The amortized poses of ``images (B, D, D)`` and their per-image loss: ``(error (B,), pi (B,) bool,
+    rotations (B, 3, 3), shifts (B, 2) px)``. Of the encoder's ``M`` rotation hypotheses the one with the
+    smallest error wins (chosen without a graph, so the gradient reaches the winning head only); with
+    ``symmetrized`` the loss is :func:`~cryolens.inference.losses.symmetrized_loss` and a win of the
+    π-branch gives the pose ``inplane_pi_pose(E(R_π Y))``.
+
+    image_errors: ``(x (B', D, D), rotations (B', 3, 3), shifts (B', 2), rows (B',) long) → (B',)``, the
+    per-image error of images ``x`` under those poses, where ``rows`` gives the index in ``images`` that
+    each row of ``x`` comes from (its CTF, its latent …)."""
+    b = images.shape[0]
+    out = {}
+
+    def err(x: torch.Tensor) -> torch.Tensor:
+        rots, sh = encoder.hypotheses(x)  # (B', M, 3, 3), (B', 2)
+        n, m = rots.shape[:2]
+        idx = torch.arange(n, device=x.device)
+        best = torch.zeros(n, dtype=torch.long, device=x.device)
+        if m > 1:
+            rows = idx.repeat_interleave(m)
+            with torch.no_grad():
+                e_all = image_errors(x[rows], rots.detach().reshape(n * m, 3, 3), sh.detach()[rows], rows % b)
+            best = e_all.reshape(n, m).argmin(dim=1)
+        out["rot"], out["shift"] = rots[idx, best], sh
+        return image_errors(x, out["rot"], sh, idx % b)
+
+    if not symmetrized:
+        e = err(images)
+        return e, torch.zeros(b, dtype=torch.bool, device=e.device), out["rot"], out["shift"]
+    e, pi = symmetrized_loss(images, err)
+    rot_pi, sh_pi = inplane_pi_pose(out["rot"][b:], out["shift"][b:])
+    rot = torch.where(pi[:, None, None], rot_pi, out["rot"][:b])
+    sh = torch.where(pi[:, None], sh_pi, out["shift"][:b])
+    return e, pi, rot, sh
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@ Engine contract: ``forward(batch) → {"loss", "mse", "kl", <each structure term
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -77,15 +79,19 @@ class CryoFoldModel(nn.Module):
         self.log_scale.fill_(float(torch.log(torch.tensor(abs(scale) + 1e-20))))
         return scale
 
-    def vae_loss(self, batch: dict, rotations: torch.Tensor | None = None,
-                 shifts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def vae_loss(self, batch: dict, rotations: torch.Tensor | None = None, shifts: torch.Tensor | None = None,
+                 errors: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The loss terms (module docstring) of a batch seen under ``rotations`` and ``shifts`` (default: the
-        batch's rotations, centred targets)."""
+        batch's rotations, centred targets); ``errors``, if given, replaces that image error: ``z (B, L) →
+        (B,)`` per-image error (AtomVAE's, under the poses its encoder gives)."""
         lat = self._lattice(batch["image"].device)
         mu, logvar = self.posterior(batch)
         z = reparametrize(mu, logvar) if self.training else mu
-        pred = self.predicted(batch, z, rotations, shifts) * self.log_scale.exp()
-        mse = image_mse(pred, lat.gather(self.targets(batch))).mean()
+        if errors is None:
+            pred = self.predicted(batch, z, rotations, shifts) * self.log_scale.exp()
+            mse = image_mse(pred, lat.gather(self.targets(batch))).mean()
+        else:
+            mse = errors(z).mean()
         kl = kl_standard_normal(mu, logvar).mean()
         rigid = getattr(self.volume.decoder, "rigid_centers", None)  # pull from the rigid placement, if any
         terms = self.restraints.terms(self.volume.params(z)[0], None if rigid is None else rigid(z))

@@ -38,7 +38,19 @@ from .training import TrainingConfig, run_summary, train
 
 
 @dataclass(frozen=True)
-class AmortizedPoseConfig(TrainingConfig):
+class PoseRefineOptions:
+    """The options of the modal pose refinement after amortized inference (:mod:`~cryolens.inference.pose_refine`),
+    shared by the recipes that have it (``cryoai``, ``cryoposenet``, ``atomvae``)."""
+
+    refine_poses: bool = option(False, "refine each pose by hierarchical search against the trained map")
+    refine_base_level: int = option(2, "HEALPix level of the refinement's base SO(3) grid")
+    refine_levels: int = option(2, "refinement levels of the search")
+    refine_keep: int = option(8, "poses kept per image from one level to the next")
+    refine_shift_step: float = option(1.0, "step of the refinement's shift grid, px")
+
+
+@dataclass(frozen=True)
+class AmortizedPoseConfig(PoseRefineOptions, TrainingConfig):
     """Options every amortized-pose recipe has (the recipes add their decoder's and published values)."""
 
     enc_channels: int = option(16, "channels of the encoder's first convolution block")
@@ -49,11 +61,6 @@ class AmortizedPoseConfig(TrainingConfig):
     max_shift: float = option(0.0, "largest shift the encoder predicts, px (0 = no shifts)")
     symmetrized_loss: bool = option(True, "per-image loss the smaller of Y's and R_π Y's (cryoAI)")
     pose_heads: int = option(1, "rotation hypotheses per image, winner-take-all")
-    refine_poses: bool = option(False, "refine each pose by hierarchical search against the trained map")
-    refine_base_level: int = option(2, "HEALPix level of the refinement's base SO(3) grid")
-    refine_levels: int = option(2, "refinement levels of the search")
-    refine_keep: int = option(8, "poses kept per image from one level to the next")
-    refine_shift_step: float = option(1.0, "step of the refinement's shift grid, px")
     refine_rounds: int = option(1, "refinement rounds; from the 2nd on, gold-standard against half maps")
     pose_batch: int = option(256, "images per batch when inferring and refining poses")
 

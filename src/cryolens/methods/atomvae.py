@@ -14,7 +14,9 @@ Outputs: the map at the mean ``z``, ``z`` and the encoder's poses per image, ``d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -23,7 +25,9 @@ from ..inference.atomvae import AtomVAEModel, encoder_poses
 from ..inference.distributed import is_main
 from ..inference.latent_model import infer_latents
 from ..inference.pose_encoder import PoseEncoder
+from ..inference.pose_refine import pose_error_metrics, refine_poses
 from ..io.particles import Particles
+from .amortized_pose import PoseRefineOptions
 from .config import option
 from .cryofold import CryoFoldConfig, atomic_mixture, first_images
 from .mixture_run import write_mixture_json
@@ -32,7 +36,7 @@ from .training import run_summary, train
 
 
 @dataclass(frozen=True)
-class AtomVAEConfig(CryoFoldConfig):
+class AtomVAEConfig(PoseRefineOptions, CryoFoldConfig):
     """Options of atomvae (our choices where the paper is silent, docs/METHODS.md)."""
 
     per: Literal["atom", "residue"] = option("atom", "one Gaussian per atom (the paper) or per residue")
@@ -42,33 +46,56 @@ class AtomVAEConfig(CryoFoldConfig):
     pose_channels: int = option(16, "channels of the pose encoder's first block")
     pose_max_channels: int = option(128, "channel cap of the pose encoder")
     max_shift_px: float = option(0.0, "largest shift the pose encoder gives, px (0: no shift head)")
+    pose_heads: int = option(8, "rotation hypotheses per image, winner-take-all (cryoAI's pose_heads)")
+    symmetrized_loss: bool = option(True, "per-image loss the smaller of Y's and R_π Y's (cryoAI)")
+    warmup_resolution: float = option(0.0, "resolution limit of the warm-up's image error, Å (0 = Nyquist)")
+    pose_lowpass: float = option(0.0, "low-pass of the pose encoder's input, Å (0 = none)")
+
+
+def build(particles: Particles, config: AtomVAEConfig, device) -> AtomVAEModel:
+    """The untrained model on ``device`` (the seed fixes the initial weights), its scales set on the first
+    ``norm_images`` images (their poses, if any, unused)."""
+    torch.manual_seed(config.seed)
+    volume, restraints = atomic_mixture(particles, config, device, per=config.per)
+    d, px = particles.box_size, particles.pixel_size
+    pose = PoseEncoder(d, config.pose_channels, config.pose_max_channels, max_shift=config.max_shift_px,
+                       lowpass=px / config.pose_lowpass if config.pose_lowpass > 0 else 0.0, heads=config.pose_heads)
+    radius = d * px / config.warmup_resolution if config.warmup_resolution > 0 else 0.0
+    model = AtomVAEModel(volume, restraints, pose, config.enc_layers, config.enc_dim, config.beta,
+                         config.warmup_epochs, config.symmetrized_loss, radius).to(device)
+    model.set_scale(first_images(particles, config.norm_images, device))
+    return model
 
 
 def fit(particles: Particles, known, run, config: AtomVAEConfig, device=None, progress=True) -> MethodOutputs:
     """Registry entry point of ``atomvae`` (module docstring); any poses in ``particles`` are ignored."""
     device = torch.device(device or "cpu")
-    torch.manual_seed(config.seed)
-    volume, restraints = atomic_mixture(particles, config, device, per=config.per)
-    pose = PoseEncoder(particles.box_size, config.pose_channels, config.pose_max_channels,
-                       max_shift=config.max_shift_px)
-    model = AtomVAEModel(volume, restraints, pose, config.enc_layers, config.enc_dim, config.beta,
-                         config.warmup_epochs).to(device)
-    model.set_scale(first_images(particles, config.norm_images, device))
+    blind = dataclasses.replace(particles, rotations=None, shifts=None)  # the truth, if any, only scores
+    model = build(blind, config, device)
     if is_main():
-        write_mixture_json(run, "atomvae", volume, len(particles), config)
-    train(model, particles, run, config, device, progress)
+        write_mixture_json(run, "atomvae", model.volume, len(particles), config)
+    train(model, blind, run, config, device, progress)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     model.eval()
-    z = infer_latents(model, particles, device)
-    rotations, shifts = encoder_poses(model, particles, device)
+    volume = model.volume
+    z = infer_latents(model, blind, device)
+    rotations, shifts = encoder_poses(model, blind, device, torch.as_tensor(z) if model.joint else None)
+    poses = {"encoder": rotations}
+    mean = torch.as_tensor(z.mean(0, keepdims=True), device=device)
+    if config.refine_poses:  # the search against the map of the mixture at the mean z, in the images' units
+        settings = SimpleNamespace(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PoseRefineOptions)},
+                                   max_shift=config.max_shift_px, pose_batch=256, seed=config.seed)
+        reference = volume.render(mean if model.joint else None)[0] * model.log_scale.exp()
+        rotations, shifts = refine_poses(reference.detach(), blind, settings, device)
+        poses["refined"] = rotations
     summary, history = run_summary(run, config)
 
     def decode(zb: torch.Tensor) -> torch.Tensor:
         return volume.render(zb.to(device))
 
-    mean = torch.as_tensor(z.mean(0, keepdims=True), device=device)
     metrics = {k: summary.get(k) for k in ("epochs", "final_loss", "final_mse", "images_per_s")}
+    metrics.update(pose_error_metrics(poses, particles.rotations))
     return MethodOutputs(pixel_size=particles.pixel_size, volume=volume.render(mean)[0].cpu(), latents=z,
                          rotations=rotations, shifts=shifts, decode=decode, metrics=metrics, history=history,
                          decode_models=lambda zb: volume.atomic_models(zb.to(device)))

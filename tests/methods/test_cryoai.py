@@ -299,3 +299,18 @@ def test_loss_band_marches_on_schedule_and_resumes(tmp_path, monkeypatch):
     done = get("cryoai").fit(particles, Known(poses=False), RunFolder(tmp_path / "full"),
                              dataclasses.replace(cfg, resume=True), "cpu", False)
     torch.testing.assert_close(done.volume, out.volume, atol=1e-6 * float(out.volume.abs().max()), rtol=0)
+
+
+def test_encoder_lowpass_is_read_in_angstrom(tmp_path):
+    """enc_lowpass is a resolution in Å: at 4 shells' resolution on D = 16 the encoder's input filter
+    passes a plane wave at 2 cycles per box and removes one at 6 (the value used to reach the encoder as
+    cycles/px, where 4 shells' resolution in Å meant no filter at all)."""
+    from cryolens.imaging.grids import freq_grid_2d
+    from cryolens.methods.cryoai import CryoAI
+
+    particles, _ = blob_dataset(tmp_path, 4, 16)
+    cfg = get("cryoai").config({**RECIPE_SMALL["cryoai"], "enc_lowpass": 16 * particles.pixel_size / 4})
+    filt = CryoAI(16, particles.pixel_size, cfg).encoder.filter
+    k = freq_grid_2d(16).norm(dim=-1) * 16  # cycles per box
+    assert float(filt[(k - 2).abs() < 0.5].min()) > 0.99
+    assert float(filt[(k - 6).abs() < 0.5].max()) < 1e-6

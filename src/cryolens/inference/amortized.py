@@ -39,7 +39,8 @@ class AmortizedPoseModel(nn.Module, abc.ABC):
         self.symmetrized = bool(config.symmetrized_loss)
         self.encoder = PoseEncoder(box_size, int(config.enc_channels), int(config.enc_max_channels),
                                    int(config.enc_convs), tuple(int(h) for h in config.enc_hidden),
-                                   float(config.max_shift), float(config.enc_lowpass), int(config.pose_heads))
+                                   float(config.max_shift), self.pixel_size / float(config.enc_lowpass)
+                                   if float(config.enc_lowpass) > 0 else 0.0, int(config.pose_heads))
 
     @abc.abstractmethod
     def set_norm(self, value: float) -> None:

@@ -140,6 +140,16 @@ def gaussian_blur_2d(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return ifft2_centered(fft2_centered(images) * torch.exp(-2 * math.pi**2 * sigma**2 * k2)).real
 
 
+def gaussian_blur_3d(volume: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``volume (..., D, D, D)`` real convolved with a Gaussian of standard deviation ``sigma`` px, as
+    :func:`gaussian_blur_2d` (Fourier space, periodic). ``sigma ≤ 0``: unchanged."""
+    if sigma <= 0:
+        return volume
+    d = volume.shape[-1]
+    k2 = freq_grid_3d(d, volume.device, volume.dtype).square().sum(-1)
+    return ifft3_centered(fft3_centered(volume) * torch.exp(-2 * math.pi**2 * sigma**2 * k2)).real
+
+
 def shell_filter_volume(volume: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``volume (D, D, D)`` real with its Fourier transform multiplied by ``weights (D//2+1,)``, one per
     shell ``round(|f|·D)`` (shells past Nyquist, the corners, take the last weight). Same dtype and device."""

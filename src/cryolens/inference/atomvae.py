@@ -80,18 +80,13 @@ class AtomVAEModel(CryoFoldModel):
         self.log_scale.fill_(float(torch.log(torch.tensor(scale + 1e-20))))
         return scale
 
-    def _band(self, device) -> SliceLattice:
-        if self.warmup_lattice.pixels.device != device:
-            self.warmup_lattice.to(device)
-        return self.warmup_lattice
-
     def image_errors(self, images: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, ctf,
                      z: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` Gaussian-likelihood error (mean squared normalised Hartley residual on the lattice, in the
         warm-up its band) of
         ``images (B, D, D)`` against the mixture at ``z (B, L)`` (None: the base model) under ``rotations (B, 3,
         3)``, shifted by ``shifts (B, 2)`` px, times ``ctf`` (None: no CTF) and the learned scale."""
-        lat = self._lattice(images.device) if self.joint else self._band(images.device)
+        lat = self._lattice(images.device, None if self.joint else self.warmup_lattice)
         f = predicted_transforms(self.volume, rotations, z, shifts, ctf, self.volume.pixel_size)
         pred = lat.gather(fourier_to_hartley(f)) / self.norm * self.log_scale.exp()
         return image_mse(pred, lat.gather(centered_hartley(images)) / self.norm)

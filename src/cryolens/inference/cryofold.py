@@ -45,10 +45,12 @@ class CryoFoldModel(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
         self.register_buffer("norm", torch.ones(()))
 
-    def _lattice(self, device) -> SliceLattice:
-        if self.lattice.pixels.device != device:
-            self.lattice.to(device)
-        return self.lattice
+    def _lattice(self, device, lattice: SliceLattice | None = None) -> SliceLattice:
+        """``lattice`` (None: the model's) on ``device``, moved there once."""
+        lat = self.lattice if lattice is None else lattice
+        if lat.pixels.device != device:
+            lat.to(device)
+        return lat
 
     def targets(self, batch: dict) -> torch.Tensor:
         """Centred, normalised Hartley images ``(B, D, D)``."""

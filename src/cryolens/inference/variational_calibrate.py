@@ -30,6 +30,7 @@ import torch
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.forward import shift_and_ctf
+from ..imaging.grids import shell_sum
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from ..volumes.support_prior import EnvelopeTable, prior_energy
@@ -182,19 +183,19 @@ def moment_prior(mean: torch.Tensor, a: torch.Tensor, tau2: torch.Tensor, vol, t
     c1, c2 = table.moments(a, tau2[shells])
     parts = torch.where(dc, 1.0, 2.0).to(mean.dtype)
     sq = mean[..., 0].square() + mean[..., 1].square() * ~dc
-    def per_shell(x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, shells[free], x[free].double())
-
-    num, den, count = per_shell(sq - parts * c1), per_shell(parts * c2), per_shell(parts).clamp_min(1)
+    num, den = _shell_total(sq - parts * c1, shells, free, n), _shell_total(parts * c2, shells, free, n)
+    count = _shell_total(parts, shells, free, n).clamp_min(1)
     estimate = num / den.clamp_min(1e-30)
-    total = per_shell(sq)
+    total = _shell_total(sq, shells, free, n)
     error = (2 / count).sqrt() * total / den.clamp_min(1e-30)  # m² of a Gaussian: variance 2 (E m²)²
     return estimate, error < 0.3 * estimate
 
 
+def _shell_total(x: torch.Tensor, shells: torch.Tensor, free: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n,)`` float64 sum of ``x (D, D, D)`` over the free voxels of each shell."""
+    return shell_sum(torch.where(free, x.double(), 0.0), shells, n)
+
+
 def _shell_mean(x: torch.Tensor, shells: torch.Tensor, free: torch.Tensor, n: int) -> torch.Tensor:
     """``(n,)`` float64 mean of ``x (D, D, D)`` over the free voxels of each shell."""
-    s = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, shells[free], x[free].double())
-    c = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, shells[free],
-                                                                         torch.ones_like(x[free], dtype=torch.float64))
-    return s / c.clamp_min(1)
+    return _shell_total(x, shells, free, n) / _shell_total(torch.ones_like(x), shells, free, n).clamp_min(1)

@@ -26,7 +26,9 @@ import math
 
 import torch
 
-from ..imaging.fft import fft3_centered, ifft3_centered
+from ..imaging.fft import ifft3_centered
+from ..imaging.grids import gaussian_blur_3d
+from .variational import hermitian_complete
 
 LOG_S = (math.log(1e-4), math.log(1e9), 261)  # the table's grid of log s
 
@@ -87,8 +89,6 @@ def prior_energy(x: torch.Tensor, tau2: torch.Tensor, envelope: torch.Tensor, fr
     per-voxel power ``tau2 (D, D, D)`` and the envelope ``(D, D, D)`` of mean 1 (module docstring):
     ``(D³/4) Σ_x |F⁻¹[θ/τ](x)|² / w(x)`` over the Friedel-completed grid, which for ``w ≡ 1`` is
     ``½ Σ θ²/τ²`` over the coordinates (the zero frequency's counts half)."""
-    from .variational import hermitian_complete
-
     d = x.shape[0]
     scaled = torch.view_as_complex(x.contiguous()) / tau2.sqrt()
     m = ifft3_centered(hermitian_complete(scaled, free))
@@ -100,15 +100,8 @@ def support_envelope(volume: torch.Tensor, blur_px: float = 2.0, level: float = 
     """``(D, D, D)`` float64 envelope of mean 1 from a map ``(D, D, D)``: the map smoothed by a Gaussian of
     ``blur_px``, kept where above ``level`` of its maximum, that support widened by a Gaussian of
     ``dilate_px`` (a soft edge), and ``floor`` everywhere else."""
-    d = volume.shape[-1]
-    k2 = ((torch.arange(d, dtype=torch.float64) - d // 2) / d).square()
-    k2 = k2[:, None, None] + k2[None, :, None] + k2[None, None, :]
-
-    def smooth(v: torch.Tensor, sigma: float) -> torch.Tensor:
-        return ifft3_centered(fft3_centered(v.double()) * torch.exp(-2 * math.pi**2 * sigma**2 * k2)).real
-
-    blurred = smooth(volume, blur_px)
+    blurred = gaussian_blur_3d(volume.double(), blur_px)
     support = (blurred > level * float(blurred.max())).double()
-    soft = (2 * smooth(support, dilate_px)).clamp(0, 1)
+    soft = (2 * gaussian_blur_3d(support, dilate_px)).clamp(0, 1)
     w = floor + (1 - floor) * soft
     return w / w.mean()

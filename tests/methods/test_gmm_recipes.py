@@ -148,12 +148,24 @@ def test_cryofold_from_the_cli_moves_the_base_model_to_the_hinged_state(tmp_path
     assert len(gemmi.read_structure(str(run / "analysis" / "models_pc2.cif"))) == 10
 
 
-def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path):
+def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, monkeypatch):
     """Poses not given: atomvae from the 0° hairpin (one Gaussian per atom), 2 warm-up epochs then 2 joint: the
     log has no KL in the warm-up and a positive one after; the warm-up lowers the images' error; the STAR holds a
     proper rotation per image, z is (96, 2), and the metrics score the encoder's rotations against the STAR's
-    (whether the warm-up learns poses: tests/inference/test_atomvae_poses.py)."""
+    (whether the warm-up learns poses: tests/inference/test_atomvae_poses.py). ``--refine-poses`` with 2
+    clusters: two searches, each over one k-means group of z (together every image once), whose poses are the
+    STAR's."""
+    import cryolens.inference.pose_refine as pr
     from cryolens.io.star import read_star
+
+    calls, original = [], pr.refine_poses
+
+    def spy(volume, parts, settings, device, indices=None, n_levels=None):
+        out = original(volume, parts, settings, device, indices, n_levels)
+        calls.append((np.asarray(indices), out[0]))
+        return out
+
+    monkeypatch.setattr(pr, "refine_poses", spy)
 
     com = hairpin(0.0).center_of_mass()
 
@@ -167,9 +179,16 @@ def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path):
     assert main(["train", "atomvae", str(star), "--out", str(run), "--model", str(tmp_path / "base.pdb"),
                  "--epochs", "4", "--warmup-epochs", "2", "--zdim", "2", "--lr", "1e-3", "--batch-size", "16",
                  "--set", "enc_dim=64", "--set", "dec_dim=64", "--set", "enc_layers=2", "--set", "dec_layers=2",
+                 "--refine-poses", "--refine-clusters", "2", "--refine-base-level", "1", "--refine-levels", "1",
                  "--quiet", "--device", "cpu", "--no-report"]) == 0
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [h["kl"] == 0.0 for h in history] == [True, True, False, False]
+    assert len(calls) == 2 and sorted(np.concatenate([c[0] for c in calls]).tolist()) == list(range(96))
+    refined = torch.zeros(96, 3, 3)
+    for idx, r in calls:
+        refined[torch.as_tensor(idx)] = r
+    torch.testing.assert_close(read_star(run / "particles.star").rotations.float(), refined, atol=1e-4, rtol=0)
+    assert "median_rotation_error_refined_deg" in json.loads((run / "metrics.json").read_text())
     assert history[1]["mse"] < history[0]["mse"]
     assert 0.0 <= json.loads((run / "metrics.json").read_text())["median_rotation_error_encoder_deg"] <= 180.0
     rots = read_star(run / "particles.star").rotations

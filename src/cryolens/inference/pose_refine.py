@@ -8,6 +8,8 @@ Round 1 (:func:`refine_poses`): each pose by
 back-projected with the last poses into two half maps, and each half-set's images are searched again,
 one level finer, against its own half map weighted per shell by ``sqrt(2 FSC / (1 + FSC))`` and
 solvent-flattened (cryoSPARC's homogeneous refinement in outline). :func:`refine_rounds` runs the rounds.
+:func:`refine_poses_by_latent` searches each image
+against the map of its conformation (the k-means centre of its latent's group) for the heterogeneous recipes.
 This keeps the recipe's own measured numbers; it is not the EM core's auto-refinement (whose search,
 priors and stopping rule differ).
 
@@ -52,6 +54,35 @@ def refine_poses(volume: torch.Tensor, particles: Particles, settings: Any, devi
         rots.append(res.rotations.float().cpu())
         shifts.append(res.shifts.float().cpu())
     return torch.cat(rots), torch.cat(shifts)
+
+
+def refine_poses_by_latent(render: Callable[[torch.Tensor], torch.Tensor], z: np.ndarray, particles: Particles,
+                           settings: Any, device, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modal poses of every image searched against the map of its own conformation rather than of the mean
+    one: the latents ``z (N, L)`` split by k-means (scikit-learn, k-means++, 10 starts, ``settings.seed``)
+    into ``clusters`` groups, and each group's images searched (:func:`refine_poses`) against
+    ``render(centre (1, L))[0] (D, D, D)``, the map at its centre. ``clusters`` 1: every image against the map
+    at the mean ``z``. Returns ``(rotations (N, 3, 3), shifts (N, 2) px)`` in input order."""
+    n = len(particles)
+    z = np.asarray(z, dtype=np.float64).reshape(n, -1)
+    k = max(1, min(int(clusters), n))
+    if k == 1:
+        labels, centres = np.zeros(n, dtype=np.int64), z.mean(0, keepdims=True)
+    else:
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=k, n_init=10, random_state=int(settings.seed)).fit(z)
+        labels, centres = km.labels_, km.cluster_centers_
+    rots, shifts = torch.zeros(n, 3, 3), torch.zeros(n, 2)
+    for c in range(k):
+        idx = np.nonzero(labels == c)[0]
+        if idx.size == 0:
+            continue
+        with torch.no_grad():
+            reference = render(torch.as_tensor(centres[c:c + 1], dtype=torch.float32))[0]
+        r, t = refine_poses(reference.detach().float(), particles, settings, device, idx)
+        rots[torch.as_tensor(idx)], shifts[torch.as_tensor(idx)] = r, t
+    return rots, shifts
 
 
 def refine_poses_halves(halves: tuple[torch.Tensor, torch.Tensor], fsc_curve: np.ndarray, particles: Particles,

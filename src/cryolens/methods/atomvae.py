@@ -25,7 +25,7 @@ from ..inference.atomvae import AtomVAEModel, encoder_poses
 from ..inference.distributed import is_main
 from ..inference.latent_model import infer_latents
 from ..inference.pose_encoder import PoseEncoder
-from ..inference.pose_refine import pose_error_metrics, refine_poses
+from ..inference.pose_refine import pose_error_metrics, refine_poses_by_latent
 from ..io.particles import Particles
 from .amortized_pose import PoseRefineOptions
 from .config import option
@@ -50,6 +50,8 @@ class AtomVAEConfig(PoseRefineOptions, CryoFoldConfig):
     symmetrized_loss: bool = option(True, "per-image loss the smaller of Y's and R_π Y's (cryoAI)")
     warmup_resolution: float = option(0.0, "resolution limit of the warm-up's image error, Å (0 = Nyquist)")
     pose_lowpass: float = option(0.0, "low-pass of the pose encoder's input, Å (0 = none)")
+    refine_clusters: int = option(8, "refine_poses: each image searched against the mixture at the k-means centre "
+                                  "of its z's group (1: at the mean z)")
 
 
 def build(particles: Particles, config: AtomVAEConfig, device) -> AtomVAEModel:
@@ -83,11 +85,15 @@ def fit(particles: Particles, known, run, config: AtomVAEConfig, device=None, pr
     rotations, shifts = encoder_poses(model, blind, device, torch.as_tensor(z) if model.joint else None)
     poses = {"encoder": rotations}
     mean = torch.as_tensor(z.mean(0, keepdims=True), device=device)
-    if config.refine_poses:  # the search against the map of the mixture at the mean z, in the images' units
+    if config.refine_poses:  # each image against the mixture at its z-group's centre, in the images' units
         settings = SimpleNamespace(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PoseRefineOptions)},
                                    max_shift=config.max_shift_px, pose_batch=256, seed=config.seed)
-        reference = volume.render(mean if model.joint else None)[0] * model.log_scale.exp()
-        rotations, shifts = refine_poses(reference.detach(), blind, settings, device)
+
+        def reference(zc: torch.Tensor) -> torch.Tensor:
+            return volume.render(zc.to(device) if model.joint else None) * model.log_scale.exp()
+
+        rotations, shifts = refine_poses_by_latent(reference, z, blind, settings, device,
+                                                   config.refine_clusters if model.joint else 1)
         poses["refined"] = rotations
     summary, history = run_summary(run, config)
 

@@ -1,5 +1,5 @@
 """The Gaussian-mixture recipes (and, for comparison, cryodrgn) on a hinged 4E43 set: |Spearman(PC1 of z, hinge
-angle)|, the time of the set-up and per epoch, and the final loss; for the recipes that output atomic models
+angle)| and of every PC, the time of the set-up and per epoch, and the final loss; for the recipes that output atomic models
 (cryofold, atomvae; their ``model`` defaults to the state-0 ground-truth model) the median per-image Cα RMSD to
 the true model of 200 images beside the base model's (:func:`cryolens.bench.atomic_scoring.per_image_ca_rmsd`)
 and the fraction of consecutive Cα distances of the decoded models outside 3.8 ± 0.3 Å; for atomvae (poses not
@@ -38,7 +38,7 @@ def pc1(z: np.ndarray) -> np.ndarray:
     return zc @ np.linalg.svd(zc, full_matrices=False)[2][0]
 
 
-def run(recipe: str, data: Path, epochs: int, options: dict) -> dict:
+def run(recipe: str, data: Path, epochs: int, options: dict, save_z: Path | None = None) -> dict:
     """Train ``recipe`` on ``data`` (poses and CTF known) and score it against the hinge angle."""
     particles = read_particles(data / "particles.star")
     angle = np.load(data / "ground_truth" / "ground_truth.npz")["hinge_angle_deg"]
@@ -52,8 +52,14 @@ def run(recipe: str, data: Path, epochs: int, options: dict) -> dict:
     total = time.perf_counter() - t0
     per_epoch = [h["elapsed_s"] for h in out.history]
     rho = spearmanr(pc1(out.latents), angle)[0]
+    zc = out.latents - out.latents.mean(0)
+    pcs = zc @ np.linalg.svd(zc, full_matrices=False)[2].T
+    if save_z is not None:
+        np.save(save_z.with_name(f"{save_z.stem}_{recipe}.npy"), out.latents)
     result = {"recipe": recipe, "options": options, "epochs": epochs, "n_images": len(particles),
-              "spearman_pc1_angle": abs(float(rho)), "total_s": total, "epoch_s": per_epoch,
+              "spearman_pc1_angle": abs(float(rho)),
+              "spearman_each_pc": [abs(float(spearmanr(pcs[:, i], angle)[0])) for i in range(pcs.shape[1])],
+              "total_s": total, "epoch_s": per_epoch,
               "setup_s": total - sum(per_epoch), "final_loss": out.metrics.get("final_loss")}
     for key in ("median_rotation_error_encoder_deg", "median_rotation_error_refined_deg", "ca_outside_3.8+-0.3"):
         if key in out.metrics:
@@ -88,6 +94,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--recipes", nargs="+", default=["e2gmm"])
     ap.add_argument("--set", action="append", default=[], help="RECIPE:KEY=VALUE")
+    ap.add_argument("--save-z", type=Path, default=None, help="write z of each recipe to <stem>_<recipe>.npy")
     args = ap.parse_args()
     for recipe in args.recipes:
         options = {}
@@ -96,7 +103,7 @@ def main() -> None:
             if name == recipe:
                 key, _, value = kv.partition("=")
                 options[key] = value
-        print(json.dumps(run(recipe, args.data, args.epochs, options)), flush=True)
+        print(json.dumps(run(recipe, args.data, args.epochs, options, args.save_z)), flush=True)
 
 
 if __name__ == "__main__":

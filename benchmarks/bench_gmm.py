@@ -1,10 +1,10 @@
 """The Gaussian-mixture recipes (and, for comparison, cryodrgn) on a hinged 4E43 set: |Spearman(PC1 of z, hinge
-angle)| and of every PC, the time of the set-up and per epoch, and the final loss; for the recipes that output atomic models
-(cryofold, atomvae; their ``model`` defaults to the state-0 ground-truth model) the median per-image Cα RMSD to
-the true model of 200 images beside the base model's (:func:`cryolens.bench.atomic_scoring.per_image_ca_rmsd`)
-and the fraction of consecutive Cα distances of the decoded models outside 3.8 ± 0.3 Å; for atomvae (poses not
-given) the median rotation error of the encoder's poses. Reduced versions of issue 22's measurements (10,000
-images at D = 64, 1.5 Å/px).
+angle)| and of every PC, the time of the set-up and per epoch, and the final loss; for the recipes that output
+atomic models (cryofold, atomvae; their ``model`` defaults to the state-0 ground-truth model) the median per-image
+Cα RMSD to the true model of 200 images beside the base model's
+(:func:`cryolens.bench.atomic_scoring.per_image_ca_rmsd`) and the fraction of consecutive Cα distances of the
+decoded models outside 3.8 ± 0.3 Å; for atomvae (poses not given) the median rotation error of the encoder's poses.
+Reduced versions of issue 22's measurements (10,000 images at D = 64, 1.5 Å/px).
 
   cryolens simulate --model 4E43 --out /tmp/gmmbench/hinge --motion hinge --n-states 10 --angles 0 40 \\
       --n 2000 --box 32 --apix 3.0 --snr 0.1 --seed 0

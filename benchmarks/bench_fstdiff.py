@@ -42,13 +42,14 @@ import torch
 DATA = Path(__file__).resolve().parent / "_data"
 
 
-def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0) -> Path:
+def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0, name: str = "4E43") -> Path:
     from cryolens.io.atomic import read_atoms
     from cryolens.simulate import bundled_model, simulate_dataset, volumes_from_models
 
-    out = DATA / f"fstdiff_4E43_D{box}_apix{apix:g}_n{n}_snr{snr:g}_seed{seed}"
+    tag = "" if name == "4E43" else f"{name}_"
+    out = DATA / f"fstdiff_4E43_{tag}D{box}_apix{apix:g}_n{n}_snr{snr:g}_seed{seed}"
     if not (out / "particles.star").is_file():
-        model = read_atoms(bundled_model("4E43"))
+        model = read_atoms(bundled_model(name))
         simulate_dataset(out, volumes_from_models([model], box, apix), n, apix, snr, shift_std=2.0, shift_max=5.0,
                          defocus_range=(10000.0, 25000.0), astigmatism=500.0, models=[model], seed=seed,
                          progress=False, overwrite=True)
@@ -178,12 +179,15 @@ def main() -> None:
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
     ap.add_argument("--self", choices=["truth", "prior", "support"],
                     help="images made by the model's own slice of the truth or of a prior draw (self_truth)")
-    ap.add_argument("--envelopes", default="none,auto", help="calibrate's priors to measure (comma-separated)")
+    ap.add_argument("--envelopes", default="none,auto",
+                    help="calibrate's priors to measure (comma-separated; PRIOR@K: marginals from K exact draws)")
+    ap.add_argument("--model", default="4E43", help="bundled atomic model to simulate (cryolens.simulate)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(1)
     from cryolens.inference.training import sample_images
     from cryolens.inference.variational_calibrate import calibrate
+    from cryolens.inference.variational_sampling import calibrate_sampled
     from cryolens.inference.variational_setup import build_model
     from cryolens.io.mrc import read_volume
     from cryolens.io.runfolder import RunFolder
@@ -194,7 +198,7 @@ def main() -> None:
     from cryolens.methods.training import train
     from cryolens.metrics.fsc import fsc, resolution_at
 
-    ds = ensure(a.n, a.box, a.apix, a.snr)
+    ds = ensure(a.n, a.box, a.apix, a.snr, name=a.model)
     particles = read_star(ds / "particles.star")
     truth = torch.from_numpy(np.asarray(read_volume(ds / "ground_truth" / "volume_000.mrc")[0], dtype=np.float32))
     if a.refine > 0 or a.abinit:
@@ -225,11 +229,16 @@ def main() -> None:
     state = copy.deepcopy(model.state_dict())
     for mode in ["sgd"] + ([e for e in a.envelopes.split(",") if e] if cfg.calibrate else []):
         model.load_state_dict(state)
-        t1 = time.perf_counter()
-        if mode != "sgd":
-            calibrate(model, particles, envelope(model, dataclasses.replace(cfg, prior_envelope=mode)))
+        t1, iterations = time.perf_counter(), []
+        prior, _, draws = mode.partition("@")
+        env = (lambda: envelope(model, dataclasses.replace(cfg, prior_envelope=prior)))  # noqa: E731
+        if mode != "sgd" and draws:  # τ² and the mean under the independent prior, then exact draws
+            calibrate(model, particles, None)
+            iterations = calibrate_sampled(model, particles, env(), int(draws)).iterations
+        elif mode != "sgd":
+            calibrate(model, particles, env())
         post, prior = model.volume.shell_std()
-        res["fstdiff"][mode] = {"calibrate_s": time.perf_counter() - t1,
+        res["fstdiff"][mode] = {"calibrate_s": time.perf_counter() - t1, "cg_iterations": iterations,
                                 "fsc05_mean_vs_truth_A": resolution_at(fsc(model.volume.render()[0] * float(model.norm),
                                                                            truth), 0.5, px, d),
                                 "plain_truth": calibration(model, truth, gridding=False)["per_shell"],
@@ -245,8 +254,11 @@ def report(res: dict, limit: float) -> None:
     coverage per shell (``*``: shells 1 … the back-projection's FSC-0.143 shell ``limit``)."""
     print(json.dumps({k: v for k, v in res.items() if k not in ("options", "fstdiff")}, indent=1))
     for mode, r in res["fstdiff"].items():
+        rows = [row for row in r["per_shell"] if 1 <= row["shell"] <= limit]
+        met = [sum(abs(row[f"in_{m}sigma"] - t) <= 0.05 for row in rows) for m, t in ((1, 0.683), (2, 0.954))]
         print(f"-- {mode}: calibrate {r['calibrate_s']:.1f} s, "
-              f"mean map FSC 0.5 vs truth {r['fsc05_mean_vs_truth_A']:.2f} A")
+              f"mean map FSC 0.5 vs truth {r['fsc05_mean_vs_truth_A']:.2f} A, shells within 0.05: "
+              f"{met[0]} / {met[1]} of {len(rows)}, CG iterations {r['cg_iterations'][:3]}…")
         for row, plain in zip(r["per_shell"], r["plain_truth"]):
             mark = "*" if 1 <= row["shell"] <= limit else " "
             print(f"{mark}shell {row['shell']:3d}  n {row['n']:6d}  in 1σ {row['in_1sigma']:.3f}  "

@@ -106,7 +106,8 @@ def test_tiny_variance_reproduces_the_map_reconstruction(tmp_path):
 def test_cli_writes_mean_std_and_pose_spreads(tmp_path):
     """``cryolens train fstdiff`` (D = 16, 32 images, 2 epochs, per-image q(R, t) started at the metadata's
     poses): map.mrc and std.mrc (positive everywhere inside, D³), particles.star with the mean poses (proper
-    rotations) and the per-image rotational and shift spreads (rlnCryolensRotStdDeg near the 2° start,
+    rotations) and the per-image rotational and shift spreads (with ``pose_spread=learned``:
+    rlnCryolensRotStdDeg near the 2° start; the Laplace default is tested in test_variational_laplace.py,
     rlnCryolensShiftStdPx > 0), per-shell posterior and prior std in metrics.json; the amortized variant runs
     through the same entry point."""
     from cryolens.cli.main import main
@@ -115,7 +116,7 @@ def test_cli_writes_mean_std_and_pose_spreads(tmp_path):
 
     particles, _ = blob_dataset(tmp_path, 32, 16, noise=0.3)
     write_star(tmp_path / "particles.star", particles)
-    sets = {"epochs": 2, "batch_size": 16, "norm_images": 32, "std_samples": 4}
+    sets = {"epochs": 2, "batch_size": 16, "norm_images": 32, "std_samples": 4, "pose_spread": "learned"}
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     assert main(["train", "fstdiff", str(tmp_path / "particles.star"), "--out", str(tmp_path / "run"), "--quiet",
                  "--device", "cpu", "--no-report", *args]) == 0

@@ -37,11 +37,12 @@ from ..imaging.ctf import ctf_2d
 from ..imaging.fft import ifft3_centered
 from ..imaging.grids import flip_centered
 from ..io.particles import Particles
-from ..volumes.support_prior import prior_energy
-from ..volumes.variational import hermitian_complete
+from ..volumes.support_prior import prior_energy, support_envelope
+from ..volumes.variational import hermitian_complete, trilinear_apodisation
 from .likelihood import shell_weights
 from .variational import VariationalReconstruction
-from .variational_calibrate import _batches, conjugate_gradients, data_gradient
+from .variational_calibrate import _batches, calibrate, conjugate_gradients, data_gradient
+from .variational_laplace import laplace_poses
 
 OFFSETS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
@@ -218,3 +219,30 @@ def calibrate_sampled(model: VariationalReconstruction, particles: Particles, en
     out = sample_posterior(model, particles, tau2, envelope, draws, device=device, batch_size=batch_size, seed=seed)
     vol.set_posterior(out.mean, out.var, tau2)
     return out
+
+
+def mean_envelope(model: VariationalReconstruction, kind: str, floor: float) -> torch.Tensor | None:
+    """The support envelope ``(D, D, D)`` of the known-pose prior: ``kind`` ``"auto"`` from the current mean
+    map (:func:`~cryolens.volumes.support_prior.support_envelope` with ``floor``), ``"none"`` None."""
+    if kind == "none":
+        return None
+    return support_envelope(ifft3_centered(model.volume.mean_grid().detach().cpu()).real, floor=floor)
+
+
+def finish_posterior(model: VariationalReconstruction, particles: Particles, options, device) -> torch.Tensor | None:
+    """The recipe's steps after training (``fstdiff``'s options ``pose``, ``pose_spread``, ``pose_newton``,
+    ``calibrate``, ``calibrate_draws``, ``prior_envelope``, ``envelope_floor``): Laplace pose spreads, or
+    the known-pose calibration of ``q(V)`` (closed form, or τ² and the mean under the independent prior and
+    then ``calibrate_draws`` exact draws under the envelope). Returns the exact draws' real-space std map
+    ``(D, D, D)`` (gridding-corrected, model units) or None."""
+    if options.pose == "variational" and options.pose_spread == "laplace":
+        laplace_poses(model, particles, device, newton=options.pose_newton)
+    if options.pose != "known" or not options.calibrate:
+        return None
+    if options.calibrate_draws <= 0:
+        calibrate(model, particles, mean_envelope(model, options.prior_envelope, options.envelope_floor), device)
+        return None
+    calibrate(model, particles, None, device)
+    env = mean_envelope(model, options.prior_envelope, options.envelope_floor)
+    draws = calibrate_sampled(model, particles, env, options.calibrate_draws, device)
+    return draws.std_map * trilinear_apodisation(model.volume.box_size, draws.std_map.device)

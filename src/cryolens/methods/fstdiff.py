@@ -37,18 +37,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..imaging.fft import ifft3_centered
 from ..imaging.grids import lowpass_volume
 from ..imaging.rotations import random_rotations
 from ..inference.distributed import is_main
 from ..inference.pose_refine import pose_error_metrics
 from ..inference.training import sample_images
-from ..inference.variational_calibrate import calibrate
-from ..inference.variational_laplace import laplace_poses
-from ..inference.variational_sampling import calibrate_sampled
+from ..inference.variational_sampling import finish_posterior
 from ..inference.variational_setup import build_model, pose_summaries
-from ..volumes.support_prior import support_envelope
-from ..volumes.variational import trilinear_apodisation
 from .class3d import read_start_map
 from .config import option
 from .registry import MethodOutputs
@@ -109,15 +104,6 @@ def start(particles, config: FSTdiffConfig) -> tuple[torch.Tensor | None, torch.
     return start_map, rot
 
 
-def envelope(model, config: FSTdiffConfig) -> torch.Tensor | None:
-    """The support envelope of the calibration's prior (``prior_envelope=auto``: from the trained mean map,
-    :func:`~cryolens.volumes.support_prior.support_envelope`) or None."""
-    if config.prior_envelope == "none":
-        return None
-    grid = model.volume.mean_grid().detach().cpu()
-    return support_envelope(ifft3_centered(grid).real, floor=config.envelope_floor)
-
-
 def outputs(model, particles, truth, run, config: FSTdiffConfig, device, std: torch.Tensor | None = None
             ) -> MethodOutputs:
     """The :class:`MethodOutputs` of a trained model (rank 0; module docstring); ``std (D, D, D)`` the
@@ -151,16 +137,7 @@ def fit(particles, known, run, config: FSTdiffConfig, device=None, progress=True
     data = particles if config.pose == "known" else dataclasses.replace(particles, rotations=None)
     model = build_model(data, config, sample_images(particles, config.norm_images, config.seed), start_map, rot)
     train(model, data, run, config, device, progress)
-    std = None
-    if config.pose == "variational" and config.pose_spread == "laplace" and is_main():
-        laplace_poses(model, data, device, newton=config.pose_newton)
-    if config.pose == "known" and config.calibrate and is_main():
-        if config.calibrate_draws > 0:  # τ² and the mean under the independent prior, then exact draws
-            calibrate(model, data, None, device)
-            draws = calibrate_sampled(model, data, envelope(model, config), config.calibrate_draws, device)
-            std = draws.std_map * trilinear_apodisation(data.box_size, draws.std_map.device)
-        else:
-            calibrate(model, data, envelope(model, config), device)
+    std = finish_posterior(model, data, config, device) if is_main() else None
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     truth = particles.rotations if config.pose != "known" else None

@@ -10,20 +10,25 @@ inside Nyquist, Friedel mates once) in the model's units: the truth is the centr
 ground-truth map divided by the trilinear apodisation (the grid a trilinear slice model fits; the plain
 transform is reported beside it), times the images' scale; ``σ`` is the posterior std of that part.
 Measured per q(V): ``sgd`` (as trained) and, for each of ``--envelopes``, the recipe's closed-form
-calibration (:func:`~cryolens.inference.variational_calibrate.calibrate`) with that prior envelope.
+calibration (:func:`~cryolens.inference.variational_calibrate.calibrate`) with that prior envelope, or
+with ``PRIOR@K`` the marginals read off ``K`` exact posterior draws under it
+(:func:`~cryolens.inference.variational_sampling.calibrate_sampled`). ``--model NAME`` simulates another
+bundled structure, ``--chain A`` one chain of it (a 4E43 monomer).
 ``--self truth|prior|support``: the images are made instead by the model's own slice of the truth or of a
 draw of its prior (:func:`self_truth`), same poses, shifts, CTFs and noise.
 
 ``--refine DEG``: instead, a pose refinement: every true rotation is perturbed by a random rotation of
 DEG degrees about a random axis, the start map is the truth low-passed to ``--start-res`` Å, and the recipe
-runs with ``pose=variational`` from those poses; reported: the median rotation error of the mean poses
-against the truth (after global alignment), its start value, and the Spearman correlation between each
-image's rotational spread (rlnCryolensRotStdDeg) and its error. ``--abinit``: the same from random start
-poses and a zero map ("start" error: that of random rotations).
+runs with ``pose=variational`` from those poses; reported after one training, read as trained
+(``learned``) and after each count in ``--newton`` of Gauss-Newton steps with Laplace spreads
+(``laplace_N``): the median rotation error of the mean poses against the truth, its start value, the
+Spearman correlation between each image's rotational spread (rlnCryolensRotStdDeg) and its error, and that
+correlation's ceiling for these spreads (errors drawn from them: spread/√3 · |N(0, I₃)|). ``--abinit``:
+the same from random start poses and a zero map ("start" error: that of random rotations).
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
-      [--set epochs=20 ...] [--envelopes none,auto] [--self prior] [--refine 5 --start-res 20 | --abinit]
-      [--json out.json]
+      [--set epochs=20 ...] [--envelopes none,auto,auto@32] [--self prior] [--model 1pwc] [--chain A]
+      [--refine 5 --start-res 20 --newton 0,2 | --abinit] [--json out.json]
 """
 
 from __future__ import annotations
@@ -180,9 +185,14 @@ def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: flo
     def read(tag: str, seconds: float = 0.0) -> None:
         poses = pose_summaries(model, data, "cpu")
         err, spread = rotation_errors(poses.rotations, particles.rotations), poses.rot_spread_deg
+        # the Spearman a calibrated spread could reach: errors drawn as spread/√3 · |N(0, I₃)|
+        draws = np.random.default_rng(0).standard_normal((20, len(spread), 3))
+        ceiling = [spearmanr(spread, spread * np.linalg.norm(z, axis=-1))[0] for z in draws]
         res[tag] = {"median_error_deg": float(np.median(err)), "mean_error_deg": float(np.mean(err)),
                     "median_rot_spread_deg": float(np.median(spread)), "seconds": seconds,
-                    "spearman_spread_vs_error": float(spearmanr(spread, err)[0])}
+                    "spread_p10_p90_deg": np.percentile(spread, [10, 90]).tolist(),
+                    "spearman_spread_vs_error": float(spearmanr(spread, err)[0]),
+                    "spearman_ceiling": float(np.mean(ceiling))}
         print(tag, json.dumps(res[tag]), flush=True)
 
     read("learned")

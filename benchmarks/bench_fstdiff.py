@@ -53,8 +53,8 @@ def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0, name: str =
     from cryolens.io.atomic import read_atoms
     from cryolens.simulate import bundled_model, simulate_dataset, volumes_from_models
 
-    tag = ("" if name == "4E43" else f"{name}_") + (f"chain{chain}_" if chain else "")
-    out = DATA / f"fstdiff_4E43_{tag}D{box}_apix{apix:g}_n{n}_snr{snr:g}_seed{seed}"
+    tag = f"{name}_" + (f"chain{chain}_" if chain else "")
+    out = DATA / f"fstdiff_{tag}D{box}_apix{apix:g}_n{n}_snr{snr:g}_seed{seed}"
     if not (out / "particles.star").is_file():
         model = read_atoms(bundled_model(name))
         if chain:

@@ -192,6 +192,8 @@ def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: flo
                     "median_rot_spread_deg": float(np.median(spread)), "seconds": seconds,
                     "spread_p10_p90_deg": np.percentile(spread, [10, 90]).tolist(),
                     "spearman_spread_vs_error": float(spearmanr(spread, err)[0]),
+                    "error_histogram_deg": {f"{lo}-{hi}": float(np.mean((err >= lo) & (err < hi))) for lo, hi in
+                                            ((0, 10), (10, 30), (30, 90), (90, 150), (150, 181))},
                     "spearman_ceiling": float(np.mean(ceiling))}
         print(tag, json.dumps(res[tag]), flush=True)
 

@@ -10,20 +10,25 @@ inside Nyquist, Friedel mates once) in the model's units: the truth is the centr
 ground-truth map divided by the trilinear apodisation (the grid a trilinear slice model fits; the plain
 transform is reported beside it), times the images' scale; ``σ`` is the posterior std of that part.
 Measured per q(V): ``sgd`` (as trained) and, for each of ``--envelopes``, the recipe's closed-form
-calibration (:func:`~cryolens.inference.variational_calibrate.calibrate`) with that prior envelope.
+calibration (:func:`~cryolens.inference.variational_calibrate.calibrate`) with that prior envelope, or
+with ``PRIOR@K`` the marginals read off ``K`` exact posterior draws under it
+(:func:`~cryolens.inference.variational_sampling.calibrate_sampled`). ``--model NAME`` simulates another
+bundled structure, ``--chain A`` one chain of it (a 4E43 monomer).
 ``--self truth|prior|support``: the images are made instead by the model's own slice of the truth or of a
 draw of its prior (:func:`self_truth`), same poses, shifts, CTFs and noise.
 
 ``--refine DEG``: instead, a pose refinement: every true rotation is perturbed by a random rotation of
 DEG degrees about a random axis, the start map is the truth low-passed to ``--start-res`` Å, and the recipe
-runs with ``pose=variational`` from those poses; reported: the median rotation error of the mean poses
-against the truth (after global alignment), its start value, and the Spearman correlation between each
-image's rotational spread (rlnCryolensRotStdDeg) and its error. ``--abinit``: the same from random start
-poses and a zero map ("start" error: that of random rotations).
+runs with ``pose=variational`` from those poses; reported after one training, read as trained
+(``learned``) and after each count in ``--newton`` of Gauss-Newton steps with Laplace spreads
+(``laplace_N``): the median rotation error of the mean poses against the truth, its start value, the
+Spearman correlation between each image's rotational spread (rlnCryolensRotStdDeg) and its error, and that
+correlation's ceiling for these spreads (errors drawn from them: spread/√3 · |N(0, I₃)|). ``--abinit``:
+the same from random start poses and a zero map ("start" error: that of random rotations).
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
-      [--set epochs=20 ...] [--envelopes none,auto] [--self prior] [--refine 5 --start-res 20 | --abinit]
-      [--json out.json]
+      [--set epochs=20 ...] [--envelopes none,auto,auto@32] [--self prior] [--model 1pwc] [--chain A]
+      [--refine 5 --start-res 20 --newton 0,2 | --abinit] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,13 +47,19 @@ import torch
 DATA = Path(__file__).resolve().parent / "_data"
 
 
-def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0) -> Path:
+def ensure(n: int, box: int, apix: float, snr: float, seed: int = 0, name: str = "4E43", chain: str = "") -> Path:
+    """The cached data set (module docstring); ``chain``: that chain of the model only, centred on its
+    centre of mass (``A``: one 4E43 monomer)."""
     from cryolens.io.atomic import read_atoms
     from cryolens.simulate import bundled_model, simulate_dataset, volumes_from_models
 
-    out = DATA / f"fstdiff_4E43_D{box}_apix{apix:g}_n{n}_snr{snr:g}_seed{seed}"
+    tag = f"{name}_" + (f"chain{chain}_" if chain else "")
+    out = DATA / f"fstdiff_{tag}D{box}_apix{apix:g}_n{n}_snr{snr:g}_seed{seed}"
     if not (out / "particles.star").is_file():
-        model = read_atoms(bundled_model("4E43"))
+        model = read_atoms(bundled_model(name))
+        if chain:
+            model = model.subset(model.chain_ids == chain)
+            model = model.with_coords(model.coords - model.center_of_mass())
         simulate_dataset(out, volumes_from_models([model], box, apix), n, apix, snr, shift_std=2.0, shift_max=5.0,
                          defocus_range=(10000.0, 25000.0), astigmatism=500.0, models=[model], seed=seed,
                          progress=False, overwrite=True)
@@ -130,16 +141,24 @@ def calibration(model, truth: torch.Tensor, gridding: bool = True) -> dict:
     return {"per_shell": rows}
 
 
-def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: float, sets: list[str]) -> dict:
+def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: float, sets: list[str],
+               newton: list[int]) -> dict:
     """The ``--refine`` measurement (module docstring); ``deg`` None: ``--abinit`` (random start poses,
-    zero start map)."""
+    zero start map). The recipe's own steps (:mod:`cryolens.methods.fstdiff`) with one training, then read
+    three ways: the spreads as trained (``learned``), and after each count of ``newton`` Gauss-Newton steps
+    (cumulative) the Laplace spreads (``laplace_N``)."""
     from scipy.stats import spearmanr
 
     from cryolens.imaging.grids import lowpass_volume
     from cryolens.imaging.rotations import random_rotations, rotvec_to_matrix
+    from cryolens.inference.training import sample_images
+    from cryolens.inference.variational_laplace import laplace_poses
+    from cryolens.inference.variational_setup import build_model, pose_summaries
     from cryolens.io.mrc import write_volume
     from cryolens.io.runfolder import RunFolder
-    from cryolens.methods import Known, get
+    from cryolens.methods import get
+    from cryolens.methods.fstdiff import start as fstdiff_start
+    from cryolens.methods.training import train
     from cryolens.metrics.pose_error import rotation_errors
 
     g = torch.Generator().manual_seed(1)
@@ -149,21 +168,43 @@ def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: flo
     with tempfile.TemporaryDirectory() as tmp:
         write_volume(Path(tmp) / "start.mrc", lowpass_volume(truth, start_res, particles.pixel_size).numpy(),
                      particles.pixel_size)
-        rec = get("fstdiff")
         begin = {"init_map": str(Path(tmp) / "start.mrc")} if deg is not None else {"start_poses": "random"}
-        cfg = rec.config({"pose": "variational", **begin, **dict(s.split("=", 1) for s in sets)})
+        cfg = get("fstdiff").config({"pose": "variational", **begin, **dict(s.split("=", 1) for s in sets)})
+        torch.manual_seed(cfg.seed)
+        start_map, rot = fstdiff_start(start, cfg)
+        data = dataclasses.replace(start, rotations=None)
+        model = build_model(data, cfg, sample_images(start, cfg.norm_images, cfg.seed), start_map, rot)
         t0 = time.perf_counter()
-        out = rec.fit(start, Known(poses=False), RunFolder(Path(tmp) / "run"), cfg, "cpu", False)
+        train(model, data, RunFolder(Path(tmp) / "run"), cfg, "cpu", False)
         elapsed = time.perf_counter() - t0
-    err = rotation_errors(out.rotations, particles.rotations)
     if deg is None:
         start = dataclasses.replace(particles, rotations=random_rotations(len(particles), g))
-    spread = out.particle_columns["rlnCryolensRotStdDeg"]
-    return {"options": dataclasses.asdict(cfg), "fit_s": elapsed, "epoch_s": elapsed / cfg.epochs,
-            "start_median_error_deg": float(np.median(rotation_errors(start.rotations, particles.rotations))),
-            "median_error_deg": float(np.median(err)), "mean_error_deg": float(np.mean(err)),
-            "median_rot_spread_deg": float(np.median(spread)),
-            "spearman_spread_vs_error": float(spearmanr(spread, err)[0])}
+    res = {"options": dataclasses.asdict(cfg), "fit_s": elapsed, "epoch_s": elapsed / cfg.epochs,
+           "start_median_error_deg": float(np.median(rotation_errors(start.rotations, particles.rotations)))}
+
+    def read(tag: str, seconds: float = 0.0) -> None:
+        poses = pose_summaries(model, data, "cpu")
+        err, spread = rotation_errors(poses.rotations, particles.rotations), poses.rot_spread_deg
+        # the Spearman a calibrated spread could reach: errors drawn as spread/√3 · |N(0, I₃)|
+        draws = np.random.default_rng(0).standard_normal((20, len(spread), 3))
+        ceiling = [spearmanr(spread, spread * np.linalg.norm(z, axis=-1))[0] for z in draws]
+        res[tag] = {"median_error_deg": float(np.median(err)), "mean_error_deg": float(np.mean(err)),
+                    "median_rot_spread_deg": float(np.median(spread)), "seconds": seconds,
+                    "spread_p10_p90_deg": np.percentile(spread, [10, 90]).tolist(),
+                    "spearman_spread_vs_error": float(spearmanr(spread, err)[0]),
+                    "error_histogram_deg": {f"{lo}-{hi}": float(np.mean((err >= lo) & (err < hi))) for lo, hi in
+                                            ((0, 10), (10, 30), (30, 90), (90, 150), (150, 181))},
+                    "spearman_ceiling": float(np.mean(ceiling))}
+        print(tag, json.dumps(res[tag]), flush=True)
+
+    read("learned")
+    done = 0
+    for k in newton:
+        t1 = time.perf_counter()
+        laplace_poses(model, data, "cpu", newton=k - done)
+        read(f"laplace_{k}", time.perf_counter() - t1)
+        done = k
+    return res
 
 
 def main() -> None:
@@ -178,28 +219,33 @@ def main() -> None:
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
     ap.add_argument("--self", choices=["truth", "prior", "support"],
                     help="images made by the model's own slice of the truth or of a prior draw (self_truth)")
-    ap.add_argument("--envelopes", default="none,auto", help="calibrate's priors to measure (comma-separated)")
+    ap.add_argument("--envelopes", default="none,auto",
+                    help="calibrate's priors to measure (comma-separated; PRIOR@K: marginals from K exact draws)")
+    ap.add_argument("--newton", default="0,3", help="--refine: Gauss-Newton step counts to read (cumulative)")
+    ap.add_argument("--chain", default="", help="simulate this chain only (A: a 4E43 monomer)")
+    ap.add_argument("--model", default="4E43", help="bundled atomic model to simulate (cryolens.simulate)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(1)
     from cryolens.inference.training import sample_images
     from cryolens.inference.variational_calibrate import calibrate
+    from cryolens.inference.variational_sampling import calibrate_sampled, mean_envelope
     from cryolens.inference.variational_setup import build_model
     from cryolens.io.mrc import read_volume
     from cryolens.io.runfolder import RunFolder
     from cryolens.io.star import read_star
     from cryolens.methods import get
     from cryolens.methods.backprojection import backproject
-    from cryolens.methods.fstdiff import envelope
     from cryolens.methods.training import train
     from cryolens.metrics.fsc import fsc, resolution_at
 
-    ds = ensure(a.n, a.box, a.apix, a.snr)
+    ds = ensure(a.n, a.box, a.apix, a.snr, name=a.model, chain=a.chain)
     particles = read_star(ds / "particles.star")
     truth = torch.from_numpy(np.asarray(read_volume(ds / "ground_truth" / "volume_000.mrc")[0], dtype=np.float32))
     if a.refine > 0 or a.abinit:
         deg = None if a.abinit else a.refine
-        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set)}
+        newton = [int(k) for k in a.newton.split(",")]
+        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set, newton)}
         print(json.dumps({k: v for k, v in res.items() if k != "options"}, indent=1))
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))
@@ -225,11 +271,16 @@ def main() -> None:
     state = copy.deepcopy(model.state_dict())
     for mode in ["sgd"] + ([e for e in a.envelopes.split(",") if e] if cfg.calibrate else []):
         model.load_state_dict(state)
-        t1 = time.perf_counter()
-        if mode != "sgd":
-            calibrate(model, particles, envelope(model, dataclasses.replace(cfg, prior_envelope=mode)))
+        t1, iterations = time.perf_counter(), []
+        prior, _, draws = mode.partition("@")
+        env = (lambda: mean_envelope(model, prior, cfg.envelope_floor))  # noqa: E731
+        if mode != "sgd" and draws:  # τ² and the mean under the independent prior, then exact draws
+            calibrate(model, particles, None)
+            iterations = calibrate_sampled(model, particles, env(), int(draws)).iterations
+        elif mode != "sgd":
+            calibrate(model, particles, env())
         post, prior = model.volume.shell_std()
-        res["fstdiff"][mode] = {"calibrate_s": time.perf_counter() - t1,
+        res["fstdiff"][mode] = {"calibrate_s": time.perf_counter() - t1, "cg_iterations": iterations,
                                 "fsc05_mean_vs_truth_A": resolution_at(fsc(model.volume.render()[0] * float(model.norm),
                                                                            truth), 0.5, px, d),
                                 "plain_truth": calibration(model, truth, gridding=False)["per_shell"],
@@ -245,8 +296,11 @@ def report(res: dict, limit: float) -> None:
     coverage per shell (``*``: shells 1 … the back-projection's FSC-0.143 shell ``limit``)."""
     print(json.dumps({k: v for k, v in res.items() if k not in ("options", "fstdiff")}, indent=1))
     for mode, r in res["fstdiff"].items():
+        rows = [row for row in r["per_shell"] if 1 <= row["shell"] <= limit]
+        met = [sum(abs(row[f"in_{m}sigma"] - t) <= 0.05 for row in rows) for m, t in ((1, 0.683), (2, 0.954))]
         print(f"-- {mode}: calibrate {r['calibrate_s']:.1f} s, "
-              f"mean map FSC 0.5 vs truth {r['fsc05_mean_vs_truth_A']:.2f} A")
+              f"mean map FSC 0.5 vs truth {r['fsc05_mean_vs_truth_A']:.2f} A, shells within 0.05: "
+              f"{met[0]} / {met[1]} of {len(rows)}, CG iterations {r['cg_iterations'][:3]}…")
         for row, plain in zip(r["per_shell"], r["plain_truth"]):
             mark = "*" if 1 <= row["shell"] <= limit else " "
             print(f"{mark}shell {row['shell']:3d}  n {row['n']:6d}  in 1σ {row['in_1sigma']:.3f}  "

@@ -112,21 +112,29 @@ def solve_mean(model: VariationalReconstruction, particles: Particles, a: torch.
         return (data_gradient(model, particles, p, False, device, batch_size) + prior(p)) * keep
 
     b = -data_gradient(model, particles, torch.zeros_like(x0), True, device, batch_size) * keep
-    x = x0.detach().clone() * keep
+    return conjugate_gradients(operator, b, prec, x0, iters, tol)[0]
+
+
+def conjugate_gradients(operator, b: torch.Tensor, prec: torch.Tensor, x0: torch.Tensor, iters: int,
+                        tol: float) -> tuple[torch.Tensor, int]:
+    """``(x, iterations)``: preconditioned CG for ``operator(x) = b`` from ``x0`` with the diagonal
+    preconditioner ``prec`` (same shape as ``b``; zero on the coordinates that are not free); stops when
+    the preconditioned residual norm falls below ``tol`` of its start."""
+    x = x0.detach().clone() * (prec > 0)
     r = b - operator(x)
     z = prec * r
     p, rz = z.clone(), float((r * z).sum())
-    start = rz
-    for _ in range(int(iters) if start > 0 else 0):
+    start, done = rz, 0
+    while start > 0 and done < int(iters):
         hp = operator(p)
         alpha = rz / float((p * hp).sum())
         x, r = x + alpha * p, r - alpha * hp
-        z = prec * r
+        z, done = prec * r, done + 1
         rz_new = float((r * z).sum())
         if rz_new < tol**2 * start:
             break
         p, rz = z + (rz_new / rz) * p, rz_new
-    return x
+    return x, done
 
 
 @torch.no_grad()

@@ -12,10 +12,14 @@ Start: ``init_map`` (optionally low-passed to ``init_resolution`` Å) or zero; t
 metadata's rotations when there are any (a refinement) or at random ones (``start_poses=random``, or no
 poses: ab initio). With known poses, ``q(V)`` is then calibrated in closed form
 (:func:`~cryolens.inference.variational_calibrate.calibrate`: the exact marginal variances, ``τ²`` at
-its EM fixed point). Outputs: the mean map (gridding-corrected); ``std.mrc``, the per-voxel standard
-deviation of the real-space map under ``q(V)`` (``std_samples`` draws); per shell the posterior and prior
-std and the noise power (metrics); the mean poses and, per image, ``rlnCryolensRotStdDeg`` (rotational spread, °) and
-``rlnCryolensShiftStdPx`` (shift spread, px) in the STAR.
+its EM fixed point; with ``calibrate_draws`` > 0 the marginals are instead read off exact posterior
+draws, :func:`~cryolens.inference.variational_sampling.calibrate_sampled`, under ``prior_envelope``). With
+``pose=variational`` the spreads are then set by Laplace (``pose_spread``, after ``pose_newton``
+Gauss-Newton steps of the means; :mod:`~cryolens.inference.variational_laplace`). Outputs: the mean map
+(gridding-corrected); ``std.mrc``, the per-voxel standard deviation of the real-space map under ``q(V)``
+(``std_samples`` draws of the factorised family, or the exact draws' when there are any); per shell the
+posterior and prior std and the noise power (metrics); the mean poses and, per image, ``rlnCryolensRotStdDeg``
+(rotational spread, °) and ``rlnCryolensShiftStdPx`` (shift spread, px) in the STAR.
 
 Values: the paper's model (Gaussian noise in Fourier space, factorised Gaussian ``q(V)``, reparametrised
 pose posteriors, Adam) is followed; the training numbers below (learning rates and their decay, starting
@@ -33,15 +37,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..imaging.fft import ifft3_centered
 from ..imaging.grids import lowpass_volume
 from ..imaging.rotations import random_rotations
 from ..inference.distributed import is_main
 from ..inference.pose_refine import pose_error_metrics
 from ..inference.training import sample_images
-from ..inference.variational_calibrate import calibrate
+from ..inference.variational_sampling import finish_posterior
 from ..inference.variational_setup import build_model, pose_summaries
-from ..volumes.support_prior import support_envelope
 from .class3d import read_start_map
 from .config import option
 from .registry import MethodOutputs
@@ -64,6 +66,9 @@ class FSTdiffConfig(TrainingConfig):
     init_map: str | None = option(None, "start map (.mrc); none: zero mean (ab initio)")
     init_resolution: float = option(0.0, "low-pass of the start map, Å (0 = none)")
     rot_std_deg: float = option(2.0, "starting rotational spread σ per axis, degrees")
+    pose_spread: Literal["laplace", "learned"] = option(
+        "laplace", "pose=variational: final spreads by Laplace or as trained")
+    pose_newton: int = option(0, "pose=variational: Gauss-Newton steps of the pose means after training (Laplace)")
     infer_shifts: bool = option(True, "infer q(t) (else the metadata's shifts, or zero)")
     shift_std: float = option(0.5, "starting shift spread per axis, px")
     shift_prior_std: float = option(2.0, "std of the Gaussian shift prior, px")
@@ -75,6 +80,7 @@ class FSTdiffConfig(TrainingConfig):
     std_samples: int = option(32, "draws of q(V) for the real-space std map")
     calibrate: bool = option(True, "pose=known: q(V) as the exact posterior's mean and marginals, τ² by moments")
     prior_envelope: Literal["none", "auto"] = option("none", "calibrate's prior: independent, or a support envelope")
+    calibrate_draws: int = option(0, "calibrate: exact posterior draws for the marginals (0: stationary formula)")
     envelope_floor: float = option(0.02, "the envelope outside the support (relative)")
     enc_channels: int = option(16, "amortized: channels of the encoder's first block")
     enc_max_channels: int = option(128, "amortized: most channels of an encoder block")
@@ -98,21 +104,14 @@ def start(particles, config: FSTdiffConfig) -> tuple[torch.Tensor | None, torch.
     return start_map, rot
 
 
-def envelope(model, config: FSTdiffConfig) -> torch.Tensor | None:
-    """The support envelope of the calibration's prior (``prior_envelope=auto``: from the trained mean map,
-    :func:`~cryolens.volumes.support_prior.support_envelope`) or None."""
-    if config.prior_envelope == "none":
-        return None
-    grid = model.volume.mean_grid().detach().cpu()
-    return support_envelope(ifft3_centered(grid).real, floor=config.envelope_floor)
-
-
-def outputs(model, particles, truth, run, config: FSTdiffConfig, device) -> MethodOutputs:
-    """The :class:`MethodOutputs` of a trained model (rank 0; module docstring)."""
+def outputs(model, particles, truth, run, config: FSTdiffConfig, device, std: torch.Tensor | None = None
+            ) -> MethodOutputs:
+    """The :class:`MethodOutputs` of a trained model (rank 0; module docstring); ``std (D, D, D)`` the
+    real-space std map in model units (None: from ``std_samples`` draws of the factorised ``q(V)``)."""
     gen = torch.Generator(device=device).manual_seed(config.seed)
     norm = float(model.norm)
     volume = model.volume.render()[0].cpu() * norm
-    std = model.volume.std_map(config.std_samples, gen).cpu() * norm
+    std = (model.volume.std_map(config.std_samples, gen) if std is None else std).float().cpu() * norm
     post_std, prior_std = model.volume.shell_std()
     summary, history = run_summary(run, config)
     metrics = {**summary, "posterior_std_per_shell": (post_std * norm).tolist(),
@@ -138,9 +137,8 @@ def fit(particles, known, run, config: FSTdiffConfig, device=None, progress=True
     data = particles if config.pose == "known" else dataclasses.replace(particles, rotations=None)
     model = build_model(data, config, sample_images(particles, config.norm_images, config.seed), start_map, rot)
     train(model, data, run, config, device, progress)
-    if config.pose == "known" and config.calibrate and is_main():
-        calibrate(model, data, envelope(model, config), device)
+    std = finish_posterior(model, data, config, device) if is_main() else None
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     truth = particles.rotations if config.pose != "known" else None
-    return outputs(model, data, truth, run, config, device)
+    return outputs(model, data, truth, run, config, device, std)

@@ -1,0 +1,98 @@
+"""Laplace pose posteriors for FSTdiff's non-amortized ``q(R, t)``: the per-image spreads from the curvature
+of the image's own log-likelihood at its mean pose, and Gauss-Newton steps of the means (docs/METHODS.md,
+"FSTdiff", "Pose spreads by Laplace").
+
+For image ``i`` at the posterior-mean map ``μ`` (the map held fixed), the pose ``R̄ exp([ε]×)``, ``t̄ + τ``
+(``ε`` rad in the family's Lie-algebra coordinates, ``τ`` px) predicts ``p(ε, τ) = C · ramp · P μ``;
+``−log p(Y | ·) = Σ_f W_f |Y_f − p_f|²`` (``W`` the likelihood's weights ``1/(2σ²)``). Its Gauss-Newton
+Hessian in ``η = (ε, τ)`` is ``H = 2 Σ_f W_f Re(J_fᵀ* J_f)`` with ``J = ∂p/∂η`` (central differences of
+step ``step`` rad / px; the slice's trilinear interpolation is piecewise linear, so the derivative is
+that of its secant), plus the shift prior's ``1/s₀²``; the gradient ``g = −2 Σ_f W_f Re(J_f* (Y_f − p_f))``.
+
+- Spreads: ``q(η) ≈ N(η̂, H⁻¹)`` (Laplace): per image the rotational marginal variances
+  ``[H⁻¹]_kk``, k = 1…3 (the shift integrated out) and the shift ones; the rotational spread
+  ``sqrt(Σ_k [H⁻¹]_kk)`` predicts the error where the learned spreads (the ELBO's mean-field optimum in
+  a factorised family, and slow to learn at a small learning rate) do not.
+- Means: ``η ← −H⁻¹ g`` (Gauss-Newton) moves each mean to its image's mode given the map; the step's
+  rotation is capped at ``max_step`` rad (a local refinement; no step leaves the basin it starts in).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..imaging.fft import fft2_centered
+from ..imaging.forward import shift_and_ctf
+from ..imaging.rotations import rotvec_to_matrix
+from ..io.dataset import iterate_batches
+from ..io.particles import Particles
+from .likelihood import shell_weights
+from .variational import VariationalReconstruction
+
+
+def _predict(model: VariationalReconstruction, grid: torch.Tensor, rot: torch.Tensor, shifts: torch.Tensor,
+             eta: torch.Tensor, batch: dict) -> torch.Tensor:
+    """``p(η)`` ``(B, D, D)`` complex for per-image offsets ``eta (B, 5)`` (module docstring)."""
+    r = rot @ rotvec_to_matrix(eta[:, :3].to(rot.dtype))
+    return shift_and_ctf(model.slices(grid, r), shifts + eta[:, 3:].to(shifts.dtype), batch.get("ctf"),
+                         model.pixel_size)
+
+
+def laplace_batch(model: VariationalReconstruction, grid: torch.Tensor, batch: dict, step: float = 0.01
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(H (B, 5, 5), g (B, 5), rotations (B, 3, 3), shifts (B, 2))`` at the batch's pose means (module
+    docstring); ``grid`` the map's completed transform ``(D, D, D)`` complex."""
+    rot, _, shifts, log_ss = model.pose_posterior(batch)
+    d, b = model.volume.box_size, len(rot)
+    w = shell_weights(model.log_noise.detach().exp().to(model.plane.dtype), d, model.k_max)
+    y = fft2_centered(batch["image"].to(model.plane.dtype) / model.norm)
+    zero = torch.zeros(b, 5, dtype=model.plane.dtype, device=rot.device)
+    centre = _predict(model, grid, rot, shifts, zero, batch)
+    cols = []
+    for k in range(5):
+        e = zero.clone()
+        e[:, k] = step
+        cols.append((_predict(model, grid, rot, shifts, e, batch) - _predict(model, grid, rot, shifts, -e, batch))
+                    / (2 * step))
+    jac = torch.stack(cols, 1)  # (B, 5, D, D)
+    h = 2 * torch.einsum("bkyx,blyx,yx->bkl", jac.real, jac.real, w) + \
+        2 * torch.einsum("bkyx,blyx,yx->bkl", jac.imag, jac.imag, w)
+    res = y - centre
+    g = -2 * torch.einsum("bkyx,byx,yx->bk", jac.real, res.real, w) - \
+        2 * torch.einsum("bkyx,byx,yx->bk", jac.imag, res.imag, w)
+    prior = torch.tensor([0, 0, 0] + [1 / model.shift_prior_std**2] * 2, dtype=h.dtype, device=h.device)
+    h = h + torch.diag(prior if log_ss is not None else torch.tensor([0, 0, 0, 1e6, 1e6], dtype=h.dtype))
+    return h.double(), g.double(), rot, shifts
+
+
+@torch.no_grad()
+def laplace_poses(model: VariationalReconstruction, particles: Particles, device, newton: int = 0,
+                  max_step: float = 0.05, batch_size: int = 128, step: float = 0.01) -> dict[str, torch.Tensor]:
+    """Set the pose table's spreads by Laplace after ``newton`` capped Gauss-Newton steps of its means (module
+    docstring), at the posterior-mean map. Returns per image (STAR order) ``rot_var (N, 3)`` rad² and
+    ``shift_var (N, 2)`` px², the marginal variances of ``H⁻¹``."""
+    table, n = model.poses, len(particles)
+    grid = model.volume.mean_grid().detach()
+    out = {"rot_var": torch.zeros(n, 3, dtype=torch.float64), "shift_var": torch.zeros(n, 2, dtype=torch.float64)}
+    for rnd in range(int(newton) + 1):
+        for idx, images in iterate_batches(particles, batch_size):
+            it = torch.as_tensor(idx)
+            batch = {"index": it.to(device), "image": images.to(device)}
+            if particles.ctf is not None:
+                batch["ctf"] = particles.ctf[it].to(device)
+            h, g, _, _ = laplace_batch(model, grid, batch, step)
+            cov = torch.linalg.inv(h + 1e-9 * torch.eye(5, dtype=h.dtype, device=h.device))
+            out["rot_var"][it], out["shift_var"][it] = cov[:, :3, :3].diagonal(0, 1, 2).cpu(), \
+                cov[:, 3:, 3:].diagonal(0, 1, 2).cpu()
+            if rnd < int(newton):
+                delta = -(cov @ g[..., None])[..., 0]
+                scale = (max_step / delta[:, :3].norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0)
+                delta = (delta * scale[:, None]).to(table.delta.dtype)
+                table.base[it] = table.base[it] @ rotvec_to_matrix(table.delta[it]) @ rotvec_to_matrix(delta[:, :3])
+                table.delta[it] = 0
+                if table.log_shift_std is not None:
+                    table.shift_mean[it] += delta[:, 3:]
+    table.log_rot_std.copy_((0.5 * out["rot_var"].clamp_min(1e-12).log()).to(table.log_rot_std))
+    if table.log_shift_std is not None:
+        table.log_shift_std.copy_((0.5 * out["shift_var"].clamp_min(1e-12).log()).to(table.log_shift_std))
+    return out

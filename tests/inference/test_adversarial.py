@@ -219,5 +219,5 @@ def test_learned_noise_sigma_moves_to_the_true_one(tmp_path):
         opt.zero_grad()
         model({"image": None})["loss"].backward()
         opt.step()
-    learned = float(model.generator.sigma()) * norm
+    learned = model.generator.noise_level() * norm
     assert learned == pytest.approx(true_sigma, rel=0.08), (learned, true_sigma)

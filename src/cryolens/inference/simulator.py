@@ -57,6 +57,10 @@ class PhysicsGenerator(nn.Module):
         """The white noise's σ: ``exp(log_noise)`` when learned (a 0-d tensor), else ``noise_sigma``."""
         return self.noise_sigma if self.log_noise is None else self.log_noise.exp()
 
+    def noise_level(self) -> float:
+        """The white noise's σ as a number (images' units; the learned one when ``learn_noise``)."""
+        return self.noise_sigma if self.log_noise is None else float(self.log_noise.detach().exp())
+
     def nuisance(self, n: int, device: torch.device) -> dict[str, Any]:
         """One draw of every nuisance variable for ``n`` images: ``rotation (n, 3, 3)``, ``shift (n, 2)`` px,
         ``ctf`` (``n`` rows of the dataset's, or None) and ``z (n, L)`` (None for a homogeneous model)."""

@@ -89,7 +89,7 @@ def train_gan(model: AdversarialModel, particles: Particles, run, config: GANCon
     summary, history = run_summary(run, config)
     last = history[-1] if history else {}
     metrics = {**summary, "noise_sigma_background": model.noise_sigma,
-               "noise_sigma": float(model.generator.sigma()) * float(model.norm), "data_scale": float(model.norm),
+               "noise_sigma": model.generator.noise_level() * float(model.norm), "data_scale": float(model.norm),
                "final_blur_sigma_px": model.sigma, "final_wasserstein_epoch": last.get("wasserstein")}
     return {"metrics": metrics, "history": history}
 

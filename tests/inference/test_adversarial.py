@@ -145,3 +145,79 @@ def test_wgan_schedule_fixed_seed_and_resume_on_the_engine(small_dataset, tmp_pa
     d, _ = _fit(particles, tmp_path / "d", epochs=2, resume=True)
     assert _losses(tmp_path / "d") == _losses(tmp_path / "a")
     assert torch.equal(d.generator.volume.density, a.generator.volume.density)
+
+
+def test_generator_average_is_the_bias_corrected_exponential_mean(small_dataset):
+    """With ``ema`` β the averaged volume after parameters θ₁…θₜ is Σₖ (1 − β) βᵗ⁻ᵏ θₖ / (1 − βᵗ) (a hand sum
+    here); with no update yet it is the current volume; ``use_average`` loads it into the generator."""
+    recipe = get("cryogan")
+    config = recipe.config({"norm_images": 64, "critic_channels": 4, "critic_max_channels": 8, "ema": 0.7})
+    model = build_gan(RealVoxelVolume(small_dataset.box_size), small_dataset, config)
+    density = model.generator.volume.density
+    with torch.no_grad():
+        density.fill_(3.0)
+    assert torch.equal(model.averaged()[0], density)
+    thetas = [torch.rand_like(density, dtype=torch.float32) for _ in range(5)]
+    for theta in thetas:
+        with torch.no_grad():
+            density.copy_(theta)
+        model.update_average()
+    beta, t = 0.7, len(thetas)
+    expected = sum((1 - beta) * beta ** (t - k) * th for k, th in enumerate(thetas, start=1)) / (1 - beta**t)
+    assert torch.allclose(model.averaged()[0], expected, atol=1e-6)
+    model.use_average()
+    assert torch.allclose(density, expected, atol=1e-6)
+    assert "ema_0" in model.state_dict()  # checkpointed with the run
+
+
+def test_lazy_gradient_penalty_on_every_kth_critic_step_with_k_times_the_weight(small_dataset, monkeypatch):
+    """``gp_every`` 2 with 4 critic steps: the penalty is computed on critic steps 0 and 2 only, each with
+    weight 2·``gp_weight``; the logged penalty is the mean of those two, the critic loss the mean over all
+    four steps of −W (+ GP where computed)."""
+    import cryolens.inference.adversarial as adv
+
+    calls: list[float] = []
+    real_gp = adv.gradient_penalty
+
+    def spy(critic, real, fake, weight, eps=None):
+        out = real_gp(critic, real, fake, weight, eps)
+        calls.append((weight, float(out.detach())))
+        return out
+
+    monkeypatch.setattr(adv, "gradient_penalty", spy)
+    config = get("cryogan").config({"norm_images": 64, "critic_channels": 4, "critic_max_channels": 8,
+                                    "gp_every": 2, "gp_weight": 1.5})
+    model = build_gan(RealVoxelVolume(small_dataset.box_size), small_dataset, config)
+    images = read_images(small_dataset, np.arange(16))
+    terms = model.before_step({"image": images}, None)
+    assert [w for w, _ in calls] == [3.0, 3.0]
+    assert float(terms["gradient_penalty"]) == pytest.approx(np.mean([g for _, g in calls]), rel=1e-6)
+    assert float(terms["critic"]) == pytest.approx(sum(g for _, g in calls) / 4 - float(terms["wasserstein"]),
+                                                   rel=1e-5, abs=1e-6)
+
+
+def test_learned_noise_sigma_moves_to_the_true_one(tmp_path):
+    """``learn_noise``: the generator at the true volume (frozen), its white noise σ started 40 % too high,
+    only ``log σ`` trained on the adversarial loss (the critic's steps as in training; 96 images of
+    :func:`small_volume` at D 16, SNR 1): σ ends within 8 % of the simulator's own noise σ."""
+    out = simulate_dataset(tmp_path / "ds", small_volume(16), 96, PX, 1.0, seed=3, progress=False)
+    particles = read_particles(out / "particles.star")
+    true_sigma = float(read_ground_truth(out)["noise_sigma"])
+    config = get("cryogan").config({"norm_images": 96, "critic_channels": 4, "critic_max_channels": 8,
+                                    "learn_noise": True, "blur_sigma": 0.0, "n_critic": 2, "batch_size": 8})
+    torch.manual_seed(0)
+    model = build_gan(RealVoxelVolume(16, small_volume(16)), particles, config)
+    norm = float(model.norm)
+    with torch.no_grad():
+        model.generator.volume.density.div_(norm)
+        model.generator.log_noise.fill_(math.log(1.4 * true_sigma / norm))
+    model.generator.volume.density.requires_grad_(False)
+    opt = torch.optim.Adam([model.generator.log_noise], lr=0.03, betas=(0.5, 0.9))
+    images = read_images(particles, np.arange(len(particles)))
+    for _ in range(120):
+        model.before_step({"image": images[torch.randint(len(images), (16,))]}, None)
+        opt.zero_grad()
+        model({"image": None})["loss"].backward()
+        opt.step()
+    learned = model.generator.noise_level() * norm
+    assert learned == pytest.approx(true_sigma, rel=0.08), (learned, true_sigma)

@@ -15,6 +15,10 @@ CryoGAN and Multi-CryoGAN (docs/METHODS.md).
   epoch is one pass of the critic over the data). Real and fake images are both blurred by a Gaussian of
   σ = ``blur_sigma · blur_decay^epoch`` px (:func:`~cryolens.imaging.grids.gaussian_blur_2d`). Real images
   are divided by ``norm`` (the data scale) before the critic sees them; the generator works in those units.
+  With ``ema > 0`` the model keeps an exponential moving average of the generator's parameters (decay ``ema``
+  per generator step, bias-corrected like Adam's moments: :meth:`~AdversarialModel.averaged`), the
+  averaged generator of GAN practice (Yazıcı et al. 2019), which smooths the step-to-step oscillation of
+  adversarial training out of the result.
 
 Logged per step: ``loss`` (the generator's), ``critic`` (its loss with the penalty), ``gradient_penalty`` and
 ``wasserstein`` (means over the step's critic steps) — the Wasserstein estimate is the convergence signal.
@@ -67,8 +71,11 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 
 def critic_losses(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
     """``{"critic": mean D(fake) − mean D(real) + GP, "gradient_penalty": GP, "wasserstein": mean D(real) −
-    mean D(fake)}`` for image batches ``(B, D, D)`` (:func:`gradient_penalty` with ``weight``)."""
+    mean D(fake)}`` for image batches ``(B, D, D)`` (:func:`gradient_penalty` with ``weight``; not computed,
+    and no ``"gradient_penalty"`` term, when ``weight`` is 0)."""
     w = critic(real).mean() - critic(fake).mean()
+    if weight == 0:
+        return {"critic": -w, "wasserstein": w}
     gp = gradient_penalty(critic, real, fake, weight)
     return {"critic": gp - w, "gradient_penalty": gp, "wasserstein": w}
 
@@ -84,15 +91,50 @@ class AdversarialModel(nn.Module):
         super().__init__()
         self.generator, self.critic, self.constrain = generator, critic, constrain
         self.n_critic, self.gp_weight = int(config.n_critic), float(config.gp_weight)
+        self.gp_every = max(1, int(getattr(config, "gp_every", 1)))
         self.batch_size, self.betas = int(config.batch_size), tuple(float(b) for b in config.betas)
         self.sigma0, self.decay = float(config.blur_sigma), float(config.blur_decay)
         self.sigma = self.sigma0
         self.register_buffer("norm", torch.tensor(float(norm)))
+        self.ema = float(getattr(config, "ema", 0.0))
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.float64))
+        self.n_ema = len(list(generator.parameters())) if self.ema > 0 else 0
+        for i, p in enumerate(list(generator.parameters())[:self.n_ema]):
+            self.register_buffer(f"ema_{i}", torch.zeros_like(p.detach()))
         self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=float(config.critic_lr), betas=self.betas)
 
     def param_groups(self) -> list[dict]:
         """The engine optimiser's groups: the generator's parameters with the GAN's Adam betas."""
         return [{"params": list(self.generator.parameters()), "betas": self.betas}]
+
+    def update_average(self) -> None:
+        """One step of the generator's moving average (no-op when ``ema`` is 0): ``a ← ema·a + (1 − ema)·θ``."""
+        if self.ema <= 0:
+            return
+        with torch.no_grad():
+            for a, p in zip(self._ema_buffers(), self.generator.parameters()):
+                a.lerp_(p.detach(), 1.0 - self.ema)
+            self.ema_steps += 1
+
+    def averaged(self) -> list[torch.Tensor]:
+        """The generator's averaged parameters, bias-corrected (``a / (1 − emaᵗ)`` after ``t`` updates), in
+        the order of ``generator.parameters()``; the current parameters when there is no average yet."""
+        t = float(self.ema_steps)
+        if self.ema <= 0 or t == 0:
+            return [p.detach().clone() for p in self.generator.parameters()]
+        return [a.detach() / (1.0 - self.ema ** t) for a in self._ema_buffers()]
+
+    def _ema_buffers(self) -> list[torch.Tensor]:
+        return [getattr(self, f"ema_{i}") for i in range(self.n_ema)]
+
+    def use_average(self) -> None:
+        """Load :meth:`averaged` into the generator (at the end of training, for the outputs)."""
+        with torch.no_grad():
+            for p, a in zip(list(self.generator.parameters()), self.averaged()):
+                p.copy_(a)
+        if self.constrain is not None:
+            with torch.no_grad():
+                self.constrain(self.generator.volume)
 
     def inner_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_optimizer}
@@ -105,23 +147,28 @@ class AdversarialModel(nn.Module):
 
     def before_step(self, batch: dict, trainer: Any) -> dict[str, torch.Tensor]:
         """``n_critic`` critic steps on the batch's real images, split in ``n_critic`` parts, each against as
-        many fresh fakes; returns the mean of their terms (:func:`critic_losses`)."""
+        many fresh fakes; the penalty on critic steps ``0, gp_every, 2·gp_every …`` of the ``n_critic`` only,
+        weighted ``gp_every × gp_weight`` (lazy regularisation; 1: every step, WGAN-GP's own); returns the
+        means of their terms over the steps that have them (:func:`critic_losses`)."""
         if self.constrain is not None:
             with torch.no_grad():
                 self.constrain(self.generator.volume)
+        self.update_average()
         real = batch["image"] / self.norm
         terms: list[dict[str, torch.Tensor]] = []
-        for part in torch.tensor_split(real, self.n_critic):
+        for i, part in enumerate(torch.tensor_split(real, self.n_critic)):
             if len(part) == 0:
                 continue
             with torch.no_grad():
                 fake = self.generator(len(part))
-            out = critic_losses(self.critic, self.blur(part), self.blur(fake), self.gp_weight)
+            weight = self.gp_weight * self.gp_every if i % self.gp_every == 0 else 0.0
+            out = critic_losses(self.critic, self.blur(part), self.blur(fake), weight)
             self.critic_optimizer.zero_grad(set_to_none=True)
             out["critic"].backward()
             self.critic_optimizer.step()
             terms.append({k: v.detach() for k, v in out.items()})
-        return {k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]} if terms else {}
+        keys = {k for t in terms for k in t}
+        return {k: torch.stack([t[k] for t in terms if k in t]).mean() for k in sorted(keys)}
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """The generator's loss ``−mean D(blur(fake))`` on ``batch_size`` fresh fakes."""

@@ -12,8 +12,9 @@ rotating and summing, then shifted and CTF-modulated): every nuisance variable c
 - shifts uniform in ``[−max_shift, max_shift]²`` px;
 - CTFs: rows of the dataset's own CTF parameters, drawn with replacement;
 - noise: white Gaussian of a given real-space σ (measured on the data, e.g.
-  :func:`~cryolens.imaging.noise.background_sigma`), or whole background patches of real images (rows of
-  ``noise_patches``, drawn with replacement) added as they are.
+  :func:`~cryolens.imaging.noise.background_sigma`; optionally learned from there on, ``learn_noise``), or
+  whole background patches of real images (rows of ``noise_patches``, drawn with replacement) added as
+  they are.
 
 Randomness comes from torch's global generator, which the training engine seeds and checkpoints, so a
 run is reproducible and resumes bit for bit. Shapes: images ``(n, D, D)`` float32 real space ``[n, y, x]``.
@@ -21,6 +22,7 @@ run is reproducible and resumes bit for bit. Shapes: images ``(n, D, D)`` float3
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,17 +39,27 @@ class PhysicsGenerator(nn.Module):
     ctf: the dataset's parameters
     ``(N,)`` or None (no CTF). noise_sigma: real-space σ of white noise (images' units). noise_patches:
     ``(M, D, D)`` background patches used instead of white noise. rotations: ``(K, 3, 3)`` the pose prior
-    as a set to draw from (None: uniform on SO(3)). max_shift: px."""
+    as a set to draw from (None: uniform on SO(3)). max_shift: px. learn_noise: the white noise's σ becomes a
+    parameter (``log σ``, started at ``noise_sigma``) that the adversarial loss trains with the volume."""
 
     def __init__(self, volume: nn.Module, pixel_size: float, ctf: CTFParams | None, noise_sigma: float,
                  noise_patches: torch.Tensor | None = None, rotations: torch.Tensor | None = None,
-                 max_shift: float = 0.0, projector: str = "fourier"):
+                 max_shift: float = 0.0, projector: str = "fourier", learn_noise: bool = False):
         super().__init__()
         self.volume, self.pixel_size = volume, float(pixel_size)
         self.ctf, self.noise_sigma, self.max_shift = ctf, float(noise_sigma), float(max_shift)
         self.forward_model = ImageForward(projector)
         self.register_buffer("noise_patches", None if noise_patches is None else noise_patches.float())
         self.register_buffer("pose_bank", None if rotations is None else rotations.float())
+        self.log_noise = nn.Parameter(torch.tensor(math.log(max(self.noise_sigma, 1e-12)))) if learn_noise else None
+
+    def sigma(self) -> torch.Tensor | float:
+        """The white noise's σ: ``exp(log_noise)`` when learned (a 0-d tensor), else ``noise_sigma``."""
+        return self.noise_sigma if self.log_noise is None else self.log_noise.exp()
+
+    def noise_level(self) -> float:
+        """The white noise's σ as a number (images' units; the learned one when ``learn_noise``)."""
+        return self.noise_sigma if self.log_noise is None else float(self.log_noise.detach().exp())
 
     def nuisance(self, n: int, device: torch.device) -> dict[str, Any]:
         """One draw of every nuisance variable for ``n`` images: ``rotation (n, 3, 3)``, ``shift (n, 2)`` px,
@@ -75,7 +87,7 @@ class PhysicsGenerator(nn.Module):
         """``(n, D, D)`` noise: background patches if given, else white Gaussian of σ ``noise_sigma``."""
         if self.noise_patches is not None:
             return self.noise_patches[torch.randint(len(self.noise_patches), (n,))].to(device)
-        return torch.randn(n, size, size).to(device) * self.noise_sigma
+        return torch.randn(n, size, size).to(device) * self.sigma()
 
     def forward(self, n: int) -> torch.Tensor:
         """``n`` fake images ``(n, D, D)``: projections at prior draws, shifted, CTF-modulated, plus noise."""

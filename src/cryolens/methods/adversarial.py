@@ -39,13 +39,16 @@ class GANConfig(TrainingConfig):
     betas: tuple[float, ...] = option((0.5, 0.9), "Adam betas of generator and critic")
     n_critic: int = option(4, "critic steps per generator step")
     gp_weight: float = option(1.0, "weight of the gradient penalty (WGAN-GP)")
+    gp_every: int = option(1, "gradient penalty on every k-th critic step only, weighted k× (1: every step)")
     blur_sigma: float = option(2.0, "σ of the Gaussian blur of real and fake images at the start, px")
     blur_decay: float = option(0.98, "factor of the blur σ per epoch")
+    ema: float = option(0.0, "decay per generator step of the generator's moving average (0: off; the output)")
     critic_channels: int = option(16, "channels of the critic's first convolution block")
     critic_max_channels: int = option(128, "most channels of a critic block")
     max_shift: float = option(0.0, "fake shifts drawn uniformly in ±max_shift, px")
     background_radius: float | None = option(None, "noise σ from pixels beyond this radius, px (none: 0.4·D)")
     noise_patches: str | None = option(None, ".mrcs of background patches added as noise (none: white noise)")
+    learn_noise: bool = option(False, "train the white noise's σ with the map, from the background estimate")
 
 
 def _noise_patches(path: str | None, box: int, norm: float) -> torch.Tensor | None:
@@ -69,7 +72,8 @@ def build_gan(volume: torch.nn.Module, particles: Particles, config: GANConfig, 
     sigma = background_sigma(sample, radius) / norm
     torch.manual_seed(config.seed)
     gen = PhysicsGenerator(volume, particles.pixel_size, particles.ctf, sigma,
-                           _noise_patches(config.noise_patches, particles.box_size, norm), max_shift=config.max_shift)
+                           _noise_patches(config.noise_patches, particles.box_size, norm), max_shift=config.max_shift,
+                           learn_noise=config.learn_noise and config.noise_patches is None)
     critic = Critic(particles.box_size, config.critic_channels, config.critic_max_channels)
     model = AdversarialModel(gen, critic, config, norm, constrain)
     model.noise_sigma = sigma * norm
@@ -84,7 +88,8 @@ def train_gan(model: AdversarialModel, particles: Particles, run, config: GANCon
     train(model, blind, run, engine, torch.device(device or "cpu"), progress)
     summary, history = run_summary(run, config)
     last = history[-1] if history else {}
-    metrics = {**summary, "noise_sigma": model.noise_sigma, "data_scale": float(model.norm),
+    metrics = {**summary, "noise_sigma_background": model.noise_sigma,
+               "noise_sigma": model.generator.noise_level() * float(model.norm), "data_scale": float(model.norm),
                "final_blur_sigma_px": model.sigma, "final_wasserstein_epoch": last.get("wasserstein")}
     return {"metrics": metrics, "history": history}
 

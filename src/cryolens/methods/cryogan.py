@@ -48,5 +48,6 @@ def fit(particles, known, run, config: CryoGANConfig, device=None, progress=True
     trained = train_gan(model, particles, run, config, device, progress)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
+    model.use_average()
     volume = model.generator.volume.render()[0].clamp_min(0).cpu() * float(model.norm)
     return outputs(particles, volume, trained)

@@ -50,6 +50,7 @@ def fit(particles, known, run, config: MultiCryoGANConfig, device=None, progress
     trained = train_gan(model, particles, run, config, device, progress)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
+    model.use_average()
     scale = float(model.norm)
     pop = kmeans_maps(sample_maps(decoder, config.n_samples, config.seed, device, scale), config.n_states,
                       config.seed)

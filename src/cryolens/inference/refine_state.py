@@ -68,6 +68,9 @@ class RefineConfig:
     reference_folds: ``K ≥ 2``: each half's images are aligned in ``K`` folds, each against its half's map
     made without that fold's images (:mod:`~cryolens.inference.fold_refs`: no image meets its own noise in
     its reference); ``0`` or ``1``: against the whole half's map (RELION).
+    flat_local_prior: local searches weigh the poses inside their window by the likelihood alone (a prior
+    centred on the image's own last estimate counts its data twice); ``False``: RELION's Gaussian prior on
+    the angle to the last pose (σ: :func:`~cryolens.inference.refine_diag.local_sigma_deg`).
     """
 
     pose_inference: str = "posterior"
@@ -102,6 +105,7 @@ class RefineConfig:
     adaptive_caps: bool = False
     start_from_poses: bool = False
     reference_folds: int = 0
+    flat_local_prior: bool = False
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):

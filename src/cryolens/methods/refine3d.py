@@ -74,6 +74,9 @@ class Refine3DConfig(RecipeConfig):
     posterior_sigma2: bool = option(False, "σ² from the posterior-weighted residual (RELION's), not the MAP pose's")
     adaptive_caps: bool = option(False, "significant-set caps follow the measured pose accuracy (≤ 8× the caps)")
     start_from_poses: bool = option(False, "start from the input's poses (rlnAngle*, rlnOrigin*)")
+    reference_folds: int = option(0, "K ≥ 2: each half aligned in K folds, each against its half's map made "
+                                     "without it (no image meets its own noise); 0: the whole half's map")
+    flat_local_prior: bool = option(False, "local searches without a prior on the angle to the last pose")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

@@ -51,9 +51,9 @@ def test_fold_out_maps_equal_reconstructions_from_the_other_folds_only():
 
 @pytest.fixture(scope="module")
 def ubiquitin_low_snr(tmp_path_factory):
-    """200 images of ubiquitin (1UBI) at D = 24, 2 Å/px, SNR 0.1, CTF, shifts ≤ 1.5 px, with their poses."""
+    """120 images of ubiquitin (1UBI) at D = 24, 2 Å/px, SNR 0.1, CTF, shifts ≤ 1.5 px, with their poses."""
     vol = atoms_to_volume(read_atoms(bundled_model("1ubi")), 24, 2.0)
-    out = simulate_dataset(tmp_path_factory.mktemp("folds") / "ds", vol, 200, 2.0, 0.1, shift_std=0.8,
+    out = simulate_dataset(tmp_path_factory.mktemp("folds") / "ds", vol, 120, 2.0, 0.1, shift_std=0.8,
                            shift_max=1.5, seed=5, progress=False)
     return read_particles(out / "particles.star"), vol
 
@@ -62,20 +62,21 @@ def test_without_folds_the_posteriors_lock_onto_the_images_own_noise(ubiquitin_l
     """Two iterations of local searches (3.75° step) from the true poses. Iteration 1 aligns against the given
     map, which holds no image: its posterior width (RMS angle in the local window) is the honest one. Iteration
     2 aligns against half maps that a noisier reference can only make wider — but without folds each image's
-    own noise sits in its reference at its last pose: the posteriors shrink (measured 28° → 16° RMS) and a
-    quarter of the images keep exactly their last pose (measured 25 %). Against leave-fold-out references
-    (K = 4) the width is kept (measured 29° → 28°) and as few keep it as chance allows (measured 5 %)."""
+    own noise sits in its reference at its last pose: the posteriors shrink (measured 28.7° → 18.2° RMS) and
+    over a quarter of the images keep exactly their last pose (measured 28 %). Against leave-fold-out
+    references (K = 4) the width is kept (measured 28.2° → 29.8°) and as few keep it as chance allows
+    (measured 2 %)."""
     particles, vol = ubiquitin_low_snr
     out = {}
     for folds in (0, 4):
         cfg = A.RefineConfig(initial_lowpass=None, healpix_order=3, local_order=3, max_order=3, offset_range=1.0,
                              offset_step=1.0, max_iterations=2, start_from_poses=True, follow_accuracy=False,
-                             batch_size=200, reference_folds=folds, min_gain_shells=-100)
+                             batch_size=120, reference_folds=folds, min_gain_shells=-100)
         rots = []
         res = A.auto_refine(particles, vol, config=cfg, progress=False,
                             on_iteration=lambda s, r=rots: r.append(s.rotations.clone()))
         kept = float((geodesic_distance(rots[0].double(), rots[1].double()) < 1e-6).double().mean())
         out[folds] = ([h["window_rms_deg"] for h in res.history], kept)
     (rms_plain, kept_plain), (rms_folds, kept_folds) = out[0], out[4]
-    assert rms_plain[1] < 0.7 * rms_plain[0] and kept_plain > 0.15
-    assert rms_folds[1] > 0.85 * rms_folds[0] and kept_folds < 0.1
+    assert rms_plain[1] < 0.75 * rms_plain[0] and kept_plain > 0.15
+    assert rms_folds[1] > 0.9 * rms_folds[0] and kept_folds < 0.08

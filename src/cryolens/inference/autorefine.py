@@ -10,7 +10,8 @@ posterior over ``(R, t)`` by adaptive oversampling on the SO(3) grid × a transl
 image's previous shift, shells ``≤ k_max = shell(current resolution) + incr_size`` (RELION's
 ``--incr_size``), global searches up to ``local_order``, local ones (within ``local_range_steps``
 angular steps, RELION's ``--auto_local_healpix_order``) after; ``"modal"`` (cryoSPARC / cryoDRGN2) —
-only the mode, weight 1.
+only the mode, weight 1. With ``reference_folds = K`` each half is aligned in K folds, each against the half's
+map made without that fold's sums (:mod:`.fold_refs`: no image meets its own noise in its reference).
 
 **M-step** (:mod:`~cryolens.inference.mstep`, :mod:`~cryolens.inference.prior`): the kept pairs are
 inserted with their weights on the pixels inside ``k_max``; the map is the MAP estimate under the

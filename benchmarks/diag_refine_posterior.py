@@ -115,7 +115,8 @@ def main() -> None:
             "median_error_deg": round(err["median_deg"], 3), "mean_error_deg": round(err["mean_deg"], 3),
             "median_shift_error_px": round(float((state.shifts - true_shift).norm(dim=-1).median()), 3),
             "window_rms_deg": h.get("window_rms_deg"), "mean_significant": h.get("mean_significant"),
-            "accuracy_deg": h.get("accuracy_deg"),
+            "accuracy_deg": h.get("accuracy_deg"), "kept_mass_mean": h.get("kept_mass_mean"),
+            "significant_at_cap": h.get("significant_at_cap"), "elapsed_s": round(state.elapsed_s, 1),
             "sigma2_ratio": [round(v, 3) for v in (s2 / noise)[:: 4].tolist()]}), flush=True)
 
     t0 = time.perf_counter()

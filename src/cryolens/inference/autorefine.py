@@ -10,7 +10,8 @@ posterior over ``(R, t)`` by adaptive oversampling on the SO(3) grid × a transl
 image's previous shift, shells ``≤ k_max = shell(current resolution) + incr_size`` (RELION's
 ``--incr_size``), global searches up to ``local_order``, local ones (within ``local_range_steps``
 angular steps, RELION's ``--auto_local_healpix_order``) after; ``"modal"`` (cryoSPARC / cryoDRGN2) —
-only the mode, weight 1.
+only the mode, weight 1. With ``reference_folds = K`` each half is aligned in K folds, each against the half's
+map made without that fold's sums (:mod:`.fold_refs`: no image meets its own noise in its reference).
 
 **M-step** (:mod:`~cryolens.inference.mstep`, :mod:`~cryolens.inference.prior`): the kept pairs are
 inserted with their weights on the pixels inside ``k_max``; the map is the MAP estimate under the
@@ -83,6 +84,7 @@ from .oversampling import Reference, Stage, coarse_shell, modal_pairs, posterior
 from .prior import map_prior, tau2_from_fsc
 from .rank_timing import RankTimer, TimingJoin
 from .reconstruct import FourierAccumulator
+from .fold_refs import fold_of, fold_out_maps, joined
 from .pose_accuracy import last_pass_cap, significant_caps
 from .refine_diag import PoseDiagnostics, accuracy_ahead, local_sigma_deg, Tally as _Tally
 from .refine_schedule import next_schedule, shell_of
@@ -122,54 +124,70 @@ def _diameter(cfg: RefineConfig, size: int, pixel_size: float) -> float:
 
 
 def _half_e_step(particles: Particles, state: RefineState, h: int, stage: Stage, cfg: RefineConfig, dev,
-                 tally: _Tally, bar) -> tuple[FourierAccumulator, NoiseStats]:
-    """E-step and M-step sums of half ``h`` over this rank's images: its accumulator and noise sums (joined
-    over the ranks by the caller, after both halves: a rank holding one half must not wait on the other)."""
+                 tally: _Tally, bar) -> tuple[list[FourierAccumulator], NoiseStats]:
+    """E-step and M-step sums of half ``h`` over this rank's images: one accumulator per reference fold
+    (:mod:`.fold_refs`; one without folds) and the noise sums (joined over the ranks by the caller, after both
+    halves: a rank holding one half must not wait on the other)."""
     size, px = particles.box_size, particles.pixel_size
     half = state.half.cpu().numpy()
-    acc, noise = FourierAccumulator(size, cfg.pad, dev), NoiseStats(size, dev)
-    mine = shard(np.nonzero(half == h)[0], h, 2)  # this rank's images of the half (all in one process)
-    tally.mine[mine] = True
-    if mine.size:  # (with an even number of ranks, half h is on ranks r ≡ h mod 2 only)
-        ref = Reference(_reference_map(state.volumes[h].to(dev), cfg, size, px), cfg.pad, stage.k_max,
-                        int((half == h).sum()))
-        s2 = state.sigma2[h].to(dev)
-        where = InsertPixels(size, stage.k_max, dev, torch.float32)
-        shells = shell_index_2d(size, device=dev)
-    for idx, images in iterate_batches(particles, cfg.batch_size, mine):
-        it = torch.as_tensor(idx)
-        y = fft2_centered(images.to(dev))
-        c = None if particles.ctf is None else ctf_2d(particles.ctf[it].to(dev), size, px, device=dev)
-        prev_r, prev_t = state.rotations[it].to(dev), state.shifts[it].to(dev)
-        poses = (modal_pairs(y, c, s2, ref, stage, cfg) if cfg.pose_inference == "modal"
-                 else posterior_pairs(y, c, s2, ref, stage, prev_r, prev_t, cfg))
-        sums = insert_pairs_on_pixels(acc, y, c, poses.image, poses.grid_index, poses.shift, poses.weight,
-                                      lambda used, lv=poses.level, d=y: so3_grid(
-                                          lv, device=d.device, dtype=d.real.dtype, indices=used), where)
-        # σ²: residual at the MAP pose under the E-step reference, all shells; or posterior-weighted within k_max
-        p = ref.slicer(poses.map_rotation)
-        r = (phase_shift(y, -poses.map_shift) - (p if c is None else c * p)).abs().square().sum(0)
-        if cfg.posterior_sigma2 and cfg.pose_inference == "posterior":
-            r = torch.where(shells <= stage.k_max, 0.0, r.double()) + weighted_residual_power(
-                y, *sums, lambda rr, pp: extract_points_from_sampling_volume(ref.sv, rr, size, pp), where)
-        noise.add(r, y.shape[0])
-        est_r, est_t = ((poses.map_rotation, poses.map_shift) if cfg.pose_estimate == "map"
-                        else posterior_mean_pose(poses, y.shape[0]))
-        tally.change[it] = torch.rad2deg(geodesic_distance(est_r.double(), prev_r.double())).cpu()
-        tally.rotations[it] = est_r.float().cpu()
-        tally.shifts[it] = est_t.float().cpu()
-        tally.max_weight[it] = poses.max_weight.double().cpu()
-        tally.n_significant[it] = poses.n_significant.double().cpu()
-        if poses.kept_mass is not None:
-            tally.kept_mass[it] = poses.kept_mass.double().cpu()
-        tally.diag.sample(h, y, c, s2, ref, stage, est_r, prev_r, prev_t)
-        bar.update(len(idx))
-    return acc, noise
+    members = np.nonzero(half == h)[0]
+    n_folds = max(1, cfg.reference_folds)
+    fold, held = fold_of(len(members), n_folds), state.fold_volumes
+    accs, noise = [FourierAccumulator(size, cfg.pad, dev) for _ in range(n_folds)], NoiseStats(size, dev)
+    ctx = (state.sigma2[h].to(dev), InsertPixels(size, stage.k_max, dev, torch.float32),
+           shell_index_2d(size, device=dev))
+    for f in range(n_folds):
+        mine = shard(members[fold == f], h, 2)  # this rank's images of the fold (all in one process)
+        tally.mine[mine] = True
+        if not mine.size:  # (with an even number of ranks, half h is on ranks r ≡ h mod 2 only)
+            continue
+        vol = state.volumes[h] if held is None or len(held[h]) != n_folds else held[h][f]
+        ref = Reference(_reference_map(vol.to(dev), cfg, size, px), cfg.pad, stage.k_max, len(members))
+        for idx, images in iterate_batches(particles, cfg.batch_size, mine):
+            _batch(particles, state, h, idx, images, ref, stage, cfg, accs[f], noise, ctx, tally)
+            bar.update(len(idx))
+    return accs, noise
 
 
-def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: float, size: int, px: float) -> dict:
-    """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both.
-    Under ``torchrun`` the five reconstructions are spread over the ranks (:func:`on_ranks`)."""
+def _batch(particles: Particles, state: RefineState, h: int, idx, images: torch.Tensor, ref: Reference, stage: Stage,
+           cfg: RefineConfig, acc: FourierAccumulator, noise: NoiseStats, ctx: tuple, tally: _Tally) -> None:
+    """One E-step batch of half ``h``: its posterior pairs inserted into ``acc``, its residual into ``noise``, its
+    poses and statistics into ``tally``. ctx: the half's ``σ²``, insertion pixels and 2D shell indices."""
+    s2, where, shells = ctx
+    size, dev = particles.box_size, s2.device
+    it = torch.as_tensor(idx)
+    y = fft2_centered(images.to(dev))
+    c = None if particles.ctf is None else ctf_2d(particles.ctf[it].to(dev), size, particles.pixel_size, device=dev)
+    prev_r, prev_t = state.rotations[it].to(dev), state.shifts[it].to(dev)
+    poses = (modal_pairs(y, c, s2, ref, stage, cfg) if cfg.pose_inference == "modal"
+             else posterior_pairs(y, c, s2, ref, stage, prev_r, prev_t, cfg))
+    sums = insert_pairs_on_pixels(acc, y, c, poses.image, poses.grid_index, poses.shift, poses.weight,
+                                  lambda used, lv=poses.level, d=y: so3_grid(
+                                      lv, device=d.device, dtype=d.real.dtype, indices=used), where)
+    # σ²: residual at the MAP pose under the E-step reference, all shells; or posterior-weighted within k_max
+    p = ref.slicer(poses.map_rotation)
+    r = (phase_shift(y, -poses.map_shift) - (p if c is None else c * p)).abs().square().sum(0)
+    if cfg.posterior_sigma2 and cfg.pose_inference == "posterior":
+        r = torch.where(shells <= stage.k_max, 0.0, r.double()) + weighted_residual_power(
+            y, *sums, lambda rr, pp: extract_points_from_sampling_volume(ref.sv, rr, size, pp), where)
+    noise.add(r, y.shape[0])
+    est_r, est_t = ((poses.map_rotation, poses.map_shift) if cfg.pose_estimate == "map"
+                    else posterior_mean_pose(poses, y.shape[0]))
+    tally.change[it] = torch.rad2deg(geodesic_distance(est_r.double(), prev_r.double())).cpu()
+    tally.rotations[it] = est_r.float().cpu()
+    tally.shifts[it] = est_t.float().cpu()
+    tally.max_weight[it] = poses.max_weight.double().cpu()
+    tally.n_significant[it] = poses.n_significant.double().cpu()
+    if poses.kept_mass is not None:
+        tally.kept_mass[it] = poses.kept_mass.double().cpu()
+    tally.diag.sample(h, y, c, s2, ref, stage, est_r, prev_r, prev_t)
+
+
+def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: float, size: int, px: float,
+          parts: list[list[FourierAccumulator]] | None = None) -> dict:
+    """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both; with
+    ``parts`` (each half's fold accumulators, ≥ 2), each half's leave-fold-out maps (:mod:`.fold_refs`) under
+    the half's prior. Under ``torchrun`` the five reconstructions are spread over the ranks (:func:`on_ranks`)."""
     nsh = size // 2 + 1
     dev = accs[0].device
     weights = [a.shell_weight() for a in accs]
@@ -184,8 +202,11 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
     f_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
     s2_full = 0.5 * (sigma2[0] + sigma2[1])
 
+    def prior(h: int) -> torch.Tensor:
+        return map_prior(sigma2[h], tau2_from_fsc(curve, sigma2[h], weights[h], fudge))[0]
+
     def map_half(h: int) -> torch.Tensor:
-        return accs[h].reconstruct(map_prior(sigma2[h], tau2_from_fsc(curve, sigma2[h], weights[h], fudge))[0]).float()
+        return accs[h].reconstruct(prior(h)).float()
 
     def full_map() -> torch.Tensor:
         merged = accs[0].merged(accs[1])
@@ -193,7 +214,9 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
 
     *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
     tau2 = tau2_from_fsc(curve, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
+    folds = None if parts is None or len(parts[0]) < 2 else [fold_out_maps(accs[h], parts[h], prior(h)) for h in (0, 1)]
     return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak], "tau2": tau2,
+            "fold_volumes": folds,
             "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size))}
 
 
@@ -236,19 +259,22 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     bar = tqdm(total=seen, desc=f"iter {state.iteration + 1} (order {stage.order}, "
                f"{'local' if stage.local else 'global'}, k≤{stage.k_max})", unit="img", disable=not progress)
     with timer.part("estep_s"):
-        accs, noises = zip(*[_half_e_step(particles, state, h, stage, ecfg, dev, tally, bar) for h in (0, 1)])
+        parts, noises = zip(*[_half_e_step(particles, state, h, stage, ecfg, dev, tally, bar) for h in (0, 1)])
     bar.close()
-    for acc, noise in zip(accs, noises):  # the ranks' sums joined (no-op in one process)
-        acc.all_reduce()
+    for ps, noise in zip(parts, noises):  # the ranks' sums joined (no-op in one process)
+        for acc in ps:
+            acc.all_reduce()
         noise.all_reduce()
     sigma2 = [noise.estimate().float() for noise in noises]
     tally.merge()
     with timer.part("mstep_s"):
-        maps = {**_maps(list(accs), list(sigma2), cfg.tau2_fudge, size, px), "sigma2": sigma2}
+        accs = [joined(list(ps)) for ps in parts]
+        maps = {**_maps(accs, list(sigma2), cfg.tau2_fudge, size, px, [list(ps) for ps in parts]), "sigma2": sigma2}
     sched = next_schedule(state, stage, maps, tally, cfg, size, px)
     sched["history"][-1]["accuracy_ahead_deg"] = ahead
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],
-                   full=maps["full"], sigma2=[s.cpu() for s in sigma2], rotations=tally.rotations,
+                   full=maps["full"], fold_volumes=maps["fold_volumes"], sigma2=[s.cpu() for s in sigma2],
+                   rotations=tally.rotations,
                    shifts=tally.shifts, fsc=torch.as_tensor(np.asarray(maps["curve"])),
                    resolution=maps["resolution"], **sched)
 

@@ -178,7 +178,8 @@ def window_diagnostic(y, c, s2, ref: Reference, stage: Stage, prev_rot, prev_shi
 
 
 def _local_pass(terms, ref: Reference, stage: Stage, prev_rot, level: int, k: int, b: int, cfg):
-    """Local search about the previous poses with a Gaussian prior on the angle (σ = the level's step):
+    """Local search about the previous poses with a Gaussian prior on the angle (σ = the level's step; with
+    ``cfg.flat_local_prior`` none: the window restricts the search and adds no information):
     ``(top log posterior (B, S), rotation index, shift index, log-evidence (B,), log prior (B, S))``."""
     rdt = terms.ctf2w.dtype
     centres, cand, valid = _local_candidates(prev_rot.to(rdt), stage, level, b)
@@ -188,7 +189,8 @@ def _local_pass(terms, ref: Reference, stage: Stage, prev_rot, level: int, k: in
     ll = log_likelihood_table(terms, vals, on_pixels=True)  # (B, T, K)
     sigma = stage.local_range_rad / cfg.local_range_steps
     ang = torch.stack([geodesic_distance(cen[:, None], rots) for cen in centres]).min(0).values  # (B, K)
-    lp = torch.where(valid, -0.5 * (ang / sigma) ** 2, torch.full_like(ang, -math.inf))
+    inside = torch.zeros_like(ang) if getattr(cfg, "flat_local_prior", False) else -0.5 * (ang / sigma) ** 2
+    lp = torch.where(valid, inside, torch.full_like(ang, -math.inf))
     ll = (ll + lp[:, None, :]).reshape(b, -1)
     top_v, i = ll.topk(min(cfg.max_coarse, ll.shape[1]), 1)
     t_idx, k_idx = torch.div(i, kmax, rounding_mode="floor"), i % kmax

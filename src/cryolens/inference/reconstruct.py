@@ -165,10 +165,13 @@ class FourierAccumulator:
         """Free the completed ``(data, weight)`` grids kept since the last read (they are made again if read)."""
         self._done = None
 
-    def merged(self, other: FourierAccumulator) -> FourierAccumulator:
+    def merged(self, other: FourierAccumulator, sign: float = 1.0) -> FourierAccumulator:
+        """A new accumulator holding this one's sums plus ``sign`` × ``other``'s (``sign = -1``: this one's sums
+        without ``other``'s, which must be part of them — a leave-fold-out reference)."""
         out = FourierAccumulator.__new__(FourierAccumulator)
         out.size, out.padded, out._device, out._dtype = self.size, self.padded, self.device, self._dtype
-        out.staging, out.count, out._done = self.staging + other.staging, self.count + other.count, None
+        out.staging = self.staging + other.staging if sign == 1.0 else self.staging + sign * other.staging
+        out.count, out._done = self.count + int(sign) * other.count, None
         return out
 
     def reconstruct(self, reg_per_shell: torch.Tensor, inverse_reg_per_shell: torch.Tensor | None = None

@@ -65,6 +65,12 @@ class RefineConfig:
     start_from_poses: the particles' rotations and shifts (a STAR's ``rlnAngle*``, ``rlnOrigin*``) are the
     starting poses — the centre of the first shift search and, with ``healpix_order ≥ local_order``, of the
     first local searches (RELION continuing a refinement); otherwise every search starts from none.
+    reference_folds: ``K ≥ 2``: each half's images are aligned in ``K`` folds, each against its half's map
+    made without that fold's images (:mod:`~cryolens.inference.fold_refs`: no image meets its own noise in
+    its reference); ``0`` or ``1``: against the whole half's map (RELION).
+    flat_local_prior: local searches weigh the poses inside their window by the likelihood alone (a prior
+    centred on the image's own last estimate counts its data twice); ``False``: RELION's Gaussian prior on
+    the angle to the last pose (σ: :func:`~cryolens.inference.refine_diag.local_sigma_deg`).
     """
 
     pose_inference: str = "posterior"
@@ -98,6 +104,8 @@ class RefineConfig:
     posterior_sigma2: bool = False
     adaptive_caps: bool = False
     start_from_poses: bool = False
+    reference_folds: int = 0
+    flat_local_prior: bool = False
 
     def __post_init__(self):
         if self.pose_estimate not in ("map", "mean"):
@@ -171,6 +179,8 @@ class RefineState(CheckpointState):
     iteration. config: the :class:`RefineConfig` as a dict. elapsed_s: wall time of the iterations.
     relax_ops ``(S, 3, 3)``, relax_axis ``(3,)``, relax_axis_score: symmetry relaxation (else ``None``).
     accuracy_deg: the last iteration's expected angular accuracy, degrees (``None`` before the first).
+    fold_volumes: per half, ``(K, D, D, D)`` leave-fold-out MAP maps, the next E-step's references of its
+    ``K = reference_folds`` folds (:mod:`~cryolens.inference.fold_refs`; ``None`` without folds or before the first).
     """
 
     iteration: int
@@ -196,6 +206,7 @@ class RefineState(CheckpointState):
     relax_axis: torch.Tensor | None = None
     relax_axis_score: float | None = None
     accuracy_deg: float | None = None
+    fold_volumes: list | None = None
 
 
 def poses_to_particles(particles: Particles, state) -> Particles:

@@ -14,7 +14,12 @@ registry and reports
   of the consensus back-projection of the same particles against every ground-truth state, and the best
   0.5 crossing (Å) over the states (the canonical map's frame is not state 0 but wherever the flows put
   it, so the state it matches best is the fair reference), and against state 0; the same with the whole map;
-- training speed (images/s of the engine) and wall time;
+- the same moving-domain FSC against state 0 of the canonical map *rendered at state 0's conformation*
+  (convected along the flow at the mean latent of the images whose ground-truth state is 0; the labels
+  are used only here, to pick the frame the reference is in): the canonical frame is wherever the flows
+  put it, and an FSC is blind to a blur that only lowers amplitudes, so a blurred consensus still matches
+  the *middle* state to Nyquist — state 0, an end of the motion, is the reference that shows the blur;
+- training speed (images/s of the engine), wall time and peak memory (``ru_maxrss`` of the process);
 - ``--peer cryodrgn``: the same Spearman and per-image FSC-AUC of another recipe trained on the same data
   for the same epochs.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -77,6 +83,11 @@ def spearman_pc1(latents: np.ndarray, angles: np.ndarray) -> float:
     return abs(float(spearmanr(z @ np.linalg.svd(z, full_matrices=False)[2][0], angles).correlation))
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB; Linux reports ``ru_maxrss`` in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_recipe(name: str, particles, epochs: int, options: list[str]):
     """``(outputs, wall s, run folder)`` of recipe ``name`` trained through the registry."""
     from cryolens.io.runfolder import RunFolder
@@ -97,13 +108,20 @@ def score_flex(a, folder: Path, particles, maps, labels, angles, px: float, pick
     out, wall, run = run_recipe("3dflex", particles, a.epochs, a.set)
     mask = moving_mask(maps)
     canonical, consensus = out.volume.numpy(), out.extra_volumes["consensus"].numpy()
+    z0 = torch.as_tensor(out.latents[labels == 0].mean(0, keepdims=True))
+    at_state0 = out.decode(z0)[0].cpu().numpy()
+    np.savez(Path(run) / "bench_maps.npz", canonical=canonical, consensus=consensus, at_state0=at_state0,
+             latents=out.latents, half1=out.half_maps[0].numpy(), half2=out.half_maps[1].numpy())
     result = {"data": str(folder), "n": len(particles), "box": particles.box_size, "apix": px, "snr": a.snr,
               "epochs": a.epochs, "options": a.set, "run": run, "spearman_pc1_angle": spearman_pc1(out.latents, angles),
               "fsc_auc_per_image": per_image_auc(out.decode, out.latents, maps, labels, pick),
               "consensus_fsc_auc_per_image": per_image_auc(
                   lambda zb: torch.as_tensor(consensus)[None].expand(len(zb), -1, -1, -1), out.latents, maps, labels,
                   pick),
-              "wall_s": wall, "images_per_s": out.metrics.get("images_per_s"),
+              "wall_s": wall, "images_per_s": out.metrics.get("images_per_s"), "peak_rss_MB": peak_rss_mb(),
+              "flexible_reconstruction_s": out.metrics.get("flexible_reconstruction_s"),
+              "canonical_at_state0_moving_state0_05_A": float(resolution_at(
+                  fsc_masked(at_state0, maps[0], mask), 0.5, px, maps.shape[-1])),
               "halfmap_0143_A": out.metrics["resolution_halfmap_0143_A"],
               "consensus_halfmap_0143_A": out.metrics["consensus_resolution_halfmap_0143_A"]}
     for name, vol in (("canonical", canonical), ("consensus", consensus)):
@@ -137,7 +155,7 @@ def main() -> None:
     for peer in a.peer:
         pout, pwall, prun = run_recipe(peer, particles, a.epochs, a.peer_set)
         print(json.dumps({"peer": peer, "epochs": a.epochs, "options": a.peer_set, "run": prun, "wall_s": pwall,
-                          "images_per_s": pout.metrics.get("images_per_s"),
+                          "images_per_s": pout.metrics.get("images_per_s"), "peak_rss_MB": peak_rss_mb(),
                           "spearman_pc1_angle": spearman_pc1(pout.latents, angles),
                           "fsc_auc_per_image": per_image_auc(pout.decode, pout.latents, maps, labels, pick)},
                          indent=1), flush=True)

@@ -29,8 +29,10 @@ from torch import nn
 
 from ..imaging.forward import ProjectorForward
 from ..io.checkpoint import load_checkpoint
-from ..io.dataset import read_images
-from ..io.mrc import read_volume
+from ..imaging.fft import fft2_centered, ifft2_centered
+from ..imaging.spectra import fourier_crop_images
+from ..io.dataset import iterate_batches, read_images
+from ..io.mrc import StackWriter, read_volume
 from ..io.particles import Particles
 from ..volumes.deformation import DeformedVolume, cell_mass, rigidity, smoothness
 from ..volumes.voxel import RealVoxelVolume
@@ -222,16 +224,46 @@ def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray
     return v.detach()
 
 
+def crop_particles(particles: Particles, size: int, path: str | Path, batch_size: int = 256) -> Particles:
+    """``particles`` Fourier-cropped to ``size × size`` px (:func:`~cryolens.imaging.spectra.fourier_crop_images`:
+    pixel ``px·D/size`` Å, the frequencies up to its Nyquist kept exactly), written as one stack at ``path``;
+    poses and CTFs unchanged, shifts in px of the new box."""
+    d = particles.box_size
+    px = particles.pixel_size * d / size
+    with StackWriter(path, len(particles), size, px) as w:
+        for idx, images in iterate_batches(particles, batch_size):
+            w.write(int(idx[0]), ifft2_centered(fourier_crop_images(fft2_centered(images), size)).real)
+    n = len(particles)
+    return Particles(pixel_size=px, box_size=size, image_files=[str(path)], image_file_index=np.zeros(n, np.int64),
+                     image_index=np.arange(n), rotations=particles.rotations,
+                     shifts=None if particles.shifts is None else particles.shifts * (size / d), ctf=particles.ctf,
+                     extra=dict(particles.extra), source=particles.source)
+
+
+@torch.no_grad()
+def rescale_flows(source: FlexModel, target: FlexModel) -> None:
+    """Copy ``source``'s generator and latents into ``target`` (the same mesh on another box), the generator's
+    output scaled by the ratio of the boxes so that every image's flow is the same motion in Å."""
+    target.volume.generator.load_state_dict(source.volume.generator.state_dict())
+    out = target.volume.generator.out
+    ratio = target.volume.box_size / source.volume.box_size
+    out.weight.mul_(ratio)
+    out.bias.mul_(ratio)
+    target.table.mu.copy_(source.table.mu)
+
+
 def load_flex_model(run: str | Path, meta: dict, device=None) -> FlexModel:
     """A finished 3dflex run folder as a :class:`FlexModel` in eval mode on ``device``: ``meta`` is its
     ``model.json`` (box, pixel size, number of images, the recipe's options), the generator and latents come
-    from ``checkpoint.pt`` and the canonical map from ``map.mrc`` (the map after the L-BFGS stage)."""
+    from ``flex_model.pt`` (the model at the full box, after the L-BFGS stage; ``checkpoint.pt`` in runs
+    that trained at the full box and predate it) and the canonical map from ``map.mrc``."""
     run, c = Path(run), SimpleNamespace(**meta["config"])
     d = int(meta["box_size"])
     model = FlexModel(d, float(meta["pixel_size"]), int(meta["n_images"]), c.zdim, c.mesh_cells, c.gen_layers,
                       c.gen_dim, torch.zeros(d, d, d), c.latent_noise, c.prior_weight, c.rigidity_weight,
                       c.smoothness_weight, getattr(c, "z_step", 1.0))
-    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"])
+    saved = run / "flex_model.pt" if (run / "flex_model.pt").is_file() else run / "checkpoint.pt"
+    model.load_state_dict(load_checkpoint(saved, map_location="cpu")["model"])
     canonical, _ = read_volume(run / "map.mrc")
     model.volume.density.data.copy_(torch.as_tensor(np.asarray(canonical)) / model.norm)
     return model.to(torch.device(device or "cpu")).eval()

@@ -15,6 +15,7 @@ the two halves. Where the defaults come from and where this departs from the pap
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +23,15 @@ import torch
 
 from ..errors import InputError
 from ..imaging.grids import lowpass_volume
-from ..inference.distributed import is_main
-from ..inference.flex import FlexModel, noise_variance, refine_canonical
+from ..inference.distributed import is_main, world
+from ..imaging.spectra import resize_volume
+from ..inference.flex import FlexModel, crop_particles, noise_variance, refine_canonical, rescale_flows
 from ..inference.training import sample_images
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc, resolution_at
 from ..metrics.local_resolution import local_resolution
 from .backprojection import backproject
+from ..io.checkpoint import save_checkpoint
 from .config import as_dict, option
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
@@ -53,6 +56,8 @@ class Flex3DConfig(TrainingConfig):
                                 "variance of the half's back-projection: a white Gaussian prior of that variance)")
     local_radius: float = option(6.0, "radius (px) of the local-resolution window")
     local_step: int = option(4, "spacing (px) of the local-resolution centres")
+    train_box: int = option(0, "box (px, even) the images are Fourier-cropped to while the flow trains (stage 1); "
+                               "0 = the full box; the flexible reconstruction is always at the full box")
     batch_size: int = option(32, "images per optimiser step, over all DDP processes")
     lr: float = option(1e-3, "learning rate of Adam / AdamW (flow generator)")
 
@@ -66,37 +71,57 @@ def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, pro
     device = torch.device(device or "cpu")
     torch.manual_seed(config.seed)
     bp = backproject(particles, device=device, seed=config.seed, progress=progress)
-    scale = float(sample_images(particles, config.norm_images, config.seed).std())
-    start = lowpass_volume(bp.volume, config.flow_lowpass_A, particles.pixel_size) / scale
-    model = FlexModel(particles.box_size, particles.pixel_size, len(particles), config.zdim, config.mesh_cells,
-                      config.gen_layers, config.gen_dim, start, config.latent_noise, config.prior_weight,
-                      config.rigidity_weight, config.smoothness_weight, config.z_step, config.seed)
-    model.volume.density.requires_grad_(False)  # stage 1: the canonical map is held fixed
-    model.norm.fill_(scale)
-    model.sigma2.fill_(noise_variance(particles, bp.volume / scale, scale, seed=config.seed, device=device))
+    d = config.train_box if 0 < config.train_box < particles.box_size else particles.box_size
+    if d % 2:
+        raise InputError(f"3dflex: train_box ({d}) must be even")
+    cropped = run.path(f"train_particles_{world()[0]}.mrcs")  # stage 1's images when train_box is set
+    small = particles if d == particles.box_size else crop_particles(particles, d, cropped)
+    model = _flex_model(small, resize_volume(bp.volume, d), config, device)
     if is_main():  # what inference.latent_model.load_trained needs to decode the run (eval-vol, analyze)
         run.write_json("model.json", {"recipe": "3dflex", "mode": "3dflex", "box_size": particles.box_size,
                                       "pixel_size": particles.pixel_size, "n_images": len(particles),
                                       "config": as_dict(config)})
-    train(model, particles, run, config, device, progress)
+    train(model, small, run, config, device, progress)
+    cropped.unlink(missing_ok=True)
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
+    if small is not particles:  # the same flows on the full box (stage 2 and decoding)
+        full = _flex_model(particles, bp.volume, config, device)
+        rescale_flows(model, full)
+        model = full
+    scale = float(model.norm)
     model.eval()
     labels = half_set_labels(particles, config.seed)
+    t0 = time.perf_counter()
     halves = [refine_canonical(model, particles, np.nonzero(labels == h)[0], start_map / scale,
                                config.lbfgs_iterations, config.ridge / float((start_map / scale).var()),
                                device=device).cpu() * scale
               for h, start_map in ((0, bp.half1), (1, bp.half2))]
-    canonical = 0.5 * (halves[0] + halves[1])
+    canonical, seconds = 0.5 * (halves[0] + halves[1]), time.perf_counter() - t0
     model.volume.density.data.copy_(canonical.to(device) / scale)
+    save_checkpoint(run.path("flex_model.pt"), {"model": model.state_dict()})
     curve = fsc(halves[0], halves[1])
     res = resolution_at(curve, 0.143, particles.pixel_size, particles.box_size)
     local = local_resolution(halves[0], halves[1], particles.pixel_size, config.local_radius, config.local_step)
     summary, history = run_summary(run, config)
     metrics = {**summary, "resolution_halfmap_0143_A": res, "fsc_halfmaps": np.asarray(curve).tolist(),
                "consensus_resolution_halfmap_0143_A": bp.resolution,
-               "noise_variance_scaled": float(model.sigma2)}
+               "noise_variance_scaled": float(model.sigma2), "flexible_reconstruction_s": seconds}
     return MethodOutputs(pixel_size=particles.pixel_size, volume=canonical, half_maps=(halves[0], halves[1]),
                          latents=model.table.mu.detach().cpu().numpy().astype(np.float32),
                          decode=model.decode, half_labels=labels, metrics=metrics, history=history,
                          extra_volumes={"consensus": bp.volume, "local_resolution": local})
+
+
+def _flex_model(particles: Particles, volume: torch.Tensor, config: Flex3DConfig, device) -> FlexModel:
+    """The stage-1 :class:`FlexModel` on ``particles``' box: canonical map ``volume (D, D, D)`` (image units)
+    low-passed to ``flow_lowpass_A`` and frozen, image scale and noise σ² measured on the images."""
+    scale = float(sample_images(particles, config.norm_images, config.seed).std())
+    start = lowpass_volume(volume, config.flow_lowpass_A, particles.pixel_size) / scale
+    model = FlexModel(particles.box_size, particles.pixel_size, len(particles), config.zdim, config.mesh_cells,
+                      config.gen_layers, config.gen_dim, start, config.latent_noise, config.prior_weight,
+                      config.rigidity_weight, config.smoothness_weight, config.z_step, config.seed).to(device)
+    model.volume.density.requires_grad_(False)  # stage 1: the canonical map is held fixed
+    model.norm.fill_(scale)
+    model.sigma2.fill_(noise_variance(particles, volume / scale, scale, seed=config.seed, device=device))
+    return model

@@ -88,14 +88,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_recipe(name: str, particles, epochs: int, options: list[str]):
-    """``(outputs, wall s, run folder)`` of recipe ``name`` trained through the registry."""
+def run_recipe(name: str, particles, epochs: int, options: list[str], folder: str | None = None):
+    """``(outputs, wall s, run folder)`` of recipe ``name`` trained through the registry (in ``folder``, e.g. a
+    copy of a finished run's folder with ``--set resume=true`` to redo only what follows the training)."""
     from cryolens.io.runfolder import RunFolder
     from cryolens.methods.registry import get
 
     recipe = get(name)
     config = recipe.config({"epochs": epochs, **dict(kv.split("=", 1) for kv in options)})
-    run = tempfile.mkdtemp(prefix=f"bench_{name}_")
+    run = folder or tempfile.mkdtemp(prefix=f"bench_{name}_")
     t0 = time.perf_counter()
     out = recipe.fit(particles, None, RunFolder(run), config, progress=False)
     return out, time.perf_counter() - t0, run
@@ -105,7 +106,7 @@ def score_flex(a, folder: Path, particles, maps, labels, angles, px: float, pick
     """Train 3dflex and print its scores (module docstring)."""
     from cryolens.metrics.fsc import fsc_masked, resolution_at
 
-    out, wall, run = run_recipe("3dflex", particles, a.epochs, a.set)
+    out, wall, run = run_recipe("3dflex", particles, a.epochs, a.set, a.run_dir)
     mask = moving_mask(maps)
     canonical, consensus = out.volume.numpy(), out.extra_volumes["consensus"].numpy()
     z0 = torch.as_tensor(out.latents[labels == 0].mean(0, keepdims=True))
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--data", help="a hinge dataset folder made by `cryolens simulate --motion hinge` instead")
     ap.add_argument("--peer", action="append", default=[], help="also train this recipe (e.g. cryodrgn)")
     ap.add_argument("--peer-set", action="append", default=[], help="the peers' option key=value")
+    ap.add_argument("--run-dir", help="3dflex's run folder (default: a new temporary one)")
     ap.add_argument("--peer-only", action="store_true", help="train only the peers (not 3dflex)")
     a = ap.parse_args()
     from cryolens.io.star import read_star

@@ -46,7 +46,8 @@ def test_crop_particles_samples_a_band_limited_image_on_the_coarse_grid(tmp_path
 
 def test_rescaled_flows_move_the_full_box_map_by_the_same_angstroms():
     small, big, cells, shift_px = 16, 32, 4, 1.25
-    models = [FlexModel(d, 48.0 / d, 5, 2, cells, 2, 8, torch.zeros(d, d, d), 0.5, 1.0, 10.0, 1.0) for d in (small, big)]
+    models = [FlexModel(d, 48.0 / d, 5, 2, cells, 2, 8, torch.zeros(d, d, d), 0.5, 1.0, 10.0, 1.0)
+              for d in (small, big)]
     out = models[0].volume.generator.out
     with torch.no_grad():  # the small model's flow: a translation of shift_px px along x, whatever z
         out.weight.zero_()

@@ -201,6 +201,8 @@ def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray
     iterations) on ``Σ_i ‖Y_i/s − A_i V0‖² / (2σ²) + ½ · ridge · ‖V0‖²`` (scaled by ``1 / (N D²)``),
     from ``start``. The model's own ``V0`` is left untouched."""
     device = torch.device(device or "cpu")
+    if iterations <= 0:
+        return start.detach().clone().to(device)
     batches = _batches(particles, np.asarray(indices), batch_size, device)
     with torch.no_grad():
         flows = [model.volume.flow(model.table.mu[b["index"]]) for b in batches]

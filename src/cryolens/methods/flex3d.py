@@ -20,18 +20,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2
 
 from ..errors import InputError
+from ..imaging.convect import unconvect
 from ..imaging.grids import lowpass_volume
-from ..inference.distributed import is_main, world
 from ..imaging.spectra import resize_volume
+from ..inference.distributed import is_main, world
 from ..inference.flex import FlexModel, crop_particles, noise_variance, refine_canonical, rescale_flows
+from ..inference.reconstruct import FourierAccumulator
 from ..inference.training import sample_images
+from ..io.checkpoint import save_checkpoint
+from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc, resolution_at
 from ..metrics.local_resolution import local_resolution
-from .backprojection import backproject
-from ..io.checkpoint import save_checkpoint
+from .backprojection import _insert, backproject
 from .config import as_dict, option
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
@@ -56,6 +60,8 @@ class Flex3DConfig(TrainingConfig):
                                 "variance of the half's back-projection: a white Gaussian prior of that variance)")
     local_radius: float = option(6.0, "radius (px) of the local-resolution window")
     local_step: int = option(4, "spacing (px) of the local-resolution centres")
+    flex_groups: int = option(16, "groups of latents (k-means) whose back-projections, pulled back along their "
+                                  "flows, start the L-BFGS stage; 0 = start from the half's consensus back-projection")
     train_box: int = option(0, "box (px, even) the images are Fourier-cropped to while the flow trains (stage 1); "
                                "0 = the full box; the flexible reconstruction is always at the full box")
     batch_size: int = option(32, "images per optimiser step, over all DDP processes")
@@ -89,15 +95,9 @@ def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, pro
         full = _flex_model(particles, bp.volume, config, device)
         rescale_flows(model, full)
         model = full
-    scale = float(model.norm)
     model.eval()
-    labels = half_set_labels(particles, config.seed)
-    t0 = time.perf_counter()
-    halves = [refine_canonical(model, particles, np.nonzero(labels == h)[0], start_map / scale,
-                               config.lbfgs_iterations, config.ridge / float((start_map / scale).var()),
-                               device=device).cpu() * scale
-              for h, start_map in ((0, bp.half1), (1, bp.half2))]
-    canonical, seconds = 0.5 * (halves[0] + halves[1]), time.perf_counter() - t0
+    halves, seconds = flexible_reconstruction(model, particles, bp, config, device)
+    canonical, scale = 0.5 * (halves[0] + halves[1]), float(model.norm)
     model.volume.density.data.copy_(canonical.to(device) / scale)
     save_checkpoint(run.path("flex_model.pt"), {"model": model.state_dict()})
     curve = fsc(halves[0], halves[1])
@@ -109,7 +109,8 @@ def fit(particles: Particles, known, run, config: Flex3DConfig, device=None, pro
                "noise_variance_scaled": float(model.sigma2), "flexible_reconstruction_s": seconds}
     return MethodOutputs(pixel_size=particles.pixel_size, volume=canonical, half_maps=(halves[0], halves[1]),
                          latents=model.table.mu.detach().cpu().numpy().astype(np.float32),
-                         decode=model.decode, half_labels=labels, metrics=metrics, history=history,
+                         decode=model.decode, half_labels=half_set_labels(particles, config.seed), metrics=metrics,
+                         history=history,
                          extra_volumes={"consensus": bp.volume, "local_resolution": local})
 
 
@@ -125,3 +126,60 @@ def _flex_model(particles: Particles, volume: torch.Tensor, config: Flex3DConfig
     model.norm.fill_(scale)
     model.sigma2.fill_(noise_variance(particles, volume / scale, scale, seed=config.seed, device=device))
     return model
+
+
+def flexible_reconstruction(model: FlexModel, particles: Particles, bp, config: Flex3DConfig,
+                            device=None) -> tuple[list[torch.Tensor], float]:
+    """Stage 2 (module docstring): the two half-sets' canonical maps ``(D, D, D)`` (image units, CPU) with the
+    flows of ``model`` (full box, eval mode) held fixed, each by ``lbfgs_iterations`` of L-BFGS from its
+    :func:`flexible_backprojection` (``flex_groups`` > 0) or its consensus half map ``bp.half1`` / ``bp.half2``;
+    and the seconds it took."""
+    scale = float(model.norm)
+    labels = half_set_labels(particles, config.seed)
+    t0 = time.perf_counter()
+    halves = []
+    for h, consensus in ((0, bp.half1), (1, bp.half2)):
+        idx = np.nonzero(labels == h)[0]
+        start = consensus if config.flex_groups <= 0 else flexible_backprojection(
+            model, particles, idx, config.flex_groups, seed=config.seed, device=device)
+        ridge = config.ridge / float((consensus / scale).var())
+        halves.append(refine_canonical(model, particles, idx, start / scale, config.lbfgs_iterations, ridge,
+                                       device=device).cpu() * scale)
+    return halves, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def flexible_backprojection(model: FlexModel, particles: Particles, indices: np.ndarray, groups: int, pad: int = 2,
+                            batch_size: int = 64, seed: int = 0, device=None) -> torch.Tensor:
+    """A canonical map ``(D, D, D)`` (image units) of images ``indices`` with their flows held fixed, by Fourier
+    insertion: the images grouped by k-means on their latents (``groups``); each group's sums ``Σ c X̃``
+    divided by the sums ``Σ c²`` of *all* the images (+ ε = 10⁻³ × their mean, as the back-projection's half
+    maps), so that the groups' maps add up to the half's back-projection when the flows are zero; each
+    pulled back to the canonical frame along its group's flow at the mean latent
+    (:func:`~cryolens.imaging.convect.unconvect`) and summed."""
+    device = torch.device(device or "cpu")
+    idx = np.asarray(indices)
+    z = model.table.mu[torch.as_tensor(idx)].double().cpu().numpy()
+    k = max(1, min(int(groups), len(idx)))
+    rng = np.random.default_rng(seed)
+    _, labels = kmeans2(z, z[rng.choice(len(idx), k, replace=False)], iter=20, minit="matrix", rng=seed)
+    d = particles.box_size
+    accs = [FourierAccumulator(d, pad, device) for _ in range(k)]
+    group = np.zeros(len(particles), np.int64)
+    group[idx] = labels
+    for batch, images in iterate_batches(particles, batch_size, idx):
+        t = torch.as_tensor(batch)
+        for g in np.unique(group[batch]):
+            m = torch.as_tensor(group[batch] == g)
+            _insert(accs[g], particles, t[m], images[m], device)
+    total = FourierAccumulator(d, pad, device)
+    total.staging = sum(a.staging for a in accs if a.count)
+    eps = 1e-3 * total.shell_weight().mean() * torch.ones(d // 2 + 1, dtype=torch.float64)
+    out = torch.zeros(d, d, d)
+    for g, acc in enumerate(accs):
+        if not acc.count:
+            continue
+        acc.staging = torch.cat([acc.staging[:2], total.staging[2:]])
+        flow = model.volume.flow(torch.as_tensor(z[labels == g].mean(0), dtype=torch.float32, device=device)[None])
+        out += unconvect(acc.reconstruct(eps.to(device)).float(), flow).cpu()
+    return out

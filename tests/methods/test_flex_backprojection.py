@@ -15,7 +15,7 @@ from cryolens.inference.flex import FlexModel
 from cryolens.io.mrc import write_stack
 from cryolens.io.particles import Particles, half_set_labels
 from cryolens.methods.backprojection import backproject
-from cryolens.methods.flex3d import flexible_backprojection
+from cryolens.inference.flex import flexible_backprojection
 from cryolens.volumes.deformation import vertex_positions
 
 D, PX = 16, 3.0

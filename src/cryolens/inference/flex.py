@@ -25,10 +25,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2
 from torch import nn
 
 from ..imaging.forward import ProjectorForward
 from ..io.checkpoint import load_checkpoint
+from ..imaging.convect import unconvect
 from ..imaging.fft import fft2_centered, ifft2_centered
 from ..imaging.spectra import fourier_crop_images
 from ..io.dataset import iterate_batches, read_images
@@ -38,6 +40,7 @@ from ..volumes.deformation import DeformedVolume, cell_mass, rigidity, smoothnes
 from ..volumes.voxel import RealVoxelVolume
 from .distributed import all_reduce_sum, is_distributed
 from .encoders import LatentTable
+from .reconstruct import FourierAccumulator, insert_images
 
 
 class FlexModel(nn.Module):
@@ -252,6 +255,43 @@ def rescale_flows(source: FlexModel, target: FlexModel) -> None:
     out.weight.mul_(ratio)
     out.bias.mul_(ratio)
     target.table.mu.copy_(source.table.mu)
+
+
+@torch.no_grad()
+def flexible_backprojection(model: FlexModel, particles: Particles, indices: np.ndarray, groups: int, pad: int = 2,
+                            batch_size: int = 64, seed: int = 0, device=None) -> torch.Tensor:
+    """A canonical map ``(D, D, D)`` (image units) of images ``indices`` with their flows held fixed, by Fourier
+    insertion: the images grouped by k-means on their latents (``groups``); each group's sums ``Σ c X̃``
+    divided by the sums ``Σ c²`` of *all* the images (+ ε = 10⁻³ × their mean, as the back-projection's half
+    maps), so that the groups' maps add up to the half's back-projection when the flows are zero; each
+    pulled back to the canonical frame along its group's flow at the mean latent
+    (:func:`~cryolens.imaging.convect.unconvect`) and summed."""
+    device = torch.device(device or "cpu")
+    idx = np.asarray(indices)
+    z = model.table.mu[torch.as_tensor(idx)].double().cpu().numpy()
+    k = max(1, min(int(groups), len(idx)))
+    rng = np.random.default_rng(seed)
+    _, labels = kmeans2(z, z[rng.choice(len(idx), k, replace=False)], iter=20, minit="matrix", rng=seed)
+    d = particles.box_size
+    accs = [FourierAccumulator(d, pad, device) for _ in range(k)]
+    group = np.zeros(len(particles), np.int64)
+    group[idx] = labels
+    for batch, images in iterate_batches(particles, batch_size, idx):
+        t = torch.as_tensor(batch)
+        for g in np.unique(group[batch]):
+            m = torch.as_tensor(group[batch] == g)
+            insert_images(accs[g], particles, t[m], images[m], device)
+    total = FourierAccumulator(d, pad, device)
+    total.staging = sum(a.staging for a in accs if a.count)
+    eps = 1e-3 * total.shell_weight().mean() * torch.ones(d // 2 + 1, dtype=torch.float64)
+    out = torch.zeros(d, d, d)
+    for g, acc in enumerate(accs):
+        if not acc.count:
+            continue
+        acc.staging = torch.cat([acc.staging[:2], total.staging[2:]])
+        flow = model.volume.flow(torch.as_tensor(z[labels == g].mean(0), dtype=torch.float32, device=device)[None])
+        out += unconvect(acc.reconstruct(eps.to(device)).float(), flow).cpu()
+    return out
 
 
 def load_flex_model(run: str | Path, meta: dict, device=None) -> FlexModel:

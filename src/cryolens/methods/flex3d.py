@@ -20,22 +20,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.cluster.vq import kmeans2
 
 from ..errors import InputError
-from ..imaging.convect import unconvect
 from ..imaging.grids import lowpass_volume
 from ..imaging.spectra import resize_volume
 from ..inference.distributed import is_main, world
-from ..inference.flex import FlexModel, crop_particles, noise_variance, refine_canonical, rescale_flows
-from ..inference.reconstruct import FourierAccumulator
+from ..inference.flex import (FlexModel, crop_particles, flexible_backprojection, noise_variance, refine_canonical,
+                              rescale_flows)
 from ..inference.training import sample_images
 from ..io.checkpoint import save_checkpoint
-from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc, resolution_at
 from ..metrics.local_resolution import local_resolution
-from .backprojection import _insert, backproject
+from .backprojection import backproject
 from .config import as_dict, option
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
@@ -146,40 +143,3 @@ def flexible_reconstruction(model: FlexModel, particles: Particles, bp, config: 
         halves.append(refine_canonical(model, particles, idx, start / scale, config.lbfgs_iterations, ridge,
                                        device=device).cpu() * scale)
     return halves, time.perf_counter() - t0
-
-
-@torch.no_grad()
-def flexible_backprojection(model: FlexModel, particles: Particles, indices: np.ndarray, groups: int, pad: int = 2,
-                            batch_size: int = 64, seed: int = 0, device=None) -> torch.Tensor:
-    """A canonical map ``(D, D, D)`` (image units) of images ``indices`` with their flows held fixed, by Fourier
-    insertion: the images grouped by k-means on their latents (``groups``); each group's sums ``Σ c X̃``
-    divided by the sums ``Σ c²`` of *all* the images (+ ε = 10⁻³ × their mean, as the back-projection's half
-    maps), so that the groups' maps add up to the half's back-projection when the flows are zero; each
-    pulled back to the canonical frame along its group's flow at the mean latent
-    (:func:`~cryolens.imaging.convect.unconvect`) and summed."""
-    device = torch.device(device or "cpu")
-    idx = np.asarray(indices)
-    z = model.table.mu[torch.as_tensor(idx)].double().cpu().numpy()
-    k = max(1, min(int(groups), len(idx)))
-    rng = np.random.default_rng(seed)
-    _, labels = kmeans2(z, z[rng.choice(len(idx), k, replace=False)], iter=20, minit="matrix", rng=seed)
-    d = particles.box_size
-    accs = [FourierAccumulator(d, pad, device) for _ in range(k)]
-    group = np.zeros(len(particles), np.int64)
-    group[idx] = labels
-    for batch, images in iterate_batches(particles, batch_size, idx):
-        t = torch.as_tensor(batch)
-        for g in np.unique(group[batch]):
-            m = torch.as_tensor(group[batch] == g)
-            _insert(accs[g], particles, t[m], images[m], device)
-    total = FourierAccumulator(d, pad, device)
-    total.staging = sum(a.staging for a in accs if a.count)
-    eps = 1e-3 * total.shell_weight().mean() * torch.ones(d // 2 + 1, dtype=torch.float64)
-    out = torch.zeros(d, d, d)
-    for g, acc in enumerate(accs):
-        if not acc.count:
-            continue
-        acc.staging = torch.cat([acc.staging[:2], total.staging[2:]])
-        flow = model.volume.flow(torch.as_tensor(z[labels == g].mean(0), dtype=torch.float32, device=device)[None])
-        out += unconvect(acc.reconstruct(eps.to(device)).float(), flow).cpu()
-    return out

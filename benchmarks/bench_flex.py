@@ -14,7 +14,12 @@ registry and reports
   of the consensus back-projection of the same particles against every ground-truth state, and the best
   0.5 crossing (Å) over the states (the canonical map's frame is not state 0 but wherever the flows put
   it, so the state it matches best is the fair reference), and against state 0; the same with the whole map;
-- training speed (images/s of the engine) and wall time;
+- the same moving-domain FSC against state 0 of the canonical map *rendered at state 0's conformation*
+  (convected along the flow at the mean latent of the images whose ground-truth state is 0; the labels
+  are used only here, to pick the frame the reference is in): the canonical frame is wherever the flows
+  put it, and an FSC is blind to a blur that only lowers amplitudes, so a blurred consensus still matches
+  the *middle* state to Nyquist — state 0, an end of the motion, is the reference that shows the blur;
+- training speed (images/s of the engine), wall time and peak memory (``ru_maxrss`` of the process);
 - ``--peer cryodrgn``: the same Spearman and per-image FSC-AUC of another recipe trained on the same data
   for the same epochs.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -77,14 +83,20 @@ def spearman_pc1(latents: np.ndarray, angles: np.ndarray) -> float:
     return abs(float(spearmanr(z @ np.linalg.svd(z, full_matrices=False)[2][0], angles).correlation))
 
 
-def run_recipe(name: str, particles, epochs: int, options: list[str]):
-    """``(outputs, wall s, run folder)`` of recipe ``name`` trained through the registry."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB; Linux reports ``ru_maxrss`` in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_recipe(name: str, particles, epochs: int, options: list[str], folder: str | None = None):
+    """``(outputs, wall s, run folder)`` of recipe ``name`` trained through the registry (in ``folder``, e.g. a
+    copy of a finished run's folder with ``--set resume=true`` to redo only what follows the training)."""
     from cryolens.io.runfolder import RunFolder
     from cryolens.methods.registry import get
 
     recipe = get(name)
     config = recipe.config({"epochs": epochs, **dict(kv.split("=", 1) for kv in options)})
-    run = tempfile.mkdtemp(prefix=f"bench_{name}_")
+    run = folder or tempfile.mkdtemp(prefix=f"bench_{name}_")
     t0 = time.perf_counter()
     out = recipe.fit(particles, None, RunFolder(run), config, progress=False)
     return out, time.perf_counter() - t0, run
@@ -94,16 +106,23 @@ def score_flex(a, folder: Path, particles, maps, labels, angles, px: float, pick
     """Train 3dflex and print its scores (module docstring)."""
     from cryolens.metrics.fsc import fsc_masked, resolution_at
 
-    out, wall, run = run_recipe("3dflex", particles, a.epochs, a.set)
+    out, wall, run = run_recipe("3dflex", particles, a.epochs, a.set, a.run_dir)
     mask = moving_mask(maps)
     canonical, consensus = out.volume.numpy(), out.extra_volumes["consensus"].numpy()
+    z0 = torch.as_tensor(out.latents[labels == 0].mean(0, keepdims=True))
+    at_state0 = out.decode(z0)[0].cpu().numpy()
+    np.savez(Path(run) / "bench_maps.npz", canonical=canonical, consensus=consensus, at_state0=at_state0,
+             latents=out.latents, half1=out.half_maps[0].numpy(), half2=out.half_maps[1].numpy())
     result = {"data": str(folder), "n": len(particles), "box": particles.box_size, "apix": px, "snr": a.snr,
               "epochs": a.epochs, "options": a.set, "run": run, "spearman_pc1_angle": spearman_pc1(out.latents, angles),
               "fsc_auc_per_image": per_image_auc(out.decode, out.latents, maps, labels, pick),
               "consensus_fsc_auc_per_image": per_image_auc(
                   lambda zb: torch.as_tensor(consensus)[None].expand(len(zb), -1, -1, -1), out.latents, maps, labels,
                   pick),
-              "wall_s": wall, "images_per_s": out.metrics.get("images_per_s"),
+              "wall_s": wall, "images_per_s": out.metrics.get("images_per_s"), "peak_rss_MB": peak_rss_mb(),
+              "flexible_reconstruction_s": out.metrics.get("flexible_reconstruction_s"),
+              "canonical_at_state0_moving_state0_05_A": float(resolution_at(
+                  fsc_masked(at_state0, maps[0], mask), 0.5, px, maps.shape[-1])),
               "halfmap_0143_A": out.metrics["resolution_halfmap_0143_A"],
               "consensus_halfmap_0143_A": out.metrics["consensus_resolution_halfmap_0143_A"]}
     for name, vol in (("canonical", canonical), ("consensus", consensus)):
@@ -123,6 +142,7 @@ def main() -> None:
     ap.add_argument("--data", help="a hinge dataset folder made by `cryolens simulate --motion hinge` instead")
     ap.add_argument("--peer", action="append", default=[], help="also train this recipe (e.g. cryodrgn)")
     ap.add_argument("--peer-set", action="append", default=[], help="the peers' option key=value")
+    ap.add_argument("--run-dir", help="3dflex's run folder (default: a new temporary one)")
     ap.add_argument("--peer-only", action="store_true", help="train only the peers (not 3dflex)")
     a = ap.parse_args()
     from cryolens.io.star import read_star
@@ -137,7 +157,7 @@ def main() -> None:
     for peer in a.peer:
         pout, pwall, prun = run_recipe(peer, particles, a.epochs, a.peer_set)
         print(json.dumps({"peer": peer, "epochs": a.epochs, "options": a.peer_set, "run": prun, "wall_s": pwall,
-                          "images_per_s": pout.metrics.get("images_per_s"),
+                          "images_per_s": pout.metrics.get("images_per_s"), "peak_rss_MB": peak_rss_mb(),
                           "spearman_pc1_angle": spearman_pc1(pout.latents, angles),
                           "fsc_auc_per_image": per_image_auc(pout.decode, pout.latents, maps, labels, pick)},
                          indent=1), flush=True)

@@ -92,3 +92,17 @@ def project_convected(volume: torch.Tensor, flow: torch.Tensor, rotations: torch
         v = convect(volume, flow[s:s + chunk], q)
         outs.append(v.reshape(-1, d, d, d).sum(dim=1))
     return torch.cat(outs) if outs else volume.new_zeros((0, d, d))
+
+
+def unconvect(volume: torch.Tensor, flow: torch.Tensor, iterations: int = 5) -> torch.Tensor:
+    """The inverse of :func:`convect` on the voxel grid: the canonical map ``V0 (D, D, D)`` whose convection along
+    ``flow (1, 3, n+1, n+1, n+1)`` px is ``volume (D, D, D)``, ``V0(y) = V(x)`` at the point ``x`` that the
+    pull-back sends to ``y`` (``x − u(x) = y``), found by the fixed-point iteration ``x ← y + u(x)`` from
+    ``x = y`` (``iterations`` steps; it converges where the flow's gradient is below 1, which the rigidity
+    prior keeps). Trilinear in ``volume``, zero outside the box."""
+    d = volume.shape[-1]
+    y = voxel_points(d, 1, volume.device, volume.dtype)
+    x = y
+    for _ in range(int(iterations)):
+        x = y + sample_flow(flow, x, d)
+    return sample_volume(volume, x).reshape(d, d, d)

@@ -25,17 +25,22 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2
 from torch import nn
 
 from ..imaging.forward import ProjectorForward
 from ..io.checkpoint import load_checkpoint
-from ..io.dataset import read_images
-from ..io.mrc import read_volume
+from ..imaging.convect import unconvect
+from ..imaging.fft import fft2_centered, ifft2_centered
+from ..imaging.spectra import fourier_crop_images
+from ..io.dataset import iterate_batches, read_images
+from ..io.mrc import StackWriter, read_volume
 from ..io.particles import Particles
 from ..volumes.deformation import DeformedVolume, cell_mass, rigidity, smoothness
 from ..volumes.voxel import RealVoxelVolume
 from .distributed import all_reduce_sum, is_distributed
 from .encoders import LatentTable
+from .reconstruct import FourierAccumulator, insert_images
 
 
 class FlexModel(nn.Module):
@@ -199,6 +204,8 @@ def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray
     iterations) on ``Σ_i ‖Y_i/s − A_i V0‖² / (2σ²) + ½ · ridge · ‖V0‖²`` (scaled by ``1 / (N D²)``),
     from ``start``. The model's own ``V0`` is left untouched."""
     device = torch.device(device or "cpu")
+    if iterations <= 0:
+        return start.detach().clone().to(device)
     batches = _batches(particles, np.asarray(indices), batch_size, device)
     with torch.no_grad():
         flows = [model.volume.flow(model.table.mu[b["index"]]) for b in batches]
@@ -222,16 +229,83 @@ def refine_canonical(model: FlexModel, particles: Particles, indices: np.ndarray
     return v.detach()
 
 
+def crop_particles(particles: Particles, size: int, path: str | Path, batch_size: int = 256) -> Particles:
+    """``particles`` Fourier-cropped to ``size × size`` px (:func:`~cryolens.imaging.spectra.fourier_crop_images`:
+    pixel ``px·D/size`` Å, the frequencies up to its Nyquist kept exactly), written as one stack at ``path``;
+    poses and CTFs unchanged, shifts in px of the new box."""
+    d = particles.box_size
+    px = particles.pixel_size * d / size
+    with StackWriter(path, len(particles), size, px) as w:
+        for idx, images in iterate_batches(particles, batch_size):
+            w.write(int(idx[0]), ifft2_centered(fourier_crop_images(fft2_centered(images), size)).real)
+    n = len(particles)
+    return Particles(pixel_size=px, box_size=size, image_files=[str(path)], image_file_index=np.zeros(n, np.int64),
+                     image_index=np.arange(n), rotations=particles.rotations,
+                     shifts=None if particles.shifts is None else particles.shifts * (size / d), ctf=particles.ctf,
+                     extra=dict(particles.extra), source=particles.source)
+
+
+@torch.no_grad()
+def rescale_flows(source: FlexModel, target: FlexModel) -> None:
+    """Copy ``source``'s generator and latents into ``target`` (the same mesh on another box), the generator's
+    output scaled by the ratio of the boxes so that every image's flow is the same motion in Å."""
+    target.volume.generator.load_state_dict(source.volume.generator.state_dict())
+    out = target.volume.generator.out
+    ratio = target.volume.box_size / source.volume.box_size
+    out.weight.mul_(ratio)
+    out.bias.mul_(ratio)
+    target.table.mu.copy_(source.table.mu)
+
+
+@torch.no_grad()
+def flexible_backprojection(model: FlexModel, particles: Particles, indices: np.ndarray, groups: int, pad: int = 2,
+                            batch_size: int = 64, seed: int = 0, device=None) -> torch.Tensor:
+    """A canonical map ``(D, D, D)`` (image units) of images ``indices`` with their flows held fixed, by Fourier
+    insertion: the images grouped by k-means on their latents (``groups``); each group's sums ``Σ c X̃``
+    divided by the sums ``Σ c²`` of *all* the images (+ ε = 10⁻³ × their mean, as the back-projection's half
+    maps), so that the groups' maps add up to the half's back-projection when the flows are zero; each
+    pulled back to the canonical frame along its group's flow at the mean latent
+    (:func:`~cryolens.imaging.convect.unconvect`) and summed."""
+    device = torch.device(device or "cpu")
+    idx = np.asarray(indices)
+    z = model.table.mu[torch.as_tensor(idx)].double().cpu().numpy()
+    k = max(1, min(int(groups), len(idx)))
+    rng = np.random.default_rng(seed)
+    _, labels = kmeans2(z, z[rng.choice(len(idx), k, replace=False)], iter=20, minit="matrix", rng=seed)
+    d = particles.box_size
+    accs = [FourierAccumulator(d, pad, device) for _ in range(k)]
+    group = np.zeros(len(particles), np.int64)
+    group[idx] = labels
+    for batch, images in iterate_batches(particles, batch_size, idx):
+        t = torch.as_tensor(batch)
+        for g in np.unique(group[batch]):
+            m = torch.as_tensor(group[batch] == g)
+            insert_images(accs[g], particles, t[m], images[m], device)
+    total = FourierAccumulator(d, pad, device)
+    total.staging = sum(a.staging for a in accs if a.count)
+    eps = 1e-3 * total.shell_weight().mean() * torch.ones(d // 2 + 1, dtype=torch.float64)
+    out = torch.zeros(d, d, d)
+    for g, acc in enumerate(accs):
+        if not acc.count:
+            continue
+        acc.staging = torch.cat([acc.staging[:2], total.staging[2:]])
+        flow = model.volume.flow(torch.as_tensor(z[labels == g].mean(0), dtype=torch.float32, device=device)[None])
+        out += unconvect(acc.reconstruct(eps.to(device)).float(), flow).cpu()
+    return out
+
+
 def load_flex_model(run: str | Path, meta: dict, device=None) -> FlexModel:
     """A finished 3dflex run folder as a :class:`FlexModel` in eval mode on ``device``: ``meta`` is its
     ``model.json`` (box, pixel size, number of images, the recipe's options), the generator and latents come
-    from ``checkpoint.pt`` and the canonical map from ``map.mrc`` (the map after the L-BFGS stage)."""
+    from ``flex_model.pt`` (the model at the full box, after the L-BFGS stage; ``checkpoint.pt`` in runs
+    that trained at the full box and predate it) and the canonical map from ``map.mrc``."""
     run, c = Path(run), SimpleNamespace(**meta["config"])
     d = int(meta["box_size"])
     model = FlexModel(d, float(meta["pixel_size"]), int(meta["n_images"]), c.zdim, c.mesh_cells, c.gen_layers,
                       c.gen_dim, torch.zeros(d, d, d), c.latent_noise, c.prior_weight, c.rigidity_weight,
                       c.smoothness_weight, getattr(c, "z_step", 1.0))
-    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", map_location="cpu")["model"])
+    saved = run / "flex_model.pt" if (run / "flex_model.pt").is_file() else run / "checkpoint.pt"
+    model.load_state_dict(load_checkpoint(saved, map_location="cpu")["model"])
     canonical, _ = read_volume(run / "map.mrc")
     model.volume.density.data.copy_(torch.as_tensor(np.asarray(canonical)) / model.norm)
     return model.to(torch.device(device or "cpu")).eval()

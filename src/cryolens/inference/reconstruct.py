@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..imaging.grids import spherical_mask
-from ..imaging.half_grid import (SLAB, finish_half, half_plane_multiplicity, half_shells, half_staging_grid,
-                                 half_staging_shape, half_to_full, n_output_shells, scatter_half, scatter_half_points,
-                                 volume_from_half_ft)
+from ..imaging.half_grid import (SLAB, finish_half, half_column_products, half_plane_multiplicity, half_shells,
+                                 half_staging_grid, half_staging_shape, half_to_full, n_output_shells, scatter_half,
+                                 scatter_half_points, volume_from_half_ft)
 from ..imaging.slice import scatter_voxel_major_available
 from .distributed import all_reduce_sum, is_distributed
 from .prior import wiener_regularisation  # noqa: F401  (its import path for back-projection)
@@ -248,3 +248,13 @@ def fsc_reference_weight(fsc_curve: np.ndarray) -> np.ndarray:
     ``(D//2+1,)`` float64."""
     f = np.clip(np.asarray(fsc_curve, dtype=np.float64), 0.0, 1.0)
     return np.sqrt(2 * f / (1 + f))
+
+
+def insert_images(acc: FourierAccumulator, particles, idx: torch.Tensor, images: torch.Tensor, device) -> None:
+    """Insert ``images (B, D, D)`` of particles ``idx (B,)`` (a :class:`~cryolens.io.particles.Particles` with
+    poses) into ``acc``: transform, undo the shifts, weight by the CTFs, insert — each on the ``kx ≥ 0`` half
+    columns only (the half grid reads no others)."""
+    shifts = None if particles.shifts is None else particles.shifts[idx].to(device)
+    ctf = None if particles.ctf is None else particles.ctf[idx].to(device)
+    values, weights = half_column_products(images.to(device), shifts, ctf, particles.pixel_size)
+    acc.add_products(values, weights, particles.rotations[idx].to(device))

@@ -21,9 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..imaging.half_grid import half_column_products
 from ..inference.distributed import shard
-from ..inference.reconstruct import FourierAccumulator, wiener_regularisation
+from ..inference.reconstruct import FourierAccumulator, insert_images, wiener_regularisation
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
 from ..memory import release_free_heap
@@ -43,15 +42,6 @@ class BackprojectionResult:
     pixel_size: float
     n_images: tuple[int, int]
     info: dict = field(default_factory=dict)
-
-
-def _insert(acc: FourierAccumulator, particles: Particles, idx: torch.Tensor, images: torch.Tensor, device) -> None:
-    """One half-set's share of a batch: transform, undo the shifts, weight by the CTFs, insert — each on the
-    ``kx ≥ 0`` half columns only (the half grid reads no others)."""
-    shifts = None if particles.shifts is None else particles.shifts[idx].to(device)
-    ctf = None if particles.ctf is None else particles.ctf[idx].to(device)
-    values, weights = half_column_products(images.to(device), shifts, ctf, particles.pixel_size)
-    acc.add_products(values, weights, particles.rotations[idx].to(device))
 
 
 def accumulate(particles: Particles, pad: int = 2, batch_size: int = 64, device=None, seed: int = 0,
@@ -77,11 +67,11 @@ def accumulate(particles: Particles, pad: int = 2, batch_size: int = 64, device=
             if not bool(m.any()):
                 continue
             if pool is None:
-                _insert(halves[h], particles, idx_t[m], images[m], device)
+                insert_images(halves[h], particles, idx_t[m], images[m], device)
                 continue
             if pending[h] is not None:
                 pending[h].result()  # this half's previous batch first: one batch in flight per half
-            pending[h] = pool.submit(_insert, halves[h], particles, idx_t[m], images[m], device)
+            pending[h] = pool.submit(insert_images, halves[h], particles, idx_t[m], images[m], device)
         bar.update(len(idx))
     for job in pending:
         if job is not None:

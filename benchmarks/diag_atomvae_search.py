@@ -31,16 +31,8 @@ from cryolens.io.atomic import read_atoms
 from cryolens.io.star import read_star
 from cryolens.imaging.rotations import geodesic_distance
 from cryolens.methods.mixture_run import load_mixture_run
-from cryolens.metrics.atomic import ca_by_residue
+from cryolens.metrics.atomic import ca_by_residue, kabsch
 from cryolens.metrics.pose_error import rotation_errors
-
-
-def kabsch(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``(3, 3)`` proper rotation ``G`` minimising ``Σ |G (p − p̄) − (q − q̄)|²`` for ``p, q (M, 3)``."""
-    h = (p - p.mean(0)).T @ (q - q.mean(0))
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
 
 
 def frames(volume, z: np.ndarray, data: Path, labels: np.ndarray) -> torch.Tensor:
@@ -59,7 +51,7 @@ def frames(volume, z: np.ndarray, data: Path, labels: np.ndarray) -> torch.Tenso
         centres = volume.params(torch.as_tensor(z, dtype=torch.float32))[0].double().numpy()
     for i, s in enumerate(labels):
         keep, q = truth[int(s)]
-        out[i] = kabsch(centres[i, keep], q)
+        out[i] = kabsch(centres[i, keep], q)[0]
     return torch.as_tensor(out)
 
 

@@ -8,10 +8,10 @@ Round 1 (:func:`refine_poses`): each pose by
 back-projected with the last poses into two half maps, and each half-set's images are searched again,
 one level finer, against its own half map weighted per shell by ``sqrt(2 FSC / (1 + FSC))`` and
 solvent-flattened (cryoSPARC's homogeneous refinement in outline). :func:`refine_rounds` runs the rounds.
-:func:`refine_poses_by_latent` searches each image
-against the map of its conformation (the k-means centre of its latent's group) for the heterogeneous recipes.
-This keeps the recipe's own measured numbers; it is not the EM core's auto-refinement (whose search,
-priors and stopping rule differ).
+:func:`refine_poses_by_latent` searches each image against the map of its
+conformation (the k-means centre of its latent's group) for the heterogeneous recipes. This keeps the
+recipe's own measured numbers; it is not the EM core's auto-refinement (whose search, priors and stopping
+rule differ).
 
 ``settings``: an options object with ``refine_base_level``, ``refine_levels``, ``refine_keep``,
 ``refine_shift_step``, ``refine_rounds``, ``max_shift`` (px), ``pose_batch`` and ``seed``.

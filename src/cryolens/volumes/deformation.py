@@ -47,7 +47,7 @@ def tetra_jacobians(positions: torch.Tensor, cell_size: float) -> torch.Tensor:
     n = positions.shape[-1] - 1
 
     def corner(o):  # the vertex at offset o = (ox, oy, oz) of every cube, (B, n, n, n, 3)
-        return positions[:, :, o[2]:o[2] + n, o[1]:o[1] + n, o[0]:o[0] + n].permute(0, 2, 3, 4, 1)
+        return _corner(positions, o, n).permute(0, 2, 3, 4, 1)
 
     p0 = corner((0, 0, 0))
     out = []
@@ -65,14 +65,40 @@ def tetra_jacobians(positions: torch.Tensor, cell_size: float) -> torch.Tensor:
 def rigidity(flow: torch.Tensor, box_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``(B,)`` weighted mean over tetrahedra of ``‖FᵀF − I‖²_F`` (module docstring) for ``flow
     (B, 3, n+1, n+1, n+1)`` px; ``weights (n, n, n)`` per cell ``[z, y, x]`` (e.g. the density inside each
-    cell, normalised to mean 1), uniform if ``None``."""
+    cell, normalised to mean 1), uniform if ``None``.
+
+    Computed from the cube edges, not from :func:`tetra_jacobians` (the same value to rounding): on the Kuhn
+    tetrahedron of axis order ``(a, b, c)`` the column ``a`` of ``F`` is the cube's edge along ``a`` from the
+    cube's origin divided by the cell size, column ``b`` the edge along ``b`` from there, column ``c`` the
+    edge along ``c`` after both; so ``‖FᵀF − I‖² = Σ_a (|F_a|² − 1)² + 2 Σ_{a<b} (F_a · F_b)²`` with no 3 × 3
+    matrix products (elementwise over the ``(B, 3, n, n, n)`` edge fields)."""
     n = flow.shape[-1] - 1
-    rest = vertex_positions(n, box_size, flow.device, flow.dtype)
-    jac = tetra_jacobians(rest - flow, box_size / n)
-    eye = torch.eye(3, device=flow.device, dtype=flow.dtype)
-    strain = (jac.transpose(-1, -2) @ jac - eye).square().sum((-1, -2))  # (B, 6, n, n, n)
+    pos = vertex_positions(n, box_size, flow.device, flow.dtype) - flow
+    diffs = [pos.diff(dim=4 - axis) * (n / box_size) for axis in range(3)]  # edges along x, y, z / cell size
+    cache: dict = {}
+
+    def edge(axis: int, o: tuple) -> tuple:  # (column of F, (|column|² − 1)²) of the edge at offset o
+        if (axis, o) not in cache:
+            col = _corner(diffs[axis], o, n)
+            cache[axis, o] = col, (col.square().sum(1) - 1).square()
+        return cache[axis, o]
+
+    stretch, shear = 0, 0
+    for perm in _KUHN:
+        o, cols = [0, 0, 0], []
+        for axis in perm:
+            cols.append(edge(axis, tuple(o)))
+            o[axis] = 1
+        stretch = stretch + sum(q for _, q in cols)
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            shear = shear + (cols[i][0] * cols[j][0]).sum(1).square()
     w = torch.ones(n, n, n, device=flow.device, dtype=flow.dtype) if weights is None else weights.to(flow.dtype)
-    return (strain * w).mean((1, 2, 3, 4))
+    return ((stretch + 2 * shear) * w).sum((1, 2, 3)) / (len(_KUHN) * n**3)
+
+
+def _corner(field: torch.Tensor, o, n: int) -> torch.Tensor:
+    """``field (B, C, ≥n, ≥n, ≥n)`` at offset ``o = (ox, oy, oz)`` of every cube, ``(B, C, n, n, n)`` (a view)."""
+    return field[:, :, o[2]:o[2] + n, o[1]:o[1] + n, o[0]:o[0] + n]
 
 
 def smoothness(flow: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,15 @@
 
 The model is set up as ``methods/flex3d.py`` does (consensus back-projection Fourier-cropped to
 ``--train-box``, low-passed to 10 Å, σ² from its residual; images cropped the same way), one batch of
-``--batch`` images, one thread. For each ``--cells`` it times (wall, ms per image, median of ``--reps``
-after one warm-up step) the engine step's parts: the per-image Gauss–Newton latent step
+``--batch`` images, one thread. For each ``--cells`` it times the engine step's parts in CPU time of the
+process (the wall time of a quiet machine with one thread; ms per image, median of ``--reps`` after one
+warm-up step): the per-image Gauss–Newton latent step
 (:meth:`~cryolens.inference.flex.FlexModel.update_latents`: ``zdim + 2`` no-grad forward passes), the
 generator's forward, the convected projection (flow interpolation and convection), the rigidity and
-smoothness terms, the backward pass and Adam's step; then a ``torch.profiler`` table of one step.
+smoothness terms, the backward pass and Adam's step; and the step's wall time. ``--profile``: a
+``torch.profiler`` table of one step. ``--rigidity``: the rigidity term alone, the code before
+issue-flexmesh (its 3 × 3 products) against the library's, in the same process. Run it with
+``PYTHONPATH`` at another ``src`` to time other code.
 
     cryolens simulate --model 4E43 --motion hinge --n-states 10 --angles 0 40 --n 200 --box 64 --apix 1.5 \\
         --snr 0.1 --seed 0 --out DATA
@@ -47,14 +51,14 @@ def setup(folder: Path, cells: int, box: int):
 
 
 def step_parts(model, opt, batch: dict) -> dict[str, float]:
-    """One engine step (``before_step``, forward, backward, Adam) split into timed parts (s)."""
+    """One engine step (``before_step``, forward, backward, Adam) split into parts (CPU s), and its wall time."""
     from cryolens.volumes.deformation import cell_mass, rigidity, smoothness
 
-    out, t = {}, time.perf_counter()
+    out, t, wall = {}, time.process_time(), time.perf_counter()
 
     def lap(name):
         nonlocal t
-        now = time.perf_counter()
+        now = time.process_time()
         out[name] = now - t
         t = now
 
@@ -77,8 +81,40 @@ def step_parts(model, opt, batch: dict) -> dict[str, float]:
     lap("backward (all)")
     opt.step()
     lap("adam step")
-    out["total"] = sum(out.values())
+    out["total (CPU)"] = sum(out.values())
+    out["total (wall)"] = time.perf_counter() - wall
     return out
+
+
+def reference_rigidity(flow: torch.Tensor, box: int, w: torch.Tensor) -> torch.Tensor:
+    """The rigidity term as computed before issue-flexmesh: every tetrahedron's 3 × 3 Jacobian, then ``FᵀF``."""
+    from cryolens.volumes.deformation import tetra_jacobians, vertex_positions
+
+    n = flow.shape[-1] - 1
+    jac = tetra_jacobians(vertex_positions(n, box, dtype=flow.dtype) - flow, box / n)
+    strain = (jac.transpose(-1, -2) @ jac - torch.eye(3, dtype=flow.dtype)).square().sum((-1, -2))
+    return (strain * w).mean((1, 2, 3, 4))
+
+
+def rigidity_cost(cells: int, box: int, batch: int, reps: int = 3) -> None:
+    """CPU ms per image of the rigidity term's forward and backward on random flows of 1 px, the reference
+    (:func:`reference_rigidity`) and the library's :func:`~cryolens.volumes.deformation.rigidity`, one process."""
+    from cryolens.volumes.deformation import rigidity
+
+    g = torch.Generator().manual_seed(0)
+    f0, w = torch.randn(batch, 3, cells + 1, cells + 1, cells + 1, generator=g), torch.rand(cells, cells, cells)
+    for name, fn in (("reference (3x3 products)", reference_rigidity), ("library", rigidity)):
+        fw, bw = [], []
+        for _ in range(reps):
+            f = f0.clone().requires_grad_(True)
+            t0 = time.process_time()
+            r = fn(f, box, w)
+            t1 = time.process_time()
+            r.sum().backward()
+            fw.append(t1 - t0)
+            bw.append(time.process_time() - t1)
+        ms = [1e3 * statistics.median(x) / batch for x in (fw, bw)]
+        print(f"  rigidity, {name:26s} forward {ms[0]:7.2f}  backward {ms[1]:7.2f} ms per image")
 
 
 def main() -> None:
@@ -89,9 +125,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step")
+    ap.add_argument("--rigidity", action="store_true", help="only time the rigidity term, reference and library")
     a = ap.parse_args()
     torch.set_num_threads(1)
     for cells in a.cells:
+        if a.rigidity:
+            print(f"mesh {cells}, batch {a.batch}:")
+            rigidity_cost(cells, a.train_box, a.batch, a.reps)
+            continue
         model, particles, images = setup(a.data, cells, a.train_box)
         model.train()
         opt = torch.optim.Adam(model.param_groups(), lr=1e-3)

@@ -9,8 +9,9 @@ warm-up step): the per-image Gauss–Newton latent step
 generator's forward, the convected projection (flow interpolation and convection), the rigidity and
 smoothness terms, the backward pass and Adam's step; and the step's wall time. ``--profile``: a
 ``torch.profiler`` table of one step. ``--rigidity``: the rigidity term alone, the code before
-issue-flexmesh (its 3 × 3 products) against the library's, in the same process. Run it with
-``PYTHONPATH`` at another ``src`` to time other code.
+issue-flexmesh (its 3 × 3 products) against the library's, in the same process. ``--equality``: one
+step's loss and generator gradient with either rigidity (float32; the model at its start and with its
+flows ×300). Run it with ``PYTHONPATH`` at another ``src`` to time other code.
 
     cryolens simulate --model 4E43 --motion hinge --n-states 10 --angles 0 40 --n 200 --box 64 --apix 1.5 \\
         --snr 0.1 --seed 0 --out DATA
@@ -117,6 +118,35 @@ def rigidity_cost(cells: int, box: int, batch: int, reps: int = 3) -> None:
         print(f"  rigidity, {name:26s} forward {ms[0]:7.2f}  backward {ms[1]:7.2f} ms per image")
 
 
+def gradient_check(model, batch: dict, gain: float) -> str:
+    """One training loss and its generator gradient (float32) with the library's rigidity and with
+    :func:`reference_rigidity`, the generator's output layer first scaled by ``gain`` (larger flows): their
+    relative differences."""
+    import cryolens.inference.flex as flex
+    from cryolens.volumes.deformation import rigidity
+
+    with torch.no_grad():
+        model.volume.generator.out.weight.mul_(gain)
+    res = []
+    try:
+        for fn in (rigidity, reference_rigidity):
+            flex.rigidity = fn
+            torch.manual_seed(1)
+            model.volume.generator.zero_grad()
+            out = model(batch)
+            out["loss"].backward()
+            res.append((out["loss"].item(), out["rigidity"].item(),
+                        torch.cat([p.grad.ravel() for p in model.volume.generator.parameters()])))
+    finally:
+        flex.rigidity = rigidity
+        with torch.no_grad():
+            model.volume.generator.out.weight.div_(gain)
+    (l0, r0, g0), (l1, r1, g1) = res
+    dg = float((g0 - g1).abs().max() / g1.abs().max())
+    return (f"output layer x{gain:g}: loss rel. diff. {abs(l0 - l1) / abs(l1):.1e}, rigidity {r1:.3g} rel. diff. "
+            f"{abs(r0 - r1) / abs(r1):.1e}, generator gradient max rel. diff. {dg:.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -126,6 +156,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step")
     ap.add_argument("--rigidity", action="store_true", help="only time the rigidity term, reference and library")
+    ap.add_argument("--equality", action="store_true", help="compare one step's loss and gradient, reference "
+                    "rigidity against the library's (float32)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     for cells in a.cells:
@@ -137,6 +169,9 @@ def main() -> None:
         model.train()
         opt = torch.optim.Adam(model.param_groups(), lr=1e-3)
         batch = batch_of(particles, images, np.arange(a.batch))
+        if a.equality:
+            print(f"mesh {cells}:", *(gradient_check(model, batch, gain) for gain in (1.0, 300.0)), sep="\n  ")
+            continue
         runs = [step_parts(model, opt, batch) for _ in range(a.reps + 1)][1:]
         print(f"mesh {cells} (D {particles.box_size}, batch {a.batch}), ms per image, median of {a.reps}:")
         for k in runs[0]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from PIL import Image, ImageSequence
 import pytest
 import torch
 
@@ -83,7 +84,16 @@ def test_analyze_latents_writes_maps_plots_and_report(tmp_path):
                  "latent_pc1_traversal.png", "latent_kmeans_maps.png", "latent_path_maps.png",
                  "latent_pc1_vs_hinge.png"):
         assert (run / name).stat().st_size > 1000
+    # the traversal animated: 6 maps forward and back (10 frames); in the z = D/2 section (the first D·3 columns)
+    # the blob's x centroid follows PC1 on the way out and retraces it on the way back
+    with Image.open(run / "latent_pc1_traversal.gif") as gif:
+        frames = [np.asarray(f.convert("L"), dtype=np.float64) for f in ImageSequence.Iterator(gif)]
+    assert len(frames) == 10 and frames[0].shape == (3 * D, 9 * D)
+    cols = np.arange(3 * D)
+    xs = [float((f[:, :3 * D].sum(0) * cols).sum() / f[:, :3 * D].sum()) for f in frames]
+    assert (np.diff(xs[:6]) > 0).all() and np.allclose(xs[6:], xs[4:0:-1])
     html = (run / "report.html").read_text()
+    assert 'alt="latent_pc1_traversal.gif" src="data:image/gif' in html
     assert 'alt="latent_pca_hinge.png"' in html and "latent_spearman_pc1_hinge" in html
     assert json.loads((a / "summary.json").read_text())["kmeans"]["k"] == 5
 

@@ -1,7 +1,8 @@
 """PNG plots of a latent space: 2D embeddings coloured by a per-image value or a cluster label, the
-explained variance of the principal components, and series of maps (k-means centres, traversals).
+explained variance of the principal components, and series of maps (k-means centres, traversals), also as an
+animated GIF of central sections.
 
-Every function takes plain arrays and a path, writes the PNG atomically and returns the path.
+Every function takes plain arrays and a path, writes the PNG (GIF) atomically and returns the path.
 """
 
 from __future__ import annotations
@@ -101,3 +102,27 @@ def plot_map_series(volumes: np.ndarray, path: str | os.PathLike, titles: list[s
     axes[0, 0].set_ylabel("along z", fontsize=7)
     axes[1, 0].set_ylabel("along x", fontsize=7)
     return _save(fig, path)
+
+
+def animate_map_series(volumes: np.ndarray, path: str | os.PathLike, scale: int = 3, frame_ms: int = 200) -> Path:
+    """An animated GIF of a series of maps ``(M, D, D, D)`` ``[z, y, x]`` (e.g. a latent traversal): frame ``j``
+    shows map ``j``'s three central sections side by side — ``z = D/2`` (``[y, x]``), ``y = D/2`` (``[z, x]``),
+    ``x = D/2`` (``[z, y]``), row 0 at the bottom as in the PNG plots — on one grey scale shared by every frame,
+    each pixel enlarged ``scale`` × (nearest); the series plays forward then back (``2M − 2`` frames for
+    ``M ≥ 2``), ``frame_ms`` ms per frame, looping. Written atomically (Pillow); returns ``path``."""
+    from PIL import Image
+
+    from ..io.files import atomic_path
+
+    vols = np.asarray(volumes, dtype=np.float32)
+    c = vols.shape[-1] // 2
+    panels = np.concatenate([vols[:, c], vols[:, :, c], vols[:, :, :, c]], axis=-1)  # (M, D, 3D)
+    lo, hi = float(panels.min()), float(panels.max())
+    grey = np.round(255 * (panels - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)[:, ::-1]
+    grey = grey.repeat(scale, axis=1).repeat(scale, axis=2)
+    order = list(range(len(grey))) + list(range(len(grey) - 2, 0, -1))
+    frames = [Image.fromarray(grey[j], mode="L") for j in order]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return path

@@ -196,6 +196,7 @@ def analyze_latents(z: np.ndarray, decode: Decode | None, run: RunFolder | str |
             summary["pc_traversals"][f"pc{c + 1}"]["maps"] = [f"pc{c + 1}/{f}" for f in files]
             lp.plot_map_series(maps, run.path(f"latent_pc{c + 1}_traversal.png"),
                                titles=[f"PC{c + 1}={s:.2f}" for s in scores])
+            lp.animate_map_series(maps, run.path(f"latent_pc{c + 1}_traversal.gif"))
         maps = decode_maps(decode, z[path_pick], batch_size, device)
         summary["path"]["maps"] = [f"path/{f}" for f in _write_maps(out / "path", maps, pixel_size)]
         lp.plot_map_series(maps, run.path("latent_path_maps.png"), titles=[f"#{i}" for i in path_pick])
@@ -241,6 +242,8 @@ def _captions(vals: Mapping[str, np.ndarray]) -> dict[str, str]:
         "latent_path_maps.png": "maps along the graph path (projections)",
         "latent_pc1_traversal.png": "maps along PC1 (projections)",
         "latent_pc2_traversal.png": "maps along PC2 (projections)",
+        "latent_pc1_traversal.gif": "maps along PC1 and back (central sections z, y, x; animated)",
+        "latent_pc2_traversal.gif": "maps along PC2 and back (central sections z, y, x; animated)",
     }
     for name in vals:
         s = _slug(name)

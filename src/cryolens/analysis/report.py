@@ -3,7 +3,7 @@ one self-contained file (images embedded as data URIs) that opens offline in any
 
 Sources in the run folder: ``config.json``, ``metrics.json``, ``result.json`` (benchmark status, if
 any), ``error.txt`` (if the run failed), ``log.jsonl`` (one JSON record per training step: plotted
-as ``training_curves.png`` unless that exists) and ``*.png``.
+as ``training_curves.png`` unless that exists), ``*.png`` and ``*.gif`` (animations, e.g. latent traversals).
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ def write_report(run_dir: str | os.PathLike, title: str, captions: dict[str, str
     result = _read_json(run / "result.json")
     captions = {"training_curves.png": "training curves (log.jsonl)", **(captions or {})}
     figs = []
-    for png in sorted(run.glob("*.png")):
+    for png in sorted([*run.glob("*.png"), *run.glob("*.gif")]):
         data = base64.b64encode(png.read_bytes()).decode()
         cap = html.escape(captions.get(png.name, png.stem.replace("_", " ")))
-        figs.append(f'<figure><img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}">'
+        mime = "image/gif" if png.suffix == ".gif" else "image/png"
+        figs.append(f'<figure><img alt="{html.escape(png.name)}" src="data:{mime};base64,{data}">'
                     f"<figcaption>{cap} <code>{html.escape(png.name)}</code></figcaption></figure>")
     files = "".join(f"<li><code>{html.escape(p.name)}</code></li>" for p in sorted(run.iterdir())
                     if p.is_file() and p.name != "report.html" and not p.name.startswith("."))

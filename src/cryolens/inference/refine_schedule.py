@@ -86,6 +86,7 @@ def _record(state: RefineState, stage: Stage, maps: dict, tally: Tally, cfg: Ref
     return {"iteration": state.iteration + 1, "order": stage.order, "angular_step_deg": angular_step(stage.order + 1),
             "local": stage.local, "k_max": stage.k_max, "offset_range_px": stage.offset_range,
             "offset_step_px": stage.offset_step / 2, "resolution_A": maps["resolution"],
+            "resolution_unmasked_A": maps.get("resolution_unmasked", maps["resolution"]),
             "fsc": np.asarray(maps["curve"]).tolist(),
             "median_pose_change_deg": med_change, "mean_max_weight": float(tally.max_weight.mean()),
             "mean_significant": float(tally.n_significant.mean()),

@@ -73,8 +73,8 @@ class Refine3DConfig(RecipeConfig):
     adaptive_caps: bool = option(False, "significant-set caps follow the measured pose accuracy (≤ 8× the caps)")
     start_from_poses: bool = option(False, "start from the input's poses (rlnAngle*, rlnOrigin*)")
     reference_folds: int = option(8, "K ≥ 2: K folds per half, each aligned to its half's map without it; 0: none")
-    flat_local_prior: bool = option(True, "local searches without a prior on the angle to the last pose")
-    solvent_fsc: bool = option(False, "FSC inside an automatic mask, corrected by phase randomisation "
+    flat_local_prior: bool = option(False, "local searches without a prior on the angle to the last pose")
+    solvent_fsc: bool = option(True, "FSC inside an automatic mask, corrected by phase randomisation "
                                       "(--solvent_correct_fsc)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 

@@ -191,8 +191,9 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
           parts: list[list[FourierAccumulator]] | None = None, solvent: tuple | None = None) -> dict:
     """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both; with
     ``parts`` (each half's fold accumulators, ≥ 2), each half's leave-fold-out maps (:mod:`.fold_refs`) under
-    the half's prior. With ``solvent`` (:func:`_solvent_curve`) the FSC is the solvent-corrected masked one
-    (``solvent_fsc``). Under ``torchrun`` the five reconstructions are spread over the ranks."""
+    the half's prior. With ``solvent`` (:func:`_solvent_curve`) the FSC reported is the solvent-corrected
+    masked one (``solvent_fsc``); τ² still comes from the unmasked one. Under ``torchrun`` the five
+    reconstructions are spread over the ranks."""
     nsh = size // 2 + 1
     dev = accs[0].device
     weights = [a.shell_weight() for a in accs]
@@ -205,11 +206,11 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
     data = ((weights[0] > 0) & (weights[1] > 0)).cpu().numpy()
     raw = np.where(data, fsc_curve(weak[0], weak[1]), 0.0)
     curve = raw if solvent is None else np.where(data, _solvent_curve(weak, raw, solvent, size, px), 0.0)
-    f_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
+    f_full = 2 * raw / (1 + np.clip(raw, -0.999, None))  # τ² always from the whole box (solvent_fsc: docstring)
     s2_full = 0.5 * (sigma2[0] + sigma2[1])
 
     def prior(h: int) -> torch.Tensor:
-        return map_prior(sigma2[h], tau2_from_fsc(curve, sigma2[h], weights[h], fudge))[0]
+        return map_prior(sigma2[h], tau2_from_fsc(raw, sigma2[h], weights[h], fudge))[0]
 
     def map_half(h: int) -> torch.Tensor:
         return accs[h].reconstruct(prior(h)).float()
@@ -219,7 +220,7 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
         return merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
 
     *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
-    tau2 = tau2_from_fsc(curve, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
+    tau2 = tau2_from_fsc(raw, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
     folds = None if parts is None or len(parts[0]) < 2 else [fold_out_maps(accs[h], parts[h], prior(h)) for h in (0, 1)]
     return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak], "tau2": tau2,
             "fold_volumes": folds,

@@ -223,6 +223,19 @@ def test_a_stall_converges_only_once_the_pose_changes_stop_shrinking(earlier, co
     assert changes_still_shrinking([{"median_pose_change_deg": 1.0}], math.nan) is False
 
 
+@pytest.mark.parametrize("folds, change, converges", [(8, 0.1, True), (8, 3.5, False), (0, 0.1, False)])
+def test_with_fold_references_a_stall_converges_once_the_changes_are_within_the_accuracy(folds, change, converges):
+    """Changes still shrinking (earlier 5° then 4°): with fold references a fine-enough stall converges when the
+    median change is within the 3° accuracy (0.1°), not when above it (3.5°); without folds (RELION's
+    references) it waits for the changes to stop shrinking."""
+    from cryolens.inference.refine_state import RefineConfig
+
+    out = _schedule_at_order4(3.0, 8.0, change, RefineConfig(reference_folds=folds), (5.0, 4.0))
+    h = out["history"][-1]
+    assert h["stalled"] and h["fine_enough"] and h["changes_shrinking"]
+    assert (out["converged"], h["changes_within_accuracy"]) == (converges, converges)
+
+
 def test_a_local_last_pass_keeps_every_significant_child():
     """The last pass's cap: max_significant in a global search; in a local one all 8 × 4 children of each
     coarse pose (16 → 512), so that a posterior wider than 48 pairs at a fine step is not truncated."""

@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
-from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d
+from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d, spherical_mask
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
 from ..imaging.slice import extract_points_from_sampling_volume
@@ -75,7 +75,9 @@ from ..imaging.so3_grid import angular_step, grid_size, so3_grid
 from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles, half_set_labels
+from ..imaging.masks import solvent_mask
 from ..metrics.fsc import fsc as fsc_curve
+from ..metrics.fsc import fsc_solvent_corrected
 from ..metrics.fsc import resolution_at
 from .distributed import is_main, on_ranks, shard, snapshot_writer
 from .memory import batch_size_for
@@ -91,6 +93,8 @@ from .refine_schedule import next_schedule, shell_of
 from .refine_state import RefineConfig, RefineResult, RefineState, poses_to_particles  # noqa: F401 (public here)
 
 CHECKPOINT = "checkpoint.pt"
+#: ``solvent_fsc``: the unmasked resolution (Å) from which the mask follows the map (cryoSPARC's default)
+DYNAMIC_MASK_START = 12.0
 
 
 def _stage(order: int, k_max: int, refinements: int, cfg: RefineConfig, size: int, pixel_size: float,
@@ -184,10 +188,12 @@ def _batch(particles: Particles, state: RefineState, h: int, idx, images: torch.
 
 
 def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: float, size: int, px: float,
-          parts: list[list[FourierAccumulator]] | None = None) -> dict:
+          parts: list[list[FourierAccumulator]] | None = None, solvent: tuple | None = None) -> dict:
     """M-step maps: gold-standard FSC of weakly regularised halves → τ² → MAP halves; full map from both; with
     ``parts`` (each half's fold accumulators, ≥ 2), each half's leave-fold-out maps (:mod:`.fold_refs`) under
-    the half's prior. Under ``torchrun`` the five reconstructions are spread over the ranks (:func:`on_ranks`)."""
+    the half's prior. With ``solvent`` (:func:`_solvent_curve`) the FSC reported is the solvent-corrected
+    masked one (``solvent_fsc``); τ² still comes from the unmasked one. Under ``torchrun`` the five
+    reconstructions are spread over the ranks."""
     nsh = size // 2 + 1
     dev = accs[0].device
     weights = [a.shell_weight() for a in accs]
@@ -198,12 +204,13 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
     weak = on_ranks([lambda: weak_map(0), lambda: weak_map(1)], dev)
     # shells beyond the E-step's band hold no data, only what the crop and mask leak: no correlation
     data = ((weights[0] > 0) & (weights[1] > 0)).cpu().numpy()
-    curve = np.where(data, fsc_curve(weak[0], weak[1]), 0.0)
-    f_full = 2 * curve / (1 + np.clip(curve, -0.999, None))
+    raw = np.where(data, fsc_curve(weak[0], weak[1]), 0.0)
+    curve = raw if solvent is None else np.where(data, _solvent_curve(weak, raw, solvent, size, px), 0.0)
+    f_full = 2 * raw / (1 + np.clip(raw, -0.999, None))  # τ² always from the whole box (solvent_fsc: docstring)
     s2_full = 0.5 * (sigma2[0] + sigma2[1])
 
     def prior(h: int) -> torch.Tensor:
-        return map_prior(sigma2[h], tau2_from_fsc(curve, sigma2[h], weights[h], fudge))[0]
+        return map_prior(sigma2[h], tau2_from_fsc(raw, sigma2[h], weights[h], fudge))[0]
 
     def map_half(h: int) -> torch.Tensor:
         return accs[h].reconstruct(prior(h)).float()
@@ -213,11 +220,25 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
         return merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
 
     *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
-    tau2 = tau2_from_fsc(curve, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
+    tau2 = tau2_from_fsc(raw, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
     folds = None if parts is None or len(parts[0]) < 2 else [fold_out_maps(accs[h], parts[h], prior(h)) for h in (0, 1)]
     return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak], "tau2": tau2,
             "fold_volumes": folds,
-            "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size))}
+            "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size)),
+            "resolution_unmasked": float(resolution_at(raw, 0.143, px, size))}
+
+
+def _solvent_curve(weak: list[torch.Tensor], raw: np.ndarray, solvent: tuple, size: int, px: float) -> np.ndarray:
+    """``solvent_fsc``'s curve: the halves' FSC inside a mask, corrected by phase randomisation (seed, radius px,
+    edge px = ``solvent``). The mask is made from the halves (:func:`~cryolens.imaging.masks.solvent_mask`)
+    once their unmasked resolution is finer than ``DYNAMIC_MASK_START``, before that the particle's soft
+    sphere: an envelope drawn from noisy low-resolution halves would carry their noise into the FSC."""
+    seed, radius, edge = solvent
+    if resolution_at(raw, 0.143, px, size) <= DYNAMIC_MASK_START:
+        mask = solvent_mask(0.5 * (weak[0] + weak[1]), px)
+    else:
+        mask = spherical_mask(size, radius, edge, weak[0].device)
+    return fsc_solvent_corrected(weak[0], weak[1], mask, seed=seed)
 
 
 def _look_ahead(particles: Particles, state: RefineState, cfg: RefineConfig, dev) -> tuple[RefineState, float]:
@@ -269,7 +290,9 @@ def _iteration(particles: Particles, state: RefineState, cfg: RefineConfig, dev,
     tally.merge()
     with timer.part("mstep_s"):
         accs = [joined(list(ps)) for ps in parts]
-        maps = {**_maps(accs, list(sigma2), cfg.tau2_fudge, size, px, [list(ps) for ps in parts]), "sigma2": sigma2}
+        maps = {**_maps(accs, list(sigma2), cfg.tau2_fudge, size, px, [list(ps) for ps in parts],
+                        (cfg.seed + state.iteration, 0.5 * _diameter(cfg, size, px) / px, cfg.mask_edge)
+                        if cfg.solvent_fsc else None), "sigma2": sigma2}
     sched = next_schedule(state, stage, maps, tally, cfg, size, px)
     sched["history"][-1]["accuracy_ahead_deg"] = ahead
     return replace(state, iteration=state.iteration + 1, volumes=maps["volumes"], unfiltered=maps["unfiltered"],

@@ -17,6 +17,10 @@ searches (grid level, shells) and whether the run has converged — RELION's ``u
   changes are within 3 % of the smallest so far). While the poses still move less each iteration they are
   still converging, and stopping then leaves them short of the floor the data allows (issue 27: 1PWC
   stopped at 2.51° with changes 5.96 → 1.71 → 0.82°, its true-pose floor 2.01°).
+  With fold references (``reference_folds ≥ 2``) a stall that cannot refine also converges once the median
+  pose change is within the measured accuracy: no image then meets its own noise in its reference, so a
+  pose that moves less than its own uncertainty is at rest, not held (issue 27's runs on five structures: the
+  iterations after that point changed the median error and the map by < 2 % and took 25–43 % of the time).
 """
 
 from __future__ import annotations
@@ -66,15 +70,16 @@ def next_schedule(state: RefineState, stage: Stage, maps: dict, tally: Tally, cf
     coarse_grid = (cfg.follow_accuracy and math.isfinite(acc) and acc < fine_step
                    and (med_change <= 2 * fine_step or state.order + 1 != cfg.local_order))
     shrinking = changes_still_shrinking(state.history, med_change)
+    at_rest = cfg.reference_folds >= 2 and math.isfinite(acc) and med_change <= acc
     order, refinements, converged = state.order, state.refinements, False
     if stalled or coarse_grid:
         if order < cfg.max_order and not fine_enough:
             order, refinements, no_gain = order + 1, refinements + 1, 0
-        elif stalled and not shrinking:
+        elif stalled and (not shrinking or at_rest):
             converged = True
     hist = {**_record(state, stage, maps, tally, cfg, med_change), "stalled": bool(stalled),
             "fine_enough": bool(fine_enough), "grid_coarser_than_accuracy": bool(coarse_grid), **diag,
-            "changes_shrinking": shrinking}
+            "changes_shrinking": shrinking, "changes_within_accuracy": at_rest}
     return {"order": order, "refinements": refinements, "no_gain": no_gain, "converged": converged,
             "best_shell": max(state.best_shell, shell), "k_max": int(min(size // 2, math.floor(shell) + cfg.incr_size)),
             "history": state.history + [hist], "accuracy_deg": acc if math.isfinite(acc) else state.accuracy_deg}
@@ -86,6 +91,7 @@ def _record(state: RefineState, stage: Stage, maps: dict, tally: Tally, cfg: Ref
     return {"iteration": state.iteration + 1, "order": stage.order, "angular_step_deg": angular_step(stage.order + 1),
             "local": stage.local, "k_max": stage.k_max, "offset_range_px": stage.offset_range,
             "offset_step_px": stage.offset_step / 2, "resolution_A": maps["resolution"],
+            "resolution_unmasked_A": maps.get("resolution_unmasked", maps["resolution"]),
             "fsc": np.asarray(maps["curve"]).tolist(),
             "median_pose_change_deg": med_change, "mean_max_weight": float(tally.max_weight.mean()),
             "mean_significant": float(tally.n_significant.mean()),

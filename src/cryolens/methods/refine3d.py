@@ -2,15 +2,14 @@
 ``cryosparc-refine`` (modal EM, hierarchical pose search: cryoSPARC's homogeneous refinement / cryoDRGN2's).
 Both compose :func:`~cryolens.inference.autorefine.auto_refine`; they need the CTF and an initial map.
 
-**relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes: 7.5° first (a 15°
-pass oversampled), local searches from ``local_order = 4``, offsets ±5 px in steps of 1 px (``--offset_step
-2``); the start map as given, its own resolution (where its spectrum ends) setting the first E-step's shells
-(``lowpass``: RELION's ``--ini_high``, GUI default 60 Å); ``T = 1``, ``--incr_size 10``,
-``--adaptive_fraction 0.999``; ``max_order = 5`` (0.94°) where the measured pose accuracy asks for it.
-**cryosparc-refine** — modal EM: per image the pose posterior's mode by
+**relion-refine3d** — RELION 3.1 GUI defaults (Refine3D tab), adapted to small boxes: 7.5° first (a 15° pass
+oversampled), local searches from ``local_order = 4``, offsets ±5 px in steps of 1 px (``--offset_step 2``); the
+start map as given, its own resolution (where its spectrum ends) setting the first E-step's shells (``lowpass``:
+RELION's ``--ini_high``, GUI default 60 Å); ``T = 1``, ``--incr_size 10``, ``--adaptive_fraction 0.999``;
+``max_order = 5`` (0.94°) where the measured pose accuracy asks for it; fold references and the solvent-corrected
+FSC (docs/METHODS.md). **cryosparc-refine** — modal EM: per image the pose posterior's mode by
 :func:`~cryolens.inference.pose_search.hierarchical_search` (15° base grid × ±5 px shifts, keep 8, split in SO(3)
 and shift per level, frequency marching up to ``k_max``), weight 1, the same MAP back-projection; 30 Å low-pass.
-
 **Pseudo-symmetry.** ``relax_symmetry = "Cn"`` (RELION 4's ``--relax_sym``): local searches also visit each pose's
 mates under ``Cn`` (axis found on the initial map); the maps stay unsymmetrized. **Initial map.** ``init_map``; without
 one ``cryosparc-abinit`` makes one when registered, else a soft sphere of a quarter of the box."""
@@ -73,7 +72,8 @@ class Refine3DConfig(RecipeConfig):
     adaptive_caps: bool = option(False, "significant-set caps follow the measured pose accuracy (≤ 8× the caps)")
     start_from_poses: bool = option(False, "start from the input's poses (rlnAngle*, rlnOrigin*)")
     reference_folds: int = option(8, "K ≥ 2: K folds per half, each aligned to its half's map without it; 0: none")
-    flat_local_prior: bool = option(True, "local searches without a prior on the angle to the last pose")
+    flat_local_prior: bool = option(False, "local searches without a prior on the angle to the last pose")
+    solvent_fsc: bool = option(True, "FSC in an automatic mask, phase-randomisation corrected (--solvent_correct_fsc)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

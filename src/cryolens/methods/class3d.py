@@ -70,6 +70,7 @@ class Class3DConfig(RecipeConfig):
     work_margin: int = option(4, "shells above k_max kept in the working box, px")
     minres_map: int = option(5, "shells below this get no prior (RELION's --minres_map)")
     skip_align: bool = option(False, "keep each image's given pose, infer only the class (--skip_align)")
+    reference_folds: int = option(0, "F ≥ 2: each image's class likelihood against maps without its fold; 0: none")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

@@ -1,4 +1,5 @@
-"""Leave-fold-out E-step references for auto-refine (:mod:`~cryolens.inference.autorefine`, issue 27).
+"""Leave-fold-out E-step references for auto-refine (:mod:`~cryolens.inference.autorefine`, issue 27; Class3D's
+class maps use the same helpers, :mod:`~cryolens.inference.class_maps`).
 
 A half's map is reconstructed from the very images that are then aligned against it, so each image meets
 its own noise in its reference: inserted at (or near) its last pose, it adds ``≈ C² |Y|² / (σ² W)`` per pixel to

@@ -15,7 +15,8 @@ uniform poses; the first --n images. The second conformation (`STATES`, generato
 Per structure:
 1. consensus: `inference.autorefine.auto_refine` (relion-refine3d, full posterior) from the mean of the
    two true maps low-passed to --consensus-lowpass Å, poses unknown, --max-iterations iterations (cached
-   beside the dataset; its median rotation error after global alignment is reported).
+   beside the dataset; its median rotation error after global alignment is reported); dataset and consensus
+   use --seed, the Class3D runs of both programs each of --class-seeds.
 2. cryolens: `methods.class3d.classify` with ``skip_align`` (K = 2, T = 4) from the consensus map
    low-passed to --lowpass Å, random first split, --iterations iterations; once per value of
    --reference-folds (``reference_folds``: 0 none, F ≥ 2 leave-fold-out class references).
@@ -192,7 +193,7 @@ def run_cryolens(posed, ref_volume: torch.Tensor, truth: np.ndarray, args, folds
         paused[0] += time.perf_counter() - t1
 
     res = classify(posed, ref_volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
-                                       "tau2_fudge": 4.0, "initial_lowpass": args.lowpass, "seed": args.seed,
+                                       "tau2_fudge": 4.0, "initial_lowpass": args.lowpass, "seed": args.class_seed,
                                        "batch_size": 256, "reference_folds": folds}, progress=False,
                    on_iteration=follow)
     wall = time.perf_counter() - t0 - paused[0]
@@ -220,8 +221,8 @@ def run_structure(name: str, args) -> dict:
     posed = read_particles(star)
     ref_volume = torch.from_numpy(read_volume(mapf)[0].copy())
     work = Path(tempfile.mkdtemp(prefix=f"bench_class3d_consensus_{name}_"))
-    row = {"model": name, "ca_rmsd_A": ca_rmsd, "pixel_size": particles.pixel_size, "consensus": rep,
-           "populations_true": np.bincount(truth, minlength=2).tolist(), "work": str(work)}
+    row = {"model": name, "class_seed": args.class_seed, "ca_rmsd_A": ca_rmsd, "pixel_size": particles.pixel_size,
+           "consensus": rep, "populations_true": np.bincount(truth, minlength=2).tolist(), "work": str(work)}
     row["cryolens_folds"] = {}
     for folds in args.reference_folds:
         c = row["cryolens_folds"][folds] = run_cryolens(posed, ref_volume, truth, args, folds)
@@ -230,7 +231,7 @@ def run_structure(name: str, args) -> dict:
     row["cryolens"] = row["cryolens_folds"][args.reference_folds[0]]
     if not args.no_relion:
         labels, wall_r, per_it_r = run_relion_skip_align(star, mapf, work, args.iterations, args.threads,
-                                                         args.lowpass, args.seed, truth, STATES[name][2])
+                                                         args.lowpass, args.class_seed, truth, STATES[name][2])
         row["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r, "per_iteration": per_it_r,
                          "reached_0.95": first_reaching(per_it_r, 0.95),
                          "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
@@ -249,13 +250,14 @@ def run_structure(name: str, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     """One Markdown line per structure: RMSD, consensus error, accuracy and wall of both, the ratio."""
-    out = ["| structure | Cα RMSD | consensus median error | reference_folds | cryolens accuracy | RELION accuracy "
-           "| cryolens wall | RELION wall | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| structure | class seed | Cα RMSD | consensus median error | reference_folds | cryolens accuracy "
+           "| RELION accuracy | cryolens wall | RELION wall | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = r.get("relion")
         acc_r, wall_r = (rel["accuracy"], rel["wall_s"]) if rel else (float("nan"), float("nan"))
         for folds, c in r["cryolens_folds"].items():
-            out.append(f"| {r['model']} | {r['ca_rmsd_A']:.1f} Å | {r['consensus']['median_rotation_error_deg']:.1f}° "
+            out.append(f"| {r['model']} | {r['class_seed']} | {r['ca_rmsd_A']:.1f} Å "
+                       f"| {r['consensus']['median_rotation_error_deg']:.1f}° "
                        f"| {folds} | {c['accuracy']:.4f} | {acc_r:.4f} | {c['wall_s']:.0f} s | {wall_r:.0f} s "
                        f"| {c['wall_s'] / wall_r:.2f} |")
     return "\n".join(out)
@@ -273,7 +275,9 @@ def main() -> None:
     ap.add_argument("--reference-folds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
                     help="comma-separated reference_folds values to run cryolens with (0: none)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="dataset and consensus seed")
+    ap.add_argument("--class-seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                    help="comma-separated seeds of the Class3D runs of both programs (default: --seed)")
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -284,7 +288,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args), "structures": []}
     for name in names:
-        result["structures"].append(run_structure(name, args))
+        for class_seed in args.class_seeds or [args.seed]:
+            args.class_seed = class_seed
+            result["structures"].append(run_structure(name, args))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
     print(table(result["structures"]))

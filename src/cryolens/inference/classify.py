@@ -236,8 +236,7 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
                disable=not progress)
     join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
     cache = ShiftedImageCache(n, d, dev, st.volumes.dtype, cache_bytes(dev)) if cfg.skip_align else None
-    n_folds = cfg.reference_folds or 0  # (None: none)
-    fold = torch.as_tensor(fold_of(n, n_folds, cfg.seed)) if n_folds >= 2 else None
+    fold = torch.as_tensor(fold_of(n, cfg.reference_folds, cfg.seed)) if cfg.reference_folds >= 2 else None
     while st.iteration < cfg.n_iterations:
         t0, timer = time.time(), RankTimer(dev)
         res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache, fold)

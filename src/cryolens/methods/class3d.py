@@ -24,9 +24,9 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
 - ``skip_align`` (RELION's ``--skip_align``; off by default): every image keeps the pose it comes with
   (e.g. from a consensus refinement) and only the class is inferred
   (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), in the same working box;
-- ``reference_folds`` (a deviation from RELION): each image's class likelihood is computed against class maps
-  made without its fold's images (:mod:`cryolens.inference.class_maps`); by default ``SKIP_ALIGN_FOLDS`` (4)
-  folds with ``skip_align``, none when poses are searched (not measured there; docs/METHODS.md).
+- ``reference_folds`` (0 by default: RELION's behaviour): ``F ≥ 2`` scores each image against class maps made
+  without its fold's images (:mod:`cryolens.inference.class_maps`; docs/METHODS.md for when it helps and when it
+  does not).
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. ``fit`` returns the class maps, the
@@ -37,7 +37,7 @@ writer makes ``class_001.mrc`` …, ``particles.star`` (``rlnClassNumber``, 1-ba
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -49,9 +49,6 @@ from ..inference.classify import ClassifyResult, image_power_spectrum  # noqa: F
 from ..inference.rank_timing import totals
 from ..io.particles import Particles
 from .config import RecipeConfig, as_dict, build_config, option
-
-
-SKIP_ALIGN_FOLDS = 4  # reference_folds when unset and skip_align (benchmarks/RESULTS.md, issue 27 item 5)
 
 
 @dataclass(frozen=True)
@@ -76,8 +73,8 @@ class Class3DConfig(RecipeConfig):
     work_margin: int = option(4, "shells above k_max kept in the working box, px")
     minres_map: int = option(5, "shells below this get no prior (RELION's --minres_map)")
     skip_align: bool = option(False, "keep each image's given pose, infer only the class (--skip_align)")
-    reference_folds: int | None = option(None, "F ≥ 2: each image's class likelihood against class maps without its "
-                                         f"fold; 0: none (RELION's); none: {SKIP_ALIGN_FOLDS} with skip_align, else 0")
+    reference_folds: int = option(0, "F ≥ 2: each image's class likelihood against class maps without its fold; "
+                                     "0: none (RELION's)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 
@@ -85,12 +82,10 @@ DEFAULTS = as_dict(Class3DConfig())
 
 
 def as_config(config: Class3DConfig | dict | None) -> Class3DConfig:
-    """``config`` as a :class:`Class3DConfig` (a dict of options is coerced: scripts and tests), with an unset
-    ``reference_folds`` made ``SKIP_ALIGN_FOLDS`` under ``skip_align`` and 0 otherwise."""
-    cfg = config if isinstance(config, Class3DConfig) else build_config(Class3DConfig, "relion-class3d", None, config)
-    if cfg.reference_folds is None:
-        cfg = replace(cfg, reference_folds=SKIP_ALIGN_FOLDS if cfg.skip_align else 0)
-    return cfg
+    """``config`` as a :class:`Class3DConfig` (a dict of options is coerced: scripts and tests)."""
+    if isinstance(config, Class3DConfig):
+        return config
+    return build_config(Class3DConfig, "relion-class3d", None, config)
 
 
 def classify(particles: Particles, init_volume: torch.Tensor | None, config: Class3DConfig | dict | None = None,

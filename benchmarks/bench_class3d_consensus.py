@@ -15,17 +15,19 @@ uniform poses; the first --n images. The second conformation (`STATES`, generato
 Per structure:
 1. consensus: `inference.autorefine.auto_refine` (relion-refine3d, full posterior) from the mean of the
    two true maps low-passed to --consensus-lowpass Å, poses unknown, --max-iterations iterations (cached
-   beside the dataset; its median rotation error after global alignment is reported).
+   beside the dataset; its median rotation error after global alignment is reported); dataset and consensus
+   use --seed, the Class3D runs of both programs each of --class-seeds.
 2. cryolens: `methods.class3d.classify` with ``skip_align`` (K = 2, T = 4) from the consensus map
-   low-passed to --lowpass Å, random first split, --iterations iterations.
+   low-passed to --lowpass Å, random first split, --iterations iterations; once per value of
+   --reference-folds (``reference_folds``: 0 none, F ≥ 2 leave-fold-out class references).
 3. RELION: `relion_refine --K 2 --skip_align --tau2_fudge 4 --ini_high LOWPASS --iter N --ctf` on the
    consensus STAR (its poses) with the consensus map as --ref.
 Reported per structure: class accuracy (best of the two label matchings against the simulated state),
-wall time of each program and their ratio, per iteration: accuracy, elapsed time, class priors, resolution
-and mean largest class posterior (RELION's from its ``run_itNNN_model.star``).
+wall time of each program and their ratio (one row per --reference-folds value), per iteration: accuracy,
+elapsed time, class priors, resolution and mean largest class posterior (RELION's from its ``run_itNNN_model.star``).
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_class3d_consensus.py --models 1ake,1pwc,3hsy \
-      --n 2000 --threads 1 [--no-relion] [--json out.json]
+      --n 2000 --threads 1 [--reference-folds 0,8] [--no-relion] [--json out.json]
 """
 
 from __future__ import annotations
@@ -174,8 +176,9 @@ def consensus(data: Path, particles, truth: np.ndarray, gt_vols: torch.Tensor, a
     return star, mapf, report
 
 
-def run_cryolens(posed, ref_volume: torch.Tensor, truth: np.ndarray, args) -> dict:
-    """Step 2: cryolens Class3D ``skip_align``; accuracy, wall (s, scoring between iterations not counted)."""
+def run_cryolens(posed, ref_volume: torch.Tensor, truth: np.ndarray, args, folds: int = 0) -> dict:
+    """Step 2: cryolens Class3D ``skip_align`` with ``reference_folds = folds``; accuracy, wall (s, scoring between
+    iterations not counted)."""
     from cryolens.methods.class3d import classify
 
     per_it: list = []
@@ -190,8 +193,9 @@ def run_cryolens(posed, ref_volume: torch.Tensor, truth: np.ndarray, args) -> di
         paused[0] += time.perf_counter() - t1
 
     res = classify(posed, ref_volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
-                                       "tau2_fudge": 4.0, "initial_lowpass": args.lowpass, "seed": args.seed,
-                                       "batch_size": 256}, progress=False, on_iteration=follow)
+                                       "tau2_fudge": 4.0, "initial_lowpass": args.lowpass, "seed": args.class_seed,
+                                       "batch_size": 256, "reference_folds": folds}, progress=False,
+                   on_iteration=follow)
     wall = time.perf_counter() - t0 - paused[0]
     for row, h in zip(per_it, res.history):
         row["resolution_A"] = h["resolution_A"]
@@ -217,40 +221,45 @@ def run_structure(name: str, args) -> dict:
     posed = read_particles(star)
     ref_volume = torch.from_numpy(read_volume(mapf)[0].copy())
     work = Path(tempfile.mkdtemp(prefix=f"bench_class3d_consensus_{name}_"))
-    row = {"model": name, "ca_rmsd_A": ca_rmsd, "pixel_size": particles.pixel_size, "consensus": rep,
-           "populations_true": np.bincount(truth, minlength=2).tolist(), "work": str(work)}
-    row["cryolens"] = run_cryolens(posed, ref_volume, truth, args)
-    c = row["cryolens"]
-    print(f"cryolens skip_align: accuracy {c['accuracy']:.4f}, {c['wall_s']:.0f} s, populations "
-          f"{np.round(c['class_prior'], 3).tolist()}", flush=True)
+    row = {"model": name, "class_seed": args.class_seed, "ca_rmsd_A": ca_rmsd, "pixel_size": particles.pixel_size,
+           "consensus": rep, "populations_true": np.bincount(truth, minlength=2).tolist(), "work": str(work)}
+    row["cryolens_folds"] = {}
+    for folds in args.reference_folds:
+        c = row["cryolens_folds"][folds] = run_cryolens(posed, ref_volume, truth, args, folds)
+        print(f"cryolens skip_align, reference_folds {folds}: accuracy {c['accuracy']:.4f}, {c['wall_s']:.0f} s, "
+              f"populations {np.round(c['class_prior'], 3).tolist()}", flush=True)
+    row["cryolens"] = row["cryolens_folds"][args.reference_folds[0]]
     if not args.no_relion:
         labels, wall_r, per_it_r = run_relion_skip_align(star, mapf, work, args.iterations, args.threads,
-                                                         args.lowpass, args.seed, truth, STATES[name][2])
+                                                         args.lowpass, args.class_seed, truth, STATES[name][2])
         row["relion"] = {"accuracy": accuracy(labels, truth), "wall_s": wall_r, "per_iteration": per_it_r,
                          "reached_0.95": first_reaching(per_it_r, 0.95),
                          "populations": (np.bincount(labels, minlength=2) / len(labels)).tolist()}
-        row["time_ratio_cryolens_over_relion"] = c["wall_s"] / wall_r
+        row["time_ratio_cryolens_over_relion"] = row["cryolens"]["wall_s"] / wall_r
         print(f"RELION --skip_align: accuracy {row['relion']['accuracy']:.4f}, {wall_r:.0f} s", flush=True)
-    for key in ("cryolens", "relion"):
-        if key in row:
+    runs = [(f"cryolens F={f}", c) for f, c in row["cryolens_folds"].items()] + [("relion", row.get("relion"))]
+    for key, run in runs:
+        if run is not None:
             print(key, " ".join(f"{r['iteration']}:{r['accuracy']:.3f}@{r['elapsed_s']:.0f}s"
-                                for r in row[key]["per_iteration"]))
+                                for r in run["per_iteration"]))
             print(key, "class 1 prior / resolution (Å) / mean Pmax:", " ".join(
                 f"{r['iteration']}:{r['class_prior'][0]:.2f}/{r['resolution_A']:.1f}/{r['mean_max_weight']:.2f}"
-                for r in row[key]["per_iteration"]))
+                for r in run["per_iteration"]))
     return row
 
 
 def table(rows: list[dict]) -> str:
     """One Markdown line per structure: RMSD, consensus error, accuracy and wall of both, the ratio."""
-    out = ["| structure | Cα RMSD | consensus median error | cryolens accuracy | RELION accuracy | cryolens wall "
-           "| RELION wall | ratio |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| structure | class seed | Cα RMSD | consensus median error | reference_folds | cryolens accuracy "
+           "| RELION accuracy | cryolens wall | RELION wall | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = r.get("relion")
-        out.append(f"| {r['model']} | {r['ca_rmsd_A']:.1f} Å | {r['consensus']['median_rotation_error_deg']:.1f}° "
-                   f"| {r['cryolens']['accuracy']:.4f} | {rel['accuracy'] if rel else float('nan'):.4f} "
-                   f"| {r['cryolens']['wall_s']:.0f} s | {rel['wall_s'] if rel else float('nan'):.0f} s "
-                   f"| {r.get('time_ratio_cryolens_over_relion', float('nan')):.2f} |")
+        acc_r, wall_r = (rel["accuracy"], rel["wall_s"]) if rel else (float("nan"), float("nan"))
+        for folds, c in r["cryolens_folds"].items():
+            out.append(f"| {r['model']} | {r['class_seed']} | {r['ca_rmsd_A']:.1f} Å "
+                       f"| {r['consensus']['median_rotation_error_deg']:.1f}° "
+                       f"| {folds} | {c['accuracy']:.4f} | {acc_r:.4f} | {c['wall_s']:.0f} s | {wall_r:.0f} s "
+                       f"| {c['wall_s'] / wall_r:.2f} |")
     return "\n".join(out)
 
 
@@ -263,8 +272,12 @@ def main() -> None:
     ap.add_argument("--consensus-lowpass", type=float, default=30.0, help="consensus start-map low-pass, Å")
     ap.add_argument("--max-iterations", type=int, default=6, help="consensus refinement iterations (cap)")
     ap.add_argument("--iterations", type=int, default=25, help="Class3D iterations (both programs)")
+    ap.add_argument("--reference-folds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
+                    help="comma-separated reference_folds values to run cryolens with (0: none)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="dataset and consensus seed")
+    ap.add_argument("--class-seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                    help="comma-separated seeds of the Class3D runs of both programs (default: --seed)")
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -275,7 +288,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args), "structures": []}
     for name in names:
-        result["structures"].append(run_structure(name, args))
+        for class_seed in args.class_seeds or [args.seed]:
+            args.class_seed = class_seed
+            result["structures"].append(run_structure(name, args))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
     print(table(result["structures"]))

@@ -34,3 +34,13 @@ def test_resolution_is_where_data_stops_dominating_the_prior():
     assert _resolution_shell(dvp) == 4
     assert _resolution_shell(torch.tensor([[5.0, 0.5, 0.2]])) == 1
     assert _resolution_shell(torch.tensor([[5.0, 3.0, 2.0]])) == 2
+
+
+def test_reference_folds_is_off_by_default():
+    """relion-class3d keeps RELION's class references unless asked (reference_folds 0; docs/METHODS.md: on a small
+    high-SNR set the folds let one class take every image); a value given is kept, text too (the CLI's --set)."""
+    from cryolens.methods.class3d import as_config
+
+    assert get("relion-class3d").defaults["reference_folds"] == 0
+    assert as_config({"skip_align": True}).reference_folds == 0
+    assert as_config({"skip_align": True, "reference_folds": "4"}).reference_folds == 4

@@ -32,7 +32,6 @@ gathered before the M-step, so every rank computes the same model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,17 +41,16 @@ from ..errors import InputError
 from ..imaging.ctf import CTFParams
 from ..imaging.fft import abs2, fft2_centered
 from ..imaging.shift import phase_shift
-from ..imaging.slice import prepare_volume_ft
 from ..imaging.spectra import fourier_crop_images, power_spectrum, projector_power_spectrum, resize_volume  # noqa: F401
 from ..io.particles import Particles
+from .class_maps import class_maps, fold_class_maps, fold_slicers, fold_views, join_folds, working_maps
 from .distributed import all_reduce_sum, gather_rows
 from .em import batches
 from .image_cache import ShiftedImageCache, fixed_pose_batches
 from .estep import ClassPosePosterior, class_pose_posterior, slice_values  # noqa: F401
-from .likelihood import SliceFn, as_slicer, ctf_images, log_normaliser, shell_weights, used_pixels
+from .likelihood import ctf_images, log_normaliser, shell_weights, used_pixels
 from .memory import em_sizes
 from .mstep import NoiseStats, class_sums, insert_aggregates
-from .prior import map_prior
 from .reconstruct import FourierAccumulator
 
 
@@ -64,45 +62,6 @@ def _log_priors(class_prior: torch.Tensor | None, n_cls: int, device, dtype) -> 
         raise ValueError(f"class_prior must be ({n_cls},) or (N, {n_cls}), got {tuple(prior.shape)}")
     return torch.where(prior > 0, torch.log(prior.clamp_min(1e-300)),
                        torch.full_like(prior, -math.inf)).to(device=device, dtype=dtype)
-
-
-def _data_vs_prior(accs: Sequence[FourierAccumulator], sigma2: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float,
-                   pad: int) -> torch.Tensor:
-    """``(K, D//2+1)`` RELION's ``data_vs_prior`` of each class accumulator, against the prior in every
-    shell (no ``minres_map`` exemption: this is a report)."""
-    lam, inv = map_prior(sigma2, tau2, tau2_fudge * pad ** 3, weak_prior=True)
-    return torch.stack([torch.where(inv[k] > 0, a.shell_weight(2) / inv[k].clamp_min(1e-300), a.shell_weight() / lam[k])
-                        for k, a in enumerate(accs)])
-
-
-def _working_maps(volumes: torch.Tensor, sigma2: torch.Tensor, tau2: torch.Tensor | None, size: int, pad: int,
-                  dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SliceFn]]:
-    """The maps of one Class3D iteration in its working box ``size``: ``(vols (K, d, d, d), σ² (d//2+1,),
-    τ² (K, d//2+1), slicers)`` — maps resized, σ² and a given τ² scaled by ``(d/D)⁴`` (else τ² of the
-    resized maps), one slicer per class."""
-    full = volumes.shape[-1]
-    ratio, nsh = size / full, size // 2 + 1
-    vols = torch.stack([resize_volume(v, size) for v in volumes.to(dev)])
-    s2 = sigma2.to(device=dev, dtype=volumes.dtype)[:nsh] * ratio ** 4
-    fts = [prepare_volume_ft(v, pad) for v in vols]
-    tau2 = (torch.stack([projector_power_spectrum(f, size) for f in fts]) if tau2 is None
-            else tau2.to(dev)[:, :nsh] * ratio ** 4)
-    return vols, s2, tau2, [as_slicer(f, size) for f in fts]
-
-
-def _class_maps(accs: Sequence[FourierAccumulator], vols: torch.Tensor, s2: torch.Tensor, tau2: torch.Tensor,
-                tau2_fudge: float, pad: int, minres_map: int, full: int, with_tau2: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """M-step maps of the class accumulators (a class with nothing inserted keeps its map), back at box
-    ``full``: ``(volumes, their τ² (None unless with_tau2: a padded full-box transform per class), λ used,
-    data_vs_prior)``."""
-    lam, inv_lam = map_prior(s2, tau2, tau2_fudge * pad ** 3, weak_prior=True, minres_map=minres_map)
-    work_vols = [a.reconstruct(lam[k], inv_lam[k]) if a.count > 0 else vols[k] for k, a in enumerate(accs)]
-    dvp = _data_vs_prior(accs, s2, tau2, tau2_fudge, pad)
-    new_vols = torch.stack([resize_volume(v, full) for v in work_vols])
-    new_tau2 = (torch.stack([projector_power_spectrum(prepare_volume_ft(v, pad), full) for v in new_vols])
-                if with_tau2 else None)
-    return new_vols, new_tau2, lam, dvp
 
 
 @dataclass
@@ -117,7 +76,8 @@ class ClassEMResult:
     dominates — RELION's resolution estimate of a class). log_likelihood: ``Σ_i log Z_i + N · log_normaliser`` under the
     *input* volumes, priors and σ². class_probability: ``(N, K)``. labels: ``(N,)`` most probable class.
     map_rotation_index, map_shift_index: ``(N,)`` the MAP pose; map_shift: ``(N, 2)`` px;
-    max_weight: ``(N,)``; n_significant: ``(N,)``.
+    max_weight: ``(N,)``; n_significant: ``(N,)``. fold_volumes: ``(F, K, D, D, D)`` each class's new map without
+    each fold's images (the next iteration's references of fold ``f``, :mod:`.class_maps`; ``None`` without folds).
     """
 
     volumes: torch.Tensor
@@ -135,6 +95,7 @@ class ClassEMResult:
     map_shift: torch.Tensor
     max_weight: torch.Tensor
     n_significant: torch.Tensor
+    fold_volumes: torch.Tensor | None = None
 
 
 @dataclass
@@ -142,7 +103,9 @@ class _Work:
     """One Class3D iteration in its working box ``size`` (RELION's ``current_size``): the maps, priors and
     running M-step sums. full: the particles' box; ratio: ``size / full``; px_work: Å/px of the working
     box (``None`` without a pixel size); k_max: the E-step's shell limit; log_prior: ``(K,)`` or
-    ``(N, K)`` ``log π_k``; records: per-batch outputs, concatenated by :func:`_finish`."""
+    ``(N, K)`` ``log π_k``; records: per-batch outputs, concatenated by :func:`_finish`. With leave-fold-out
+    references (:mod:`.class_maps`): fold ``(N,)`` each image's fold, parts ``[F][K]`` each fold's class
+    accumulators (joined into ``accs`` by :func:`_finish`), fold_slicers ``[F][K]`` (``None``: the class maps)."""
 
     full: int
     size: int
@@ -158,10 +121,13 @@ class _Work:
     noise: NoiseStats
     class_mass: torch.Tensor
     records: dict
+    fold: torch.Tensor | None = None
+    parts: list | None = None
+    fold_slicers: list | None = None
 
 
 def _work(volumes: torch.Tensor, sigma2: torch.Tensor, class_prior, tau2, k_max, work_size, pad: int,
-          pixel_size: float | None, dev, keys: str) -> _Work:
+          pixel_size: float | None, dev, keys: str, fold=None, fold_volumes=None) -> _Work:
     """The working box and empty sums of one iteration (arguments as :func:`class_em_iteration`)."""
     dt = volumes.dtype
     n_cls, full = volumes.shape[0], volumes.shape[-1]
@@ -170,12 +136,15 @@ def _work(volumes: torch.Tensor, sigma2: torch.Tensor, class_prior, tau2, k_max,
     if size % 2 or size > full or k_max > size // 2:
         raise ValueError(f"work_size must be even, <= {full} and >= 2 k_max = {2 * k_max}; got {size}")
     ratio = size / full
-    vols, s2, tau2, slicers = _working_maps(volumes, sigma2, tau2, size, pad, dev)
+    vols, s2, tau2, slicers = working_maps(volumes, sigma2, tau2, size, pad, dev)
+    n_folds = 0 if fold is None else int(fold.max()) + 1
+    parts = [[FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)] for _ in range(n_folds)] or None
     return _Work(full=full, size=size, ratio=ratio, k_max=k_max,
                  px_work=None if pixel_size is None else pixel_size / ratio, vols=vols, s2=s2, tau2=tau2,
                  slicers=slicers, log_prior=_log_priors(class_prior, n_cls, dev, dt),
                  accs=[FourierAccumulator(size, pad, dev, dt) for _ in range(n_cls)], noise=NoiseStats(size, dev, dt),
-                 class_mass=torch.zeros(n_cls, device=dev, dtype=torch.float64), records={k: [] for k in keys.split()})
+                 class_mass=torch.zeros(n_cls, device=dev, dtype=torch.float64), records={k: [] for k in keys.split()},
+                 fold=fold, parts=parts, fold_slicers=fold_slicers(fold_volumes, size, pad, dev, dt) if parts else None)
 
 
 def _batch_images(w: _Work, images: torch.Tensor, c_b, shifts: torch.Tensor | None = None):
@@ -224,6 +193,15 @@ def _searched_batch(w: _Work, idx, y, c, rot, sh, scorers, opts: dict) -> None:
         w.records[key].append(v)
 
 
+def _scorers(w: _Work, rot: torch.Tensor, cache_bytes: int) -> list[list]:
+    """The E-step's class scorers: per fold with fold maps (else one set), each class's slicer, or its slice values
+    inside ``k_max`` (:func:`~cryolens.inference.estep.slice_values`) when all of them fit in ``cache_bytes``."""
+    n_pix = used_pixels(w.size, w.k_max, rot.device).numel()
+    sets = w.fold_slicers or [w.slicers]
+    fits = len(sets) * len(w.slicers) * rot.shape[0] * n_pix * (16 if rot.dtype == torch.float64 else 8) <= cache_bytes
+    return [[slice_values(sl, rot, w.size, w.k_max) for sl in sls] if fits else sls for sls in sets]
+
+
 def _part(timer, name: str):
     """``timer.part(name)`` (a :class:`~cryolens.inference.rank_timing.RankTimer`), or nothing without one."""
     return nullcontext() if timer is None else timer.part(name)
@@ -235,8 +213,7 @@ def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_
     join): ``(per-image records (n_images, ...) in image order, new model)`` with keys ``volumes, tau2,
     regularisation, data_vs_prior, sigma2, class_prior, log_likelihood``."""
     dev, dt = w.vols.device, w.vols.dtype
-    for acc in w.accs:
-        acc.all_reduce()
+    join_folds(w)
     w.noise.all_reduce()
     all_reduce_sum(w.class_mass)
     idx = torch.cat(w.records["idx"]).to(dev)
@@ -244,9 +221,11 @@ def _finish(w: _Work, sigma2: torch.Tensor, tau2_fudge: float, pad: int, minres_
     new_sigma2 = sigma2.to(device=dev, dtype=dt).clone()
     new_sigma2[:w.size // 2 + 1] = w.noise.estimate().to(dt) / w.ratio ** 4
     with _part(timer, "mstep_s"):
-        vols, tau2, lam, dvp = _class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full,
-                                           with_tau2)
-    model = {"volumes": vols, "tau2": tau2, "regularisation": lam, "data_vs_prior": dvp, "sigma2": new_sigma2,
+        vols, tau2, prior, dvp = class_maps(w.accs, w.vols, w.s2, w.tau2, tau2_fudge, pad, minres_map, w.full,
+                                            with_tau2)
+        folds = fold_class_maps(w, prior, vols)
+    model = {"volumes": vols, "tau2": tau2, "regularisation": prior[0], "data_vs_prior": dvp, "sigma2": new_sigma2,
+             "fold_volumes": folds,
              "class_prior": (w.class_mass / max(n_images, 1)).to(torch.float64).cpu(),
              "log_likelihood": float(cat["lz"].double().sum()
                                      + n_images * log_normaliser(w.s2.double(), w.size, w.k_max))}
@@ -261,7 +240,8 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
                        mass: float = 0.999, max_significant: int = 1000, weight_floor: float = 1e-6,
                        modal: bool = False, pair_chunk: int | None = None, rotation_chunk: int | None = None,
                        work_size: int | None = None, cache_bytes: int = 1 << 30, minres_map: int = 0,
-                       progress=None, timer=None, new_tau2: bool = True) -> ClassEMResult:
+                       progress=None, timer=None, new_tau2: bool = True, fold: torch.Tensor | None = None,
+                       fold_volumes: torch.Tensor | None = None) -> ClassEMResult:
     """One Class3D E-step + M-step over all images (module docstring).
 
     data: :class:`Particles` (CTF and pixel size used, poses ignored) or real images ``(N, D, D)`` with
@@ -284,18 +264,18 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     timer: a :class:`~cryolens.inference.rank_timing.RankTimer` the E-step and M-step seconds are counted into.
     new_tau2: compute the new maps' ``τ²`` at the full box (``ClassEMResult.tau2``; ``False``: ``None``, two
     padded full-box transforms per class saved — a caller that hands no ``tau2`` to the next iteration).
+    fold, fold_volumes: leave-fold-out class references (:mod:`.class_maps`): ``(N,)`` int each image's fold (``None``:
+    none, RELION's), ``(F, K, D, D, D)`` the last ``ClassEMResult.fold_volumes`` (``None``: ``volumes`` for all).
     """
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
     if isinstance(data, Particles):
         pixel_size = data.pixel_size if pixel_size is None else pixel_size
-    w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, pixel_size, dev, "idx lz p k r t ts w n")
+    w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, pixel_size, dev, "idx lz p k r t ts w n",
+              fold, fold_volumes)
     rot = rotations.to(device=dev, dtype=dt)
     sh = shifts.to(device=dev, dtype=dt) * w.ratio
-    n_pix = used_pixels(w.size, w.k_max, dev).numel()
-    itemsize = 16 if dt == torch.float64 else 8
-    scorers = ([slice_values(sl, rot, w.size, w.k_max) for sl in w.slicers]
-               if len(w.slicers) * rot.shape[0] * n_pix * itemsize <= cache_bytes else w.slicers)
+    scorers = _scorers(w, rot, cache_bytes)
     n_poses = len(w.accs) * rot.shape[0] * sh.shape[-2]
     batch_size, pair_chunk = em_sizes(dev, w.size, n_poses, sh.shape[-2], dt, batch_size, pair_chunk)
     opts = {"modal": modal, "mass": mass, "max_significant": max_significant, "weight_floor": weight_floor,
@@ -303,7 +283,9 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
     with _part(timer, "estep_s"):
         for idx, images, c_b in batches(data, ctf, batch_size, sharded=True):
             y, c = _batch_images(w, images, c_b)
-            _searched_batch(w, idx, y, c, rot, sh, scorers, opts)
+            for wf, sel, f in fold_views(w, idx):
+                sc = scorers[f] if w.fold_slicers is not None else scorers[0]  # (f: None without folds)
+                _searched_batch(wf, idx[sel], y[sel], None if c is None else c[sel], rot, sh, sc, opts)
             if progress is not None:
                 progress.update(images.shape[0])
     cat, model = _finish(w, sigma2, tau2_fudge, pad, minres_map, len(data), timer, new_tau2)
@@ -314,11 +296,18 @@ def class_em_iteration(data: Particles | torch.Tensor, volumes: torch.Tensor, si
 
 def _fixed_batch(w: _Work, data: Particles, idx, y, c, modal: bool, weight_floor: float) -> None:
     """E-step and M-step sums of one batch at the images' given poses (:func:`class_em_iteration_fixed_poses`);
-    ``y``, ``c``: the batch's full-box shift-undone transforms and CTFs (:mod:`.image_cache`), cropped here."""
-    b, n_cls = y.shape[0], len(w.accs)
+    ``y``, ``c``: the batch's full-box shift-undone transforms and CTFs (:mod:`.image_cache`), cropped here, then
+    each fold's images against its references (:func:`~.class_maps.fold_views`)."""
     if w.size != w.full:  # the working box: the same frequencies (image_cache module docstring)
         lo = w.full // 2 - w.size // 2
         y, c = fourier_crop_images(y, w.size), None if c is None else c[..., lo:lo + w.size, lo:lo + w.size]
+    for wf, sel, _ in fold_views(w, idx):
+        _fixed_group(wf, data, idx[sel], y[sel], None if c is None else c[sel], modal, weight_floor)
+
+
+def _fixed_group(w: _Work, data: Particles, idx, y, c, modal: bool, weight_floor: float) -> None:
+    """:func:`_fixed_batch` of images in the working box, against ``w``'s slicers, into ``w``'s accumulators."""
+    b, n_cls = y.shape[0], len(w.accs)
     rot = data.rotations[idx].to(device=y.device, dtype=y.real.dtype)
     preds = torch.stack([sl(rot) for sl in w.slicers], 1)  # (B, K, d, d)
     r2 = abs2(y[:, None] - (preds if c is None else preds * c[:, None]))  # |Y − C·P_k|², once for ℓ and σ²
@@ -350,7 +339,8 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
                                    minres_map: int = 0,
                                    work_size: int | None = None, weight_floor: float = 1e-6,
                                    progress=None, timer=None, new_tau2: bool = True,
-                                   image_cache: ShiftedImageCache | None = None) -> ClassEMResult:
+                                   image_cache: ShiftedImageCache | None = None, fold: torch.Tensor | None = None,
+                                   fold_volumes: torch.Tensor | None = None) -> ClassEMResult:
     """One Class3D E-step + M-step with every image at its given pose (RELION's ``--skip_align``).
 
     data: :class:`Particles` with ``rotations (N, 3, 3)`` and ``shifts (N, 2)`` px (``None``: centred) and
@@ -363,13 +353,15 @@ def class_em_iteration_fixed_poses(data: Particles, volumes: torch.Tensor, sigma
     :class:`ClassEMResult` whose ``map_rotation_index`` is each image's
     own index, ``map_shift`` its given shift and ``max_weight`` its largest class probability. image_cache:
     the images' transforms and CTFs kept from an earlier iteration (:mod:`.image_cache`; filled when empty).
+    fold, fold_volumes: as :func:`class_em_iteration`.
     """
     if data.rotations is None:
         raise InputError(f"{data.name}: no poses (rlnAngleRot/Tilt/Psi); classification "
                          "with fixed poses (skip_align) needs them")
     dev = torch.device(device) if device is not None else volumes.device
     dt = volumes.dtype
-    w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p")
+    w = _work(volumes, sigma2, class_prior, tau2, k_max, work_size, pad, data.pixel_size, dev, "idx lz p", fold,
+              fold_volumes)
     batch_size = em_sizes(dev, w.size, 2 * len(w.accs) * w.size ** 2, 1, dt, batch_size, None)[0]
     with _part(timer, "estep_s"):
         for idx, y, c in fixed_pose_batches(data, batch_size, image_cache, dev, dt):

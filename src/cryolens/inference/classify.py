@@ -13,11 +13,13 @@ class per particle, RELION's random division into ``K`` subsets, of equal sizes:
 The options object ``cfg`` is the recipe's typed config (:class:`cryolens.methods.class3d.Class3DConfig`):
 ``n_classes, n_iterations, tau2_fudge, healpix_order, offset_range, offset_step, initial_lowpass,
 incr_size, mass, max_significant, modal, pad, batch_size, seed, abinit_iterations, work_margin,
-minres_map, skip_align``. Each iteration is checkpointed (``checkpoint.pt``) when a run folder is given;
-``resume`` continues from it to the same result as an uninterrupted run. Under ``torchrun`` every rank
-runs the schedule on its share of the images (:mod:`~cryolens.inference.classes`); rank 0 writes the
-checkpoint, which any number of ranks can resume, and no rank waits for it. Each iteration's history record
-holds ``"timing"``: per rank, the seconds of its E-step, M-step, writes and waits in collectives
+minres_map, skip_align, reference_folds`` (``F ≥ 2``: each image's class likelihood against class maps made
+without its fold's images, :mod:`~cryolens.inference.class_maps`; the folds are dealt from ``seed``). Each
+iteration is checkpointed (``checkpoint.pt``) when a run folder is given; ``resume`` continues from it to the
+same result as an uninterrupted run. Under ``torchrun`` every rank runs the schedule on its share of the images
+(:mod:`~cryolens.inference.classes`); rank 0 writes the checkpoint, which any number of ranks can resume, and no
+rank waits for it. Each iteration's history record holds ``"timing"``: per rank, the seconds of its E-step,
+M-step, writes and waits in collectives
 (:mod:`~cryolens.inference.rank_timing`).
 """
 
@@ -41,6 +43,7 @@ from ..io.particles import Particles
 from . import classes
 from .distributed import is_main, shard
 from .estep import translation_grid
+from .fold_refs import fold_of
 from .image_cache import ShiftedImageCache, cache_bytes
 from .rank_timing import RankTimer, TimingJoin
 from .refine_state import CheckpointState
@@ -70,7 +73,8 @@ class ClassState(CheckpointState):
     class_prior: ``(K,)``, or ``(N, K)`` per image (the first iteration's random assignment). k_max:
     the next E-step's shell limit. history: one dict per iteration. labels: ``(N,)`` last MAP classes
     (``None`` before the first iteration). elapsed_s: wall time. last: the last iteration's per-image
-    ``rotation_index``, ``shift``, ``class_probability``, ``max_weight``.
+    ``rotation_index``, ``shift``, ``class_probability``, ``max_weight``. fold_volumes: ``(F, K, D, D, D)`` the
+    next E-step's leave-fold-out class maps (``cfg.reference_folds``; ``None`` without folds or before the first).
     """
 
     iteration: int
@@ -83,6 +87,7 @@ class ClassState(CheckpointState):
     labels: torch.Tensor | None = None
     elapsed_s: float = 0.0
     last: dict | None = None
+    fold_volumes: torch.Tensor | None = None
 
 
 
@@ -169,14 +174,15 @@ def _resumed(ckpt, n: int, k: int, d: int, dev) -> ClassState:
 
 
 def _em_step(particles: Particles, st: ClassState, cfg, rot, shifts, dev, bar, timer,
-             cache: ShiftedImageCache | None = None) -> classes.ClassEMResult:
+             cache: ShiftedImageCache | None = None, fold: torch.Tensor | None = None) -> classes.ClassEMResult:
     """One Class3D EM iteration in the working box of ``st.k_max`` (its seconds counted into ``timer``;
-    ``cache``: the fixed-pose images kept between iterations)."""
+    ``cache``: the fixed-pose images kept between iterations; ``fold``: each image's reference fold, or ``None``)."""
     k_used, d = int(st.k_max), particles.box_size
     work = min(d, 2 * (k_used + cfg.work_margin))
     common = {"tau2_fudge": float(cfg.tau2_fudge), "k_max": k_used, "pad": cfg.pad, "batch_size": cfg.batch_size,
               "device": dev, "modal": bool(cfg.modal), "minres_map": cfg.minres_map, "work_size": work, "progress": bar,
-              "timer": timer, "new_tau2": False}  # τ² is computed again in the next iteration's box
+              "timer": timer, "new_tau2": False,  # τ² is computed again in the next iteration's box
+              "fold": fold, "fold_volumes": st.fold_volumes if fold is not None else None}
     if cfg.skip_align:
         return classes.class_em_iteration_fixed_poses(particles, st.volumes, st.sigma2, st.class_prior,
                                                       image_cache=cache, **common)
@@ -191,6 +197,7 @@ def _advance(st: ClassState, res: classes.ClassEMResult, cfg, d: int, px: float,
     res_shell, k_used = resolution_shell(res.data_vs_prior), st.k_max
     st.iteration, st.volumes, st.sigma2, st.class_prior, st.labels = (st.iteration + 1, res.volumes, res.sigma2,
                                                                       res.class_prior, labels)
+    st.fold_volumes = res.fold_volumes
     st.k_max = int(min(d // 2, res_shell + cfg.incr_size))
     st.elapsed_s = float(st.elapsed_s) + time.time() - t0
     st.history.append({"iteration": st.iteration, "class_prior": res.class_prior.tolist(), "k_max_used": k_used,
@@ -229,9 +236,10 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
                disable=not progress)
     join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
     cache = ShiftedImageCache(n, d, dev, st.volumes.dtype, cache_bytes(dev)) if cfg.skip_align else None
+    fold = torch.as_tensor(fold_of(n, cfg.reference_folds, cfg.seed)) if cfg.reference_folds >= 2 else None
     while st.iteration < cfg.n_iterations:
         t0, timer = time.time(), RankTimer(dev)
-        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache)
+        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache, fold)
         _advance(st, res, cfg, d, particles.pixel_size, t0)
         join.finish(st.history, back=2)  # the previous iteration's
         with timer.part("write_s"):  # no barrier after: the checkpoint is written atomically

@@ -1,4 +1,5 @@
-"""Leave-fold-out E-step references for auto-refine (:mod:`~cryolens.inference.autorefine`, issue 27).
+"""Leave-fold-out E-step references for auto-refine (:mod:`~cryolens.inference.autorefine`, issue 27; Class3D's
+class maps use the same helpers, :mod:`~cryolens.inference.class_maps`).
 
 A half's map is reconstructed from the very images that are then aligned against it, so each image meets
 its own noise in its reference: inserted at (or near) its last pose, it adds ``≈ C² |Y|² / (σ² W)`` per pixel to
@@ -21,11 +22,16 @@ import torch
 
 from .reconstruct import FourierAccumulator
 
+FOLD_STREAM = 0xF01D  # the second seed word of the folds' permutation
 
-def fold_of(n: int, folds: int) -> np.ndarray:
-    """``(n,)`` int fold of each of a half's ``n`` images in their order: position mod ``folds`` (every fold spans the
-    whole set, e.g. every micrograph; ``folds ≤ 1``: all 0)."""
-    return np.arange(n) % max(1, folds)
+
+def fold_of(n: int, folds: int, seed: int | None = None) -> np.ndarray:
+    """``(n,)`` int fold of each of ``n`` images in their order: position mod ``folds`` (every fold spans the
+    whole set, e.g. every micrograph; ``folds ≤ 1``: all 0); with ``seed``, ``π(i) mod folds`` for a random
+    permutation ``π`` of ``0 … n−1`` drawn from ``(seed, FOLD_STREAM)`` (folds of equal sizes, independent of the
+    order and of other draws from ``seed``, e.g. Class3D's first split)."""
+    pos = np.arange(n) if seed is None else np.random.default_rng([seed, FOLD_STREAM]).permutation(n)
+    return pos % max(1, folds)
 
 
 def joined(parts: list[FourierAccumulator]) -> FourierAccumulator:
@@ -39,7 +45,9 @@ def joined(parts: list[FourierAccumulator]) -> FourierAccumulator:
     return out
 
 
-def fold_out_maps(total: FourierAccumulator, parts: list[FourierAccumulator], reg: torch.Tensor) -> torch.Tensor:
+def fold_out_maps(total: FourierAccumulator, parts: list[FourierAccumulator], reg: torch.Tensor,
+                  inverse_reg: torch.Tensor | None = None) -> torch.Tensor:
     """``(K, D, D, D)`` float32 CPU: for each of the ``K`` parts, the map of ``total``'s sums without that part's,
-    reconstructed with the per-shell regulariser ``reg (D//2+1,)`` (:meth:`FourierAccumulator.reconstruct`)."""
-    return torch.stack([total.merged(p, -1.0).reconstruct(reg).float().cpu() for p in parts])
+    reconstructed with the per-shell regulariser ``reg (D//2+1,)`` and optional ``inverse_reg (D//2+1,)``
+    (:meth:`FourierAccumulator.reconstruct`)."""
+    return torch.stack([total.merged(p, -1.0).reconstruct(reg, inverse_reg).float().cpu() for p in parts])

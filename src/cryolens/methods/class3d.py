@@ -23,7 +23,10 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
   assignments (the modal variant);
 - ``skip_align`` (RELION's ``--skip_align``; off by default): every image keeps the pose it comes with
   (e.g. from a consensus refinement) and only the class is inferred
-  (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), in the same working box.
+  (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), in the same working box;
+- ``reference_folds`` (0 by default: RELION's behaviour): ``F ≥ 2`` scores each image against class maps made
+  without its fold's images (:mod:`cryolens.inference.class_maps`; docs/METHODS.md for when it helps and when it
+  does not).
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. ``fit`` returns the class maps, the
@@ -70,6 +73,8 @@ class Class3DConfig(RecipeConfig):
     work_margin: int = option(4, "shells above k_max kept in the working box, px")
     minres_map: int = option(5, "shells below this get no prior (RELION's --minres_map)")
     skip_align: bool = option(False, "keep each image's given pose, infer only the class (--skip_align)")
+    reference_folds: int = option(0, "F ≥ 2: each image's class likelihood against class maps without its fold; "
+                                     "0: none (RELION's)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

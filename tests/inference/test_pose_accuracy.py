@@ -223,16 +223,19 @@ def test_a_stall_converges_only_once_the_pose_changes_stop_shrinking(earlier, co
     assert changes_still_shrinking([{"median_pose_change_deg": 1.0}], math.nan) is False
 
 
-@pytest.mark.parametrize("folds, change, converges", [(8, 0.1, True), (8, 3.5, False), (0, 0.1, False)])
-def test_with_fold_references_a_stall_converges_once_the_changes_are_within_the_accuracy(folds, change, converges):
-    """Changes still shrinking (earlier 5° then 4°): with fold references a fine-enough stall converges when the
-    median change is within the 3° accuracy (0.1°), not when above it (3.5°); without folds (RELION's
-    references) it waits for the changes to stop shrinking."""
+@pytest.mark.parametrize("folds, top, change, converges", [(8, 4, 0.1, True), (8, 4, 3.5, False), (0, 4, 0.1, False),
+                                                          (8, 5, 0.1, False)])
+def test_with_fold_references_a_stall_converges_once_the_changes_are_within_the_accuracy(folds, top, change,
+                                                                                         converges):
+    """Changes still shrinking (earlier 5° then 4°): with fold references a stall at the finest level (order 4 =
+    ``max_order``) converges when the median change is within the 3° accuracy (0.1°), not when above it (3.5°);
+    without folds (RELION's references), or at a level that is fine enough but not the finest (``max_order`` 5),
+    it waits for the changes to stop shrinking."""
     from cryolens.inference.refine_state import RefineConfig
 
-    out = _schedule_at_order4(3.0, 8.0, change, RefineConfig(reference_folds=folds), (5.0, 4.0))
+    out = _schedule_at_order4(3.0, 8.0, change, RefineConfig(reference_folds=folds, max_order=top), (5.0, 4.0))
     h = out["history"][-1]
-    assert h["stalled"] and h["fine_enough"] and h["changes_shrinking"]
+    assert h["stalled"] and h["changes_shrinking"] and out["order"] == 4
     assert (out["converged"], h["changes_within_accuracy"]) == (converges, converges)
 
 

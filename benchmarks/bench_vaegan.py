@@ -19,13 +19,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="4E43")
-    ap.add_argument("--n", type=int, default=4000)
-    ap.add_argument("--box", type=int, default=64)
-    ap.add_argument("--apix", type=float, default=1.5)
-    ap.add_argument("--snr", type=float, default=1.0)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    for name, default in (("model", "4E43"), ("n", 4000), ("box", 64), ("apix", 1.5), ("snr", 1.0), ("epochs", 10),
+                          ("seed", 0)):
+        ap.add_argument(f"--{name}", type=type(default), default=default)
     ap.add_argument("--set", action="append", default=[], help="recipe option key=value")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.files import atomic_path
 from .mpl import _save, plt
 
 
@@ -111,8 +112,6 @@ def animate_map_series(volumes: np.ndarray, path: str | os.PathLike, scale: int 
     each pixel enlarged ``scale`` × (nearest); the series plays forward then back (``2M − 2`` frames for
     ``M ≥ 2``), ``frame_ms`` ms per frame, looping. Written atomically (Pillow); returns ``path``."""
     from PIL import Image
-
-    from ..io.files import atomic_path
 
     vols = np.asarray(volumes, dtype=np.float32)
     c = vols.shape[-1] // 2

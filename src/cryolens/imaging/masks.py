@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from scipy import ndimage
 
-from .grids import lowpass_volume
+from .grids import lowpass_volume, soft_edge
 
 
 def solvent_mask(volume: torch.Tensor, pixel_size: float, lowpass: float = 15.0, threshold: float = 0.2,
@@ -31,7 +30,5 @@ def solvent_mask(volume: torch.Tensor, pixel_size: float, lowpass: float = 15.0,
     if not math.isfinite(top) or top <= 0:
         return torch.ones(volume.shape, dtype=torch.float32, device=volume.device)
     inside = (smooth >= threshold * top).numpy()
-    dist = ndimage.distance_transform_edt(~inside) * pixel_size  # Å to the nearest voxel of the region
-    t = np.clip((dist - extend) / soft, 0.0, 1.0) if soft > 0 else (dist > extend).astype(np.float64)
-    mask = 0.5 * (1 + np.cos(math.pi * t))
-    return torch.from_numpy(mask).float().to(volume.device)
+    dist = torch.from_numpy(ndimage.distance_transform_edt(~inside) * pixel_size)  # Å to the region's nearest voxel
+    return soft_edge(dist, extend, soft).float().to(volume.device)

@@ -74,11 +74,9 @@ from ..imaging.slice import extract_points_from_sampling_volume
 from ..imaging.so3_grid import angular_step, grid_size, so3_grid
 from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
-from ..io.particles import Particles, half_set_labels
 from ..imaging.masks import solvent_mask
-from ..metrics.fsc import fsc as fsc_curve
-from ..metrics.fsc import fsc_solvent_corrected
-from ..metrics.fsc import resolution_at
+from ..io.particles import Particles, half_set_labels
+from ..metrics.fsc import fsc as fsc_curve, fsc_solvent_corrected, resolution_at
 from .distributed import is_main, on_ranks, shard, snapshot_writer
 from .memory import batch_size_for
 from .mstep import InsertPixels, NoiseStats, initial_noise_spectrum, insert_pairs_on_pixels, weighted_residual_power
@@ -205,40 +203,43 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
     # shells beyond the E-step's band hold no data, only what the crop and mask leak: no correlation
     data = ((weights[0] > 0) & (weights[1] > 0)).cpu().numpy()
     raw = np.where(data, fsc_curve(weak[0], weak[1]), 0.0)
-    curve = raw if solvent is None else np.where(data, _solvent_curve(weak, raw, solvent, size, px), 0.0)
+    res_raw = float(resolution_at(raw, 0.143, px, size))
+    curve = raw if solvent is None else np.where(data, _solvent_curve(weak, raw, res_raw, solvent, size, px), 0.0)
     f_full = 2 * raw / (1 + np.clip(raw, -0.999, None))  # τ² always from the whole box (solvent_fsc: docstring)
     s2_full = 0.5 * (sigma2[0] + sigma2[1])
-
-    def prior(h: int) -> torch.Tensor:
-        return map_prior(sigma2[h], tau2_from_fsc(raw, sigma2[h], weights[h], fudge))[0]
+    tau2s = [tau2_from_fsc(raw, sigma2[h], weights[h], fudge) for h in (0, 1)]
+    priors = [map_prior(sigma2[h], tau2s[h])[0] for h in (0, 1)]
 
     def map_half(h: int) -> torch.Tensor:
-        return accs[h].reconstruct(prior(h)).float()
+        return accs[h].reconstruct(priors[h]).float()
 
     def full_map() -> torch.Tensor:
         merged = accs[0].merged(accs[1])
         return merged.reconstruct(map_prior(s2_full, tau2_from_fsc(f_full, s2_full, merged.shell_weight(), fudge))[0])
 
     *volumes, full = on_ranks([lambda: map_half(0), lambda: map_half(1), full_map], dev)
-    tau2 = tau2_from_fsc(raw, sigma2[0], weights[0], fudge)  # half 1's prior power, for the diagnostic
-    folds = None if parts is None or len(parts[0]) < 2 else [fold_out_maps(accs[h], parts[h], prior(h)) for h in (0, 1)]
-    return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak], "tau2": tau2,
+    folds = (None if parts is None or len(parts[0]) < 2
+             else [fold_out_maps(accs[h], parts[h], priors[h]) for h in (0, 1)])
+    return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak],
+            "tau2": tau2s[0],  # half 1's prior power, for the diagnostic
             "fold_volumes": folds,
             "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size)),
-            "resolution_unmasked": float(resolution_at(raw, 0.143, px, size))}
+            "resolution_unmasked": res_raw}
 
 
-def _solvent_curve(weak: list[torch.Tensor], raw: np.ndarray, solvent: tuple, size: int, px: float) -> np.ndarray:
+def _solvent_curve(weak: list[torch.Tensor], raw: np.ndarray, res_raw: float, solvent: tuple, size: int,
+                   px: float) -> np.ndarray:
     """``solvent_fsc``'s curve: the halves' FSC inside a mask, corrected by phase randomisation (seed, radius px,
-    edge px = ``solvent``). The mask is made from the halves (:func:`~cryolens.imaging.masks.solvent_mask`)
-    once their unmasked resolution is finer than ``DYNAMIC_MASK_START``, before that the particle's soft
-    sphere: an envelope drawn from noisy low-resolution halves would carry their noise into the FSC."""
+    edge px = ``solvent``; ``raw``, ``res_raw``: their unmasked FSC and its 0.143 resolution, Å). The mask is
+    made from the halves (:func:`~cryolens.imaging.masks.solvent_mask`) once ``res_raw`` is finer than
+    ``DYNAMIC_MASK_START``, before that the particle's soft sphere: an envelope drawn from noisy low-resolution
+    halves would carry their noise into the FSC."""
     seed, radius, edge = solvent
-    if resolution_at(raw, 0.143, px, size) <= DYNAMIC_MASK_START:
+    if res_raw <= DYNAMIC_MASK_START:
         mask = solvent_mask(0.5 * (weak[0] + weak[1]), px)
     else:
         mask = spherical_mask(size, radius, edge, weak[0].device)
-    return fsc_solvent_corrected(weak[0], weak[1], mask, seed=seed)
+    return fsc_solvent_corrected(weak[0], weak[1], mask, seed=seed, unmasked=raw)
 
 
 def _look_ahead(particles: Particles, state: RefineState, cfg: RefineConfig, dev) -> tuple[RefineState, float]:

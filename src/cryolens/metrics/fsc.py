@@ -102,7 +102,7 @@ def randomize_phases(volume: torch.Tensor | np.ndarray, from_shell: int, seed: i
 
 def fsc_solvent_corrected(vol1: torch.Tensor | np.ndarray, vol2: torch.Tensor | np.ndarray,
                           mask: torch.Tensor | np.ndarray, randomize_at: float = 0.8,
-                          seed: int = 0) -> np.ndarray:
+                          seed: int = 0, unmasked: np.ndarray | None = None) -> np.ndarray:
     """FSC of two half maps inside a soft ``mask (D, D, D)``, corrected for the correlation the mask itself
     adds by phase randomisation (Chen et al. 2013; RELION's post-processing and ``--solvent_correct_fsc``).
 
@@ -110,9 +110,10 @@ def fsc_solvent_corrected(vol1: torch.Tensor | np.ndarray, vol2: torch.Tensor | 
     beyond ``k_r`` are randomised (:func:`randomize_phases`, seeds ``seed`` and ``seed + 1``) and masked the
     same way; with ``FSC_t`` the masked FSC and ``FSC_n`` that of the randomised maps, shells ``≥ k_r`` read
     ``(FSC_t − FSC_n) / (1 − FSC_n)`` and shells below keep ``FSC_t``. Without such a shell the masked FSC is
-    returned unchanged. Returns ``(D//2 + 1,)`` float64, as :func:`fsc`."""
+    returned unchanged. ``unmasked``: the two maps' plain FSC when the caller has it (computed otherwise).
+    Returns ``(D//2 + 1,)`` float64, as :func:`fsc`."""
     masked = fsc_masked(vol1, vol2, mask)
-    unmasked = fsc(vol1, vol2)
+    unmasked = fsc(vol1, vol2) if unmasked is None else np.asarray(unmasked)
     below = np.nonzero(unmasked[1:] < randomize_at)[0]
     if below.size == 0:
         return masked

@@ -27,7 +27,7 @@ wall time of each program and their ratio (one row per --reference-folds value),
 elapsed time, class priors, resolution and mean largest class posterior (RELION's from its ``run_itNNN_model.star``).
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_class3d_consensus.py --models 1ake,1pwc,3hsy \
-      --n 2000 --threads 1 [--reference-folds 0,8] [--no-relion] [--json out.json]
+      --n 2000 --threads 1 [--reference-folds 0,8] [--set minres_map=0] [--no-relion] [--json out.json]
 """
 
 from __future__ import annotations
@@ -194,7 +194,8 @@ def run_cryolens(posed, ref_volume: torch.Tensor, truth: np.ndarray, args, folds
 
     res = classify(posed, ref_volume, {"n_classes": 2, "n_iterations": args.iterations, "skip_align": True,
                                        "tau2_fudge": 4.0, "initial_lowpass": args.lowpass, "seed": args.class_seed,
-                                       "batch_size": 256, "reference_folds": folds}, progress=False,
+                                       "batch_size": 256, "reference_folds": folds, **args.overrides},
+                   progress=False,
                    on_iteration=follow)
     wall = time.perf_counter() - t0 - paused[0]
     for row, h in zip(per_it, res.history):
@@ -278,9 +279,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="dataset and consensus seed")
     ap.add_argument("--class-seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
                     help="comma-separated seeds of the Class3D runs of both programs (default: --seed)")
+    ap.add_argument("--set", action="append", default=[],
+                    help="cryolens Class3D option key=value (JSON value), for every cryolens run")
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
+    args.overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     names = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in STATES]
     if unknown:

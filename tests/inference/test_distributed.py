@@ -74,7 +74,7 @@ def _job_classify(data: dict) -> dict:
     out = {}  # searched: from the two maps low-passed to 16 Å; skip_align: from their average
     for name, start, extra in (("searched", "classes_starts", {"healpix_order": 1, "offset_range": 2.0,
                                                                "offset_step": 1.0}),
-                               ("skip_align", "classes_start", {"skip_align": True}),
+                               ("skip_align", "classes_start", {"skip_align": True, "reference_folds": 0}),
                                ("skip_align_folds", "classes_start", {"skip_align": True, "reference_folds": 4})):
         cfg = {"n_classes": 2, "n_iterations": 3, "initial_lowpass": 16.0, "batch_size": 30, **extra}
         r = classify(p, torch.load(data[start]), cfg, progress=False)
@@ -202,9 +202,9 @@ def test_two_rank_refinement_equals_one_rank(runs):
 @pytest.mark.parametrize("mode", ["searched", "skip_align", "skip_align_folds"])
 def test_two_rank_class3d_equals_one_rank(runs, mode):
     """Class3D (3 iterations, 120 images of two maps): the same class maps (FSC ≥ 0.999), labels,
-    class probabilities, priors and poses on 2 ranks as on 1; the classes are the simulated ones (≥ 90 %; with 4
-    leave-fold-out references, whose folds' sums are joined over the ranks, ≥ 80 %: measured 84 % after 3
-    iterations, 94 % without folds)."""
+    class probabilities, priors and poses on 2 ranks as on 1 (with 4 leave-fold-out references too, whose folds'
+    sums are joined over the ranks); the classes are the simulated ones (≥ 90 %; the folds had reached only 84 %
+    here while the low shells went without a prior, ``minres_map`` 5: tests/inference/test_class_small_set.py)."""
     one, two, data = runs
     a = one["classify"][mode]
     for r in two:
@@ -223,7 +223,7 @@ def test_two_rank_class3d_equals_one_rank(runs, mode):
         assert all(len(v) == 2 for v in t["per_rank"].values()) and t["estep_s"] > 0 and t["mstep_s"] > 0
     truth = np.asarray(data["labels"])
     acc = max(np.mean(a["labels"] == truth), np.mean(a["labels"] == 1 - truth))
-    assert acc >= (0.8 if mode == "skip_align_folds" else 0.9), acc
+    assert acc >= 0.9, acc
 
 
 def test_two_rank_ab_initio_equals_one_rank(runs):

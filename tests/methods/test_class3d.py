@@ -36,11 +36,15 @@ def test_resolution_is_where_data_stops_dominating_the_prior():
     assert _resolution_shell(torch.tensor([[5.0, 3.0, 2.0]])) == 2
 
 
-def test_reference_folds_is_off_by_default():
-    """relion-class3d keeps RELION's class references unless asked (reference_folds 0; docs/METHODS.md: on a small
-    high-SNR set the folds let one class take every image); a value given is kept, text too (the CLI's --set)."""
+def test_reference_folds_default_follows_skip_align():
+    """relion-class3d: 4 leave-fold-out class references with skip_align (measured against RELION on four structures,
+    docs/METHODS.md), RELION's own references (0) when poses are searched (not measured there); a value given is kept
+    either way, text too (the CLI's --set)."""
+    from cryolens.inference.classify import folds_of
     from cryolens.methods.class3d import as_config
 
-    assert get("relion-class3d").defaults["reference_folds"] == 0
-    assert as_config({"skip_align": True}).reference_folds == 0
-    assert as_config({"skip_align": True, "reference_folds": "4"}).reference_folds == 4
+    assert get("relion-class3d").defaults["reference_folds"] is None
+    assert folds_of(as_config({"skip_align": True})) == 4
+    assert folds_of(as_config({"skip_align": False})) == 0
+    assert folds_of(as_config({"skip_align": True, "reference_folds": "0"})) == 0
+    assert folds_of(as_config({"skip_align": False, "reference_folds": "4"})) == 4

@@ -14,7 +14,8 @@ The options object ``cfg`` is the recipe's typed config (:class:`cryolens.method
 ``n_classes, n_iterations, tau2_fudge, healpix_order, offset_range, offset_step, initial_lowpass,
 incr_size, mass, max_significant, modal, pad, batch_size, seed, abinit_iterations, work_margin,
 minres_map, skip_align, reference_folds`` (``F ≥ 2``: each image's class likelihood against class maps made
-without its fold's images, :mod:`~cryolens.inference.class_maps`; the folds are dealt from ``seed``). Each
+without its fold's images, :mod:`~cryolens.inference.class_maps`; the folds are dealt from ``seed``; ``None``:
+:func:`folds_of`). Each
 iteration is checkpointed (``checkpoint.pt``) when a run folder is given; ``resume`` continues from it to the
 same result as an uninterrupted run. Under ``torchrun`` every rank runs the schedule on its share of the images
 (:mod:`~cryolens.inference.classes`); rank 0 writes the checkpoint, which any number of ranks can resume, and no
@@ -75,6 +76,7 @@ class ClassState(CheckpointState):
     (``None`` before the first iteration). elapsed_s: wall time. last: the last iteration's per-image
     ``rotation_index``, ``shift``, ``class_probability``, ``max_weight``. fold_volumes: ``(F, K, D, D, D)`` the
     next E-step's leave-fold-out class maps (``cfg.reference_folds``; ``None`` without folds or before the first).
+    folds_settled: the assignments have settled (:func:`_settle`): every later E-step uses the full class maps.
     """
 
     iteration: int
@@ -88,6 +90,7 @@ class ClassState(CheckpointState):
     elapsed_s: float = 0.0
     last: dict | None = None
     fold_volumes: torch.Tensor | None = None
+    folds_settled: bool = False
 
 
 
@@ -112,6 +115,14 @@ def resolution_shell(data_vs_prior: torch.Tensor) -> int:
         below = torch.nonzero(row[1:] < 1).reshape(-1)
         best = max(best, int(below[0]) if below.numel() else row.shape[0] - 1)
     return max(best, 1)
+
+
+def folds_of(cfg) -> int:
+    """The leave-fold-out class references a run uses: ``cfg.reference_folds``, or when that is ``None`` 4 with
+    ``skip_align`` and 0 (RELION's) when poses are searched."""
+    if cfg.reference_folds is None:
+        return 4 if cfg.skip_align else 0
+    return int(cfg.reference_folds)
 
 
 def random_split(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -208,6 +219,16 @@ def _advance(st: ClassState, res: classes.ClassEMResult, cfg, d: int, px: float,
                "class_probability": res.class_probability.cpu(), "max_weight": res.max_weight.cpu()}
 
 
+def _settle(st: ClassState, cfg, fold: torch.Tensor | None) -> None:
+    """With leave-fold-out references, once fewer than ``cfg.settle_fraction`` of the images changed class in the
+    last iteration the classes have formed: the fold maps are dropped and every later E-step scores each image
+    against the full class maps (all the images, RELION's references; docs/METHODS.md)."""
+    changed = st.history[-1]["changed_fraction"]
+    st.history[-1]["reference_folds"] = 0 if fold is None or st.folds_settled else int(fold.max()) + 1
+    if fold is not None and not st.folds_settled and changed is not None and changed < cfg.settle_fraction:
+        st.folds_settled, st.fold_volumes = True, None
+
+
 def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=None, device=None,
              progress: bool = True, resume: bool = False,
              on_iteration: Callable[[int, classes.ClassEMResult], None] | None = None) -> ClassifyResult:
@@ -236,11 +257,13 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
                disable=not progress)
     join = TimingJoin()  # the iterations' per-rank timing (rank_timing)
     cache = ShiftedImageCache(n, d, dev, st.volumes.dtype, cache_bytes(dev)) if cfg.skip_align else None
-    fold = torch.as_tensor(fold_of(n, cfg.reference_folds, cfg.seed)) if cfg.reference_folds >= 2 else None
+    n_folds = folds_of(cfg)
+    fold = torch.as_tensor(fold_of(n, n_folds, cfg.seed)) if n_folds >= 2 else None
     while st.iteration < cfg.n_iterations:
         t0, timer = time.time(), RankTimer(dev)
-        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache, fold)
+        res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache, None if st.folds_settled else fold)
         _advance(st, res, cfg, d, particles.pixel_size, t0)
+        _settle(st, cfg, fold)
         join.finish(st.history, back=2)  # the previous iteration's
         with timer.part("write_s"):  # no barrier after: the checkpoint is written atomically
             if ckpt is not None and is_main():

@@ -19,14 +19,15 @@ the ``T``-scaled ``τ²`` prior, σ² and class-prior updates), iterated ``n_ite
 - working box: each iteration works on images and maps Fourier-cropped to ``2·(k_max + work_margin)``
   (RELION's ``current_size``), so its cost follows the resolution, not the box;
 - ``tau2_fudge`` T = 4 (``τ²`` from the current maps' power; where it is zero — above the start map's
-  low-pass — RELION's weak prior); no prior below shell ``minres_map`` (5, RELION's); ``modal``: hard
-  assignments (the modal variant);
+  low-pass — RELION's weak prior); the prior on every shell (``minres_map`` 0; RELION's 5 left the low shells of
+  a small class unregularised, docs/METHODS.md); ``modal``: hard assignments (the modal variant);
 - ``skip_align`` (RELION's ``--skip_align``; off by default): every image keeps the pose it comes with
   (e.g. from a consensus refinement) and only the class is inferred
   (:func:`~cryolens.inference.classes.class_em_iteration_fixed_poses`), in the same working box;
-- ``reference_folds`` (0 by default: RELION's behaviour): ``F ≥ 2`` scores each image against class maps made
-  without its fold's images (:mod:`cryolens.inference.class_maps`; docs/METHODS.md for when it helps and when it
-  does not).
+- ``reference_folds``: ``F ≥ 2`` scores each image against class maps made without its fold's images
+  (:mod:`cryolens.inference.class_maps`), 0 is RELION's behaviour; by default 4 with ``skip_align`` (measured on
+  four structures against RELION, docs/METHODS.md) and 0 when poses are searched (there the fold maps multiply the
+  cached slice values ``F``-fold).
 
 Each iteration is checkpointed (``checkpoint.pt``, :mod:`cryolens.io.checkpoint`): ``resume`` continues
 from it and finishes with the same result as an uninterrupted run. ``fit`` returns the class maps, the
@@ -71,10 +72,13 @@ class Class3DConfig(RecipeConfig):
     init_map: str | None = option(None, "start map (.mrc), or K maps in one file; none: ab initio first")
     abinit_iterations: int = option(150, "ab initio iterations when no start map is given")
     work_margin: int = option(4, "shells above k_max kept in the working box, px")
-    minres_map: int = option(5, "shells below this get no prior (RELION's --minres_map)")
+    minres_map: int = option(0, "shells below this get no prior (RELION's --minres_map, 5 there; 0 here: "
+                                "docs/METHODS.md)")
     skip_align: bool = option(False, "keep each image's given pose, infer only the class (--skip_align)")
-    reference_folds: int = option(0, "F ≥ 2: each image's class likelihood against class maps without its fold; "
-                                     "0: none (RELION's)")
+    reference_folds: int | None = option(None, "F ≥ 2: each image's class likelihood against class maps without its "
+                                              "fold; 0: none (RELION's); none: 4 with skip_align, else 0")
+    settle_fraction: float = option(0.001, "with reference folds: once fewer than this fraction of the images "
+                                           "change class, the full class maps for every image (0: folds throughout)")
     resume: bool = option(False, "continue from the run folder's checkpoint.pt")
 
 

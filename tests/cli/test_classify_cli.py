@@ -120,3 +120,40 @@ def test_classify_skip_align_keeps_the_input_poses(two_class_data, tmp_path, cap
                  "--init-map", str(start), "--skip-align", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "no poses" in err and "Traceback" not in err
+
+
+def test_skip_align_resume_after_the_folds_are_dropped_equals_uninterrupted(two_class_data, tmp_path, monkeypatch):
+    """--skip-align with its default leave-fold-out references, killed in its eighth iteration (after the classes had
+    settled and the folds were dropped, as the uninterrupted run's history shows: 4 … then 0) and resumed: the same
+    class maps, classes and per-iteration use of the folds as the uninterrupted run (the checkpoint keeps
+    ``folds_settled``)."""
+    import json
+
+    star, start, _ = two_class_data
+    args = ["--classes", "2", "--init-map", str(start), "--skip-align", "--iterations", "9", "--batch-size", "100",
+            "--quiet"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert main(["classify", str(star), "--out", str(full), *args]) == 0
+    used = [h["reference_folds"] for h in json.loads((full / "metrics.json").read_text())["history"]]
+    assert used[0] == 4 and 0 < used.index(0) < 7 and used[-1] == 0, used
+    real = classes_mod.class_em_iteration_fixed_poses
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(classes_mod, "class_em_iteration_fixed_poses", dying)
+    assert main(["classify", str(star), "--out", str(killed), *args]) == 130
+    monkeypatch.setattr(classes_mod, "class_em_iteration_fixed_poses", real)
+    assert main(["classify", str(star), "--out", str(killed), *args, "--resume"]) == 0
+    again = [h["reference_folds"] for h in json.loads((killed / "metrics.json").read_text())["history"]]
+    assert again == used
+    for k in (1, 2):
+        a, _ = read_volume(full / f"class_{k:03d}.mrc")
+        b, _ = read_volume(killed / f"class_{k:03d}.mrc")
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())
+    sa, sb = read_star(full / "particles.star"), read_star(killed / "particles.star")
+    assert np.array_equal(sa.extra["rlnClassNumber"], sb.extra["rlnClassNumber"])

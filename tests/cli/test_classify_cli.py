@@ -33,6 +33,32 @@ def two_class_data(tmp_path_factory):
     return out / "particles.star", start, read_ground_truth(out)
 
 
+def _kill_at(monkeypatch, name: str, call: int):
+    """Make ``classes_mod.<name>`` raise KeyboardInterrupt at its ``call``-th call; returns the real function."""
+    real = getattr(classes_mod, name)
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(classes_mod, name, dying)
+    return real
+
+
+def _same_classes(full, killed):
+    """The class maps (to float32 rounding) and the classes of two run folders agree."""
+    for k in (1, 2):
+        a, _ = read_volume(full / f"class_{k:03d}.mrc")
+        b, _ = read_volume(killed / f"class_{k:03d}.mrc")
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())
+    sa, sb = read_star(full / "particles.star"), read_star(killed / "particles.star")
+    assert np.array_equal(sa.extra["rlnClassNumber"], sb.extra["rlnClassNumber"])
+    return sa, sb
+
+
 def test_classify_writes_classes_and_a_readable_star(two_class_data, tmp_path):
     """The run folder holds K maps with the voxel size, plots, metrics and a report; particles.star
     read back with our STAR reader has every particle, rlnClassNumber in 1..K (1-based, RELION's
@@ -63,27 +89,13 @@ def test_classify_resume_after_kill_equals_uninterrupted(two_class_data, tmp_pat
     star, start, _ = two_class_data
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert main(["classify", str(star), "--classes", "2", "--out", str(full), "--init-map", str(start), *ARGS]) == 0
-    real = classes_mod.class_em_iteration
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(classes_mod, "class_em_iteration", dying)
+    real = _kill_at(monkeypatch, "class_em_iteration", 3)
     assert main(["classify", str(star), "--classes", "2", "--out", str(killed), "--init-map", str(start), *ARGS]) == 130
     assert not (killed / "class_001.mrc").exists()
     monkeypatch.setattr(classes_mod, "class_em_iteration", real)
     assert main(["classify", str(star), "--classes", "2", "--out", str(killed), "--init-map", str(start), *ARGS,
                  "--resume"]) == 0
-    for k in (1, 2):
-        a, _ = read_volume(full / f"class_{k:03d}.mrc")
-        b, _ = read_volume(killed / f"class_{k:03d}.mrc")
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())
-    sa, sb = read_star(full / "particles.star"), read_star(killed / "particles.star")
-    assert np.array_equal(sa.extra["rlnClassNumber"], sb.extra["rlnClassNumber"])
+    sa, sb = _same_classes(full, killed)
     torch.testing.assert_close(sb.rotations, sa.rotations, atol=1e-5, rtol=0)
 
 
@@ -136,24 +148,10 @@ def test_skip_align_resume_after_the_folds_are_dropped_equals_uninterrupted(two_
     assert main(["classify", str(star), "--out", str(full), *args]) == 0
     used = [h["reference_folds"] for h in json.loads((full / "metrics.json").read_text())["history"]]
     assert used[0] == 4 and 0 < used.index(0) < 7 and used[-1] == 0, used
-    real = classes_mod.class_em_iteration_fixed_poses
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(classes_mod, "class_em_iteration_fixed_poses", dying)
+    real = _kill_at(monkeypatch, "class_em_iteration_fixed_poses", 8)
     assert main(["classify", str(star), "--out", str(killed), *args]) == 130
     monkeypatch.setattr(classes_mod, "class_em_iteration_fixed_poses", real)
     assert main(["classify", str(star), "--out", str(killed), *args, "--resume"]) == 0
     again = [h["reference_folds"] for h in json.loads((killed / "metrics.json").read_text())["history"]]
     assert again == used
-    for k in (1, 2):
-        a, _ = read_volume(full / f"class_{k:03d}.mrc")
-        b, _ = read_volume(killed / f"class_{k:03d}.mrc")
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())
-    sa, sb = read_star(full / "particles.star"), read_star(killed / "particles.star")
-    assert np.array_equal(sa.extra["rlnClassNumber"], sb.extra["rlnClassNumber"])
+    _same_classes(full, killed)

@@ -72,12 +72,12 @@ def write_report(run_dir: str | os.PathLike, title: str, captions: dict[str, str
     result = _read_json(run / "result.json")
     captions = {"training_curves.png": "training curves (log.jsonl)", **(captions or {})}
     figs = []
-    for png in sorted([*run.glob("*.png"), *run.glob("*.gif")]):
-        data = base64.b64encode(png.read_bytes()).decode()
-        cap = html.escape(captions.get(png.name, png.stem.replace("_", " ")))
-        mime = "image/gif" if png.suffix == ".gif" else "image/png"
-        figs.append(f'<figure><img alt="{html.escape(png.name)}" src="data:{mime};base64,{data}">'
-                    f"<figcaption>{cap} <code>{html.escape(png.name)}</code></figcaption></figure>")
+    for img in sorted([*run.glob("*.png"), *run.glob("*.gif")]):
+        data = base64.b64encode(img.read_bytes()).decode()
+        cap = html.escape(captions.get(img.name, img.stem.replace("_", " ")))
+        mime = "image/gif" if img.suffix == ".gif" else "image/png"
+        figs.append(f'<figure><img alt="{html.escape(img.name)}" src="data:{mime};base64,{data}">'
+                    f"<figcaption>{cap} <code>{html.escape(img.name)}</code></figcaption></figure>")
     files = "".join(f"<li><code>{html.escape(p.name)}</code></li>" for p in sorted(run.iterdir())
                     if p.is_file() and p.name != "report.html" and not p.name.startswith("."))
     flat_metrics = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}

@@ -68,13 +68,13 @@ from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.grids import content_resolution, flatten_solvent, lowpass_volume, shell_index_2d, spherical_mask
+from ..imaging.masks import solvent_mask
 from ..imaging.rotations import geodesic_distance
 from ..imaging.shift import phase_shift
 from ..imaging.slice import extract_points_from_sampling_volume
 from ..imaging.so3_grid import angular_step, grid_size, so3_grid
 from ..imaging.symmetry import cyclic_operators, cyclic_order, symmetry_axis
 from ..io.dataset import iterate_batches
-from ..imaging.masks import solvent_mask
 from ..io.particles import Particles, half_set_labels
 from ..metrics.fsc import fsc as fsc_curve, fsc_solvent_corrected, resolution_at
 from .distributed import is_main, on_ranks, shard, snapshot_writer
@@ -222,8 +222,8 @@ def _maps(accs: list[FourierAccumulator], sigma2: list[torch.Tensor], fudge: flo
              else [fold_out_maps(accs[h], parts[h], priors[h]) for h in (0, 1)])
     return {"volumes": [v.cpu() for v in volumes], "unfiltered": [v.float().cpu() for v in weak],
             "tau2": tau2s[0],  # half 1's prior power, for the diagnostic
-            "fold_volumes": folds,
-            "full": full.float().cpu(), "curve": curve, "resolution": float(resolution_at(curve, 0.143, px, size)),
+            "fold_volumes": folds, "full": full.float().cpu(), "curve": curve,
+            "resolution": res_raw if solvent is None else float(resolution_at(curve, 0.143, px, size)),
             "resolution_unmasked": res_raw}
 
 

@@ -219,13 +219,13 @@ def _advance(st: ClassState, res: classes.ClassEMResult, cfg, d: int, px: float,
                "class_probability": res.class_probability.cpu(), "max_weight": res.max_weight.cpu()}
 
 
-def _settle(st: ClassState, cfg, fold: torch.Tensor | None) -> None:
-    """With leave-fold-out references, once fewer than ``cfg.settle_fraction`` of the images changed class in the
-    last iteration the classes have formed: the fold maps are dropped and every later E-step scores each image
-    against the full class maps (all the images, RELION's references; docs/METHODS.md)."""
-    changed = st.history[-1]["changed_fraction"]
-    st.history[-1]["reference_folds"] = 0 if fold is None or st.folds_settled else int(fold.max()) + 1
-    if fold is not None and not st.folds_settled and changed is not None and changed < cfg.settle_fraction:
+def _settle(st: ClassState, cfg, n_folds: int) -> None:
+    """With ``n_folds ≥ 2`` leave-fold-out references, once fewer than ``cfg.settle_fraction`` of the images changed
+    class in the last iteration the classes have formed: the fold maps are dropped and every later E-step scores each
+    image against the full class maps (all the images, RELION's references; docs/METHODS.md)."""
+    changed, folds = st.history[-1]["changed_fraction"], n_folds >= 2
+    st.history[-1]["reference_folds"] = n_folds if folds and not st.folds_settled else 0
+    if folds and not st.folds_settled and changed is not None and changed < cfg.settle_fraction:
         st.folds_settled, st.fold_volumes = True, None
 
 
@@ -263,7 +263,7 @@ def classify(particles: Particles, init_volume: torch.Tensor | None, cfg, run=No
         t0, timer = time.time(), RankTimer(dev)
         res = _em_step(particles, st, cfg, rot, shifts, dev, bar, timer, cache, None if st.folds_settled else fold)
         _advance(st, res, cfg, d, particles.pixel_size, t0)
-        _settle(st, cfg, fold)
+        _settle(st, cfg, n_folds)
         join.finish(st.history, back=2)  # the previous iteration's
         with timer.part("write_s"):  # no barrier after: the checkpoint is written atomically
             if ckpt is not None and is_main():

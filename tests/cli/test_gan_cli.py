@@ -5,6 +5,7 @@ the training curves drawn from the engine's log, the checkpoint and the report."
 import json
 
 import numpy as np
+import starfile
 import torch
 
 from cryolens.cli.main import main
@@ -77,6 +78,10 @@ def test_train_cryovaegan_writes_latents_and_readouts(tmp_path):
     assert np.load(run / "z.npy").shape == (48, 3)
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["inplane_circular_correlation"] <= 1 and -1 <= m["defocus_spearman"] <= 1
-    assert m["defocus_pc"] in (0, 1, 2) and {"discriminator", "recon", "kl"} <= set(m["history"][0])
+    assert m["angle_circularity"] >= 0 and {"discriminator", "recon", "kl"} <= set(m["history"][0])
     star = read_star(run / "particles.star")
     assert "rlnCryolensLatentAngle" in str(star)
+    # the defocus coordinate is a read-out in Å: a least-squares fit to the defocus, so its mean is the defocus's
+    table = starfile.read(run / "particles.star")["particles"]
+    coordinate, defocus = table["rlnCryolensDefocusCoordinate"], 0.5 * (table["rlnDefocusU"] + table["rlnDefocusV"])
+    assert abs(coordinate.mean() - defocus.mean()) < 0.2 * defocus.std() + 1.0

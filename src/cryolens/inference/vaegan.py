@@ -9,16 +9,19 @@ decodes of prior draws ``z ~ N(0, I)``. Per image, with ``P = D²`` pixels::
     recon = Σ_pixels (x − x̂)² / (2 e^s) + P s / 2        (Gaussian with a learned scale)
     loss  = (recon + β · KL(q(z|x) ‖ N(0, I))) / P + γ · [ℓ(D(x̂), 1) + ℓ(D(decode(z_prior)), 1)] / 2
 
-with ``ℓ`` the logistic loss (binary cross-entropy on logits); the discriminator is trained on
+with ``ℓ`` the logistic loss (binary cross-entropy on logits) and ``x̂`` the decode of ``z ~ q(z|x)``; the
+adversarial terms train the decoder only (their ``x̂`` is decoded from a detached ``z``), as in Larsen et al.'s
+VAE-GAN (2016): reaching the encoder, a discriminator that wins pushes the latent to whatever fools it and the
+latent forgets the image (measured: benchmarks/RESULTS.md, "cryovaegan"). The discriminator is trained on
 ``ℓ(D(x), 1) + [ℓ(D(x̂), 0) + ℓ(D(decode(z_prior)), 0)] / 2`` with an Adam of its own, one step before each
 engine step (the engine's ``before_step`` hook, optimiser checkpointed through ``inner_optimizers``).
 Images are divided by ``norm`` (the data scale). The authors' code scores pixels with a Bernoulli
 cross-entropy over ``exp(scale)`` plus ``2·scale``, for images in [0, 1]; cryo-EM images are signed and
 unbounded, so the Gaussian with a learned scale stands in for it.
 
-:func:`encode_all` gives ``μ`` of every image; :func:`latent_readout` reads the in-plane angle (the angle of
-the first two principal components of ``μ``) and a defocus coordinate (the principal component most
-rank-correlated with the dataset's defocus) off the latents.
+:func:`encode_all` gives ``μ`` of every image; :func:`latent_readout` reads the in-plane angle (the circle that a
+spectral embedding of ``μ`` finds: :func:`circular_coordinate`) and a defocus coordinate (the latent's linear
+defocus axis, cross-fitted to the dataset's defocus) off the latents.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ def _logistic(logits: torch.Tensor, target: float) -> torch.Tensor:
 
 class VAEGAN(nn.Module):
     """The 2D VAE-GAN (module docstring). config: ``zdim``, ``beta``, ``gan_weight``, ``enc_channels``,
-    ``dec_channels``, ``hidden``, ``critic_channels``, ``critic_max_channels``, ``lr`` (the discriminator's
-    Adam too) and ``betas``. norm: the data scale."""
+    ``dec_channels``, ``hidden``, ``critic_channels``, ``critic_max_channels``, ``spectral_norm`` (the
+    discriminator's layers spectrally normalised, Miyato et al. 2018), ``lr`` (the discriminator's Adam too) and
+    ``betas``. norm: the data scale."""
 
     def __init__(self, box_size: int, config: Any, norm: float = 1.0):
         super().__init__()
@@ -72,6 +76,10 @@ class VAEGAN(nn.Module):
         self.decoder = ImageDecoder(box_size, self.zdim, int(config.dec_channels), int(config.hidden))
         self.log_scale = nn.Parameter(torch.zeros(()))
         self.critic = Critic(box_size, int(config.critic_channels), int(config.critic_max_channels))
+        if bool(config.spectral_norm):
+            for m in self.critic.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(m)
         self.betas = tuple(float(b) for b in config.betas)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=float(config.lr), betas=self.betas)
         self.register_buffer("norm", torch.tensor(float(norm)))
@@ -90,14 +98,19 @@ class VAEGAN(nn.Module):
     def _decodes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(hartley2(x))
         z = mu + torch.randn(mu.shape).to(mu.device) * torch.exp(0.5 * logvar)
-        prior = self.decoder(torch.randn(mu.shape).to(mu.device))
-        return mu, logvar, self.decoder(z), prior
+        prior = self._sample(self.decoder(torch.randn(mu.shape).to(mu.device)))
+        return mu, logvar, z, prior
+
+    def _sample(self, mean: torch.Tensor) -> torch.Tensor:
+        """A draw of the decoder's Gaussian ``mean + e^{s/2} ε``: what the discriminator is shown."""
+        return mean + torch.exp(0.5 * self.log_scale) * torch.randn(mean.shape).to(mean.device)
 
     def before_step(self, batch: dict, trainer: Any) -> dict[str, torch.Tensor]:
         """One discriminator step: real images against reconstructions and prior decodes."""
         x = batch["image"] / self.norm
         with torch.no_grad():
-            _, _, recon, prior = self._decodes(x)
+            _, _, z, prior = self._decodes(x)
+            recon = self._sample(self.decoder(z))
         loss = _logistic(self.critic(x), 1.0) + 0.5 * (_logistic(self.critic(recon), 0.0)
                                                       + _logistic(self.critic(prior), 0.0))
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -107,11 +120,14 @@ class VAEGAN(nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         x = batch["image"] / self.norm
-        mu, logvar, recon, prior = self._decodes(x)
+        mu, logvar, z, prior = self._decodes(x)
+        recon = self.decoder(z)
         p = x.shape[-1] * x.shape[-2]
         rec = ((x - recon).square().sum((-2, -1)) / (2 * torch.exp(self.log_scale)) + p * self.log_scale / 2).mean()
         kl = kl_standard_normal(mu, logvar).mean()
-        adv = 0.5 * (_logistic(self.critic(recon), 1.0) + _logistic(self.critic(prior), 1.0))
+        # the adversarial terms train the decoder only (Larsen et al. 2016): through z they would reach the encoder
+        adv = 0.5 * (_logistic(self.critic(self._sample(self.decoder(z.detach()))), 1.0)
+                     + _logistic(self.critic(prior), 1.0))
         return {"loss": (rec + self.beta * kl) / p + self.gan_weight * adv, "recon": rec / p, "kl": kl,
                 "adversarial": adv, "log_scale": self.log_scale.detach()}
 
@@ -124,33 +140,75 @@ def encode_all(model: VAEGAN, particles: Particles, device, batch_size: int = 25
     return torch.cat(out).numpy().astype(np.float32)
 
 
+def circular_coordinate(z: np.ndarray, n_neighbors: int = 10, n_components: int = 6, max_points: int = 20000,
+                        seed: int = 0) -> tuple[np.ndarray, tuple[int, int], float]:
+    """A circle's angle read off latents ``z (N, L)`` without labels: the spectral embedding (Laplacian
+    eigenmaps of the ``n_neighbors``-nearest-neighbour graph, ``n_components`` coordinates) of the centred
+    latents; of every pair of its coordinates, the one whose points lie closest to a circle (smallest
+    coefficient of variation of the radius: a closed curve's first Laplacian pair is ``(cos θ, sin θ)`` of its
+    arc length θ); the angle ``atan2`` of that pair, radians ``(N,)``. Above ``max_points`` a random subset is
+    embedded and the other points take the mean of their ``n_neighbors`` nearest embedded points' pair.
+    Returns ``(angle, (i, j), cv)``: the pair chosen and its radius's coefficient of variation."""
+    from sklearn.manifold import SpectralEmbedding
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(z, dtype=np.float64)
+    x = x - x.mean(0)
+    keep = np.arange(len(x))
+    if len(x) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), max_points, replace=False))
+    emb = SpectralEmbedding(n_components=min(n_components, len(keep) - 2), affinity="nearest_neighbors",
+                            n_neighbors=n_neighbors, random_state=seed).fit_transform(x[keep])
+    pairs = [(i, j) for i in range(emb.shape[1]) for j in range(i + 1, emb.shape[1])]
+    cvs = [np.hypot(emb[:, i], emb[:, j]).std() / np.hypot(emb[:, i], emb[:, j]).mean() for i, j in pairs]
+    k = int(np.argmin(cvs))
+    xy = np.zeros((len(x), 2))
+    xy[keep] = emb[:, list(pairs[k])]
+    rest = np.setdiff1d(np.arange(len(x)), keep)
+    if len(rest):
+        _, idx = NearestNeighbors(n_neighbors=n_neighbors).fit(x[keep]).kneighbors(x[rest])
+        xy[rest] = emb[:, list(pairs[k])][idx].mean(1)
+    return np.arctan2(xy[:, 1], xy[:, 0]), pairs[k], float(cvs[k])
+
+
 def latent_readout(z: np.ndarray, defocus: np.ndarray | None = None) -> dict[str, np.ndarray | int | float]:
     """Read-outs of latents ``z (N, L)`` (``L ≥ 2``): ``pcs (N, L)`` principal-component scores, ``angle (N,)``
-    radians ``atan2(PC2, PC1)`` (the in-plane angle up to an offset and a direction, when the latent holds it
-    as a circle), and with ``defocus (N,)`` Å: ``defocus_pc`` (0-based index of the component with the
-    largest |Spearman ρ| with it), ``defocus_spearman`` (that ρ) and ``defocus_coordinate (N,)`` (its scores)."""
+    radians (the in-plane angle up to an offset and a direction, when the latent holds it as a closed curve:
+    :func:`circular_coordinate`), ``angle_circularity`` (its radius's coefficient of variation: near 0 for a
+    circle), and with ``defocus (N,)`` Å the latent's defocus axis: the least-squares linear read-out
+    ``defocus ≈ w · z + b``, cross-fitted on two interleaved halves (each half's coordinate from the weights
+    fitted on the other, so the score is out of sample): ``defocus_coordinate (N,)`` Å, ``defocus_spearman``
+    (its Spearman ρ with the defocus) and ``defocus_axis (L,)`` (the unit direction ``w/‖w‖`` fitted on all)."""
     from scipy.stats import spearmanr
 
     x = np.asarray(z, dtype=np.float64)
     x = x - x.mean(0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
-    pcs = x @ vt.T
-    out: dict[str, Any] = {"pcs": pcs, "angle": np.arctan2(pcs[:, 1], pcs[:, 0])}
+    angle, _, cv = circular_coordinate(x)
+    out: dict[str, Any] = {"pcs": x @ vt.T, "angle": angle, "angle_circularity": cv}
     if defocus is not None:
-        rho = np.array([spearmanr(pcs[:, k], defocus)[0] for k in range(pcs.shape[1])])
-        k = int(np.nanargmax(np.abs(rho)))
-        out.update(defocus_pc=k, defocus_spearman=float(rho[k]), defocus_coordinate=pcs[:, k])
+        d = np.asarray(defocus, dtype=np.float64)
+        design = np.c_[x, np.ones(len(x))]
+        coordinate = np.empty(len(x))
+        for half in (0, 1):
+            fit = np.arange(len(x)) % 2 != half
+            coordinate[~fit] = design[~fit] @ np.linalg.lstsq(design[fit], d[fit], rcond=None)[0]
+        w = np.linalg.lstsq(design, d, rcond=None)[0][:-1]
+        out.update(defocus_coordinate=coordinate, defocus_spearman=float(spearmanr(coordinate, d)[0]),
+                   defocus_axis=w / max(np.linalg.norm(w), 1e-30))
     return out
 
 
 def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """|Jammalamadaka–SenGupta circular correlation| of angles ``a``, ``b`` ``(N,)`` radians (invariant to a
-    constant offset of either; its absolute value also to reversing one's direction)."""
-    def centred(t: np.ndarray) -> np.ndarray:
-        return np.sin(t - np.arctan2(np.sin(t).sum(), np.cos(t).sum()))
+    """|Fisher–Lee circular correlation ρ_T| of angles ``a``, ``b`` ``(N,)`` radians: ``det(S_ab) /
+    sqrt(det S_aa · det S_bb)`` with ``S`` the (uncentred) second moments of the unit vectors ``(cos, sin)``; 1
+    for ``b = ±a + c``, invariant to rotating either. Unlike Jammalamadaka–SenGupta's coefficient it needs no
+    mean direction, which uniformly spread angles (an in-plane angle) do not have."""
+    def unit(t: np.ndarray) -> np.ndarray:
+        return np.stack([np.cos(t), np.sin(t)], 1)
 
-    sa, sb = centred(np.asarray(a, float)), centred(np.asarray(b, float))
-    return float(abs((sa * sb).sum()) / np.sqrt((sa**2).sum() * (sb**2).sum()))
+    ua, ub = unit(np.asarray(a, float)), unit(np.asarray(b, float))
+    return float(abs(np.linalg.det(ua.T @ ub)) / np.sqrt(np.linalg.det(ua.T @ ua) * np.linalg.det(ub.T @ ub)))
 
 
 def inplane_angles(rotations: torch.Tensor) -> np.ndarray:

@@ -5,8 +5,8 @@ defocus.
 Composition: :class:`~cryolens.inference.vaegan.VAEGAN` (CNN encoder to a Gaussian latent, image decoder
 with a learned scale, a discriminator on real images versus reconstructions and prior decodes) on the one
 engine; :func:`~cryolens.inference.vaegan.latent_readout` reads the latents: the in-plane angle as the
-angle of their first two principal components, a defocus coordinate as the component most rank-correlated
-with the dataset's defocus (the CTF metadata, known).
+angle of the circle a spectral embedding of them holds (no labels used), a defocus coordinate along the
+latent's linear defocus axis, cross-fitted to the dataset's defocus (the CTF metadata, known).
 
 Values: the paper and code give the architecture's idea, not values we could check; ours: ``zdim`` 8,
 β 1, the adversarial terms weighted 0.1, Adam 1e-3 with betas (0.5, 0.999) (the usual VAE-GAN values) for
@@ -14,7 +14,7 @@ the networks and the discriminator, batch 32, 20 epochs, CPU-sized networks. The
 term with a learned log-variance replaces the authors' Bernoulli term (their images are in [0, 1]).
 
 Outputs: ``z`` per image (posterior means, STAR order), the STAR columns ``rlnCryolensLatentAngle`` (°) and
-``rlnCryolensDefocusCoordinate``, metrics ``defocus_pc``, ``defocus_spearman`` and, when the metadata
+``rlnCryolensDefocusCoordinate`` (Å), metrics ``defocus_spearman``, ``angle_circularity`` and, when the metadata
 carries rotations (a simulation's truth, never used in training), ``inplane_circular_correlation`` of the
 read-out angle with the true in-plane angle (relative to the first image's pose: one view).
 """
@@ -51,6 +51,8 @@ class CryoVAEGANConfig(TrainingConfig):
     hidden: int = option(256, "width of the encoder's and decoder's fully connected layers")
     critic_channels: int = option(16, "channels of the discriminator's first block")
     critic_max_channels: int = option(128, "most channels of a discriminator block")
+    spectral_norm: bool = option(True, "spectrally normalise the discriminator's layers (a Lipschitz-1 "
+                                 "discriminator: without it its logits can run away and wreck the decoder)")
 
 
 def fit(particles, known, run, config: CryoVAEGANConfig, device=None, progress=True) -> MethodOutputs:
@@ -70,7 +72,7 @@ def fit(particles, known, run, config: CryoVAEGANConfig, device=None, progress=T
     defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
     read = latent_readout(z, defocus)
     summary, history = run_summary(run, config)
-    metrics = {**summary, "defocus_pc": read["defocus_pc"], "defocus_spearman": read["defocus_spearman"]}
+    metrics = {**summary, "defocus_spearman": read["defocus_spearman"], "angle_circularity": read["angle_circularity"]}
     if particles.rotations is not None:
         truth = inplane_angles(particles.rotations)
         metrics["inplane_circular_correlation"] = circular_correlation(read["angle"], truth)

@@ -85,3 +85,10 @@ def test_train_cryovaegan_writes_latents_and_readouts(tmp_path):
     table = starfile.read(run / "particles.star")["particles"]
     coordinate, defocus = table["rlnCryolensDefocusCoordinate"], 0.5 * (table["rlnDefocusU"] + table["rlnDefocusV"])
     assert abs(coordinate.mean() - defocus.mean()) < 0.2 * defocus.std() + 1.0
+    # cryolens analyze reads the same angle and defocus off the saved z, and colours the latent plots by them
+    assert main(["analyze", str(run), "--no-umap", "--clusters", "3"]) == 0
+    saved = np.load(run / "analysis" / "readouts.npz")
+    np.testing.assert_allclose(saved["angle_deg"], table["rlnCryolensLatentAngle"], atol=1e-3)
+    np.testing.assert_allclose(saved["defocus_coordinate"], coordinate, rtol=1e-4)
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    assert summary["n_particles"] == 48 and list((run).glob("latent_*.png"))

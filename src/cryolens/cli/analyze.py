@@ -58,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
     from .common import pick_device
 
     device = pick_device(args.device)
+    arguments = RunFolder(args.run).read_json("config.json").get("arguments", {})
+    if arguments.get("recipe") == "cryovaegan":
+        return _analyze_2d(args, arguments, device)
     trained = load_trained_run(args.run, device)
     if trained.latents is None:
         raise InputError(f"{args.run}: no z.npy (a homogeneous run has no latent space)")
@@ -82,4 +85,26 @@ def main(args: argparse.Namespace) -> int:
                             run.path("analysis"), np.load(run.path("analysis") / "kmeans_centers.npy"), args.pcs)
     print(f"analysed {len(trained.latents)} latents of {args.run}: maps, plots and subsets in "
           f"{run.path('analysis')}/, report.html updated")
+    return 0
+
+
+def _analyze_2d(args: argparse.Namespace, arguments: dict, device) -> int:
+    """A cryovaegan run (2D, no maps): the in-plane angle and defocus read off its latents, and the latent plots."""
+    from ..errors import InputError
+    from ..io.dataset import read_particles
+    from ..methods.cryovaegan import analyze
+
+    source = args.particles or arguments.get("input")
+    if not source:
+        raise InputError(f"{args.run}: give --particles (config.json names no input)")
+    particles = read_particles(source)
+    subsets = [[int(k) for k in s.split(",") if k] for s in args.subset_clusters] or None
+    summary = analyze(args.run, particles, _values(args.values, len(particles)) or None, n_clusters=args.clusters,
+                      n_pcs=args.pcs, umap=not args.no_umap, subset_clusters=subsets,
+                      device=device)
+    truth = summary.get("inplane_circular_correlation")
+    print(f"analysed {len(particles)} latents of {args.run}: in-plane angle and defocus read off z "
+          f"(defocus Spearman {summary['defocus_spearman']:.3f}, angle circularity {summary['angle_circularity']:.3f}"
+          + (f", circular correlation with the true in-plane angle {truth:.3f}" if truth is not None else "")
+          + f"); analysis/readouts.npz, plots and report.html in {args.run}")
     return 0

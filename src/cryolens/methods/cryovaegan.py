@@ -69,14 +69,46 @@ def fit(particles, known, run, config: CryoVAEGANConfig, device=None, progress=T
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)
     z = encode_all(model, blind, device)
-    defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
-    read = latent_readout(z, defocus)
     summary, history = run_summary(run, config)
-    metrics = {**summary, "defocus_spearman": read["defocus_spearman"], "angle_circularity": read["angle_circularity"]}
+    metrics, columns = readouts(z, particles)
+    return MethodOutputs(pixel_size=particles.pixel_size, latents=z, metrics={**summary, **metrics},
+                         history=history, particle_columns=columns)
+
+
+def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The read-outs of latents ``z (N, L)`` of ``particles`` (``inference.vaegan.latent_readout`` with their
+    defocus): metrics ``defocus_spearman``, ``angle_circularity`` and, when the particles carry rotations (a
+    simulation's truth), ``inplane_circular_correlation``; STAR columns ``rlnCryolensLatentAngle`` (°) and
+    ``rlnCryolensDefocusCoordinate`` (Å)."""
+    if particles.ctf is None:
+        raise InputError(f"{particles.name}: the cryovaegan read-outs need CTF parameters (the defocus)")
+    read = latent_readout(z, (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy())
+    metrics = {"defocus_spearman": read["defocus_spearman"], "angle_circularity": read["angle_circularity"]}
     if particles.rotations is not None:
         truth = inplane_angles(particles.rotations)
         metrics["inplane_circular_correlation"] = circular_correlation(read["angle"], truth)
-    columns = {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
-               "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
-    return MethodOutputs(pixel_size=particles.pixel_size, latents=z, metrics=metrics, history=history,
-                         particle_columns=columns)
+    return metrics, {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
+                     "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
+
+
+def analyze(run_dir, particles, values: dict[str, np.ndarray] | None = None, **options) -> dict:
+    """``cryolens analyze`` of a cryovaegan run: the read-outs of its ``z.npy`` (:func:`readouts`) saved as
+    ``analysis/readouts.npz`` (``angle_deg``, ``defocus_coordinate``, ``defocus``) and the latent analysis of
+    :func:`~cryolens.analysis.latent_run.analyze_latents` (no maps: the model is 2D) with the plots coloured by
+    the read-out angle, the defocus and any ``values``. ``options`` go to ``analyze_latents``. Returns its
+    summary with the read-out metrics."""
+    from ..analysis.latent_run import analyze_latents
+    from ..io.runfolder import RunFolder
+
+    run = RunFolder(run_dir)
+    z = np.load(run.path("z.npy"))
+    if len(z) != len(particles):
+        raise InputError(f"{particles.name}: {len(particles)} particles for the run's {len(z)} latents")
+    metrics, columns = readouts(z, particles)
+    defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
+    colour = {"inplane_angle_readout_deg": columns["rlnCryolensLatentAngle"], "defocus_A": defocus,
+              **(values or {})}
+    summary = analyze_latents(z, None, run, particles.pixel_size, values=colour, particles=particles, **options)
+    np.savez(run.path("analysis") / "readouts.npz", angle_deg=columns["rlnCryolensLatentAngle"],
+             defocus_coordinate=columns["rlnCryolensDefocusCoordinate"], defocus=defocus)
+    return {**summary, **metrics}

@@ -92,16 +92,16 @@ def _analyze_2d(args: argparse.Namespace, arguments: dict, device) -> int:
     """A cryovaegan run (2D, no maps): the in-plane angle and defocus read off its latents, and the latent plots."""
     from ..errors import InputError
     from ..io.dataset import read_particles
-    from ..methods.cryovaegan import analyze
+    from ..analysis.vaegan_run import analyze_vaegan_run
 
     source = args.particles or arguments.get("input")
     if not source:
         raise InputError(f"{args.run}: give --particles (config.json names no input)")
     particles = read_particles(source)
     subsets = [[int(k) for k in s.split(",") if k] for s in args.subset_clusters] or None
-    summary = analyze(args.run, particles, _values(args.values, len(particles)) or None, n_clusters=args.clusters,
-                      n_pcs=args.pcs, umap=not args.no_umap, subset_clusters=subsets,
-                      device=device)
+    summary = analyze_vaegan_run(args.run, particles, _values(args.values, len(particles)) or None,
+                                 n_clusters=args.clusters, n_pcs=args.pcs, umap=not args.no_umap,
+                                 subset_clusters=subsets, device=device)
     truth = summary.get("inplane_circular_correlation")
     print(f"analysed {len(particles)} latents of {args.run}: in-plane angle and defocus read off z "
           f"(defocus Spearman {summary['defocus_spearman']:.3f}, angle circularity {summary['angle_circularity']:.3f}"

@@ -90,25 +90,3 @@ def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.n
     return metrics, {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
                      "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
 
-
-def analyze(run_dir, particles, values: dict[str, np.ndarray] | None = None, **options) -> dict:
-    """``cryolens analyze`` of a cryovaegan run: the read-outs of its ``z.npy`` (:func:`readouts`) saved as
-    ``analysis/readouts.npz`` (``angle_deg``, ``defocus_coordinate``, ``defocus``) and the latent analysis of
-    :func:`~cryolens.analysis.latent_run.analyze_latents` (no maps: the model is 2D) with the plots coloured by
-    the read-out angle, the defocus and any ``values``. ``options`` go to ``analyze_latents``. Returns its
-    summary with the read-out metrics."""
-    from ..analysis.latent_run import analyze_latents
-    from ..io.runfolder import RunFolder
-
-    run = RunFolder(run_dir)
-    z = np.load(run.path("z.npy"))
-    if len(z) != len(particles):
-        raise InputError(f"{particles.name}: {len(particles)} particles for the run's {len(z)} latents")
-    metrics, columns = readouts(z, particles)
-    defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
-    colour = {"inplane_angle_readout_deg": columns["rlnCryolensLatentAngle"], "defocus_A": defocus,
-              **(values or {})}
-    summary = analyze_latents(z, None, run, particles.pixel_size, values=colour, particles=particles, **options)
-    np.savez(run.path("analysis") / "readouts.npz", angle_deg=columns["rlnCryolensLatentAngle"],
-             defocus_coordinate=columns["rlnCryolensDefocusCoordinate"], defocus=defocus)
-    return {**summary, **metrics}

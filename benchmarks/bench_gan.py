@@ -97,6 +97,24 @@ def refine_frame(volume: torch.Tensor, truth: torch.Tensor, g: torch.Tensor,
     return rotated(best.x), turn(best.x)
 
 
+def score_maps(paths: list[Path], particles, truth: torch.Tensor, truth_rot: torch.Tensor, args) -> None:
+    """``--score-maps``: each map's 0.5 crossing against the truth in the pose-search and refined frames, and the
+    file's modification time (when a run wrote it)."""
+    from cryolens.io.mrc import read_volume
+
+    for path in paths:
+        volume = torch.from_numpy(read_volume(path)[0]).float()
+        if "_half1" in path.name:
+            half2 = read_volume(path.with_name(path.name.replace("_half1", "_half2")))[0]
+            volume = 0.5 * (volume + torch.from_numpy(half2).float())
+        aligned_map, median_err, (g, mirrored) = aligned(volume, particles, truth_rot, args.n_align)
+        fitted, _ = refine_frame(volume, truth, g, mirrored)
+        print(json.dumps({"map": str(path), "written": time.strftime("%H:%M:%S", time.gmtime(path.stat().st_mtime)),
+                          "res05_A": res05(aligned_map, truth, args.box),
+                          "res05_refined_frame_A": res05(fitted, truth, args.box),
+                          "median_pose_error_aligned_deg": median_err}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -108,12 +126,18 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE option of the method (repeatable)")
     ap.add_argument("--method", default="cryogan", help="the recipe to run blind: cryogan, or a peer such as "
                     "cryosparc-abinit (its own defaults; each in its own process, so peak RSS is its own)")
+    ap.add_argument("--score-maps", nargs="+", type=Path, default=[],
+                    help="score these maps (.mrc; a *_half1.mrc is averaged with its *_half2.mrc) the same way "
+                         "and stop: e.g. a peer's iterations, to find when it reached a resolution")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     ds, truth = dataset(args.out, args.n, args.box, args.snr)
     particles = read_particles(ds / "particles.star")
     gt = read_ground_truth(ds)
     truth_rot = torch.as_tensor(gt["rotations"], dtype=torch.float32)
+    if args.score_maps:
+        score_maps(args.score_maps, particles, truth, truth_rot, args)
+        return
     t0 = time.time()
     bp = backproject(particles, progress=False)
     result = {"n": args.n, "box": args.box, "snr": args.snr, "pixel_size": PX,

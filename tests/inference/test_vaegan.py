@@ -58,7 +58,7 @@ def test_latent_readout_recovers_the_angle_of_a_bent_closed_curve_and_a_defocus_
     assert read["angle_circularity"] < 0.1
     assert abs(read["defocus_spearman"]) > 0.97 and abs(read["defocus_axis"] @ q[:, 4]) > 0.999
     assert read["defocus_spearman"] == pytest.approx(spearmanr(read["defocus_coordinate"], defocus)[0])
-    sub, _, _ = circular_coordinate(z, max_points=800)
+    sub, _, _, _ = circular_coordinate(z, max_points=800)
     assert circular_correlation(sub, psi) > 0.97
 
 

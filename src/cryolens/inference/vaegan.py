@@ -141,14 +141,15 @@ def encode_all(model: VAEGAN, particles: Particles, device, batch_size: int = 25
 
 
 def circular_coordinate(z: np.ndarray, n_neighbors: int = 10, n_components: int = 6, max_points: int = 20000,
-                        seed: int = 0) -> tuple[np.ndarray, tuple[int, int], float]:
+                        seed: int = 0) -> tuple[np.ndarray, tuple[int, int], float, np.ndarray]:
     """A circle's angle read off latents ``z (N, L)`` without labels: the spectral embedding (Laplacian
     eigenmaps of the ``n_neighbors``-nearest-neighbour graph, ``n_components`` coordinates) of the centred
     latents; of every pair of its coordinates, the one whose points lie closest to a circle (smallest
     coefficient of variation of the radius: a closed curve's first Laplacian pair is ``(cos θ, sin θ)`` of its
     arc length θ); the angle ``atan2`` of that pair, radians ``(N,)``. Above ``max_points`` a random subset is
     embedded and the other points take the mean of their ``n_neighbors`` nearest embedded points' pair.
-    Returns ``(angle, (i, j), cv)``: the pair chosen and its radius's coefficient of variation."""
+    Returns ``(angle, (i, j), cv, xy)``: the pair chosen, its radius's coefficient of variation and the points'
+    coordinates in it ``(N, 2)`` (the circle a user can look at)."""
     from sklearn.manifold import SpectralEmbedding
     from sklearn.neighbors import NearestNeighbors
 
@@ -168,14 +169,15 @@ def circular_coordinate(z: np.ndarray, n_neighbors: int = 10, n_components: int 
     if len(rest):
         _, idx = NearestNeighbors(n_neighbors=n_neighbors).fit(x[keep]).kneighbors(x[rest])
         xy[rest] = emb[:, list(pairs[k])][idx].mean(1)
-    return np.arctan2(xy[:, 1], xy[:, 0]), pairs[k], float(cvs[k])
+    return np.arctan2(xy[:, 1], xy[:, 0]), pairs[k], float(cvs[k]), xy
 
 
 def latent_readout(z: np.ndarray, defocus: np.ndarray | None = None) -> dict[str, np.ndarray | int | float]:
     """Read-outs of latents ``z (N, L)`` (``L ≥ 2``): ``pcs (N, L)`` principal-component scores, ``angle (N,)``
     radians (the in-plane angle up to an offset and a direction, when the latent holds it as a closed curve:
     :func:`circular_coordinate`), ``angle_circularity`` (its radius's coefficient of variation: near 0 for a
-    circle), and with ``defocus (N,)`` Å the latent's defocus axis: the least-squares linear read-out
+    circle), ``angle_pair`` and ``angle_plane (N, 2)`` (the spectral pair and the points in it), and with
+    ``defocus (N,)`` Å the latent's defocus axis: the least-squares linear read-out
     ``defocus ≈ w · z + b``, cross-fitted on two interleaved halves (each half's coordinate from the weights
     fitted on the other, so the score is out of sample): ``defocus_coordinate (N,)`` Å, ``defocus_spearman``
     (its Spearman ρ with the defocus) and ``defocus_axis (L,)`` (the unit direction ``w/‖w‖`` fitted on all)."""
@@ -184,8 +186,9 @@ def latent_readout(z: np.ndarray, defocus: np.ndarray | None = None) -> dict[str
     x = np.asarray(z, dtype=np.float64)
     x = x - x.mean(0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
-    angle, _, cv = circular_coordinate(x)
-    out: dict[str, Any] = {"pcs": x @ vt.T, "angle": angle, "angle_circularity": cv}
+    angle, pair, cv, xy = circular_coordinate(x)
+    out: dict[str, Any] = {"pcs": x @ vt.T, "angle": angle, "angle_circularity": cv, "angle_pair": pair,
+                           "angle_plane": xy}
     if defocus is not None:
         d = np.asarray(defocus, dtype=np.float64)
         design = np.c_[x, np.ones(len(x))]

@@ -75,11 +75,12 @@ def fit(particles, known, run, config: CryoVAEGANConfig, device=None, progress=T
                          history=history, particle_columns=columns)
 
 
-def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def readouts(z: np.ndarray, particles, plane: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The read-outs of latents ``z (N, L)`` of ``particles`` (``inference.vaegan.latent_readout`` with their
     defocus): metrics ``defocus_spearman``, ``angle_circularity`` and, when the particles carry rotations (a
     simulation's truth), ``inplane_circular_correlation``; STAR columns ``rlnCryolensLatentAngle`` (°) and
-    ``rlnCryolensDefocusCoordinate`` (Å)."""
+    ``rlnCryolensDefocusCoordinate`` (Å); with ``plane`` also ``angle_plane`` ``(N, 2)`` and ``angle_pair`` (the
+    spectral pair the angle was read in, for a plot)."""
     if particles.ctf is None:
         raise InputError(f"{particles.name}: the cryovaegan read-outs need CTF parameters (the defocus)")
     read = latent_readout(z, (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy())
@@ -87,6 +88,9 @@ def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.n
     if particles.rotations is not None:
         truth = inplane_angles(particles.rotations)
         metrics["inplane_circular_correlation"] = circular_correlation(read["angle"], truth)
-    return metrics, {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
-                     "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
+    columns = {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
+               "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
+    if plane:
+        columns.update(angle_plane=read["angle_plane"], angle_pair=np.asarray(read["angle_pair"]))
+    return metrics, columns
 

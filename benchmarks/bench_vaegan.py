@@ -60,19 +60,20 @@ def main() -> None:
 
 
 def scores(run: Path, data: Path) -> dict[str, float]:
-    """The recipe's read-outs of the run's saved ``z`` (``inference.vaegan.latent_readout``, as the recipe makes
-    them), ``inplane_js``, ``inplane_knn_ceiling`` and ``inplane_median_error_deg`` (module docstring)."""
+    """The recipe's read-outs of the run's saved ``z`` (``methods.cryovaegan.readouts``, the recipe's own metrics),
+    ``inplane_js``, ``inplane_knn_ceiling`` and ``inplane_median_error_deg`` (module docstring)."""
     import numpy as np
     from sklearn.model_selection import cross_val_predict
     from sklearn.neighbors import KNeighborsRegressor
 
-    from cryolens.inference.vaegan import circular_correlation, inplane_angles, latent_readout
+    from cryolens.inference.vaegan import circular_correlation, inplane_angles
     from cryolens.io.dataset import read_particles
+    from cryolens.methods.cryovaegan import readouts
 
     z = np.load(run / "z.npy")
     particles = read_particles(data / "particles.star")
     alpha = inplane_angles(particles.rotations)
-    r = latent_readout(z, (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy())
+    metrics, _, r = readouts(z, particles)
     read = r["angle"]
     centred = [np.sin(t - np.arctan2(np.sin(t).sum(), np.cos(t).sum())) for t in (read, alpha)]
     js = abs((centred[0] * centred[1]).sum()) / np.sqrt((centred[0] ** 2).sum() * (centred[1] ** 2).sum())
@@ -82,9 +83,7 @@ def scores(run: Path, data: Path) -> dict[str, float]:
     for sign in (1, -1):
         d = read - sign * alpha
         errs.append(np.abs(np.angle(np.exp(1j * (d - np.angle(np.exp(1j * d).mean()))))))
-    return {"inplane_circular_correlation": circular_correlation(read, alpha),
-            "defocus_spearman": r["defocus_spearman"], "angle_circularity": r["angle_circularity"],
-            "inplane_js": float(js),
+    return {**metrics, "inplane_js": float(js),
             "inplane_knn_ceiling": circular_correlation(np.arctan2(pred[:, 1], pred[:, 0]), alpha),
             "inplane_median_error_deg": float(np.degrees(np.median(min(errs, key=np.median))))}
 

@@ -28,10 +28,10 @@ def analyze_vaegan_run(run_dir: str | os.PathLike, particles: Particles, values:
     z = np.load(run.path("z.npy"))
     if len(z) != len(particles):
         raise InputError(f"{particles.name}: {len(particles)} particles for the run's {len(z)} latents")
-    metrics, columns = readouts(z, particles, plane=True)
+    metrics, columns, read = readouts(z, particles)
     defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
-    i, j = (int(k) + 1 for k in columns["angle_pair"])
-    plane = columns["angle_plane"] / columns["angle_plane"].std()  # unitless coordinates: plain tick labels
+    i, j = (k + 1 for k in read["angle_pair"])
+    plane = read["angle_plane"] / read["angle_plane"].std()  # unitless coordinates: plain tick labels
     plot_embedding(plane, run.path("latent_angle_circle.png"), color=defocus,
                    color_label="defocus (A)", axis_labels=(f"spectral {i}", f"spectral {j}"),
                    title=f"the angle read-out's circle (radius CV {metrics['angle_circularity']:.2f})")

@@ -90,9 +90,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _analyze_2d(args: argparse.Namespace, arguments: dict, device) -> int:
     """A cryovaegan run (2D, no maps): the in-plane angle and defocus read off its latents, and the latent plots."""
+    from ..analysis.vaegan_run import analyze_vaegan_run
     from ..errors import InputError
     from ..io.dataset import read_particles
-    from ..analysis.vaegan_run import analyze_vaegan_run
 
     source = args.particles or arguments.get("input")
     if not source:

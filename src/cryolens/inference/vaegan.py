@@ -9,7 +9,10 @@ decodes of prior draws ``z ~ N(0, I)``. Per image, with ``P = D²`` pixels::
     recon = Σ_pixels (x − x̂)² / (2 e^s) + P s / 2        (Gaussian with a learned scale)
     loss  = (recon + β · KL(q(z|x) ‖ N(0, I))) / P + γ · [ℓ(D(x̂), 1) + ℓ(D(decode(z_prior)), 1)] / 2
 
-with ``ℓ`` the logistic loss (binary cross-entropy on logits) and ``x̂`` the decode of ``z ~ q(z|x)``; the
+with ``ℓ`` the logistic loss (binary cross-entropy on logits) and ``x̂`` the decode of ``z ~ q(z|x)``. Inside
+``D`` (here and in the discriminator's loss) every decode is a draw of the decoder's Gaussian, ``x̂ + e^{s/2} ε``,
+not its smooth mean, which a discriminator tells from a noisy real image at once; the discriminator's layers are
+spectrally normalised (``spectral_norm``) so that its logits cannot run away. The
 adversarial terms train the decoder only (their ``x̂`` is decoded from a detached ``z``), as in Larsen et al.'s
 VAE-GAN (2016): reaching the encoder, a discriminator that wins pushes the latent to whatever fools it and the
 latent forgets the image (measured: benchmarks/RESULTS.md, "cryovaegan"). The discriminator is trained on
@@ -96,6 +99,7 @@ class VAEGAN(nn.Module):
         return self.encoder(hartley2(images / self.norm))
 
     def _decodes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(μ, log σ², z ~ q(z|x), a draw of the decoder's Gaussian at a prior z)`` for scaled images ``x``."""
         mu, logvar = self.encoder(hartley2(x))
         z = mu + torch.randn(mu.shape).to(mu.device) * torch.exp(0.5 * logvar)
         prior = self._sample(self.decoder(torch.randn(mu.shape).to(mu.device)))
@@ -161,7 +165,8 @@ def circular_coordinate(z: np.ndarray, n_neighbors: int = 10, n_components: int 
     emb = SpectralEmbedding(n_components=min(n_components, len(keep) - 2), affinity="nearest_neighbors",
                             n_neighbors=n_neighbors, random_state=seed).fit_transform(x[keep])
     pairs = [(i, j) for i in range(emb.shape[1]) for j in range(i + 1, emb.shape[1])]
-    cvs = [np.hypot(emb[:, i], emb[:, j]).std() / np.hypot(emb[:, i], emb[:, j]).mean() for i, j in pairs]
+    radii = [np.hypot(emb[:, i], emb[:, j]) for i, j in pairs]
+    cvs = [r.std() / r.mean() for r in radii]
     k = int(np.argmin(cvs))
     xy = np.zeros((len(x), 2))
     xy[keep] = emb[:, list(pairs[k])]
@@ -172,7 +177,7 @@ def circular_coordinate(z: np.ndarray, n_neighbors: int = 10, n_components: int 
     return np.arctan2(xy[:, 1], xy[:, 0]), pairs[k], float(cvs[k]), xy
 
 
-def latent_readout(z: np.ndarray, defocus: np.ndarray | None = None) -> dict[str, np.ndarray | int | float]:
+def latent_readout(z: np.ndarray, defocus: np.ndarray | None = None) -> dict[str, Any]:
     """Read-outs of latents ``z (N, L)`` (``L ≥ 2``): ``pcs (N, L)`` principal-component scores, ``angle (N,)``
     radians (the in-plane angle up to an offset and a direction, when the latent holds it as a closed curve:
     :func:`circular_coordinate`), ``angle_circularity`` (its radius's coefficient of variation: near 0 for a

@@ -70,17 +70,17 @@ def fit(particles, known, run, config: CryoVAEGANConfig, device=None, progress=T
         return MethodOutputs(pixel_size=particles.pixel_size)
     z = encode_all(model, blind, device)
     summary, history = run_summary(run, config)
-    metrics, columns = readouts(z, particles)
+    metrics, columns, _ = readouts(z, particles)
     return MethodOutputs(pixel_size=particles.pixel_size, latents=z, metrics={**summary, **metrics},
                          history=history, particle_columns=columns)
 
 
-def readouts(z: np.ndarray, particles, plane: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.ndarray], dict]:
     """The read-outs of latents ``z (N, L)`` of ``particles`` (``inference.vaegan.latent_readout`` with their
     defocus): metrics ``defocus_spearman``, ``angle_circularity`` and, when the particles carry rotations (a
     simulation's truth), ``inplane_circular_correlation``; STAR columns ``rlnCryolensLatentAngle`` (°) and
-    ``rlnCryolensDefocusCoordinate`` (Å); with ``plane`` also ``angle_plane`` ``(N, 2)`` and ``angle_pair`` (the
-    spectral pair the angle was read in, for a plot)."""
+    ``rlnCryolensDefocusCoordinate`` (Å); and ``latent_readout``'s whole dict (its spectral ``angle_pair`` and
+    ``angle_plane``, for a plot)."""
     if particles.ctf is None:
         raise InputError(f"{particles.name}: the cryovaegan read-outs need CTF parameters (the defocus)")
     read = latent_readout(z, (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy())
@@ -90,7 +90,5 @@ def readouts(z: np.ndarray, particles, plane: bool = False) -> tuple[dict[str, f
         metrics["inplane_circular_correlation"] = circular_correlation(read["angle"], truth)
     columns = {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
                "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
-    if plane:
-        columns.update(angle_plane=read["angle_plane"], angle_pair=np.asarray(read["angle_pair"]))
-    return metrics, columns
+    return metrics, columns, read
 

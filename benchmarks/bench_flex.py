@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--peer-set", action="append", default=[], help="the peers' option key=value")
     ap.add_argument("--run-dir", help="3dflex's run folder (default: a new temporary one)")
     ap.add_argument("--peer-only", action="store_true", help="train only the peers (not 3dflex)")
+    ap.add_argument("--save-z", type=Path, help="also write each peer's z to <stem>_<peer>.npy")
     a = ap.parse_args()
     from cryolens.io.star import read_star
 
@@ -156,6 +157,8 @@ def main() -> None:
         score_flex(a, folder, particles, maps, labels, angles, px, pick)
     for peer in a.peer:
         pout, pwall, prun = run_recipe(peer, particles, a.epochs, a.peer_set)
+        if a.save_z:
+            np.save(a.save_z.with_name(f"{a.save_z.stem}_{peer}.npy"), pout.latents)
         print(json.dumps({"peer": peer, "epochs": a.epochs, "options": a.peer_set, "run": prun, "wall_s": pwall,
                           "images_per_s": pout.metrics.get("images_per_s"), "peak_rss_MB": peak_rss_mb(),
                           "spearman_pc1_angle": spearman_pc1(pout.latents, angles),

@@ -9,7 +9,7 @@ import torch
 from cryolens.imaging import CTFParams, fft2_centered, random_rotations
 from cryolens.imaging.forward import ProjectorForward, shift_and_ctf
 from cryolens.imaging.gaussian import gaussian_projection
-from cryolens.inference.e2gmm import _batch_gradients, predicted_transforms
+from cryolens.inference.e2gmm import _batch_gradients, _normalise_kinds, predicted_transforms
 from cryolens.inference.frc import frc_loss
 from cryolens.volumes.gaussian_mixture import GaussianMixtureVolume
 from cryolens.volumes.mixture_decoder import MixtureDecoder
@@ -62,6 +62,22 @@ def test_encoder_input_is_each_images_own_gradient():
             values[index] = old
             fd = (diffs[0] - diffs[1]) / 2e-5
             assert abs(float(grads[i, column]) - fd) < 2e-3 * max(1.0, abs(fd)), (kind, i, float(grads[i, column]), fd)
+
+
+def test_each_kind_of_gradient_is_divided_by_its_own_std_in_place():
+    """_normalise_kinds over chunks of 3 rows equals dividing the centre, amplitude and width columns each by
+    torch's std of the whole block (float64), and writes into the table it was given (no copy)."""
+    n, bands = 4, 2
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(10, 5 * n * bands, generator=g) * torch.linspace(0.1, 30, 5 * n * bands)
+    expected, start = [], 0
+    for size in (3 * n * bands, n * bands, n * bands):
+        block = table[:, start:start + size].double()
+        expected.append(block / block.std())
+        start += size
+    out = _normalise_kinds(table, n, bands, rows=3)
+    assert out.data_ptr() == table.data_ptr()
+    assert torch.allclose(out.double(), torch.cat(expected, 1), rtol=1e-5, atol=0)
 
 
 def test_zero_started_decoder_is_the_neutral_model_and_moves_after_a_step():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gemmi
 import numpy as np
+import pytest
 import torch
 
 from cryolens.cli.main import main
@@ -72,6 +73,23 @@ def test_e2gmm_from_the_cli_learns_the_two_states(tmp_path):
     zc = z - z.mean(0)
     pc1 = zc @ np.linalg.svd(zc, full_matrices=False)[2][0]
     assert abs(np.corrcoef(pc1, state)[0, 1]) > 0.7
+
+
+def test_e2gmm_sizes_its_mixture_from_the_consensus_map(tmp_path):
+    """With ``n_gaussians`` left at 0 the neutral mixture has ``gaussians_for_map`` of the back-projection of
+    the particles (the consensus it is fitted to); a given count is kept; a negative one is refused."""
+    from cryolens.errors import InputError
+    from cryolens.methods.backprojection import backproject
+    from cryolens.methods.e2gmm import E2GMMConfig, neutral_mixture
+    from cryolens.volumes.gaussian_mixture import gaussians_for_map
+
+    _, _, particles = two_state_star(tmp_path, blobs, noise=0.01)
+    expected = gaussians_for_map(torch.as_tensor(backproject(particles, seed=0, progress=False).volume))
+    assert expected > 12
+    assert neutral_mixture(particles, E2GMMConfig(fit_steps=2), "cpu", False).n_gaussians == expected
+    assert neutral_mixture(particles, E2GMMConfig(fit_steps=2, n_gaussians=12), "cpu", False).n_gaussians == 12
+    with pytest.raises(InputError, match="n_gaussians"):
+        neutral_mixture(particles, E2GMMConfig(n_gaussians=-1), "cpu", False)
 
 
 def test_e2gmm_model_that_is_not_a_pdb_is_one_line_and_exit_2(tmp_path, capsys):

@@ -17,7 +17,7 @@ from cryolens.io.atomic import read_atoms, residue_index
 from cryolens.metrics.fsc import fsc
 from cryolens.simulate import atoms_to_volume, bundled_model
 from cryolens.volumes import GaussianMixtureVolume, RealSpaceProjector, VolumeModel
-from cryolens.volumes.gaussian_mixture import fit_to_map, from_atoms
+from cryolens.volumes.gaussian_mixture import fit_to_map, from_atoms, gaussians_for_map
 
 F64 = torch.float64
 
@@ -121,6 +121,25 @@ def test_fitted_mixture_reproduces_the_map():
     start = fsc(fit_to_map(target, 3.0, 80, steps=0).render()[0], target)
     assert start[1:7].min() < 0.85
     assert fitted.centers.requires_grad and not fitted.sigmas.requires_grad  # learn: centres and amplitudes
+
+
+def test_the_automatic_count_lets_the_fit_follow_the_map_to_nyquist():
+    """gaussians_for_map: one Gaussian per five voxels above 10 % of the maximum (counted by hand on a built
+    map; an empty map still gets one; the cap holds). On 4E43 at 3 Å/px, D = 24 that count (281) keeps the
+    fitted mixture's FSC with the map ≥ 0.9 to 0.9 × Nyquist, where 80 Gaussians fall below 0.5 at 0.75 ×
+    Nyquist."""
+    v = torch.zeros(8, 8, 8)
+    v[1:4, 1:4, 1:5] = 1.0  # 36 voxels of density
+    v[6, 6, :] = 0.05  # 8 voxels below 10 % of the maximum
+    assert gaussians_for_map(v) == 8  # ceil(36 / 5)
+    assert gaussians_for_map(torch.zeros(4, 4, 4)) == 1 and gaussians_for_map(v, most=5) == 5
+    target = atoms_to_volume(read_atoms(bundled_model("4E43")), 24, 3.0)
+    n = gaussians_for_map(target)
+    assert n == math.ceil(int((target > 0.1 * target.max()).sum()) / 5)
+    auto = fsc(fit_to_map(target, 3.0, n, steps=150).render()[0], target)
+    few = fsc(fit_to_map(target, 3.0, 80, steps=150).render()[0], target)
+    assert auto[1:12].min() >= 0.9, auto
+    assert few[9] < 0.5, few
 
 
 def test_mixture_from_atoms_is_the_simulated_map():

@@ -60,25 +60,34 @@ def _batch_gradients(volume: GaussianMixtureVolume, batch: dict, bands: Sequence
 
 
 @torch.no_grad()
-def _normalise_kinds(features: torch.Tensor, n: int, n_bands: int) -> torch.Tensor:
-    """Each kind (centres: ``3N·bands`` columns, amplitudes and widths: ``N·bands``) divided by its global std."""
-    sizes = [3 * n * n_bands, n * n_bands, n * n_bands]
-    parts = torch.split(features, sizes, dim=1)
-    return torch.cat([p / p.std().clamp_min(1e-20) for p in parts], dim=1)
+def _normalise_kinds(features: torch.Tensor, n: int, n_bands: int, rows: int = 4096) -> torch.Tensor:
+    """Each kind (centres: ``3N·bands`` columns, amplitudes and widths: ``N·bands``) divided by its global std,
+    in place (the mean and the std accumulated in float64 over ``rows`` rows at a time, so no copy of the
+    ``(N_images, F)`` table is made). Returns ``features``."""
+    start = 0
+    for size in (3 * n * n_bands, n * n_bands, n * n_bands):
+        part = features[:, start:start + size]
+        chunks = [part[r:r + rows] for r in range(0, part.shape[0], rows)]
+        mean = sum(float(c.double().sum()) for c in chunks) / part.numel()
+        var = sum(float((c.double() - mean).square().sum()) for c in chunks) / max(part.numel() - 1, 1)
+        part.div_(max(var ** 0.5, 1e-20))
+        start += size
+    return features
 
 
 def gradient_features(volume: GaussianMixtureVolume, particles: Particles, bands: Sequence[tuple[int, int]],
                       device=None, batch_size: int = 64) -> torch.Tensor:
     """E2GMM's encoder input ``(N_images, F)`` float32 on ``device``, ``F = 5 · N_gaussians · len(bands)``
-    (module docstring), in particle (STAR) order. Needs known poses."""
+    (module docstring), in particle (STAR) order, written into one preallocated table. Needs known poses."""
     device = torch.device(device or "cpu")
     data = ParticleBatches(particles)
-    out = []
+    out = torch.empty(len(particles), 5 * volume.n_gaussians * len(bands), device=device)
     for s in range(0, len(particles), batch_size):
-        batch = to_device(data[list(range(s, min(s + batch_size, len(particles))))], device)
+        rows = list(range(s, min(s + batch_size, len(particles))))
+        batch = to_device(data[rows], device)
         with torch.enable_grad():
-            out.append(_batch_gradients(volume, batch, bands).detach())
-    return _normalise_kinds(torch.cat(out), volume.n_gaussians, len(bands))
+            out[s:s + len(rows)] = _batch_gradients(volume, batch, bands).detach()
+    return _normalise_kinds(out, volume.n_gaussians, len(bands))
 
 
 class GradientEncoder(nn.Module):

@@ -9,7 +9,8 @@ atomic model (``model``; :func:`~cryolens.volumes.gaussian_mixture.from_atoms`) 
 loss (:mod:`cryolens.inference.e2gmm`), trained by the one engine. Defaults are EMAN2's: ``zdim`` 4, 3 × 512
 layers, dropout 0.3, Adam at 1e-4, batch 32, 10 epochs (``--niter``), the ring band from ``--minres`` 500 Å to
 the box's Nyquist. Where EMAN2's code and the paper differ or are silent (docs/METHODS.md "E2GMM"): z noise
-N(0, 0.1²) and the unit-ball penalty weight 10; the decoder starts at the neutral model exactly.
+N(0, 0.1²) and the unit-ball penalty weight 10; the decoder starts at the neutral model exactly; the number
+of Gaussians follows the consensus map (:func:`~cryolens.volumes.gaussian_mixture.gaussians_for_map`).
 
 Outputs: the map at the mean ``z``, ``z`` per image and ``decode``. Run state: ``checkpoint.pt``, ``log.jsonl``.
 """
@@ -28,7 +29,7 @@ from ..inference.frc import ring_band
 from ..io.atomic import load_model_for_box
 from ..io.mrc import read_volume
 from ..io.particles import Particles
-from ..volumes.gaussian_mixture import GaussianMixtureVolume, fit_to_map, from_atoms
+from ..volumes.gaussian_mixture import GaussianMixtureVolume, fit_to_map, from_atoms, gaussians_for_map
 from ..volumes.mixture_decoder import MixtureDecoder
 from .backprojection import backproject
 from .config import option
@@ -49,7 +50,8 @@ class E2GMMConfig(TrainingConfig):
     model: str | None = option(None, "atomic model (PDB/mmCIF) for a reference-based neutral mixture")
     per: Literal["residue", "atom"] = option("residue", "with a model: one Gaussian per residue or per atom")
     consensus: str | None = option(None, "consensus map (MRC) to fit; none: back-project the particles")
-    n_gaussians: int = option(256, "Gaussians fitted to the consensus map (reference-free; EMAN2 --npts)")
+    n_gaussians: int = option(0, "Gaussians fitted to the consensus map (reference-free; EMAN2 --npts); 0: as "
+                                 "many parameters as the map has voxels above 10 % of its maximum")
     fit_steps: int = option(400, "Adam steps of the fit of the neutral mixture to the consensus map")
     layers: int = option(3, "hidden layers of the encoder and of the decoder")
     hidden: int = option(512, "width of those layers (EMAN2 --ndense)")
@@ -65,6 +67,8 @@ class E2GMMConfig(TrainingConfig):
 def neutral_mixture(particles: Particles, config: E2GMMConfig, device, progress: bool) -> GaussianMixtureVolume:
     """The neutral mixture (module docstring) on ``device``, its base parameters fixed."""
     d, px = particles.box_size, particles.pixel_size
+    if config.n_gaussians < 0:
+        raise InputError(f"e2gmm: n_gaussians must be >= 0 (0: sized from the map), not {config.n_gaussians}")
     if config.model:
         atoms = load_model_for_box(config.model, d, px)
         return from_atoms(atoms, d, px, per=config.per, learn=(), device=device)
@@ -74,8 +78,9 @@ def neutral_mixture(particles: Particles, config: E2GMMConfig, device, progress:
             raise InputError(f"{config.consensus}: map of shape {tuple(volume.shape)}, the particles are {d} px")
     else:
         volume = backproject(particles, device=device, seed=config.seed, progress=progress).volume
-    return fit_to_map(torch.as_tensor(volume), px, config.n_gaussians, steps=config.fit_steps, seed=config.seed,
-                      device=device, learn=())
+    volume = torch.as_tensor(volume)
+    n = config.n_gaussians or gaussians_for_map(volume)
+    return fit_to_map(volume, px, n, steps=config.fit_steps, seed=config.seed, device=device, learn=())
 
 
 def build(particles: Particles, config: E2GMMConfig, device, progress: bool) -> E2GMMModel:

@@ -40,12 +40,13 @@ MEASURED = {"backprojection": (1.14, 292), "relion-reconstruct": (1.74, 223), "c
 #: 2026-12-06 evening, 42.5 min for the 45 runs): the ANM task's run, the no-pose assembly's for the methods that need
 #: no poses, and for multibody the mean over its four tasks (the assembly's nine chains take 5x a one-chain task's
 #: time); stored per 1,000 images (twice the 500-image wall). RECOVAR's and RELION's times are mostly start-up (JAX
-#: compilation, program start), so they do not really scale with N.
+#: compilation, program start), so they do not really scale with N. e2gmm: its ANM run of 2026-12-07 (the mixture
+#: sized from the map, ~1,500 Gaussians fitted in 400 steps: a fixed cost), measured beside a third job.
 MEASURED_D64 = {m: (2 * wall, peak, opts) for m, (wall, peak, opts) in {
     "backprojection": (3.7, 762, {}), "relion-reconstruct": (10.1, 904, {}),
     "cryodrgn": (68.6, 1252, {"epochs": 2}), "cryodrgn-autodecoder": (71.0, 915, {"epochs": 2}),
     "cryodrgn-4.3": (217.2, 1007, {"epochs": 2}), "recovar": (287.9, 3830, {}),
-    "3dflex": (145.8, 1693, {"epochs": 1}), "e2gmm": (29.6, 659, {"epochs": 10}),
+    "3dflex": (145.8, 1693, {"epochs": 1}), "e2gmm": (343.4, 1351, {"epochs": 10}),
     "cryofold": (27.5, 1350, {"epochs": 20}), "multibody": (91.3, 1767, {"epochs": 30}),
     "atomvae": (71.9, 1032, {"epochs": 4}), "multi-cryogan": (235.5, 2856, {"epochs": 3}),
     "cryovaegan": (48.1, 448, {"epochs": 4}), "relion-class3d": (114.2, 763, {"n_iterations": 2}),

@@ -29,7 +29,7 @@ def analyze_vaegan_run(run_dir: str | os.PathLike, particles: Particles, values:
     if len(z) != len(particles):
         raise InputError(f"{particles.name}: {len(particles)} particles for the run's {len(z)} latents")
     metrics, columns, read = readouts(z, particles)
-    defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
+    defocus = read["defocus"]
     i, j = (k + 1 for k in read["angle_pair"])
     plane = read["angle_plane"] / read["angle_plane"].std()  # unitless coordinates: plain tick labels
     plot_embedding(plane, run.path("latent_angle_circle.png"), color=defocus,

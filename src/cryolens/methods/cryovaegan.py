@@ -80,10 +80,11 @@ def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.n
     defocus): metrics ``defocus_spearman``, ``angle_circularity`` and, when the particles carry rotations (a
     simulation's truth), ``inplane_circular_correlation``; STAR columns ``rlnCryolensLatentAngle`` (°) and
     ``rlnCryolensDefocusCoordinate`` (Å); and ``latent_readout``'s whole dict (its spectral ``angle_pair`` and
-    ``angle_plane``, for a plot)."""
+    ``angle_plane``, for a plot) with the particles' mean ``defocus (N,)`` Å."""
     if particles.ctf is None:
         raise InputError(f"{particles.name}: the cryovaegan read-outs need CTF parameters (the defocus)")
-    read = latent_readout(z, (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy())
+    defocus = (0.5 * (particles.ctf.defocus_u + particles.ctf.defocus_v)).numpy()
+    read = {**latent_readout(z, defocus), "defocus": defocus}
     metrics = {"defocus_spearman": read["defocus_spearman"], "angle_circularity": read["angle_circularity"]}
     if particles.rotations is not None:
         truth = inplane_angles(particles.rotations)
@@ -91,4 +92,3 @@ def readouts(z: np.ndarray, particles) -> tuple[dict[str, float], dict[str, np.n
     columns = {"rlnCryolensLatentAngle": np.degrees(read["angle"]),
                "rlnCryolensDefocusCoordinate": read["defocus_coordinate"]}
     return metrics, columns, read
-

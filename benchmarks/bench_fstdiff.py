@@ -19,7 +19,8 @@ draw of its prior (:func:`self_truth`), same poses, shifts, CTFs and noise.
 
 ``--refine DEG``: instead, a pose refinement: every true rotation is perturbed by a random rotation of
 DEG degrees about a random axis, the start map is the truth low-passed to ``--start-res`` Å, and the recipe
-runs with ``pose=variational`` from those poses; reported after one training, read as trained
+runs with ``pose=variational`` from those poses (``--search``: from each image's mode searched against the
+start map instead, ``start_poses=search``, the metadata's poses unused); reported after one training, read as trained
 (``learned``) and after each count in ``--newton`` of Gauss-Newton steps with Laplace spreads
 (``laplace_N``): the median rotation error of the mean poses against the truth, its start value, the
 Spearman correlation between each image's rotational spread (rlnCryolensRotStdDeg) and its error, and that
@@ -28,7 +29,7 @@ the same from random start poses and a zero map ("start" error: that of random r
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
       [--set epochs=20 ...] [--envelopes none,auto,auto@32] [--self prior] [--model 1pwc] [--chain A]
-      [--refine 5 --start-res 20 --newton 0,2 | --abinit] [--json out.json]
+      [--refine 5 --start-res 20 --newton 0,2 | --search --start-res 20 | --abinit] [--json out.json]
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def calibration(model, truth: torch.Tensor, gridding: bool = True) -> dict:
 
 
 def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: float, sets: list[str],
-               newton: list[int]) -> dict:
+               newton: list[int], save_map: str | None = None) -> dict:
     """The ``--refine`` measurement (module docstring); ``deg`` None: ``--abinit`` (random start poses,
     zero start map). The recipe's own steps (:mod:`cryolens.methods.fstdiff`) with one training, then read
     three ways: the spreads as trained (``learned``), and after each count of ``newton`` Gauss-Newton steps
@@ -150,15 +151,16 @@ def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: flo
     from scipy.stats import spearmanr
 
     from cryolens.imaging.grids import lowpass_volume
-    from cryolens.imaging.rotations import random_rotations, rotvec_to_matrix
+    from cryolens.imaging.rotations import rotvec_to_matrix
     from cryolens.inference.training import sample_images
     from cryolens.inference.variational_laplace import laplace_poses
-    from cryolens.inference.variational_setup import build_model, pose_summaries
+    from cryolens.inference.variational_setup import build_model, pose_strategies, pose_summaries
     from cryolens.io.mrc import write_volume
     from cryolens.io.runfolder import RunFolder
     from cryolens.methods import get
     from cryolens.methods.fstdiff import start as fstdiff_start
     from cryolens.methods.training import train
+    from cryolens.metrics.fsc import fsc, resolution_at
     from cryolens.metrics.pose_error import rotation_errors
 
     g = torch.Generator().manual_seed(1)
@@ -171,16 +173,20 @@ def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: flo
         begin = {"init_map": str(Path(tmp) / "start.mrc")} if deg is not None else {"start_poses": "random"}
         cfg = get("fstdiff").config({"pose": "variational", **begin, **dict(s.split("=", 1) for s in sets)})
         torch.manual_seed(cfg.seed)
-        start_map, rot = fstdiff_start(start, cfg)
-        data = dataclasses.replace(start, rotations=None)
+        t0 = time.perf_counter()
+        start_map, data, rot = fstdiff_start(start, cfg)
+        start_s = time.perf_counter() - t0
         model = build_model(data, cfg, sample_images(start, cfg.norm_images, cfg.seed), start_map, rot)
         t0 = time.perf_counter()
-        train(model, data, RunFolder(Path(tmp) / "run"), cfg, "cpu", False)
+        train(model, data, RunFolder(Path(tmp) / "run"), cfg, "cpu", False, pose_strategies(cfg))
         elapsed = time.perf_counter() - t0
-    if deg is None:
-        start = dataclasses.replace(particles, rotations=random_rotations(len(particles), g))
+    mean_map = model.volume.render()[0].detach() * float(model.norm)
+    d, px = particles.box_size, particles.pixel_size
     res = {"options": dataclasses.asdict(cfg), "fit_s": elapsed, "epoch_s": elapsed / cfg.epochs,
-           "start_median_error_deg": float(np.median(rotation_errors(start.rotations, particles.rotations)))}
+           "start_s": start_s, "start_median_error_deg": float(np.median(rotation_errors(rot, particles.rotations))),
+           "fsc05_mean_vs_truth_A": resolution_at(fsc(mean_map, truth), 0.5, px, d)}
+    if save_map:
+        write_volume(Path(save_map), mean_map.numpy(), px)
 
     def read(tag: str, seconds: float = 0.0) -> None:
         poses = pose_summaries(model, data, "cpu")
@@ -215,6 +221,7 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--set", action="append", default=[], help="recipe option key=value")
     ap.add_argument("--refine", type=float, default=0.0, help="pose refinement from poses perturbed by DEG")
+    ap.add_argument("--search", action="store_true", help="refinement from the start map alone: start_poses=search")
     ap.add_argument("--abinit", action="store_true", help="ab initio: random start poses, zero start map")
     ap.add_argument("--start-res", type=float, default=20.0, help="low-pass of the refinement's start map, Å")
     ap.add_argument("--self", choices=["truth", "prior", "support"],
@@ -224,6 +231,7 @@ def main() -> None:
     ap.add_argument("--newton", default="0,3", help="--refine: Gauss-Newton step counts to read (cumulative)")
     ap.add_argument("--chain", default="", help="simulate this chain only (A: a 4E43 monomer)")
     ap.add_argument("--model", default="4E43", help="bundled atomic model to simulate (cryolens.simulate)")
+    ap.add_argument("--save-map", help="--refine/--abinit: write the trained mean map (MRC) here")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -242,10 +250,12 @@ def main() -> None:
     ds = ensure(a.n, a.box, a.apix, a.snr, name=a.model, chain=a.chain)
     particles = read_star(ds / "particles.star")
     truth = torch.from_numpy(np.asarray(read_volume(ds / "ground_truth" / "volume_000.mrc")[0], dtype=np.float32))
-    if a.refine > 0 or a.abinit:
+    if a.search:
+        a.set.append("start_poses=search")
+    if a.refine > 0 or a.abinit or a.search:
         deg = None if a.abinit else a.refine
         newton = [int(k) for k in a.newton.split(",")]
-        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set, newton)}
+        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set, newton, a.save_map)}
         print(json.dumps({k: v for k, v in res.items() if k != "options"}, indent=1))
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))

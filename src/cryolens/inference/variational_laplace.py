@@ -67,14 +67,17 @@ def laplace_batch(model: VariationalReconstruction, grid: torch.Tensor, batch: d
 
 @torch.no_grad()
 def laplace_poses(model: VariationalReconstruction, particles: Particles, device, newton: int = 0,
-                  max_step: float = 0.05, batch_size: int = 128, step: float = 0.01) -> dict[str, torch.Tensor]:
+                  max_step: float = 0.05, batch_size: int = 128, step: float = 0.01, final_pass: bool = True
+                  ) -> dict[str, torch.Tensor]:
     """Set the pose table's spreads by Laplace after ``newton`` capped Gauss-Newton steps of its means (module
-    docstring), at the posterior-mean map. Returns per image (STAR order) ``rot_var (N, 3)`` rad² and
-    ``shift_var (N, 2)`` px², the marginal variances of ``H⁻¹``."""
+    docstring), at the posterior-mean map. ``final_pass`` False: the spreads are those of the last step's
+    curvature (one pass over the data fewer, the spreads at the means before that step: what the in-training
+    update uses). Returns per image (STAR order) ``rot_var (N, 3)`` rad² and ``shift_var (N, 2)`` px², the
+    marginal variances of ``H⁻¹``."""
     table, n = model.poses, len(particles)
     grid = model.volume.mean_grid().detach()
     out = {"rot_var": torch.zeros(n, 3, dtype=torch.float64), "shift_var": torch.zeros(n, 2, dtype=torch.float64)}
-    for rnd in range(int(newton) + 1):
+    for rnd in range(int(newton) + (1 if final_pass or newton <= 0 else 0)):
         for idx, images in iterate_batches(particles, batch_size):
             it = torch.as_tensor(idx)
             batch = {"index": it.to(device), "image": images.to(device)}
@@ -96,3 +99,74 @@ def laplace_poses(model: VariationalReconstruction, particles: Particles, device
     if table.log_shift_std is not None:
         table.log_shift_std.copy_((0.5 * out["shift_var"].clamp_min(1e-12).log()).to(table.log_shift_std))
     return out
+
+
+@torch.no_grad()
+def search_poses_again(model: VariationalReconstruction, particles: Particles, device, levels: int = 2,
+                       max_shift: float = 4.0, batch_size: int = 128) -> float:
+    """Escape the pose posterior's local optima: every image's mode by the global hierarchical search
+    (:func:`~cryolens.inference.pose_refine.refine_poses`: 15° base grid, ``levels`` finer levels, shifts
+    within ``±max_shift`` px) against the current posterior-mean map, taken as the image's new mean (offset
+    zero, spreads kept; the shift too when shifts are inferred) where the model's own log-likelihood at the
+    posterior-mean map is higher there than at the current mean. Returns the fraction of images moved."""
+    from types import SimpleNamespace
+
+    from .pose_refine import refine_poses
+
+    table = model.poses
+    volume = model.volume.render()[0].detach() * model.norm  # the images' units, physical map
+    settings = SimpleNamespace(refine_base_level=2, refine_levels=int(levels), refine_keep=8, refine_shift_step=1.0,
+                               max_shift=float(max_shift), pose_batch=256)
+    rot, shifts = refine_poses(volume, particles, settings, device)
+    grid, moved = model.volume.mean_grid().detach(), 0
+    for idx, images in iterate_batches(particles, batch_size):
+        it = torch.as_tensor(idx)
+        batch = {"index": it.to(device), "image": images.to(device)}
+        if particles.ctf is not None:
+            batch["ctf"] = particles.ctf[it].to(device)
+        r_now, _, s_now, _ = model.pose_posterior(batch)
+        r_new = rot[it].to(r_now)
+        s_new = shifts[it].to(s_now) if table.log_shift_std is not None else s_now  # shifts not inferred: kept
+        better = (model.log_likelihood(batch, grid, r_new, s_new) > model.log_likelihood(batch, grid, r_now, s_now))
+        sel = it[better.cpu()]
+        table.base[sel], table.delta[sel] = r_new[better].to(table.base), 0
+        if table.log_shift_std is not None:
+            table.shift_mean[sel] = s_new[better].to(table.shift_mean)
+        moved += int(better.sum())
+    return moved / max(len(particles), 1)
+
+
+class VariationalPoseSteps:
+    """The pose table's updates besides Adam's, as an engine strategy
+    (:class:`~cryolens.inference.strategy.InferenceStrategy`; after the model's own epoch end, which folds the
+    offsets): after the epochs in ``search_epochs`` (counting from 1) the global search's modes replace the
+    means they beat (:func:`search_poses_again`, ``search_levels``, ``max_shift`` px); every ``newton_every``
+    epochs one capped Gauss-Newton step of every mean, its spreads set by Laplace at the posterior-mean map
+    (:func:`laplace_poses`, one data pass). Stateless: a resumed run repeats nothing."""
+
+    def __init__(self, newton_every: int = 0, search_epochs: tuple[int, ...] = (), search_levels: int = 2,
+                 max_shift: float = 4.0):
+        self.newton_every, self.search_epochs = int(newton_every), tuple(int(e) for e in search_epochs)
+        self.search_levels, self.max_shift = int(search_levels), float(max_shift)
+
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        """Nothing before an epoch."""
+
+    def before_batch(self, batch: dict, trainer) -> dict:
+        """The batch unchanged (the model reads its own pose table)."""
+        return batch
+
+    def on_epoch_end(self, epoch: int, trainer) -> None:
+        """The search, then the Gauss-Newton step, where due (class docstring)."""
+        model, particles, device = trainer.model, trainer.particles, trainer.device
+        if epoch + 1 in self.search_epochs:
+            search_poses_again(model, particles, device, self.search_levels, self.max_shift)
+        if self.newton_every > 0 and (epoch + 1) % self.newton_every == 0:
+            laplace_poses(model, particles, device, newton=1, final_pass=False)
+
+    def state_dict(self) -> dict:
+        """Nothing to keep (class docstring)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore."""

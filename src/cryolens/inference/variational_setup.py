@@ -8,6 +8,9 @@ its starting spectra, its pose posterior, and the per-image posterior summaries 
 - :func:`build_model` — the volume ``q(V)`` (mean from a start map, or zero), the pose posterior by ``pose``
   (``"variational"``: a table started at the given rotations; ``"amortized"``: an encoder; ``"known"``:
   none), the ELBO model, on the data scale.
+- :func:`starting_poses` — the pose table's start: the metadata's rotations, random ones, or each image's
+  mode searched against the start map (``start_poses=search``: a refinement from a map alone).
+- :func:`pose_strategies` — the pose table's Gauss-Newton steps and global searches during training.
 - :func:`pose_summaries` — per image the mean rotation and shift and their spreads: the rotational spread
   ``sqrt(Σ_j σ_j²)`` (degrees; the RMS geodesic angle of ``q(R)`` about its mean to second order) and the
   shift spread ``sqrt(Σ s²)`` (px).
@@ -15,6 +18,7 @@ its starting spectra, its pose posterior, and the per-image posterior summaries 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -22,14 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..imaging.ctf import ctf_2d
 from ..imaging.fft import fft2_centered
 from ..imaging.grids import radial_average, shell_index_2d
+from ..imaging.rotations import random_rotations
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from ..volumes.variational import VariationalVoxelVolume
 from .pose_encoder import PoseEncoder
 from .variational import VariationalReconstruction
+from .variational_laplace import VariationalPoseSteps
 from .variational_pose import MAX_LOG_ROT_STD, AmortizedPosePosterior, VariationalPoseTable
 
 
@@ -65,8 +72,7 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
     power = image_power(images / norm)
     noise = power[d // 4:].median()  # white noise at the outer shells' power
     mean = None if start_map is None else start_map / norm
-    volume = VariationalVoxelVolume(d, mean, o.init_logvar, None if mean is not None else
-                                    signal_prior(power, noise, particles), o.learn_prior)
+    volume = VariationalVoxelVolume(d, mean, o.init_logvar, signal_prior(power, noise, particles), o.learn_prior)
     rot_std, shift_std = math.radians(o.rot_std_deg), (o.shift_std if o.infer_shifts else None)
     poses = None
     if o.pose == "variational":
@@ -84,6 +90,38 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
     model.norm.fill_(norm)
     model.spread_lr = o.pose_spread_lr or None
     return model
+
+
+def starting_poses(particles: Particles, options: Any, start_map: torch.Tensor | None, device
+                   ) -> tuple[Particles, torch.Tensor | None]:
+    """``(particles to train on, start rotations (N, 3, 3) of the pose table or None)`` for ``pose`` variational
+    or amortized: the particles lose their rotations; ``start_poses`` (``metadata``: theirs, random when there
+    are none; ``random``; ``search``: each image's mode by :func:`~cryolens.inference.pose_refine.refine_poses`
+    against ``start_map``, base level 2 = 15° then ``search_levels`` levels, 8 kept per level, shifts within
+    ``±max_shift`` px from a 1 px grid — the particles then carry the searched shifts)."""
+    from .pose_refine import refine_poses
+
+    o, rot = options, particles.rotations
+    data = dataclasses.replace(particles, rotations=None)
+    if o.start_poses == "search":
+        if start_map is None:
+            raise InputError("fstdiff: start_poses=search needs a start map (--set init_map=MAP.mrc)")
+        settings = SimpleNamespace(refine_base_level=2, refine_levels=int(o.search_levels), refine_keep=8,
+                                   refine_shift_step=1.0, max_shift=float(o.max_shift), pose_batch=256)
+        rot, shifts = refine_poses(start_map, data, settings, device)
+        return dataclasses.replace(data, shifts=shifts), rot
+    if rot is None or o.start_poses == "random":
+        rot = random_rotations(len(particles), torch.Generator().manual_seed(o.seed))
+    return data, rot
+
+
+def pose_strategies(options: Any) -> list[VariationalPoseSteps]:
+    """The engine strategies of ``pose=variational`` (``pose_newton_every``, ``pose_search_epochs``,
+    ``search_levels``, ``max_shift``): a :class:`VariationalPoseSteps`, or none for the other pose families."""
+    o = options
+    if o.pose != "variational" or (o.pose_newton_every <= 0 and not o.pose_search_epochs):
+        return []
+    return [VariationalPoseSteps(o.pose_newton_every, tuple(o.pose_search_epochs), o.search_levels, o.max_shift)]
 
 
 @torch.no_grad()

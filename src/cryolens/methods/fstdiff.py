@@ -9,8 +9,10 @@ rotation and a Gaussian shift, free per image — ``pose=variational`` — or fr
 (:class:`~cryolens.inference.variational.VariationalReconstruction`) on the one engine.
 
 Start: ``init_map`` (optionally low-passed to ``init_resolution`` Å) or zero; the pose table starts at the
-metadata's rotations when there are any (a refinement) or at random ones (``start_poses=random``, or no
-poses: ab initio). With known poses, ``q(V)`` is then calibrated in closed form
+metadata's rotations when there are any (a refinement), at each image's mode searched against ``init_map``
+(``start_poses=search``: a refinement from a map alone; with ``pose_search_epochs`` searched again later) or
+at random ones (``start_poses=random``, or no poses: ab initio); Gauss-Newton steps every ``pose_newton_every``
+epochs. With known poses, ``q(V)`` is then calibrated in closed form
 (:func:`~cryolens.inference.variational_calibrate.calibrate`: the exact marginal variances, ``τ²`` at
 its EM fixed point; with ``calibrate_draws`` > 0 the marginals are instead read off exact posterior
 draws, :func:`~cryolens.inference.variational_sampling.calibrate_sampled`, under ``prior_envelope``). With
@@ -29,7 +31,6 @@ read of the paper's code. Every option is a ``--set key=value`` of ``cryolens tr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,12 +39,11 @@ import torch
 
 from ..errors import InputError
 from ..imaging.grids import lowpass_volume
-from ..imaging.rotations import random_rotations
 from ..inference.distributed import is_main
 from ..inference.pose_refine import pose_error_metrics
 from ..inference.training import sample_images
 from ..inference.variational_sampling import finish_posterior
-from ..inference.variational_setup import build_model, pose_summaries
+from ..inference.variational_setup import build_model, pose_strategies, pose_summaries, starting_poses
 from .class3d import read_start_map
 from .config import option
 from .registry import MethodOutputs
@@ -62,13 +62,15 @@ class FSTdiffConfig(TrainingConfig):
     var_lr: float = option(0.1, "Adam learning rate of q(V)'s log-variances and the noise (0 = lr)")
     lr_decay: float = option(0.95, "every learning rate times this per epoch")
     pose: Literal["variational", "amortized", "known"] = option("variational", "q(R, t): per image, encoder, known")
-    start_poses: Literal["metadata", "random"] = option("metadata", "pose table start (metadata: when present)")
+    start_poses: Literal["metadata", "random", "search"] = option(
+        "metadata", "pose table start: the metadata's (when present), random, or searched against init_map")
     init_map: str | None = option(None, "start map (.mrc); none: zero mean (ab initio)")
     init_resolution: float = option(0.0, "low-pass of the start map, Å (0 = none)")
     rot_std_deg: float = option(2.0, "starting rotational spread σ per axis, degrees")
     pose_spread: Literal["laplace", "learned"] = option(
         "laplace", "pose=variational: final spreads by Laplace or as trained")
     pose_newton: int = option(0, "pose=variational: Gauss-Newton steps of the pose means after training (Laplace)")
+    pose_newton_every: int = option(2, "pose=variational: a Gauss-Newton step of the means every N epochs (0: none)")
     infer_shifts: bool = option(True, "infer q(t) (else the metadata's shifts, or zero)")
     shift_std: float = option(0.5, "starting shift spread per axis, px")
     shift_prior_std: float = option(2.0, "std of the Gaussian shift prior, px")
@@ -85,11 +87,16 @@ class FSTdiffConfig(TrainingConfig):
     enc_channels: int = option(16, "amortized: channels of the encoder's first block")
     enc_max_channels: int = option(128, "amortized: most channels of an encoder block")
     enc_hidden: tuple[int, ...] = option((512, 256), "amortized: widths of the encoder's heads")
-    max_shift: float = option(4.0, "amortized: largest shift mean the encoder gives, px")
+    max_shift: float = option(4.0, "amortized: largest shift mean the encoder gives; search: the shift range, px")
+    search_levels: int = option(2, "start_poses=search, pose_search_epochs: levels below the 15° base grid (2: 3.75°)")
+    pose_search_epochs: tuple[int, ...] = option((), "pose=variational: after these epochs, searched modes replace "
+                                                 "the means they beat")
 
 
-def start(particles, config: FSTdiffConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(start map or None, start rotations of the pose table or None)`` (module docstring)."""
+def start(particles, config: FSTdiffConfig, device=None):
+    """``(start map or None, particles to train on, start rotations of the pose table or None)`` (module
+    docstring): the particles without their rotations unless ``pose=known``, with the searched shifts after
+    ``start_poses=search``."""
     d = particles.box_size
     start_map = read_start_map(config.init_map, d)
     if start_map is not None:
@@ -98,10 +105,9 @@ def start(particles, config: FSTdiffConfig) -> tuple[torch.Tensor | None, torch.
             start_map = lowpass_volume(start_map, config.init_resolution, particles.pixel_size)
     if config.pose == "known" and particles.rotations is None:
         raise InputError(f"{particles.source or 'particles'}: fstdiff with pose=known needs poses in the metadata")
-    rot = particles.rotations
-    if config.pose == "variational" and (rot is None or config.start_poses == "random"):
-        rot = random_rotations(len(particles), torch.Generator().manual_seed(config.seed))
-    return start_map, rot
+    if config.pose == "known":
+        return start_map, particles, particles.rotations
+    return (start_map, *starting_poses(particles, config, start_map, device or "cpu"))
 
 
 def outputs(model, particles, truth, run, config: FSTdiffConfig, device, std: torch.Tensor | None = None
@@ -133,10 +139,9 @@ def fit(particles, known, run, config: FSTdiffConfig, device=None, progress=True
     """Registry entry point of ``fstdiff`` (CTF known; poses known or started from the metadata or random)."""
     device = torch.device(device or "cpu")
     torch.manual_seed(config.seed)
-    start_map, rot = start(particles, config)
-    data = particles if config.pose == "known" else dataclasses.replace(particles, rotations=None)
+    start_map, data, rot = start(particles, config, device)
     model = build_model(data, config, sample_images(particles, config.norm_images, config.seed), start_map, rot)
-    train(model, data, run, config, device, progress)
+    train(model, data, run, config, device, progress, pose_strategies(config))
     std = finish_posterior(model, data, config, device) if is_main() else None
     if not is_main():
         return MethodOutputs(pixel_size=particles.pixel_size)

@@ -19,6 +19,8 @@ that of its secant), plus the shift prior's ``1/s₀²``; the gradient ``g = −
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from ..imaging.fft import fft2_centered
@@ -27,6 +29,7 @@ from ..imaging.rotations import rotvec_to_matrix
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
 from .likelihood import shell_weights
+from .pose_refine import refine_poses
 from .variational import VariationalReconstruction
 
 
@@ -101,23 +104,27 @@ def laplace_poses(model: VariationalReconstruction, particles: Particles, device
     return out
 
 
+def searched_modes(volume: torch.Tensor, particles: Particles, levels: int, max_shift: float, device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rotations (N, 3, 3), shifts (N, 2) px)``: every image's mode by
+    :func:`~cryolens.inference.pose_refine.refine_poses` against the real-space map ``volume (D, D, D)`` in
+    the images' units — base level 2 (15°), then ``levels`` finer levels (3.75° at 2), 8 rotations kept per
+    level, shifts within ``±max_shift`` px from a 1 px grid."""
+    settings = SimpleNamespace(refine_base_level=2, refine_levels=int(levels), refine_keep=8, refine_shift_step=1.0,
+                               max_shift=float(max_shift), pose_batch=256)
+    return refine_poses(volume, particles, settings, device)
+
+
 @torch.no_grad()
 def search_poses_again(model: VariationalReconstruction, particles: Particles, device, levels: int = 2,
                        max_shift: float = 4.0, batch_size: int = 128) -> float:
     """Escape the pose posterior's local optima: every image's mode by the global hierarchical search
-    (:func:`~cryolens.inference.pose_refine.refine_poses`: 15° base grid, ``levels`` finer levels, shifts
-    within ``±max_shift`` px) against the current posterior-mean map, taken as the image's new mean (offset
+    (:func:`searched_modes`) against the current posterior-mean map, taken as the image's new mean (offset
     zero, spreads kept; the shift too when shifts are inferred) where the model's own log-likelihood at the
     posterior-mean map is higher there than at the current mean. Returns the fraction of images moved."""
-    from types import SimpleNamespace
-
-    from .pose_refine import refine_poses
-
     table = model.poses
     volume = model.volume.render()[0].detach() * model.norm  # the images' units, physical map
-    settings = SimpleNamespace(refine_base_level=2, refine_levels=int(levels), refine_keep=8, refine_shift_step=1.0,
-                               max_shift=float(max_shift), pose_batch=256)
-    rot, shifts = refine_poses(volume, particles, settings, device)
+    rot, shifts = searched_modes(volume, particles, levels, max_shift, device)
     grid, moved = model.volume.mean_grid().detach(), 0
     for idx, images in iterate_batches(particles, batch_size):
         it = torch.as_tensor(idx)

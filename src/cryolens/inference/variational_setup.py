@@ -36,7 +36,7 @@ from ..io.particles import Particles
 from ..volumes.variational import VariationalVoxelVolume
 from .pose_encoder import PoseEncoder
 from .variational import VariationalReconstruction
-from .variational_laplace import VariationalPoseSteps
+from .variational_laplace import VariationalPoseSteps, searched_modes
 from .variational_pose import MAX_LOG_ROT_STD, AmortizedPosePosterior, VariationalPoseTable
 
 
@@ -96,21 +96,18 @@ def starting_poses(particles: Particles, options: Any, start_map: torch.Tensor |
                    ) -> tuple[Particles, torch.Tensor | None]:
     """``(particles to train on, start rotations (N, 3, 3) of the pose table or None)`` for ``pose`` variational
     or amortized: the particles lose their rotations; ``start_poses`` (``metadata``: theirs, random when there
-    are none; ``random``; ``search``: each image's mode by :func:`~cryolens.inference.pose_refine.refine_poses`
-    against ``start_map``, base level 2 = 15° then ``search_levels`` levels, 8 kept per level, shifts within
-    ``±max_shift`` px from a 1 px grid — the particles then carry the searched shifts)."""
-    from .pose_refine import refine_poses
-
+    are none; ``random``; ``search``: each image's mode against ``start_map`` by
+    :func:`~cryolens.inference.variational_laplace.searched_modes` with ``search_levels`` and ``max_shift`` — the
+    particles then carry the searched shifts). The random draw is made for ``pose=variational`` only (an encoder
+    has no table to start)."""
     o, rot = options, particles.rotations
     data = dataclasses.replace(particles, rotations=None)
     if o.start_poses == "search":
         if start_map is None:
             raise InputError("fstdiff: start_poses=search needs a start map (--set init_map=MAP.mrc)")
-        settings = SimpleNamespace(refine_base_level=2, refine_levels=int(o.search_levels), refine_keep=8,
-                                   refine_shift_step=1.0, max_shift=float(o.max_shift), pose_batch=256)
-        rot, shifts = refine_poses(start_map, data, settings, device)
+        rot, shifts = searched_modes(start_map, data, o.search_levels, o.max_shift, device)
         return dataclasses.replace(data, shifts=shifts), rot
-    if rot is None or o.start_poses == "random":
+    if o.pose == "variational" and (rot is None or o.start_poses == "random"):
         rot = random_rotations(len(particles), torch.Generator().manual_seed(o.seed))
     return data, rot
 

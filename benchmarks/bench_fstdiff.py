@@ -25,7 +25,10 @@ start map instead, ``start_poses=search``, the metadata's poses unused); reporte
 (``laplace_N``): the median rotation error of the mean poses against the truth, its start value, the
 Spearman correlation between each image's rotational spread (rlnCryolensRotStdDeg) and its error, and that
 correlation's ceiling for these spreads (errors drawn from them: spread/√3 · |N(0, I₃)|). ``--abinit``:
-the same from random start poses and a zero map ("start" error: that of random rotations).
+the same from random start poses and a zero map ("start" error: that of random rotations). ``--importance K``
+(a diagnostic): also read the spreads as the posterior's second moments about each mean by importance sampling
+(:func:`importance_poses`: ``K`` draws per image from the Laplace fit widened 2×), with the weights' median
+effective sample size.
 
   nice -n 10 .venv/bin/python benchmarks/bench_fstdiff.py [--n 1000 --box 32 --apix 3.0 --snr 0.1]
       [--set epochs=20 ...] [--envelopes none,auto,auto@32] [--self prior] [--model 1pwc] [--chain A]
@@ -142,8 +145,63 @@ def calibration(model, truth: torch.Tensor, gridding: bool = True) -> dict:
     return {"per_shell": rows}
 
 
+@torch.no_grad()
+def importance_poses(model, particles, device, samples: int = 64,
+                     widen: float = 2.0, batch_size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Set the pose table's spreads to the posterior's own second moments about each mean, by importance
+    sampling (mass-covering, where Laplace's curvature at the mean is local): ``samples`` offsets ``η`` per image
+    from ``N(0, widen · H⁻¹)`` (the Laplace fit widened), weighted by ``exp(log p(Y | η) + log p(τ) − log q(η))``
+    at the posterior-mean map; the spreads are ``sqrt(Σ_k w_k η_k²)`` per axis (about the mean, so that an
+    image whose posterior mass lies off its mean gets a wider spread). Returns per image (STAR order)
+    ``rot_var (N, 3)`` rad², ``shift_var (N, 2)`` px² and ``ess (N,)`` (the effective sample size)."""
+    from cryolens.imaging.fft import fft2_centered
+    from cryolens.inference.likelihood import shell_weights
+    from cryolens.inference.variational_laplace import _predict, laplace_batch
+    from cryolens.io.dataset import iterate_batches
+
+    table, n, k = model.poses, len(particles), int(samples)
+    grid = model.volume.mean_grid().detach()
+    d = model.volume.box_size
+    w_f = shell_weights(model.log_noise.detach().exp().to(model.plane.dtype), d, model.k_max)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    out = {"rot_var": torch.zeros(n, 3, dtype=torch.float64), "shift_var": torch.zeros(n, 2, dtype=torch.float64),
+           "ess": torch.zeros(n, dtype=torch.float64)}
+    for idx, images in iterate_batches(particles, batch_size):
+        it = torch.as_tensor(idx)
+        batch = {"index": it.to(device), "image": images.to(device)}
+        if particles.ctf is not None:
+            batch["ctf"] = particles.ctf[it].to(device)
+        h, _, rot, shifts = laplace_batch(model, grid, batch)
+        b = len(rot)
+        free = 5 if table.log_shift_std is not None else 3
+        cov = widen * torch.linalg.inv(h[:, :free, :free] + 1e-9 * torch.eye(free, dtype=h.dtype, device=h.device))
+        chol = torch.linalg.cholesky(cov)
+        z = torch.randn(b, k, free, generator=gen, device=device, dtype=torch.float64)
+        eta = torch.einsum("bij,bkj->bki", chol, z)  # (B, K, free)
+        log_q = -0.5 * z.square().sum(-1)  # up to a per-image constant, which the weights' normalisation drops
+        y = fft2_centered(batch["image"].to(model.plane.dtype) / model.norm)
+        log_w = torch.empty(b, k, dtype=torch.float64, device=device)
+        for j in range(k):
+            e = torch.zeros(b, 5, dtype=model.plane.dtype, device=device)
+            e[:, :free] = eta[:, j].to(e.dtype)
+            res = y - _predict(model, grid, rot, shifts, e, batch)
+            log_w[:, j] = -(w_f * res.abs().square()).sum((-2, -1)).double()
+        if free == 5:  # the shift prior N(0, s₀²) about zero, at the offset shift
+            log_w = log_w - 0.5 * ((shifts.double()[:, None] + eta[..., 3:]) / model.shift_prior_std).square().sum(-1)
+        w = torch.softmax(log_w - log_q, dim=1)
+        second = torch.einsum("bk,bki->bi", w, eta.square())
+        out["rot_var"][it] = second[:, :3].cpu()
+        if free == 5:
+            out["shift_var"][it] = second[:, 3:].cpu()
+        out["ess"][it] = (1 / w.square().sum(1)).cpu()
+    table.log_rot_std.copy_((0.5 * out["rot_var"].clamp_min(1e-12).log()).to(table.log_rot_std))
+    if table.log_shift_std is not None:
+        table.log_shift_std.copy_((0.5 * out["shift_var"].clamp_min(1e-12).log()).to(table.log_shift_std))
+    return out
+
+
 def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: float, sets: list[str],
-               newton: list[int], save_map: str | None = None) -> dict:
+               newton: list[int], save_map: str | None = None, importance: int = 0) -> dict:
     """The ``--refine`` measurement (module docstring); ``deg`` None: ``--abinit`` (random start poses,
     zero start map). The recipe's own steps (:mod:`cryolens.methods.fstdiff`) with one training, then read
     three ways: the spreads as trained (``learned``), and after each count of ``newton`` Gauss-Newton steps
@@ -210,6 +268,11 @@ def refinement(particles, truth: torch.Tensor, deg: float | None, start_res: flo
         laplace_poses(model, data, "cpu", newton=k - done)
         read(f"laplace_{k}", time.perf_counter() - t1)
         done = k
+    if importance:
+        t1 = time.perf_counter()
+        ess = importance_poses(model, data, "cpu", samples=importance)["ess"]
+        res["importance_ess_median"] = float(ess.median())
+        read("importance", time.perf_counter() - t1)
     return res
 
 
@@ -232,6 +295,8 @@ def main() -> None:
     ap.add_argument("--chain", default="", help="simulate this chain only (A: a 4E43 monomer)")
     ap.add_argument("--model", default="4E43", help="bundled atomic model to simulate (cryolens.simulate)")
     ap.add_argument("--save-map", help="--refine/--abinit: write the trained mean map (MRC) here")
+    ap.add_argument("--importance", type=int, default=0,
+                    help="--refine/--search: also read the spreads by importance sampling with K draws per image")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -255,7 +320,8 @@ def main() -> None:
     if a.refine > 0 or a.abinit or a.search:
         deg = None if a.abinit else a.refine
         newton = [int(k) for k in a.newton.split(",")]
-        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set, newton, a.save_map)}
+        res = {"dataset": ds.name, **refinement(particles, truth, deg, a.start_res, a.set, newton, a.save_map,
+                                               a.importance)}
         print(json.dumps({k: v for k, v in res.items() if k != "options"}, indent=1))
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))

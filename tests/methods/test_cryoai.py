@@ -22,20 +22,24 @@ from _drgn_data import blob_dataset
 SMALL = {"enc_channels": 4, "enc_max_channels": 8, "enc_hidden": [32], "batch_size": 16, "norm_images": 64,
          "pose_batch": 32}
 RECIPE_SMALL = {"cryoai": {**SMALL, "dec_layers": 1, "dec_dim": 32, "lr": 1e-3},
-                "cryoposenet": {**SMALL, "max_shift": 2.0}}
+                "cryoposenet": {**SMALL, "max_shift": 2.0},
+                "cryoposenet+q(V)": {**SMALL, "max_shift": 2.0, "variational_volume": True, "std_samples": 4}}
 
 
-@pytest.mark.parametrize("name", ["cryoai", "cryoposenet"])
-def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
+@pytest.mark.parametrize("variant", ["cryoai", "cryoposenet", "cryoposenet+q(V)"])
+def test_recipe_runs_and_resumes(tmp_path, variant, monkeypatch):
     """2 epochs on 48 images (D = 16, CTF): the recipe needs only the CTF; the writer gives map.mrc (D³, the
     pixel size), particles.star whose rotations and shifts are the outputs (proper rotations), metrics with
     the rotation error against the metadata's poses and report.html. Through the CLI
     (options as --set), 1 epoch then --resume to 2 loads the checkpoint (the log holds epochs 1 and 2) and
-    gives the uninterrupted run's poses."""
+    gives the uninterrupted run's poses. With ``variational_volume`` (CryoPoseNet with FSTdiff's q(V)) the run
+    also writes std.mrc (D³, positive where q(V) has variance) and the per-shell posterior and prior std; the
+    resumed run, whose steps draw q(V), ends where the uninterrupted one does."""
     particles, _ = blob_dataset(tmp_path, 48, 16)
+    name = variant.split("+")[0]
     rec = get(name)
     assert rec.needs == frozenset({"ctf"}) and rec.learned
-    cfg = rec.config({**RECIPE_SMALL[name], "epochs": 2})
+    cfg = rec.config({**RECIPE_SMALL[variant], "epochs": 2})
     run = RunFolder(tmp_path / "run")
     out = rec.fit(particles, Known(poses=False), run, cfg, "cpu", False)
     write_run(out, particles, run, recipe=rec)
@@ -52,6 +56,12 @@ def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
     for f in ("report.html", "training_curves.png", "checkpoint.pt"):
         assert run.path(f).is_file(), f
     assert "median_rotation_error_amortized_deg" in run.read_json("metrics.json")
+    if "q(V)" in variant:
+        std, _ = read_volume(run.path("std.mrc"))
+        assert std.shape == (16, 16, 16) and float(std.min()) >= 0 and float(std.mean()) > 0
+        post, prior = (np.asarray(out.metrics[k]) for k in ("posterior_std_per_shell", "prior_std_per_shell"))
+        assert post.shape == prior.shape == (9,) and (post < prior).all()
+        assert "final_kl_volume" in out.metrics
 
     # the CLI with --set overrides: 1 epoch, then --resume to 2 continues from the checkpoint
     from cryolens.cli.main import main
@@ -62,7 +72,7 @@ def test_recipe_runs_and_resumes(tmp_path, name, monkeypatch):
     original = Trainer.resume
     monkeypatch.setattr(Trainer, "resume", lambda self: resumed.append(original(self)) or resumed[-1])
     write_star(tmp_path / "particles.star", particles)
-    sets = [a for k, v in RECIPE_SMALL[name].items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    sets = [a for k, v in RECIPE_SMALL[variant].items() for a in ("--set", f"{k}={json.dumps(v)}")]
     args = ["train", name, str(tmp_path / "particles.star"), "--out", str(tmp_path / "cli"), "--quiet",
             "--device", "cpu", *sets]
     assert main([*args, "--epochs", "1"]) == 0

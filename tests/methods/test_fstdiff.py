@@ -214,3 +214,21 @@ def test_start_poses_search_starts_from_each_images_mode(tmp_path):
     with pytest.raises(InputError, match="init_map"):
         rec.fit(particles, Known(poses=False), RunFolder(tmp_path / "none"),
                 rec.config({**sets, "init_map": None}), "cpu", False)
+
+
+def test_a_start_search_schedules_later_searches_unless_told():
+    """After ``start_poses=search`` the searches run again after 30 % and 60 % of the epochs unless
+    ``pose_search_epochs`` says otherwise (``[0]``: none); a refinement from given poses searches only when
+    told."""
+    from cryolens.inference.variational_setup import pose_strategies, search_epochs
+
+    rec = get("fstdiff")
+    assert search_epochs(rec.config({"start_poses": "search", "epochs": 20})) == (6, 12)
+    assert search_epochs(rec.config({"start_poses": "search", "epochs": 30})) == (9, 18)
+    assert search_epochs(rec.config({"start_poses": "search", "pose_search_epochs": [4]})) == (4,)
+    assert search_epochs(rec.config({"start_poses": "search", "pose_search_epochs": [0]})) == ()
+    assert search_epochs(rec.config({"start_poses": "metadata"})) == ()
+    steps = pose_strategies(rec.config({"start_poses": "search", "epochs": 20, "pose_newton_every": 0}))
+    assert len(steps) == 1 and steps[0].search_epochs == (6, 12) and steps[0].newton_every == 0
+    assert pose_strategies(rec.config({"start_poses": "search", "pose_search_epochs": [0],
+                                       "pose_newton_every": 0})) == []

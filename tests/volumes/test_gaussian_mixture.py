@@ -209,6 +209,29 @@ def test_chunked_transform_and_map_have_the_finite_difference_gradient(monkeypat
     assert torch.autograd.gradcheck(lambda *x: (gaussian.mixture_volumes(*x, 6) * w).sum(), args[:3])
 
 
+def test_projections_without_autograd_are_chunked_and_equal(monkeypatch):
+    """Without autograd the image-space sums (real-space projections and their separable transforms) run
+    over chunks of the Gaussians — bounded memory for a large batch of a per-atom model — and give the
+    one-shot sums (with autograd, all Gaussians at once) to float64 rounding; the chunk really is smaller than
+    the mixture."""
+    import cryolens.imaging.gaussian as gaussian
+
+    g = torch.Generator().manual_seed(6)
+    c, s = torch.randn(3, 40, 3, generator=g, dtype=F64) * 3, 1 + torch.rand(3, 40, generator=g, dtype=F64)
+    a = torch.rand(3, 40, generator=g, dtype=F64)
+    rots = random_rotations(3, generator=g, dtype=F64)
+    whole = (gaussian.mixture_projections(c, s, a, rots, 12), gaussian.mixture_projection_ft(c, s, a, rots, 12))
+    monkeypatch.setattr(gaussian, "_CHUNK", 3 * 2 * 12 * 7)  # B·2·D per Gaussian: 7 Gaussians per chunk
+    calls = []
+    monkeypatch.setattr(gaussian, "_profiles", lambda *x, f=gaussian._profiles: calls.append(x[0].shape[1]) or f(*x))
+    with torch.no_grad():
+        chunked = (gaussian.mixture_projections(c, s, a, rots, 12),
+                   gaussian.mixture_projection_ft(c, s, a, rots, 12))
+    assert max(calls, default=0) == 7 and len(calls) == 6  # 40 Gaussians: 6 chunks, projections only
+    for w, ch in zip(whole, chunked):
+        assert _rel(ch, w) < 1e-12
+
+
 def test_slices_on_the_image_grid_are_central_slices_and_projection_transforms(device):
     """project_fourier(R, z) (separable) = fourier(R · [kx, ky, 0], z) (the 3D closed form at the slice
     points) and = the centred 2D DFT of project(R, z), in float64."""

@@ -111,15 +111,29 @@ def mixture_volumes(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: tor
     return _chunked_sum(_volume_chunk, (d,), (centers, sigmas, amplitudes), step).reshape(b, d, d, d)
 
 
+def _projection_step(b: int, m: int, d: int) -> int:
+    """Gaussians per chunk of an image-space mixture sum over ``(B, m, 2, D)`` profiles: all ``m`` under autograd
+    (training batches are small, and a checkpointed chunk would cost its recomputation), else ``B·m·2·D ≤ 4M``
+    entries per chunk, so that a large batch of a per-atom model (tens of thousands of Gaussians) stays bounded."""
+    return m if torch.is_grad_enabled() else max(1, _CHUNK // (b * 2 * d))
+
+
+def _projection_chunk(size: int, c: torch.Tensor, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``(B, D, D)`` projection of one chunk of image-frame Gaussians (:func:`mixture_projections`)."""
+    g = _profiles(c, s, size)  # (B, m, 2, D)
+    w = a * math.sqrt(2 * math.pi) * s  # ∫ exp(−z²/2σ²) dz
+    return torch.bmm((w[..., None] * g[:, :, 1]).transpose(1, 2), g[:, :, 0])
+
+
 def mixture_projections(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
                         rotations: torch.Tensor, size: int) -> torch.Tensor:
     """Exact projections ``(B, D, D)`` (point samples of the line integrals, voxel steps) of mixture ``b``
     under ``rotations[b] (3, 3)`` (image → volume frame): :func:`gaussian_projection` per row, with the
-    centres ``(B or 1, M, 3)`` of each row's own mixture."""
+    centres ``(B or 1, M, 3)`` of each row's own mixture. Without autograd, chunked over the Gaussians
+    (:func:`_projection_step`)."""
     c, s, a = _in_image(centers, sigmas, amplitudes, rotations)
-    g = _profiles(c, s, size)  # (B, M, 2, D)
-    w = a * math.sqrt(2 * math.pi) * s  # ∫ exp(−z²/2σ²) dz
-    return torch.bmm((w[..., None] * g[:, :, 1]).transpose(1, 2), g[:, :, 0])
+    step = _projection_step(c.shape[0], c.shape[1], size)
+    return _chunked_sum(_projection_chunk, (size,), (c, s, a), step)
 
 
 def _in_image(centers: torch.Tensor, sigmas: torch.Tensor, amplitudes: torch.Tensor,
@@ -136,12 +150,19 @@ def mixture_projection_ft(centers: torch.Tensor, sigmas: torch.Tensor, amplitude
     grid ``(i − D//2)/D`` cycles/px: the central slices ``R · [kx, ky, 0]`` of :func:`mixture_fourier`
     (Fourier slice theorem), :func:`gaussian_projection_ft` per row. Separable in ``kx`` and ``ky`` (the
     envelope ``exp(−2π²σ²|k|²)`` and the phase both factor), so a batch costs ``O(B·M·D)`` exponentials and
-    one ``(D × M)·(M × D)`` complex product per image instead of ``O(B·D²·M)``."""
+    one ``(D × M)·(M × D)`` complex product per image instead of ``O(B·D²·M)``. Without autograd, chunked over
+    the Gaussians (:func:`_projection_step`)."""
     c, s, a = _in_image(centers, sigmas, amplitudes, rotations)
+    step = _projection_step(c.shape[0], c.shape[1], size)
+    return _chunked_sum(_projection_ft_chunk, (size,), (c, s, a), step)
+
+
+def _projection_ft_chunk(size: int, c: torch.Tensor, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``(B, D, D)`` complex transform of one chunk of image-frame Gaussians (:func:`mixture_projection_ft`)."""
     k = (torch.arange(size, device=c.device, dtype=c.dtype) - size // 2) / size
     sg = s[..., None, None]
     prof = torch.polar(torch.exp(-2 * math.pi ** 2 * sg * sg * k * k).expand(*c.shape, size),
-                       -2 * math.pi * c[..., None] * k)  # (B, M, 2, D)
+                       -2 * math.pi * c[..., None] * k)  # (B, m, 2, D)
     w = (a * (2 * math.pi) ** 1.5 * s ** 3).to(prof.dtype)
     return torch.bmm((w[..., None] * prof[:, :, 1]).transpose(1, 2), prof[:, :, 0])
 

@@ -109,6 +109,21 @@ class VariationalReconstruction(nn.Module):
             ll = ll - (shell_weights(sigma2, d, self.k_max) * var).sum((-2, -1))
         return ll
 
+    def given_pose_loss(self, batch: dict, grid: torch.Tensor, rotations: torch.Tensor,
+                        shifts: torch.Tensor | None) -> torch.Tensor:
+        """``(B,)`` each image's share of the per-pixel negative ELBO when its pose is a point value given from
+        outside (an encoder's, the metadata's): ``(KL(q(V) ‖ p(V)) / N − log p(Y_i | V = grid, R_i, t_i)) / P``;
+        its batch mean is :meth:`forward`'s loss with known poses. grid: a draw of ``q(V)`` (its mean with
+        ``analytic``)."""
+        return (self.volume.kl() / self.n_images - self.log_likelihood(batch, grid, rotations, shifts)) / self.n_pixels
+
+    def posterior_metrics(self) -> dict[str, list[float]]:
+        """Per shell, in the images' units: ``posterior_std_per_shell`` (RMS std of ``q(V)``'s free voxels),
+        ``prior_std_per_shell`` (``τ``) and ``noise_power_per_shell`` (``σ²``)."""
+        post_std, prior_std = (s * float(self.norm) for s in self.volume.shell_std())
+        return {"posterior_std_per_shell": post_std.tolist(), "prior_std_per_shell": prior_std.tolist(),
+                "noise_power_per_shell": self.noise_power().tolist()}
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         post = self.pose_posterior(batch)
         ll = 0.0

@@ -63,16 +63,12 @@ def signal_prior(power: torch.Tensor, noise: torch.Tensor, particles: Particles,
 def build_model(particles: Particles, options: Any, images: torch.Tensor, start_map: torch.Tensor | None,
                 start_rotations: torch.Tensor | None) -> VariationalReconstruction:
     """The ELBO model (module docstring) for ``particles``. options: the recipe's (``pose``,
-    ``rot_std_deg``, ``shift_std``, ``infer_shifts``, ``shift_prior_std``, ``init_logvar``, ``learn_prior``,
-    ``learn_noise``, ``samples``, ``pose_lr``, ``pose_spread_lr``, ``var_lr``, ``lr_decay``, ``expectation``,
-    and the encoder's ``enc_*``, ``max_shift``). images: a sample of raw images (data scale and spectra).
-    start_map: ``(D, D, D)`` in the images' units or None. start_rotations: ``(N, 3, 3)`` for the pose table."""
+    ``rot_std_deg``, ``shift_std``, ``infer_shifts``, ``shift_prior_std``, ``pose_lr``, ``pose_spread_lr``,
+    the encoder's ``enc_*``, ``max_shift``, and :func:`volume_model`'s). images: a sample of raw images (data
+    scale and spectra). start_map: ``(D, D, D)`` in the images' units or None. start_rotations: ``(N, 3, 3)``
+    for the pose table."""
     o, d, n = options, particles.box_size, len(particles)
     norm = float(images.std())
-    power = image_power(images / norm)
-    noise = power[d // 4:].median()  # white noise at the outer shells' power
-    mean = None if start_map is None else start_map / norm
-    volume = VariationalVoxelVolume(d, mean, o.init_logvar, signal_prior(power, noise, particles), o.learn_prior)
     rot_std, shift_std = math.radians(o.rot_std_deg), (o.shift_std if o.infer_shifts else None)
     poses = None
     if o.pose == "variational":
@@ -83,12 +79,29 @@ def build_model(particles: Particles, options: Any, images: torch.Tensor, start_
                               o.max_shift if o.infer_shifts else 0.0)
         encoder.set_scale(norm)
         poses = AmortizedPosePosterior(encoder, tuple(o.enc_hidden), rot_std, shift_std)
-    model = VariationalReconstruction(volume, poses, n, particles.pixel_size, noise.expand(d // 2 + 1).clone(),
-                                      o.learn_noise, o.samples,
-                                      o.shift_prior_std, o.pose_lr or None, o.var_lr or None, o.lr_decay,
-                                      o.expectation == "analytic")
-    model.norm.fill_(norm)
+    model = volume_model(particles, o, images, start_map, poses, o.shift_prior_std, o.pose_lr or None)
     model.spread_lr = o.pose_spread_lr or None
+    return model
+
+
+def volume_model(particles: Particles, options: Any, images: torch.Tensor, start_map: torch.Tensor | None,
+                 poses: torch.nn.Module | None = None, shift_prior_std: float = 2.0,
+                 pose_lr: float | None = None) -> VariationalReconstruction:
+    """``q(V)`` and the ELBO on the data scale (``norm`` the std of ``images``, a sample of raw images): the
+    starting noise power white at the outer shells' power, ``τ²(k)`` from :func:`signal_prior`, the mean from
+    ``start_map`` (images' units) or zero. options: ``init_logvar``, ``learn_prior``, ``learn_noise``,
+    ``samples``, ``var_lr``, ``lr_decay``, ``expectation``. poses: the pose posterior, or None (poses given
+    with each batch, or from outside: :meth:`VariationalReconstruction.given_pose_loss`)."""
+    o, d = options, particles.box_size
+    norm = float(images.std())
+    power = image_power(images / norm)
+    noise = power[d // 4:].median()  # white noise at the outer shells' power
+    mean = None if start_map is None else start_map / norm
+    volume = VariationalVoxelVolume(d, mean, o.init_logvar, signal_prior(power, noise, particles), o.learn_prior)
+    model = VariationalReconstruction(volume, poses, len(particles), particles.pixel_size,
+                                      noise.expand(d // 2 + 1).clone(), o.learn_noise, o.samples, shift_prior_std,
+                                      pose_lr, o.var_lr or None, o.lr_decay, o.expectation == "analytic")
+    model.norm.fill_(norm)
     return model
 
 
@@ -112,13 +125,23 @@ def starting_poses(particles: Particles, options: Any, start_map: torch.Tensor |
     return data, rot
 
 
-def pose_strategies(options: Any) -> list[VariationalPoseSteps]:
-    """The engine strategies of ``pose=variational`` (``pose_newton_every``, ``pose_search_epochs``,
-    ``search_levels``, ``max_shift``): a :class:`VariationalPoseSteps`, or none for the other pose families."""
+def search_epochs(options: Any) -> tuple[int, ...]:
+    """The epochs (from 1) after which ``pose=variational`` searches again: ``pose_search_epochs``; when empty
+    and the table was started by a search (``start_poses=search``: a map alone), after 30 % and 60 % of the
+    ``epochs`` (the schedule measured in benchmarks/RESULTS.md: 6 and 12 of 20). ``[0]``: none."""
     o = options
-    if o.pose != "variational" or (o.pose_newton_every <= 0 and not o.pose_search_epochs):
+    if o.pose_search_epochs or o.start_poses != "search":
+        return tuple(int(e) for e in o.pose_search_epochs if int(e) > 0)
+    return tuple(sorted({max(1, round(f * o.epochs)) for f in (0.3, 0.6)}))
+
+
+def pose_strategies(options: Any) -> list[VariationalPoseSteps]:
+    """The engine strategies of ``pose=variational`` (``pose_newton_every``, :func:`search_epochs`,
+    ``search_levels``, ``max_shift``): a :class:`VariationalPoseSteps`, or none for the other pose families."""
+    o, searches = options, search_epochs(options)
+    if o.pose != "variational" or (o.pose_newton_every <= 0 and not searches):
         return []
-    return [VariationalPoseSteps(o.pose_newton_every, tuple(o.pose_search_epochs), o.search_levels, o.max_shift)]
+    return [VariationalPoseSteps(o.pose_newton_every, searches, o.search_levels, o.max_shift)]
 
 
 @torch.no_grad()

@@ -82,6 +82,9 @@ def finish(model: AmortizedPoseModel, particles: Particles, blind: Particles, ru
                          progress=False)
         extra["resolution_halfmap_0143_refined_A"] = bp.resolution
         maps = {"refined/map": bp.volume, "refined/half1": bp.half1, "refined/half2": bp.half2}
+    if hasattr(model, "posterior_outputs"):  # a variational volume: its std map and per-shell summaries
+        more, stats = model.posterior_outputs(config.std_samples, config.seed)
+        maps, extra = {**more, **maps}, {**stats, **extra}
     summary, history = run_summary(run, config)
     metrics = {**summary, **pose_error_metrics(poses, particles.rotations), **extra}
     return MethodOutputs(pixel_size=particles.pixel_size, volume=volume, rotations=rot, shifts=sh, metrics=metrics,

@@ -16,6 +16,15 @@ Gram–Schmidt (as cryoAI), shifts off (``max_shift`` 0). Every option is a ``--
 ``cryolens train cryoposenet`` (:class:`CryoPoseNetConfig`). The decoder is a
 :class:`~cryolens.volumes.protocol.RealSpaceProjector` imaged by the forward model
 :class:`~cryolens.imaging.forward.ProjectorForward` (its own projection, then shift and CTF).
+
+``variational_volume=true`` (not in the paper) replaces the point-estimate grid by FSTdiff's ``q(V)``, a
+Gaussian per Fourier voxel with a per-shell prior, and the L2 loss by each image's share of the negative ELBO
+at the encoder's pose (:class:`~cryolens.inference.amortized_variational.AmortizedVariationalVolume`): the
+image is then predicted by the trilinear Fourier slice of the grid, not by the real-space projection, and the
+run also writes ``std.mrc`` (per-voxel std of the map under ``q(V)``) and the per-shell posterior, prior and
+noise (metrics). The ``q(V)`` options are FSTdiff's
+(:class:`~cryolens.methods.variational_volume.VariationalVolumeOptions`), its means' learning rate ``volume_lr``
+FSTdiff's ``lr``.
 """
 
 from __future__ import annotations
@@ -26,18 +35,25 @@ import torch
 
 from ..imaging.forward import ProjectorForward
 from ..inference.amortized import AmortizedPoseModel
+from ..inference.amortized_variational import AmortizedVariationalVolume
+from ..inference.training import sample_images
+from ..inference.variational_setup import volume_model
 from ..volumes.voxel import RealVoxelVolume
 from .amortized_pose import AmortizedPoseConfig, fit_amortized
 from .config import option
+from .variational_volume import VariationalVolumeOptions
 
 
 @dataclass(frozen=True)
-class CryoPoseNetConfig(AmortizedPoseConfig):
+class CryoPoseNetConfig(VariationalVolumeOptions, AmortizedPoseConfig):
     """Options of cryoposenet (module docstring: cryoAI's encoder at CPU size, Adam 1e-3, batch 32)."""
 
     batch_size: int = option(32, "images per optimiser step, over all DDP processes")
     lr: float = option(1e-3, "learning rate of Adam / AdamW")
     symmetrized_loss: bool = option(False, "per-image loss the smaller of Y's and R_π Y's (off: the paper)")
+    variational_volume: bool = option(False, "q(V), a Gaussian per Fourier voxel (FSTdiff's), instead of the grid")
+    volume_lr: float = option(0.02, "variational_volume: Adam learning rate of q(V)'s means and prior")
+    lr_decay: float = option(1.0, "variational_volume: every rate times this per epoch (1: constant)")
 
 
 class CryoPoseNet(AmortizedPoseModel):
@@ -66,4 +82,7 @@ def fit(particles, known, run, config: CryoPoseNetConfig, device=None, progress=
     """Registry entry point of ``cryoposenet`` (poses unknown, CTF known)."""
     torch.manual_seed(config.seed)
     model = CryoPoseNet(particles.box_size, particles.pixel_size, config)
+    if config.variational_volume:  # q(V) on the data scale of the sample fit_amortized normalises by
+        elbo = volume_model(particles, config, sample_images(particles, config.norm_images, config.seed), None)
+        model = AmortizedVariationalVolume(particles.box_size, particles.pixel_size, config, elbo, config.volume_lr)
     return fit_amortized(model, particles, run, config, device, progress, "cryoposenet")

@@ -10,7 +10,8 @@ rotation and a Gaussian shift, free per image — ``pose=variational`` — or fr
 
 Start: ``init_map`` (optionally low-passed to ``init_resolution`` Å) or zero; the pose table starts at the
 metadata's rotations when there are any (a refinement), at each image's mode searched against ``init_map``
-(``start_poses=search``: a refinement from a map alone; with ``pose_search_epochs`` searched again later) or
+(``start_poses=search``: a refinement from a map alone; searched again later, after ``pose_search_epochs``,
+by default 30 % and 60 % of the epochs) or
 at random ones (``start_poses=random``, or no poses: ab initio); Gauss-Newton steps every ``pose_newton_every``
 epochs. With known poses, ``q(V)`` is then calibrated in closed form
 (:func:`~cryolens.inference.variational_calibrate.calibrate`: the exact marginal variances, ``τ²`` at
@@ -48,10 +49,11 @@ from .class3d import read_start_map
 from .config import option
 from .registry import MethodOutputs
 from .training import TrainingConfig, run_summary, train
+from .variational_volume import VariationalVolumeOptions
 
 
 @dataclass(frozen=True)
-class FSTdiffConfig(TrainingConfig):
+class FSTdiffConfig(VariationalVolumeOptions, TrainingConfig):
     """Options of ``fstdiff`` (module docstring)."""
 
     epochs: int = option(30, "passes over the data (epochs)")
@@ -59,7 +61,6 @@ class FSTdiffConfig(TrainingConfig):
     lr: float = option(0.02, "Adam learning rate of q(V), the noise and the prior")
     pose_lr: float = option(0.001, "Adam learning rate of the pose posterior (0 = lr)")
     pose_spread_lr: float = option(0.01, "pose=variational: Adam learning rate of the per-image spreads (0 = pose_lr)")
-    var_lr: float = option(0.1, "Adam learning rate of q(V)'s log-variances and the noise (0 = lr)")
     lr_decay: float = option(0.95, "every learning rate times this per epoch")
     pose: Literal["variational", "amortized", "known"] = option("variational", "q(R, t): per image, encoder, known")
     start_poses: Literal["metadata", "random", "search"] = option(
@@ -74,12 +75,6 @@ class FSTdiffConfig(TrainingConfig):
     infer_shifts: bool = option(True, "infer q(t) (else the metadata's shifts, or zero)")
     shift_std: float = option(0.5, "starting shift spread per axis, px")
     shift_prior_std: float = option(2.0, "std of the Gaussian shift prior, px")
-    init_logvar: float = option(-2.0, "starting log(variance / prior variance) of each Fourier voxel")
-    learn_prior: bool = option(True, "learn the per-shell prior variance (empirical Bayes)")
-    learn_noise: bool = option(True, "learn the per-shell noise power")
-    samples: int = option(1, "Monte Carlo draws of (V, R, t) per step")
-    expectation: Literal["sampled", "analytic"] = option("sampled", "E over q(V): reparametrised draws or closed form")
-    std_samples: int = option(32, "draws of q(V) for the real-space std map")
     calibrate: bool = option(True, "pose=known: q(V) as the exact posterior's mean and marginals, τ² by moments")
     prior_envelope: Literal["none", "auto"] = option("none", "calibrate's prior: independent, or a support envelope")
     calibrate_draws: int = option(0, "calibrate: exact posterior draws for the marginals (0: stationary formula)")
@@ -90,7 +85,8 @@ class FSTdiffConfig(TrainingConfig):
     max_shift: float = option(4.0, "amortized: largest shift mean the encoder gives; search: the shift range, px")
     search_levels: int = option(2, "start_poses=search, pose_search_epochs: levels below the 15° base grid (2: 3.75°)")
     pose_search_epochs: tuple[int, ...] = option((), "pose=variational: after these epochs, searched modes replace "
-                                                 "the means they beat")
+                                                 "the means they beat (empty: 30 and 60 % of the epochs after a "
+                                                 "start search, else none; [0]: none)")
 
 
 def start(particles, config: FSTdiffConfig, device=None):
@@ -118,11 +114,8 @@ def outputs(model, particles, truth, run, config: FSTdiffConfig, device, std: to
     norm = float(model.norm)
     volume = model.volume.render()[0].cpu() * norm
     std = (model.volume.std_map(config.std_samples, gen) if std is None else std).float().cpu() * norm
-    post_std, prior_std = model.volume.shell_std()
     summary, history = run_summary(run, config)
-    metrics = {**summary, "posterior_std_per_shell": (post_std * norm).tolist(),
-               "prior_std_per_shell": (prior_std * norm).tolist(),
-               "noise_power_per_shell": model.noise_power().tolist()}
+    metrics = {**summary, **model.posterior_metrics()}
     if config.pose == "known":
         return MethodOutputs(pixel_size=particles.pixel_size, volume=volume, extra_volumes={"std": std},
                              metrics=metrics, history=history)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from ..imaging.fft import fft2_centered
@@ -28,6 +29,7 @@ from ..imaging.forward import shift_and_ctf
 from ..imaging.rotations import rotvec_to_matrix
 from ..io.dataset import iterate_batches
 from ..io.particles import Particles
+from .distributed import all_reduce_sum, gather_rows, merge_rows, shard
 from .likelihood import shell_weights
 from .pose_refine import refine_poses
 from .variational import VariationalReconstruction
@@ -70,18 +72,20 @@ def laplace_batch(model: VariationalReconstruction, grid: torch.Tensor, batch: d
 
 @torch.no_grad()
 def laplace_poses(model: VariationalReconstruction, particles: Particles, device, newton: int = 0,
-                  max_step: float = 0.05, batch_size: int = 128, step: float = 0.01, final_pass: bool = True
-                  ) -> dict[str, torch.Tensor]:
+                  max_step: float = 0.05, batch_size: int = 128, step: float = 0.01, final_pass: bool = True,
+                  split: bool = False) -> dict[str, torch.Tensor]:
     """Set the pose table's spreads by Laplace after ``newton`` capped Gauss-Newton steps of its means (module
     docstring), at the posterior-mean map. ``final_pass`` False: the spreads are those of the last step's
     curvature (one pass over the data fewer, the spreads at the means before that step: what the in-training
-    update uses). Returns per image (STAR order) ``rot_var (N, 3)`` rad² and ``shift_var (N, 2)`` px², the
-    marginal variances of ``H⁻¹``."""
+    update uses). ``split``: each rank of a distributed run takes its share of the images and the table's rows
+    are then merged, so every rank must call it (one process: no difference). Returns per image (STAR order)
+    ``rot_var (N, 3)`` rad² and ``shift_var (N, 2)`` px², the marginal variances of ``H⁻¹``."""
     table, n = model.poses, len(particles)
     grid = model.volume.mean_grid().detach()
     out = {"rot_var": torch.zeros(n, 3, dtype=torch.float64), "shift_var": torch.zeros(n, 2, dtype=torch.float64)}
+    mine = shard(np.arange(n)) if split else None
     for rnd in range(int(newton) + (1 if final_pass or newton <= 0 else 0)):
-        for idx, images in iterate_batches(particles, batch_size):
+        for idx, images in iterate_batches(particles, batch_size, mine):
             it = torch.as_tensor(idx)
             batch = {"index": it.to(device), "image": images.to(device)}
             if particles.ctf is not None:
@@ -98,10 +102,21 @@ def laplace_poses(model: VariationalReconstruction, particles: Particles, device
                 table.delta[it] = 0
                 if table.log_shift_std is not None:
                     table.shift_mean[it] += delta[:, 3:]
+    if split:
+        _merge_table(table, mine, n, out["rot_var"], out["shift_var"])
     table.log_rot_std.copy_((0.5 * out["rot_var"].clamp_min(1e-12).log()).to(table.log_rot_std))
     if table.log_shift_std is not None:
         table.log_shift_std.copy_((0.5 * out["shift_var"].clamp_min(1e-12).log()).to(table.log_shift_std))
     return out
+
+
+def _merge_table(table, mine: np.ndarray, n: int, *more: torch.Tensor) -> None:
+    """Every rank's pose table (means, offsets, shifts) and the tensors ``more`` ``(N, ...)`` get each row from
+    the rank whose share ``mine`` it is (:func:`~cryolens.inference.distributed.merge_rows`)."""
+    owned = torch.zeros(n, dtype=torch.bool)
+    owned[torch.as_tensor(mine)] = True
+    rows = [table.base, table.delta] + ([table.shift_mean] if table.log_shift_std is not None else [])
+    merge_rows([t.data for t in rows] + list(more), owned)
 
 
 def searched_modes(volume: torch.Tensor, particles: Particles, levels: int, max_shift: float, device
@@ -109,10 +124,14 @@ def searched_modes(volume: torch.Tensor, particles: Particles, levels: int, max_
     """``(rotations (N, 3, 3), shifts (N, 2) px)``: every image's mode by
     :func:`~cryolens.inference.pose_refine.refine_poses` against the real-space map ``volume (D, D, D)`` in
     the images' units — base level 2 (15°), then ``levels`` finer levels (3.75° at 2), 8 rotations kept per
-    level, shifts within ``±max_shift`` px from a 1 px grid."""
+    level, shifts within ``±max_shift`` px from a 1 px grid. In a distributed run each rank searches its share
+    of the images and every rank gets all modes (every rank must call it)."""
     settings = SimpleNamespace(refine_base_level=2, refine_levels=int(levels), refine_keep=8, refine_shift_step=1.0,
                                max_shift=float(max_shift), pose_batch=256)
-    return refine_poses(volume, particles, settings, device)
+    mine = shard(np.arange(len(particles)))
+    rot, shifts = refine_poses(volume, particles, settings, device, mine)
+    index = torch.as_tensor(mine)
+    return gather_rows(index, rot, len(particles)), gather_rows(index, shifts, len(particles))
 
 
 @torch.no_grad()
@@ -122,11 +141,12 @@ def search_poses_again(model: VariationalReconstruction, particles: Particles, d
     (:func:`searched_modes`) against the current posterior-mean map, taken as the image's new mean (offset
     zero, spreads kept; the shift too when shifts are inferred) where the model's own log-likelihood at the
     posterior-mean map is higher there than at the current mean. Returns the fraction of images moved."""
-    table = model.poses
+    table, n = model.poses, len(particles)
     volume = model.volume.render()[0].detach() * model.norm  # the images' units, physical map
     rot, shifts = searched_modes(volume, particles, levels, max_shift, device)
-    grid, moved = model.volume.mean_grid().detach(), 0
-    for idx, images in iterate_batches(particles, batch_size):
+    grid, moved = model.volume.mean_grid().detach(), torch.zeros(1, dtype=torch.float64)
+    mine = shard(np.arange(n))
+    for idx, images in iterate_batches(particles, batch_size, mine):
         it = torch.as_tensor(idx)
         batch = {"index": it.to(device), "image": images.to(device)}
         if particles.ctf is not None:
@@ -140,7 +160,9 @@ def search_poses_again(model: VariationalReconstruction, particles: Particles, d
         if table.log_shift_std is not None:
             table.shift_mean[sel] = s_new[better].to(table.shift_mean)
         moved += int(better.sum())
-    return moved / max(len(particles), 1)
+    _merge_table(table, mine, n)
+    all_reduce_sum(moved)
+    return float(moved) / max(n, 1)
 
 
 class VariationalPoseSteps:
@@ -149,7 +171,8 @@ class VariationalPoseSteps:
     offsets): after the epochs in ``search_epochs`` (counting from 1) the global search's modes replace the
     means they beat (:func:`search_poses_again`, ``search_levels``, ``max_shift`` px); every ``newton_every``
     epochs one capped Gauss-Newton step of every mean, its spreads set by Laplace at the posterior-mean map
-    (:func:`laplace_poses`, one data pass). Stateless: a resumed run repeats nothing."""
+    (:func:`laplace_poses`, one data pass). Under DDP each rank takes its share of the images and the table's
+    rows are merged (every rank runs the strategy). Stateless: a resumed run repeats nothing."""
 
     def __init__(self, newton_every: int = 0, search_epochs: tuple[int, ...] = (), search_levels: int = 2,
                  max_shift: float = 4.0):
@@ -169,7 +192,7 @@ class VariationalPoseSteps:
         if epoch + 1 in self.search_epochs:
             search_poses_again(model, particles, device, self.search_levels, self.max_shift)
         if self.newton_every > 0 and (epoch + 1) % self.newton_every == 0:
-            laplace_poses(model, particles, device, newton=1, final_pass=False)
+            laplace_poses(model, particles, device, newton=1, final_pass=False, split=True)
 
     def state_dict(self) -> dict:
         """Nothing to keep (class docstring)."""

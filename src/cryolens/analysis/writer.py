@@ -18,11 +18,11 @@ What it writes (each only when the outputs hold it):
 - ``metrics.json``: image count, box, pixel size, the recipe's own metrics, the half-map FSC and its
   0.143 resolution, class counts, per-iteration history (``history``; records carrying a ``stage``
   key go to ``<stage>_history``), the FSC against a ``reference`` map (0.5 resolution);
-- plots: ``fsc.png``, ``sections.png``, ``particles.png``, ``angular_distribution.png``,
-  ``class_sections.png``, per-iteration plots of the history (``fsc_iterations.png``,
-  ``resolution_history.png`` or ``resolution.png``, ``log_likelihood.png``, ``posterior.png``,
-  ``class_populations.png``; prefixed ``<stage>_`` for staged records), ``training_curves.png`` from
-  the engine's ``log.jsonl``;
+- plots: ``fsc.png``, ``sections.png`` (the map, the ground truth when given, the ``std`` extra volume when
+  there is one), ``particles.png``, ``angular_distribution.png``, ``class_sections.png``, per-iteration
+  plots of the history (``fsc_iterations.png``, ``resolution_history.png`` or ``resolution.png``,
+  ``log_likelihood.png``, ``posterior.png``, ``class_populations.png``; prefixed ``<stage>_`` for staged
+  records), ``training_curves.png`` from the engine's ``log.jsonl``;
 - ``report.html`` (:mod:`cryolens.analysis.report`) unless ``report=False``.
 """
 
@@ -92,6 +92,8 @@ def write_run(outputs: MethodOutputs, particles: Particles, run: RunFolder | str
         m["resolution_vs_ground_truth_05_A"] = float(resolution_at(gt, 0.5, px, particles.box_size))
         curves["map vs ground truth"] = gt
         sections["ground truth"] = ref.numpy()
+    if "std" in (outputs.extra_volumes or {}):  # a variational map's per-voxel std, beside the map it qualifies
+        sections["std (posterior)"] = _np(outputs.extra_volumes["std"])
     m.update(metrics or {})
     run.write_metrics(m)
     if plots:

@@ -51,3 +51,29 @@ def test_voxel_decoder_starts_at_its_base_map_stays_positive_and_learns_z():
     assert err < 0.01, err
     assert float((maps[0] * left).sum()) > float((maps[1] * left).sum())
     assert torch.equal(sample_maps(dec, 5, seed=3), sample_maps(dec, 5, seed=3))
+
+
+def test_equal_mass_decoder_moves_density_but_keeps_its_total():
+    """With ``equal_mass`` every decoded map sums to the base map's total, whatever ``z``; fitted (as above) to two
+    targets of different mass (0.05 and 0.10 peak), it can match their shapes only: each map's mass stays the base's,
+    their ratio 1 (the free decoder gets the 2× ratio)."""
+    d = 8
+    left = gaussian_volume(torch.tensor([[-2.0, 0.0, 0.0]]), torch.tensor([1.2]), torch.tensor([0.05]), d)
+    right = gaussian_volume(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([1.2]), torch.tensor([0.10]), d)
+    target, z = torch.stack([left, right]), torch.tensor([[-1.0], [1.0]])
+    ratios = {}
+    for equal in (False, True):
+        torch.manual_seed(0)
+        dec = VoxelDecoder(d, 1, channels=4, hidden=16, equal_mass=equal)
+        opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+        for _ in range(150):
+            opt.zero_grad()
+            (dec.maps(z) - target).square().mean().backward()
+            opt.step()
+        maps = dec.render(z)
+        if equal:
+            base = torch.nn.functional.softplus(dec.base.detach(), beta=dec.beta).sum()
+            torch.testing.assert_close(maps.sum((-3, -2, -1)), base.expand(2), rtol=1e-5, atol=0)
+            assert float((maps[0] * left).sum()) > float((maps[1] * left).sum())  # the shapes still follow z
+        ratios[equal] = float(maps[1].sum() / maps[0].sum())
+    assert ratios[False] > 1.6 and abs(ratios[True] - 1) < 1e-4

@@ -39,13 +39,15 @@ class MultiCryoGANConfig(GANConfig):
     n_samples: int = option(1000, "maps sampled from the trained generator")
     n_states: int = option(2, "k-means centres of the sampled maps")
     save_samples: int = option(10, "sampled maps written as samples/sample_NNN.mrc")
+    equal_mass: bool = option(False, "every generated map has the base map's mass (conformations, not compositions)")
 
 
 def fit(particles, known, run, config: MultiCryoGANConfig, device=None, progress=True) -> MethodOutputs:
     """Registry entry point of ``multi-cryogan`` (no poses; CTF known)."""
     device = torch.device(device or "cpu")
     torch.manual_seed(config.seed)
-    decoder = VoxelDecoder(particles.box_size, config.zdim, config.decoder_channels, config.decoder_hidden)
+    decoder = VoxelDecoder(particles.box_size, config.zdim, config.decoder_channels, config.decoder_hidden,
+                           equal_mass=config.equal_mass)
     model = build_gan(decoder, particles, config)
     trained = train_gan(model, particles, run, config, device, progress)
     if not is_main():

@@ -23,11 +23,14 @@ from torch import nn
 class VoxelDecoder(nn.Module):
     """``z (B, L) → (B, D, D, D)`` maps (module docstring). box_size: ``D`` (a multiple of 4). zdim: ``L``.
     channels: feature grids at ``D/4``. hidden: width of the MLP. init: every voxel's starting value (map
-    units). beta: sharpness of the softplus (``1/β``: the width of its soft corner, map units)."""
+    units). beta: sharpness of the softplus (``1/β``: the width of its soft corner, map units). equal_mass:
+    every map is rescaled to the total of the base map's ``softplus(base)``, so that ``z`` moves density
+    rather than scaling it (conformations; not for compositional heterogeneity, whose states differ in mass)."""
 
     def __init__(self, box_size: int, zdim: int, channels: int = 16, hidden: int = 64, init: float = 1e-3,
-                 beta: float = 50.0):
+                 beta: float = 50.0, equal_mass: bool = False):
         super().__init__()
+        self.equal_mass = bool(equal_mass)
         d, c = int(box_size), int(channels)
         if d % 4 or zdim < 1:
             raise ValueError(f"VoxelDecoder: box {d} must be a multiple of 4 and zdim {zdim} ≥ 1")
@@ -48,7 +51,11 @@ class VoxelDecoder(nn.Module):
         h = self.mlp(z).reshape(-1, self.channels, self.coarse, self.coarse, self.coarse)
         h = F.leaky_relu(self.conv1(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)), 0.2)
         delta = self.conv2(F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False))[:, 0]
-        return F.softplus(self.base + delta, beta=self.beta)
+        maps = F.softplus(self.base + delta, beta=self.beta)
+        if self.equal_mass:
+            mass = F.softplus(self.base, beta=self.beta).sum()
+            maps = maps * (mass / maps.sum((-3, -2, -1), keepdim=True).clamp_min(1e-12))
+        return maps
 
     def render(self, z: torch.Tensor | None = None) -> torch.Tensor:
         """Detached maps ``(B, D, D, D)`` float32 at ``z (B, L)``."""

@@ -79,6 +79,4 @@ class AmortizedVariationalVolume(AmortizedPoseModel):
     def posterior_outputs(self, samples: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """``({"std": (D, D, D)}, metrics)``: the per-voxel std of the real-space map under ``q(V)`` from
         ``samples`` draws, in the images' units, and the per-shell posterior, prior and noise summaries."""
-        gen = torch.Generator(device=self.elbo.norm.device).manual_seed(int(seed))
-        std = self.elbo.volume.std_map(samples, gen).float().cpu() * float(self.elbo.norm)
-        return {"std": std}, self.elbo.posterior_metrics()
+        return {"std": self.elbo.std_map(samples, seed)}, self.elbo.posterior_metrics()

@@ -117,6 +117,13 @@ class VariationalReconstruction(nn.Module):
         ``analytic``)."""
         return (self.volume.kl() / self.n_images - self.log_likelihood(batch, grid, rotations, shifts)) / self.n_pixels
 
+    @torch.no_grad()
+    def std_map(self, samples: int, seed: int) -> torch.Tensor:
+        """The per-voxel std ``(D, D, D)`` float32 CPU of the real-space map under ``q(V)`` in the images' units,
+        from ``samples`` draws seeded ``seed`` (:meth:`VariationalVoxelVolume.std_map` times ``norm``)."""
+        gen = torch.Generator(device=self.norm.device).manual_seed(int(seed))
+        return self.volume.std_map(samples, gen).float().cpu() * float(self.norm)
+
     def posterior_metrics(self) -> dict[str, list[float]]:
         """Per shell, in the images' units: ``posterior_std_per_shell`` (RMS std of ``q(V)``'s free voxels),
         ``prior_std_per_shell`` (``τ``) and ``noise_power_per_shell`` (``σ²``)."""

@@ -81,7 +81,7 @@ class CryoPoseNet(AmortizedPoseModel):
 def fit(particles, known, run, config: CryoPoseNetConfig, device=None, progress=True):
     """Registry entry point of ``cryoposenet`` (poses unknown, CTF known)."""
     torch.manual_seed(config.seed)
-    model = CryoPoseNet(particles.box_size, particles.pixel_size, config)
+    model = CryoPoseNet(particles.box_size, particles.pixel_size, config)  # built for q(V) too: its draws, as measured
     if config.variational_volume:  # q(V) on the data scale of the sample fit_amortized normalises by
         elbo = volume_model(particles, config, sample_images(particles, config.norm_images, config.seed), None)
         model = AmortizedVariationalVolume(particles.box_size, particles.pixel_size, config, elbo, config.volume_lr)

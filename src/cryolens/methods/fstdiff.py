@@ -110,10 +110,9 @@ def outputs(model, particles, truth, run, config: FSTdiffConfig, device, std: to
             ) -> MethodOutputs:
     """The :class:`MethodOutputs` of a trained model (rank 0; module docstring); ``std (D, D, D)`` the
     real-space std map in model units (None: from ``std_samples`` draws of the factorised ``q(V)``)."""
-    gen = torch.Generator(device=device).manual_seed(config.seed)
     norm = float(model.norm)
     volume = model.volume.render()[0].cpu() * norm
-    std = (model.volume.std_map(config.std_samples, gen) if std is None else std).float().cpu() * norm
+    std = model.std_map(config.std_samples, config.seed) if std is None else std.float().cpu() * norm
     summary, history = run_summary(run, config)
     metrics = {**summary, **model.posterior_metrics()}
     if config.pose == "known":

@@ -19,6 +19,6 @@ class VariationalVolumeOptions(RecipeConfig):
     init_logvar: float = option(-2.0, "starting log(variance / prior variance) of each Fourier voxel")
     learn_prior: bool = option(True, "learn the per-shell prior variance (empirical Bayes)")
     learn_noise: bool = option(True, "learn the per-shell noise power")
-    samples: int = option(1, "Monte Carlo draws of (V, R, t) per step")
+    samples: int = option(1, "Monte Carlo draws per step (of V, and of R, t where they are distributions)")
     expectation: Literal["sampled", "analytic"] = option("sampled", "E over q(V): reparametrised draws or closed form")
     std_samples: int = option(32, "draws of q(V) for the real-space std map")

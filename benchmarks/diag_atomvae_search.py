@@ -24,6 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from cryolens.bench.atomic_scoring import per_image_ca_rmsd
+from cryolens.inference.atomvae import hold_chains
 from cryolens.inference.pose_refine import refine_poses_by_latent
 from cryolens.io.checkpoint import load_checkpoint
 from cryolens.io.dataset import read_particles
@@ -61,6 +63,9 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--clusters", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--levels", type=int, default=None, help="refine_levels (default: the run's)")
+    ap.add_argument("--reference", choices=("mixture", "atoms"), default="mixture",
+                    help="search against the trained mixture's map, or its moved atoms' form-factor map")
+    ap.add_argument("--frame-chains", default="", help="hold these chains still (atomvae's frame_chains) first")
     args = ap.parse_args()
     torch.set_num_threads(1)
     trained = load_mixture_run(args.run)
@@ -75,17 +80,21 @@ def main() -> None:
                                pose_batch=256, seed=cfg["seed"])
     volume, z = trained.model, trained.latents
 
-    def render(zc: torch.Tensor) -> torch.Tensor:
+    def render(zc: torch.Tensor) -> torch.Tensor:  # the recipe's refine_reference
         with torch.no_grad():
-            return volume.render(zc) * scale
+            return (volume.atom_maps(zc) if args.reference == "atoms" else volume.render(zc)) * scale
 
     poses = {"encoder": read_star(args.run / "particles.star").rotations.float()}
+    if args.frame_chains:  # as the recipe does after training: every map in that frame, the poses follow
+        poses["encoder"] = hold_chains(volume, z, poses["encoder"], torch.zeros(len(z), 2), args.frame_chains)[0]
     times = {}
     for k in args.clusters:
         t0 = time.perf_counter()
         poses[f"k{k}"] = refine_poses_by_latent(render, z, blind, settings, "cpu", k)[0]
         times[f"k{k}"] = time.perf_counter() - t0
-    result = {"n": len(particles), "levels": settings.refine_levels, "time_s": times}
+    result = {"n": len(particles), "levels": settings.refine_levels, "frame_chains": args.frame_chains,
+              "reference": args.reference,
+              "time_s": times}
     g = frames(volume, z, args.data, np.load(args.data / "ground_truth" / "ground_truth.npz")["labels"])
     truth = particles.rotations.double()
     np.savez(args.run / "diag_search_poses.npz", frames=g.numpy(), **{k: v.numpy() for k, v in poses.items()})
@@ -103,6 +112,14 @@ def main() -> None:
               + ", ".join(f"{v:.1f}" for v in per_state.values())
               + f"; own frame {result[name]['own_frame_median_deg']:.2f}°  per state "
               + ", ".join(f"{v:.1f}" for v in result[name]["own_frame_per_state"].values()), flush=True)
+    info = json.loads((args.data / "ground_truth" / "info.json").read_text())
+    rmsd = per_image_ca_rmsd(volume.atomic_models, z, [str(args.data / "ground_truth" / f) for f in info["models"]],
+                             np.load(args.data / "ground_truth" / "ground_truth.npz")["labels"],
+                             cfg["model"], n_images=200)
+    result["ca_rmsd_median_A"] = float(np.nanmedian(rmsd["rmsd"]))
+    result["ca_rmsd_base_median_A"] = float(np.nanmedian(rmsd["base_rmsd"]))
+    print(f"per-image Cα RMSD (200 images): median {result['ca_rmsd_median_A']:.2f} Å "
+          f"(base model {result['ca_rmsd_base_median_A']:.2f} Å)")
     print(json.dumps(result))
 
 

@@ -103,15 +103,17 @@ def test_e2gmm_model_that_is_not_a_pdb_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and str(bad) in err[0]
 
 
-def hairpin(angle_deg: float) -> Atoms:
-    """16 Cα atoms (ALA 1–16, chain A): two 8-residue strands 3.8 Å apart along x joined by a 3.8 Å turn; the
-    second strand turned by ``angle_deg`` about the y axis through the turn (every consecutive distance 3.8 Å)."""
+def hairpin(angle_deg: float, two_chains: bool = False) -> Atoms:
+    """16 Cα atoms (ALA 1–16, chain A; ``two_chains``: residues 11–16 are chain B): two 8-residue strands 3.8 Å
+    apart along x joined by a 3.8 Å turn; the second strand turned by ``angle_deg`` about the y axis through the
+    turn (every consecutive distance 3.8 Å)."""
     x = np.r_[np.arange(8) * 3.8, np.arange(7, -1, -1) * 3.8] - 13.3
     c = np.stack([x, np.r_[np.full(8, -1.9), np.full(8, 1.9)], np.zeros(16)], 1)
     a, pivot = np.deg2rad(angle_deg), np.array([13.3, 0.0, 0.0])
     rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     c[8:] = (c[8:] - pivot) @ rot.T + pivot
-    return Atoms(c, ["C"] * 16, atom_names=["CA"] * 16, residue_names=["ALA"] * 16, residue_numbers=np.arange(1, 17))
+    return Atoms(c, ["C"] * 16, atom_names=["CA"] * 16, residue_names=["ALA"] * 16, residue_numbers=np.arange(1, 17),
+                 chain_ids=["A"] * 10 + ["B" if two_chains else "A"] * 6)
 
 
 def test_cryofold_from_the_cli_moves_the_base_model_to_the_hinged_state(tmp_path):
@@ -166,14 +168,17 @@ def test_cryofold_from_the_cli_moves_the_base_model_to_the_hinged_state(tmp_path
     assert len(gemmi.read_structure(str(run / "analysis" / "models_pc2.cif"))) == 10
 
 
-def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, monkeypatch):
+def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, monkeypatch, capsys):
     """Poses not given: atomvae from the 0° hairpin (one Gaussian per atom), 2 warm-up epochs then 2 joint: the
     log has no KL in the warm-up and a positive one after; the warm-up lowers the images' error; the STAR holds a
     proper rotation per image, z is (96, 2), and the metrics score the encoder's rotations against the STAR's
     (whether the warm-up learns poses: tests/inference/test_atomvae_poses.py). ``--refine-poses`` with 2
     clusters: two searches, each over one k-means group of z (together every image once), whose poses are the
-    STAR's."""
+    STAR's. ``frame_chains=A`` (the strands as chains A and B): every model decoded from the run folder has chain
+    A where the base model has it (the motion seen from chain A); a chain the model lacks: one line, exit 2, before
+    any training."""
     import cryolens.inference.pose_refine as pr
+    from cryolens.imaging.rotations import rigid_fit
     from cryolens.io.star import read_star
 
     calls, original = [], pr.refine_poses
@@ -192,13 +197,18 @@ def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, m
         return ProjectorForward()(vol, rots, None, ctf, PX)
 
     star, _, _ = two_state_star(tmp_path, render, n=96, noise=0.1)
-    write_atoms(tmp_path / "base.pdb", hairpin(0.0))
+    write_atoms(tmp_path / "base.pdb", hairpin(0.0, two_chains=True))
     run = tmp_path / "run"
-    assert main(["train", "atomvae", str(star), "--out", str(run), "--model", str(tmp_path / "base.pdb"),
-                 "--epochs", "4", "--warmup-epochs", "2", "--zdim", "2", "--lr", "1e-3", "--batch-size", "16",
-                 "--set", "enc_dim=64", "--set", "dec_dim=64", "--set", "enc_layers=2", "--set", "dec_layers=2",
-                 "--refine-poses", "--refine-clusters", "2", "--refine-base-level", "1", "--refine-levels", "1",
-                 "--quiet", "--device", "cpu", "--no-report"]) == 0
+    args = ["train", "atomvae", str(star), "--out", str(run), "--model", str(tmp_path / "base.pdb"),
+            "--epochs", "4", "--warmup-epochs", "2", "--zdim", "2", "--lr", "1e-3", "--batch-size", "16",
+            "--set", "enc_dim=64", "--set", "dec_dim=64", "--set", "enc_layers=2", "--set", "dec_layers=2",
+            "--refine-poses", "--refine-clusters", "2", "--refine-base-level", "1", "--refine-levels", "1",
+            "--quiet", "--device", "cpu", "--no-report"]
+    capsys.readouterr()
+    assert main(args + ["--set", "frame_chains=Q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "base.pdb" in err[0] and "A, B" in err[0] and not (run / "checkpoint.pt").exists()
+    assert main(args + ["--set", "frame_chains=A"]) == 0
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [h["kl"] == 0.0 for h in history] == [True, True, False, False]
     assert len(calls) == 2 and sorted(np.concatenate([c[0] for c in calls]).tolist()) == list(range(96))
@@ -213,3 +223,11 @@ def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, m
     eye = torch.eye(3, dtype=rots.dtype).expand(96, 3, 3)
     torch.testing.assert_close(rots @ rots.transpose(1, 2), eye, atol=1e-4, rtol=0)
     assert np.load(run / "z.npy").shape == (96, 2)
+    out = tmp_path / "decoded"
+    assert main(["eval-vol", str(run), "--z-index", "0", "1", "2", "--models", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    base = torch.as_tensor(hairpin(0.0).coords[:10])
+    for m in gemmi.read_structure(str(out / "models.cif")):
+        chain_a = torch.as_tensor([r[0].pos.tolist() for r in m["A"]], dtype=torch.float64)
+        r, t = rigid_fit(chain_a, base)
+        assert float((r - torch.eye(3, dtype=torch.float64)).abs().max()) < 1e-3 and float(t.abs().max()) < 2e-3

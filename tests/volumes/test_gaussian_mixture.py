@@ -246,3 +246,71 @@ def test_slices_on_the_image_grid_are_central_slices_and_projection_transforms(d
     pts = torch.einsum("kj,bij->bki", torch.cat([f2, torch.zeros_like(f2[:, :1])], 1), rots)
     assert _rel(sl.reshape(3, -1), vol.fourier(pts, z).detach()) < 1e-12
     assert _rel(sl, fft2_centered(vol.project(rots, z).detach())) < 1e-5
+
+
+def test_rigid_fit_is_scipys_alignment_and_recovers_an_exact_motion():
+    from scipy.spatial.transform import Rotation
+
+    from cryolens.imaging.rotations import rigid_fit
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 12, 3, generator=g, dtype=F64) * 10
+    q = random_rotations(4, generator=g).double()
+    c = torch.randn(4, 3, generator=g, dtype=F64) * 5
+    y = x @ q.transpose(1, 2) + c[:, None]
+    r, t = rigid_fit(x, y)
+    assert torch.allclose(r, q, atol=1e-10) and torch.allclose(t, c, atol=1e-9)
+    noisy = y[0] + torch.randn(12, 3, generator=g, dtype=F64)  # with noise: scipy's weighted Wahba solution
+    w = torch.rand(12, generator=g, dtype=F64) + 0.1
+    r, t = rigid_fit(x[0], noisy, w)
+    cx, cy = (w[:, None] * x[0]).sum(0) / w.sum(), (w[:, None] * noisy).sum(0) / w.sum()
+    ref = Rotation.align_vectors((noisy - cy).numpy(), (x[0] - cx).numpy(), weights=w.numpy())[0].as_matrix()
+    assert np.allclose(r.numpy(), ref, atol=1e-9) and torch.allclose(t, cy - r @ cx, atol=1e-9)
+
+
+def test_a_fixed_frame_holds_its_gaussians_and_the_moved_poses_give_the_same_images():
+    """set_frame moves every decoded mixture rigidly (the chosen Gaussians then have no net rotation or
+    translation from their neutral place); moved_poses, with the motion from frame(), reproduce each
+    image, shifts included: projections of the free mixture at (R, s) = of the framed one at (R', s')."""
+    from cryolens.imaging.rotations import moved_poses, rigid_fit
+    from cryolens.imaging.shift import shift_images
+
+    vol = _mixture(n=8, d=32, zdim=2)
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 2, generator=g, dtype=F64)
+    rots = random_rotations(3, generator=g).double()
+    shifts = torch.randn(3, 2, generator=g, dtype=F64)
+    free_c = vol.params(z)[0].detach()
+    images = shift_images(vol.project(rots, z), shifts)
+    vol.set_frame([0, 2, 3, 5])
+    framed_c = vol.params(z)[0].detach()
+    r, t = rigid_fit(framed_c[:, [0, 2, 3, 5]], vol.centers[[0, 2, 3, 5]])
+    assert torch.allclose(r, torch.eye(3, dtype=F64).expand(3, 3, 3), atol=1e-9)
+    assert float(t.abs().max()) < 1e-9
+    q, c = vol.frame(z)
+    assert torch.allclose(framed_c, free_c @ q.transpose(1, 2) + c[:, None], atol=1e-9)
+    assert float((framed_c - free_c).abs().max()) > 0.5  # the frame did move the mixture
+    new_r, new_s = moved_poses(rots, shifts, q, c, vol.pixel_size)
+    again = shift_images(vol.project(new_r, z), new_s)
+    assert _rel(again, images) < 1e-6
+    wrong = shift_images(vol.project(new_r, z), shifts)  # the rotation alone does not do it
+    assert _rel(wrong, images) > 1e-2
+    assert vol.set_frame(None).frame_gaussians is None and torch.equal(vol.params(z)[0], free_c)
+    with pytest.raises(ValueError, match="at least 3"):
+        vol.set_frame([0, 1])
+
+
+def test_atom_maps_are_the_simulated_maps_of_the_moved_atoms():
+    """atom_maps(z): the form-factor map of the model moved to z (one Gaussian per atom, its own width), i.e. the
+    simulator's map of atomic_models(z) (FSC ≥ 0.99 to Nyquist, same integral), not the base model's."""
+    atoms = read_atoms(bundled_model("4E43"))
+    px, d = 2.5, 32
+    n = int(residue_index(atoms).max()) + 1
+    vol = from_atoms(atoms, d, px, decoder=_Linear(n, 2, amplitudes=False, dtype=torch.float32), zdim=2)
+    z = torch.tensor([[0.8, -0.5]])
+    moved = vol.atomic_models(z)[0]
+    truth = atoms_to_volume(moved, d, px, center=atoms.center_of_mass())
+    got = vol.atom_maps(z)[0]
+    assert fsc(got, truth)[1:].min() > 0.99
+    assert float(got.sum()) == pytest.approx(float(truth.sum()), rel=1e-3)
+    assert fsc(vol.atom_maps(None)[0], truth)[4:].min() < 0.9  # the unmoved model's map is another map

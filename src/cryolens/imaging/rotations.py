@@ -134,10 +134,47 @@ def weighted_mean_rotation(rotations: torch.Tensor, weights: torch.Tensor, group
     m.index_add_(0, groups, weights.to(rotations.dtype)[:, None, None] * rotations)
     empty = m.flatten(1).abs().sum(1) == 0
     m[empty] = torch.eye(3, dtype=m.dtype, device=m.device)
+    return nearest_rotation(m)
+
+
+def nearest_rotation(m: torch.Tensor) -> torch.Tensor:
+    """The proper rotation nearest in Frobenius norm to each matrix of ``m (..., 3, 3)``: with the SVD
+    ``m = U S Vᵀ``, ``U diag(1, 1, det UVᵀ) Vᵀ`` (reflections excluded)."""
     u, _, vh = torch.linalg.svd(m)
-    d = torch.ones(n_groups, 3, dtype=m.dtype, device=m.device)
-    d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
-    return (u * d[:, None, :]) @ vh
+    d = torch.ones(m.shape[:-1], dtype=m.dtype, device=m.device)
+    d[..., 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
+    return (u * d[..., None, :]) @ vh
+
+
+def rigid_fit(mobile: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kabsch: the proper rotation ``R`` and translation ``t`` minimising ``Σ_i w_i |R x_i + t − y_i|²`` for
+    each batch row. mobile ``x``: ``(..., N, 3)``; target ``y``: ``(N, 3)`` or ``(..., N, 3)``; weights
+    ``(N,)`` ≥ 0 (default equal). Returns ``(R (..., 3, 3), t (..., 3))``; apply as ``x @ Rᵀ + t``.
+    Differentiable where the cross-covariance's singular values are distinct."""
+    w = torch.ones(mobile.shape[-2], dtype=mobile.dtype, device=mobile.device) if weights is None \
+        else weights.to(mobile)
+    w = w / w.sum()
+    target = target.to(mobile)
+    cx = (w[:, None] * mobile).sum(-2)
+    cy = (w[:, None] * target).sum(-2)
+    m = ((target - cy[..., None, :]) * w[:, None]).transpose(-1, -2) @ (mobile - cx[..., None, :])
+    r = nearest_rotation(m)
+    return r, cy - (r @ cx[..., None])[..., 0]
+
+
+def moved_poses(rotations: torch.Tensor, shifts: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
+                pixel_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The poses that give the same images after the volume is moved rigidly, ``x ↦ Q x + c``.
+
+    With ``image(r) = ∫ V(R [r, z]ᵀ) dz`` at ``r − s`` (a particle centred at ``s`` px) and the moved volume
+    ``V'(Q x + c) = V(x)``: ``V(R p) = V'(R' (p + R'ᵀ c))`` with ``R' = Q R``, so the image is ``V'``'s
+    projection at ``R'`` centred at ``s' = s − (R'ᵀ c)_{xy} / pixel_size``. rotations ``R``: ``(N, 3, 3)``
+    (image → volume frame); shifts ``s``: ``(N, 2)`` px; rotation ``Q``: ``(3, 3)`` or ``(N, 3, 3)``;
+    translation ``c``: ``(3,)`` or ``(N, 3)`` Å ``(x, y, z)``. Returns ``(R' (N, 3, 3), s' (N, 2) px)``."""
+    new = rotation.to(rotations) @ rotations
+    moved = (new.transpose(-1, -2) @ translation.to(rotations).expand(len(rotations), 3)[..., None])[..., 0]
+    return new, shifts.to(rotations) - moved[:, :2] / float(pixel_size)
 
 
 def inplane_rotation(angle: torch.Tensor) -> torch.Tensor:

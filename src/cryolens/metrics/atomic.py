@@ -10,7 +10,9 @@ and then calls it.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from ..imaging.rotations import rigid_fit
 from ..io.atomic import Atoms
 
 
@@ -35,14 +37,9 @@ def kabsch(mobile: Atoms | np.ndarray, target: Atoms | np.ndarray,
     x, y = _coords(mobile), _coords(target)
     if x.shape != y.shape:
         raise ValueError(f"kabsch: models have {x.shape[0]} and {y.shape[0]} atoms")
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    cx, cy = w @ x, w @ y
-    h = ((x - cx) * w[:, None]).T @ (y - cy)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
-    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return r, cy - r @ cx
+    w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    r, t = rigid_fit(torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64), w)
+    return r.numpy(), t.numpy()
 
 
 def superpose(mobile: Atoms | np.ndarray, target: Atoms | np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..imaging.form_factor import default_blur, form_factor_coefficients
 from ..imaging.gaussian import mixture_fourier, mixture_projection_ft, mixture_projections, mixture_volumes
+from ..imaging.rotations import rigid_fit
 from ..io.atomic import Atoms, moved_model, residue_index
 
 _NAMES = ("centers", "amplitudes", "sigmas")
@@ -75,6 +76,8 @@ class GaussianMixtureVolume(nn.Module):
             self.attach_decoder(decoder, zdim)
         self.atoms: Atoms | None = None
         self.atom_gaussian: np.ndarray | None = None
+        self.origin: np.ndarray | None = None  # the model-frame point (Å) at the box centre
+        self.frame_gaussians: torch.Tensor | None = None
 
     @property
     def n_gaussians(self) -> int:
@@ -98,7 +101,59 @@ class GaussianMixtureVolume(nn.Module):
         if z is None or self.decoder is None:
             return c.expand(b, -1, -1), a.expand(b, -1), s
         dc, da = self.decoder(z)
-        return c + dc.to(c.dtype), (a + da.to(a.dtype)) if da is not None else a.expand(b, -1), s
+        c = c + dc.to(c.dtype)
+        if self.frame_gaussians is not None:
+            r, t = self._fit_frame(c)
+            c = c @ r.to(c.dtype).transpose(-1, -2) + t.to(c.dtype)[:, None]
+        return c, (a + da.to(a.dtype)) if da is not None else a.expand(b, -1), s
+
+    def set_frame(self, gaussians: torch.Tensor | np.ndarray | None) -> GaussianMixtureVolume:
+        """Fix the gauge of the decoded motion: from now on :meth:`params` (and so every map, projection and
+        model) moves each decoded mixture rigidly so that the centres of ``gaussians`` (indices ``(K,)``, at
+        least 3 not on a line) lie at their best fit (Kabsch) to their neutral positions — the motion as seen
+        from those Gaussians. ``None``: the decoder's own frame. Images fix a pose only together with the
+        conformation, so a decoder trained without poses may turn the whole mixture with ``z`` and the poses
+        absorb the turn; :meth:`frame` gives the motion applied, for the poses to follow it
+        (:func:`~cryolens.imaging.rotations.moved_poses`). Returns ``self``."""
+        if gaussians is None:
+            self.frame_gaussians = None
+            return self
+        idx = torch.as_tensor(np.asarray(gaussians), dtype=torch.long).reshape(-1)
+        if idx.numel() < 3 or int(idx.min()) < 0 or int(idx.max()) >= self.n_gaussians:
+            raise ValueError(f"set_frame: need at least 3 Gaussian indices in [0, {self.n_gaussians}), "
+                             f"got {idx.numel()}")
+        held = self.centers[idx].detach().double()
+        spread = torch.linalg.svdvals(held - held.mean(0))
+        if not float(spread[1]) > 1e-3 * float(spread[0]):
+            raise ValueError("set_frame: the Gaussians lie on a line; their frame is not fixed")
+        self.frame_gaussians = idx.to(self.centers.device)
+        return self
+
+    def gaussians_of_chains(self, chains: str) -> np.ndarray:
+        """Sorted indices ``(K,)`` of the Gaussians that hold atoms of ``chains`` (chain IDs separated by commas,
+        e.g. ``"A"`` or ``"A,B"``) of the model the mixture was built from (:func:`from_atoms`)."""
+        if self.atoms is None or self.atom_gaussian is None:
+            raise ValueError("gaussians_of_chains: this mixture was not built from an atomic model")
+        wanted = [c.strip() for c in str(chains).split(",") if c.strip()]
+        have = list(dict.fromkeys(str(c) for c in self.atoms.chain_ids))
+        missing = [c for c in wanted if c not in have]
+        if not wanted or missing:
+            raise ValueError(f"chains {chains!r}: the model has chains {', '.join(have)}")
+        return np.unique(np.asarray(self.atom_gaussian)[np.isin(self.atoms.chain_ids, wanted)])
+
+    def _fit_frame(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.frame_gaussians
+        return rigid_fit(c[:, idx].double(), self.centers[idx].detach().double())
+
+    @torch.no_grad()
+    def frame(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rigid motion ``x ↦ R x + t`` (``R (B, 3, 3)``, ``t (B, 3)`` Å, float64) that :meth:`params`
+        applies to the decoder's centres at ``z (B, L)`` (:meth:`set_frame`; the identity without a frame)."""
+        b = z.shape[0]
+        eye = torch.eye(3, dtype=torch.float64, device=z.device).expand(b, 3, 3)
+        if self.frame_gaussians is None or self.decoder is None:
+            return eye.clone(), torch.zeros(b, 3, dtype=torch.float64, device=z.device)
+        return self._fit_frame(self.centers[None] + self.decoder(z)[0].to(self.centers.dtype))
 
     def _voxels(self, z: torch.Tensor | None, pixel: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, a, s = self.params(z)
@@ -155,6 +210,18 @@ class GaussianMixtureVolume(nn.Module):
         delta = (c - self.centers[None]).double().cpu().numpy()
         return [moved_model(self.atoms, self.atom_gaussian, d) for d in delta]
 
+    @torch.no_grad()
+    def atom_maps(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps ``(B, D, D, D)`` float32 of the atomic model moved to each row of ``z (B, L)``
+        (:meth:`atomic_models`), every atom one Gaussian with its own form-factor width (:func:`from_atoms` per
+        atom, the simulator's map): the model's full detail, where the mixture itself may hold one blob per
+        residue. Needs a mixture made by :func:`from_atoms`."""
+        if self.origin is None:
+            raise ValueError("atom_maps: this mixture was not built from an atomic model")
+        maps = [from_atoms(m, self.box_size, self.pixel_size, per="atom", center=self.origin,
+                           device=self.centers.device).render()[0] for m in self.atomic_models(z)]
+        return torch.stack(maps)
+
 
 def _group_gaussians(atoms: Atoms, group: np.ndarray, blur: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre ``(G, 3)`` Å, weight ``(G,)`` (integral, Å) and variance per axis ``(G,)`` Å² of one Gaussian per
@@ -200,7 +267,7 @@ def from_atoms(atoms: Atoms, box_size: int, pixel_size: float, per: str = "resid
     t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in
          (("c", centre - origin), ("a", amp), ("s", sig))}
     vol = GaussianMixtureVolume(t["c"], t["a"], t["s"], box_size, pixel_size, decoder, zdim, learn)
-    vol.atoms, vol.atom_gaussian = atoms, group
+    vol.atoms, vol.atom_gaussian, vol.origin = atoms, group, origin
     return vol
 
 

@@ -9,7 +9,11 @@ a single global alignment counts as pose error.
 
   cryolens train atomvae DATA/particles.star --out RUN --model DATA/ground_truth/model_000.pdb \\
       --set refine_poses=false ...
-  OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/diag_atomvae_search.py RUN DATA --clusters 1 8
+  OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/diag_atomvae_search.py RUN DATA --clusters 1 8 \
+      [--levels 3] [--reference atoms|mixture] [--frame-chains A] [--truth-search]
+
+``--reference`` and ``--frame-chains`` are the recipe's ``refine_reference`` and ``frame_chains`` applied to the saved
+run; ``--truth-search`` adds the search against each state's true map. Prints the median per-image Cα RMSD too.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import torch
 
 from cryolens.bench.atomic_scoring import per_image_ca_rmsd
 from cryolens.inference.atomvae import hold_chains
-from cryolens.inference.pose_refine import refine_poses_by_latent
+from cryolens.inference.pose_refine import refine_poses, refine_poses_by_latent
 from cryolens.io.checkpoint import load_checkpoint
 from cryolens.io.dataset import read_particles
 from cryolens.io.atomic import read_atoms
+from cryolens.io.mrc import read_volume
 from cryolens.io.star import read_star
 from cryolens.imaging.rotations import geodesic_distance
 from cryolens.methods.mixture_run import load_mixture_run
@@ -65,6 +70,8 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=None, help="refine_levels (default: the run's)")
     ap.add_argument("--reference", choices=("mixture", "atoms"), default="mixture",
                     help="search against the trained mixture's map, or its moved atoms' form-factor map")
+    ap.add_argument("--truth-search", action="store_true",
+                    help="also search each image against the true map of its state (the search's floor)")
     ap.add_argument("--frame-chains", default="", help="hold these chains still (atomvae's frame_chains) first")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -88,6 +95,14 @@ def main() -> None:
     if args.frame_chains:  # as the recipe does after training: every map in that frame, the poses follow
         poses["encoder"] = hold_chains(volume, z, poses["encoder"], torch.zeros(len(z), 2), args.frame_chains)[0]
     times = {}
+    if args.truth_search:  # the search's floor: each image against the true map of its own state
+        t0, labels = time.perf_counter(), np.load(args.data / "ground_truth" / "ground_truth.npz")["labels"]
+        poses["truth_maps"] = torch.zeros(len(particles), 3, 3)
+        for s in np.unique(labels):
+            idx = np.nonzero(labels == s)[0]
+            vol = torch.as_tensor(read_volume(args.data / "ground_truth" / f"volume_{int(s):03d}.mrc")[0])
+            poses["truth_maps"][torch.as_tensor(idx)] = refine_poses(vol, blind, settings, "cpu", idx)[0]
+        times["truth_maps"] = time.perf_counter() - t0
     for k in args.clusters:
         t0 = time.perf_counter()
         poses[f"k{k}"] = refine_poses_by_latent(render, z, blind, settings, "cpu", k)[0]

@@ -10,10 +10,11 @@ a single global alignment counts as pose error.
   cryolens train atomvae DATA/particles.star --out RUN --model DATA/ground_truth/model_000.pdb \\
       --set refine_poses=false ...
   OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/diag_atomvae_search.py RUN DATA --clusters 1 8 \
-      [--levels 3] [--reference atoms|mixture] [--frame-chains A] [--truth-search]
+      [--levels 3] [--reference atoms|mixture] [--frame-selection A] [--truth-search]
 
-``--reference`` and ``--frame-chains`` are the recipe's ``refine_reference`` and ``frame_chains`` applied to the saved
-run; ``--truth-search`` adds the search against each state's true map. Prints the median per-image Cα RMSD too.
+``--reference`` and ``--frame-selection`` are the recipe's ``refine_reference`` and ``frame_selection`` applied to
+the saved run; ``--truth-search`` adds the search against each state's true map. Prints the median per-image Cα
+RMSD too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from cryolens.bench.atomic_scoring import per_image_ca_rmsd
-from cryolens.inference.atomvae import hold_chains
+from cryolens.inference.atomvae import hold_frame
 from cryolens.inference.pose_refine import refine_poses, refine_poses_by_latent
 from cryolens.io.checkpoint import load_checkpoint
 from cryolens.io.dataset import read_particles
@@ -72,7 +73,7 @@ def main() -> None:
                     help="search against the trained mixture's map, or its moved atoms' form-factor map")
     ap.add_argument("--truth-search", action="store_true",
                     help="also search each image against the true map of its state (the search's floor)")
-    ap.add_argument("--frame-chains", default="", help="hold these chains still (atomvae's frame_chains) first")
+    ap.add_argument("--frame-selection", default="", help="hold this part still (atomvae's frame_selection) first")
     args = ap.parse_args()
     torch.set_num_threads(1)
     trained = load_mixture_run(args.run)
@@ -92,8 +93,8 @@ def main() -> None:
             return (volume.atom_maps(zc) if args.reference == "atoms" else volume.render(zc)) * scale
 
     poses = {"encoder": read_star(args.run / "particles.star").rotations.float()}
-    if args.frame_chains:  # as the recipe does after training: every map in that frame, the poses follow
-        poses["encoder"] = hold_chains(volume, z, poses["encoder"], torch.zeros(len(z), 2), args.frame_chains)[0]
+    if args.frame_selection:  # as the recipe does after training: every map in that frame, the poses follow
+        poses["encoder"] = hold_frame(volume, z, poses["encoder"], torch.zeros(len(z), 2), args.frame_selection)[0]
     times = {}
     if args.truth_search:  # the search's floor: each image against the true map of its own state
         t0, labels = time.perf_counter(), np.load(args.data / "ground_truth" / "ground_truth.npz")["labels"]
@@ -107,7 +108,7 @@ def main() -> None:
         t0 = time.perf_counter()
         poses[f"k{k}"] = refine_poses_by_latent(render, z, blind, settings, "cpu", k)[0]
         times[f"k{k}"] = time.perf_counter() - t0
-    result = {"n": len(particles), "levels": settings.refine_levels, "frame_chains": args.frame_chains,
+    result = {"n": len(particles), "levels": settings.refine_levels, "frame": args.frame_selection,
               "reference": args.reference,
               "time_s": times}
     g = frames(volume, z, args.data, np.load(args.data / "ground_truth" / "ground_truth.npz")["labels"])

@@ -174,7 +174,7 @@ def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, m
     proper rotation per image, z is (96, 2), and the metrics score the encoder's rotations against the STAR's
     (whether the warm-up learns poses: tests/inference/test_atomvae_poses.py). ``--refine-poses`` with 2
     clusters: two searches, each over one k-means group of z (together every image once), whose poses are the
-    STAR's. ``frame_chains=A`` (the strands as chains A and B): every model decoded from the run folder has chain
+    STAR's. ``frame_selection=A`` (the strands as chains A and B): every model decoded from the run folder has chain
     A where the base model has it (the motion seen from chain A); a chain the model lacks: one line, exit 2, before
     any training."""
     import cryolens.inference.pose_refine as pr
@@ -205,10 +205,10 @@ def test_atomvae_from_the_cli_warms_up_the_poses_then_trains_jointly(tmp_path, m
             "--refine-poses", "--refine-clusters", "2", "--refine-base-level", "1", "--refine-levels", "1",
             "--quiet", "--device", "cpu", "--no-report"]
     capsys.readouterr()
-    assert main(args + ["--set", "frame_chains=Q"]) == 2
+    assert main(args + ["--set", "frame_selection=Q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "base.pdb" in err[0] and "A, B" in err[0] and not (run / "checkpoint.pt").exists()
-    assert main(args + ["--set", "frame_chains=A"]) == 0
+    assert main(args + ["--set", "frame_selection=A"]) == 0
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [h["kl"] == 0.0 for h in history] == [True, True, False, False]
     assert len(calls) == 2 and sorted(np.concatenate([c[0] for c in calls]).tolist()) == list(range(96))

@@ -314,3 +314,20 @@ def test_atom_maps_are_the_simulated_maps_of_the_moved_atoms():
     assert fsc(got, truth)[1:].min() > 0.99
     assert float(got.sum()) == pytest.approx(float(truth.sum()), rel=1e-3)
     assert fsc(vol.atom_maps(None)[0], truth)[4:].min() < 0.9  # the unmoved model's map is another map
+
+
+def test_gaussians_of_a_selection_are_those_of_its_atoms():
+    """gaussians_of: a chain, a residue range and both joined select the Gaussians of exactly those atoms' residues
+    (by hand from residue_index); a selection that matches nothing is an InputError naming the chains."""
+    from cryolens.errors import InputError
+
+    atoms = read_atoms(bundled_model("4E43"))
+    vol = from_atoms(atoms, 32, 2.5)
+    group = residue_index(atoms)
+    chain_b = atoms.chain_ids == "B"
+    in_range = (atoms.chain_ids == "A") & (atoms.residue_numbers >= 10) & (atoms.residue_numbers <= 40)
+    assert np.array_equal(vol.gaussians_of("B"), np.unique(group[chain_b]))
+    assert np.array_equal(vol.gaussians_of("A:10-40"), np.unique(group[in_range]))
+    assert np.array_equal(vol.gaussians_of("A:10-40,B"), np.unique(group[in_range | chain_b]))
+    with pytest.raises(InputError, match="chains: A, B"):
+        vol.gaussians_of("Q")

@@ -139,14 +139,15 @@ def encoder_poses(model: AtomVAEModel, particles: Particles, device, z: torch.Te
 
 
 @torch.no_grad()
-def hold_chains(volume: GaussianMixtureVolume, z: np.ndarray, rotations: torch.Tensor, shifts: torch.Tensor,
-                chains: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fix the gauge of a trained AtomVAE's motion on ``chains`` of its base model
-    (:meth:`~cryolens.volumes.gaussian_mixture.GaussianMixtureVolume.set_frame`: from now on every map, model and
-    projection of ``volume`` has those chains at their best fit to the base model) and return the poses that give
+def hold_frame(volume: GaussianMixtureVolume, z: np.ndarray, rotations: torch.Tensor, shifts: torch.Tensor,
+               selection: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fix the gauge of a trained AtomVAE's motion on ``selection`` of its base model (``"A"``, ``"A:46-99"``, …:
+    :meth:`~cryolens.volumes.gaussian_mixture.GaussianMixtureVolume.gaussians_of`;
+    :meth:`~cryolens.volumes.gaussian_mixture.GaussianMixtureVolume.set_frame`: from now on every map, model and
+    projection of ``volume`` has that part at its best fit to the base model) and return the poses that give
     the same images in that frame (:func:`~cryolens.imaging.rotations.moved_poses`): ``rotations (N, 3, 3)``
     image → volume frame and ``shifts (N, 2)`` px of the images whose latents are ``z (N, L)``. Without it the
     decoder may turn the whole model with ``z``, the poses absorbing the turn (docs/METHODS.md "AtomVAE")."""
-    volume.set_frame(volume.gaussians_of_chains(chains))
+    volume.set_frame(volume.gaussians_of(selection))
     q, c = volume.frame(torch.as_tensor(np.asarray(z), dtype=volume.centers.dtype, device=volume.centers.device))
     return moved_poses(rotations, shifts, q.to(rotations).cpu(), c.to(rotations).cpu(), volume.pixel_size)

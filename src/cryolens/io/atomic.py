@@ -13,6 +13,7 @@ methods that start from a model (a protein that fits the box).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -265,3 +266,29 @@ def load_model_for_box(path: str | os.PathLike, box_size: int, pixel_size: float
         raise InputError(f"{path}: the model is larger than the box: atoms reach {reach:.1f} Å from its centre "
                          f"but a box of {box_size} px × {pixel_size:g} Å/px holds ±{half:.1f} Å")
     return atoms
+
+
+def select_atoms(atoms: Atoms, selection: str | np.ndarray | Sequence[bool]) -> np.ndarray:
+    """Boolean ``(M,)`` mask of a selection: ``"B"`` (chain B), ``"B:43-58"`` (residues 43 to 58
+    of chain B, author numbering, inclusive), several joined by ``","`` (``"A:1-10,B"``), or a
+    boolean mask passed through. Raises :class:`InputError` if nothing is selected."""
+    if not isinstance(selection, str):
+        mask = np.asarray(selection, dtype=bool).reshape(-1)
+        if mask.shape != (len(atoms),):
+            raise InputError(f"selection mask has {mask.shape[0]} entries for {len(atoms)} atoms")
+        return mask
+    mask = np.zeros(len(atoms), dtype=bool)
+    for part in selection.split(","):
+        m = re.fullmatch(r"\s*([^:\s]+)\s*(?::\s*(-?\d+)\s*(?:-\s*(-?\d+))?)?\s*", part)
+        if not m:
+            raise InputError(f"selection {selection!r}: expected CHAIN or CHAIN:FIRST-LAST (e.g. B or B:43-58)")
+        chain, lo, hi = m.group(1), m.group(2), m.group(3)
+        sel = atoms.chain_ids == chain
+        if lo is not None:
+            hi = lo if hi is None else hi
+            sel &= (atoms.residue_numbers >= int(lo)) & (atoms.residue_numbers <= int(hi))
+        mask |= sel
+    if not mask.any():
+        chains = ", ".join(sorted(set(atoms.chain_ids)))
+        raise InputError(f"{atoms.source or 'model'}: selection {selection!r} matches no atom (chains: {chains})")
+    return mask

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from ..errors import InputError
-from ..inference.atomvae import AtomVAEModel, encoder_poses, hold_chains
+from ..inference.atomvae import AtomVAEModel, encoder_poses, hold_frame
 from ..inference.distributed import is_main
 from ..inference.latent_model import infer_latents
 from ..inference.pose_encoder import PoseEncoder
@@ -51,8 +51,9 @@ class AtomVAEConfig(PoseRefineOptions, CryoFoldConfig):
     symmetrized_loss: bool = option(True, "per-image loss the smaller of Y's and R_π Y's (cryoAI)")
     warmup_resolution: float = option(0.0, "resolution limit of the warm-up's image error, Å (0 = Nyquist)")
     pose_lowpass: float = option(0.0, "low-pass of the pose encoder's input, Å (0 = none)")
-    frame_chains: str = option("", "chains of the base model held still in the outputs (e.g. 'A'): the decoded "
-                               "motion, models, maps and poses re-expressed in their frame ('': the decoder's)")
+    frame_selection: str = option(
+        "", "part of the base model held still in the outputs ('A', 'A:46-99', 'A,B:1-20'): decoded motion, models, "
+        "maps and poses re-expressed in its frame ('': the decoder's)")
     refine_reference: Literal["atoms", "mixture"] = option(
         "atoms", "refine_poses against the base model's atoms moved to each group's z, one form-factor Gaussian "
         "per atom, or against the trained mixture's own map")
@@ -65,11 +66,13 @@ def build(particles: Particles, config: AtomVAEConfig, device) -> AtomVAEModel:
     ``norm_images`` images (their poses, if any, unused)."""
     torch.manual_seed(config.seed)
     volume, restraints = atomic_mixture(particles, config, device, per=config.per)
-    if config.frame_chains:  # checked before training, used after it
+    if config.frame_selection:  # checked before training, used after it
         try:
-            volume.set_frame(volume.gaussians_of_chains(config.frame_chains)).set_frame(None)
-        except ValueError as err:
-            raise InputError(f"{config.model}: frame_chains: {err}") from None
+            volume.set_frame(volume.gaussians_of(config.frame_selection)).set_frame(None)
+        except InputError:
+            raise
+        except ValueError as err:  # a selection on a line fixes no frame
+            raise InputError(f"{config.model}: frame_selection {config.frame_selection!r}: {err}") from None
     d, px = particles.box_size, particles.pixel_size
     pose = PoseEncoder(d, config.pose_channels, config.pose_max_channels, max_shift=config.max_shift_px,
                        lowpass=px / config.pose_lowpass if config.pose_lowpass > 0 else 0.0, heads=config.pose_heads)
@@ -94,8 +97,8 @@ def fit(particles: Particles, known, run, config: AtomVAEConfig, device=None, pr
     volume = model.volume
     z = infer_latents(model, blind, device)
     rotations, shifts = encoder_poses(model, blind, device, torch.as_tensor(z) if model.joint else None)
-    if config.frame_chains and model.joint:  # every later map, model and search in that frame
-        rotations, shifts = hold_chains(volume, z, rotations, shifts, config.frame_chains)
+    if config.frame_selection and model.joint:  # every later map, model and search in that frame
+        rotations, shifts = hold_frame(volume, z, rotations, shifts, config.frame_selection)
     poses = {"encoder": rotations}
     mean = torch.as_tensor(z.mean(0, keepdims=True), device=device)
     if config.refine_poses:  # each image against the map at its z-group's centre, in the images' units

@@ -73,8 +73,8 @@ def load_mixture_run(run_dir: str | Path, device=None) -> TrainedModel:
         per = getattr(cfg, "per", "residue")
         volume.atoms, volume.origin = atoms, atoms.center_of_mass()  # the recipes' centring (from_atoms)
         volume.atom_gaussian = residue_index(atoms) if per == "residue" else np.arange(len(atoms))
-        if getattr(cfg, "frame_chains", ""):  # atomvae: maps and models in the frame its poses were written in
-            volume.set_frame(volume.gaussians_of_chains(cfg.frame_chains))
+        if getattr(cfg, "frame_selection", ""):  # atomvae: maps and models in the frame its poses were written in
+            volume.set_frame(volume.gaussians_of(cfg.frame_selection))
     dev = torch.device(device or "cpu")
     volume.to(dev).eval()
     z = np.load(run / "z.npy") if (run / "z.npy").is_file() else None

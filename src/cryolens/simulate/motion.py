@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from collections.abc import Sequence
 
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io.atomic import Atoms, read_atoms
+from ..io.atomic import Atoms, read_atoms, select_atoms
 from ..metrics.atomic import rmsd  # noqa: F401  (re-exported: the plain RMSD lives with the metrics)
 
 TERMINAL_SHEET = (1, 2, 3, 4, 96, 97, 98, 99)  # HIV-1 protease dimerisation β-sheet
@@ -49,32 +48,6 @@ def sample_states(n: int, populations: Sequence[float], generator: torch.Generat
     if p.numel() == 0 or bool((p < 0).any()) or float(p.sum()) <= 0 or not bool(torch.isfinite(p).all()):
         raise InputError(f"populations {p.tolist()}: need non-negative numbers with a positive sum")
     return torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
-
-
-def select_atoms(atoms: Atoms, selection: str | np.ndarray | Sequence[bool]) -> np.ndarray:
-    """Boolean ``(M,)`` mask of a selection: ``"B"`` (chain B), ``"B:43-58"`` (residues 43 to 58
-    of chain B, author numbering, inclusive), several joined by ``","`` (``"A:1-10,B"``), or a
-    boolean mask passed through. Raises :class:`InputError` if nothing is selected."""
-    if not isinstance(selection, str):
-        mask = np.asarray(selection, dtype=bool).reshape(-1)
-        if mask.shape != (len(atoms),):
-            raise InputError(f"selection mask has {mask.shape[0]} entries for {len(atoms)} atoms")
-        return mask
-    mask = np.zeros(len(atoms), dtype=bool)
-    for part in selection.split(","):
-        m = re.fullmatch(r"\s*([^:\s]+)\s*(?::\s*(-?\d+)\s*(?:-\s*(-?\d+))?)?\s*", part)
-        if not m:
-            raise InputError(f"selection {selection!r}: expected CHAIN or CHAIN:FIRST-LAST (e.g. B or B:43-58)")
-        chain, lo, hi = m.group(1), m.group(2), m.group(3)
-        sel = atoms.chain_ids == chain
-        if lo is not None:
-            hi = lo if hi is None else hi
-            sel &= (atoms.residue_numbers >= int(lo)) & (atoms.residue_numbers <= int(hi))
-        mask |= sel
-    if not mask.any():
-        chains = ", ".join(sorted(set(atoms.chain_ids)))
-        raise InputError(f"{atoms.source or 'model'}: selection {selection!r} matches no atom (chains: {chains})")
-    return mask
 
 
 def rotation_matrix(axis: Sequence[float], angle: float) -> np.ndarray:

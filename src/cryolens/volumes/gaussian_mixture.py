@@ -29,7 +29,7 @@ from torch import nn
 from ..imaging.form_factor import default_blur, form_factor_coefficients
 from ..imaging.gaussian import mixture_fourier, mixture_projection_ft, mixture_projections, mixture_volumes
 from ..imaging.rotations import rigid_fit
-from ..io.atomic import Atoms, moved_model, residue_index
+from ..io.atomic import Atoms, moved_model, residue_index, select_atoms
 
 _NAMES = ("centers", "amplitudes", "sigmas")
 
@@ -129,17 +129,13 @@ class GaussianMixtureVolume(nn.Module):
         self.frame_gaussians = idx.to(self.centers.device)
         return self
 
-    def gaussians_of_chains(self, chains: str) -> np.ndarray:
-        """Sorted indices ``(K,)`` of the Gaussians that hold atoms of ``chains`` (chain IDs separated by commas,
-        e.g. ``"A"`` or ``"A,B"``) of the model the mixture was built from (:func:`from_atoms`)."""
+    def gaussians_of(self, selection: str) -> np.ndarray:
+        """Sorted indices ``(K,)`` of the Gaussians that hold atoms of ``selection`` of the model the mixture was
+        built from (:func:`from_atoms`): ``"A"`` (chain A), ``"A:46-99"`` (its residues 46 to 99), several joined
+        by commas (:func:`~cryolens.io.atomic.select_atoms`; :class:`InputError` when nothing matches)."""
         if self.atoms is None or self.atom_gaussian is None:
-            raise ValueError("gaussians_of_chains: this mixture was not built from an atomic model")
-        wanted = [c.strip() for c in str(chains).split(",") if c.strip()]
-        have = list(dict.fromkeys(str(c) for c in self.atoms.chain_ids))
-        missing = [c for c in wanted if c not in have]
-        if not wanted or missing:
-            raise ValueError(f"chains {chains!r}: the model has chains {', '.join(have)}")
-        return np.unique(np.asarray(self.atom_gaussian)[np.isin(self.atoms.chain_ids, wanted)])
+            raise ValueError("gaussians_of: this mixture was not built from an atomic model")
+        return np.unique(np.asarray(self.atom_gaussian)[select_atoms(self.atoms, selection)])
 
     def _fit_frame(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.frame_gaussians

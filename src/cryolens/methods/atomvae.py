@@ -9,7 +9,10 @@ lengths of the base model's covalent bonds and an L2 pull) × :class:`~cryolens.
 paper's importance-weighted ELBO and its pose posterior family are not reproduced: the pose is a point
 estimate of the encoder and the ELBO has one sample (docs/METHODS.md "AtomVAE").
 
-Outputs: the map at the mean ``z``, ``z`` and the encoder's poses per image, ``decode``.
+Outputs: the map at the mean ``z``, ``z`` and the poses per image (the encoder's, or with ``refine_poses`` the
+search's against each ``z`` group's map, by default the moved atoms' map: ``refine_reference``), ``decode``; with
+``frame_selection`` all of them in the frame where that part of the base model stays still (docs/METHODS.md
+"AtomVAE", "The frame of the motion").
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class AtomVAEConfig(PoseRefineOptions, CryoFoldConfig):
     refine_reference: Literal["atoms", "mixture"] = option(
         "atoms", "refine_poses against the base model's atoms moved to each group's z, one form-factor Gaussian "
         "per atom, or against the trained mixture's own map")
-    refine_clusters: int = option(8, "refine_poses: each image searched against the mixture at the k-means centre "
+    refine_clusters: int = option(8, "refine_poses: each image searched against the map at the k-means centre "
                                   "of its z's group (1: at the mean z)")
 
 

@@ -41,8 +41,10 @@ class GaussianMixtureVolume(nn.Module):
     ``z (B, zdim)`` to ``(Δcenters (B, N, 3) Å, Δamplitudes (B, N) | None)``; ``zdim`` 0 = homogeneous.
     The module's dtype is that of ``centers`` (float32 when they are not floating point).
 
-    From :func:`from_atoms`, ``atoms`` (the model) and ``atom_gaussian`` (``(M,)`` int, the Gaussian of
-    each atom) are kept, so :meth:`atomic_models` can move every atom with its Gaussian."""
+    From :func:`from_atoms`, ``atoms`` (the model), ``atom_gaussian`` (``(M,)`` int, the Gaussian of each atom)
+    and ``origin`` (the model-frame point at the box centre) are kept, so :meth:`atomic_models` can move every
+    atom with its Gaussian and :meth:`atom_maps` draw the moved atoms. ``frame_gaussians``: the Gaussians that
+    :meth:`set_frame` holds still (``None``: the decoder's frame; not saved with the weights)."""
 
     def __init__(self, centers: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, box_size: int,
                  pixel_size: float, decoder: nn.Module | None = None, zdim: int = 0,

@@ -1,4 +1,4 @@
-"""CryoGAN against the known-pose back-projection of the same images: 4E43, D 32 (or as given), 3 Å/px,
+"""CryoGAN against the known-pose back-projection of the same images: 4E43 (or `--model`), D 32 (or as given), 3 Å/px,
 uniform poses, CTF from the dataset (defocus 1–2.5 µm), no shifts, at a given SNR.
 
 - ``backprojection``: the images' true poses and CTFs (``methods.backprojection.backproject``), FSC against
@@ -49,9 +49,9 @@ from cryolens.simulate.dataset import read_ground_truth
 PX = 3.0
 
 
-def dataset(out: Path, n: int, box: int, snr: float) -> tuple[Path, torch.Tensor]:
-    truth = volumes_from_models([read_atoms(bundled_model("4E43"))], box, PX)[0]
-    ds = out / f"ds_{box}_{n}_{snr:g}"
+def dataset(out: Path, n: int, box: int, snr: float, model: str = "4E43") -> tuple[Path, torch.Tensor]:
+    truth = volumes_from_models([read_atoms(bundled_model(model))], box, PX)[0]
+    ds = out / (f"ds_{box}_{n}_{snr:g}" + ("" if model == "4E43" else f"_{model}"))
     if not (ds / "particles.star").is_file():
         simulate_dataset(ds, truth, n, PX, snr, seed=0, progress=False, overwrite=True)
     return ds, truth
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--box", type=int, default=32)
     ap.add_argument("--snr", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--model", default="4E43", help="bundled atomic model to simulate (cryolens.simulate)")
     ap.add_argument("--n-align", type=int, default=300)
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE option of the method (repeatable)")
     ap.add_argument("--method", default="cryogan", help="the recipe to run blind: cryogan, or a peer such as "
@@ -131,7 +132,7 @@ def main() -> None:
                          "and stop: e.g. a peer's iterations, to find when it reached a resolution")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    ds, truth = dataset(args.out, args.n, args.box, args.snr)
+    ds, truth = dataset(args.out, args.n, args.box, args.snr, args.model)
     particles = read_particles(ds / "particles.star")
     gt = read_ground_truth(ds)
     truth_rot = torch.as_tensor(gt["rotations"], dtype=torch.float32)
@@ -142,7 +143,8 @@ def main() -> None:
     bp = backproject(particles, progress=False)
     result = {"n": args.n, "box": args.box, "snr": args.snr, "pixel_size": PX,
               "backprojection": {"res05_A": res05(bp.volume, truth, args.box), "seconds": time.time() - t0}}
-    tag = "_".join([str(args.box), str(args.n), f"{args.snr:g}", *args.set]).replace("=", "")
+    tag = "_".join([str(args.box), str(args.n), f"{args.snr:g}", *([args.model] if args.model != "4E43" else []),
+                    *args.set]).replace("=", "")
     if args.method != "cryogan":
         tag = f"{args.method}_{tag}"
     recipe = get(args.method)

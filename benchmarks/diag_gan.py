@@ -7,7 +7,8 @@ map stop improving, and why?
   frame of the mean of the last 250 steps: ``bench_gan.aligned`` then ``bench_gan.refine_frame``).
 - ``--true-noise``: the generator's white noise σ is the simulator's own (ground truth), not the estimate
   from the images' background.
-- ``--from-truth``: the generator's map starts at the true map (in the data's units) instead of zeros.
+- ``--from-truth``: the generator's map starts at the true map (in the data's units) instead of zeros;
+  with ``--from-lowpass RES``, at the true map low-passed to RES Å (does the game add the detail beyond RES?).
 
   nice -n 5 env OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/diag_gan.py --snapshots 5 \\
       --out /tmp/diag_gan --n 20000 --box 32 --snr 1 --epochs 40 --set blur_decay=0.9 --set epoch_images=2000
@@ -47,6 +48,9 @@ def _patch(args, snaps: list[torch.Tensor], truth: torch.Tensor, ds: Path) -> No
         gan_wiring.background_sigma = lambda sample, radius: sigma
     if args.from_truth:
         build = cryogan.build_gan
+        if args.from_lowpass:
+            from cryolens.imaging.grids import lowpass_volume
+            truth = lowpass_volume(truth, args.from_lowpass, bench_gan.PX)
 
         def from_truth(volume, particles, config, constrain=None):
             model = build(volume, particles, config, constrain)
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument("--snapshots", type=int, default=0)
     ap.add_argument("--true-noise", action="store_true")
     ap.add_argument("--from-truth", action="store_true")
+    ap.add_argument("--from-lowpass", type=float, default=0.0, help="--from-truth: the truth low-passed to this, Å")
     args, rest = ap.parse_known_args()
     keys = dict(zip(rest[::2], rest[1::2]))
     out, n, box, snr = Path(keys["--out"]), int(keys.get("--n", 2000)), int(keys.get("--box", 32)), \

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cryolens.imaging import gaussian_volume
+from cryolens.imaging.ctf import ctf_2d
 from cryolens.imaging.grids import gaussian_blur_2d
 from cryolens.imaging.noise import background_sigma
 from cryolens.imaging.spectra import image_power_spectrum
@@ -99,6 +100,40 @@ def test_generator_at_the_true_volume_has_the_real_images_per_shell_power(datase
         assert float(image_power_spectrum(gen(600))[-1] / image_power_spectrum(real)[-1]) > 3
 
 
+def test_phase_flipped_view_is_the_projection_through_the_ctf_magnitude(dataset):
+    """``phase_flip``: what the critic sees of a clean fake is the projection filtered by ``|CTF|`` (numpy's FFT
+    of the CTF-free projection times the CTF's magnitude), and white noise keeps its norm (the flip is a
+    per-frequency sign, Friedel-symmetric); without ``phase_flip`` the view is the image itself."""
+    _, particles = dataset
+    config = get("cryogan").config({"phase_flip": True, "blur_sigma": 0.0, "norm_images": 64})
+    torch.manual_seed(0)
+    model = build_gan(RealVoxelVolume(24, small_volume(24)), particles, config)
+    gen = model.generator
+    with torch.no_grad():
+        draw = gen.nuisance(16, torch.device("cpu"))
+        seen = model.view(gen.clean(draw), draw["ctf"]).double().numpy()
+        bare = gen.clean({**draw, "ctf": None}).double().numpy()
+        raw = gen.clean(draw).double().numpy()
+        noise = torch.randn(16, 24, 24)
+        assert float(model.view(noise, draw["ctf"]).norm()) == pytest.approx(float(noise.norm()), rel=1e-5)
+        model.phase_flip = False
+        assert torch.equal(model.view(noise, draw["ctf"]), noise)
+    mag = np.abs(ctf_2d(draw["ctf"], 24, PX).double().numpy())
+    ft = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(bare, axes=(-2, -1))), axes=(-2, -1))
+    ref = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(ft * mag, axes=(-2, -1))), axes=(-2, -1)).real
+    assert np.abs(seen - ref).max() < 1e-4 * np.abs(ref).max()
+    assert np.abs(seen - raw).max() > 0.1 * np.abs(ref).max()  # the flip did act
+
+
+def test_generator_learning_rate_decays_per_epoch(small_dataset, tmp_path):
+    """``lr_decay``: the generator's Adam runs at ``lr · lr_decay^epoch`` (3 epochs at 0.5: 0.25·lr in the last);
+    the critic's keeps its own rate."""
+    model, _ = _fit(small_dataset, tmp_path / "lr", epochs=3, lr_decay=0.5)
+    state = torch.load(tmp_path / "lr" / "checkpoint.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.25e-3)
+    assert model.critic_optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
 def test_gaussian_blur_of_a_point_is_the_sampled_gaussian():
     """The blur of a unit point at the centre is the normalised Gaussian of σ sampled on the grid (σ 1.5 px,
     a 32 px box: the periodic wrap is negligible); σ 0 leaves images unchanged."""
@@ -110,10 +145,11 @@ def test_gaussian_blur_of_a_point_is_the_sampled_gaussian():
     assert gaussian_blur_2d(x, 0.0) is x
 
 
-def _fit(particles, run: Path, seed: int = 0, epochs: int = 2, resume: bool = False):
+def _fit(particles, run: Path, seed: int = 0, epochs: int = 2, resume: bool = False, **more):
     recipe = get("cryogan")
     config = recipe.config({"epochs": epochs, "norm_images": 64, "seed": seed, "critic_channels": 4,
-                            "critic_max_channels": 8, "epoch_images": 32, "batch_size": 4, "resume": resume})
+                            "critic_max_channels": 8, "epoch_images": 32, "batch_size": 4, "resume": resume,
+                            **more})
     torch.manual_seed(config.seed)
     model = build_gan(RealVoxelVolume(particles.box_size), particles, config)
     return model, train_gan(model, particles, RunFolder(run), config, "cpu", False)

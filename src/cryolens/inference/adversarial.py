@@ -13,7 +13,9 @@ CryoGAN and Multi-CryoGAN (docs/METHODS.md).
   Adam (an engine hook; the optimiser is checkpointed through ``inner_optimizers``), one per ``1/n_critic``
   of the engine's batch of real images (so the engine batch holds ``n_critic × batch`` real images and an
   epoch is one pass of the critic over the data). Real and fake images are both blurred by a Gaussian of
-  σ = ``blur_sigma · blur_decay^epoch`` px (:func:`~cryolens.imaging.grids.gaussian_blur_2d`). Real images
+  σ = ``blur_sigma · blur_decay^epoch`` px (:func:`~cryolens.imaging.grids.gaussian_blur_2d`), with
+  ``phase_flip`` first phase-flipped by their own CTFs (:meth:`~AdversarialModel.view`); the generator's
+  learning rate is ``lr · lr_decay^epoch``. Real images
   are divided by ``norm`` (the data scale) before the critic sees them; the generator works in those units.
   With ``ema > 0`` the model keeps an exponential moving average of the generator's parameters (decay ``ema``
   per generator step, bias-corrected like Adam's moments: :meth:`~AdversarialModel.averaged`), the
@@ -32,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..imaging.ctf import CTFParams, ctf_2d
+from ..imaging.fft import fft2_centered, ifft2_centered
 from ..imaging.grids import gaussian_blur_2d
 from .simulator import PhysicsGenerator
 
@@ -83,7 +87,8 @@ def critic_losses(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, wei
 class AdversarialModel(nn.Module):
     """WGAN-GP of a :class:`PhysicsGenerator` against a :class:`Critic` on the engine (module docstring).
     config: ``n_critic``, ``gp_weight``, ``lr``, ``critic_lr``, ``betas`` (2 floats), ``batch_size`` (fake
-    images per generator step), ``blur_sigma`` (px), ``blur_decay`` (per epoch); ``constrain`` (optional): a
+    images per generator step), ``blur_sigma`` (px), ``blur_decay`` (per epoch), optionally ``phase_flip``,
+    ``lr_decay`` (per epoch), ``gp_every``, ``ema``; ``constrain`` (optional): a
     callable run on the generator's volume before every step (e.g. positivity, a projection)."""
 
     def __init__(self, generator: PhysicsGenerator, critic: Critic, config: Any, norm: float = 1.0,
@@ -95,6 +100,8 @@ class AdversarialModel(nn.Module):
         self.batch_size, self.betas = int(config.batch_size), tuple(float(b) for b in config.betas)
         self.sigma0, self.decay = float(config.blur_sigma), float(config.blur_decay)
         self.sigma = self.sigma0
+        self.phase_flip = bool(getattr(config, "phase_flip", False))
+        self.lr0, self.lr_decay = float(config.lr), float(getattr(config, "lr_decay", 1.0))
         self.register_buffer("norm", torch.tensor(float(norm)))
         self.ema = float(getattr(config, "ema", 0.0))
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.float64))
@@ -140,10 +147,28 @@ class AdversarialModel(nn.Module):
         return {"critic": self.critic_optimizer}
 
     def on_epoch_start(self, epoch: int, trainer: Any) -> None:
+        """The epoch's blur σ and generator learning rate (``lr · lr_decay^epoch``)."""
         self.sigma = self.sigma0 * self.decay ** epoch
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.lr0 * self.lr_decay ** epoch
 
     def blur(self, images: torch.Tensor) -> torch.Tensor:
         return gaussian_blur_2d(images, self.sigma)
+
+    def view(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
+        """What the critic sees of ``images (B, D, D)``: phase-flipped by their CTFs' signs when
+        ``phase_flip`` (and CTFs are given: each frequency times the sign of its CTF, a per-frequency
+        orthogonal map, so white noise stays white; the Nyquist row and column are left as they are), then
+        blurred (:meth:`blur`)."""
+        if self.phase_flip and ctf is not None:
+            sign = torch.where(ctf_2d(ctf, images.shape[-1], self.generator.pixel_size, images.device) < 0, -1.0, 1.0)
+            sign[:, 0, :] = sign[:, :, 0] = 1.0  # the Nyquist row and column have no Friedel mate on the grid
+            images = ifft2_centered(fft2_centered(images) * sign).real
+        return self.blur(images)
+
+    def fakes(self, n: int) -> tuple[torch.Tensor, CTFParams | None]:
+        """``n`` fresh fake images and their CTFs (:meth:`PhysicsGenerator.draw`)."""
+        return self.generator.draw(n)
 
     def before_step(self, batch: dict, trainer: Any) -> dict[str, torch.Tensor]:
         """``n_critic`` critic steps on the batch's real images, split in ``n_critic`` parts, each against as
@@ -155,14 +180,17 @@ class AdversarialModel(nn.Module):
                 self.constrain(self.generator.volume)
         self.update_average()
         real = batch["image"] / self.norm
+        ctf = batch.get("ctf")
+        ctf = CTFParams(**ctf) if isinstance(ctf, dict) else ctf
         terms: list[dict[str, torch.Tensor]] = []
-        for i, part in enumerate(torch.tensor_split(real, self.n_critic)):
-            if len(part) == 0:
+        for i, idx in enumerate(torch.tensor_split(torch.arange(len(real)), self.n_critic)):
+            if len(idx) == 0:
                 continue
             with torch.no_grad():
-                fake = self.generator(len(part))
+                fake, fake_ctf = self.fakes(len(idx))
             weight = self.gp_weight * self.gp_every if i % self.gp_every == 0 else 0.0
-            out = critic_losses(self.critic, self.blur(part), self.blur(fake), weight)
+            out = critic_losses(self.critic, self.view(real[idx], None if ctf is None else ctf[idx.to(real.device)]),
+                                self.view(fake, fake_ctf), weight)
             self.critic_optimizer.zero_grad(set_to_none=True)
             out["critic"].backward()
             self.critic_optimizer.step()
@@ -172,5 +200,5 @@ class AdversarialModel(nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """The generator's loss ``−mean D(blur(fake))`` on ``batch_size`` fresh fakes."""
-        score = self.critic(self.blur(self.generator(self.batch_size))).mean()
+        score = self.critic(self.view(*self.fakes(self.batch_size))).mean()
         return {"loss": -score}

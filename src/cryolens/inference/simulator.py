@@ -89,9 +89,14 @@ class PhysicsGenerator(nn.Module):
             return self.noise_patches[torch.randint(len(self.noise_patches), (n,))].to(device)
         return torch.randn(n, size, size).to(device) * self.sigma()
 
+    def draw(self, n: int) -> tuple[torch.Tensor, CTFParams | None]:
+        """``n`` fake images ``(n, D, D)`` (:meth:`forward`) and the CTFs they were drawn with."""
+        device = next(self.volume.parameters()).device
+        nuisance = self.nuisance(n, device)
+        images = self.clean(nuisance)
+        return images + self.noise(n, images.shape[-1], device), nuisance["ctf"]
+
     def forward(self, n: int) -> torch.Tensor:
         """``n`` fake images ``(n, D, D)``: projections at prior draws, shifted, CTF-modulated, plus noise."""
-        device = next(self.volume.parameters()).device
-        images = self.clean(self.nuisance(n, device))
-        return images + self.noise(n, images.shape[-1], device)
+        return self.draw(n)[0]
 

@@ -35,6 +35,7 @@ class GANConfig(TrainingConfig):
 
     batch_size: int = option(8, "fake images per generator step (the critic sees n_critic × as many real)")
     lr: float = option(1e-3, "learning rate of the generator's Adam")
+    lr_decay: float = option(1.0, "factor of the generator's learning rate per epoch (1: constant)")
     critic_lr: float = option(1e-3, "learning rate of the critic's Adam")
     betas: tuple[float, ...] = option((0.5, 0.9), "Adam betas of generator and critic")
     n_critic: int = option(4, "critic steps per generator step")
@@ -48,6 +49,7 @@ class GANConfig(TrainingConfig):
     max_shift: float = option(0.0, "fake shifts drawn uniformly in ±max_shift, px")
     background_radius: float | None = option(None, "noise σ from pixels beyond this radius, px (none: 0.4·D)")
     noise_patches: str | None = option(None, ".mrcs of background patches added as noise (none: white noise)")
+    phase_flip: bool = option(False, "the critic sees real and fake images phase-flipped by their own CTFs' signs")
     learn_noise: bool = option(False, "train the white noise's σ with the map, from the background estimate")
 
 

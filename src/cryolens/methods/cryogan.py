@@ -15,7 +15,9 @@ Deviations, where the paper is silent or CPU-bound: the critic is a small CNN (1
 a stride-2 4×4 convolution per block, LeakyReLU 0.2, no normalisation); every critic step sees fresh real
 images (an epoch is one pass of the critic over the data); the noise is white Gaussian with the σ of the
 images' background pixels unless background patches are given (``noise_patches``); shifts are off unless
-``max_shift`` is set; 20 epochs by default. Outputs: the map (up to a rotation and a mirror, like any ab
+``max_shift`` is set; 20 epochs by default. Off by default, as the paper has neither: ``phase_flip`` (the
+critic sees real and fake images phase-flipped by their own CTFs) and ``lr_decay`` (the generator's learning
+rate decays per epoch); both measured in docs/METHODS.md. Outputs: the map (up to a rotation and a mirror, like any ab
 initio map), the per-epoch generator and critic losses, gradient penalty and Wasserstein estimate.
 """
 

@@ -199,6 +199,6 @@ class AdversarialModel(nn.Module):
         return {k: torch.stack([t[k] for t in terms if k in t]).mean() for k in sorted(keys)}
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The generator's loss ``−mean D(blur(fake))`` on ``batch_size`` fresh fakes."""
+        """The generator's loss ``−mean D(view(fake))`` on ``batch_size`` fresh fakes (:meth:`view`)."""
         score = self.critic(self.view(*self.fakes(self.batch_size))).mean()
         return {"loss": -score}

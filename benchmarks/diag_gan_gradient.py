@@ -5,9 +5,10 @@ that resolution) and held fixed; the critic alone is trained against it for ``--
 recipe's critic, Adam, gradient penalty, batch and blur as configured by ``--set``); then the generator's
 gradient ``g = ∂(−mean D(fake))/∂V`` is averaged over ``--batches`` fresh fake batches, and the descent
 direction ``−g`` is compared with what is missing, ``Δ = truth − V``: their correlation per Fourier shell
-(an FSC of the two maps) and, for reference, a single batch's. A gradient that carries the detail
-correlates positively with ``Δ`` in the shells the low-pass removed; a critic whose gradient does not
-(correlation ≈ 0 there) cannot lead the map beyond the low-pass however long it trains.
+(an FSC of the two maps) and, for reference, a single batch's and the likelihood's gradient (Gaussian, white
+noise) at the same map over as many real images at their true poses and CTFs — what those images hold. A
+gradient that carries the detail correlates positively with ``Δ`` in the shells the low-pass removed; a critic
+whose gradient does not (correlation ≈ 0 there) cannot lead the map beyond the low-pass however long it trains.
 
 ``--true-noise``: the fakes' white noise has the simulator's σ instead of the recipe's background estimate.
 Data as ``bench_gan.py`` makes them (4E43 or ``--model``, D ``--box``, 3 Å/px, ``--n`` images at ``--snr``).
@@ -82,13 +83,24 @@ def main() -> None:
         model({"index": None})["loss"].backward()
         total += volume.grad
         single = volume.grad.clone() if single is None else single
+    # the reference: the likelihood's gradient at the same map for as many real images with their true poses
+    gt_rot = torch.as_tensor(read_ground_truth(ds)["rotations"], dtype=torch.float32)
+    pick = np.sort(np.random.default_rng(1).permutation(len(particles))[:a.batches * config.batch_size])
+    volume.grad = None
+    for idx, images in iterate_batches(particles, 200, pick):
+        it = torch.as_tensor(idx)
+        clean = model.generator.clean({"rotation": gt_rot[it], "shift": torch.zeros(len(it), 2),
+                                       "ctf": particles.ctf[it], "z": None})
+        (0.5 * (images / model.norm - clean).square().sum()).backward()
+    likelihood = volume.grad.clone()
     missing = (truth - start) / model.norm
     shells = np.arange(a.box // 2 + 1)
     cut = a.box * bench_gan.PX / a.lowpass
     print(f"critic: {steps} steps, Wasserstein estimate first/last 20: {np.mean(wass[:20]):.3f} / "
           f"{np.mean(wass[-20:]):.3f}; start map FSC-0.5 vs truth {bench_gan.res05(start, truth, a.box):.2f} Å; "
           f"low-pass shell {cut:.1f}; noise σ {model.generator.noise_sigma:.4f} (background estimate {sigma:.4f})")
-    for name, grad in ((f"mean of {a.batches} batches", total), ("one batch", single)):
+    for name, grad in ((f"mean of {a.batches} batches", total), ("one batch", single),
+                       (f"likelihood, {len(pick)} real images at their true poses", likelihood)):
         corr = fsc(-grad, missing)
         print(f"corr(−g, truth − V) per shell, {name}:", " ".join(f"{c:.2f}" for c in corr))
         above = corr[shells > cut]

@@ -156,7 +156,7 @@ class AdversarialModel(nn.Module):
         return gaussian_blur_2d(images, self.sigma)
 
     def view(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
-        """What the critic sees of ``images (B, D, D)``: phase-flipped by their CTFs' signs when
+        """What the critic sees of ``images (B, D, D)`` (``D`` even): phase-flipped by their CTFs' signs when
         ``phase_flip`` (and CTFs are given: each frequency times the sign of its CTF, a per-frequency
         orthogonal map, so white noise stays white; the Nyquist row and column are left as they are), then
         blurred (:meth:`blur`)."""
@@ -165,10 +165,6 @@ class AdversarialModel(nn.Module):
             sign[:, 0, :] = sign[:, :, 0] = 1.0  # the Nyquist row and column have no Friedel mate on the grid
             images = ifft2_centered(fft2_centered(images) * sign).real
         return self.blur(images)
-
-    def fakes(self, n: int) -> tuple[torch.Tensor, CTFParams | None]:
-        """``n`` fresh fake images and their CTFs (:meth:`PhysicsGenerator.draw`)."""
-        return self.generator.draw(n)
 
     def before_step(self, batch: dict, trainer: Any) -> dict[str, torch.Tensor]:
         """``n_critic`` critic steps on the batch's real images, split in ``n_critic`` parts, each against as
@@ -181,13 +177,12 @@ class AdversarialModel(nn.Module):
         self.update_average()
         real = batch["image"] / self.norm
         ctf = batch.get("ctf")
-        ctf = CTFParams(**ctf) if isinstance(ctf, dict) else ctf
         terms: list[dict[str, torch.Tensor]] = []
         for i, idx in enumerate(torch.tensor_split(torch.arange(len(real)), self.n_critic)):
             if len(idx) == 0:
                 continue
             with torch.no_grad():
-                fake, fake_ctf = self.fakes(len(idx))
+                fake, fake_ctf = self.generator.draw(len(idx))
             weight = self.gp_weight * self.gp_every if i % self.gp_every == 0 else 0.0
             out = critic_losses(self.critic, self.view(real[idx], None if ctf is None else ctf[idx.to(real.device)]),
                                 self.view(fake, fake_ctf), weight)
@@ -200,5 +195,5 @@ class AdversarialModel(nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """The generator's loss ``−mean D(view(fake))`` on ``batch_size`` fresh fakes (:meth:`view`)."""
-        score = self.critic(self.view(*self.fakes(self.batch_size))).mean()
+        score = self.critic(self.view(*self.generator.draw(self.batch_size))).mean()
         return {"loss": -score}

@@ -70,10 +70,9 @@ def build(particles: Particles, config: AtomVAEConfig, device) -> AtomVAEModel:
     torch.manual_seed(config.seed)
     volume, restraints = atomic_mixture(particles, config, device, per=config.per)
     if config.frame_selection:  # checked before training, used after it
+        held = volume.gaussians_of(config.frame_selection)  # InputError when nothing matches
         try:
-            volume.set_frame(volume.gaussians_of(config.frame_selection)).set_frame(None)
-        except InputError:
-            raise
+            volume.set_frame(held).set_frame(None)
         except ValueError as err:  # a selection on a line fixes no frame
             raise InputError(f"{config.model}: frame_selection {config.frame_selection!r}: {err}") from None
     d, px = particles.box_size, particles.pixel_size
